@@ -1,0 +1,46 @@
+"""`deploy-agent`: the thin command-line layer over the agent's library code.
+
+Each sub-command lives with the code it drives (`agent.local_cli` for `local`/`validate`, `agent.daemon`
+for `run`); this module only builds the parser, sets up logging and maps outcomes to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from contract.logs import LEVELS, configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent import daemon, local_cli
+
+    parser = argparse.ArgumentParser(
+        prog="deploy-agent",
+        description="Host agent: deploys CodeDeploy-style bundles (appspec.yml) and reports to the store.",
+    )
+    parser.add_argument("--log-level", choices=LEVELS, default=None, help="log verbosity (default: info)")
+    parser.add_argument(
+        "--log-format", choices=("auto", "console", "json"), default="auto",
+        help="console on a terminal, JSON lines otherwise (auto)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    local_cli.register(sub)
+    daemon.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    json_lines = {"auto": None, "console": False, "json": True}[args.log_format]
+    configure_logging(args.log_level or "info", json_lines=json_lines)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("deploy-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

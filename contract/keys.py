@@ -1,0 +1,40 @@
+"""Store keys, in one place, mirroring DESIGN.md's table. Each key has exactly one writer."""
+
+from __future__ import annotations
+
+HOSTS_PREFIX = "hosts/"
+COMMANDS_PREFIX = "commands/"
+DEPLOYMENTS_PREFIX = "deployments/"
+GROUPS_PREFIX = "groups/"
+LEASE_KEY = "leases/reconciler.json"
+
+
+def registration_key(host_id: str) -> str:
+    """Written by that host's agent."""
+    return f"hosts/{host_id}/registration.json"
+
+
+def status_key(host_id: str) -> str:
+    """Written by that host's agent."""
+    return f"hosts/{host_id}/status.json"
+
+
+def command_key(host_id: str) -> str:
+    """Written by the reconciler, read by one agent."""
+    return f"commands/{host_id}.json"
+
+
+def deployment_key(deployment_id: str) -> str:
+    return f"deployments/{deployment_id}.json"
+
+
+def group_state_key(application: str, deployment_group: str) -> str:
+    return f"groups/{application}/{deployment_group}.json"
+
+
+def host_id_from_key(key: str) -> str | None:
+    """`hosts/<id>/status.json` -> `<id>`; None for keys of another shape."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "hosts":
+        return parts[1]
+    return None

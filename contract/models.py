@@ -1,0 +1,366 @@
+"""The documents that travel through the store, and the revision sources shared with the manifests.
+
+One home for every object in DESIGN.md's store table, so the reconciler (writer of commands, deployments,
+groups, leases) and the agents (writers of registrations and status) can never drift apart. All JSON is
+camelCase and carries `schemaVersion`; unknown fields are rejected so a typo in a hand-edited document is
+an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+
+#: CodeDeploy's fixed lifecycle order (reference §2.1); the agent always runs events in this order,
+#: whatever order an appspec lists its hooks in.
+LIFECYCLE_EVENTS: tuple[str, ...] = (
+    "BeforeBlockTraffic",
+    "AfterBlockTraffic",
+    "ApplicationStop",
+    "DownloadBundle",
+    "BeforeInstall",
+    "Install",
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+    "BeforeAllowTraffic",
+    "AfterAllowTraffic",
+)
+#: Events a deployment runs when the command does not say otherwise (in-place, no load balancer).
+DEFAULT_EVENTS: tuple[str, ...] = (
+    "ApplicationStop",
+    "DownloadBundle",
+    "BeforeInstall",
+    "Install",
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+)
+#: Events whose scripts come from the last successful revision (reference §2.2).
+PREVIOUS_REVISION_EVENTS: frozenset[str] = frozenset(
+    {"BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"}
+)
+
+SHA1 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+SHA256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Model(BaseModel):
+    """Base for every wire and manifest object: camelCase on the wire, strict about unknown fields."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
+
+
+class Document(Model):
+    """A top-level object stored under a key; `schemaVersion` lets either side refuse what it can't read."""
+
+    schema_version: int = SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------------------------------
+# Revisions (shared by manifests, commands and reports)
+
+
+class FileExistsBehavior(StrEnum):
+    DISALLOW = "DISALLOW"
+    OVERWRITE = "OVERWRITE"
+    RETAIN = "RETAIN"
+
+
+class S3Location(Model):
+    bucket: Annotated[str, StringConstraints(min_length=3, max_length=63)]
+    key: Annotated[str, StringConstraints(min_length=1)]
+    bundle_type: Literal["zip", "tar", "tgz"]
+    version: str | None = None
+    e_tag: str | None = Field(default=None, alias="eTag")
+
+
+class GitLocation(Model):
+    repository: Annotated[str, StringConstraints(min_length=1)]
+    commit: SHA1 = Field(description="Full 40-character commit SHA; branches and tags are not reproducible.")
+
+
+class LocalLocation(Model):
+    path: Annotated[str, StringConstraints(min_length=1)]
+    bundle_type: Literal["zip", "tar", "tgz", "directory"]
+
+
+class Revision(Model):
+    """Exactly one source. Identity is the location tuple, as in CodeDeploy (reference §6)."""
+
+    s3: S3Location | None = None
+    git: GitLocation | None = None
+    local: LocalLocation | None = None
+    sha256: SHA256 | None = Field(
+        default=None, description="SHA-256 of the bundle file, checked before anything is extracted."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        given = [name for name in ("s3", "git", "local") if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"a revision needs exactly one source of s3, git or local (found: {found})")
+        return self
+
+    @property
+    def kind(self) -> Literal["s3", "git", "local"]:
+        if self.s3 is not None:
+            return "s3"
+        if self.git is not None:
+            return "git"
+        return "local"
+
+    def identity(self) -> str:
+        """A stable string naming the revision; equal identities mean the same bytes will be deployed."""
+        if self.s3 is not None:
+            s3 = self.s3
+            text = f"s3://{s3.bucket}/{s3.key}#{s3.bundle_type}"
+            if s3.version:
+                text += f"?versionId={s3.version}"
+            if s3.e_tag:
+                text += f"&etag={s3.e_tag.strip(chr(34))}"
+        elif self.git is not None:
+            text = f"git:{self.git.repository}@{self.git.commit}"
+        else:
+            assert self.local is not None
+            text = f"local:{self.local.path}#{self.local.bundle_type}"
+        if self.sha256:
+            text += f"!sha256={self.sha256}"
+        return text
+
+    def short(self) -> str:
+        """For humans: tables, plans, progress lines."""
+        if self.s3 is not None:
+            version = f"@{self.s3.version[:8]}" if self.s3.version else ""
+            return f"s3://{self.s3.bucket}/{self.s3.key}{version}"
+        if self.git is not None:
+            name = re.sub(r"(\.git)?/*$", "", self.git.repository).rsplit("/", 1)[-1]
+            return f"{name}@{self.git.commit[:7]}"
+        assert self.local is not None
+        return self.local.path
+
+
+# --------------------------------------------------------------------------------------------------
+# Written by agents: hosts/<host>/registration.json and hosts/<host>/status.json
+
+
+class HostRegistration(Document):
+    host_id: str
+    tags: dict[str, str] = Field(default_factory=dict)
+    zone: str | None = None
+    platform: str
+    hostname: str
+    agent_version: str
+    registered_at: datetime
+
+
+class EventStatus(StrEnum):
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class LifecycleErrorCode(StrEnum):
+    """The console's names for the agent's ScriptError codes (reference §2.4)."""
+
+    SCRIPT_MISSING = "ScriptMissing"
+    SCRIPT_NOT_EXECUTABLE = "ScriptNotExecutable"
+    SCRIPT_TIMED_OUT = "ScriptTimedOut"
+    SCRIPT_FAILED = "ScriptFailed"
+    UNKNOWN_ERROR = "UnknownError"
+    OUTPUTS_LEFT_OPEN = "OutputsLeftOpen"
+    FAILED_AFTER_RESTART = "FailedAfterRestart"
+
+
+class EventReport(Model):
+    name: str
+    status: EventStatus = EventStatus.PENDING
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    error_code: LifecycleErrorCode | None = None
+    message: str | None = None
+    #: Last ~2 KB of script output, like CodeDeploy's console "log tail".
+    log_tail: str | None = None
+
+
+class CommandStatus(StrEnum):
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class CommandProgress(Model):
+    """One command as the agent sees it, updated as each lifecycle event starts and ends."""
+
+    deployment_id: str
+    generation: int
+    application: str
+    deployment_group: str
+    status: CommandStatus
+    events: list[EventReport] = Field(default_factory=list)
+    started_at: datetime
+    ended_at: datetime | None = None
+    message: str | None = None
+
+
+class InstalledRevision(Model):
+    """What a deployment group last installed successfully on this host."""
+
+    application: str
+    deployment_group: str
+    revision: Revision
+    deployment_id: str
+    installed_at: datetime
+
+
+class HostStatus(Document):
+    host_id: str
+    heartbeat_at: datetime
+    agent_version: str
+    #: Key `<application>/<deploymentGroup>`: the last successful install of each group on this host.
+    installed: dict[str, InstalledRevision] = Field(default_factory=dict)
+    #: The command in progress, or the last one finished (so the reconciler can read its result).
+    command: CommandProgress | None = None
+    #: Seconds between heartbeats while idle, so the reconciler can judge liveness per host.
+    heartbeat_interval_seconds: float = 60.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Written by the reconciler: commands/<host>.json
+
+
+class HostCommand(Document):
+    """What one host must do next. A new `generation` (strictly increasing per host) is a new command."""
+
+    host_id: str
+    generation: int
+    deployment_id: str
+    application: str
+    deployment_group: str
+    deployment_group_id: str
+    revision: Revision
+    events: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENTS))
+    file_exists_behavior: FileExistsBehavior | None = None
+    ignore_application_stop_failures: bool = False
+    is_rollback: bool = False
+    #: The agent fails the command itself past this, as a backstop to the reconciler's per-host timeout.
+    timeout_seconds: float | None = None
+    created_at: datetime
+
+
+def group_key(application: str, deployment_group: str) -> str:
+    return f"{application}/{deployment_group}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Written by the reconciler: deployments/<id>.json, groups/<app>/<group>.json, leases/reconciler.json
+
+
+class DeploymentStatus(StrEnum):
+    CREATED = "Created"
+    IN_PROGRESS = "InProgress"
+    BAKING = "Baking"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+    SUPERSEDED = "Superseded"
+
+    @property
+    def finished(self) -> bool:
+        return self in {
+            DeploymentStatus.SUCCEEDED,
+            DeploymentStatus.FAILED,
+            DeploymentStatus.STOPPED,
+            DeploymentStatus.SUPERSEDED,
+        }
+
+
+class HostDeploymentStatus(StrEnum):
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class HostDeploymentState(Model):
+    status: HostDeploymentStatus = HostDeploymentStatus.PENDING
+    batch: int | None = None
+    generation: int | None = None
+    dispatched_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str | None = None
+
+
+class MinimumHealthyHosts(Model):
+    type: Literal["HOST_COUNT", "FLEET_PERCENT"]
+    value: int = Field(ge=0)
+
+
+class Deployment(Document):
+    deployment_id: str
+    application: str
+    deployment_group: str
+    revision: Revision
+    #: Config-repo commit the desired revision came from; ties a deployment to a reviewable change.
+    source_commit: str | None = None
+    deployment_config: str
+    status: DeploymentStatus = DeploymentStatus.CREATED
+    #: "user" (a manifest change), "rollback", or "outdated" (catch-up of hosts that joined later).
+    creator: Literal["user", "rollback", "outdated"] = "user"
+    rollback_of: str | None = None
+    hosts: dict[str, HostDeploymentState] = Field(default_factory=dict)
+    batches: list[list[str]] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class QuarantinedRevision(Model):
+    revision: Revision
+    source_commit: str | None = None
+    deployment_id: str
+    reason: str
+    since: datetime
+
+
+class GroupState(Document):
+    application: str
+    deployment_group: str
+    desired_revision: Revision | None = None
+    desired_commit: str | None = None
+    #: Last good revision: what a rollback goes back to and what late-joining hosts receive.
+    effective_revision: Revision | None = None
+    effective_commit: str | None = None
+    deployment_in_flight: str | None = None
+    quarantined: list[QuarantinedRevision] = Field(default_factory=list)
+    history: list[str] = Field(default_factory=list)
+    removed: bool = False
+    updated_at: datetime
+
+
+class Lease(Document):
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime

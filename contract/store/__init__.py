@@ -1,0 +1,26 @@
+"""The store: the only channel between the reconciler and the agents (DESIGN.md, "The contract").
+
+`open_store(url)` picks the backend from the URL scheme; everything else codes against `Store`.
+"""
+
+from contract.store.base import (
+    NotModified,
+    ObjectVersion,
+    PreconditionFailed,
+    Store,
+    StoredObject,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+
+__all__ = [
+    "NotModified",
+    "ObjectVersion",
+    "PreconditionFailed",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredObject",
+    "open_store",
+]
