@@ -345,6 +345,14 @@ class QuarantinedRevision(Model):
     since: datetime
 
 
+class StopRequest(Model):
+    """Set by `reconcile stop GROUP [--rollback]`; the next pass stops the deployment in flight."""
+
+    rollback: bool = False
+    requested_at: datetime
+    deployment_id: str | None = None
+
+
 class GroupState(Document):
     application: str
     deployment_group: str
@@ -357,6 +365,7 @@ class GroupState(Document):
     quarantined: list[QuarantinedRevision] = Field(default_factory=list)
     history: list[str] = Field(default_factory=list)
     removed: bool = False
+    stop_request: StopRequest | None = None
     updated_at: datetime
 
 

@@ -81,9 +81,11 @@ def open_store(url: str) -> Store:
     if url.startswith("file://"):
         from contract.store.file import FileStore
 
-        return FileStore(url)
+        store: Store = FileStore(url)
+        return store
     if url.startswith("s3://"):
         from contract.store.s3 import S3Store
 
-        return S3Store(url)
+        s3_store: Store = S3Store(url)
+        return s3_store
     raise StoreError(f"unsupported store URL {url!r}: use file:///path/to/dir or s3://bucket/prefix")

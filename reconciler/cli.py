@@ -1,0 +1,167 @@
+"""`reconcile`: the command-line layer. Parses flags, loads settings, sets up logging, renders results.
+
+The core (loader, planner, executor) never prints; this module and the `*_cli` modules beside it do. Every
+`ReconcilerError` becomes a message on stderr and an exit code from `reconciler.exitcodes`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from contract.logs import configure_logging
+from contract.store import StoreError
+from reconciler.errors import ManifestErrors, ReconcilerError
+from reconciler.exitcodes import ExitCode
+from reconciler.settings import DeploySettings, load_settings
+
+SUBCOMMAND_MODULES = ("reconciler.ops_cli", "reconciler.plan_cli")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options accepted before or after the sub-command; SUPPRESS keeps a sub-parser from resetting them."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings (override deploy.yaml and FLEETSHIFT_* variables)")
+    group.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="settings file (default ./deploy.yaml)")
+    group.add_argument("--repo", default=argparse.SUPPRESS, help="config repo URL or path")
+    group.add_argument("--ref", default=argparse.SUPPRESS, help="branch, tag or commit to read manifests from")
+    group.add_argument("--path", dest="manifest_path", default=argparse.SUPPRESS, help="manifests folder in the repo")
+    group.add_argument("--store", default=argparse.SUPPRESS, help="file://DIR or s3://bucket/prefix")
+    group.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS)
+    group.add_argument("--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS)
+    return parent
+
+
+def settings_from_args(args: argparse.Namespace) -> DeploySettings:
+    flags: dict[str, Any] = {
+        "store": getattr(args, "store", None),
+        "repository": {
+            "url": getattr(args, "repo", None),
+            "ref": getattr(args, "ref", None),
+            "path": getattr(args, "manifest_path", None),
+        },
+        "logging": {"level": getattr(args, "log_level", None), "format": getattr(args, "log_format", None)},
+    }
+    if getattr(args, "timeout", None):
+        flags["reconcile"] = {"timeout": args.timeout}
+    return load_settings(getattr(args, "config", None), flags=flags)
+
+
+# --------------------------------------------------------------------------------------------------
+# validate
+
+
+def _register_validate(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "validate",
+        parents=[parent],
+        help="check manifests (a folder, or a repo at --ref) without touching the store",
+        description="Validate every manifest and report every problem as file:line:column. Exit 0 valid, 1 not.",
+    )
+    parser.add_argument("target", nargs="?", default=None, help="folder or file (default: the configured repo)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(func=run_validate)
+
+
+def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
+    from reconciler.loader import GitSource, load_folder, load_git
+
+    ref_given = hasattr(args, "ref")
+    target = args.target
+    try:
+        if target is not None and not ref_given:
+            desired = load_folder(Path(target))
+            origin = target
+        else:
+            repo = target or settings.repository.url
+            source = GitSource(repo, settings.repository.ref, settings.repository.path)
+            desired = load_git(source)
+            origin = f"{repo}@{(desired.commit or '')[:12]}"
+    except ManifestErrors as exc:
+        if args.format == "json":
+            print(json.dumps({"valid": False, "errors": [e.to_dict() for e in exc.errors]}, indent=2))
+        else:
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+            print(f"{len(exc.errors)} error(s); nothing was applied.", file=sys.stderr)
+        return ExitCode.INVALID
+    summary = desired.summary()
+    if args.format == "json":
+        print(json.dumps({"valid": True, "source": origin, "commit": desired.commit, "counts": summary}, indent=2))
+    else:
+        print(
+            f"{origin}: valid: {summary['applications']} application(s), "
+            f"{summary['deploymentGroups']} deployment group(s), {summary['deploymentConfigs']} deployment config(s)"
+        )
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parent = common_options()
+    parser = argparse.ArgumentParser(
+        prog="reconcile",
+        parents=[parent],
+        description="GitOps deployments for server fleets: converge hosts to the revisions in a config repo.",
+        epilog="Exit codes: 0 ok/converged, 1 invalid input, 2 plan has changes, 3 failed and rolled back, "
+        "4 failed, 5 timed out, 6 stale plan, 7 lease held elsewhere, 8 store unavailable.",
+    )
+    parser.add_argument("--once", action="store_true", help="run passes until nothing is in flight, then exit")
+    parser.add_argument("--timeout", default=None, help="with --once: give up after this long (e.g. 30m)")
+    parser.add_argument("--no-wait", action="store_true", help="with --once: one pass, do not wait for rollouts")
+    parser.add_argument("--plan", type=Path, default=None, help="with --once: apply exactly this saved plan")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register_validate(sub, parent)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub, parent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None and not args.once:
+        parser.print_help(sys.stderr)
+        return ExitCode.INVALID
+    try:
+        settings = settings_from_args(args)
+    except ManifestErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return ExitCode.INVALID
+    except ReconcilerError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    json_lines = {"auto": None, "console": False, "json": True}[settings.logging.format]
+    configure_logging(settings.logging.level, json_lines=json_lines)
+    try:
+        if args.command is None:
+            from reconciler.ops_cli import run_once
+
+            return int(run_once(args, settings))
+        return int(args.func(args, settings))
+    except ManifestErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s); nothing was applied.", file=sys.stderr)
+        return ExitCode.INVALID
+    except StoreError as exc:
+        print(f"reconcile: store {settings.store}: {exc}", file=sys.stderr)
+        return ExitCode.STORE_UNAVAILABLE
+    except ReconcilerError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    except KeyboardInterrupt:
+        print("reconcile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

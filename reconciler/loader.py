@@ -1,0 +1,387 @@
+"""Loading manifests from a folder or from a Git commit, and validating them all before anything is used.
+
+Flow: files (from a commit's tree, so two refs can be compared, or from a plain folder for `validate` before
+committing) -> YAML nodes with line marks -> one pydantic model per document -> cross-document checks ->
+`Desired`. Every problem in every file is collected and reported together as `ManifestErrors`; a repo with
+any error yields no `Desired` at all, which is how "nothing is applied from an invalid repo" is enforced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.errors import ManifestError, ManifestErrors, SourceError
+from reconciler.manifests import (
+    API_VERSION,
+    BUILTIN_CONFIGS,
+    KINDS,
+    MANIFEST_MODELS,
+    ApplicationManifest,
+    DeploymentConfigManifest,
+    DeploymentGroupManifest,
+    Desired,
+    SourceRef,
+)
+
+YAML_SUFFIXES = (".yaml", ".yml")
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One file's bytes and the name to show in messages (relative to the manifests folder)."""
+
+    name: str
+    content: bytes
+
+
+@dataclass
+class _Document:
+    file: str
+    index: int
+    data: Any
+    marks: dict[Path_, tuple[int, int]]
+
+    def where(self, path: Path_) -> tuple[int, int]:
+        """Line and column of `path`, or of its closest ancestor that exists in the file."""
+        probe = tuple(path)
+        while probe and probe not in self.marks:
+            probe = probe[:-1]
+        return self.marks.get(probe, (1, 1))
+
+    @property
+    def label(self) -> str:
+        if isinstance(self.data, dict):
+            kind = self.data.get("kind")
+            meta = self.data.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            if isinstance(kind, str) and isinstance(name, str):
+                return f"{kind}/{name}"
+            if isinstance(kind, str):
+                return f"{kind}/?"
+        return f"document {self.index + 1}"
+
+
+class _ScalarConstructor(SafeConstructor):
+    """PyYAML's safe constructor, used only for scalars so we keep control of mappings (marks, dup keys)."""
+
+
+def _node_to_python(
+    node: Node, path: Path_, marks: dict[Path_, tuple[int, int]], constructor: _ScalarConstructor
+) -> Any:
+    marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, MappingNode):
+        constructor.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                raise _YamlProblem(key_node, "mapping keys must be plain scalars")
+            key = constructor.construct_object(key_node)
+            if isinstance(key, list | dict):
+                raise _YamlProblem(key_node, "mapping keys must be plain scalars")
+            if key in result:
+                raise _YamlProblem(key_node, f"duplicate key {key!r}")
+            child = (*path, key)
+            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            result[key] = _node_to_python(value_node, child, marks, constructor)
+        return result
+    if isinstance(node, SequenceNode):
+        return [
+            _node_to_python(item, (*path, index), marks, constructor) for index, item in enumerate(node.value)
+        ]
+    return constructor.construct_object(node, deep=True)
+
+
+class _YamlProblem(Exception):
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
+        self.line = node.start_mark.line + 1
+        self.column = node.start_mark.column + 1
+        self.message = message
+
+
+def _decode(file: ManifestFile) -> tuple[str | None, ManifestError | None]:
+    try:
+        return file.content.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        before = file.content[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        return None, ManifestError(
+            file.name, line, column, None, None, f"file is not valid UTF-8 (byte 0x{file.content[exc.start]:02x})"
+        )
+
+
+def parse_documents(file: ManifestFile) -> tuple[list[_Document], list[ManifestError]]:
+    """YAML -> plain Python with a line/column for every key and item; syntax errors become ManifestErrors."""
+    text, error = _decode(file)
+    if text is None:
+        assert error is not None
+        return [], [error]
+    documents: list[_Document] = []
+    constructor = _ScalarConstructor()
+    try:
+        for index, node in enumerate(yaml.compose_all(text, Loader=yaml.SafeLoader)):
+            if node is None:
+                continue
+            marks: dict[Path_, tuple[int, int]] = {}
+            try:
+                data = _node_to_python(node, (), marks, constructor)
+            except _YamlProblem as problem:
+                return documents, [ManifestError(file.name, problem.line, problem.column, None, None, problem.message)]
+            except ConstructorError as exc:
+                mark = exc.problem_mark
+                line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                return documents, [ManifestError(file.name, line, column, None, None, f"YAML: {exc.problem}")]
+            documents.append(_Document(file.name, index, data, marks))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        reason = exc.problem or exc.context or "invalid YAML"
+        return documents, [ManifestError(file.name, line, column, None, None, f"YAML syntax error: {reason}")]
+    return documents, []
+
+
+def pydantic_message(error: Any) -> str:
+    """Pydantic's messages, reworded where they would puzzle someone editing YAML."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling against the manifest reference or schemas/)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')} (got {error.get('input')!r})"
+    if kind == "string_pattern_mismatch":
+        return f"{error.get('input')!r} does not match the allowed pattern {ctx.get('pattern')}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def _check_document(document: _Document) -> tuple[Any | None, list[ManifestError]]:
+    data = document.data
+    label = document.label
+
+    def err(path: Path_, message: str) -> ManifestError:
+        line, column = document.where(path)
+        field = ".".join(str(p) for p in path) if path else None
+        return ManifestError(document.file, line, column, label, field, message)
+
+    if not isinstance(data, dict):
+        return None, [err((), f"a manifest must be a mapping with apiVersion, kind, metadata and spec "
+                              f"(got {type(data).__name__})")]
+    api_version = data.get("apiVersion")
+    if api_version != API_VERSION:
+        shown = "missing" if api_version is None else repr(api_version)
+        return None, [err(("apiVersion",), f"must be {API_VERSION!r} ({shown})")]
+    kind = data.get("kind")
+    if kind not in MANIFEST_MODELS:
+        return None, [err(("kind",), f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")]
+    try:
+        return MANIFEST_MODELS[kind].model_validate(data), []
+    except ValidationError as exc:
+        return None, [err(tuple(e["loc"]), pydantic_message(e)) for e in exc.errors()]
+
+
+def _cross_check(
+    validated: list[tuple[_Document, Any]],
+) -> tuple[Desired | None, list[ManifestError]]:
+    errors: list[ManifestError] = []
+    seen: dict[tuple[str, str], _Document] = {}
+    applications: dict[str, ApplicationManifest] = {}
+    groups: dict[str, DeploymentGroupManifest] = {}
+    configs: dict[str, DeploymentConfigManifest] = {}
+    sources: dict[tuple[str, str], SourceRef] = {}
+
+    def err(document: _Document, path: Path_, message: str) -> ManifestError:
+        line, column = document.where(path)
+        return ManifestError(document.file, line, column, document.label, ".".join(map(str, path)), message)
+
+    for document, manifest in validated:
+        key = (manifest.kind, manifest.metadata.name)
+        if key in seen:
+            first = seen[key]
+            line, _ = first.where(("metadata", "name"))
+            errors.append(err(document, ("metadata", "name"),
+                              f"duplicate {manifest.kind} {manifest.metadata.name!r}; first defined at "
+                              f"{first.file}:{line}"))
+            continue
+        seen[key] = document
+        sources[key] = SourceRef(document.file, document.where(())[0])
+        if isinstance(manifest, ApplicationManifest):
+            applications[manifest.metadata.name] = manifest
+        elif isinstance(manifest, DeploymentGroupManifest):
+            groups[manifest.metadata.name] = manifest
+        else:
+            configs[manifest.metadata.name] = manifest
+
+    for document, manifest in validated:
+        if not isinstance(manifest, DeploymentGroupManifest) or seen.get(
+            ("DeploymentGroup", manifest.metadata.name)
+        ) is not document:
+            continue
+        spec = manifest.spec
+        application = applications.get(spec.application)
+        if application is None:
+            known = ", ".join(sorted(applications)) or "none defined"
+            errors.append(err(document, ("spec", "application"),
+                              f"no Application named {spec.application!r} (known: {known})"))
+        elif spec.revision is None and application.spec.default_revision is None:
+            errors.append(err(document, ("spec", "revision"),
+                              f"no revision: set spec.revision here or spec.defaultRevision on "
+                              f"Application {spec.application!r}"))
+        if spec.deployment_config not in BUILTIN_CONFIGS and spec.deployment_config not in configs:
+            choices = ", ".join([*sorted(configs), *BUILTIN_CONFIGS])
+            errors.append(err(document, ("spec", "deploymentConfig"),
+                              f"no DeploymentConfig named {spec.deployment_config!r} (choose from: {choices})"))
+    if errors:
+        return None, errors
+    return Desired(commit=None, applications=applications, groups=groups, configs=configs, sources=sources), []
+
+
+def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> Desired:
+    """Validate every document of every file; raise ManifestErrors listing all problems, or return Desired."""
+    errors: list[ManifestError] = []
+    validated: list[tuple[_Document, Any]] = []
+    for file in sorted(files, key=lambda f: f.name):
+        documents, parse_errors = parse_documents(file)
+        errors.extend(parse_errors)
+        for document in documents:
+            manifest, doc_errors = _check_document(document)
+            errors.extend(doc_errors)
+            if manifest is not None:
+                validated.append((document, manifest))
+    desired, cross_errors = _cross_check(validated)
+    errors.extend(cross_errors)
+    if errors or desired is None:
+        raise ManifestErrors(sorted(errors, key=lambda e: (e.file, e.line, e.column)))
+    return Desired(
+        commit=commit,
+        applications=desired.applications,
+        groups=desired.groups,
+        configs=desired.configs,
+        sources=desired.sources,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources: a plain folder, or a commit of a Git repository
+
+
+def files_from_folder(folder: Path) -> list[ManifestFile]:
+    if not folder.exists():
+        raise SourceError(f"{folder}: no such folder")
+    if folder.is_file():
+        return [ManifestFile(folder.name, folder.read_bytes())]
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in YAML_SUFFIXES and path.is_file() and ".git" not in path.parts:
+            found.append(ManifestFile(path.relative_to(folder).as_posix(), path.read_bytes()))
+    return found
+
+
+def load_folder(folder: Path) -> Desired:
+    return load_files(files_from_folder(folder))
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """Where manifests live: a repository (URL or local path), a ref, and a sub-folder inside it."""
+
+    repository: str
+    ref: str = "HEAD"
+    path: str = "."
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fleetshift" / "repos"
+
+
+def open_repository(repository: str, *, fetch: bool = True) -> Any:
+    """A GitPython Repo for a local checkout, or a cached bare mirror of a remote URL (fetched when asked).
+
+    Remote repositories are mirrored once under the cache directory and fetched on each load, so a
+    long-running `reconcile watch` costs one incremental fetch per poll, not one clone.
+    """
+    import git
+
+    try:
+        local = Path(repository).expanduser()
+        if local.exists():
+            return git.Repo(local, search_parent_directories=False)
+        mirror = cache_dir() / hashlib.sha256(repository.encode()).hexdigest()[:16]
+        if not mirror.exists():
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            return git.Repo.clone_from(repository, mirror, mirror=True)
+        repo = git.Repo(mirror)
+        if fetch:
+            repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+        return repo
+    except git.exc.InvalidGitRepositoryError as exc:
+        raise SourceError(f"{repository}: not a Git repository") from exc
+    except git.exc.NoSuchPathError as exc:
+        raise SourceError(f"{repository}: no such path") from exc
+    except git.exc.GitCommandError as exc:
+        detail = (exc.stderr or str(exc)).strip().splitlines()
+        raise SourceError(f"{repository}: git failed: {detail[-1] if detail else exc}") from exc
+
+
+def resolve_commit(repository: str, ref: str, *, fetch: bool = True) -> str:
+    """The full SHA `ref` names in `repository` (a branch, tag, short or full SHA)."""
+    import git
+
+    repo = open_repository(repository, fetch=fetch)
+    try:
+        return str(repo.commit(ref).hexsha)
+    except (git.exc.BadName, ValueError, git.exc.GitCommandError) as exc:
+        raise SourceError(f"{repository}: no commit named {ref!r}") from exc
+
+
+def files_from_commit(
+    repository: str, ref: str, path: str = ".", *, fetch: bool = True
+) -> tuple[str, list[ManifestFile]]:
+    """Manifest files from the commit's tree (never the working tree) and the resolved SHA."""
+    import git
+
+    repo = open_repository(repository, fetch=fetch)
+    try:
+        commit = repo.commit(ref)
+    except (git.exc.BadName, ValueError, git.exc.GitCommandError) as exc:
+        raise SourceError(f"{repository}: no commit named {ref!r}") from exc
+    tree = commit.tree
+    sub = PurePosixPath(path.strip("/") or ".")
+    if str(sub) != ".":
+        try:
+            tree = tree / str(sub)
+        except KeyError as exc:
+            raise SourceError(f"{repository}@{commit.hexsha[:7]}: no folder {str(sub)!r}") from exc
+        if tree.type != "tree":
+            raise SourceError(f"{repository}@{commit.hexsha[:7]}: {str(sub)!r} is not a folder")
+    files: list[ManifestFile] = []
+    for item in _walk(tree):
+        name = PurePosixPath(item.path).relative_to(sub).as_posix() if str(sub) != "." else item.path
+        files.append(ManifestFile(name, item.data_stream.read()))
+    return str(commit.hexsha), files
+
+
+def _walk(tree: Any) -> Iterator[Any]:
+    for item in tree.traverse():
+        if item.type == "blob" and PurePosixPath(item.path).suffix in YAML_SUFFIXES:
+            yield item
+
+
+def load_git(source: GitSource, *, fetch: bool = True) -> Desired:
+    commit, files = files_from_commit(source.repository, source.ref, source.path, fetch=fetch)
+    return load_files(files, commit=commit)

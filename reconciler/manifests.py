@@ -1,0 +1,333 @@
+"""The manifest format: what users write in the config repo (`apiVersion: deploy/v1`).
+
+These pydantic models are the single source of truth for manifests: the loader validates against them, the
+JSON Schemas in `schemas/` are generated from them, and the planner reads the validated objects. They are
+frozen and forbid unknown fields, so a typo (`minimumHealthyHost`) is an error with a line number instead of
+a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, StringConstraints, model_validator
+
+from contract.durations import Duration
+from contract.models import FileExistsBehavior, Model, Revision
+
+API_VERSION = "deploy/v1"
+KINDS = ("Application", "DeploymentGroup", "DeploymentConfig")
+
+#: Names become store keys (`groups/<app>/<group>.json`) and directory names on hosts, so keep them tame.
+ResourceName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", min_length=1, max_length=100)
+]
+#: CodeDeploy's character set for deployment configuration names.
+ConfigName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._+=,@-]{1,100}$")]
+
+BUILTIN_PREFIX = "CodeDeployDefault."
+ONE_AT_A_TIME = "CodeDeployDefault.OneAtATime"
+HALF_AT_A_TIME = "CodeDeployDefault.HalfAtATime"
+ALL_AT_ONCE = "CodeDeployDefault.AllAtOnce"
+
+
+class Metadata(Model):
+    name: ResourceName
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Application
+
+
+class ApplicationSpec(Model):
+    description: str | None = None
+    default_revision: Revision | None = Field(
+        default=None, description="Used by deployment groups of this application that name no revision."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# DeploymentConfig
+
+
+class MinimumHealthyHostsSpec(Model):
+    """CodeDeploy's MinimumHealthyHosts: HOST_COUNT any integer >= 0, FLEET_PERCENT 0..99 (rounded up)."""
+
+    type: Literal["HOST_COUNT", "FLEET_PERCENT"]
+    value: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.type == "FLEET_PERCENT" and self.value > 99:
+            raise ValueError(
+                f"FLEET_PERCENT must be between 0 and 99 (got {self.value}); 100 would leave no host to update"
+            )
+        return self
+
+    def minimum_for(self, host_count: int) -> int:
+        if self.type == "HOST_COUNT":
+            return self.value
+        return math.ceil(self.value * host_count / 100)
+
+
+class CanarySpec(Model):
+    """A first batch of `hosts` hosts, then `bakeTime` of quiet before the rest (beyond CodeDeploy)."""
+
+    hosts: int = Field(ge=1)
+    bake_time: Duration = timedelta(0)
+
+
+class ZonalSpec(Model):
+    """One zone at a time, like CodeDeploy's ZonalConfig, with the zone read from a host attribute."""
+
+    tag_key: str | None = Field(
+        default=None,
+        description="Tag holding the host's zone; when absent the zone the agent registered with is used.",
+    )
+    bake_time: Duration = timedelta(0)
+    first_zone_bake_time: Duration | None = None
+    minimum_healthy_hosts_per_zone: MinimumHealthyHostsSpec | None = None
+
+
+class DeploymentConfigSpec(Model):
+    minimum_healthy_hosts: MinimumHealthyHostsSpec
+    canary: CanarySpec | None = None
+    host_timeout: Duration | None = Field(
+        default=None, description="A host that has not finished its command after this counts as failed."
+    )
+    zonal: ZonalSpec | None = None
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    """A deployment configuration as the rollout engine uses it: a built-in or a custom one, resolved."""
+
+    name: str
+    #: None means CodeDeploy's OneAtATime (MOST_CONCURRENCY 1): all hosts but one stay healthy, and a
+    #: failure on the very last host does not fail the deployment.
+    minimum_healthy_hosts: MinimumHealthyHostsSpec | None
+    canary: CanarySpec | None = None
+    host_timeout: timedelta | None = None
+    zonal: ZonalSpec | None = None
+
+    @property
+    def one_at_a_time(self) -> bool:
+        return self.minimum_healthy_hosts is None
+
+    def minimum_for(self, host_count: int) -> int:
+        if self.minimum_healthy_hosts is None:
+            return max(host_count - 1, 0)
+        return self.minimum_healthy_hosts.minimum_for(host_count)
+
+    def describe(self) -> str:
+        if self.minimum_healthy_hosts is None:
+            return "one host at a time"
+        mhh = self.minimum_healthy_hosts
+        unit = "%" if mhh.type == "FLEET_PERCENT" else " hosts"
+        return f"minimum healthy {mhh.value}{unit}"
+
+
+BUILTIN_CONFIGS: dict[str, EffectiveConfig] = {
+    ONE_AT_A_TIME: EffectiveConfig(ONE_AT_A_TIME, None),
+    HALF_AT_A_TIME: EffectiveConfig(HALF_AT_A_TIME, MinimumHealthyHostsSpec(type="FLEET_PERCENT", value=50)),
+    ALL_AT_ONCE: EffectiveConfig(ALL_AT_ONCE, MinimumHealthyHostsSpec(type="HOST_COUNT", value=0)),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# DeploymentGroup
+
+
+class TagFilter(Model):
+    """CodeDeploy's tag filter: KEY_ONLY matches a key with any value, VALUE_ONLY a value under any key."""
+
+    key: str | None = None
+    value: str | None = None
+    type: Literal["KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"] = "KEY_AND_VALUE"
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> Self:
+        if self.type == "KEY_ONLY" and not self.key:
+            raise ValueError("a KEY_ONLY tag filter needs a key")
+        if self.type == "KEY_ONLY" and self.value is not None:
+            raise ValueError("a KEY_ONLY tag filter matches any value; remove value or use KEY_AND_VALUE")
+        if self.type == "VALUE_ONLY" and self.value is None:
+            raise ValueError("a VALUE_ONLY tag filter needs a value")
+        if self.type == "VALUE_ONLY" and self.key is not None:
+            raise ValueError("a VALUE_ONLY tag filter matches any key; remove key or use KEY_AND_VALUE")
+        if self.type == "KEY_AND_VALUE" and (not self.key or self.value is None):
+            raise ValueError("a KEY_AND_VALUE tag filter needs both key and value")
+        return self
+
+    def matches(self, tags: dict[str, str]) -> bool:
+        if self.type == "KEY_ONLY":
+            return self.key in tags
+        if self.type == "VALUE_ONLY":
+            return self.value in tags.values()
+        return self.key is not None and tags.get(self.key) == self.value
+
+
+class TargetsSpec(Model):
+    tag_sets: list[Annotated[list[TagFilter], Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="A host matches when, in every tag set, at least one filter matches (OR within, AND across).",
+    )
+    hosts: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> Self:
+        if not self.tag_sets and not self.hosts:
+            raise ValueError("targets select no host: give tagSets, hosts, or both")
+        return self
+
+    def matches(self, host_id: str, tags: dict[str, str]) -> bool:
+        if host_id in self.hosts:
+            return True
+        if not self.tag_sets:
+            return False
+        return all(any(f.matches(tags) for f in tag_set) for tag_set in self.tag_sets)
+
+
+class AutoRollbackSpec(Model):
+    enabled: bool = False
+    events: list[Literal["DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_REQUEST"]] = Field(
+        default_factory=lambda: ["DEPLOYMENT_FAILURE"]  # type: ignore[arg-type]
+    )
+
+
+class GroupOptions(Model):
+    file_exists_behavior: FileExistsBehavior | None = None
+    ignore_application_stop_failures: bool = False
+    update_outdated_instances_only: bool = False
+
+
+class DeploymentGroupSpec(Model):
+    application: ResourceName
+    revision: Revision | None = None
+    targets: TargetsSpec
+    deployment_config: ConfigName = ONE_AT_A_TIME
+    auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec)
+    options: GroupOptions = Field(default_factory=GroupOptions)
+    suspend: bool = Field(default=False, description="No new deployments start while true.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Documents
+
+
+class ApplicationManifest(Model):
+    api_version: Literal["deploy/v1"]
+    kind: Literal["Application"]
+    metadata: Metadata
+    spec: ApplicationSpec = Field(default_factory=ApplicationSpec)
+
+
+class DeploymentGroupManifest(Model):
+    api_version: Literal["deploy/v1"]
+    kind: Literal["DeploymentGroup"]
+    metadata: Metadata
+    spec: DeploymentGroupSpec
+
+
+class DeploymentConfigManifest(Model):
+    api_version: Literal["deploy/v1"]
+    kind: Literal["DeploymentConfig"]
+    metadata: Metadata
+    spec: DeploymentConfigSpec
+
+    @model_validator(mode="after")
+    def _not_builtin(self) -> Self:
+        if self.metadata.name.startswith(BUILTIN_PREFIX):
+            raise ValueError(f"names starting with {BUILTIN_PREFIX!r} are reserved for the built-in configs")
+        return self
+
+
+Manifest = ApplicationManifest | DeploymentGroupManifest | DeploymentConfigManifest
+MANIFEST_MODELS: dict[str, type[Model]] = {
+    "Application": ApplicationManifest,
+    "DeploymentGroup": DeploymentGroupManifest,
+    "DeploymentConfig": DeploymentConfigManifest,
+}
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a manifest document came from, for messages and plans."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class DesiredGroup:
+    """A deployment group with its references resolved: what the rollout engine needs and nothing else."""
+
+    application: str
+    name: str
+    revision: Revision
+    targets: TargetsSpec
+    config: EffectiveConfig
+    auto_rollback: AutoRollbackSpec
+    options: GroupOptions
+    suspend: bool
+    source: SourceRef | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.application}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything the config repo asks for at one commit, validated and cross-checked."""
+
+    commit: str | None
+    applications: dict[str, ApplicationManifest] = field(default_factory=dict)
+    groups: dict[str, DeploymentGroupManifest] = field(default_factory=dict)
+    configs: dict[str, DeploymentConfigManifest] = field(default_factory=dict)
+    sources: dict[tuple[str, str], SourceRef] = field(default_factory=dict)
+
+    def effective_config(self, name: str) -> EffectiveConfig:
+        if name in BUILTIN_CONFIGS:
+            return BUILTIN_CONFIGS[name]
+        spec = self.configs[name].spec
+        return EffectiveConfig(
+            name=name,
+            minimum_healthy_hosts=spec.minimum_healthy_hosts,
+            canary=spec.canary,
+            host_timeout=spec.host_timeout,
+            zonal=spec.zonal,
+        )
+
+    def desired_groups(self) -> dict[str, DesiredGroup]:
+        """Groups keyed `<application>/<group>`, with revision defaults and configs resolved."""
+        resolved: dict[str, DesiredGroup] = {}
+        for name, manifest in self.groups.items():
+            spec = manifest.spec
+            revision = spec.revision or self.applications[spec.application].spec.default_revision
+            assert revision is not None, "the loader rejects groups without a revision"
+            group = DesiredGroup(
+                application=spec.application,
+                name=name,
+                revision=revision,
+                targets=spec.targets,
+                config=self.effective_config(spec.deployment_config),
+                auto_rollback=spec.auto_rollback,
+                options=spec.options,
+                suspend=spec.suspend,
+                source=self.sources.get(("DeploymentGroup", name)),
+            )
+            resolved[group.key] = group
+        return resolved
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "applications": len(self.applications),
+            "deploymentGroups": len(self.groups),
+            "deploymentConfigs": len(self.configs),
+        }
