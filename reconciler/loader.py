@@ -90,7 +90,8 @@ def _node_to_python(
             if isinstance(key, list | dict):
                 raise _YamlProblem(key_node, "mapping keys must be plain scalars")
             if key in result:
-                raise _YamlProblem(key_node, f"duplicate key {key!r}")
+                where = ".".join(map(str, path))
+                raise _YamlProblem(key_node, f"duplicate key {key!r}" + (f" in {where}" if where else ""))
             child = (*path, key)
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = _node_to_python(value_node, child, marks, constructor)
@@ -166,6 +167,11 @@ def pydantic_message(error: Any) -> str:
         return f"{error.get('input')!r} does not match the allowed pattern {ctx.get('pattern')}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
+    given = error.get("input")
+    if kind == "string_type" and isinstance(given, int | float) and not isinstance(given, bool):
+        return f"expected text but YAML read a number ({given!r}); put the value in quotes"
+    if isinstance(given, str | int | float | bool) or given is None:
+        return f"{error['msg']} (got {given!r})"
     return str(error["msg"])
 
 
@@ -194,8 +200,41 @@ def _check_document(document: _Document) -> tuple[Any | None, list[ManifestError
         return None, [err(tuple(e["loc"]), pydantic_message(e)) for e in exc.errors()]
 
 
+def _raw_names(failed: list[_Document]) -> set[tuple[str, str]]:
+    """(kind, name) of documents that failed validation but still say what they are."""
+    names = set()
+    for document in failed:
+        data = document.data
+        if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+            name = data["metadata"].get("name")
+            if isinstance(data.get("kind"), str) and isinstance(name, str):
+                names.add((data["kind"], name))
+    return names
+
+
+def _check_references(
+    document: _Document,
+    application: object,
+    config: object,
+    known: set[tuple[str, str]],
+    err: Any,
+) -> list[ManifestError]:
+    """A DeploymentGroup's references must resolve; names of invalid documents count as defined, so a broken
+    Application yields its own error, not a second one on every group that uses it."""
+    errors = []
+    if isinstance(application, str) and ("Application", application) not in known:
+        names = ", ".join(sorted(n for k, n in known if k == "Application")) or "none defined"
+        errors.append(err(document, ("spec", "application"), f"no Application named {application!r} (known: {names})"))
+    if isinstance(config, str) and config not in BUILTIN_CONFIGS and ("DeploymentConfig", config) not in known:
+        choices = ", ".join([*sorted(n for k, n in known if k == "DeploymentConfig"), *BUILTIN_CONFIGS])
+        errors.append(err(document, ("spec", "deploymentConfig"),
+                          f"no DeploymentConfig named {config!r} (choose from: {choices})"))
+    return errors
+
+
 def _cross_check(
     validated: list[tuple[_Document, Any]],
+    failed: list[_Document],
 ) -> tuple[Desired | None, list[ManifestError]]:
     errors: list[ManifestError] = []
     seen: dict[tuple[str, str], _Document] = {}
@@ -226,25 +265,25 @@ def _cross_check(
         else:
             configs[manifest.metadata.name] = manifest
 
+    known = set(seen) | _raw_names(failed)
     for document, manifest in validated:
         if not isinstance(manifest, DeploymentGroupManifest) or seen.get(
             ("DeploymentGroup", manifest.metadata.name)
         ) is not document:
             continue
         spec = manifest.spec
+        errors.extend(_check_references(document, spec.application, spec.deployment_config, known, err))
         application = applications.get(spec.application)
-        if application is None:
-            known = ", ".join(sorted(applications)) or "none defined"
-            errors.append(err(document, ("spec", "application"),
-                              f"no Application named {spec.application!r} (known: {known})"))
-        elif spec.revision is None and application.spec.default_revision is None:
+        if application is not None and spec.revision is None and application.spec.default_revision is None:
             errors.append(err(document, ("spec", "revision"),
                               f"no revision: set spec.revision here or spec.defaultRevision on "
                               f"Application {spec.application!r}"))
-        if spec.deployment_config not in BUILTIN_CONFIGS and spec.deployment_config not in configs:
-            choices = ", ".join([*sorted(configs), *BUILTIN_CONFIGS])
-            errors.append(err(document, ("spec", "deploymentConfig"),
-                              f"no DeploymentConfig named {spec.deployment_config!r} (choose from: {choices})"))
+    for document in failed:
+        data = document.data
+        spec_data = data.get("spec") if isinstance(data, dict) and data.get("kind") == "DeploymentGroup" else None
+        if isinstance(spec_data, dict):
+            errors.extend(_check_references(
+                document, spec_data.get("application"), spec_data.get("deploymentConfig"), known, err))
     if errors:
         return None, errors
     return Desired(commit=None, applications=applications, groups=groups, configs=configs, sources=sources), []
@@ -254,6 +293,7 @@ def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> D
     """Validate every document of every file; raise ManifestErrors listing all problems, or return Desired."""
     errors: list[ManifestError] = []
     validated: list[tuple[_Document, Any]] = []
+    failed: list[_Document] = []
     for file in sorted(files, key=lambda f: f.name):
         documents, parse_errors = parse_documents(file)
         errors.extend(parse_errors)
@@ -262,7 +302,9 @@ def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> D
             errors.extend(doc_errors)
             if manifest is not None:
                 validated.append((document, manifest))
-    desired, cross_errors = _cross_check(validated)
+            else:
+                failed.append(document)
+    desired, cross_errors = _cross_check(validated, failed)
     errors.extend(cross_errors)
     if errors or desired is None:
         raise ManifestErrors(sorted(errors, key=lambda e: (e.file, e.line, e.column)))

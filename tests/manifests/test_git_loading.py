@@ -1,0 +1,105 @@
+"""Loading manifests from a real Git repository: from commits (not the working tree), refs, sub-folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import ManifestErrors, SourceError
+from reconciler.loader import GitSource, load_git, resolve_commit
+from tests.gitrepo import ConfigRepo
+
+APP = "apiVersion: deploy/v1\nkind: Application\nmetadata: {{name: {name}}}\n"
+GROUP = """\
+apiVersion: deploy/v1
+kind: DeploymentGroup
+metadata: {{name: web}}
+spec:
+  application: hello
+  revision:
+    git: {{repository: /srv/git/hello.git, commit: {commit}}}
+  targets: {{tagSets: [[{{key: app, value: hello}}]]}}
+"""
+V1 = "a1" * 20
+V2 = "b2" * 20
+
+
+@pytest.fixture()
+def config_repo(tmp_path: Path) -> ConfigRepo:
+    return ConfigRepo(tmp_path / "config")
+
+
+def test_two_commits_load_their_own_manifests(config_repo: ConfigRepo) -> None:
+    config_repo.write("deploy/app.yaml", APP.format(name="hello"))
+    config_repo.write("deploy/web.yml", GROUP.format(commit=V1))
+    first = config_repo.commit("v1")
+    config_repo.write("deploy/web.yml", GROUP.format(commit=V2))
+    second = config_repo.commit("v2")
+
+    at_first = load_git(GitSource(str(config_repo.path), first, "deploy"))
+    at_second = load_git(GitSource(str(config_repo.path), "main", "deploy"))
+
+    assert at_first.commit == first
+    assert at_second.commit == second
+    assert at_first.groups["web"].spec.revision is not None
+    assert at_first.groups["web"].spec.revision.git is not None
+    assert at_first.groups["web"].spec.revision.git.commit == V1
+    assert at_second.desired_groups()["hello/web"].revision.git.commit == V2  # type: ignore[union-attr]
+    assert resolve_commit(str(config_repo.path), "HEAD~1") == first
+
+
+def test_working_tree_changes_are_not_read(config_repo: ConfigRepo) -> None:
+    config_repo.write("app.yaml", APP.format(name="hello"))
+    committed = config_repo.commit("app")
+    config_repo.write("broken.yaml", "kind: [")  # uncommitted: must not affect loading the commit
+    desired = load_git(GitSource(str(config_repo.path), "HEAD"))
+    assert desired.commit == committed
+    assert list(desired.applications) == ["hello"]
+
+
+def test_invalid_commit_reports_errors_with_file_names_relative_to_the_folder(config_repo: ConfigRepo) -> None:
+    config_repo.write("deploy/app.yaml", APP.format(name="hello"))
+    config_repo.write("deploy/web.yaml", GROUP.format(commit="abc"))
+    config_repo.commit("broken")
+    with pytest.raises(ManifestErrors) as raised:
+        load_git(GitSource(str(config_repo.path), "main", "deploy"))
+    assert [str(e) for e in raised.value.errors] == [
+        "web.yaml:7:43: DeploymentGroup/web: spec.revision.git.commit: 'abc' does not match the allowed pattern "
+        "^[0-9a-f]{40}$"
+    ]
+
+
+def test_remote_url_is_mirrored_and_fetched(
+    config_repo: ConfigRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config_repo.write("app.yaml", APP.format(name="hello"))
+    config_repo.commit("one")
+    url = config_repo.path.as_uri()
+    assert list(load_git(GitSource(url, "main")).applications) == ["hello"]
+    config_repo.write("app2.yaml", APP.format(name="second"))
+    newer = config_repo.commit("two")
+    desired = load_git(GitSource(url, "main"))  # fetches into the existing mirror
+    assert desired.commit == newer
+    assert sorted(desired.applications) == ["hello", "second"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "path", "message"),
+    [
+        ("no-such-branch", ".", "no commit named 'no-such-branch'"),
+        ("main", "missing", "no folder 'missing'"),
+        ("main", "app.yaml", "'app.yaml' is not a folder"),
+    ],
+)
+def test_source_errors_are_clear(config_repo: ConfigRepo, ref: str, path: str, message: str) -> None:
+    config_repo.write("app.yaml", APP.format(name="hello"))
+    config_repo.commit("one")
+    with pytest.raises(SourceError, match=message):
+        load_git(GitSource(str(config_repo.path), ref, path))
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="not a Git repository"):
+        load_git(GitSource(str(tmp_path), "main"))
