@@ -43,7 +43,7 @@ def test_broken_copy_prints_every_error_and_exits_1(tmp_path: Path) -> None:
     assert "extra.yaml:3:12: Application/hello: metadata.name: duplicate Application 'hello'" in lines[0]
     assert lines[1] == ("hello-production.yaml:14:7: DeploymentGroup/hello-production: "
                         "spec.revision.s3.bundleType: must be one of 'zip', 'tar' or 'tgz' (got 'rar')")
-    assert lines[2].startswith("hello-production.yaml:31:3: DeploymentGroup/hello-production: spec.deploymentConfig: "
+    assert lines[2].startswith("hello-production.yaml:28:3: DeploymentGroup/hello-production: spec.deploymentConfig: "
                                "no DeploymentConfig named 'canary-then-halve' (choose from: canary-then-half, ")
     assert lines[3].startswith("hello-staging.yaml:24:5: DeploymentGroup/hello-staging: "
                                "spec.options.fileExistBehavior: unknown field")
