@@ -1,0 +1,52 @@
+"""The pure decision core of the reconciler: `reconcile(desired, observed, state, *, now) -> list[Action]`.
+
+Everything here is computation over plain data (no I/O, no logging, no clock). The shell (executor, lease,
+`reconcile --once`, `watch`) feeds it and applies its actions; `reconcile plan` reuses its membership and
+rollout simulation so a plan shows exactly what a pass would do.
+"""
+
+from reconciler.core.actions import (
+    Action,
+    Blocked,
+    ClearStopRequest,
+    DispatchBatch,
+    FinishDeployment,
+    MarkGroupRemoved,
+    RecordDesired,
+    RecordHostResults,
+    RewriteCommands,
+    StartDeployment,
+    StartRollback,
+    StoreWrite,
+    UpdateDeploymentStatus,
+    actions_from_json,
+    actions_to_json,
+    writes_of,
+)
+from reconciler.core.observed import Observed, is_online
+from reconciler.core.reconcile import reconcile
+from reconciler.core.state import CoreSettings, State
+
+__all__ = [
+    "Action",
+    "Blocked",
+    "ClearStopRequest",
+    "CoreSettings",
+    "DispatchBatch",
+    "FinishDeployment",
+    "MarkGroupRemoved",
+    "Observed",
+    "RecordDesired",
+    "RecordHostResults",
+    "RewriteCommands",
+    "StartDeployment",
+    "StartRollback",
+    "State",
+    "StoreWrite",
+    "UpdateDeploymentStatus",
+    "actions_from_json",
+    "actions_to_json",
+    "is_online",
+    "reconcile",
+    "writes_of",
+]

@@ -1,0 +1,317 @@
+"""The decisions of a pass, as data. `reconcile()` returns a list of these; an executor applies them.
+
+Contract with the executor:
+- Apply actions in list order, and within an action the `writes()` in their order. Each write is a whole
+  document (`put`, never a patch), so applying an action twice is the same as applying it once.
+- Writes are ordered so that a crash between any two of them leaves a state the next pass completes
+  correctly: a Deployment is written before the GroupState that points at it (an unreferenced deployment
+  is ignored), and a Deployment that marks hosts dispatched with a generation is written before those
+  hosts' commands (the next pass sees the dispatch and emits `RewriteCommands` with the same generation
+  instead of dispatching again; agents run a generation once).
+- `Blocked` writes nothing: it says why a group does not move, for `plan`, `status` and logs.
+
+Besides the documents, every action carries semantic fields (group, hosts, batch, revisions, reason) so
+`plan` and progress output can render it without diffing documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from contract.keys import command_key, deployment_key, group_state_key
+from contract.models import (
+    Deployment,
+    DeploymentStatus,
+    Document,
+    GroupState,
+    HostCommand,
+    Model,
+    Revision,
+)
+
+
+@dataclass(frozen=True)
+class StoreWrite:
+    """One unconditional `put` of a whole document."""
+
+    key: str
+    document: Document
+
+    def data(self) -> bytes:
+        return self.document.to_json()
+
+
+def _deployment_write(deployment: Deployment) -> StoreWrite:
+    return StoreWrite(deployment_key(deployment.deployment_id), deployment)
+
+
+def _group_write(group_state: GroupState) -> StoreWrite:
+    return StoreWrite(group_state_key(group_state.application, group_state.deployment_group), group_state)
+
+
+def _command_writes(commands: list[HostCommand]) -> list[StoreWrite]:
+    return [StoreWrite(command_key(command.host_id), command) for command in commands]
+
+
+class _Action(Model):
+    #: `<application>/<deploymentGroup>`
+    group: str
+
+    def writes(self) -> list[StoreWrite]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for logs and progress output."""
+        raise NotImplementedError
+
+
+class RecordDesired(_Action):
+    """The manifests ask for another revision than last recorded (or the group is new or back after
+    removal). `desired_commit` moves to this commit, which is what quarantine is keyed on."""
+
+    kind: Literal["RecordDesired"] = "RecordDesired"
+    revision_from: Revision | None = None
+    revision_to: Revision
+    commit: str | None = None
+    group_state: GroupState
+
+    def writes(self) -> list[StoreWrite]:
+        return [_group_write(self.group_state)]
+
+    def describe(self) -> str:
+        before = self.revision_from.short() if self.revision_from else "nothing"
+        return f"{self.group}: desired revision {before} -> {self.revision_to.short()}"
+
+
+class StartDeployment(_Action):
+    """A new deployment (creator "user" for a manifest change, "outdated" for hosts catching up with the
+    effective revision). The first batch, if any can go now, follows as a `DispatchBatch`."""
+
+    kind: Literal["StartDeployment"] = "StartDeployment"
+    deployment_id: str
+    creator: Literal["user", "outdated"]
+    revision_from: Revision | None = None
+    revision_to: Revision
+    commit: str | None = None
+    #: Hosts that will receive the revision (the deployment's non-skipped hosts), in scheduling order.
+    hosts: list[str]
+    reason: str
+    deployment: Deployment
+    group_state: GroupState
+
+    def writes(self) -> list[StoreWrite]:
+        return [_deployment_write(self.deployment), _group_write(self.group_state)]
+
+    def describe(self) -> str:
+        before = self.revision_from.short() if self.revision_from else "nothing"
+        return (
+            f"{self.group}: start {self.deployment_id} ({self.creator}) {before} -> {self.revision_to.short()}"
+            f" on {len(self.hosts)} host(s): {self.reason}"
+        )
+
+
+class StartRollback(_Action):
+    """Redeploy the effective (last good) revision to every host a failed or stopped deployment touched."""
+
+    kind: Literal["StartRollback"] = "StartRollback"
+    deployment_id: str
+    rollback_of: str
+    revision_from: Revision
+    revision_to: Revision
+    hosts: list[str]
+    reason: str
+    deployment: Deployment
+    group_state: GroupState
+
+    def writes(self) -> list[StoreWrite]:
+        return [_deployment_write(self.deployment), _group_write(self.group_state)]
+
+    def describe(self) -> str:
+        return (
+            f"{self.group}: roll back {self.rollback_of} with {self.deployment_id}: "
+            f"{self.revision_from.short()} -> {self.revision_to.short()} on {len(self.hosts)} host(s)"
+        )
+
+
+class DispatchBatch(_Action):
+    """Send the revision to `hosts`. The Deployment (hosts InProgress with their generation) is written
+    before the commands, see the module docstring."""
+
+    kind: Literal["DispatchBatch"] = "DispatchBatch"
+    deployment_id: str
+    #: 0-based index into `Deployment.batches`.
+    batch: int
+    hosts: list[str]
+    revision: Revision
+    zone: str | None = None
+    canary: bool = False
+    deployment: Deployment
+    commands: list[HostCommand]
+
+    def writes(self) -> list[StoreWrite]:
+        return [_deployment_write(self.deployment), *_command_writes(self.commands)]
+
+    def describe(self) -> str:
+        label = "canary batch" if self.canary else f"batch {self.batch + 1}"
+        zone = f" in zone {self.zone}" if self.zone else ""
+        return f"{self.group}: {self.deployment_id} {label}{zone}: {', '.join(self.hosts)}"
+
+
+class RewriteCommands(_Action):
+    """A previous pass recorded a dispatch but stopped before writing these commands; write them again,
+    same generation, so each host runs the command exactly once."""
+
+    kind: Literal["RewriteCommands"] = "RewriteCommands"
+    deployment_id: str
+    hosts: list[str]
+    commands: list[HostCommand]
+
+    def writes(self) -> list[StoreWrite]:
+        return _command_writes(self.commands)
+
+    def describe(self) -> str:
+        return f"{self.group}: {self.deployment_id} re-write interrupted commands for {', '.join(self.hosts)}"
+
+
+class RecordHostResults(_Action):
+    """Hosts finished (as reported by their agents), timed out, went offline, or left the group."""
+
+    kind: Literal["RecordHostResults"] = "RecordHostResults"
+    deployment_id: str
+    succeeded: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    deployment: Deployment
+
+    def writes(self) -> list[StoreWrite]:
+        return [_deployment_write(self.deployment)]
+
+    def describe(self) -> str:
+        parts = [
+            f"{label} {', '.join(hosts)}"
+            for label, hosts in (("succeeded", self.succeeded), ("failed", self.failed), ("skipped", self.skipped))
+            if hosts
+        ]
+        return f"{self.group}: {self.deployment_id} " + "; ".join(parts)
+
+
+class UpdateDeploymentStatus(_Action):
+    """A status change that is not an end: InProgress -> Baking (canary or zone bake) and back."""
+
+    kind: Literal["UpdateDeploymentStatus"] = "UpdateDeploymentStatus"
+    deployment_id: str
+    status_from: DeploymentStatus
+    status_to: DeploymentStatus
+    reason: str
+    deployment: Deployment
+
+    def writes(self) -> list[StoreWrite]:
+        return [_deployment_write(self.deployment)]
+
+    def describe(self) -> str:
+        return f"{self.group}: {self.deployment_id} {self.status_from} -> {self.status_to}: {self.reason}"
+
+
+class FinishDeployment(_Action):
+    """The deployment ended. The GroupState carries the consequences: the effective revision on success,
+    the quarantined revision on failure or stop, the cleared in-flight slot and stop request."""
+
+    kind: Literal["FinishDeployment"] = "FinishDeployment"
+    deployment_id: str
+    status: DeploymentStatus
+    error_code: str | None = None
+    reason: str
+    revision: Revision
+    #: True when this pass added the revision to the group's quarantine list.
+    quarantined: bool = False
+    deployment: Deployment
+    group_state: GroupState
+
+    def writes(self) -> list[StoreWrite]:
+        return [_deployment_write(self.deployment), _group_write(self.group_state)]
+
+    def describe(self) -> str:
+        code = f" [{self.error_code}]" if self.error_code else ""
+        return f"{self.group}: {self.deployment_id} {self.status}{code}: {self.reason}"
+
+
+class MarkGroupRemoved(_Action):
+    """The group left the manifests: no more deployments, nothing uninstalled, records kept until cleaned."""
+
+    kind: Literal["MarkGroupRemoved"] = "MarkGroupRemoved"
+    group_state: GroupState
+
+    def writes(self) -> list[StoreWrite]:
+        return [_group_write(self.group_state)]
+
+    def describe(self) -> str:
+        return f"{self.group}: removed from the manifests"
+
+
+class ClearStopRequest(_Action):
+    """A stop request that has nothing (left) to stop is dropped so it cannot stop a later deployment."""
+
+    kind: Literal["ClearStopRequest"] = "ClearStopRequest"
+    reason: str
+    group_state: GroupState
+
+    def writes(self) -> list[StoreWrite]:
+        return [_group_write(self.group_state)]
+
+    def describe(self) -> str:
+        return f"{self.group}: stop request cleared: {self.reason}"
+
+
+BlockedCode = Literal[
+    "NO_INSTANCES", "SUSPENDED", "QUARANTINED", "WAITING_FOR_HOSTS", "STOPPING", "BAKING",
+]
+
+
+class Blocked(_Action):
+    """Why a group that is not converged does not move this pass. Writes nothing."""
+
+    kind: Literal["Blocked"] = "Blocked"
+    code: BlockedCode
+    reason: str
+    deployment_id: str | None = None
+
+    def writes(self) -> list[StoreWrite]:
+        return []
+
+    def describe(self) -> str:
+        return f"{self.group}: {self.code}: {self.reason}"
+
+
+Action = Annotated[
+    RecordDesired
+    | StartDeployment
+    | StartRollback
+    | DispatchBatch
+    | RewriteCommands
+    | RecordHostResults
+    | UpdateDeploymentStatus
+    | FinishDeployment
+    | MarkGroupRemoved
+    | ClearStopRequest
+    | Blocked,
+    Field(discriminator="kind"),
+]
+
+ACTIONS_ADAPTER: TypeAdapter[list[Action]] = TypeAdapter(list[Action])
+
+
+def actions_to_json(actions: list[Action]) -> list[dict[str, Any]]:
+    """camelCase JSON, as in the store; the golden files and `plan --json` use this shape."""
+    dumped: list[dict[str, Any]] = ACTIONS_ADAPTER.dump_python(actions, mode="json", by_alias=True, exclude_none=True)
+    return dumped
+
+
+def actions_from_json(data: Any) -> list[Action]:
+    return ACTIONS_ADAPTER.validate_python(data)
+
+
+def writes_of(actions: list[Action]) -> list[StoreWrite]:
+    return [write for action in actions for write in action.writes()]

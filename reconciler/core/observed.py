@@ -1,0 +1,47 @@
+"""What the fleet reports: the `Observed` side of a pass, read from `hosts/<id>/registration.json` and
+`hosts/<id>/status.json` by the shell and handed to `reconcile()` as plain data.
+
+Liveness is judged here, from the heartbeat the agent wrote and the `now` the caller passes, so the rule
+("silent for longer than max(heartbeat_timeout, 3 x its own heartbeat interval)") lives in one place that
+`reconcile`, `plan` and `status` all share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from contract.models import CommandProgress, HostRegistration, HostStatus
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Agents' documents keyed by host id. A host may have a registration without a status (it never
+    heartbeated) or neither (an explicit target that never registered); both count as offline."""
+
+    registrations: Mapping[str, HostRegistration] = field(default_factory=dict)
+    statuses: Mapping[str, HostStatus] = field(default_factory=dict)
+
+    def host_ids(self) -> set[str]:
+        return set(self.registrations) | set(self.statuses)
+
+    def tags(self, host_id: str) -> Mapping[str, str]:
+        registration = self.registrations.get(host_id)
+        return registration.tags if registration is not None else {}
+
+    def last_command(self, host_id: str) -> CommandProgress | None:
+        status = self.statuses.get(host_id)
+        return status.command if status is not None else None
+
+
+def liveness_timeout(status: HostStatus, heartbeat_timeout: timedelta) -> timedelta:
+    """A host that heartbeats every 5 minutes must not be called dead after the 3-minute default."""
+    return max(heartbeat_timeout, timedelta(seconds=3 * status.heartbeat_interval_seconds))
+
+
+def is_online(observed: Observed, host_id: str, *, now: datetime, heartbeat_timeout: timedelta) -> bool:
+    status = observed.statuses.get(host_id)
+    if status is None:
+        return False
+    return now - status.heartbeat_at <= liveness_timeout(status, heartbeat_timeout)

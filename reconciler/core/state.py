@@ -1,0 +1,44 @@
+"""What the reconciler wrote before: the `State` side of a pass, and the few settings the core needs.
+
+The shell reads `groups/**`, the deployments those groups reference and `commands/*` from the store and
+hands them over as plain data; the core never reads settings files or the store itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from contract.models import Deployment, GroupState, HostCommand
+from reconciler.settings import ReconcileSettings
+
+
+@dataclass(frozen=True)
+class State:
+    """The reconciler's own records.
+
+    - `groups`: every `groups/<app>/<group>.json`, keyed `<app>/<group>` (including removed groups).
+    - `deployments`: at least every deployment a group names in `deployment_in_flight` or `history`. The
+      history is what host health is judged from ("the last deployment to this host in this group failed"),
+      so loading only the in-flight ones makes every host look as if it was never deployed to.
+    - `commands`: every `commands/<host>.json`, keyed by host id: the one command slot of each host, whose
+      generation decides the next one and whether the host is still busy.
+    """
+
+    groups: Mapping[str, GroupState] = field(default_factory=dict)
+    deployments: Mapping[str, Deployment] = field(default_factory=dict)
+    commands: Mapping[str, HostCommand] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """The knobs of `reconcile()`; built from `ReconcileSettings` by the shell, defaults match deploy.yaml's."""
+
+    heartbeat_timeout: timedelta = timedelta(minutes=3)
+    #: Deployment ids kept in `GroupState.history`, oldest dropped first.
+    history_limit: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: ReconcileSettings) -> CoreSettings:
+        return cls(heartbeat_timeout=settings.heartbeat_timeout, history_limit=settings.history_limit)
