@@ -17,6 +17,7 @@ Besides the documents, every action carries semantic fields (group, hosts, batch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
@@ -277,6 +278,8 @@ class Blocked(_Action):
     code: BlockedCode
     reason: str
     deployment_id: str | None = None
+    #: When waiting ends by itself (end of a bake), so callers can sleep until then.
+    until: datetime | None = None
 
     def writes(self) -> list[StoreWrite]:
         return []

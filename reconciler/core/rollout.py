@@ -1,0 +1,315 @@
+"""One step of one deployment: which hosts get the revision now, or why not, or how the deployment ends.
+
+This is CodeDeploy's minimum-healthy-hosts scheduler (reference codedeploy.md §4.1-4.3) written as a step
+with a budget that every pass re-runs, never as a loop that sleeps:
+
+    N        = hosts in the deployment (targets plus the group members it skips)
+    minimum  = HOST_COUNT value | ceil(FLEET_PERCENT x N / 100) | N - 1 for OneAtATime
+    budget   = healthy hosts not in flight - minimum
+
+- Pending hosts go in the order unhealthy -> unknown revision -> old revision -> current revision (by host
+  id within a rank). Unhealthy hosts take no budget: updating them cannot lower the healthy count. A
+  healthy host takes one unit of budget; with none left it waits.
+- An offline target (silent past the heartbeat timeout, or an explicit host that never registered) fails
+  when its turn comes, as a stopped EC2 instance does in CodeDeploy.
+- Once any host has failed, the rest proceeds batch by batch: a new batch waits until the previous one
+  has finished, then the health check decides whether to go on.
+- When nothing is in flight and the next healthy host would take the group to or below its minimum, the
+  deployment fails: HEALTH_CONSTRAINTS_INVALID if nothing was attempted yet, HEALTH_CONSTRAINTS otherwise.
+- The end: succeeded when at least one host succeeded and, if any host failed, the healthy hosts are still
+  at least the minimum (which gives OneAtATime's "a failure on the last host does not fail it" and
+  HalfAtATime's "needs half, rounded up").
+
+Beyond CodeDeploy, from the DeploymentConfig: a canary first batch and its bake, one zone at a time with a
+bake between zones and a per-zone minimum. Rollbacks and catch-up deployments redeploy a revision that
+already proved itself, so they keep the minimum and zone rules but skip canary and bake waits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from contract.durations import format_duration
+from contract.models import Deployment, DeploymentStatus, HostDeploymentState, HostDeploymentStatus
+from reconciler.manifests import EffectiveConfig
+
+PENDING = HostDeploymentStatus.PENDING
+IN_PROGRESS = HostDeploymentStatus.IN_PROGRESS
+SUCCEEDED = HostDeploymentStatus.SUCCEEDED
+FAILED = HostDeploymentStatus.FAILED
+SKIPPED = HostDeploymentStatus.SKIPPED
+
+#: Revision health ranks, in scheduling order after "unhealthy".
+REVISION_UNKNOWN = 0
+REVISION_OLD = 1
+REVISION_CURRENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What the step needs to know about one host, judged by the caller from Observed and State."""
+
+    online: bool
+    #: Its one command slot is free (last command reported finished) and no other group booked it this pass.
+    free: bool
+    #: Instance health before this deployment: its last attempt in this group succeeded, or it reports the
+    #: group's revision installed and was never attempted. Offline hosts are never healthy.
+    healthy: bool
+    revision_rank: int = REVISION_UNKNOWN
+    zone: str | None = None
+    #: Why an offline host is offline, for the failure message.
+    offline_reason: str = "offline"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: DeploymentStatus
+    error_code: str | None
+    message: str
+
+
+@dataclass
+class Step:
+    """The decision for one deployment in one pass. At most one of dispatch/outcome/baking is the point,
+    but offline hosts may be failed in the same step as any of them."""
+
+    dispatch: list[str] = field(default_factory=list)
+    #: Pending hosts that are offline at their turn: they fail without a command.
+    offline: list[str] = field(default_factory=list)
+    zone: str | None = None
+    canary: bool = False
+    outcome: Outcome | None = None
+    baking_until: datetime | None = None
+    bake_reason: str = ""
+    #: Why nothing moves although the deployment could (busy command slots, stopping while hosts finish).
+    waiting: str | None = None
+    waiting_code: str = "WAITING_FOR_HOSTS"
+
+
+def zone_sort_key(zone: str | None) -> tuple[bool, str]:
+    """Zones in name order, hosts without a zone last."""
+    return (zone is None, zone or "")
+
+
+def _healthy(state: HostDeploymentState, facts: HostFacts) -> bool:
+    """Healthy and not in flight, judged now: this deployment's own result wins over earlier history."""
+    if not facts.online:
+        return False
+    if state.status is SUCCEEDED:
+        return True
+    if state.status in (FAILED, IN_PROGRESS):
+        return False
+    return facts.healthy
+
+
+def minimum_healthy(config: EffectiveConfig, host_count: int) -> int:
+    return config.minimum_for(host_count)
+
+
+def _zone_minimum(config: EffectiveConfig, zone_size: int) -> int:
+    if config.zonal is None or config.zonal.minimum_healthy_hosts_per_zone is None:
+        return 0  # CodeDeploy's default: 0 percent per zone
+    return config.zonal.minimum_healthy_hosts_per_zone.minimum_for(zone_size)
+
+
+def final_outcome(deployment: Deployment, facts: Mapping[str, HostFacts], config: EffectiveConfig) -> Outcome:
+    """How a deployment with nothing pending and nothing in flight ends."""
+    hosts = deployment.hosts
+    targets = [h for h, s in hosts.items() if s.status is not SKIPPED]
+    succeeded = [h for h in targets if hosts[h].status is SUCCEEDED]
+    failed = [h for h in targets if hosts[h].status is FAILED]
+    if not targets:
+        return Outcome(DeploymentStatus.SUCCEEDED, None, "every host already runs this revision")
+    if not succeeded:
+        return Outcome(
+            DeploymentStatus.FAILED,
+            "HEALTH_CONSTRAINTS",
+            f"no host succeeded: {len(failed)} of {len(targets)} failed ({_list(failed)})",
+        )
+    minimum = minimum_healthy(config, len(hosts))
+    healthy = sum(1 for h, s in hosts.items() if _healthy(s, facts[h]))
+    if failed and healthy < minimum:
+        return Outcome(
+            DeploymentStatus.FAILED,
+            "HEALTH_CONSTRAINTS",
+            f"{len(failed)} host(s) failed ({_list(failed)}), leaving {healthy} healthy of {len(hosts)}; "
+            f"the minimum is {minimum}",
+        )
+    note = f"; {len(failed)} failed ({_list(failed)}) within the minimum healthy of {minimum}" if failed else ""
+    return Outcome(DeploymentStatus.SUCCEEDED, None, f"{len(succeeded)} of {len(targets)} host(s) succeeded{note}")
+
+
+def _list(hosts: list[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(hosts)[:limit])
+    return shown + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
+
+
+def _latest_finish(deployment: Deployment, hosts: list[str]) -> datetime | None:
+    ends = [deployment.hosts[h].finished_at for h in hosts]
+    known = [end for end in ends if end is not None]
+    return max(known) if known else None
+
+
+def decide_step(
+    deployment: Deployment,
+    facts: Mapping[str, HostFacts],
+    config: EffectiveConfig,
+    *,
+    now: datetime,
+    canary_and_bakes: bool,
+    stop: Outcome | None = None,
+) -> Step:
+    """Decide what `deployment` does this pass. `facts` must cover every host in the deployment; `stop`
+    is how it ends if it is being stopped (on request, superseded, group removed)."""
+    hosts = deployment.hosts
+    pending = [h for h, s in hosts.items() if s.status is PENDING]
+    in_flight = [h for h, s in hosts.items() if s.status is IN_PROGRESS]
+
+    if not pending and not in_flight:
+        return Step(outcome=final_outcome(deployment, facts, config))
+    if stop is not None:
+        if in_flight:
+            return Step(
+                waiting=f"{stop.message}; waiting for {len(in_flight)} host(s) in flight to finish",
+                waiting_code="STOPPING",
+            )
+        return Step(outcome=stop)
+
+    zonal = config.zonal
+    canary = config.canary if canary_and_bakes else None
+
+    # Canary: the first batch alone, all of it must succeed, then bake before anything else goes.
+    if canary is not None and len(deployment.batches) == 1:
+        canary_hosts = deployment.batches[0]
+        if any(hosts[h].status is IN_PROGRESS for h in canary_hosts):
+            return Step()
+        canary_failed = [h for h in canary_hosts if hosts[h].status is FAILED]
+        if canary_failed:
+            return Step(
+                outcome=Outcome(
+                    DeploymentStatus.FAILED,
+                    "CANARY_FAILED",
+                    f"the canary batch failed on {_list(canary_failed)}",
+                )
+            )
+        finished = _latest_finish(deployment, canary_hosts)
+        if canary.bake_time > timedelta(0) and finished is not None and now < finished + canary.bake_time:
+            return Step(
+                baking_until=finished + canary.bake_time,
+                bake_reason=f"canary bake of {format_duration(canary.bake_time)}",
+            )
+
+    # Zones: only one zone in flight; the next zone starts after the previous one finished and baked.
+    current_zone: str | None = None
+    if zonal is not None:
+        if in_flight:
+            current_zone = min((facts[h].zone for h in in_flight), key=zone_sort_key)
+        else:
+            current_zone = min((facts[h].zone for h in pending), key=zone_sort_key)
+            started = [h for h, s in hosts.items() if s.status in (SUCCEEDED, FAILED)]
+            started_zones = {facts[h].zone for h in started}
+            if canary_and_bakes and started_zones and current_zone not in started_zones:
+                bake = zonal.bake_time
+                if len(started_zones) == 1 and zonal.first_zone_bake_time is not None:
+                    bake = zonal.first_zone_bake_time
+                finished = _latest_finish(deployment, started)
+                if bake > timedelta(0) and finished is not None and now < finished + bake:
+                    return Step(
+                        baking_until=finished + bake,
+                        bake_reason=f"bake of {format_duration(bake)} before zone {current_zone or '(none)'}",
+                    )
+
+    failed_any = any(s.status is FAILED for s in hosts.values())
+    if failed_any and in_flight:
+        return Step()  # a failure pauses new batches until the hosts in flight have finished
+
+    working = dict(hosts)
+    minimum = minimum_healthy(config, len(hosts))
+    healthy_idle = sum(1 for h, s in working.items() if _healthy(s, facts[h]))
+    budget = healthy_idle - minimum
+    zone_budget = math.inf
+    zone_members: list[str] = []
+    zone_min = 0
+    if zonal is not None:
+        zone_members = [h for h in hosts if facts[h].zone == current_zone]
+        zone_min = _zone_minimum(config, len(zone_members))
+        zone_budget = sum(1 for h in zone_members if _healthy(working[h], facts[h])) - zone_min
+    limit = canary.hosts if canary is not None and not deployment.batches else math.inf
+
+    def order(host: str) -> tuple[bool, int, str]:
+        f = facts[host]
+        return (f.online and f.healthy, f.revision_rank, host)
+
+    candidates = sorted(
+        (h for h in pending if zonal is None or facts[h].zone == current_zone),
+        key=order,
+    )
+    step = Step(zone=current_zone, canary=limit != math.inf)
+    waiting_busy: list[str] = []
+    needs_budget: list[str] = []
+    for host in candidates:
+        f = facts[host]
+        if not f.online:
+            step.offline.append(host)
+            continue
+        if len(step.dispatch) >= limit:
+            continue
+        if f.healthy:
+            if budget <= 0 or zone_budget <= 0:
+                needs_budget.append(host)
+                continue
+            if not f.free:
+                waiting_busy.append(host)
+                continue
+            budget -= 1
+            zone_budget -= 1
+        elif not f.free:
+            waiting_busy.append(host)
+            continue
+        step.dispatch.append(host)
+
+    if step.dispatch or in_flight:
+        return step
+    remaining = [h for h in pending if h not in step.offline]
+    if not remaining:
+        if step.offline:
+            # Every pending host was offline: record them now; the next pass ends the deployment.
+            return step
+        return Step(outcome=final_outcome(deployment, facts, config))  # pragma: no cover - handled above
+    if zonal is not None and not any(facts[h].zone == current_zone for h in remaining):
+        return step  # this zone's turn ended with offline hosts; the next pass moves to the next zone
+    if waiting_busy:
+        step.waiting = f"{_list(waiting_busy)} still busy with another command"
+        return step
+    if needs_budget:
+        attempted = any(s.generation is not None for s in hosts.values())
+        unhealthy = sorted(
+            h for h, s in hosts.items() if not _healthy(s, facts[h]) or h in step.offline
+        )
+        where = f" in zone {current_zone}" if zonal is not None and zone_budget <= 0 and budget > 0 else ""
+        if where:
+            detail = (
+                f"zone {current_zone} has {int(zone_budget) + zone_min} healthy host(s) of {len(zone_members)} "
+                f"and its minimum is {zone_min}"
+            )
+        else:
+            detail = f"{healthy_idle} of {len(hosts)} host(s) are healthy and the minimum is {minimum}"
+        unhealthy_note = f" (not healthy: {_list(unhealthy)})" if unhealthy else ""
+        if attempted:
+            code = "HEALTH_CONSTRAINTS"
+            message = (
+                f"too many hosts failed to continue{where}: {detail}{unhealthy_note}; "
+                f"{len(remaining)} host(s) not deployed"
+            )
+        else:
+            code = "HEALTH_CONSTRAINTS_INVALID"
+            message = (
+                f"the deployment cannot start{where}: {detail}{unhealthy_note}, so no healthy host can be "
+                f"updated without going below the minimum"
+            )
+        step.outcome = Outcome(DeploymentStatus.FAILED, code, message)
+        return step
+    return step  # pragma: no cover - every pending host is in one of the lists above

@@ -1,0 +1,229 @@
+"""A fleet in memory: apply actions to a `State`, let simulated agents answer their commands, repeat.
+
+`reconcile plan` uses it to show the batches a rollout would go through ("assuming every host succeeds"),
+by running the real `reconcile()` pass after pass rather than a second copy of the batching rules; the
+property tests use it with agents that fail at random. Still pure: the clock is a value that the loop
+advances (to the end of a bake when one is running).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from contract.models import (
+    CommandProgress,
+    CommandStatus,
+    Deployment,
+    DeploymentStatus,
+    GroupState,
+    HostCommand,
+    HostDeploymentStatus,
+    InstalledRevision,
+    Revision,
+    group_key,
+)
+from reconciler.core.actions import (
+    Action,
+    Blocked,
+    DispatchBatch,
+    FinishDeployment,
+    StartDeployment,
+    StartRollback,
+)
+from reconciler.core.observed import Observed, is_online
+from reconciler.core.reconcile import DEFAULT_SETTINGS, reconcile
+from reconciler.core.state import CoreSettings, State
+from reconciler.manifests import Desired
+
+#: Decides a simulated agent's answer to a command: True = Succeeded.
+Outcome = Callable[[HostCommand], bool]
+
+
+def apply_actions(state: State, actions: Iterable[Action]) -> State:
+    """What an executor does, in memory: every write replaces the document under its key."""
+    groups = dict(state.groups)
+    deployments = dict(state.deployments)
+    commands = dict(state.commands)
+    for action in actions:
+        for write in action.writes():
+            document = write.document
+            if isinstance(document, GroupState):
+                groups[group_key(document.application, document.deployment_group)] = document
+            elif isinstance(document, Deployment):
+                deployments[document.deployment_id] = document
+            elif isinstance(document, HostCommand):
+                commands[document.host_id] = document
+    return State(groups=groups, deployments=deployments, commands=commands)
+
+
+def run_agents(
+    observed: Observed,
+    state: State,
+    *,
+    now: datetime,
+    alive: Collection[str],
+    outcome: Outcome | None = None,
+) -> Observed:
+    """Every host in `alive` heartbeats at `now` and runs its command if it has a new generation, finishing
+    it at once with the answer `outcome` gives (success when None). Other hosts stay silent."""
+    statuses = dict(observed.statuses)
+    for host in alive:
+        status = statuses.get(host)
+        if status is None:
+            continue
+        update: dict[str, object] = {"heartbeat_at": now}
+        command = state.commands.get(host)
+        last = status.command
+        if command is not None and (last is None or last.generation < command.generation):
+            ok = outcome(command) if outcome is not None else True
+            update["command"] = CommandProgress(
+                deployment_id=command.deployment_id,
+                generation=command.generation,
+                application=command.application,
+                deployment_group=command.deployment_group,
+                status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
+                started_at=now,
+                ended_at=now,
+                message=None if ok else "simulated failure",
+            )
+            if ok:
+                key = group_key(command.application, command.deployment_group)
+                update["installed"] = {
+                    **status.installed,
+                    key: InstalledRevision(
+                        application=command.application,
+                        deployment_group=command.deployment_group,
+                        revision=command.revision,
+                        deployment_id=command.deployment_id,
+                        installed_at=now,
+                    ),
+                }
+        statuses[host] = status.model_copy(update=update)
+    return Observed(registrations=observed.registrations, statuses=statuses)
+
+
+@dataclass(frozen=True)
+class PreviewBatch:
+    index: int
+    hosts: list[str]
+    zone: str | None
+    canary: bool
+    #: Simulated time from the start of the preview at which the batch is dispatched (bakes show here).
+    after: timedelta
+
+
+@dataclass
+class PreviewDeployment:
+    deployment_id: str
+    creator: str
+    revision_from: Revision | None
+    revision_to: Revision
+    hosts: list[str]
+    skipped: dict[str, str]
+    batches: list[PreviewBatch] = field(default_factory=list)
+    status: DeploymentStatus = DeploymentStatus.IN_PROGRESS
+    error_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class RolloutPreview:
+    """What a group would go through if every online host succeeded, starting from the current state."""
+
+    group: str
+    #: Exactly what the next pass would do for this group.
+    first_pass: list[Action] = field(default_factory=list)
+    deployments: list[PreviewDeployment] = field(default_factory=list)
+    #: Why the group does not move, if it does not (from the first pass).
+    blocked: list[Blocked] = field(default_factory=list)
+    #: False when the simulation hit its pass limit before every deployment ended.
+    complete: bool = True
+
+
+def preview_rollout(
+    desired: Desired,
+    observed: Observed,
+    state: State,
+    *,
+    now: datetime,
+    settings: CoreSettings = DEFAULT_SETTINGS,
+    groups: Collection[str] | None = None,
+    tick: timedelta = timedelta(seconds=1),
+    max_passes: int = 10_000,
+) -> dict[str, RolloutPreview]:
+    """Run passes until every deployment of the selected groups (default: all) has ended, with online hosts
+    succeeding at once and offline ones staying silent. Keyed by group; groups with nothing to do map to a
+    preview with no deployments."""
+    timeout = settings.heartbeat_timeout
+    alive = {h for h in observed.statuses if is_online(observed, h, now=now, heartbeat_timeout=timeout)}
+    wanted = set(groups) if groups is not None else set(desired.desired_groups()) | set(state.groups)
+    previews = {key: RolloutPreview(group=key) for key in sorted(wanted)}
+    by_id: dict[str, PreviewDeployment] = {}
+    clock = now
+    actions = reconcile(desired, observed, state, now=clock, settings=settings)
+    for action in actions:
+        if action.group in previews:
+            previews[action.group].first_pass.append(action)
+            if isinstance(action, Blocked):
+                previews[action.group].blocked.append(action)
+    complete = False
+    for _ in range(max_passes):
+        _record(previews, by_id, actions, clock - now)
+        state = apply_actions(state, actions)
+        if not any((g := state.groups.get(key)) is not None and g.deployment_in_flight for key in previews):
+            complete = True
+            break
+        bake_ends = [a.until for a in actions if isinstance(a, Blocked) and a.until is not None]
+        clock = max(clock + tick, min(bake_ends)) if bake_ends else clock + tick
+        observed = run_agents(observed, state, now=clock, alive=alive)
+        actions = reconcile(desired, observed, state, now=clock, settings=settings)
+    for preview in previews.values():
+        preview.complete = complete
+    return previews
+
+
+def _record(
+    previews: dict[str, RolloutPreview], by_id: dict[str, PreviewDeployment], actions: list[Action], after: timedelta
+) -> None:
+    for action in actions:
+        preview = previews.get(action.group)
+        if preview is None:
+            continue
+        if isinstance(action, StartDeployment | StartRollback):
+            entry = PreviewDeployment(
+                deployment_id=action.deployment_id,
+                creator=action.deployment.creator,
+                revision_from=action.revision_from,
+                revision_to=action.revision_to,
+                hosts=list(action.hosts),
+                skipped={h: s.message or "" for h, s in action.deployment.hosts.items() if h not in action.hosts},
+            )
+            by_id[action.deployment_id] = entry
+            preview.deployments.append(entry)
+        elif isinstance(action, DispatchBatch):
+            if action.deployment_id not in by_id:  # started by an earlier pass
+                deployment = action.deployment
+                by_id[action.deployment_id] = PreviewDeployment(
+                    deployment_id=action.deployment_id,
+                    creator=deployment.creator,
+                    revision_from=None,
+                    revision_to=deployment.revision,
+                    hosts=[h for h, s in deployment.hosts.items() if s.status is not HostDeploymentStatus.SKIPPED],
+                    skipped={
+                        h: s.message or ""
+                        for h, s in deployment.hosts.items()
+                        if s.status is HostDeploymentStatus.SKIPPED
+                    },
+                )
+                preview.deployments.append(by_id[action.deployment_id])
+            by_id[action.deployment_id].batches.append(
+                PreviewBatch(index=action.batch, hosts=list(action.hosts), zone=action.zone, canary=action.canary,
+                             after=after)
+            )
+        elif isinstance(action, FinishDeployment) and action.deployment_id in by_id:
+            entry = by_id[action.deployment_id]
+            entry.status = action.status
+            entry.error_code = action.error_code
+            entry.reason = action.reason
