@@ -1,7 +1,306 @@
-"""Placeholder until the sub-commands land; registers nothing."""
+"""`reconcile plan`: the command-line layer over `reconciler.plan`.
 
-from typing import Any
+It resolves the two refs (head, and base = the merge base with the default branch unless given), loads and
+validates the manifests at both, reads the fleet from the store when it can, asks `compute_plan` for the
+plan, prints it in the chosen format and, with `--out`, saves it with the fingerprints that
+`reconcile --once --plan` checks. Exit codes follow `terraform plan -detailed-exitcode`: 0 no changes,
+2 changes, 1 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import structlog
+from pydantic import ValidationError
+
+from contract.keys import (
+    COMMANDS_PREFIX,
+    GROUPS_PREFIX,
+    HOSTS_PREFIX,
+    deployment_key,
+    host_id_from_key,
+    registration_key,
+    status_key,
+)
+from contract.models import Deployment, Document, GroupState, HostCommand, HostRegistration, HostStatus
+from contract.store import Store, StoreError
+from reconciler.core import Observed, State
+from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
+from reconciler.exitcodes import ExitCode
+from reconciler.loader import files_from_commit, load_files, open_repository
+from reconciler.manifests import Desired
+from reconciler.plan import (
+    DEFAULT_ROLLBACK_WARNING_HOSTS,
+    Fleet,
+    LoadedRef,
+    Plan,
+    PlanOptions,
+    compute_plan,
+    saved_plan,
+    write_saved_plan,
+)
+from reconciler.plan_render import GITHUB_COMMENT_LIMIT, render_json, render_markdown, render_text
+from reconciler.settings import DeploySettings
+
+log = structlog.get_logger(__name__)
+DocumentT = TypeVar("DocumentT", bound=Document)
+
+#: Where to look for "the default branch" when neither --base nor a branch in repository.ref says.
+DEFAULT_BRANCH_CANDIDATES = ("origin/HEAD", "origin/main", "origin/master", "main", "master")
 
 
-def register(sub: Any, parent: Any) -> None:
-    return None
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "plan",
+        parents=[parent],
+        help="show what merging a change would do: semantic diff, hosts, batches, warnings",
+        description=(
+            "Compare the manifests at two refs (base: the merge base with the default branch, head: HEAD), "
+            "and show what applying the head would do: the deployments that start, their hosts and batches "
+            "(from the store when reachable), and the warnings that matter in review."
+        ),
+        epilog="Exit codes: 0 no changes, 2 changes, 1 error (invalid head, bad ref, unsaved --out).",
+    )
+    parser.add_argument("--base", default=None, help="ref to compare with (default: merge base of head and the "
+                        "default branch: repository.ref if it names a branch, else origin/HEAD, main, master)")
+    parser.add_argument("--head", default=None, help="ref whose manifests would be applied (default: HEAD)")
+    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                        help="text for terminals, markdown for a pull-request comment, json for bots")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="save the plan with fingerprints for `reconcile --once --plan FILE` (needs the store)")
+    parser.add_argument("--offline", action="store_true",
+                        help="do not read the store: hosts and batches from the selectors alone")
+    parser.add_argument("--mermaid", action="store_true", help="markdown: add a Mermaid timeline of each rollout")
+    parser.add_argument("--markdown-limit", type=int, default=GITHUB_COMMENT_LIMIT, metavar="CHARS",
+                        help=f"markdown: at most this many characters (default {GITHUB_COMMENT_LIMIT}, GitHub's limit)")
+    parser.add_argument("--rollback-warning-hosts", type=int, default=DEFAULT_ROLLBACK_WARNING_HOSTS, metavar="N",
+                        help=f"warn when rollback is disabled on a group of more than N hosts "
+                             f"(default {DEFAULT_ROLLBACK_WARNING_HOSTS})")
+    parser.set_defaults(func=run_plan)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything `reconcile plan` needs besides the clock, resolved from flags and settings."""
+
+    repository: str
+    manifest_path: str = "."
+    head: str | None = None
+    base: str | None = None
+    #: The branch the reconciler deploys from (`repository.ref`); the default base is the merge base with it.
+    configured_ref: str = "HEAD"
+    store: str | None = None
+    options: PlanOptions = field(default_factory=PlanOptions)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: Plan
+    head: LoadedRef
+    fleet: Fleet | None
+    fleet_note: str | None
+
+
+def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
+    """Resolve the refs, load both sides and the fleet, and compute the plan. Raises SourceError for refs or
+    repositories that cannot be read; manifest errors are carried in the plan."""
+    repo = open_repository(request.repository)
+    head_ref = request.head or "HEAD"
+    head_commit = _resolve(repo, request.repository, head_ref, "--head")
+    if request.base:
+        base_ref, base_note = request.base, None
+        base_commit = _resolve(repo, request.repository, request.base, "--base")
+    else:
+        base_ref, base_commit, base_note = default_base(repo, request.repository, head_commit, head_ref,
+                                                        request.configured_ref)
+    head = load_ref(request.repository, head_ref, head_commit, request.manifest_path, side="head")
+    base = load_ref(request.repository, base_ref, base_commit, request.manifest_path, side="base", note=base_note)
+    fleet, fleet_note = read_fleet(request.store) if request.store else (None, "--offline")
+    plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
+                        path=request.manifest_path, fleet_note=fleet_note, options=request.options)
+    return PlanResult(plan=plan, head=head, fleet=fleet, fleet_note=fleet_note)
+
+
+def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
+    if args.markdown_limit < 1000:
+        raise ReconcilerError("--markdown-limit must be at least 1000 characters")
+    if args.rollback_warning_hosts < 0:
+        raise ReconcilerError("--rollback-warning-hosts must be 0 or more")
+    request = PlanRequest(
+        repository=settings.repository.url,
+        manifest_path=settings.repository.path,
+        head=args.head,
+        base=args.base,
+        configured_ref=settings.repository.ref,
+        store=None if args.offline else settings.store,
+        options=PlanOptions(rollback_warning_hosts=args.rollback_warning_hosts,
+                            heartbeat_timeout=settings.reconcile.heartbeat_timeout),
+    )
+    result = make_plan(request, now=datetime.now(UTC))
+    plan = result.plan
+    if args.format == "json":
+        sys.stdout.write(render_json(plan))
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(plan, mermaid=args.mermaid, limit=args.markdown_limit))
+    else:
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sys.stdout.write(render_text(plan, color=color, width=_terminal_width()))
+    sys.stdout.flush()
+    if not plan.head.valid:
+        print(f"reconcile plan: the head has {len(plan.head.errors)} manifest error(s); nothing was planned.",
+              file=sys.stderr)
+        return ExitCode.INVALID
+    if args.out is not None:
+        if result.fleet is None:
+            print(f"reconcile plan: --out needs the store ({result.fleet_note}): a saved plan records the group states "
+                  f"and host membership it was computed from, so `reconcile --once --plan` can refuse it once "
+                  f"they change. The plan was not saved.", file=sys.stderr)
+            return ExitCode.INVALID
+        assert result.head.desired is not None
+        write_saved_plan(args.out, saved_plan(plan, result.head.desired, result.fleet))
+        print(f"reconcile plan: saved to {args.out}; apply exactly this plan with "
+              f"`reconcile --once --plan {args.out}`", file=sys.stderr)
+    return ExitCode.CHANGES if plan.has_changes else ExitCode.OK
+
+
+def _terminal_width() -> int:
+    try:
+        return max(60, os.get_terminal_size(sys.stdout.fileno()).columns)
+    except (OSError, ValueError):
+        return 120
+
+
+# --------------------------------------------------------------------------------------------------
+# Refs
+
+
+def _resolve(repo: Any, repository: str, ref: str, flag: str) -> str:
+    import git
+
+    try:
+        return str(repo.commit(ref).hexsha)
+    except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+        raise SourceError(f"{repository}: {flag} {ref!r} names no commit (a branch, tag or SHA)") from None
+
+
+def default_base(repo: Any, repository: str, head_commit: str, head_ref: str,
+                 configured_ref: str) -> tuple[str, str, str]:
+    """The merge base of head with the default branch: what the change is reviewed against in a PR.
+
+    The default branch is `repository.ref` when it names a branch (the ref the reconciler deploys from),
+    otherwise the first that exists of origin/HEAD, origin/main, origin/master, main, master."""
+    import git
+
+    candidates = [configured_ref] if configured_ref not in ("", "HEAD") else []
+    candidates += [c for c in DEFAULT_BRANCH_CANDIDATES if c not in candidates]
+    for candidate in candidates:
+        try:
+            branch = repo.commit(candidate)
+        except (git.exc.BadName, ValueError, git.exc.GitCommandError):
+            continue
+        bases = repo.merge_base(branch, head_commit)
+        if bases:
+            return candidate, str(bases[0].hexsha), f"merge base of {head_ref} and {candidate}"
+    raise SourceError(f"{repository}: cannot find the default branch to compare with (tried "
+                      f"{', '.join(candidates)}); pass --base REF")
+
+
+def load_ref(repository: str, ref: str, commit: str, manifest_path: str, *, side: str,
+             note: str | None = None) -> LoadedRef:
+    """Manifests at `commit`, or their errors. A base without the manifests folder is an empty desired
+    state (the change creates it); a head without it is an error."""
+    try:
+        resolved, files = files_from_commit(repository, commit, manifest_path, fetch=False)
+    except SourceError as exc:
+        if side == "base" and "no folder" in str(exc):
+            return LoadedRef(ref=ref, commit=commit, desired=Desired(commit=commit),
+                             note=f"{note + '; ' if note else ''}no {manifest_path} folder at base")
+        raise
+    try:
+        return LoadedRef(ref=ref, commit=resolved, desired=load_files(files, commit=resolved), note=note)
+    except ManifestErrors as exc:
+        return LoadedRef(ref=ref, commit=resolved, desired=None, errors=exc.errors, note=note)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fleet
+
+
+def read_fleet(store_url: str) -> tuple[Fleet | None, str | None]:
+    """The store's view, or None and why not. A store that cannot be read makes the plan offline rather
+    than failing it: a reviewer still gets the diff and the selectors."""
+    from contract.store import open_store
+
+    if store_url.startswith("file://"):
+        folder = Path(unquote(urlparse(store_url).path) or store_url.removeprefix("file://"))
+        if not store_url.removeprefix("file://").startswith("/"):
+            folder = Path(store_url.removeprefix("file://"))
+        if not folder.is_dir():
+            return None, f"store {store_url} does not exist"
+    try:
+        store = open_store(store_url)
+        observed, state = read_observed_and_state(store)
+    except StoreError as exc:
+        log.warning("plan.store_unreachable", store=store_url, error=str(exc))
+        return None, f"store {store_url} unreachable: {exc}"
+    return Fleet(store=store_url, observed=observed, state=state), None
+
+
+def read_observed_and_state(store: Store) -> tuple[Observed, State]:
+    """Agents' documents and the reconciler's records, read once (a plan is one look, not a loop)."""
+    registrations: dict[str, HostRegistration] = {}
+    statuses: dict[str, HostStatus] = {}
+    for item in store.list(HOSTS_PREFIX):
+        host_id = host_id_from_key(item.key)
+        if host_id is None:
+            continue
+        if item.key == registration_key(host_id):
+            registration = _read(store, item.key, HostRegistration)
+            if registration is not None:
+                registrations[host_id] = registration
+        elif item.key == status_key(host_id):
+            status = _read(store, item.key, HostStatus)
+            if status is not None:
+                statuses[host_id] = status
+    groups: dict[str, GroupState] = {}
+    for item in store.list(GROUPS_PREFIX):
+        group_state = _read(store, item.key, GroupState)
+        if group_state is not None:
+            groups[f"{group_state.application}/{group_state.deployment_group}"] = group_state
+    deployments: dict[str, Deployment] = {}
+    for group_state in groups.values():
+        wanted = list(group_state.history)
+        if group_state.deployment_in_flight:
+            wanted.append(group_state.deployment_in_flight)
+        for deployment_id in wanted:
+            if deployment_id not in deployments:
+                deployment = _read(store, deployment_key(deployment_id), Deployment)
+                if deployment is not None:
+                    deployments[deployment_id] = deployment
+    commands: dict[str, HostCommand] = {}
+    for item in store.list(COMMANDS_PREFIX):
+        command = _read(store, item.key, HostCommand)
+        if command is not None:
+            commands[command.host_id] = command
+    return (Observed(registrations=registrations, statuses=statuses),
+            State(groups=groups, deployments=deployments, commands=commands))
+
+
+def _read(store: Store, key: str, model: type[DocumentT]) -> DocumentT | None:
+    """One document; a damaged one is skipped with a warning rather than failing a read-only plan."""
+    stored = store.get(key)
+    if stored is None:
+        return None
+    try:
+        return model.model_validate_json(stored.data)
+    except ValidationError as exc:
+        log.warning("plan.unreadable_document", key=key, error=str(exc).splitlines()[0])
+        return None
