@@ -1,0 +1,246 @@
+"""The deployment root on disk: one folder per deployment, the instruction files, retention.
+
+Same shape and file names as the reference agent (reference 3.1), so people who know where CodeDeploy keeps
+things find them here, and so an operator's scripts that read `<group>_last_successful_install` still work:
+
+```
+<root>/
+  <deployment-group-id>/<deployment-id>/
+      bundle.tar                  the fetched bundle (a symlink for a local file; absent for a directory)
+      deployment-archive/         the unpacked revision; hooks run with it as working directory
+      logs/scripts.log            every hook's output, timestamped, [stdout]/[stderr]
+      install-backup/             only while Install runs: the previous revision's files, moved aside
+  deployment-instructions/
+      <group>-cleanup             paths the last Install created, removed before the next one
+      <group>-install.json        the last Install's instructions (copy, mkdir, permissions)
+      <group>_last_successful_install   folder of the last deployment whose Install finished
+      <group>_most_recent_install       folder of the last deployment that fetched its bundle
+      <group>_installed_revision.json  fleetshift: the last deployment that succeeded end to end
+      <group>-install-journal     fleetshift: only while Install runs, to undo it after a crash
+  deployment-logs/codedeploy-agent-deployments.log   every deployment's script output, one file
+  git-cache/                      bare clones of Git revision sources
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from agent.errors import HostStateError, UsageError
+from contract.models import InstalledRevision
+
+log = structlog.get_logger("agent.layout")
+
+INSTRUCTIONS_DIR = "deployment-instructions"
+DEPLOYMENT_LOGS_DIR = "deployment-logs"
+GIT_CACHE_DIR = "git-cache"
+_RESERVED = frozenset({INSTRUCTIONS_DIR, DEPLOYMENT_LOGS_DIR, GIT_CACHE_DIR, "ongoing-deployment"})
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=,-]{0,254}$")
+
+
+def check_path_id(value: str, what: str) -> str:
+    """Group and deployment ids become folder names: refuse anything that could climb or collide."""
+    if not _SAFE_ID.fullmatch(value) or value in _RESERVED or ".." in value:
+        raise UsageError(
+            f"{what} {value!r} cannot be used as a folder name: use letters, digits and . _ - @ + = , "
+            f"(not {', '.join(sorted(_RESERVED))})"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class DeploymentDir:
+    """One deployment's folder and what lives in it."""
+
+    path: Path
+
+    @property
+    def bundle(self) -> Path:
+        return self.path / "bundle.tar"
+
+    @property
+    def archive(self) -> Path:
+        return self.path / "deployment-archive"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def script_log(self) -> Path:
+        return self.logs / "scripts.log"
+
+    @property
+    def install_backup(self) -> Path:
+        return self.path / "install-backup"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file."""
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+class DeploymentRoot:
+    """Paths and records under one agent's deployment root. Several agents on one machine each have their
+    own root; nothing here is shared between roots."""
+
+    def __init__(self, root_dir: Path) -> None:
+        self.root = root_dir
+
+    def ensure(self) -> None:
+        try:
+            for folder in (self.root, self.instructions, self.root / DEPLOYMENT_LOGS_DIR):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostStateError(f"cannot create the deployment root {self.root}: {exc.strerror}") from exc
+
+    # -- locations
+
+    @property
+    def instructions(self) -> Path:
+        return self.root / INSTRUCTIONS_DIR
+
+    @property
+    def deployments_log(self) -> Path:
+        return self.root / DEPLOYMENT_LOGS_DIR / "codedeploy-agent-deployments.log"
+
+    @property
+    def git_cache(self) -> Path:
+        return self.root / GIT_CACHE_DIR
+
+    def group_dir(self, group_id: str) -> Path:
+        return self.root / check_path_id(group_id, "deployment group id")
+
+    def deployment(self, group_id: str, deployment_id: str) -> DeploymentDir:
+        return DeploymentDir(self.group_dir(group_id) / check_path_id(deployment_id, "deployment id"))
+
+    def cleanup_file(self, group_id: str) -> Path:
+        return self.instructions / f"{group_id}-cleanup"
+
+    def install_instructions_file(self, group_id: str) -> Path:
+        return self.instructions / f"{group_id}-install.json"
+
+    def install_journal(self, group_id: str) -> Path:
+        return self.instructions / f"{group_id}-install-journal"
+
+    def _last_successful_file(self, group_id: str) -> Path:
+        return self.instructions / f"{group_id}_last_successful_install"
+
+    def _most_recent_file(self, group_id: str) -> Path:
+        return self.instructions / f"{group_id}_most_recent_install"
+
+    def _installed_record(self, group_id: str) -> Path:
+        return self.instructions / f"{group_id}_installed_revision.json"
+
+    # -- instruction files
+
+    def last_successful_install(self, group_id: str) -> DeploymentDir | None:
+        """The deployment whose Install step last finished for this group (reference 2.2): its scripts run
+        ApplicationStop and the traffic-blocking hooks of the next deployment."""
+        return self._read_pointer(self._last_successful_file(group_id))
+
+    def most_recent_install(self, group_id: str) -> DeploymentDir | None:
+        return self._read_pointer(self._most_recent_file(group_id))
+
+    def set_last_successful_install(self, group_id: str, deployment: DeploymentDir) -> None:
+        write_atomic(self._last_successful_file(group_id), str(deployment.path))
+
+    def set_most_recent_install(self, group_id: str, deployment: DeploymentDir) -> None:
+        write_atomic(self._most_recent_file(group_id), str(deployment.path))
+
+    def _read_pointer(self, path: Path) -> DeploymentDir | None:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise HostStateError(f"cannot read {path}: {exc.strerror}") from exc
+        return DeploymentDir(Path(text)) if text else None
+
+    def read_cleanup(self, group_id: str) -> list[str]:
+        """Paths the previous Install created, in creation order. A last line without its newline was cut
+        off mid-write and is dropped, as the reference agent does (reference 7.3 case 29)."""
+        try:
+            text = self.cleanup_file(group_id).read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HostStateError(f"cannot read the cleanup list {self.cleanup_file(group_id)}: {exc}") from exc
+        lines = text.split("\n")
+        return [line for line in lines[:-1] if line]
+
+    # -- the revision each group has installed, for the daemon's status and for `last_successful`
+
+    def record_installed(self, group_id: str, installed: InstalledRevision) -> None:
+        write_atomic(self._installed_record(group_id), installed.to_json())
+
+    def installed(self, group_id: str) -> InstalledRevision | None:
+        path = self._installed_record(group_id)
+        try:
+            return InstalledRevision.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            log.warning("layout.installed_record_unreadable", path=str(path), error=str(exc))
+            return None
+
+    def find_installed(self, application: str, deployment_group: str) -> InstalledRevision | None:
+        """By names rather than group id: the reconciler asks about `<application>/<group>`."""
+        found: InstalledRevision | None = None
+        for path in sorted(self.instructions.glob("*_installed_revision.json")):
+            group_id = path.name.removesuffix("_installed_revision.json")
+            record = self.installed(group_id)
+            if (
+                record
+                and (record.application, record.deployment_group) == (application, deployment_group)
+                and (found is None or record.installed_at > found.installed_at)
+            ):
+                found = record
+        return found
+
+    # -- retention
+
+    def prune_revisions(self, group_id: str, current: DeploymentDir, keep: int) -> list[Path]:
+        """Keep at most `keep` deployment folders in the group, the current one included, never deleting
+        the last successful install (reference 3.4). Oldest first, by modification time."""
+        if keep < 1:
+            raise UsageError(f"max_revisions must be at least 1 (found {keep})")
+        group = self.group_dir(group_id)
+        try:
+            others = [entry for entry in group.iterdir() if entry.is_dir() and entry != current.path]
+        except FileNotFoundError:
+            return []
+        extra = len(others) - keep + 1
+        if extra <= 0:
+            return []
+        protected = self.last_successful_install(group_id)
+        candidates = [entry for entry in others if protected is None or entry != protected.path]
+        candidates.sort(key=lambda entry: entry.stat().st_mtime)
+        removed = []
+        for entry in candidates[:extra]:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        if removed:
+            log.info("layout.pruned_revisions", group=group_id, removed=[p.name for p in removed], keep=keep)
+        return removed
