@@ -25,7 +25,7 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +50,7 @@ from reconciler.core.membership import group_members
 from reconciler.core.simulate import PreviewDeployment, RolloutPreview, preview_rollout
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.manifests import (
+    BUILTIN_PREFIX,
     ApplicationManifest,
     DeploymentConfigManifest,
     DeploymentGroupManifest,
@@ -178,6 +179,9 @@ class GroupRollout(PlanModel):
     quarantined: list[Quarantine] = []
     in_flight: InFlight | None = None
     blocked: str | None = None
+    #: How the engine's dry run ends when every online host succeeds: a failure here is a warning too.
+    simulated_status: str | None = None
+    simulated_error: str | None = None
     estimate: Estimate | None = None
 
 
@@ -397,6 +401,14 @@ def is_pinned(revision: Revision) -> bool:
     return revision.s3 is not None and bool(revision.s3.version or revision.s3.e_tag)
 
 
+def _repo_relative(error: ManifestError, folder: str) -> str:
+    """Errors name files inside the manifests folder; a reviewer clicks paths from the repo root."""
+    prefix = folder.strip("/")
+    if prefix and prefix != ".":
+        error = replace(error, file=f"{prefix}/{error.file}")
+    return str(error)
+
+
 def compute_plan(
     base: LoadedRef,
     head: LoadedRef,
@@ -416,9 +428,9 @@ def compute_plan(
     options = options or PlanOptions()
     warnings: list[PlanWarning] = []
     base_info = RefInfo(ref=base.ref, commit=base.commit, note=base.note, valid=not base.errors,
-                        errors=[str(e) for e in base.errors])
+                        errors=[_repo_relative(e, path) for e in base.errors])
     head_info = RefInfo(ref=head.ref, commit=head.commit, note=head.note, valid=not head.errors,
-                        errors=[str(e) for e in head.errors])
+                        errors=[_repo_relative(e, path) for e in head.errors])
     common: dict[str, Any] = {
         "repository": repository,
         "path": path,
@@ -460,33 +472,38 @@ def compute_plan(
 PREVIEW_TICK = timedelta(milliseconds=1)
 
 
+def _group_signature(group: DesiredGroup) -> dict[str, Any]:
+    """Everything the engine reads from a resolved group, canonical (the source location is only where it
+    was written, and list order means nothing)."""
+    config = group.config
+    signature: dict[str, Any] = canonical({
+        "revision": group.revision.identity(),
+        "targets": group.targets.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "config": {
+            "name": config.name,
+            "minimumHealthyHosts": config.minimum_healthy_hosts.model_dump(mode="json", by_alias=True)
+            if config.minimum_healthy_hosts else None,
+            "canary": config.canary.model_dump(mode="json", by_alias=True) if config.canary else None,
+            "hostTimeout": config.host_timeout.total_seconds() if config.host_timeout else None,
+            "zonal": config.zonal.model_dump(mode="json", by_alias=True, exclude_none=True) if config.zonal else None,
+        },
+        "rollback": group.auto_rollback.model_dump(mode="json", by_alias=True),
+        "options": group.options.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "suspend": group.suspend,
+    })
+    return signature
+
+
 def _same_group(a: DesiredGroup, b: DesiredGroup) -> bool:
-    """Equal in everything the engine reads (the source location is only where it was written)."""
-    return (
-        a.revision.identity() == b.revision.identity()
-        and a.targets == b.targets
-        and a.config == b.config
-        and a.auto_rollback == b.auto_rollback
-        and a.options == b.options
-        and a.suspend == b.suspend
-    )
+    return bool(_group_signature(a) == _group_signature(b))
 
 
 def _group_changes(before: DesiredGroup, after: DesiredGroup) -> list[str]:
-    what = []
-    if before.revision.identity() != after.revision.identity():
-        what.append("revision")
-    if before.targets != after.targets:
-        what.append("targets")
-    if before.config != after.config:
-        what.append(f"deployment config ({after.config.name})")
-    if before.auto_rollback != after.auto_rollback:
-        what.append("rollback policy")
-    if before.options != after.options:
-        what.append("options")
-    if before.suspend != after.suspend:
-        what.append("suspend")
-    return what
+    old, new = _group_signature(before), _group_signature(after)
+    config = after.config.name.removeprefix(BUILTIN_PREFIX)
+    words = {"revision": "revision", "targets": "targets", "config": f"deployment config ({config})",
+             "rollback": "rollback policy", "options": "options", "suspend": "suspend"}
+    return [label for key, label in words.items() if old[key] != new[key]]
 
 
 def _offline_observed(groups: Iterable[DesiredGroup], now: datetime) -> Observed:
@@ -560,7 +577,7 @@ def plan_rollouts(
             if from_change or (recorded is not None and not recorded.removed):
                 rollouts.append(_removed(key, before.get(key), recorded, from_change, fleet))
             continue
-        if not from_change and not preview.deployments:
+        if not from_change and (fleet is None or not preview.deployments):
             continue
         rollout, group_warnings = _rollout(key, before.get(key), group, preview, observed=observed, state=state,
                                            fleet=fleet, from_change=from_change, now=now, options=options)
@@ -572,7 +589,7 @@ def plan_rollouts(
 def _removed(key: str, previous: DesiredGroup | None, recorded: GroupState | None, from_change: bool,
              fleet: Fleet | None) -> GroupRollout:
     in_flight = recorded.deployment_in_flight if recorded else None
-    reason = "the group left the manifests: no new deployments; nothing is uninstalled"
+    reason = "the group left the manifests: no new deployments start; what is installed stays on the hosts"
     if in_flight:
         reason += f"; {in_flight} in flight stops after its hosts in flight finish"
     revision = recorded.effective_revision if recorded and recorded.effective_revision else (
@@ -603,37 +620,50 @@ def _rollout(
     explicit_only = not group.targets.tag_sets
     known_hosts = fleet is not None or explicit_only
     targets = group_members(group, observed) if known_hosts else None
-    # Offline, the engine only saw the hosts listed by id; for tag sets it has nothing to say.
-    entry = _pick_deployment(preview, group.revision) if known_hosts else None
-    batches = _batches(entry) if entry is not None else None
     revision_changed = previous is None or previous.revision.identity() != group.revision.identity()
-
-    if entry is not None:
-        action: Literal["deploy", "remove", "settings", "blocked"] = "deploy"
-        started = next((a for a in preview.first_pass if isinstance(a, StartDeployment)
-                        and a.deployment_id == entry.deployment_id), None)
-        reason = started.reason if started is not None else (
-            "new group" if previous is None else "the desired revision changed")
-        if entry.creator == "outdated":
-            reason = started.reason if started is not None else "hosts lack the effective revision"
-        revision_from = entry.revision_from if started is not None else (
-            recorded.effective_revision if recorded else (previous.revision if previous else None))
-        revision_to: Revision | None = entry.revision_to
-    elif known_hosts and preview.blocked and (revision_changed or (fleet is not None and recorded is None)):
-        action = "blocked"
-        reason = preview.blocked[0].reason
-        revision_from = recorded.effective_revision if recorded else (previous.revision if previous else None)
-        revision_to = group.revision
-    elif revision_changed and fleet is None:
-        action = "deploy"
-        reason = "new group" if previous is None else "the desired revision changed"
-        revision_from, revision_to = (previous.revision if previous else None), group.revision
+    action: Literal["deploy", "remove", "settings", "blocked"]
+    revision_from: Revision | None = None
+    revision_to: Revision | None = None
+    blocked_reason: str | None = None
+    if fleet is None:
+        # Offline there is no state: a deployment starts exactly when the revision changes. The engine saw
+        # only the hosts listed by id, as new hosts; for tag sets it has nothing to lay out.
+        entry = _pick_deployment(preview, group.revision) if explicit_only and revision_changed else None
+        if revision_changed:
+            action = "deploy"
+            reason = "new group" if previous is None else "the desired revision changed"
+            revision_from, revision_to = (previous.revision if previous else None), group.revision
+        else:
+            action = "settings"
     else:
-        action = "settings"
+        entry = _pick_deployment(preview, group.revision)
+        blocked_reason = preview.blocked[0].reason if preview.blocked else None
+        if entry is not None:
+            action = "deploy"
+            started = next((a for a in preview.first_pass if isinstance(a, StartDeployment)
+                            and a.deployment_id == entry.deployment_id), None)
+            if started is not None:
+                reason, revision_from = started.reason, started.revision_from
+            else:  # started after the deployment in flight ends
+                reason = "the desired revision changed; it starts once the deployment in flight has ended"
+                revision_from = recorded.effective_revision if recorded else None
+            revision_to = entry.revision_to
+        elif blocked_reason is not None and (revision_changed or recorded is None):
+            action, reason = "blocked", blocked_reason
+            revision_from = recorded.effective_revision if recorded else None
+            revision_to = group.revision
+        elif revision_changed:
+            action = "deploy"
+            reason = "the desired revision changed; the engine starts it on a later pass"
+            revision_from = recorded.effective_revision if recorded else None
+            revision_to = group.revision
+        else:
+            action = "settings"
+    if action == "settings":
         changed = _group_changes(previous, group) if previous else []
         reason = (f"{', '.join(changed) or 'settings'} changed; the revision is unchanged, so no deployment "
                   f"starts and the next deployment uses the new settings")
-        revision_from = revision_to = None
+    batches = _batches(entry) if entry is not None else None
 
     in_flight: InFlight | None = None
     if recorded is not None and recorded.deployment_in_flight:
@@ -678,7 +708,9 @@ def _rollout(
         quarantined=[Quarantine(revision=q.revision.short(), deployment_id=q.deployment_id, reason=q.reason)
                      for q in (recorded.quarantined if recorded else [])],
         in_flight=in_flight,
-        blocked=preview.blocked[0].reason if known_hosts and preview.blocked and action != "deploy" else None,
+        blocked=blocked_reason if action != "deploy" else None,
+        simulated_status=str(entry.status) if entry is not None else None,
+        simulated_error=entry.error_code if entry is not None else None,
         estimate=estimate,
     )
 
@@ -705,7 +737,7 @@ def _rollout(
         warn("ROLLBACK_DISABLED", f"automatic rollback is disabled on a group of {counted}{host_count} hosts "
                                   f"(more than {options.rollback_warning_hosts}): a failed deployment leaves "
                                   f"hosts on the failed revision")
-    for blocked in preview.blocked if known_hosts else []:
+    for blocked in preview.blocked if fleet is not None else []:
         if blocked.code == "QUARANTINED":
             warn("QUARANTINED", blocked.reason)
         elif blocked.code == "SUSPENDED" and (revision_changed or entry is None):
@@ -750,11 +782,15 @@ def estimate_duration(
     median = statistics.median(durations)
     seconds = median * len(batches) + bakes
     used = len({d.deployment_id for d in recent if d.status.finished})
-    basis = (f"{len(batches)} batch(es) x median {_fmt(median)} over {len(durations)} batch(es) of "
-             f"{used} recent deployment(s)")
+    basis = (f"{_count(len(batches), 'batch', 'batches')} x {_fmt(median)}, the median of "
+             f"{_count(len(durations), 'batch', 'batches')} in the last {_count(used, 'deployment')}")
     if bakes:
         basis += f", plus {_fmt(bakes)} of bake time"
     return Estimate(seconds=round(seconds, 3), basis=basis)
+
+
+def _count(number: int, word: str, plural: str | None = None) -> str:
+    return f"{number} {word if number == 1 else plural or word + 's'}"
 
 
 def _fmt(seconds: float) -> str:

@@ -47,7 +47,7 @@ from reconciler.plan import (
     saved_plan,
     write_saved_plan,
 )
-from reconciler.plan_render import GITHUB_COMMENT_LIMIT, render_json, render_markdown, render_text
+from reconciler.plan_render import GITHUB_COMMENT_LIMIT, count, render_json, render_markdown, render_text
 from reconciler.settings import DeploySettings
 
 log = structlog.get_logger(__name__)
@@ -155,8 +155,8 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         sys.stdout.write(render_text(plan, color=color, width=_terminal_width()))
     sys.stdout.flush()
     if not plan.head.valid:
-        print(f"reconcile plan: the head has {len(plan.head.errors)} manifest error(s); nothing was planned.",
-              file=sys.stderr)
+        print(f"reconcile plan: the head has {count(len(plan.head.errors), 'manifest error')}; nothing was "
+              f"planned.", file=sys.stderr)
         return ExitCode.INVALID
     if args.out is not None:
         if result.fleet is None:

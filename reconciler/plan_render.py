@@ -117,7 +117,7 @@ def _fleet_line(plan: Plan) -> str:
 def rollout_summary(rollout: GroupRollout) -> str:
     """One line: what happens to the group."""
     if rollout.action == "remove":
-        return "removed: no new deployments; what is installed stays on the hosts"
+        return f"removed: {rollout.reason}"
     if rollout.action == "settings":
         return f"no deployment: {rollout.reason}"
     if rollout.action == "blocked":
@@ -133,7 +133,9 @@ def rollout_summary(rollout: GroupRollout) -> str:
             text += f" in {count(len(rollout.batches), 'batch', 'batches')}"
     else:
         text += " to the hosts the selector matches"
-    if rollout.estimate:
+    if rollout.simulated_status == "Failed":
+        text += f"; it would fail ({rollout.simulated_error})" if rollout.simulated_error else "; it would fail"
+    elif rollout.estimate:
         text += f", {_estimate(rollout)}"
     if not rollout.from_change:
         text += " (already pending in the store, not from this change)"
@@ -152,7 +154,7 @@ def _config_line(rollout: GroupRollout) -> str | None:
     text = show(rollout.deployment_config)
     if rollout.config_description:
         text += f" ({rollout.config_description})"
-    if rollout.minimum_healthy_hosts is not None:
+    if rollout.minimum_healthy_hosts is not None and rollout.target_hosts:
         hosts = len(rollout.target_hosts) if rollout.target_hosts is not None else None
         of = f" of {hosts}" if hosts is not None else ""
         text += f"; minimum healthy hosts: {rollout.minimum_healthy_hosts}{of}"
@@ -168,7 +170,7 @@ def _rollback_line(rollout: GroupRollout) -> str:
 def _detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
     """(label, value) pairs describing a rollout, shared by text and Markdown."""
     lines: list[tuple[str, str]] = []
-    if rollout.action != "blocked" or rollout.blocked != rollout.reason:
+    if rollout.action == "deploy":  # the other summaries already say why
         lines.append(("why", rollout.reason))
     if rollout.revision_to is not None or rollout.revision_from is not None:
         lines.append(("revision", _revision_move(rollout)))
@@ -179,8 +181,10 @@ def _detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
         lines.append(("rollback", _rollback_line(rollout)))
     if rollout.selector:
         lines.append(("selector", rollout.selector))
-    if rollout.target_hosts is not None:
-        basis = "" if rollout.basis == "store" else " (listed explicitly; no store to match tags against)"
+    if rollout.action == "remove":
+        pass  # a removed group targets nothing any more
+    elif rollout.target_hosts is not None:
+        basis = "" if rollout.basis == "store" else " (listed by id in the manifest)"
         lines.append(("hosts", f"{len(rollout.target_hosts)}: {_hosts(rollout.target_hosts)}{basis}"
                       if rollout.target_hosts else "none"))
     elif rollout.basis == "selectors":
@@ -291,7 +295,9 @@ def summary_sentence(plan: Plan) -> str:
     if not plan.head.valid:
         return f"The head has {count(len(plan.head.errors), 'manifest error')}."
     if not plan.has_changes:
-        return "No changes. The fleet already matches the head."
+        if plan.fleet == "store":
+            return "No changes: the manifests mean the same at both refs and the fleet already matches them."
+        return "No changes: the manifests mean the same at both refs."
     counts = plan.counts()
     starts = count(counts["deployments"], "deployment")
     return (f"{counts['added']} to add, {counts['changed']} to change, {counts['removed']} to remove; "
@@ -360,11 +366,14 @@ def _md_rollout_block(rollout: GroupRollout, *, mermaid: bool) -> str:
     lines = [f"<details><summary>{summary}</summary>", ""]
     lines += [f"- **{label}**: {_md_inline(value)}" for label, value in _detail_lines(rollout)]
     if rollout.batches:
-        lines += ["", "| batch | hosts | zone | then |", "|---|---|---|---|"]
+        zones = any(batch.zone for batch in rollout.batches)
+        lines += ["", "| batch | hosts |" + (" zone |" if zones else "") + " then |",
+                  "|---|---|" + ("---|" if zones else "") + "---|"]
         for batch in rollout.batches:
             label = f"{batch.number}" + (" (canary)" if batch.canary else "")
             then = f"bake {duration(batch.bake_after_seconds)}" if batch.bake_after_seconds else ""
-            lines.append(f"| {label} | {_md_cell(_hosts(batch.hosts, 30))} | {_md_cell(batch.zone or '')} | {then} |")
+            zone = f" {_md_cell(batch.zone or '')} |" if zones else ""
+            lines.append(f"| {label} | {_md_cell(_hosts(batch.hosts, 30))} |{zone} {then} |")
         if mermaid:
             lines += ["", *_mermaid(rollout)]
     lines += ["", "</details>"]
@@ -400,14 +409,15 @@ def render_markdown(plan: Plan, *, mermaid: bool = False, limit: int = GITHUB_CO
     if plan.changes or plan.rollouts:
         essential += ["| | object | change | what happens |", "|---|---|---|---|"]
         rollouts_by_group = {r.group: r for r in plan.rollouts}
+        # Group names are unique across applications (they are manifest names), so a name finds its rollout.
+        rollouts_by_name = {r.group.split("/", 1)[-1]: r for r in plan.rollouts}
         shown_groups: set[str] = set()
         for change in plan.changes:
             happens = ""
-            if change.kind == "DeploymentGroup":
-                match = [r for r in plan.rollouts if r.group.endswith("/" + change.name)]
-                if match:
-                    happens = rollout_summary(match[0])
-                    shown_groups.add(match[0].group)
+            match = rollouts_by_name.get(change.name) if change.kind == "DeploymentGroup" else None
+            if match is not None:
+                happens = rollout_summary(match)
+                shown_groups.add(match.group)
             what = _code(_change_summary(change)) if change.change == "changed" else change.change
             essential.append(f"| {_SYMBOL[change.change]} | {_md_cell(_code(change.kind + '/' + change.name))} | "
                              f"{_md_cell(what)} | {_md_cell(_md_inline(happens))} |")
@@ -429,20 +439,22 @@ def render_markdown(plan: Plan, *, mermaid: bool = False, limit: int = GITHUB_CO
 def _fit(essential: list[str], blocks: list[str], limit: int) -> str:
     body = "\n".join(essential).rstrip("\n") + "\n"
     kept: list[str] = []
+    size = len(body)
+    # Room for the note that says what was left out, should anything be.
+    reserve = len(_truncation_note(len(blocks))) + 2
     for index, block in enumerate(blocks):
-        remaining = len(blocks) - index - 1
-        note = _truncation_note(remaining) if remaining else ""
-        candidate = "\n".join([body, *kept, block]) + "\n"
-        if len(candidate) + len(note) + 2 > limit:
+        last = index == len(blocks) - 1
+        if size + 1 + len(block) + (0 if last else reserve) > limit:
             break
         kept.append(block)
+        size += 1 + len(block)
     dropped = len(blocks) - len(kept)
-    text = "\n".join([body, *kept]) + "\n" if kept else body
+    text = "\n".join([body, *kept]) if kept else body
     if dropped:
         text += "\n" + _truncation_note(dropped)
     if len(text) > limit:
-        # Even the summary is too long (thousands of objects): cut at a line boundary, close nothing open
-        # because the summary has no fences or <details>, and say so.
+        # Even the summary is too long (thousands of objects): cut at a line boundary (the summary has no
+        # fences or <details> to leave open) and say so.
         note = "\n" + _truncation_note(len(blocks), summary_cut=True)
         cut = text[: limit - len(note)]
         text = cut[: cut.rfind("\n") + 1] + note
@@ -451,7 +463,9 @@ def _fit(essential: list[str], blocks: list[str], limit: int) -> str:
 
 def _truncation_note(dropped: int, *, summary_cut: bool = False) -> str:
     what = "the summary was cut and " if summary_cut else ""
-    return (f"> **Truncated:** {what}{dropped} detail section(s) were left out to stay under GitHub's "
+    sections = count(dropped, "detail section")
+    verb = "was" if dropped == 1 else "were"
+    return (f"> **Truncated:** {what}{sections} {verb} left out to stay under GitHub's "
             f"{GITHUB_COMMENT_LIMIT:,}-character comment limit. Run `reconcile plan` locally or read the JSON plan "
             f"artifact for everything.\n")
 
