@@ -1,0 +1,262 @@
+"""The write lease: only one reconciler writes to a store at a time.
+
+Where it sits: `reconcile --once` and `reconcile watch` take the lease before their first pass and keep it
+until they exit; the executor checks it before every action it applies. The operator commands (`retry`,
+`stop`, `forget`) take it for their single write when it is free.
+
+The lease is one document, `leases/reconciler.json` (holder, acquired at, expires at), changed only by
+compare-and-swap:
+
+- Taking a free lease is `put_if_absent`; taking an expired one, renewing and releasing are `put_if_version`
+  against the version this process last saw. Of two reconcilers racing for it, exactly one write wins.
+- A renewal that fails means somebody else took the lease after it expired: the holder learns it has lost it
+  (`LeaseLost`) before its next write, instead of writing on. Because a renewal is conditional on the lease
+  document being unchanged since our own last write, renewing "late" (after `expires_at`) is still safe: if
+  nobody took the lease meanwhile, nobody else can have written either.
+- Releasing writes an already-expired lease (still by compare-and-swap) rather than deleting the key, so a
+  release can never remove a lease that another process took in between, and the document keeps saying who
+  held it last.
+
+Expiry compares the holder's clock (which wrote `expires_at`) with the reader's: machines running
+reconcilers against one store need roughly synchronised clocks (NTP), as with any lease. A crashed holder
+blocks others for at most `lease_duration`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from pydantic import ValidationError
+
+from contract.keys import LEASE_KEY
+from contract.models import Lease
+from contract.store import PreconditionFailed, Store, StoreError
+from reconciler.errors import ReconcilerError
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseHeld(ReconcilerError):
+    """Another reconciler holds the write lease (exit code LEASE_HELD)."""
+
+    def __init__(self, holder: str, expires_at: datetime | None, waited: timedelta) -> None:
+        self.holder = holder
+        self.expires_at = expires_at
+        until = f" until {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+        waited_text = f" (waited {waited.total_seconds():.0f}s)" if waited > timedelta(0) else ""
+        super().__init__(
+            f"another reconciler ({holder}) holds the write lease{until}{waited_text}; only one reconciler "
+            f"writes at a time. Stop it, or wait for it to finish; a crashed reconciler's lease expires by itself."
+        )
+
+
+class LeaseLost(ReconcilerError):
+    """The lease expired and another reconciler took it; this process must stop writing."""
+
+
+def default_holder() -> str:
+    """Who holds the lease, as a person reading `leases/reconciler.json` needs it: machine, process, nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """The lease as read from the store, for messages and `status`."""
+
+    holder: str
+    expires_at: datetime
+    acquired_at: datetime
+
+    def active(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+
+def read_lease(store: Store) -> LeaseView | None:
+    stored = store.get(LEASE_KEY)
+    if stored is None:
+        return None
+    try:
+        lease = Lease.model_validate_json(stored.data)
+    except ValidationError:
+        return None
+    return LeaseView(lease.holder, lease.expires_at, lease.acquired_at)
+
+
+class WriteLease:
+    """This process's claim on the store's write lease."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        duration: timedelta,
+        holder: str | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        if duration <= timedelta(0):
+            raise ValueError("lease duration must be positive")
+        self.store = store
+        self.duration = duration
+        self.holder = holder or default_holder()
+        self._clock = clock
+        self._version: str | None = None
+        self._acquired_at: datetime | None = None
+        self._expires_at: datetime | None = None
+        #: The other holder seen by the last failed attempt, for the LeaseHeld message.
+        self._other: LeaseView | None = None
+
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lease and it has not expired by our clock."""
+        return self._version is not None and self._expires_at is not None and self._clock() < self._expires_at
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return self._expires_at
+
+    def renew_due(self) -> datetime | None:
+        """When the lease should be renewed next: half-way to its expiry."""
+        if self._expires_at is None:
+            return None
+        return self._expires_at - self.duration / 2
+
+    def _document(self, now: datetime, *, acquired_at: datetime | None = None, expires_at: datetime | None = None
+                  ) -> bytes:
+        return Lease(
+            holder=self.holder,
+            acquired_at=acquired_at or now,
+            expires_at=expires_at or now + self.duration,
+        ).to_json()
+
+    def try_acquire(self) -> bool:
+        """One attempt: True when this process now holds the lease."""
+        if self.held:
+            return True
+        now = self._clock()
+        stored = self.store.get(LEASE_KEY)
+        try:
+            if stored is None:
+                version = self.store.put_if_absent(LEASE_KEY, self._document(now))
+            else:
+                current: Lease | None
+                try:
+                    current = Lease.model_validate_json(stored.data)
+                except ValidationError:
+                    current = None  # an unreadable lease protects nothing: take it over, by CAS
+                if current is not None and current.holder != self.holder and now < current.expires_at:
+                    self._other = LeaseView(current.holder, current.expires_at, current.acquired_at)
+                    return False
+                version = self.store.put_if_version(LEASE_KEY, self._document(now), stored.version)
+        except PreconditionFailed:
+            self._other = read_lease(self.store)
+            return False
+        self._version = version
+        self._acquired_at = now
+        self._expires_at = now + self.duration
+        self._other = None
+        log.info("lease.acquired", holder=self.holder, expires_at=self._expires_at.isoformat())
+        return True
+
+    def acquire(
+        self,
+        *,
+        wait: timedelta | None,
+        stop: threading.Event | None = None,
+        retry_every: timedelta = timedelta(seconds=1),
+    ) -> bool:
+        """Take the lease, waiting up to `wait` (None: until `stop` is set). Raises LeaseHeld when the wait
+        ends with the lease still held elsewhere; returns False only when `stop` was set."""
+        started = time.monotonic()
+        deadline = None if wait is None else started + wait.total_seconds()
+        announced = False
+        while True:
+            if self.try_acquire():
+                return True
+            if not announced and self._other is not None:
+                log.info("lease.waiting", holder=self._other.holder, expires_at=self._other.expires_at.isoformat())
+                announced = True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                other = self._other or read_lease(self.store)
+                raise LeaseHeld(
+                    other.holder if other else "unknown",
+                    other.expires_at if other else None,
+                    timedelta(seconds=now - started),
+                )
+            pause = retry_every.total_seconds()
+            if self._other is not None:
+                # Wake up right when the holder's lease would expire, not up to a full period later.
+                until_expiry = (self._other.expires_at - self._clock()).total_seconds()
+                pause = max(0.05, min(pause, until_expiry + 0.05))
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - now))
+            if stop is not None:
+                if stop.wait(pause):
+                    return False
+            else:
+                time.sleep(pause)
+
+    def renew(self) -> None:
+        """Extend the lease by a full duration; LeaseLost if another process took it."""
+        if self._version is None:
+            raise LeaseLost("this reconciler does not hold the write lease")
+        now = self._clock()
+        try:
+            self._version = self.store.put_if_version(
+                LEASE_KEY, self._document(now, acquired_at=self._acquired_at), self._version
+            )
+        except PreconditionFailed:
+            self._version = None
+            self._expires_at = None
+            other = read_lease(self.store)
+            holder = other.holder if other else "unknown"
+            log.error("lease.lost", holder=self.holder, taken_by=holder)
+            raise LeaseLost(
+                f"the write lease expired and {holder} took it; this reconciler stopped writing"
+            ) from None
+        self._expires_at = now + self.duration
+        log.debug("lease.renewed", holder=self.holder, expires_at=self._expires_at.isoformat())
+
+    def ensure(self) -> None:
+        """Called before every write: renew when half the lease has run out. Cheap when it has not."""
+        if self._version is None:
+            raise LeaseLost("this reconciler does not hold the write lease")
+        due = self.renew_due()
+        if due is None or self._clock() >= due:
+            self.renew()
+
+    def release(self) -> None:
+        """Give the lease up now so another reconciler need not wait for it to expire. Never raises for a
+        lease that was already lost: there is nothing left to give up."""
+        if self._version is None:
+            return
+        now = self._clock()
+        try:
+            self.store.put_if_version(
+                LEASE_KEY, self._document(now, acquired_at=self._acquired_at, expires_at=now), self._version
+            )
+            log.info("lease.released", holder=self.holder)
+        except PreconditionFailed:
+            log.warning("lease.release_skipped", holder=self.holder, reason="taken by another reconciler")
+        except StoreError as exc:
+            # Releasing is a courtesy; the lease still expires by itself. Do not hide the error we exit with.
+            log.warning("lease.release_failed", holder=self.holder, error=str(exc))
+        finally:
+            self._version = None
+            self._expires_at = None

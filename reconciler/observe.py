@@ -1,0 +1,300 @@
+"""Reading the store into the core's inputs: `Observed` (what agents report) and `State` (what the reconciler
+wrote before), plus the version of every reconciler-owned document for the executor's compare-and-swap.
+
+Where it sits: first step of every pass, after the manifests are loaded and before `reconcile()` decides.
+
+Cost model: a pass lists `hosts/`, `groups/`, `deployments/` and `commands/` (keys and versions only, no
+bodies) and fetches only the objects whose version differs from the one cached from the previous pass. On a
+quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000 documents; after a heartbeat
+round it re-reads exactly the statuses that changed. Objects this process wrote itself are put straight into
+the cache by the executor, so they are never read back. Cold reads (the first pass) run in parallel.
+
+A document an agent wrote that does not parse (a newer schema, a truncated hand edit) is logged once per
+version and treated as absent: one bad host must not stop the fleet's reconciliation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+from pydantic import ValidationError
+
+from contract.keys import (
+    COMMANDS_PREFIX,
+    DEPLOYMENTS_PREFIX,
+    GROUPS_PREFIX,
+    HOSTS_PREFIX,
+    deployment_key,
+)
+from contract.models import (
+    Deployment,
+    Document,
+    GroupState,
+    HostCommand,
+    HostRegistration,
+    HostStatus,
+    group_key,
+)
+from contract.store import ObjectVersion, Store, StoredObject
+from reconciler.core import Observed, State
+
+log = structlog.get_logger(__name__)
+
+DocumentT = TypeVar("DocumentT", bound=Document)
+
+#: Reads run in parallel above this many changed objects (a cold start, a heartbeat round on a big fleet).
+PARALLEL_READS_ABOVE = 8
+READ_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent-enough view of the store for one pass.
+
+    `versions` holds the version of every reconciler-owned key that exists (groups, deployments, commands);
+    a key missing from it did not exist when read, so the executor creates it with `put_if_absent`.
+    """
+
+    observed: Observed
+    state: State
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Entry(Generic[DocumentT]):
+    version: str
+    document: DocumentT | None
+
+
+class _Table(Generic[DocumentT]):
+    """Cached documents of one kind, keyed by store key, each with the version it was read at."""
+
+    def __init__(self, model: type[DocumentT]) -> None:
+        self.model = model
+        self.entries: dict[str, _Entry[DocumentT]] = {}
+        #: Versions of every listed key, including those not fetched (unreferenced deployments).
+        self.listed: dict[str, str] = {}
+
+    def parse(self, stored: StoredObject) -> DocumentT | None:
+        try:
+            return self.model.model_validate_json(stored.data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            log.warning(
+                "observe.unreadable",
+                key=stored.key,
+                version=stored.version,
+                field=".".join(map(str, first["loc"])),
+                error=first["msg"],
+            )
+            return None
+
+    def documents(self) -> Iterable[tuple[str, DocumentT]]:
+        for key, entry in self.entries.items():
+            if entry.document is not None:
+                yield key, entry.document
+
+
+class StoreReader:
+    """Reads the store for passes, `status` and the watch loop, re-reading only what changed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._registrations: _Table[HostRegistration] = _Table(HostRegistration)
+        self._statuses: _Table[HostStatus] = _Table(HostStatus)
+        self._groups: _Table[GroupState] = _Table(GroupState)
+        self._deployments: _Table[Deployment] = _Table(Deployment)
+        self._commands: _Table[HostCommand] = _Table(HostCommand)
+        self._host_fingerprints: dict[str, tuple[object, ...]] = {}
+        #: How many objects the last `snapshot()` fetched (the rest came from the cache); for benchmarks.
+        self.last_fetch_count = 0
+
+    # ----------------------------------------------------------------------------------------------
+    # Fetching
+
+    def _fetch(self, keys: list[str]) -> dict[str, StoredObject | None]:
+        if len(keys) <= PARALLEL_READS_ABOVE:
+            return {key: self.store.get(key) for key in keys}
+        with ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="observe") as pool:
+            return dict(zip(keys, pool.map(self.store.get, keys), strict=True))
+
+    def _sync(self, table: _Table[DocumentT], listed: Mapping[str, str], wanted: set[str] | None = None) -> set[str]:
+        """Bring `table` up to date with a listing; fetch only keys whose version changed (and, when `wanted`
+        is given, only those keys). Returns the keys whose document changed."""
+        table.listed = dict(listed)
+        for gone in set(table.entries) - set(listed):
+            del table.entries[gone]
+        stale = [
+            key
+            for key, version in listed.items()
+            if (wanted is None or key in wanted)
+            and (key not in table.entries or table.entries[key].version != version)
+        ]
+        changed: set[str] = set()
+        for key, stored in self._fetch(stale).items():
+            if stored is None:  # deleted between the listing and the read
+                table.entries.pop(key, None)
+                table.listed.pop(key, None)
+                changed.add(key)
+                continue
+            table.entries[key] = _Entry(stored.version, table.parse(stored))
+            table.listed[key] = stored.version
+            changed.add(key)
+        self.last_fetch_count += len(stale)
+        return changed
+
+    def _list(self, prefix: str) -> list[ObjectVersion]:
+        return self.store.list(prefix)
+
+    # ----------------------------------------------------------------------------------------------
+    # Hosts
+
+    def _sync_hosts(self) -> set[str]:
+        registrations: dict[str, str] = {}
+        statuses: dict[str, str] = {}
+        for item in self._list(HOSTS_PREFIX):
+            parts = item.key.split("/")
+            if len(parts) != 3:
+                continue
+            if parts[2] == "registration.json":
+                registrations[item.key] = item.version
+            elif parts[2] == "status.json":
+                statuses[item.key] = item.version
+        changed = self._sync(self._registrations, registrations) | self._sync(self._statuses, statuses)
+        return {key.split("/")[1] for key in changed}
+
+    def _observed(self) -> Observed:
+        return Observed(
+            registrations={doc.host_id: doc for _, doc in self._registrations.documents()},
+            statuses={doc.host_id: doc for _, doc in self._statuses.documents()},
+        )
+
+    @staticmethod
+    def _fingerprint(registration: HostRegistration | None, status: HostStatus | None) -> tuple[object, ...]:
+        """What about a host can change a decision. Heartbeat times are left out on purpose: a heartbeat
+        round must not trigger a pass on a quiet fleet (liveness is re-judged by the periodic resync)."""
+        reg = (tuple(sorted(registration.tags.items())), registration.zone) if registration else None
+        if status is None:
+            return (reg, None)
+        command = status.command
+        progress = (command.deployment_id, command.generation, command.status) if command else None
+        installed = tuple(sorted((k, v.deployment_id) for k, v in status.installed.items()))
+        return (reg, progress, installed)
+
+    def _host_fingerprints_now(self) -> dict[str, tuple[object, ...]]:
+        observed = self._observed()
+        return {
+            host: self._fingerprint(observed.registrations.get(host), observed.statuses.get(host))
+            for host in observed.host_ids()
+        }
+
+    def poll_hosts(self) -> bool:
+        """For `watch`: re-read changed agent documents; True when a change can matter to a decision (a
+        command finished or started, a host joined, left or changed tags), False for heartbeats only."""
+        self._sync_hosts()
+        current = self._host_fingerprints_now()
+        relevant = current != self._host_fingerprints
+        self._host_fingerprints = current
+        return relevant
+
+    # ----------------------------------------------------------------------------------------------
+    # The reconciler's own records
+
+    def _sync_records(self) -> None:
+        groups: dict[str, str] = {}
+        for item in self._list(GROUPS_PREFIX):
+            if item.key.count("/") == 2 and item.key.endswith(".json"):
+                groups[item.key] = item.version
+        self._sync(self._groups, groups)
+
+        commands = {
+            item.key: item.version
+            for item in self._list(COMMANDS_PREFIX)
+            if item.key.count("/") == 1 and item.key.endswith(".json")
+        }
+        self._sync(self._commands, commands)
+
+        deployments = {
+            item.key: item.version
+            for item in self._list(DEPLOYMENTS_PREFIX)
+            if item.key.count("/") == 1 and item.key.endswith(".json")
+        }
+        # Only the deployments a group still names are read: finished ones outside every history are kept
+        # for people, not for decisions.
+        wanted: set[str] = set()
+        for _, group in self._groups.documents():
+            if group.deployment_in_flight:
+                wanted.add(deployment_key(group.deployment_in_flight))
+            wanted.update(deployment_key(d) for d in group.history)
+        self._sync(self._deployments, deployments, wanted)
+
+    def _state(self) -> State:
+        groups = {group_key(doc.application, doc.deployment_group): doc for _, doc in self._groups.documents()}
+        wanted_ids = {
+            deployment_id
+            for group in groups.values()
+            for deployment_id in (*group.history, *([group.deployment_in_flight] if group.deployment_in_flight else []))
+        }
+        deployments = {
+            doc.deployment_id: doc for _, doc in self._deployments.documents() if doc.deployment_id in wanted_ids
+        }
+        commands = {doc.host_id: doc for _, doc in self._commands.documents()}
+        return State(groups=groups, deployments=deployments, commands=commands)
+
+    def _versions(self) -> dict[str, str]:
+        versions: dict[str, str] = {}
+        for table in (self._groups, self._deployments, self._commands):
+            versions.update(table.listed)
+        return versions
+
+    def snapshot(self) -> Snapshot:
+        """Everything a pass needs, re-reading only changed objects."""
+        self.last_fetch_count = 0
+        self._sync_hosts()
+        self._host_fingerprints = self._host_fingerprints_now()
+        self._sync_records()
+        return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
+
+    # ----------------------------------------------------------------------------------------------
+    # Kept in step by the executor and the operator commands
+
+    def record_write(self, key: str, version: str, document: Document) -> None:
+        """A document this process just wrote: cache it so the next snapshot does not read it back."""
+        table = self._table_for(key)
+        if table is None:
+            return
+        table.entries[key] = _Entry(version, document)  # type: ignore[arg-type]
+        table.listed[key] = version
+
+    def record_delete(self, key: str) -> None:
+        table = self._table_for(key)
+        if table is not None:
+            table.entries.pop(key, None)
+            table.listed.pop(key, None)
+
+    def _table_for(self, key: str) -> _Table[GroupState] | _Table[Deployment] | _Table[HostCommand] | None:
+        if key.startswith(GROUPS_PREFIX):
+            return self._groups
+        if key.startswith(DEPLOYMENTS_PREFIX):
+            return self._deployments
+        if key.startswith(COMMANDS_PREFIX):
+            return self._commands
+        return None
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        """One deployment by id (for `history` and `status`), from the cache when it is current."""
+        key = deployment_key(deployment_id)
+        entry = self._deployments.entries.get(key)
+        if entry is not None and self._deployments.listed.get(key) == entry.version:
+            return entry.document
+        stored = self.store.get(key)
+        if stored is None:
+            return None
+        document = self._deployments.parse(stored)
+        self._deployments.entries[key] = _Entry(stored.version, document)
+        self._deployments.listed[key] = stored.version
+        return document

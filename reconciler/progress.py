@@ -1,0 +1,267 @@
+"""Showing a rollout while it runs: a live table on a terminal, structured log lines everywhere else.
+
+Where it sits: the CLI layer. `reconcile --once` and `reconcile watch` hand every `PassOutcome` to a
+`Progress`; the pass loop itself never prints. Both renderers read the same rows (`rollout_rows`):
+
+- `LiveProgress` (stdout is a TTY): a `rich` live table, one row per deployment in flight — group, deployment,
+  status, batch, hosts done / failed / in flight / pending, and what the busy hosts are running right now —
+  redrawn after every pass. Log events scroll above it instead of tearing it.
+- `LogProgress` (CI, journald, pipes): one `rollout.progress` event when a deployment's counts change and one
+  `rollout.blocked` event when a group's reason for waiting changes, so a log of a 30-minute rollout reads as
+  its story, not as one line per poll.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from contract.logs import configure_logging
+from contract.models import CommandStatus, Deployment, EventStatus, HostDeploymentStatus
+from reconciler.core import FinishDeployment, Observed
+from reconciler.passes import PassOutcome
+from reconciler.settings import LoggingSettings
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    """One deployment as progress output shows it."""
+
+    group: str
+    deployment_id: str
+    creator: str
+    revision: str
+    status: str
+    #: Batches dispatched so far (the engine sizes each batch when it goes, so there is no fixed total).
+    batches: int
+    total: int
+    succeeded: int
+    failed: int
+    in_flight: int
+    pending: int
+    skipped: int
+    #: Busy hosts and the lifecycle event each is running, as reported by its agent.
+    running: tuple[tuple[str, str], ...] = ()
+    note: str | None = None
+
+    def counts(self) -> tuple[int, int, int, int, int]:
+        return (self.succeeded, self.failed, self.in_flight, self.pending, self.batches)
+
+
+def current_event(observed: Observed, host_id: str, deployment_id: str) -> str | None:
+    """The lifecycle event `host_id` is running for `deployment_id`, from its agent's last report."""
+    status = observed.statuses.get(host_id)
+    command = status.command if status else None
+    if command is None or command.deployment_id != deployment_id or command.status is not CommandStatus.IN_PROGRESS:
+        return None
+    for event in command.events:
+        if event.status is EventStatus.IN_PROGRESS:
+            return event.name
+    done = [e.name for e in command.events if e.status is EventStatus.SUCCEEDED]
+    return f"after {done[-1]}" if done else "starting"
+
+
+def row_for(group: str, deployment: Deployment, observed: Observed, note: str | None = None) -> RolloutRow:
+    by_status = {status: 0 for status in HostDeploymentStatus}
+    running: list[tuple[str, str]] = []
+    for host_id, host in sorted(deployment.hosts.items()):
+        by_status[host.status] += 1
+        if host.status is HostDeploymentStatus.IN_PROGRESS:
+            running.append((host_id, current_event(observed, host_id, deployment.deployment_id) or "dispatched"))
+    return RolloutRow(
+        group=group,
+        deployment_id=deployment.deployment_id,
+        creator=deployment.creator,
+        revision=deployment.revision.short(),
+        status=str(deployment.status),
+        batches=len(deployment.batches),
+        total=len(deployment.hosts),
+        succeeded=by_status[HostDeploymentStatus.SUCCEEDED],
+        failed=by_status[HostDeploymentStatus.FAILED],
+        in_flight=by_status[HostDeploymentStatus.IN_PROGRESS],
+        pending=by_status[HostDeploymentStatus.PENDING],
+        skipped=by_status[HostDeploymentStatus.SKIPPED],
+        running=tuple(running),
+        note=note,
+    )
+
+
+def rollout_rows(outcome: PassOutcome) -> list[RolloutRow]:
+    """Deployments in flight after the pass, plus those that ended in it."""
+    notes = {blocked.group: blocked.reason for blocked in outcome.blocked}
+    rows: list[RolloutRow] = []
+    seen: set[str] = set()
+    for group, deployment_id in sorted(outcome.in_flight.items()):
+        deployment = outcome.state_after.deployments.get(deployment_id)
+        if deployment is not None:
+            rows.append(row_for(group, deployment, outcome.snapshot.observed, notes.get(group)))
+            seen.add(deployment_id)
+    for action in outcome.applied.actions:
+        if isinstance(action, FinishDeployment) and action.deployment_id not in seen:
+            rows.append(row_for(action.group, action.deployment, outcome.snapshot.observed, action.reason))
+            seen.add(action.deployment_id)
+    return rows
+
+
+class Progress(Protocol):
+    def __enter__(self) -> Progress: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None: ...
+
+    def on_pass(self, outcome: PassOutcome) -> None: ...
+
+
+@dataclass
+class LogProgress:
+    """Log lines for machines and CI logs: only changes, never one line per poll."""
+
+    _last_counts: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)
+    _last_blocked: dict[str, str] = field(default_factory=dict)
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        return None
+
+    def on_pass(self, outcome: PassOutcome) -> None:
+        for row in rollout_rows(outcome):
+            if self._last_counts.get(row.deployment_id) == row.counts() and row.status != "Succeeded":
+                continue
+            self._last_counts[row.deployment_id] = row.counts()
+            log.info(
+                "rollout.progress",
+                group=row.group,
+                deployment=row.deployment_id,
+                creator=row.creator,
+                revision=row.revision,
+                status=row.status,
+                batch=row.batches,
+                succeeded=row.succeeded,
+                failed=row.failed,
+                in_flight=row.in_flight,
+                pending=row.pending,
+                total=row.total,
+            )
+        blocked_now = {b.group: f"{b.code}: {b.reason}" for b in outcome.blocked}
+        for group, reason in sorted(blocked_now.items()):
+            if self._last_blocked.get(group) != reason:
+                log.info("rollout.blocked", group=group, reason=reason)
+        self._last_blocked = blocked_now
+
+
+class LiveProgress:
+    """A `rich` live table on a terminal, redrawn after every pass."""
+
+    def __init__(self, logging_settings: LoggingSettings, *, title: str = "reconcile") -> None:
+        from rich.console import Console
+
+        self._logging = logging_settings
+        self._title = title
+        self._console = Console()
+        self._live: object | None = None
+        self._started = time.monotonic()
+        self._last: PassOutcome | None = None
+
+    def __enter__(self) -> LiveProgress:
+        from rich.live import Live
+
+        live = Live(self._render(), console=self._console, refresh_per_second=4, transient=False,
+                    redirect_stdout=True, redirect_stderr=True)
+        live.start()
+        self._live = live
+        # Log events must go through the live display's stderr proxy, or they tear the table.
+        self._configure_logging()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        from rich.live import Live
+
+        if isinstance(self._live, Live):
+            self._live.update(self._render(), refresh=True)
+            self._live.stop()
+        self._live = None
+        self._configure_logging()
+
+    def _configure_logging(self) -> None:
+        json_lines = {"auto": None, "console": False, "json": True}[self._logging.format]
+        configure_logging(self._logging.level, json_lines=json_lines, stream=sys.stderr)
+
+    def on_pass(self, outcome: PassOutcome) -> None:
+        from rich.live import Live
+
+        self._last = outcome
+        if isinstance(self._live, Live):
+            self._live.update(self._render())
+
+    def _render(self) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        outcome = self._last
+        elapsed = time.monotonic() - self._started
+        commit = (outcome.commit or "")[:12] if outcome else ""
+        caption = f"pass {outcome.number}, commit {commit}, {elapsed:.0f}s" if outcome else "reading the store..."
+        table = Table(title=self._title, caption=caption, expand=False)
+        for column in ("group", "deployment", "status", "batch", "done", "failed", "in flight", "pending", "now"):
+            table.add_column(column, no_wrap=column != "now")
+        if outcome is None:
+            return table
+        rows = rollout_rows(outcome)
+        for row in rows:
+            style = {"Failed": "red", "Succeeded": "green", "Stopped": "yellow"}.get(row.status, "")
+            now = ", ".join(f"{host}: {event}" for host, event in row.running[:4])
+            if len(row.running) > 4:
+                now += f" (+{len(row.running) - 4})"
+            if not now and row.note:
+                now = row.note
+            table.add_row(
+                row.group,
+                f"{row.deployment_id}" + (f" ({row.creator})" if row.creator != "user" else ""),
+                Text(row.status, style=style),
+                str(row.batches),
+                f"{row.succeeded}/{row.total - row.skipped}",
+                Text(str(row.failed), style="red" if row.failed else ""),
+                str(row.in_flight),
+                str(row.pending),
+                now,
+            )
+        shown = {row.group for row in rows}
+        for blocked in outcome.blocked:
+            if blocked.group not in shown:
+                table.add_row(blocked.group, "", Text(blocked.code, style="yellow"), "", "", "", "", "",
+                              blocked.reason)
+        if not rows and not outcome.blocked:
+            table.add_row("(all groups)", "", Text("converged", style="green"), "", "", "", "", "", "")
+        return table
+
+
+def choose_progress(logging_settings: LoggingSettings, *, title: str = "reconcile") -> Progress:
+    """Live view when a person is watching (stdout is a terminal and logs are not forced to JSON)."""
+    if sys.stdout.isatty() and logging_settings.format != "json":
+        return LiveProgress(logging_settings, title=title)
+    return LogProgress()
+
+
+@contextmanager
+def progress_for(logging_settings: LoggingSettings, *, title: str = "reconcile") -> Iterator[Progress]:
+    with choose_progress(logging_settings, title=title) as progress:
+        yield progress

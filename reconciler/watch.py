@@ -1,0 +1,305 @@
+"""`reconcile watch`: a long-running reconciler that reacts to commits and to agent reports.
+
+Where it sits: the same passes as `reconcile --once` (`reconciler.passes`), driven by triggers instead of a
+fixed loop:
+
+- a new commit on the configured ref: on a local checkout, `watchfiles` watches the repository's `.git`
+  folder and reacts only to `HEAD`, `packed-refs` and `refs/**` (a commit or a fetch moves a ref; an editor
+  saving a file in the working tree does not). For a remote URL the mirror is fetched every `fetchInterval`.
+  A commit is noticed within tens of milliseconds and a pass starts at once;
+- an agent report: the host documents are polled by version every `pollInterval` (listing only; a changed
+  status is read, and only a change that can matter to a decision, a command started or finished, a host
+  joined or changed tags, triggers a pass; heartbeats alone do not);
+- while anything is in flight, a pass every `pollInterval` (host timeouts, bakes ending);
+- a full resync every `resyncInterval` whatever happens (liveness is judged from heartbeat ages).
+
+Manifests are loaded once per new commit. An invalid commit is logged with every error and not applied; the
+watcher keeps reconciling the last valid commit (rollouts in flight go on) until a valid one arrives.
+
+Only the lease holder writes: a second `watch` waits as a standby until the lease is free (or expires),
+then takes over. SIGTERM or SIGINT finishes the current pass, releases the lease and exits 0.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contract.store import Store, StoreError
+from reconciler.errors import ManifestErrors, SourceError
+from reconciler.executor import WriteConflict
+from reconciler.lease import LeaseLost, WriteLease
+from reconciler.loader import GitSource, load_git, open_repository, resolve_commit
+from reconciler.manifests import Desired
+from reconciler.observe import StoreReader
+from reconciler.passes import PassOutcome, PassRunner
+from reconciler.progress import Progress
+from reconciler.settings import DeploySettings
+
+log = structlog.get_logger(__name__)
+
+#: How long the watcher batches filesystem events of one git operation (a commit touches several refs).
+WATCH_STEP_MS = 20
+WATCH_DEBOUNCE_MS = 200
+
+
+def local_git_dirs(repository: str) -> list[Path] | None:
+    """The folders holding refs of a local checkout (its git dir, plus the common dir of a worktree), or None
+    when `repository` is a remote URL."""
+    local = Path(repository).expanduser()
+    if not local.exists():
+        return None
+    repo = open_repository(repository, fetch=False)
+    dirs = [Path(repo.git_dir).resolve()]
+    common = Path(getattr(repo, "common_dir", repo.git_dir)).resolve()
+    if common not in dirs:
+        dirs.append(common)
+    return dirs
+
+
+def is_ref_change(path: str, git_dirs: list[Path]) -> bool:
+    """True for files whose change means a ref moved: HEAD, packed-refs, refs/** (lock files excluded)."""
+    candidate = Path(path)
+    if candidate.name.endswith(".lock"):
+        return False
+    for git_dir in git_dirs:
+        try:
+            relative = candidate.resolve().relative_to(git_dir)
+        except ValueError:
+            continue
+        parts = relative.parts
+        if not parts:
+            return False
+        return parts[0] == "refs" or relative.as_posix() in ("HEAD", "packed-refs")
+    return False
+
+
+class RefWatcher:
+    """Background thread turning ref changes of a local checkout into wake-ups of the watch loop."""
+
+    def __init__(self, git_dirs: list[Path], wake: threading.Event, stop: threading.Event) -> None:
+        self.git_dirs = git_dirs
+        self.changed = threading.Event()
+        self._wake = wake
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, name="ref-watcher", daemon=True)
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        import watchfiles
+
+        def relevant(_change: Any, path: str) -> bool:
+            return is_ref_change(path, self.git_dirs)
+
+        try:
+            for changes in watchfiles.watch(
+                *self.git_dirs,
+                watch_filter=relevant,
+                debounce=WATCH_DEBOUNCE_MS,
+                step=WATCH_STEP_MS,
+                stop_event=self._stop,
+                rust_timeout=500,
+                yield_on_timeout=True,
+                raise_interrupt=False,
+            ):
+                if not self.ready.is_set():
+                    self.ready.set()
+                    log.debug("watch.ref_watcher_ready", dirs=[str(d) for d in self.git_dirs])
+                if changes:
+                    log.debug("watch.refs_changed", paths=sorted(p for _, p in changes)[:5])
+                    self.changed.set()
+                    self._wake.set()
+        except Exception as exc:  # the watcher is an accelerator: fall back to the resync, never crash
+            log.warning("watch.ref_watcher_failed", error=str(exc))
+        finally:
+            self.ready.set()
+
+
+@dataclass
+class _Due:
+    """Monotonic times at which the loop has something to do."""
+
+    resync: float
+    poll: float
+    fetch: float
+
+
+class Watcher:
+    """The `reconcile watch` loop. `run()` returns when `stop` is set."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: DeploySettings,
+        *,
+        stop: threading.Event,
+        progress: Progress | None = None,
+        lease: WriteLease | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.stop = stop
+        self.progress = progress
+        self.lease = lease or WriteLease(store, duration=settings.reconcile.lease_duration)
+        self.reader = StoreReader(store)
+        self.runner = PassRunner(store, self.lease, settings.reconcile, reader=self.reader)
+        self.source = GitSource(settings.repository.url, settings.repository.ref, settings.repository.path)
+        self.desired: Desired | None = None
+        self.invalid_commit: str | None = None
+        self.wake = threading.Event()
+        self.ref_watcher: RefWatcher | None = None
+        self.last: PassOutcome | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # Desired state
+
+    def _refresh_desired(self, *, fetch: bool) -> bool:
+        """Load the manifests if the ref moved. True when a new valid commit was loaded."""
+        commit = resolve_commit(self.source.repository, self.source.ref, fetch=fetch)
+        current = self.desired.commit if self.desired else None
+        if commit in (current, self.invalid_commit):
+            return False
+        try:
+            desired = load_git(GitSource(self.source.repository, commit, self.source.path), fetch=False)
+        except ManifestErrors as exc:
+            self.invalid_commit = commit
+            log.error(
+                "watch.manifests_invalid",
+                commit=commit,
+                errors=[str(e) for e in exc.errors],
+                applying=current,
+            )
+            return False
+        self.invalid_commit = None
+        self.desired = desired
+        log.info("watch.commit", commit=commit, previous=current)
+        return True
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _pass(self, reason: str) -> None:
+        if self.desired is None:
+            return
+        log.debug("watch.pass", reason=reason)
+        outcome = self.runner.run_pass(self.desired)
+        self.last = outcome
+        if self.progress is not None:
+            self.progress.on_pass(outcome)
+
+    def _in_flight(self) -> bool:
+        return self.last is not None and (
+            bool(self.last.in_flight) or bool(self.last.waiting) or self.last.conflict is not None
+        )
+
+    def run(self) -> int:
+        git_dirs = local_git_dirs(self.source.repository)
+        remote = git_dirs is None
+        self._refresh_desired(fetch=True)
+        if git_dirs is not None:
+            self.ref_watcher = RefWatcher(git_dirs, self.wake, self.stop)
+            self.ref_watcher.start()
+        log.info(
+            "watch.started",
+            repository=self.source.repository,
+            ref=self.source.ref,
+            store=self.store.url,
+            mode="fetch" if remote else "watch-refs",
+            holder=self.lease.holder,
+        )
+        try:
+            while not self.stop.is_set():
+                if not self.lease.acquire(wait=None, stop=self.stop):
+                    break
+                try:
+                    self._lead(remote=remote)
+                except LeaseLost as exc:
+                    log.error("watch.lease_lost", error=str(exc))
+                    self.last = None
+                    continue
+        finally:
+            self.lease.release()
+            self.wake.set()
+            log.info("watch.stopped", passes=self.runner.passes)
+        return 0
+
+    def _lead(self, *, remote: bool) -> None:
+        """Holding the lease: react to triggers until stopped or the lease is lost."""
+        rc = self.settings.reconcile
+        poll = rc.poll_interval.total_seconds()
+        resync = rc.resync_interval.total_seconds()
+        fetch_every = rc.fetch_interval.total_seconds()
+        now = time.monotonic()
+        due = _Due(resync=now, poll=now + poll, fetch=now + fetch_every)
+        failing_since: float | None = None
+        while not self.stop.is_set():
+            now = time.monotonic()
+            reasons: list[str] = []
+            try:
+                if self.ref_watcher is not None and self.ref_watcher.changed.is_set():
+                    self.ref_watcher.changed.clear()
+                    if self._refresh_desired(fetch=False):
+                        reasons.append("commit")
+                if remote and now >= due.fetch:
+                    due.fetch = now + fetch_every
+                    if self._refresh_desired(fetch=True):
+                        reasons.append("commit")
+                if now >= due.resync:
+                    # The ref watcher is an accelerator; the resync re-checks the ref in case it missed one.
+                    if not remote and self._refresh_desired(fetch=False):
+                        reasons.append("commit")
+                    reasons.append("resync")
+                if now >= due.poll:
+                    due.poll = now + poll
+                    if self._in_flight():
+                        reasons.append("in flight")
+                    elif self.reader.poll_hosts():
+                        reasons.append("agent report")
+                wake_at = self.last.wake_at() if self.last else None
+                if wake_at is not None and self.runner.clock() >= wake_at:
+                    reasons.append("bake ended")
+                if reasons:
+                    self._pass(", ".join(reasons))
+                    due.resync = time.monotonic() + resync
+                    if self._in_flight() and self.last is not None and self.last.conflict is not None:
+                        continue
+                self.lease.ensure()
+                failing_since = None
+            except SourceError as exc:
+                log.error("watch.source_failed", error=str(exc))
+            except WriteConflict as exc:  # pragma: no cover - run_pass records conflicts itself
+                log.info("watch.conflict", key=exc.key)
+                continue
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                failing_since = failing_since or now
+                log.warning("watch.store_unavailable", error=str(exc),
+                            failing_for=round(now - failing_since, 1))
+            # Sleep until the earliest thing that is due, or a wake-up (a ref moved, a signal).
+            targets = [due.resync, due.poll]
+            if remote:
+                targets.append(due.fetch)
+            renew = self.lease.renew_due()
+            if renew is not None:
+                targets.append(time.monotonic() + max(0.0, (renew - self.runner.clock()).total_seconds()))
+            wake_at = self.last.wake_at() if self.last else None
+            if wake_at is not None:
+                targets.append(time.monotonic() + max(0.0, (wake_at - self.runner.clock()).total_seconds()))
+            pause = max(0.0, min(targets) - time.monotonic())
+            if self.wake.wait(pause):
+                self.wake.clear()
+
+
+def run_watch(store: Store, settings: DeploySettings, *, stop: threading.Event, progress: Progress | None) -> int:
+    return Watcher(store, settings, stop=stop, progress=progress).run()
+
+
+__all__ = ["RefWatcher", "Watcher", "is_ref_change", "local_git_dirs", "run_watch"]

@@ -1,0 +1,119 @@
+"""Reading the store into Observed/State: only changed objects are fetched, heartbeats alone do not count as
+a change that needs a pass, and one unreadable document does not stop the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contract.keys import status_key
+from contract.store import ObjectVersion, Store, StoredObject, open_store
+from reconciler.lease import WriteLease
+from reconciler.observe import StoreReader
+from reconciler.passes import PassRunner
+from reconciler.settings import ReconcileSettings
+from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, settings_overrides
+
+
+class CountingStore:
+    """The real FileStore, counting the objects read (bodies, not listings)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.reads: list[str] = []
+
+    def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
+        self.reads.append(key)
+        return self.inner.get(key, if_version_not=if_version_not)
+
+    def put(self, key: str, data: bytes) -> str:
+        return self.inner.put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        return self.inner.put_if_absent(key, data)
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str:
+        return self.inner.put_if_version(key, data, version)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str) -> list[ObjectVersion]:
+        return self.inner.list(prefix)
+
+
+def test_a_second_snapshot_reads_only_what_changed(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    agents = ScriptedAgents(store, [f"h{i:03}" for i in range(40)])
+    agents.register()
+    counting = CountingStore(store)
+    reader = StoreReader(counting)  # type: ignore[arg-type]
+
+    first = reader.snapshot()
+    assert len(first.observed.registrations) == 40
+    assert len(counting.reads) == 80  # every registration and status, once
+
+    counting.reads.clear()
+    reader.snapshot()
+    assert counting.reads == []  # nothing changed: listings only
+
+    agents.heartbeat()  # every agent reports
+    store.put(status_key("h007"), store.get(status_key("h007")).data)  # type: ignore[union-attr]
+    counting.reads.clear()
+    again = reader.snapshot()
+    assert sorted(set(counting.reads)) == sorted(status_key(h) for h in agents.hosts)
+    assert "hosts/h000/registration.json" not in counting.reads
+    assert again.observed.statuses["h001"].heartbeat_at > first.observed.statuses["h001"].heartbeat_at
+
+
+def test_heartbeats_alone_do_not_trigger_a_pass_but_results_do(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest())
+    agents = ScriptedAgents(store, ["h1", "h2"])
+    agents.register()
+    reader = StoreReader(store)
+    reader.snapshot()
+    assert reader.poll_hosts() is False
+    agents.heartbeat()
+    assert reader.poll_hosts() is False
+
+    settings = ReconcileSettings.model_validate(settings_overrides())
+    lease = WriteLease(store, duration=settings.lease_duration)
+    assert lease.try_acquire()
+    PassRunner(store, lease, settings, reader=reader).run_pass(config.desired())
+    assert reader.poll_hosts() is False  # our own writes are not agent reports
+    assert agents.answer() == ["h1", "h2"]
+    assert reader.poll_hosts() is True
+    assert reader.poll_hosts() is False
+
+    ScriptedAgents(store, ["h3"]).register()  # a host joins
+    assert reader.poll_hosts() is True
+
+
+def test_our_own_writes_are_never_read_back(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest())
+    agents = ScriptedAgents(store, ["h1", "h2", "h3"])
+    agents.register()
+    counting = CountingStore(store)
+    settings = ReconcileSettings.model_validate(settings_overrides())
+    lease = WriteLease(counting, duration=settings.lease_duration)  # type: ignore[arg-type]
+    assert lease.try_acquire()
+    runner = PassRunner(counting, lease, settings)  # type: ignore[arg-type]
+    first = runner.run_pass(config.desired())
+    assert first.wrote
+    counting.reads.clear()
+    runner.run_pass(config.desired())
+    assert [key for key in counting.reads if not key.startswith("leases/")] == []
+
+
+def test_an_unreadable_agent_document_is_skipped_not_fatal(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    agents = ScriptedAgents(store, ["good", "bad"])
+    agents.register()
+    store.put(status_key("bad"), b'{"schemaVersion": 1, "hostId": "bad", "heartbeatAt": "yesterday"}')
+    snapshot = StoreReader(store).snapshot()
+    assert set(snapshot.observed.statuses) == {"good"}
+    assert set(snapshot.observed.registrations) == {"good", "bad"}
