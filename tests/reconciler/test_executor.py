@@ -108,7 +108,7 @@ def group_state(store: Store) -> GroupState:
 
 
 def test_a_second_pass_after_applying_writes_nothing(world: tuple[Store, Config, ScriptedAgents]) -> None:
-    store, config, agents = world
+    store, config, _ = world
     config.set_group(group_manifest(revision=local_revision(2)), message="v2")
     runner = runner_for(store)
     first = runner.run_pass(config.desired())
