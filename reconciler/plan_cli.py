@@ -15,28 +15,17 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
+from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
-from contract.keys import (
-    COMMANDS_PREFIX,
-    GROUPS_PREFIX,
-    HOSTS_PREFIX,
-    deployment_key,
-    host_id_from_key,
-    registration_key,
-    status_key,
-)
-from contract.models import Deployment, Document, GroupState, HostCommand, HostRegistration, HostStatus
 from contract.store import Store, StoreError
 from reconciler.core import Observed, State
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.exitcodes import ExitCode
 from reconciler.loader import files_from_commit, load_files, open_repository
 from reconciler.manifests import Desired
+from reconciler.observe import StoreReader
 from reconciler.plan import (
     DEFAULT_ROLLBACK_WARNING_HOSTS,
     Fleet,
@@ -51,7 +40,6 @@ from reconciler.plan_render import GITHUB_COMMENT_LIMIT, count, render_json, ren
 from reconciler.settings import DeploySettings
 
 log = structlog.get_logger(__name__)
-DocumentT = TypeVar("DocumentT", bound=Document)
 
 #: Where to look for "the default branch" when neither --base nor a branch in repository.ref says.
 DEFAULT_BRANCH_CANDIDATES = ("origin/HEAD", "origin/main", "origin/master", "main", "master")
@@ -97,6 +85,7 @@ class PlanRequest:
     base: str | None = None
     #: The branch the reconciler deploys from (`repository.ref`); the default base is the merge base with it.
     configured_ref: str = "HEAD"
+    #: None: offline on purpose (--offline); "" means none is configured.
     store: str | None = None
     options: PlanOptions = field(default_factory=PlanOptions)
 
@@ -123,7 +112,14 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
                                                         request.configured_ref)
     head = load_ref(request.repository, head_ref, head_commit, request.manifest_path, side="head")
     base = load_ref(request.repository, base_ref, base_commit, request.manifest_path, side="base", note=base_note)
-    fleet, fleet_note = read_fleet(request.store) if request.store else (None, "--offline")
+    fleet: Fleet | None
+    fleet_note: str | None
+    if request.store is None:
+        fleet, fleet_note = None, "--offline"
+    elif not request.store:
+        fleet, fleet_note = None, "no store configured"
+    else:
+        fleet, fleet_note = read_fleet(request.store)
     plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
                         path=request.manifest_path, fleet_note=fleet_note, options=request.options)
     return PlanResult(plan=plan, head=head, fleet=fleet, fleet_note=fleet_note)
@@ -240,10 +236,11 @@ def read_fleet(store_url: str) -> tuple[Fleet | None, str | None]:
     from contract.store import open_store
 
     if store_url.startswith("file://"):
-        folder = Path(unquote(urlparse(store_url).path) or store_url.removeprefix("file://"))
-        if not store_url.removeprefix("file://").startswith("/"):
-            folder = Path(store_url.removeprefix("file://"))
-        if not folder.is_dir():
+        from contract.store.file import path_from_url
+
+        # Opening a file store creates its folder; a plan must not, and a missing folder means nothing was
+        # ever deployed from here (or the path is wrong), which the plan says.
+        if not path_from_url(store_url).is_dir():
             return None, f"store {store_url} does not exist"
     try:
         store = open_store(store_url)
@@ -255,52 +252,7 @@ def read_fleet(store_url: str) -> tuple[Fleet | None, str | None]:
 
 
 def read_observed_and_state(store: Store) -> tuple[Observed, State]:
-    """Agents' documents and the reconciler's records, read once (a plan is one look, not a loop)."""
-    registrations: dict[str, HostRegistration] = {}
-    statuses: dict[str, HostStatus] = {}
-    for item in store.list(HOSTS_PREFIX):
-        host_id = host_id_from_key(item.key)
-        if host_id is None:
-            continue
-        if item.key == registration_key(host_id):
-            registration = _read(store, item.key, HostRegistration)
-            if registration is not None:
-                registrations[host_id] = registration
-        elif item.key == status_key(host_id):
-            status = _read(store, item.key, HostStatus)
-            if status is not None:
-                statuses[host_id] = status
-    groups: dict[str, GroupState] = {}
-    for item in store.list(GROUPS_PREFIX):
-        group_state = _read(store, item.key, GroupState)
-        if group_state is not None:
-            groups[f"{group_state.application}/{group_state.deployment_group}"] = group_state
-    deployments: dict[str, Deployment] = {}
-    for group_state in groups.values():
-        wanted = list(group_state.history)
-        if group_state.deployment_in_flight:
-            wanted.append(group_state.deployment_in_flight)
-        for deployment_id in wanted:
-            if deployment_id not in deployments:
-                deployment = _read(store, deployment_key(deployment_id), Deployment)
-                if deployment is not None:
-                    deployments[deployment_id] = deployment
-    commands: dict[str, HostCommand] = {}
-    for item in store.list(COMMANDS_PREFIX):
-        command = _read(store, item.key, HostCommand)
-        if command is not None:
-            commands[command.host_id] = command
-    return (Observed(registrations=registrations, statuses=statuses),
-            State(groups=groups, deployments=deployments, commands=commands))
-
-
-def _read(store: Store, key: str, model: type[DocumentT]) -> DocumentT | None:
-    """One document; a damaged one is skipped with a warning rather than failing a read-only plan."""
-    stored = store.get(key)
-    if stored is None:
-        return None
-    try:
-        return model.model_validate_json(stored.data)
-    except ValidationError as exc:
-        log.warning("plan.unreadable_document", key=key, error=str(exc).splitlines()[0])
-        return None
+    """Agents' documents and the reconciler's records, read the way a pass reads them (one look, no cache
+    to keep: a plan runs once)."""
+    snapshot = StoreReader(store).snapshot()
+    return snapshot.observed, snapshot.state
