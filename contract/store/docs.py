@@ -1,0 +1,170 @@
+"""Typed access to the store: pydantic `Document`s in and out, each with the version it was read at.
+
+Where it sits: between the raw blob `Store` and both sides' code. The agent reads its command and writes its
+registration and status through here; the reconciler reads statuses and writes its own documents with
+compare-and-swap. Putting the parsing here means a document that does not fit its model fails the same way,
+with the same message, wherever it is read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from pydantic import ValidationError
+
+from contract.models import SCHEMA_VERSION, Document
+from contract.store.base import Store, StoredObject, StoreError
+
+DocumentT = TypeVar("DocumentT", bound=Document)
+
+
+class DocumentInvalid(StoreError):
+    """An object in the store does not parse as the document its key promises (a newer schema, a hand edit
+    gone wrong, a partial upload by a foreign tool). Not retryable: the same bytes will fail again."""
+
+    def __init__(self, key: str, message: str, *, version: str | None = None) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.version = version
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[DocumentT]):
+    """A document and the store version it was read (or written) at, for compare-and-swap."""
+
+    document: DocumentT
+    version: str
+
+
+def parse_document(stored: StoredObject, model: type[DocumentT]) -> DocumentT:
+    """Validate one stored object; the error names the key, the field, and what to do about a newer schema."""
+    try:
+        return model.model_validate_json(stored.data)
+    except ValidationError as exc:
+        newer = _newer_schema(stored.data)
+        if newer is not None:
+            raise DocumentInvalid(
+                stored.key,
+                f"written with schemaVersion {newer}, but this fleetshift reads up to {SCHEMA_VERSION}: "
+                "upgrade this side",
+                version=stored.version,
+            ) from None
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(document)"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise DocumentInvalid(
+            stored.key, f"not a valid {model.__name__}: {where}: {first['msg']}{more}", version=stored.version
+        ) from None
+
+
+def _newer_schema(data: bytes) -> int | None:
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return None
+    value = raw.get("schemaVersion") if isinstance(raw, dict) else None
+    return value if isinstance(value, int) and value > SCHEMA_VERSION else None
+
+
+def read_document(store: Store, key: str, model: type[DocumentT]) -> Versioned[DocumentT] | None:
+    stored = store.get(key)
+    if stored is None:
+        return None
+    return Versioned(parse_document(stored, model), stored.version)
+
+
+def read_if_changed(
+    store: Store, key: str, model: type[DocumentT], known: Versioned[DocumentT] | None
+) -> Versioned[DocumentT] | None:
+    """Poll one key: with a known version, a conditional read, so an unchanged document moves no bytes and
+    `known` itself comes back. None when the key is absent."""
+    stored = store.get(key, if_version_not=known.version if known is not None else None)
+    if stored is None:
+        return None
+    if known is not None and stored.version == known.version:
+        return known
+    return Versioned(parse_document(stored, model), stored.version)
+
+
+def write_document(store: Store, key: str, document: Document) -> str:
+    """Unconditional write, for keys with a single writer (an agent's own registration and status)."""
+    return store.put(key, document.to_json())
+
+
+def create_document(store: Store, key: str, document: Document) -> str:
+    """Create-only; raises PreconditionFailed if someone created the key first."""
+    return store.put_if_absent(key, document.to_json())
+
+
+def replace_document(store: Store, key: str, document: Document, version: str) -> str:
+    """Compare-and-swap; raises PreconditionFailed if the key changed since `version` was read."""
+    return store.put_if_version(key, document.to_json(), version)
+
+
+@dataclass
+class DocumentCache(Generic[DocumentT]):
+    """Every document under a prefix, kept current by listing with versions and fetching only what changed.
+
+    `refresh()` is the fleet-scale read: on a quiet fleet it costs one listing; after a heartbeat round it
+    fetches exactly the objects whose version moved. Objects that do not parse are kept out of `documents`
+    and reported in `invalid` (one bad host must not hide the others).
+    """
+
+    store: Store
+    prefix: str
+    model: type[DocumentT]
+    documents: dict[str, Versioned[DocumentT]] = field(default_factory=dict)
+    invalid: dict[str, DocumentInvalid] = field(default_factory=dict)
+    #: Keys fetched by the last `refresh()` (for benchmarks and logs).
+    last_fetched: int = 0
+
+    def refresh(self, *, suffix: str = "", workers: int = 1) -> RefreshResult:
+        """List, then fetch what changed; with `workers` > 1 the fetches run in threads (S3 round trips)."""
+        listed = {item.key: item.version for item in self.store.list(self.prefix) if item.key.endswith(suffix)}
+        removed = [key for key in self.documents if key not in listed]
+        for key in removed:
+            del self.documents[key]
+        for key in [key for key in self.invalid if key not in listed]:
+            del self.invalid[key]
+        changed = [key for key, version in listed.items() if self._known_version(key) != version]
+        self.last_fetched = 0
+        updated: list[str] = []
+        if workers > 1 and len(changed) > workers:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                fetched = list(pool.map(self.store.get, changed))
+        else:
+            fetched = [self.store.get(key) for key in changed]
+        for key, stored in zip(changed, fetched, strict=True):
+            self.last_fetched += 1
+            if stored is None:
+                self.documents.pop(key, None)
+                removed.append(key)
+                continue
+            try:
+                self.documents[key] = Versioned(parse_document(stored, self.model), stored.version)
+                self.invalid.pop(key, None)
+            except DocumentInvalid as exc:
+                self.documents.pop(key, None)
+                self.invalid[key] = exc
+            updated.append(key)
+        return RefreshResult(updated=updated, removed=removed)
+
+    def _known_version(self, key: str) -> str | None:
+        known = self.documents.get(key)
+        if known is not None:
+            return known.version
+        bad = self.invalid.get(key)
+        return bad.version if bad is not None else None
+
+    def latest(self) -> Mapping[str, DocumentT]:
+        return {key: versioned.document for key, versioned in self.documents.items()}
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    updated: list[str]
+    removed: list[str]

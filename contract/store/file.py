@@ -1,0 +1,334 @@
+"""`file://DIR`: the embedded store, one file per key under a folder, shared by every process on one machine.
+
+Where it sits: the default backend behind `open_store`, used by the demo, most tests, and any single-machine
+setup where the reconciler and the agents run side by side.
+
+How it stays correct with many agents and one reconciler writing at once:
+
+- **Atomic writes.** A value is written to a temporary file in the key's folder, fsynced, renamed over the
+  key, and the folder is fsynced. Readers see the old bytes or the new bytes, never a torn file, even after a
+  power cut. Files are never modified in place, so an open file's bytes always match its `fstat`.
+- **Compare-and-swap across processes.** Writers take an exclusive `flock` on one of 64 lock stripes
+  (`DIR/.locks/NN`, chosen by a hash of the key) and a thread lock for the same stripe (flock does not
+  exclude threads sharing one open file). The check and the rename happen under the lock. Readers take no
+  lock. Stripes keep 10,000 agents each writing their own status from queueing behind one global lock.
+- **Versions come from `stat`, not from content.** A version is `mtime_ns.size.inode` of the file. Listing
+  10,000 keys with versions then costs one `stat` per key and reads no file, which is what lets the
+  reconciler re-read only the statuses that changed. A content hash would be just as safe for CAS but would
+  read every object on every listing. Stat alone is not safe on its own: an inode freed by a rename can be
+  reused, and kernels stamp mtimes from a coarse clock, so two quick writes of the same size could look
+  identical and fool a compare-and-swap (ABA). The writer closes that gap: under the stripe lock it sets
+  the new file's mtime to `max(now, previous mtime + 1ns)` (stepping up to whole seconds on file systems
+  that store coarser times), so a key's version never repeats while the key exists.
+
+Keys are `/`-separated relative paths; no segment may be empty, `.`, `..`, or start with a dot (dot files
+are this backend's temporary and lock files, and listing skips them).
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from urllib.parse import unquote
+
+from contract.store.base import ObjectVersion, PreconditionFailed, StoredObject, StoreError, StoreUnavailable
+
+LOCK_DIR = ".locks"
+LOCK_STRIPES = 64
+TEMP_PREFIX = ".tmp-"
+#: Steps tried when the file system rounds the mtime we set (ns, then µs, ms, s, 2 s for FAT-like systems).
+_MTIME_STEPS_NS = (1, 1_000, 1_000_000, 1_000_000_000, 2_000_000_000)
+#: These mean "fix the configuration", not "try again later".
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+
+
+def path_from_url(url: str) -> Path:
+    """`file:///abs/dir` -> /abs/dir, `file://relative/dir` -> relative/dir, `file://~/dir` -> home."""
+    if not url.startswith("file://"):
+        raise StoreError(f"not a file store URL: {url!r} (expected file:///path/to/dir)")
+    rest = unquote(url[len("file://") :].split("?", 1)[0])
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    if not rest:
+        raise StoreError(f"the store URL {url!r} names no folder: write file:///path/to/dir")
+    return Path(rest).expanduser()
+
+
+def version_of(info: os.stat_result) -> str:
+    return f"{info.st_mtime_ns:x}.{info.st_size:x}.{info.st_ino:x}"
+
+
+def check_key(key: str) -> str:
+    """Keys become paths: refuse anything that could climb out of the store or hide among its own files."""
+    if not key or key.startswith("/") or "\0" in key:
+        raise StoreError(f"invalid store key {key!r}: keys are relative paths like hosts/web-1/status.json")
+    for segment in key.split("/"):
+        if not segment or segment.startswith("."):
+            raise StoreError(
+                f"invalid store key {key!r}: segments must be non-empty and must not start with a dot"
+            )
+    return key
+
+
+def _translate(exc: OSError, action: str, path: Path) -> StoreError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"permission denied {action} {path}: {reason}; run as a user that can write the store folder "
+            "or fix its permissions"
+        )
+    if exc.errno == errno.EROFS:
+        return StoreError(f"cannot {action} {path}: the file system is read-only")
+    if exc.errno in _PERMANENT_ERRNOS:
+        return StoreError(f"cannot {action} {path}: {reason}; is something else in the way of the store layout?")
+    return StoreUnavailable(f"cannot {action} {path}: {reason}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """The `Store` protocol over a local folder. Safe to share between threads and between processes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.root = path_from_url(url)
+        self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._lock_fds: dict[int, int] = {}
+        self._lock_fds_guard = threading.Lock()
+        self._pid = os.getpid()
+        try:
+            self._make_dirs(self.root)
+        except OSError as exc:
+            raise _translate(exc, "creating the store folder", self.root) from exc
+        if not self.root.is_dir():
+            raise StoreError(f"the store path {self.root} exists but is not a folder")
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.url!r})"
+
+    # ----------------------------------------------------------------------------------------------
+    # Reads: no lock, one stat (and one read when the object changed)
+
+    def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
+        path = self.root / check_key(key)
+        try:
+            if if_version_not is not None:
+                current = version_of(os.stat(path))
+                if current == if_version_not:
+                    return StoredObject(key, b"", current)
+            with open(path, "rb") as handle:
+                # The version of the very file we read: a rename after the stat above cannot mismatch them.
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    return None
+                data = handle.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            raise _translate(exc, "reading", path) from exc
+        return StoredObject(key, data, version_of(info))
+
+    def list(self, prefix: str) -> list[ObjectVersion]:
+        folder_part, _, name_start = prefix.rpartition("/")
+        if folder_part:
+            check_key(folder_part)
+        folder = self.root / folder_part if folder_part else self.root
+        key_base = f"{folder_part}/" if folder_part else ""
+        found: list[ObjectVersion] = []
+        try:
+            self._walk(folder, key_base, name_start, found)
+        except OSError as exc:
+            raise _translate(exc, "listing", folder) from exc
+        found.sort(key=lambda item: item.key)
+        return found
+
+    def _walk(
+        self, folder: Path | str, key_base: str, name_start: str, found: builtins.list[ObjectVersion]
+    ) -> None:
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or not name.startswith(name_start):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    self._walk(entry.path, f"{key_base}{name}/", "", found)
+                elif entry.is_file(follow_symlinks=False):
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted between readdir and stat
+                    found.append(ObjectVersion(key_base + name, version_of(info)))
+
+    # ----------------------------------------------------------------------------------------------
+    # Writes: under the key's stripe lock
+
+    def put(self, key: str, data: bytes) -> str:
+        path = self.root / check_key(key)
+        with self._locked(key, path):
+            return self._replace(path, data, self._current(path))
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        path = self.root / check_key(key)
+        with self._locked(key, path):
+            if self._current(path) is not None:
+                raise PreconditionFailed(f"{key} already exists")
+            return self._replace(path, data, None)
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str:
+        path = self.root / check_key(key)
+        with self._locked(key, path):
+            current = self._current(path)
+            if current is None:
+                raise PreconditionFailed(f"{key} does not exist (expected version {version})")
+            if version_of(current) != version:
+                raise PreconditionFailed(f"{key} changed: version {version_of(current)}, expected {version}")
+            return self._replace(path, data, current)
+
+    def delete(self, key: str) -> None:
+        path = self.root / check_key(key)
+        with self._locked(key, path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise _translate(exc, "deleting", path) from exc
+            with suppress(OSError):
+                _fsync_dir(path.parent)
+
+    # ----------------------------------------------------------------------------------------------
+    # Internals
+
+    def _current(self, path: Path) -> os.stat_result | None:
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _translate(exc, "reading", path) from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{path} is in the way of a store key: it is not a regular file")
+        return info
+
+    def _replace(self, path: Path, data: bytes, previous: os.stat_result | None) -> str:
+        """Temp file, fsync, rename, fsync the folder. Called with the stripe lock held."""
+        try:
+            self._make_dirs(path.parent)
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
+        except OSError as exc:
+            raise _translate(exc, "writing", path) from exc
+        try:
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    # Readable by the other side (reconciler and agents may run as different users).
+                    os.fchmod(handle.fileno(), 0o644)
+                    info = self._stamp(handle.fileno(), previous)
+                    os.fsync(handle.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                with suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise _translate(exc, "writing", path) from exc
+        return version_of(info)
+
+    @staticmethod
+    def _stamp(fd: int, previous: os.stat_result | None) -> os.stat_result:
+        """Give the new file an mtime strictly after the one it replaces, so versions never repeat (see the
+        module docstring: inode reuse plus a coarse clock would otherwise allow ABA)."""
+        floor = previous.st_mtime_ns if previous is not None else -1
+        wanted = max(time.time_ns(), floor + 1)
+        for step in _MTIME_STEPS_NS:
+            os.utime(fd, ns=(wanted, wanted))
+            info = os.fstat(fd)
+            if info.st_mtime_ns > floor:
+                return info
+            wanted = max(wanted, floor) + step
+        raise StoreError("the store's file system does not keep modification times; use another folder")
+
+    def _make_dirs(self, folder: Path) -> None:
+        """mkdir -p, fsyncing each parent whose entries changed so the new folders survive a power cut."""
+        if folder.is_dir():
+            return
+        missing: list[Path] = []
+        probe = folder
+        while not probe.exists():
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        for created in reversed(missing):
+            try:
+                os.mkdir(created)
+            except FileExistsError:
+                continue
+            with suppress(OSError):
+                _fsync_dir(created.parent)
+
+    @contextmanager
+    def _locked(self, key: str, path: Path) -> Iterator[None]:
+        stripe = zlib.crc32(key.encode()) % LOCK_STRIPES
+        with self._stripe_locks[stripe]:
+            fd = self._lock_fd(stripe)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise _translate(exc, "locking", path) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_fd(self, stripe: int) -> int:
+        """One open lock file per stripe per process. After a fork the inherited descriptors share the
+        parent's open file description, so flock would not exclude parent and child: reopen them."""
+        with self._lock_fds_guard:
+            if self._pid != os.getpid():
+                self._lock_fds = {}
+                self._pid = os.getpid()
+            fd = self._lock_fds.get(stripe)
+            if fd is None:
+                lock_dir = self.root / LOCK_DIR
+                path = lock_dir / f"{stripe:02d}"
+                try:
+                    lock_dir.mkdir(exist_ok=True)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                except OSError as exc:
+                    raise _translate(exc, "opening the lock file", path) from exc
+                self._lock_fds[stripe] = fd
+            return fd
+
+    def close(self) -> None:
+        with self._lock_fds_guard:
+            for fd in self._lock_fds.values():
+                with suppress(OSError):
+                    os.close(fd)
+            self._lock_fds = {}
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.close()

@@ -1,0 +1,117 @@
+"""What only the file backend does: URLs, atomic writes that leave nothing behind, versions that never
+repeat (the ABA guard), and errors that name the path."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from contract.store import StoreError, StoreUnavailable, open_store
+from contract.store.file import FileStore, _translate, path_from_url
+
+
+def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert path_from_url("file:///var/lib/fleetshift/store") == Path("/var/lib/fleetshift/store")
+    assert path_from_url("file://localhost/var/lib/x") == Path("/var/lib/x")
+    assert path_from_url("file://.fleetshift/store") == Path(".fleetshift/store")
+    assert path_from_url("file:///tmp/with%20space") == Path("/tmp/with space")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert path_from_url("file://~/store") == tmp_path / "store"
+    with pytest.raises(StoreError, match="names no folder"):
+        path_from_url("file://")
+
+
+def test_relative_store_is_created_under_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("file://.fleetshift/store")
+    store.put("hosts/a/status.json", b"{}")
+    assert (tmp_path / ".fleetshift/store/hosts/a/status.json").read_bytes() == b"{}"
+
+
+def test_layout_on_disk_is_the_key_and_nothing_is_left_behind(tmp_path: Path) -> None:
+    store = FileStore(f"file://{tmp_path}")
+    for index in range(20):
+        store.put("hosts/web-1/status.json", f"status {index}".encode())
+    store.put_if_absent("leases/reconciler.json", b"lease")
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()
+                   and p.relative_to(tmp_path).parts[0] != ".locks")
+    assert files == ["hosts/web-1/status.json", "leases/reconciler.json"]
+    assert (tmp_path / "hosts/web-1/status.json").read_bytes() == b"status 19"
+    assert oct((tmp_path / "hosts/web-1/status.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_listing_skips_temporary_and_lock_files(tmp_path: Path) -> None:
+    store = FileStore(f"file://{tmp_path}")
+    store.put("hosts/a/status.json", b"x")
+    (tmp_path / "hosts/a/.tmp-crashed-writer").write_bytes(b"half a document")
+    assert [item.key for item in store.list("")] == ["hosts/a/status.json"]
+
+
+def test_versions_never_repeat_for_same_size_rewrites(tmp_path: Path) -> None:
+    """Rapid same-size rewrites: inode numbers get reused and kernel mtimes are coarse, yet every version
+    must differ from every earlier one, or a stale compare-and-swap could win (ABA)."""
+    store = FileStore(f"file://{tmp_path}")
+    versions = [store.put("groups/app/prod.json", b"same size %03d" % (index % 2)) for index in range(300)]
+    assert len(set(versions)) == len(versions)
+    inodes = {version.rsplit(".", 1)[1] for version in versions}
+    assert len(inodes) < len(versions), "inodes were reused, which is the case the mtime stamping guards"
+
+
+def test_mtimes_only_move_forward_even_when_the_clock_does_not(tmp_path: Path) -> None:
+    """On kernels with coarse timestamps, or after the clock steps back, `now` can be at or before the
+    replaced file's mtime; the writer must still stamp a strictly later one."""
+    store = FileStore(f"file://{tmp_path}")
+    store.put("k.json", b"first")
+    path = tmp_path / "k.json"
+    future = path.stat().st_mtime_ns + 3_600 * 10**9
+    os.utime(path, ns=(future, future))
+    store.put("k.json", b"later")
+    assert path.stat().st_mtime_ns == future + 1
+
+
+def test_version_is_cheap_stat_data_matching_the_file(tmp_path: Path) -> None:
+    store = FileStore(f"file://{tmp_path}")
+    version = store.put("k.json", b"12345")
+    info = os.stat(tmp_path / "k.json")
+    assert version == f"{info.st_mtime_ns:x}.{info.st_size:x}.{info.st_ino:x}"
+
+
+def test_hand_edited_file_gets_a_new_version(tmp_path: Path) -> None:
+    """An operator editing a command with an editor (write in place) is seen by pollers as a change."""
+    store = FileStore(f"file://{tmp_path}")
+    version = store.put("commands/h.json", b'{"generation": 1}')
+    path = tmp_path / "commands/h.json"
+    path.write_bytes(b'{"generation": 2}')
+    os.utime(path, ns=(path.stat().st_mtime_ns + 1000, path.stat().st_mtime_ns + 1000))
+    changed = store.get("commands/h.json", if_version_not=version)
+    assert changed is not None and changed.data == b'{"generation": 2}'
+
+
+def test_something_in_the_way_is_a_clear_error(tmp_path: Path) -> None:
+    store = FileStore(f"file://{tmp_path}")
+    store.put("hosts/a", b"a file where a folder should be")
+    with pytest.raises(StoreError, match="hosts/a") as raised:
+        store.put("hosts/a/status.json", b"x")
+    assert not raised.value.retryable
+    assert store.get("hosts/a/status.json") is None
+    (tmp_path / "groups/app.json").mkdir(parents=True)
+    with pytest.raises(StoreError, match="not a regular file"):
+        store.put("groups/app.json", b"x")
+
+
+def test_store_path_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "store").write_text("oops")
+    with pytest.raises(StoreError, match="store"):
+        FileStore(f"file://{tmp_path / 'store'}")
+
+
+def test_os_errors_translate_to_permanent_or_retryable(tmp_path: Path) -> None:
+    denied = _translate(OSError(errno.EACCES, "Permission denied"), "writing", tmp_path / "k")
+    assert not denied.retryable and "permission denied writing" in str(denied) and "fix its permissions" in str(denied)
+    read_only = _translate(OSError(errno.EROFS, "Read-only file system"), "writing", tmp_path / "k")
+    assert not read_only.retryable and "read-only" in str(read_only)
+    full = _translate(OSError(errno.ENOSPC, "No space left on device"), "writing", tmp_path / "k")
+    assert isinstance(full, StoreUnavailable) and full.retryable
