@@ -33,6 +33,7 @@ from reconciler.core import (
     Blocked,
     CoreSettings,
     FinishDeployment,
+    MarkGroupRemoved,
     StartRollback,
     State,
     reconcile,
@@ -196,10 +197,13 @@ class RunLedger:
     finished: dict[str, FinishDeployment] = field(default_factory=dict)
     #: Triggering deployment id -> the rollback deployment started for it.
     rollbacks: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
 
     def record(self, outcome: PassOutcome) -> None:
         for action in outcome.applied.actions:
-            if isinstance(action, FinishDeployment):
+            if isinstance(action, MarkGroupRemoved):
+                self.removed.append(action.group)
+            elif isinstance(action, FinishDeployment):
                 self.finished[action.deployment_id] = action
             elif isinstance(action, StartRollback):
                 self.rollbacks[action.rollback_of] = action.deployment_id
@@ -274,6 +278,9 @@ def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[st
                 f"{finish.group}: deployment {deployment_id} of {finish.revision.short()} {verb}{code}: "
                 f"{finish.reason}; not rolled back"
             )
+    for group in ledger.removed:
+        lines.append(f"{group}: removed from the manifests; nothing was uninstalled, its records are kept "
+                     f"(`reconcile forget {group}` deletes them)")
     if last is not None:
         for blocked in last.blocked:
             if blocked.code != "QUARANTINED":
@@ -291,8 +298,8 @@ def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[st
                 f"`reconcile retry {blocked.group}` to try the same revision again"
             )
         for blocked in last.blocked:
-            if blocked.code in ("SUSPENDED", "NO_INSTANCES"):
-                lines.append(f"{blocked.group}: {blocked.reason}")
+            if blocked.code != "QUARANTINED":
+                lines.append(f"{blocked.group}: {blocked.code}: {blocked.reason}")
     if unrecovered:
         return ExitCode.FAILED, lines
     if rolled_back:

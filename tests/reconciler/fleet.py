@@ -108,12 +108,13 @@ def now() -> datetime:
 @dataclass
 class ScriptedAgents:
     """Agents as the store sees them. `answer()` plays one poll of every agent: a new command generation is
-    run "instantly" and reported Succeeded (or Failed for hosts in `failing`)."""
+    run "instantly" and reported Succeeded, or Failed when `failing` maps the host to a fragment of the
+    command's revision identity (like a ValidateService that fails only with that revision)."""
 
     store: Store
     hosts: list[str]
     tags: dict[str, str] = field(default_factory=lambda: {"app": "hello"})
-    failing: set[str] = field(default_factory=set)
+    failing: dict[str, str] = field(default_factory=dict)
     #: Every command each host ran: (deployment id, generation, revision identity).
     runs: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
     _status: dict[str, HostStatus] = field(default_factory=dict)
@@ -152,7 +153,7 @@ class ScriptedAgents:
             if command is None or (last is not None and last.generation >= command.generation):
                 continue
             when = now()
-            ok = host not in self.failing
+            ok = host not in self.failing or self.failing[host] not in command.revision.identity()
             self.runs[host].append((command.deployment_id, command.generation, command.revision.identity()))
             installed = dict(status.installed)
             key = f"{command.application}/{command.deployment_group}"
