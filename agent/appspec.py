@@ -161,13 +161,14 @@ class _Located:
         if root is not None:
             self._walk(root, ())
 
-    def _walk(self, node: yaml.Node, path: Path_) -> None:
-        self.lines[path] = node.start_mark.line + 1
+    def _walk(self, node: yaml.Node, path: Path_, line: int | None = None) -> None:
+        # A mapping value is located at its key: that is the line a person looks for.
+        self.lines[path] = line or node.start_mark.line + 1
         if isinstance(node, yaml.ScalarNode):
             self.raw[path] = node
         elif isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                self._walk(value_node, (*path, str(key_node.value)))
+                self._walk(value_node, (*path, str(key_node.value)), key_node.start_mark.line + 1)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 self._walk(item, (*path, index))
@@ -398,8 +399,8 @@ def _parse_script(entry: Any, path: Path_, problems: _Collector) -> HookScript |
 
 def _escapes(relative: str) -> bool:
     """True if a bundle-relative path climbs above the bundle root (a leading `/` is still relative)."""
-    normalized = posixpath.normpath("/" + relative)
-    return normalized.startswith("/..") or ".." in normalized.split("/")
+    normalized = posixpath.normpath(relative.lstrip("/") or ".")
+    return normalized == ".." or normalized.startswith("../")
 
 
 def bundle_relative(path: str) -> str:

@@ -342,6 +342,8 @@ class _Extractor:
         self.symlinks: dict[str, str] = {}
         self.dir_attrs: list[tuple[str, int | None, float | None, tuple[int, int] | None]] = []
         self.as_root = os.geteuid() == 0
+        #: Names the bundle in messages ("zip bundle app.zip"); set by the format's entry point.
+        self.source = "bundle"
         self.umask = _current_umask()
         self._ids: dict[tuple[str, str], int] = {}
 
@@ -387,7 +389,8 @@ class _Extractor:
         while ancestor and ancestor not in self.made_dirs:
             if ancestor in self.regular or ancestor in self.symlinks:
                 raise UnsafeBundle(
-                    f"entry {name!r} is inside {ancestor!r}, which the bundle also has as a file or link"
+                    f"{self.source}: entry {name!r} is inside {ancestor!r}, which the bundle also has as a file "
+                    "or link (writing through a link is refused)"
                 )
             ancestor = posixpath.dirname(ancestor)
         os.makedirs(self.target / parent, exist_ok=True)
@@ -397,7 +400,7 @@ class _Extractor:
 
     def make_dir(self, name: str, mode: int | None, mtime: float | None, owner: tuple[int, int] | None) -> None:
         if name in self.regular or name in self.symlinks:
-            raise UnsafeBundle(f"entry {name!r} is both a folder and a file or link in the bundle")
+            raise UnsafeBundle(f"{self.source}: entry {name!r} is both a folder and a file or link in the bundle")
         self.ensure_parent(name)
         path = self.target / name
         if name not in self.made_dirs:
@@ -445,6 +448,8 @@ class _Extractor:
         self.regular.add(name)
 
     def hard_link(self, name: str, link_target_raw: str, source: str) -> None:
+        if link_target_raw.startswith("/") or ".." in link_target_raw.replace("\\", "/").split("/"):
+            raise UnsafeBundle(f"{source}: hard link {name!r} points outside the bundle ({link_target_raw!r})")
         link_target = self.safe_name(link_target_raw, source=source)
         if link_target is None or link_target not in self.regular:
             raise UnsafeBundle(
@@ -482,7 +487,7 @@ class _Extractor:
         for name, link_target in self.symlinks.items():
             resolved = os.path.realpath(self.target / name)
             if os.path.commonpath([resolved, self.real_target]) != self.real_target:
-                raise UnsafeBundle(f"symlink {name!r} -> {link_target!r} resolves outside the bundle")
+                raise UnsafeBundle(f"{self.source}: symlink {name!r} -> {link_target!r} resolves outside the bundle")
         for name, mode, mtime, owner in sorted(self.dir_attrs, key=lambda item: item[0].count("/"), reverse=True):
             path = self.target / name
             if owner is not None:
@@ -516,7 +521,7 @@ class _Extractor:
     # -- formats
 
     def extract_zip(self, path: Path) -> None:
-        source = f"zip bundle {path.name}"
+        source = self.source = f"zip bundle {path.name}"
         try:
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
@@ -562,7 +567,7 @@ class _Extractor:
                 self.write_file(name, stream, mode=mode, mtime=mtime, owner=None, source=source)
 
     def extract_tar(self, path: Path, *, compressed: bool) -> None:
-        source = f"{'tgz' if compressed else 'tar'} bundle {path.name}"
+        source = self.source = f"{'tgz' if compressed else 'tar'} bundle {path.name}"
         try:
             with path.open("rb") as raw, tarfile.open(
                 fileobj=raw, mode="r|gz" if compressed else "r|", bufsize=_CHUNK
@@ -605,7 +610,7 @@ class _Extractor:
     def copy_directory(self, root: Path) -> None:
         """A directory bundle is copied like `cp -r` (reference: modes kept minus the umask, owner and times
         not kept), under the same rules as an archive."""
-        source = f"directory bundle {root}"
+        source = self.source = f"directory bundle {root}"
         stack = [""]
         while stack:
             relative = stack.pop()

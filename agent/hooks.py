@@ -236,8 +236,8 @@ def run_script(
     finished = capture.until(started + timeout)
     if not finished:
         if capture.exited:
-            capture.close()
             streams = " and ".join(capture.open_streams())
+            capture.close()
             code = process.returncode
             return fail(
                 LifecycleErrorCode.OUTPUTS_LEFT_OPEN,

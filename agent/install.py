@@ -42,6 +42,8 @@ log = structlog.get_logger("agent.install")
 
 Kind = Literal["missing", "file", "dir", "symlink", "other"]
 SEMANAGE_PREFIX = "semanage\0"
+_PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+_NAME_MAX = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,6 +87,8 @@ class DiskView:
             mode = os.lstat(path).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return "missing"
+        except OSError:
+            return "other"
         if stat.S_ISLNK(mode):
             return "symlink"
         if stat.S_ISDIR(mode):
@@ -94,7 +98,12 @@ class DiskView:
         return "other"
 
     def is_dir(self, path: Path) -> bool:
-        return str(path) not in self.removed and path.is_dir()
+        if str(path) in self.removed:
+            return False
+        try:
+            return stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:
+            return False
 
     def children(self, path: Path) -> list[str]:
         try:
@@ -302,6 +311,8 @@ class _Planner:
         if source_kind == "other":
             self.error(mapping, f"source {label!r} is not a file, folder or symlink")
             return
+        if self._too_long(destination, mapping):
+            return
         if self.bundle.is_dir(source):
             self.fill_ancestors(destination, mapping)
             self.add_dir(destination, mapping)
@@ -344,8 +355,15 @@ class _Planner:
         for folder in reversed(missing):
             self.add_dir(folder, mapping)
 
+    def _too_long(self, target: Path, mapping: FileMapping) -> bool:
+        text = str(target)
+        if len(text.encode()) >= _PATH_MAX or any(len(part.encode()) > _NAME_MAX for part in target.parts):
+            self.error(mapping, f"{self._show(target)[:80]}... is longer than this host's file system allows")
+            return True
+        return False
+
     def add_dir(self, target: Path, mapping: FileMapping) -> None:
-        if target in self.dir_targets:
+        if target in self.dir_targets or self._too_long(target, mapping):
             return
         clash = self.copy_targets.get(target)
         if clash is not None:
@@ -366,6 +384,8 @@ class _Planner:
         self.steps.append(step)
 
     def add_copy(self, source: Path, target: Path, mapping: FileMapping, *, symlink: bool) -> None:
+        if self._too_long(target, mapping):
+            return
         label = source.relative_to(self.archive).as_posix()
         previous = self.copy_targets.get(target)
         if previous is not None:

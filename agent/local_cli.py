@@ -33,6 +33,8 @@ from agent.runner import (
     RunnerSettings,
     check_revision,
     new_local_deployment_id,
+    previous_appspec,
+    scripts_run_before,
     uses_new_revision,
 )
 from contract.logs import configure_logging
@@ -297,20 +299,8 @@ def run_validate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
             previous_cleanup=previous_cleanup,
             host_root=host_root,
         )
-        previous_exists = root.last_successful_install(group_id) is not None if root.instructions.is_dir() else False
-
-        def scripts_before(event: str) -> bool:
-            if event not in events or check.spec is None:
-                return False
-            for index in range(events.index(event)):
-                if uses_new_revision(events, index):
-                    if check.spec.scripts_for(events[index]):
-                        return True
-                elif previous_exists:
-                    return True
-            return False
-
-        fatal = check.fatal(scripts_before)
+        previous = previous_appspec(root, group_id, args.appspec_filename) if root.instructions.is_dir() else None
+        fatal = check.fatal(lambda event: scripts_run_before(event, events, check.spec, previous))
         maybe = [problem for problem, _ in check.deferred if problem not in fatal]
         findings = _Findings(path, events, check, fatal, maybe, check.warnings, host_root)
         return _report(out, args.format, findings)

@@ -177,6 +177,30 @@ def check_revision(
     return RevisionCheck(spec, plan, behavior, errors, deferred, warnings)
 
 
+def scripts_run_before(event: str, events: list[str], new: AppSpec | None, previous: AppSpec | None) -> bool:
+    """Whether any script runs before `event`'s first occurrence: the new revision's for events after
+    DownloadBundle, the last installed revision's for the traffic and stop events before it."""
+    if event not in events:
+        return False
+    for index in range(events.index(event)):
+        spec = new if uses_new_revision(events, index) else previous
+        if spec is not None and spec.scripts_for(events[index]):
+            return True
+    return False
+
+
+def previous_appspec(layout: DeploymentRoot, group_id: str, appspec_filename: str | None) -> AppSpec | None:
+    """The last installed revision's appspec, or None if there is none or it cannot be read (then its
+    events fail on their own, with their own message)."""
+    previous = layout.last_successful_install(group_id)
+    if previous is None:
+        return None
+    try:
+        return load_appspec(previous.archive, appspec_filename)
+    except AgentError:
+        return None
+
+
 def check_event_order(events: list[str]) -> None:
     """Refuse event lists that cannot work, before anything runs: every event that needs the new
     revision must come after DownloadBundle."""
@@ -289,9 +313,9 @@ class _CommandRun:
     def outcome(
         self, status: CommandStatus, message: str | None, installed: InstalledRevision | None = None
     ) -> CommandOutcome:
-        log_path = self.deployment.script_log if self.deployment is not None else None
-        if log_path is not None and not log_path.exists():
-            log_path = None
+        log_path = None
+        if self.deployment is not None and self.script_log is not None and self.script_log.wrote_anything:
+            log_path = self.deployment.script_log
         return CommandOutcome(status, list(self.reports), installed, message, log_path)
 
     # -- the command
@@ -429,7 +453,8 @@ class _CommandRun:
             self.early.warnings = list(check.warnings)
             for warning in check.warnings:
                 self.log.warning("revision.warning", problem=str(warning))
-            fatal = check.fatal(lambda event: self._scripts_before(event, check.spec))
+            previous = previous_appspec(self.layout, command.deployment_group_id, self.appspec_filename)
+            fatal = check.fatal(lambda event: scripts_run_before(event, self.events, check.spec, previous))
             if fatal:
                 raise RevisionInvalid(fatal, headline="the new revision was checked before anything ran and "
                                       "cannot be deployed")
@@ -438,20 +463,6 @@ class _CommandRun:
         except OSError as exc:
             self.early.failure = _EventFailed(f"cannot prepare the deployment folder: {exc}")
         self.early.ended_at = _now()
-
-    def _scripts_before(self, event: str, spec: AppSpec | None) -> bool:
-        """Whether any script may run before `event`'s first occurrence in this command."""
-        if event not in self.events:
-            return False
-        position = self.events.index(event)
-        has_previous = self.layout.last_successful_install(self.command.deployment_group_id) is not None
-        for index in range(position):
-            if uses_new_revision(self.events, index):
-                if spec is not None and spec.scripts_for(self.events[index]):
-                    return True
-            elif has_previous:
-                return True
-        return False
 
     # -- one event
 

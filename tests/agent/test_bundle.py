@@ -1,0 +1,439 @@
+"""Bundles: every format unpacked by our own extractors, single-folder unwrap, sha256, S3 over HTTP (moto
+server), Git at a commit, and malicious archives refused with nothing written outside the target."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from agent.bundle import (
+    ExtractLimits,
+    FetchedBundle,
+    detect_bundle_type,
+    fetch_bundle,
+    unpack_bundle,
+)
+from agent.errors import BundleError, BundleNotFound, ChecksumMismatch, UnsafeBundle
+from contract.models import GitLocation, LocalLocation, Revision, S3Location
+from tests.agent.conftest import Bundle, Sandbox, statuses
+from tests.gitrepo import ConfigRepo
+
+APPSPEC = """
+version: 0.0
+os: linux
+files:
+  - source: app
+    destination: /srv/app
+hooks:
+  AfterInstall:
+    - location: scripts/env.sh
+"""
+
+
+def sample(bundle: Bundle) -> Bundle:
+    bundle.appspec(APPSPEC)
+    bundle.file("app/index.html", "<h1>hi</h1>")
+    bundle.file("app/sub/nested.txt", "nested", mode=0o640)
+    bundle.script("scripts/env.sh", 'env | grep -E "^(BUNDLE_|LIFECYCLE_EVENT)" | sort > "$OUT"\n')
+    os.symlink("index.html", bundle.path / "app" / "link.html")
+    return bundle
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> what it is (content for files, target for links, '/' for folders)."""
+    result = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            result[name] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            result[name] = "/"
+        else:
+            result[name] = path.read_text()
+    return result
+
+
+EXPECTED_TREE = {
+    "app": "/",
+    "app/index.html": "<h1>hi</h1>",
+    "app/link.html": "-> index.html",
+    "app/sub": "/",
+    "app/sub/nested.txt": "nested",
+    "appspec.yml": APPSPEC.lstrip(),
+    "scripts": "/",
+    "scripts/env.sh": '#!/bin/sh\nenv | grep -E "^(BUNDLE_|LIFECYCLE_EVENT)" | sort > "$OUT"\n',
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Formats and unwrapping (reference 1.1, 3.7; 7.5 cases 46-47)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tgz", "directory"])
+def test_every_format_unpacks_to_the_same_tree(kind: str, make_bundle, tmp_path: Path) -> None:
+    bundle = sample(make_bundle())
+    path = {
+        "zip": lambda: bundle.zip(tmp_path / "b.zip"),
+        "tar": lambda: bundle.tar(tmp_path / "b.tar"),
+        "tgz": lambda: bundle.tar(tmp_path / "b.tgz", gz=True),
+        "directory": lambda: bundle.path,
+    }[kind]()
+    assert detect_bundle_type(path) == kind
+    target = tmp_path / "out"
+    unpack_bundle(FetchedBundle(path, kind), target)
+    assert tree(target) == EXPECTED_TREE
+    assert stat.S_IMODE((target / "app/sub/nested.txt").stat().st_mode) == 0o640
+    assert (target / "scripts/env.sh").stat().st_mode & 0o111
+
+
+@pytest.mark.parametrize("kind", ["zip", "tgz"])
+def test_single_top_level_folder_holding_the_appspec_is_unwrapped(kind: str, make_bundle, tmp_path: Path) -> None:
+    bundle = sample(make_bundle())
+    path = bundle.zip(tmp_path / "b.zip", prefix="myapp-1.0/") if kind == "zip" else bundle.tar(
+        tmp_path / "b.tgz", gz=True, prefix="myapp-1.0/"
+    )
+    target = tmp_path / "out"
+    unpack_bundle(FetchedBundle(path, kind), target)
+    assert tree(target) == EXPECTED_TREE
+
+
+def test_single_folder_without_appspec_is_kept(tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("only/readme.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    unpack_bundle(FetchedBundle(archive, "tar"), tmp_path / "out")
+    assert tree(tmp_path / "out") == {"only": "/", "only/readme.txt": "x"}
+
+
+def test_tar_keeps_modes_times_and_owner_as_root(tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("run.sh")
+        info.size, info.mode, info.mtime = 2, 0o4750, 1_600_000_000
+        info.uid, info.gid, info.uname, info.gname = 65534, 65534, "", ""
+        tar.addfile(info, io.BytesIO(b"hi"))
+    unpack_bundle(FetchedBundle(archive, "tar"), tmp_path / "out")
+    result = (tmp_path / "out/run.sh").stat()
+    assert int(result.st_mtime) == 1_600_000_000
+    if os.geteuid() == 0:
+        assert stat.S_IMODE(result.st_mode) == 0o4750
+        assert (result.st_uid, result.st_gid) == (65534, 65534)
+
+
+def test_tar_dot_root_entry_and_hard_links_inside_the_bundle(tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar"
+    with tarfile.open(archive, "w") as tar:
+        root = tarfile.TarInfo("./")
+        root.type = tarfile.DIRTYPE
+        tar.addfile(root)
+        info = tarfile.TarInfo("./a.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"a"))
+        link = tarfile.TarInfo("./b.txt")
+        link.type, link.linkname = tarfile.LNKTYPE, "./a.txt"
+        tar.addfile(link)
+    unpack_bundle(FetchedBundle(archive, "tar"), tmp_path / "out")
+    assert tree(tmp_path / "out") == {"a.txt": "a", "b.txt": "a"}
+    assert (tmp_path / "out/a.txt").stat().st_ino == (tmp_path / "out/b.txt").stat().st_ino
+
+
+@pytest.mark.parametrize("data", [b"not an archive at all", b"PK\x03\x04garbage"])
+def test_damaged_archives_are_clear_errors(data: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "b.zip"
+    path.write_bytes(data)
+    with pytest.raises(BundleError, match="is not a readable zip archive"):
+        unpack_bundle(FetchedBundle(path, "zip"), tmp_path / "out")
+    path.write_bytes(data)
+    with pytest.raises(BundleError, match="is not a readable gzip-compressed tar"):
+        unpack_bundle(FetchedBundle(path, "tgz"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Malicious bundles: refused, and nothing lands outside the target
+
+
+def _tar_with(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+def _outside_snapshot(tmp_path: Path) -> set[str]:
+    return {str(p) for p in tmp_path.rglob("*") if "deploy" not in p.parts}
+
+
+MALICIOUS_TARS = {
+    "zip-slip": ([(_member("../evil.txt"), b"evil")], "'../evil.txt' climbs out of the bundle with '..'"),
+    "deep-slip": ([(_member("a/../../evil.txt"), b"evil")], "climbs out of the bundle"),
+    "absolute": ([(_member("/tmp/fleetshift-abs-evil.txt"), b"evil")], "has an absolute path"),
+    "symlink-absolute": ([(_member("etc", tarfile.SYMTYPE, "/etc"), None)], "points at the absolute path '/etc'"),
+    "symlink-escape-then-write": (
+        [(_member("link", tarfile.SYMTYPE, "../.."), None), (_member("link/evil.txt"), b"evil")],
+        "writing through a link is refused",
+    ),
+    "symlink-escape": ([(_member("link", tarfile.SYMTYPE, "../.."), None)], "resolves outside the bundle"),
+    "symlink-chain-escape": (
+        [(_member("t", tarfile.SYMTYPE, "."), None), (_member("s", tarfile.SYMTYPE, "t/.."), None)],
+        "symlink 's' -> 't/..' resolves outside the bundle",
+    ),
+    "hard-link-outside": (
+        [(_member("passwd", tarfile.LNKTYPE, "../../../etc/passwd"), None)],
+        "hard link 'passwd' points outside the bundle",
+    ),
+    "hard-link-absolute": (
+        [(_member("passwd", tarfile.LNKTYPE, "/etc/passwd"), None)],
+        "hard link 'passwd' points outside the bundle",
+    ),
+    "hard-link-to-unknown": (
+        [(_member("x", tarfile.LNKTYPE, "not-extracted"), None)],
+        "does not point at a file extracted earlier",
+    ),
+    "char-device": ([(_member("null", tarfile.CHRTYPE), None)], "'null' is a device file"),
+    "block-device": ([(_member("sda", tarfile.BLKTYPE), None)], "'sda' is a device file"),
+    "fifo": ([(_member("pipe", tarfile.FIFOTYPE), None)], "'pipe' is a FIFO"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS_TARS))
+@pytest.mark.parametrize("gz", [False, True])
+def test_malicious_tar_is_refused(case: str, gz: bool, tmp_path: Path) -> None:
+    members, fragment = MALICIOUS_TARS[case]
+    source = _tar_with(tmp_path / "raw.tar", *members)
+    path = source
+    if gz:
+        import gzip
+
+        path = tmp_path / "b.tgz"
+        path.write_bytes(gzip.compress(source.read_bytes()))
+    before = _outside_snapshot(tmp_path)
+    target = tmp_path / "deploy" / "deployment-archive"
+    with pytest.raises(UnsafeBundle) as caught:
+        unpack_bundle(FetchedBundle(path, "tgz" if gz else "tar"), target)
+    assert fragment in str(caught.value)
+    assert str(caught.value).startswith(f"{'tgz' if gz else 'tar'} bundle {path.name}: ")
+    assert _outside_snapshot(tmp_path) == before
+    assert not target.exists()
+    assert not Path("/tmp/fleetshift-abs-evil.txt").exists()
+
+
+def _zip_with(path: Path, *entries: tuple[str, bytes, int | None]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name)
+            if mode is not None:
+                info.create_system = 3
+                info.external_attr = mode << 16
+            archive.writestr(info, data)
+    return path
+
+
+MALICIOUS_ZIPS = {
+    "zip-slip": ([("../evil.txt", b"evil", None)], "climbs out of the bundle"),
+    "backslash-slip": ([("..\\evil.txt", b"evil", None)], "climbs out of the bundle"),
+    "absolute": ([("/tmp/fleetshift-abs-evil.txt", b"evil", None)], "has an absolute path"),
+    "symlink-escape": ([("link", b"../../..", stat.S_IFLNK | 0o777)], "resolves outside the bundle"),
+    "symlink-absolute": ([("link", b"/etc", stat.S_IFLNK | 0o777)], "points at the absolute path '/etc'"),
+    "symlink-escape-then-write": (
+        [("link", b"..", stat.S_IFLNK | 0o777), ("link/evil.txt", b"evil", None)],
+        "writing through a link is refused",
+    ),
+    "char-device": ([("null", b"", stat.S_IFCHR | 0o666)], "is a device, FIFO or socket"),
+    "fifo": ([("pipe", b"", stat.S_IFIFO | 0o666)], "is a device, FIFO or socket"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS_ZIPS))
+def test_malicious_zip_is_refused(case: str, tmp_path: Path) -> None:
+    entries, fragment = MALICIOUS_ZIPS[case]
+    path = _zip_with(tmp_path / "b.zip", *entries)
+    before = _outside_snapshot(tmp_path)
+    target = tmp_path / "deploy" / "deployment-archive"
+    with pytest.raises(UnsafeBundle) as caught:
+        unpack_bundle(FetchedBundle(path, "zip"), target)
+    assert str(caught.value).startswith("zip bundle b.zip: ")
+    assert fragment in str(caught.value)
+    assert _outside_snapshot(tmp_path) == before
+    assert not target.exists()
+
+
+def test_zip_bomb_is_refused_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("zeros.bin", bytes(32 << 20))
+    assert path.stat().st_size < 100_000
+    target = tmp_path / "deploy" / "deployment-archive"
+    with pytest.raises(UnsafeBundle, match="unpacks to more than 8388608 bytes"):
+        unpack_bundle(FetchedBundle(path, "zip"), target, ExtractLimits(max_bytes=8 << 20))
+    assert not target.exists()
+
+
+def test_tgz_bomb_is_stopped_at_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        for index in range(4):
+            info = tarfile.TarInfo(f"zeros-{index}.bin")
+            info.size = 4 << 20
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    with pytest.raises(UnsafeBundle, match="unpacks to more than"):
+        unpack_bundle(FetchedBundle(path, "tgz"), tmp_path / "out", ExtractLimits(max_bytes=10 << 20))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "directory"])
+def test_too_many_entries_is_refused(kind: str, make_bundle, tmp_path: Path) -> None:
+    bundle = make_bundle()
+    for index in range(30):
+        bundle.file(f"f{index}.txt", "x")
+    path = {"zip": lambda: bundle.zip(tmp_path / "b.zip"), "tar": lambda: bundle.tar(tmp_path / "b.tar"),
+            "directory": lambda: bundle.path}[kind]()
+    with pytest.raises(UnsafeBundle, match="20"):
+        unpack_bundle(FetchedBundle(path, kind), tmp_path / "out", ExtractLimits(max_entries=20))
+
+
+def test_directory_bundle_with_escaping_symlink_is_refused(make_bundle, tmp_path: Path) -> None:
+    bundle = make_bundle()
+    bundle.appspec("version: 0.0\nos: linux\n")
+    os.symlink("/etc/passwd", bundle.path / "passwd")
+    with pytest.raises(UnsafeBundle, match="points at the absolute path '/etc/passwd'"):
+        unpack_bundle(FetchedBundle(bundle.path, "directory"), tmp_path / "out")
+
+
+def test_malicious_bundle_fails_download_and_stops_nothing(sandbox: Sandbox, make_bundle, tmp_path: Path) -> None:
+    marker = tmp_path / "stopped"
+    first = make_bundle("v1")
+    first.appspec("version: 0.0\nos: linux\nhooks:\n  ApplicationStop:\n    - location: stop.sh\n")
+    first.script("stop.sh", f"touch {marker}\n")
+    assert sandbox.deploy(first).status == "Succeeded"
+    evil = _zip_with(tmp_path / "evil.zip", ("appspec.yml", b"version: 0.0\nos: linux\n", None),
+                     ("../../evil.txt", b"x", None))
+    outcome = sandbox.deploy(evil, bundle_type="zip")
+    assert statuses(outcome) == {
+        "ApplicationStop": "Skipped",
+        "DownloadBundle": "Failed",
+        "BeforeInstall": "Skipped",
+        "Install": "Skipped",
+        "AfterInstall": "Skipped",
+        "ApplicationStart": "Skipped",
+        "ValidateService": "Skipped",
+    }
+    assert "climbs out of the bundle with '..'" in (outcome.message or "")
+    assert not marker.exists(), "the running application must not be stopped for a bundle that cannot deploy"
+
+
+# --------------------------------------------------------------------------------------------------
+# Checksums and sources
+
+
+def test_sha256_is_checked_before_unpacking(make_bundle, tmp_path: Path) -> None:
+    archive = sample(make_bundle()).zip(tmp_path / "b.zip")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    good = Revision(local=LocalLocation(path=str(archive), bundle_type="zip"), sha256=digest)
+    fetched = fetch_bundle(good, tmp_path / "d1", git_cache_dir=tmp_path / "git")
+    assert fetched.sha256 == digest
+    assert (tmp_path / "d1/bundle.tar").resolve() == archive.resolve()
+    bad = Revision(local=LocalLocation(path=str(archive), bundle_type="zip"), sha256="0" * 64)
+    with pytest.raises(ChecksumMismatch, match="nothing was unpacked"):
+        fetch_bundle(bad, tmp_path / "d2", git_cache_dir=tmp_path / "git")
+    assert not (tmp_path / "d2/deployment-archive").exists()
+
+
+def test_missing_local_bundle_is_not_found(tmp_path: Path) -> None:
+    revision = Revision(local=LocalLocation(path=str(tmp_path / "nope.zip"), bundle_type="zip"))
+    with pytest.raises(BundleNotFound, match="does not exist"):
+        fetch_bundle(revision, tmp_path / "d", git_cache_dir=tmp_path / "git")
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    return s3_server.client()
+
+
+def test_s3_revision_over_http(s3, sandbox: Sandbox, make_bundle, tmp_path: Path, monkeypatch) -> None:
+    bucket = f"bundles-{time.monotonic_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    old = sample(make_bundle("old"))
+    old.file("app/index.html", "old")
+    first = s3.put_object(Bucket=bucket, Key="app/bundle.zip", Body=old.zip(tmp_path / "old.zip").read_bytes())
+    new = sample(make_bundle("new"))
+    s3.put_object(Bucket=bucket, Key="app/bundle.zip", Body=new.zip(tmp_path / "new.zip").read_bytes())
+    out = tmp_path / "env.txt"
+    monkeypatch.setenv("OUT", str(out))
+
+    pinned = Revision(s3=S3Location(bucket=bucket, key="app/bundle.zip", bundle_type="zip",
+                                    version=first["VersionId"], e_tag=first["ETag"]))
+    outcome = sandbox.deploy(tmp_path, revision=pinned)
+    assert outcome.status == "Succeeded", outcome.message
+    assert sandbox.on_host("/srv/app/index.html").read_text() == "old"
+    etag = first["ETag"].strip('"')
+    assert out.read_text().splitlines() == [
+        f"BUNDLE_BUCKET={bucket}",
+        f"BUNDLE_ETAG={etag}",
+        "BUNDLE_KEY=app/bundle.zip",
+        f"BUNDLE_VERSION={first['VersionId']}",
+        "LIFECYCLE_EVENT=AfterInstall",
+    ]
+
+    stale = Revision(s3=S3Location(bucket=bucket, key="app/bundle.zip", bundle_type="zip", e_tag=first["ETag"]))
+    outcome = sandbox.deploy(tmp_path, revision=stale)
+    assert outcome.status == "Failed"
+    assert f"but the revision pins {etag}" in (outcome.message or "")
+
+    missing = Revision(s3=S3Location(bucket=bucket, key="nope.zip", bundle_type="zip"))
+    outcome = sandbox.deploy(tmp_path, revision=missing)
+    assert f"s3://{bucket}/nope.zip does not exist" in (outcome.message or "")
+
+
+def test_git_revision_at_a_commit(sandbox: Sandbox, tmp_path: Path, monkeypatch) -> None:
+    repo = ConfigRepo(tmp_path / "repo")
+    repo.write("appspec.yml", APPSPEC)
+    repo.write("app/index.html", "first")
+    repo.write("scripts/env.sh", '#!/bin/sh\nenv | grep -E "^(BUNDLE_|LIFECYCLE_EVENT)" | sort > "$OUT"\n')
+    (tmp_path / "repo/scripts/env.sh").chmod(0o755)
+    first = repo.commit("first")
+    repo.write("app/index.html", "second")
+    second = repo.commit("second")
+    out = tmp_path / "env.txt"
+    monkeypatch.setenv("OUT", str(out))
+
+    for commit, content in ((first, "first"), (second, "second"), (first, "first")):
+        revision = Revision(git=GitLocation(repository=str(repo.path), commit=commit))
+        outcome = sandbox.deploy(tmp_path, revision=revision)
+        assert outcome.status == "Succeeded", outcome.message
+        assert sandbox.on_host("/srv/app/index.html").read_text() == content
+        assert out.read_text().splitlines() == [f"BUNDLE_COMMIT={commit}", "LIFECYCLE_EVENT=AfterInstall"]
+
+    unknown = Revision(git=GitLocation(repository=str(repo.path), commit="1" * 40))
+    outcome = sandbox.deploy(tmp_path, revision=unknown)
+    assert outcome.status == "Failed"
+    assert f"commit {'1' * 40} is not in {repo.path}" in (outcome.message or "")
+
+    nowhere = Revision(git=GitLocation(repository=str(tmp_path / "no-repo"), commit=first))
+    outcome = sandbox.deploy(tmp_path, revision=nowhere)
+    assert outcome.status == "Failed"
+    assert "no-repo" in (outcome.message or "")
