@@ -129,12 +129,14 @@ def rollout_summary(rollout: GroupRollout) -> str:
         text = f"deploy {_revision_move(rollout)}"
     if rollout.deploy_hosts is not None:
         text += f" to {count(len(rollout.deploy_hosts), 'host')}"
-        if rollout.batches is not None:
+        if rollout.batches:
             text += f" in {count(len(rollout.batches), 'batch', 'batches')}"
     else:
         text += " to the hosts the selector matches"
     if rollout.simulated_status == "Failed":
-        text += f"; it would fail ({rollout.simulated_error})" if rollout.simulated_error else "; it would fail"
+        when = "" if rollout.batches else " before its first batch"
+        code = f" ({rollout.simulated_error})" if rollout.simulated_error else ""
+        text += f"; it would fail{when}{code}"
     elif rollout.estimate:
         text += f", {_estimate(rollout)}"
     if not rollout.from_change:

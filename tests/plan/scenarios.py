@@ -262,7 +262,8 @@ def fleet_of_shop(store: Store, now: datetime = NOW) -> None:
 
 
 def fleet_with_worker_in_flight(store: Store, now: datetime = NOW) -> None:
-    """The shop fleet, with a worker deployment in flight right now (worker-2 running its command)."""
+    """The shop fleet, with a worker deployment in flight right now (worker-1 done, worker-2 running its
+    command, worker-3 waiting)."""
     fleet_of_shop(store, now)
     writer = FleetWriter(store, now)
     revision = _revision_worker("v2-9e8d7c")
@@ -283,9 +284,10 @@ def fleet_with_worker_in_flight(store: Store, now: datetime = NOW) -> None:
         application="shop", deployment_group="worker", desired_revision=revision, desired_commit="3" * 40,
         effective_revision=WORKER_V2, effective_commit="1" * 40, deployment_in_flight="d-worker-0009",
         history=["d-worker-0009"], updated_at=now - timedelta(minutes=1)))
-    command = CommandProgress(deployment_id="d-worker-0009", generation=3, application="shop",
-                              deployment_group="worker", status=CommandStatus.SUCCEEDED,
-                              started_at=now - timedelta(days=2), ended_at=now - timedelta(days=2))
+    # worker-2 is running its command right now, as its agent reports.
+    command = CommandProgress(deployment_id="d-worker-0009", generation=4, application="shop",
+                              deployment_group="worker", status=CommandStatus.IN_PROGRESS,
+                              started_at=now - timedelta(minutes=1))
     writer.put(status_key("worker-2"), HostStatus(
         host_id="worker-2", heartbeat_at=now - timedelta(seconds=5), agent_version="0.1.0", command=command,
         installed={"shop/worker": InstalledRevision(application="shop", deployment_group="worker",
