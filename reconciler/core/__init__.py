@@ -23,8 +23,22 @@ from reconciler.core.actions import (
     actions_to_json,
     writes_of,
 )
+from reconciler.core.membership import MembershipIndex, group_members, zone_of
 from reconciler.core.observed import Observed, is_online
-from reconciler.core.reconcile import reconcile
+from reconciler.core.reconcile import (
+    deployment_group_id,
+    is_quarantined,
+    reconcile,
+    same_revision,
+)
+from reconciler.core.simulate import (
+    PreviewBatch,
+    PreviewDeployment,
+    RolloutPreview,
+    apply_actions,
+    preview_rollout,
+    run_agents,
+)
 from reconciler.core.state import CoreSettings, State
 
 __all__ = [
@@ -35,10 +49,14 @@ __all__ = [
     "DispatchBatch",
     "FinishDeployment",
     "MarkGroupRemoved",
+    "MembershipIndex",
     "Observed",
+    "PreviewBatch",
+    "PreviewDeployment",
     "RecordDesired",
     "RecordHostResults",
     "RewriteCommands",
+    "RolloutPreview",
     "StartDeployment",
     "StartRollback",
     "State",
@@ -46,7 +64,15 @@ __all__ = [
     "UpdateDeploymentStatus",
     "actions_from_json",
     "actions_to_json",
+    "apply_actions",
+    "deployment_group_id",
+    "group_members",
     "is_online",
+    "is_quarantined",
+    "preview_rollout",
     "reconcile",
+    "run_agents",
+    "same_revision",
     "writes_of",
+    "zone_of",
 ]

@@ -136,6 +136,7 @@ def is_quarantined(group_state: GroupState, revision: Revision) -> QuarantinedRe
 class _Attempt:
     status: HostDeploymentStatus
     revision_identity: str
+    deployment_id: str
 
 
 def _command_message(progress: CommandProgress) -> str | None:
@@ -162,6 +163,9 @@ class _Pass:
         self.index = MembershipIndex(observed)
         self.desired_groups = desired.desired_groups()
         self.booked: set[str] = set()
+        #: Deployments as this pass has changed them so far: later decisions in the same pass (a rollback's
+        #: host health, a catch-up right after a success) must see this pass's results, not the last one's.
+        self.deployments: dict[str, Deployment] = dict(state.deployments)
         self._online: dict[str, bool] = {}
         self._identity: dict[int, str] = {}
         self._attempts: dict[tuple[str, str | None], dict[str, _Attempt]] = {}
@@ -177,6 +181,10 @@ class _Pass:
 
     # ---------------------------------------------------------------------------------------------
     # Facts about hosts
+
+    def remember(self, deployment: Deployment) -> None:
+        self.deployments[deployment.deployment_id] = deployment
+        self._attempts.clear()
 
     def identity(self, revision: Revision) -> str:
         key = id(revision)
@@ -236,7 +244,7 @@ class _Pass:
         for deployment_id in reversed(group_state.history):
             if deployment_id == exclude:
                 continue
-            deployment = self.state.deployments.get(deployment_id)
+            deployment = self.deployments.get(deployment_id)
             if deployment is None:
                 continue
             identity = self.identity(deployment.revision)
@@ -246,7 +254,7 @@ class _Pass:
                     and host_state.generation is not None
                     and host_state.status in (SUCCEEDED, FAILED)
                 ):
-                    found[host] = _Attempt(host_state.status, identity)
+                    found[host] = _Attempt(host_state.status, identity, deployment_id)
         self._attempts[cache_key] = found
         return found
 
@@ -256,8 +264,15 @@ class _Pass:
             return False
         attempt = attempts.get(host)
         if attempt is not None:
-            return attempt.status is SUCCEEDED
+            return attempt.status is SUCCEEDED or self.installed_by(host, group_key, attempt.deployment_id)
         return self.installed_identity(host, group_key) is not None
+
+    def installed_by(self, host: str, group_key: str, deployment_id: str) -> bool:
+        """The agent installed this deployment's revision after all (it reported after the deployment had
+        counted it failed: timed out, or offline for a while): its health is what the agent says."""
+        status = self.observed.statuses.get(host)
+        installed = status.installed.get(group_key) if status is not None else None
+        return installed is not None and installed.deployment_id == deployment_id
 
     def facts(self, group_state: GroupState, deployment: Deployment, config: EffectiveConfig) -> dict[str, HostFacts]:
         group_key = group_key_of(group_state)
@@ -280,6 +295,8 @@ class _Pass:
                 revision_rank=rank,
                 zone=zone_of(host, self.observed, config.zonal) if config.zonal is not None else None,
                 offline_reason="" if online else self.offline_reason(host),
+                recovered=deployment.hosts[host].status is FAILED
+                and self.installed_by(host, group_key, deployment.deployment_id),
             )
         return facts
 
@@ -375,11 +392,11 @@ class _Pass:
         deployment_id = group_state.deployment_in_flight
         if deployment_id is None:
             return None
-        deployment = self.state.deployments.get(deployment_id)
+        deployment = self.deployments.get(deployment_id)
         if deployment is not None:
             return deployment
         for earlier_id in reversed(group_state.history):
-            earlier = self.state.deployments.get(earlier_id)
+            earlier = self.deployments.get(earlier_id)
             if (
                 earlier is not None
                 and earlier.status.finished
@@ -456,6 +473,7 @@ class _Pass:
         step: Step,
         actions: list[Action],
     ) -> GroupState:
+        self.remember(deployment)
         if step.outcome is not None:
             return self.finish(key, group_state, deployment, outcome=step.outcome, group=group, actions=actions)
         if step.baking_until is not None:
@@ -639,6 +657,7 @@ class _Pass:
                 "updated_at": self.now,
             }
         )
+        self.remember(dispatched)
         actions.append(
             DispatchBatch(
                 group=key,
@@ -677,6 +696,7 @@ class _Pass:
                     "updated_at": self.now,
                 }
             )
+        self.remember(deployment)
         status = deployment.status
         stopped_on_request = status is DeploymentStatus.STOPPED and deployment.error_code == STOPPED_ON_REQUEST
         update: dict[str, object] = {"deployment_in_flight": None, "updated_at": self.now}
@@ -733,6 +753,7 @@ class _Pass:
                 deployment = deployment.model_copy(
                     update={"error_message": f"{deployment.error_message}; {note}"}
                 )
+                self.remember(deployment)
         if start_rollback:
             rollback_id = rollback_deployment_id(deployment.deployment_id)
             update["deployment_in_flight"] = rollback_id
@@ -937,6 +958,15 @@ class _Pass:
         )
         config = group.config
         facts = self.facts(group_state, deployment, config)
+        if creator == "outdated":
+            # A catch-up that could not start would fail on every pass (nothing is quarantined for it), so
+            # it waits for health to allow it instead, as a late host waits for a free slot.
+            trial = decide_step(deployment, facts, config, now=self.now, canary_and_bakes=False)
+            if trial.outcome is not None and trial.outcome.error_code == "HEALTH_CONSTRAINTS_INVALID":
+                actions.append(
+                    Blocked(group=key, code="HEALTH_CONSTRAINTS", reason=f"catch-up waits: {trial.outcome.message}")
+                )
+                return
         targets = sorted(
             (h for h, s in hosts.items() if s.status is PENDING),
             key=lambda h: (facts[h].online and facts[h].healthy, facts[h].revision_rank, h),

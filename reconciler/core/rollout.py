@@ -62,6 +62,9 @@ class HostFacts:
     zone: str | None = None
     #: Why an offline host is offline, for the failure message.
     offline_reason: str = "offline"
+    #: Counted failed in this deployment (timed out, went offline) but its agent later reported success:
+    #: the deployment keeps the failure, health counts the host as the agent found it.
+    recovered: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ def _healthy(state: HostDeploymentState, facts: HostFacts) -> bool:
         return False
     if state.status is SUCCEEDED:
         return True
-    if state.status in (FAILED, IN_PROGRESS):
+    if state.status is FAILED:
+        return facts.recovered
+    if state.status is IN_PROGRESS:
         return False
     return facts.healthy
 
@@ -273,14 +278,20 @@ def decide_step(
 
     if step.dispatch or in_flight:
         return step
-    remaining = [h for h in pending if h not in step.offline]
-    if not remaining:
-        if step.offline:
-            # Every pending host was offline: record them now; the next pass ends the deployment.
-            return step
-        return Step(outcome=final_outcome(deployment, facts, config))  # pragma: no cover - handled above
-    if zonal is not None and not any(facts[h].zone == current_zone for h in remaining):
-        return step  # this zone's turn ended with offline hosts; the next pass moves to the next zone
+    if step.offline:
+        # Nothing went out, but offline hosts just failed: decide again with them counted (the deployment may
+        # end, move to the next zone, or fail its health check) so this pass is complete by itself.
+        marked = {h: hosts[h].model_copy(update={"status": FAILED, "finished_at": now}) for h in step.offline}
+        again = decide_step(
+            deployment.model_copy(update={"hosts": {**hosts, **marked}}),
+            facts,
+            config,
+            now=now,
+            canary_and_bakes=canary_and_bakes,
+        )
+        again.offline = [*step.offline, *again.offline]
+        return again
+    remaining = pending
     if waiting_busy:
         step.waiting = f"{_list(waiting_busy)} still busy with another command"
         return step
