@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -1003,12 +1004,15 @@ def stale_reasons(saved: SavedPlan, desired: Desired, observed: Observed, state:
     return reasons
 
 
+_FULL_SHA = re.compile(r"\b([0-9a-f]{7})[0-9a-f]{33}\b")
+
+
 def _show_fingerprint(value: Any) -> str:
+    """Identities are exact in the fingerprint; a person reads commit SHAs by their first 7 characters."""
     if value is None:
         return "none"
-    if isinstance(value, list):
-        return "[" + ", ".join(value) + "]"
-    return str(value)
+    text = "[" + ", ".join(value) + "]" if isinstance(value, list) else str(value)
+    return _FULL_SHA.sub(r"\1", text)
 
 
 def verify_saved_plan(path: Path, desired: Desired, observed: Observed, state: State) -> None:
@@ -1021,7 +1025,7 @@ def verify_saved_plan(path: Path, desired: Desired, observed: Observed, state: S
         log.warning("plan.stale", path=str(path), reasons=reasons)
         listed = "\n".join(f"  - {reason}" for reason in reasons)
         raise StalePlanError(
-            f"{path}: the plan is stale; {len(reasons)} thing(s) changed since it was computed at "
+            f"{path}: the plan is stale; {_count(len(reasons), 'thing')} changed since it was computed at "
             f"{_short(saved.head_commit)} ({saved.plan.computed_at.isoformat()}):\n{listed}\n"
             f"Nothing was applied. Run `reconcile plan` again, review it, and apply the new plan."
         )
