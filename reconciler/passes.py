@@ -278,15 +278,19 @@ def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[st
                 f"{finish.group}: deployment {deployment_id} of {finish.revision.short()} {verb}{code}: "
                 f"{finish.reason}; not rolled back"
             )
-    for group in ledger.removed:
-        lines.append(f"{group}: removed from the manifests; nothing was uninstalled, its records are kept "
-                     f"(`reconcile forget {group}` deletes them)")
+    for removed in ledger.removed:
+        lines.append(f"{removed}: removed from the manifests; nothing was uninstalled, its records are kept "
+                     f"(`reconcile forget {removed}` deletes them)")
     if last is not None:
         for blocked in last.blocked:
             if blocked.code != "QUARANTINED":
                 continue
             group = last.state_after.groups.get(blocked.group)
-            held = group.quarantined[-1] if group and group.quarantined else None
+            held = None
+            if group is not None and group.desired_revision is not None:
+                wanted = group.desired_revision.identity()
+                matching = [q for q in group.quarantined if q.revision.identity() == wanted]
+                held = matching[-1] if matching else None
             earlier = held.deployment_id if held else blocked.deployment_id
             if earlier is not None and earlier in ledger.finished:
                 continue  # already reported above
@@ -350,7 +354,7 @@ def run_until_settled(
         if no_wait or outcome.settled:
             break
         if time.monotonic() >= deadline:
-            return _timed_out(ledger, outcome, timeout, runner.passes)
+            return _timed_out(ledger, outcome, runner.passes)
         if outcome.conflict is not None:
             continue  # re-read now: the documents that changed are fresher than anything we would wait for
         if outcome.wrote and not outcome.in_flight and not outcome.waiting:
@@ -382,7 +386,7 @@ def _pause(stop: threading.Event | None, seconds: float) -> bool:
     return stop.wait(seconds)
 
 
-def _timed_out(ledger: RunLedger, last: PassOutcome, timeout: timedelta, passes: int) -> RunResult:
+def _timed_out(ledger: RunLedger, last: PassOutcome, passes: int) -> RunResult:
     _, lines = summarize(ledger, None)
     lines = [line for line in lines if not line.startswith("converged")]
     for group, deployment_id in sorted(last.in_flight.items()):
@@ -394,8 +398,7 @@ def _timed_out(ledger: RunLedger, last: PassOutcome, timeout: timedelta, passes:
         lines.append(f"{group}: {deployment_id} still in flight{counts}")
     for blocked in last.waiting:
         lines.append(f"{blocked.group}: {blocked.reason}")
-    seconds = int(timeout.total_seconds())
-    lines.insert(0, f"timed out after {seconds}s; deployments keep their state, re-run to continue")
+    lines.insert(0, "the timeout passed with work in flight; deployments keep their state, re-run to continue")
     return RunResult(int(ExitCode.TIMED_OUT), lines, passes, last)
 
 

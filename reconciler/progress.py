@@ -221,8 +221,12 @@ class LiveProgress:
         commit = (outcome.commit or "")[:12] if outcome else ""
         caption = f"pass {outcome.number}, commit {commit}, {elapsed:.0f}s" if outcome else "reading the store..."
         table = Table(title=self._title, caption=caption, expand=False)
-        for column in ("group", "deployment", "status", "batch", "done", "failed", "in flight", "pending", "now"):
-            table.add_column(column, no_wrap=column != "now")
+        table.add_column("group", no_wrap=True)
+        table.add_column("deployment", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("batch", justify="right")
+        table.add_column("hosts")
+        table.add_column("now")
         if outcome is None:
             return table
         rows = rollout_rows(outcome)
@@ -233,24 +237,27 @@ class LiveProgress:
                 now += f" (+{len(row.running) - 4})"
             if not now and row.note:
                 now = row.note
+            hosts = Text(f"{row.succeeded}/{row.total - row.skipped} done")
+            if row.failed:
+                hosts.append(f", {row.failed} failed", style="red")
+            if row.in_flight:
+                hosts.append(f", {row.in_flight} running")
+            if row.pending:
+                hosts.append(f", {row.pending} pending")
             table.add_row(
                 row.group,
-                f"{row.deployment_id}" + (f" ({row.creator})" if row.creator != "user" else ""),
+                row.deployment_id + (f" ({row.creator})" if row.creator != "user" else ""),
                 Text(row.status, style=style),
                 str(row.batches),
-                f"{row.succeeded}/{row.total - row.skipped}",
-                Text(str(row.failed), style="red" if row.failed else ""),
-                str(row.in_flight),
-                str(row.pending),
+                hosts,
                 now,
             )
         shown = {row.group for row in rows}
         for blocked in outcome.blocked:
             if blocked.group not in shown:
-                table.add_row(blocked.group, "", Text(blocked.code, style="yellow"), "", "", "", "", "",
-                              blocked.reason)
+                table.add_row(blocked.group, "", Text(blocked.code, style="yellow"), "", "", blocked.reason)
         if not rows and not outcome.blocked:
-            table.add_row("(all groups)", "", Text("converged", style="green"), "", "", "", "", "", "")
+            table.add_row("(all groups)", "", Text("converged", style="green"), "", "", "")
         return table
 
 

@@ -46,6 +46,9 @@ log = structlog.get_logger(__name__)
 #: How long the watcher batches filesystem events of one git operation (a commit touches several refs).
 WATCH_STEP_MS = 20
 WATCH_DEBOUNCE_MS = 200
+#: The watcher's idle tick; its first tick also tells that the inotify watch is in place.
+WATCH_TICK_MS = 200
+READY_WAIT_SECONDS = 10.0
 
 
 def local_git_dirs(repository: str) -> list[Path] | None:
@@ -89,6 +92,9 @@ class RefWatcher:
         self._stop = stop
         self._thread = threading.Thread(target=self._run, name="ref-watcher", daemon=True)
         self.ready = threading.Event()
+        #: Set when watching is impossible here (no inotify, a permission problem): the loop then checks the
+        #: ref on every poll tick instead, a few milliseconds each.
+        self.failed = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -106,7 +112,7 @@ class RefWatcher:
                 debounce=WATCH_DEBOUNCE_MS,
                 step=WATCH_STEP_MS,
                 stop_event=self._stop,
-                rust_timeout=500,
+                rust_timeout=WATCH_TICK_MS,
                 yield_on_timeout=True,
                 raise_interrupt=False,
             ):
@@ -117,8 +123,9 @@ class RefWatcher:
                     log.debug("watch.refs_changed", paths=sorted(p for _, p in changes)[:5])
                     self.changed.set()
                     self._wake.set()
-        except Exception as exc:  # the watcher is an accelerator: fall back to the resync, never crash
+        except Exception as exc:  # the watcher is an accelerator: fall back to polling the ref, never crash
             log.warning("watch.ref_watcher_failed", error=str(exc))
+            self.failed.set()
         finally:
             self.ready.set()
 
@@ -206,6 +213,9 @@ class Watcher:
         if git_dirs is not None:
             self.ref_watcher = RefWatcher(git_dirs, self.wake, self.stop)
             self.ref_watcher.start()
+            # Announce "started" only once commits can be noticed (the watcher's first tick), so a commit
+            # made right after start-up is never left to the resync.
+            self.ref_watcher.ready.wait(READY_WAIT_SECONDS)
         log.info(
             "watch.started",
             repository=self.source.repository,
@@ -258,6 +268,9 @@ class Watcher:
                     reasons.append("resync")
                 if now >= due.poll:
                     due.poll = now + poll
+                    if (not remote and (self.ref_watcher is None or self.ref_watcher.failed.is_set())
+                            and self._refresh_desired(fetch=False)):
+                        reasons.append("commit")
                     if self._in_flight():
                         reasons.append("in flight")
                     elif self.reader.poll_hosts():
