@@ -309,7 +309,8 @@ ACTIONS_ADAPTER: TypeAdapter[list[Action]] = TypeAdapter(list[Action])
 def actions_to_json(actions: list[Action]) -> list[dict[str, Any]]:
     """camelCase JSON, as in the store; the golden files and `plan --json` use this shape."""
     dumped: list[dict[str, Any]] = ACTIONS_ADAPTER.dump_python(actions, mode="json", by_alias=True, exclude_none=True)
-    return dumped
+    # The kind first: a reader scanning a golden file or `plan --json` sees what each action is at once.
+    return [{"kind": item.pop("kind"), **item} for item in dumped]
 
 
 def actions_from_json(data: Any) -> list[Action]:

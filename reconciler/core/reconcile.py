@@ -60,6 +60,7 @@ from reconciler.core.rollout import (
     Outcome,
     Step,
     decide_step,
+    host_sort_key,
 )
 from reconciler.core.state import CoreSettings, State
 from reconciler.manifests import BUILTIN_CONFIGS, ONE_AT_A_TIME, Desired, DesiredGroup, EffectiveConfig, GroupOptions
@@ -759,7 +760,9 @@ class _Pass:
             update["deployment_in_flight"] = rollback_id
             update["history"] = self.bounded_history([*group_state.history, rollback_id])
         group_state = group_state.model_copy(update=update)
-        reason = deployment.error_message or _success_reason(outcome)
+        reason = deployment.error_message or (
+            outcome.message if outcome is not None else "ended in an earlier pass; the group is updated now"
+        )
         actions.append(
             FinishDeployment(
                 group=key,
@@ -831,7 +834,7 @@ class _Pass:
         effective = group_state.effective_revision
         wants_new = not same_revision(group.revision, effective)
         quarantine = is_quarantined(group_state, group.revision) if wants_new else None
-        members = sorted(self.index.members(group.targets))
+        members = sorted(self.index.members(group.targets), key=host_sort_key)
 
         if wants_new and quarantine is None:
             if group.suspend:
@@ -969,7 +972,7 @@ class _Pass:
                 return
         targets = sorted(
             (h for h, s in hosts.items() if s.status is PENDING),
-            key=lambda h: (facts[h].online and facts[h].healthy, facts[h].revision_rank, h),
+            key=lambda h: (facts[h].online and facts[h].healthy, facts[h].revision_rank, host_sort_key(h)),
         )
         actions.append(
             StartDeployment(
@@ -991,6 +994,3 @@ class _Pass:
 def group_key_of(group_state: GroupState) -> str:
     return f"{group_state.application}/{group_state.deployment_group}"
 
-
-def _success_reason(outcome: Outcome | None) -> str:
-    return outcome.message if outcome is not None else "finished"

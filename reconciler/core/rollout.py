@@ -28,6 +28,7 @@ already proved itself, so they keep the minimum and zone rules but skip canary a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -92,6 +93,11 @@ class Step:
     waiting_code: str = "WAITING_FOR_HOSTS"
 
 
+def host_sort_key(host: str) -> tuple[tuple[int, str], ...]:
+    """Natural order, so web-2 comes before web-10 in batches and messages."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", host) if part)
+
+
 def zone_sort_key(zone: str | None) -> tuple[bool, str]:
     """Zones in name order, hosts without a zone last."""
     return (zone is None, zone or "")
@@ -148,7 +154,7 @@ def final_outcome(deployment: Deployment, facts: Mapping[str, HostFacts], config
 
 
 def _list(hosts: list[str], limit: int = 5) -> str:
-    shown = ", ".join(sorted(hosts)[:limit])
+    shown = ", ".join(sorted(hosts, key=host_sort_key)[:limit])
     return shown + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
 
 
@@ -244,9 +250,9 @@ def decide_step(
         zone_budget = sum(1 for h in zone_members if _healthy(working[h], facts[h])) - zone_min
     limit = canary.hosts if canary is not None and not deployment.batches else math.inf
 
-    def order(host: str) -> tuple[bool, int, str]:
+    def order(host: str) -> tuple[bool, int, tuple[tuple[int, str], ...]]:
         f = facts[host]
-        return (f.online and f.healthy, f.revision_rank, host)
+        return (f.online and f.healthy, f.revision_rank, host_sort_key(host))
 
     candidates = sorted(
         (h for h in pending if zonal is None or facts[h].zone == current_zone),

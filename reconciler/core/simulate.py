@@ -66,8 +66,9 @@ def run_agents(
     alive: Collection[str],
     outcome: Outcome | None = None,
 ) -> Observed:
-    """Every host in `alive` heartbeats at `now` and runs its command if it has a new generation, finishing
-    it at once with the answer `outcome` gives (success when None). Other hosts stay silent."""
+    """Every host in `alive` heartbeats at `now` and runs its command if it has a new generation (or finishes
+    the one it reported running), at once, with the answer `outcome` gives (success when None). Other hosts
+    stay silent."""
     statuses = dict(observed.statuses)
     for host in alive:
         status = statuses.get(host)
@@ -76,7 +77,11 @@ def run_agents(
         update: dict[str, object] = {"heartbeat_at": now}
         command = state.commands.get(host)
         last = status.command
-        if command is not None and (last is None or last.generation < command.generation):
+        # A command not started yet, or the one running right now: both finish at this tick.
+        running = last is not None and last.status is CommandStatus.IN_PROGRESS
+        if command is not None and (
+            last is None or last.generation < command.generation or (running and last.generation == command.generation)
+        ):
             ok = outcome(command) if outcome is not None else True
             update["command"] = CommandProgress(
                 deployment_id=command.deployment_id,

@@ -97,6 +97,7 @@ def load_state(data: dict[str, Any], now: datetime) -> State:
         application, name = _split(group)
         revision_value = raw.pop("revision", None)
         if revision_value is None:
+            # Defaults to its deployment's revision; a command of a deployment not in the state must say it.
             revision_value = deployments[raw["deploymentId"]].revision.model_dump(by_alias=True, exclude_none=True)
         doc = {
             "hostId": host,
