@@ -420,13 +420,15 @@ def compute_plan(
     repository: str,
     path: str = ".",
     fleet_note: str | None = None,
+    store_error: bool = False,
     options: PlanOptions | None = None,
 ) -> Plan:
     """The plan for applying `head`, reviewed against `base`, with the fleet when `fleet` is given.
 
     Pure: the caller loads refs and the store and passes the clock. An invalid head yields a plan that carries
     its errors and nothing else (nothing can be planned from it); an invalid base is planned as empty, with a
-    warning, so a PR that repairs a broken main still gets a useful plan."""
+    warning, so a PR that repairs a broken main still gets a useful plan. `fleet_note` says why there is no
+    fleet; `store_error` makes that a warning (the store was configured but could not be read)."""
     options = options or PlanOptions()
     warnings: list[PlanWarning] = []
     base_info = RefInfo(ref=base.ref, commit=base.commit, note=base.note, valid=not base.errors,
@@ -449,11 +451,12 @@ def compute_plan(
     if base.errors:
         warnings.append(PlanWarning(
             code="INVALID_BASE",
-            message=f"the base {base.ref} has {len(base.errors)} manifest error(s); it is compared as empty, "
-                    f"so every object at head shows as added",
+            message=f"the base ({base.ref}) has {_count(len(base.errors), 'manifest error')}, so it is compared as "
+                    f"empty and every object at head shows as added; first: {_repo_relative(base.errors[0], path)}",
         ))
-    if fleet is None and fleet_note and "unreachable" in fleet_note:
-        warnings.append(PlanWarning(code="STORE_UNREACHABLE", message=fleet_note))
+    if fleet is None and store_error:
+        warnings.append(PlanWarning(code="STORE_UNREACHABLE",
+                                    message=f"{fleet_note}; this plan is offline: no hosts, batches or fleet warnings"))
     base_desired = None if base.errors else base.desired
     changes = diff_manifests(base_desired, head.desired, folder=path)
     rollouts, rollout_warnings = plan_rollouts(base_desired, head.desired, changes, fleet=fleet, now=now,

@@ -114,14 +114,16 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     base = load_ref(request.repository, base_ref, base_commit, request.manifest_path, side="base", note=base_note)
     fleet: Fleet | None
     fleet_note: str | None
+    store_error = False
     if request.store is None:
         fleet, fleet_note = None, "--offline"
     elif not request.store:
         fleet, fleet_note = None, "no store configured"
     else:
-        fleet, fleet_note = read_fleet(request.store)
+        fleet, fleet_note, store_error = read_fleet(request.store)
     plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
-                        path=request.manifest_path, fleet_note=fleet_note, options=request.options)
+                        path=request.manifest_path, fleet_note=fleet_note, store_error=store_error,
+                        options=request.options)
     return PlanResult(plan=plan, head=head, fleet=fleet, fleet_note=fleet_note)
 
 
@@ -156,9 +158,9 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         return ExitCode.INVALID
     if args.out is not None:
         if result.fleet is None:
-            print(f"reconcile plan: --out needs the store ({result.fleet_note}): a saved plan records the group states "
-                  f"and host membership it was computed from, so `reconcile --once --plan` can refuse it once "
-                  f"they change. The plan was not saved.", file=sys.stderr)
+            print(f"reconcile plan: --out needs the store ({result.fleet_note}): a saved plan records the group "
+                  f"states and host membership it was computed from, so `reconcile --once --plan` can refuse it "
+                  f"once they change. The plan was not saved.", file=sys.stderr)
             return ExitCode.INVALID
         assert result.head.desired is not None
         write_saved_plan(args.out, saved_plan(plan, result.head.desired, result.fleet))
@@ -230,9 +232,10 @@ def load_ref(repository: str, ref: str, commit: str, manifest_path: str, *, side
 # The fleet
 
 
-def read_fleet(store_url: str) -> tuple[Fleet | None, str | None]:
-    """The store's view, or None and why not. A store that cannot be read makes the plan offline rather
-    than failing it: a reviewer still gets the diff and the selectors."""
+def read_fleet(store_url: str) -> tuple[Fleet | None, str | None, bool]:
+    """The store's view, or None and why not, and whether that is an error. A store that cannot be read
+    makes the plan offline (with a warning) rather than failing it: a reviewer still gets the diff and the
+    selectors."""
     from contract.store import open_store
 
     if store_url.startswith("file://"):
@@ -241,14 +244,14 @@ def read_fleet(store_url: str) -> tuple[Fleet | None, str | None]:
         # Opening a file store creates its folder; a plan must not, and a missing folder means nothing was
         # ever deployed from here (or the path is wrong), which the plan says.
         if not path_from_url(store_url).is_dir():
-            return None, f"store {store_url} does not exist"
+            return None, f"store {store_url} does not exist", False
     try:
         store = open_store(store_url)
         observed, state = read_observed_and_state(store)
     except StoreError as exc:
-        log.warning("plan.store_unreachable", store=store_url, error=str(exc))
-        return None, f"store {store_url} unreachable: {exc}"
-    return Fleet(store=store_url, observed=observed, state=state), None
+        log.warning("plan.store_unreadable", store=store_url, error=str(exc))
+        return None, f"store {store_url} could not be read: {exc}", True
+    return Fleet(store=store_url, observed=observed, state=state), None, False
 
 
 def read_observed_and_state(store: Store) -> tuple[Observed, State]:

@@ -50,7 +50,7 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(show(item) for item in value) + "]"
     if isinstance(value, dict):
-        if set(value) <= {"key", "value", "type"} and "type" in value:
+        if set(value) <= {"key", "value", "type"} and value.get("type") in ("KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"):
             return _tag_filter(value)
         return "{" + ", ".join(f"{key}: {show(item)}" for key, item in value.items()) + "}"
     return str(value)

@@ -328,6 +328,11 @@ SCENARIOS: dict[str, Scenario] = {
         "manifests/web.yaml": WEB.replace("  deploymentConfig:", "  deploymentConfg:")
         .replace(WEB_A, "3f2c9e1"),
     }, exit_code=1),
+    "invalid-base": Scenario(
+        {"manifests/broken.yaml": None},
+        extra_base={"manifests/broken.yaml": "apiVersion: deploy/v1\nkind: Application\nmetadata: {name: ops}\n"
+                                             "spec: {descripton: typo}\n"},
+        description="main is broken; the change repairs it: compared as empty, with a warning"),
     "store-warnings": Scenario({
         "manifests/worker.yaml": WORKER.replace("v2-5f1c0b", "v3-77aa01").replace(
             "CodeDeployDefault.HalfAtATime", "keep-three"),
@@ -346,7 +351,7 @@ class Built:
     store_url: str | None
 
 
-def build(tmp_path: Path, name: str, *, now: datetime = NOW) -> Built:
+def build(tmp_path: Path, name: str, *, now: datetime = NOW, store_url: str | None = None) -> Built:
     """The scenario's config repo and store under tmp_path; the request `reconcile plan` would make. The
     fleet's heartbeats are written relative to `now` (the real clock for tests that run the CLI)."""
     scenario = SCENARIOS[name]
@@ -362,12 +367,14 @@ def build(tmp_path: Path, name: str, *, now: datetime = NOW) -> Built:
             repo.write(path, new)
     head_commit = repo.commit(f"change: {name}")
     # Offline scenarios name a store that does not exist, as a PR job without store access would see it.
-    store_url: str | None = f"file://{tmp_path / 'no-store'}"
     if scenario.fleet is not None:
-        store_dir = tmp_path / "store"
-        store_dir.mkdir()
-        store_url = f"file://{store_dir}"
+        if store_url is None:
+            store_dir = tmp_path / "store"
+            store_dir.mkdir()
+            store_url = f"file://{store_dir}"
         scenario.fleet(open_store(store_url), now)
+    elif store_url is None:
+        store_url = f"file://{tmp_path / 'no-store'}"
     request = PlanRequest(repository=str(repo.path), manifest_path="manifests", configured_ref="main",
                           store=store_url)
     return Built(request=request, repo=repo, base_commit=base_commit, head_commit=head_commit, store_url=store_url)

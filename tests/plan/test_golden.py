@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,11 @@ def test_golden_plan(name: str, tmp_path: Path) -> None:
     assert data["head"]["commit"] == built.head_commit
     assert data["base"]["commit"] == built.base_commit
     assert data["fleet"] == ("store" if scenario.fleet else "offline")
+
+
+def test_colour_on_a_terminal_is_the_same_text_styled(tmp_path: Path) -> None:
+    plan = make_plan(build(tmp_path, "store-warnings").request, now=NOW).plan
+    plain = render_text(plan, width=110)
+    coloured = render_text(plan, color=True, width=110)
+    assert "\x1b[" in coloured
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain
