@@ -187,18 +187,21 @@ class GroupRollout(PlanModel):
     estimate: Estimate | None = None
 
 
+WarningCode = Literal[
+    "INVALID_BASE",
+    "STORE_UNREACHABLE",
+    "NO_HOSTS",
+    "MINIMUM_HEALTHY_UNMET",
+    "UNPINNED_REVISION",
+    "IN_FLIGHT",
+    "ROLLBACK_DISABLED",
+    "QUARANTINED",
+    "SUSPENDED",
+]
+
+
 class PlanWarning(PlanModel):
-    code: Literal[
-        "INVALID_BASE",
-        "STORE_UNREACHABLE",
-        "NO_HOSTS",
-        "MINIMUM_HEALTHY_UNMET",
-        "UNPINNED_REVISION",
-        "IN_FLIGHT",
-        "ROLLBACK_DISABLED",
-        "QUARANTINED",
-        "SUSPENDED",
-    ]
+    code: WarningCode
     group: str | None = None
     message: str
 
@@ -459,8 +462,7 @@ def compute_plan(
                                     message=f"{fleet_note}; this plan is offline: no hosts, batches or fleet warnings"))
     base_desired = None if base.errors else base.desired
     changes = diff_manifests(base_desired, head.desired, folder=path)
-    rollouts, rollout_warnings = plan_rollouts(base_desired, head.desired, changes, fleet=fleet, now=now,
-                                               options=options)
+    rollouts, rollout_warnings = plan_rollouts(base_desired, head.desired, fleet=fleet, now=now, options=options)
     warnings.extend(rollout_warnings)
     has_changes = bool(changes) or any(r.action in ("deploy", "remove") for r in rollouts)
     plan = Plan(**common, has_changes=has_changes, changes=changes, rollouts=rollouts, warnings=warnings)
@@ -576,7 +578,6 @@ def _pick_deployment(preview: RolloutPreview, revision: Revision | None) -> Prev
 def plan_rollouts(
     base: Desired | None,
     head: Desired,
-    changes: list[ObjectChange],
     *,
     fleet: Fleet | None,
     now: datetime,
@@ -641,7 +642,7 @@ def _rollout(
 ) -> tuple[GroupRollout, list[PlanWarning]]:
     warnings: list[PlanWarning] = []
 
-    def warn(code: Any, message: str) -> None:
+    def warn(code: WarningCode, message: str) -> None:
         warnings.append(PlanWarning(code=code, group=key, message=message))
 
     recorded = state.groups.get(key)
