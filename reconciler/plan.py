@@ -43,7 +43,6 @@ from contract.models import (
     GroupState,
     HostRegistration,
     HostStatus,
-    InstalledRevision,
     Revision,
     group_key,
 )
@@ -528,28 +527,6 @@ def _offline_observed(groups: Iterable[DesiredGroup], now: datetime) -> Observed
     return Observed(registrations=registrations, statuses=statuses)
 
 
-def _finish_running_commands(observed: Observed, state: State, now: datetime) -> Observed:
-    """The dry run assumes every host succeeds, including hosts running a command right now. The engine's
-    simulated agents only answer commands they have not started yet, so a host reporting InProgress would
-    never finish and the preview would spin to its pass limit; report those commands as finished instead."""
-    statuses = dict(observed.statuses)
-    for host, status in observed.statuses.items():
-        running = status.command
-        if running is None or running.status is not CommandStatus.IN_PROGRESS:
-            continue
-        update: dict[str, Any] = {
-            "command": running.model_copy(update={"status": CommandStatus.SUCCEEDED, "ended_at": now}),
-        }
-        command = state.commands.get(host)
-        if command is not None and command.generation == running.generation:
-            key = group_key(command.application, command.deployment_group)
-            update["installed"] = {**status.installed, key: InstalledRevision(
-                application=command.application, deployment_group=command.deployment_group,
-                revision=command.revision, deployment_id=command.deployment_id, installed_at=now)}
-        statuses[host] = status.model_copy(update=update)
-    return Observed(registrations=observed.registrations, statuses=statuses)
-
-
 def _batches(entry: PreviewDeployment) -> list[Batch]:
     """The engine's batches; a gap in simulated time between two batches is a bake (canary or zone)."""
     batches = []
@@ -591,8 +568,8 @@ def plan_rollouts(
         observed, state = fleet.observed, fleet.state
     else:
         observed, state = _offline_observed(after.values(), now), State()
-    previews = preview_rollout(head, _finish_running_commands(observed, state, now), state, now=now,
-                               settings=settings, tick=PREVIEW_TICK)
+    # Hosts running a command right now finish it (successfully) at the first simulated tick.
+    previews = preview_rollout(head, observed, state, now=now, settings=settings, tick=PREVIEW_TICK)
     touched = {key for key in set(before) | set(after)
                if key not in before or key not in after or not _same_group(before[key], after[key])}
     rollouts: list[GroupRollout] = []
