@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from reconciler.core.observed import Observed
+from reconciler.core.rollout import host_sort_key
 from reconciler.manifests import DesiredGroup, TagFilter, TargetsSpec, ZonalSpec
 
 
@@ -20,18 +21,27 @@ class MembershipIndex:
 
     def __init__(self, observed: Observed) -> None:
         self._by_pair: dict[tuple[str, str], set[str]] = defaultdict(set)
-        self._by_key: dict[str, set[str]] = defaultdict(set)
-        self._by_value: dict[str, set[str]] = defaultdict(set)
         for host_id, registration in observed.registrations.items():
-            for key, value in registration.tags.items():
-                self._by_pair[(key, value)].add(host_id)
-                self._by_key[key].add(host_id)
-                self._by_value[value].add(host_id)
+            for pair in registration.tags.items():
+                self._by_pair[pair].add(host_id)
+        # KEY_ONLY and VALUE_ONLY filters are rarer; their indexes are derived from the pairs on first use.
+        self._by_key: dict[str, set[str]] | None = None
+        self._by_value: dict[str, set[str]] | None = None
+
+    def _derive(self, position: int) -> dict[str, set[str]]:
+        index: dict[str, set[str]] = defaultdict(set)
+        for pair, hosts in self._by_pair.items():
+            index[pair[position]] |= hosts
+        return index
 
     def _matching_filter(self, tag_filter: TagFilter) -> set[str]:
         if tag_filter.type == "KEY_ONLY":
+            if self._by_key is None:
+                self._by_key = self._derive(0)
             return self._by_key.get(tag_filter.key or "", set())
         if tag_filter.type == "VALUE_ONLY":
+            if self._by_value is None:
+                self._by_value = self._derive(1)
             return self._by_value.get(tag_filter.value or "", set())
         return self._by_pair.get((tag_filter.key or "", tag_filter.value or ""), set())
 
@@ -53,7 +63,7 @@ class MembershipIndex:
 def group_members(group: DesiredGroup, observed: Observed, index: MembershipIndex | None = None) -> list[str]:
     """The group's hosts, sorted; explicit hosts are included even if they never registered (they then
     count as offline targets, like a stopped EC2 instance does in CodeDeploy)."""
-    return sorted((index or MembershipIndex(observed)).members(group.targets))
+    return sorted((index or MembershipIndex(observed)).members(group.targets), key=host_sort_key)
 
 
 def zone_of(host_id: str, observed: Observed, zonal: ZonalSpec) -> str | None:

@@ -834,9 +834,10 @@ class _Pass:
         effective = group_state.effective_revision
         wants_new = not same_revision(group.revision, effective)
         quarantine = is_quarantined(group_state, group.revision) if wants_new else None
-        members = sorted(self.index.members(group.targets), key=host_sort_key)
+        member_set = self.index.members(group.targets)
 
         if wants_new and quarantine is None:
+            members = sorted(member_set, key=host_sort_key)
             if group.suspend:
                 actions.append(
                     Blocked(group=key, code="SUSPENDED", reason=f"suspended: {group.revision.short()} waits")
@@ -892,24 +893,34 @@ class _Pass:
         # kept a failed revision is a rollback's job, and only when the group asks for it.
         effective_identity = self.identity(effective)
         drift = not wants_new
+        lacking = [
+            host
+            for host in member_set
+            if (installed := self.installed_identity(host, key)) is None or (drift and installed != effective_identity)
+        ]
+        if not lacking:
+            return  # the common case, kept cheap: a converged group costs one look at each member's report
+        members = sorted(member_set, key=host_sort_key)
         attempts = self.attempts(group_state, exclude=None)
-        hosts = {}
         outdated: list[str] = []
-        for host in members:
-            installed = self.installed_identity(host, key)
-            needs = installed is None or (drift and installed != effective_identity)
+        waiting_offline: set[str] = set()
+        for host in lacking:
             attempt = attempts.get(host)
-            if needs and attempt is not None and attempt.status is FAILED and attempt.revision_identity == (
-                effective_identity
-            ):
-                needs = False  # it already failed this revision; it waits for the next change
-            if needs and self.online(host):
-                hosts[host] = HostDeploymentState()
+            if attempt is not None and attempt.status is FAILED and attempt.revision_identity == effective_identity:
+                continue  # it already failed this revision; it waits for the next change
+            if self.online(host):
                 outdated.append(host)
             else:
-                hosts[host] = HostDeploymentState(
-                    status=SKIPPED, message="up to date" if not needs else "offline; catches up when back"
-                )
+                waiting_offline.add(host)
+        chosen = set(outdated)
+        hosts = {
+            host: HostDeploymentState()
+            if host in chosen
+            else HostDeploymentState(
+                status=SKIPPED, message="offline; catches up when back" if host in waiting_offline else "up to date"
+            )
+            for host in members
+        }
         if not outdated:
             return
         if group.suspend:
