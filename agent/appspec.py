@@ -207,8 +207,12 @@ class _Collector:
         self.warnings.append(Problem(self.located.where(path), _dotted(path) or None, message))
 
 
+#: libyaml's loader when PyYAML was built with it: same YAML 1.1 results, several times faster.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(text: bytes | str, filename: str) -> tuple[Any, _Located]:
-    loader = yaml.SafeLoader(text)
+    loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -555,7 +559,7 @@ def _parse_mode(value: Any, path: Path_, problems: _Collector) -> int | None:
         isinstance(value, int)
         and not isinstance(value, bool)
         and raw is not None
-        and raw.style is None
+        and not raw.style  # plain scalar: None from PyYAML, "" from libyaml
         and re.fullmatch(r"0[0-7]+", raw.value)
     ):
         problems.warn(

@@ -25,15 +25,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import grp
-import gzip
 import hashlib
+import io
 import os
 import posixpath
 import pwd
+import queue
 import re
 import shutil
 import stat
 import tarfile
+import threading
 import time
 import zipfile
 import zlib
@@ -41,7 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import structlog
 
@@ -55,6 +57,7 @@ BUNDLE_TYPES: tuple[str, ...] = ("zip", "tar", "tgz", "directory")
 #: The reference agent names the downloaded artifact bundle.tar whatever its format (reference 3.1).
 BUNDLE_FILE_NAME = "bundle.tar"
 _CHUNK = 1 << 20
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,8 @@ def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimi
     started = time.monotonic()
     extractor = _Extractor(archive_dir, limits)
     try:
+        if fetched.bundle_type != "directory":
+            extractor.start_writer()
         if fetched.bundle_type == "directory":
             extractor.copy_directory(fetched.path)
         elif fetched.bundle_type == "zip":
@@ -289,12 +294,12 @@ def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimi
         extractor.finish()
         _unwrap_single_folder(archive_dir)
     except OSError as exc:
-        _remove_path(archive_dir)
+        _abandon(extractor, archive_dir)
         if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
             raise BundleError(f"the disk filled up while unpacking the bundle into {archive_dir}") from exc
         raise BundleError(f"cannot unpack the bundle into {archive_dir}: {exc}") from exc
     except BaseException:
-        _remove_path(archive_dir)
+        _abandon(extractor, archive_dir)
         raise
     log.info(
         "bundle.unpacked",
@@ -303,6 +308,14 @@ def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimi
         bytes=extractor.written,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+def _abandon(extractor: _Extractor, archive_dir: Path) -> None:
+    """After a failure: let the writer thread finish (its own errors no longer matter), then remove the
+    partial folder, so nothing is written into it after it is gone."""
+    with suppress(BaseException):
+        extractor.stop_writer()
+    _remove_path(archive_dir)
 
 
 def _unwrap_single_folder(archive_dir: Path) -> None:
@@ -334,6 +347,9 @@ class _Extractor:
     def __init__(self, target: Path, limits: ExtractLimits) -> None:
         self.target = target
         self.real_target = os.path.realpath(target)
+        self.target_text = str(target)
+        #: Set while unpacking an archive with many small files (see `_BackgroundWriter`).
+        self.writer: _BackgroundWriter | None = None
         self.limits = limits
         self.entries = 0
         self.written = 0
@@ -419,35 +435,56 @@ class _Extractor:
         mtime: float | None,
         owner: tuple[int, int] | None,
         source: str,
+        size: int | None = None,
     ) -> None:
+        """Write one regular file from `stream` (exactly `size` bytes when given, else to its end)."""
         if name in self.made_dirs:
             raise UnsafeBundle(f"{source}: entry {name!r} is both a folder and a file in the bundle")
         self.ensure_parent(name)
         self.symlinks.pop(name, None)
-        path = os.path.join(self.target, name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags, 0o600)
+        final_mode = mode if mode is not None else 0o666 & ~self.umask
+        if size is not None and size <= _CHUNK and self.writer is not None:
+            data = stream.read(size)
+            if len(data) != size:
+                raise BundleError(f"{source}: entry {name!r} is cut short; the bundle is truncated")
+            if self.written + size > self.limits.max_bytes:
+                raise self._too_big(source)
+            self.written += size
+            self.writer.submit(f"{self.target_text}/{name}", data, final_mode, mtime, owner)
+            self.regular.add(name)
+            return
+        if self.writer is not None:
+            self.writer.drain()
+        fd = os.open(f"{self.target_text}/{name}", _CREATE_FLAGS, 0o600)
         try:
             budget = self.limits.max_bytes - self.written
-            while chunk := stream.read(_CHUNK):
+            remaining = size if size is not None else -1
+            while remaining:
+                chunk = stream.read(_CHUNK if remaining < 0 else min(remaining, _CHUNK))
+                if not chunk:
+                    if remaining > 0:
+                        raise BundleError(f"{source}: entry {name!r} is cut short; the bundle is truncated")
+                    break
+                remaining -= len(chunk) if remaining > 0 else 0
                 budget -= len(chunk)
                 if budget < 0:
                     raise self._too_big(source)
                 view = memoryview(chunk)
                 while view:
-                    done = os.write(fd, view)
-                    view = view[done:]
+                    view = view[os.write(fd, view) :]
             self.written = self.limits.max_bytes - budget
             if owner is not None:
                 os.fchown(fd, *owner)
-            os.fchmod(fd, mode if mode is not None else 0o666 & ~self.umask)
+            os.fchmod(fd, final_mode)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
-        if mtime is not None:
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
         self.regular.add(name)
 
     def hard_link(self, name: str, link_target_raw: str, source: str) -> None:
+        if self.writer is not None:
+            self.writer.drain()
         if link_target_raw.startswith("/") or ".." in link_target_raw.replace("\\", "/").split("/"):
             raise UnsafeBundle(f"{source}: hard link {name!r} points outside the bundle ({link_target_raw!r})")
         link_target = self.safe_name(link_target_raw, source=source)
@@ -478,6 +515,7 @@ class _Extractor:
     def finish(self) -> None:
         """Create the symlinks (after every file, so nothing was written through one), check where each
         resolves, then set folder modes and times deepest first."""
+        self.stop_writer()
         for name, link_target in self.symlinks.items():
             self.ensure_parent(name)
             path = self.target / name
@@ -496,6 +534,19 @@ class _Extractor:
                 os.chmod(path, mode)
             if mtime is not None:
                 os.utime(path, (mtime, mtime))
+
+    def start_writer(self) -> None:
+        if self.writer is None and (os.cpu_count() or 1) > 1:
+            self.writer = _BackgroundWriter()
+
+    def stop_writer(self) -> None:
+        """Wait for queued files and stop the thread; raises the first error the thread hit."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.drain()
+            finally:
+                writer.close()
 
     # -- ownership, like `tar -p` run as root (names first, then numeric ids)
 
@@ -564,19 +615,20 @@ class _Extractor:
         else:
             mode = unix_mode & 0o777 if unix_mode & 0o777 else None
             with archive.open(info) as stream:
-                self.write_file(name, stream, mode=mode, mtime=mtime, owner=None, source=source)
+                self.write_file(name, stream, mode=mode, mtime=mtime, owner=None, source=source, size=info.file_size)
 
     def extract_tar(self, path: Path, *, compressed: bool) -> None:
         source = self.source = f"{'tgz' if compressed else 'tar'} bundle {path.name}"
         try:
-            with path.open("rb") as raw, tarfile.open(
-                fileobj=raw, mode="r|gz" if compressed else "r|", bufsize=_CHUNK
-            ) as archive:
-                for member in archive:
+            # Members are read strictly in order, so a forward-only gzip reader is enough; it is much faster
+            # than tarfile's own stream mode, which re-slices its whole buffer on every small read.
+            with path.open("rb") as raw, (_ThreadedGunzip(raw) if compressed else raw) as stream, \
+                    tarfile.open(fileobj=cast(IO[bytes], stream), mode="r:") as archive:
+                while (member := archive.next()) is not None:
                     self._tar_entry(archive, member, source)
-                    # Streaming mode would keep every member's header in memory; we never look back.
-                    archive.members = []  # type: ignore[attr-defined]
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                    # Forget each header once handled: a huge bundle must not pile them up in memory.
+                    archive.members.clear()  # type: ignore[attr-defined]
+        except (tarfile.TarError, EOFError, zlib.error, _GzipDamaged) as exc:
             kind = "gzip-compressed tar" if compressed else "tar archive"
             raise BundleError(f"{source} is not a readable {kind} (damaged or truncated?): {exc}") from exc
 
@@ -589,10 +641,18 @@ class _Extractor:
         if member.isreg():
             if self.written + member.size > self.limits.max_bytes:
                 raise self._too_big(source)
-            stream = archive.extractfile(member)
-            assert stream is not None
+            if member.sparse is None:
+                # Read the data straight from the archive stream, which sits right at it: no per-file
+                # wrapper objects (tarfile seeks forward past the padding to the next header itself).
+                stream: IO[bytes] = archive.fileobj  # type: ignore[assignment]
+                stream.seek(member.offset_data)
+            else:
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                stream = extracted
             self.write_file(
-                name, stream, mode=self.file_mode(member.mode), mtime=member.mtime, owner=owner, source=source
+                name, stream, mode=self.file_mode(member.mode), mtime=member.mtime, owner=owner, source=source,
+                size=member.size,
             )
         elif member.isdir():
             self.make_dir(name, self.file_mode(member.mode), member.mtime, owner)
@@ -634,6 +694,190 @@ class _Extractor:
                             )
                     else:
                         raise UnsafeBundle(f"{source}: {name!r} is a device, FIFO or socket; only files are allowed")
+
+
+class _BackgroundWriter:
+    """Creates small files on a second thread while the main thread parses the archive.
+
+    open/write/close release the GIL, so on a host with two or more cores writing overlaps with header
+    parsing, much as `tar` overlaps with its gzip child. The main thread stays the only one that decides
+    anything: names, limits and folders are checked before a file is queued, and every operation whose
+    order matters (a large file, a hard link, the final symlinks) first waits for the queue to empty.
+    """
+
+    _QUEUE_FILES = 64
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[str, bytes, int, float | None, tuple[int, int] | None] | None] = (
+            queue.Queue(self._QUEUE_FILES)
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="bundle-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if self._error is None:
+                    _create_file(*job)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+        self._jobs.task_done()
+
+    def submit(self, path: str, data: bytes, mode: int, mtime: float | None, owner: tuple[int, int] | None) -> None:
+        self.check()
+        self._jobs.put((path, data, mode, mtime, owner))
+
+    def check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def drain(self) -> None:
+        self._jobs.join()
+        self.check()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def _create_file(path: str, data: bytes, mode: int, mtime: float | None, owner: tuple[int, int] | None) -> None:
+    fd = os.open(path, _CREATE_FLAGS, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+
+
+class _GzipDamaged(Exception):
+    pass
+
+
+class _ThreadedGunzip:
+    """A forward-only reader of a gzip file whose inflating runs on a background thread.
+
+    zlib releases the GIL while it inflates, so decompression overlaps with parsing and writing the
+    entries, the way `tar -z` overlaps with its gzip child process. At most `_QUEUE_CHUNKS` chunks of
+    `_CHUNK` bytes wait in memory, so a gzip bomb cannot run ahead of the size checks. `seek` only goes
+    forward, which is all `tarfile` needs when members are read in order.
+    """
+
+    _QUEUE_CHUNKS = 16
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(self._QUEUE_CHUNKS)
+        self._stop = threading.Event()
+        self._current = b""
+        self._offset = 0
+        self._position = 0
+        self._finished = False
+        self._thread = threading.Thread(target=self._inflate, args=(raw,), name="gunzip", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _inflate(self, raw: IO[bytes]) -> None:
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending = b""
+            while not self._stop.is_set():
+                if not pending:
+                    pending = raw.read(_CHUNK)
+                    if not pending:
+                        break
+                out = inflater.decompress(pending, _CHUNK)
+                pending = inflater.unconsumed_tail
+                if inflater.eof:
+                    rest = inflater.unused_data + pending
+                    if rest.strip(b"\0"):
+                        if not rest.startswith(b"\x1f\x8b"):
+                            raise _GzipDamaged("unexpected data after the end of the gzip stream")
+                        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member follows
+                        pending = rest
+                    else:
+                        pending = b""
+                        tail = raw.read(_CHUNK)
+                        if tail.strip(b"\0"):
+                            raise _GzipDamaged("unexpected data after the end of the gzip stream")
+                if out and not self._put(out):
+                    return
+            if not inflater.eof and not self._stop.is_set():
+                raise _GzipDamaged("the gzip stream is truncated")
+            self._put(None)
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            self._put(exc)
+
+    def _next_chunk(self) -> bool:
+        if self._finished:
+            return False
+        item = self._chunks.get()
+        if item is None:
+            self._finished = True
+            return False
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        self._current, self._offset = item, 0
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        parts = []
+        wanted = size if size >= 0 else 1 << 62
+        while wanted > 0:
+            available = len(self._current) - self._offset
+            if available <= 0:
+                if not self._next_chunk():
+                    break
+                continue
+            take = min(available, wanted)
+            parts.append(self._current[self._offset : self._offset + take])
+            self._offset += take
+            wanted -= take
+        data = b"".join(parts)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        target = position if whence == io.SEEK_SET else self._position + position
+        if whence not in {io.SEEK_SET, io.SEEK_CUR} or target < self._position:
+            raise io.UnsupportedOperation("a gzip bundle is read forward only")
+        while self._position < target:
+            if not self.read(min(target - self._position, _CHUNK)):
+                break
+        return self._position
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with suppress(queue.Empty):
+                self._chunks.get(timeout=0.05)
+        self._thread.join()
+
+    def __enter__(self) -> _ThreadedGunzip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _current_umask() -> int:

@@ -644,7 +644,7 @@ def execute_install(
     if journal_path.exists():
         recover_interrupted_install(layout, group_id)
     cleanup_new = layout.cleanup_file(group_id).with_suffix(".new")
-    write_atomic(layout.install_instructions_file(group_id), _instructions_json(plan))
+    write_atomic(layout.install_instructions_file(group_id), _instructions_json(plan), durable=False)
     execution = _Execution(journal_path, deployment.install_backup)
     try:
         with cleanup_new.open("w", encoding="utf-8") as cleanup:

@@ -84,16 +84,18 @@ class DeploymentDir:
         return self.path / "install-backup"
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file."""
+def write_atomic(path: Path, data: bytes | str, *, durable: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file.
+    `durable=False` skips the fsync for records that only inform people (they still never appear torn)."""
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -167,7 +169,7 @@ class DeploymentRoot:
         write_atomic(self._last_successful_file(group_id), str(deployment.path))
 
     def set_most_recent_install(self, group_id: str, deployment: DeploymentDir) -> None:
-        write_atomic(self._most_recent_file(group_id), str(deployment.path))
+        write_atomic(self._most_recent_file(group_id), str(deployment.path), durable=False)
 
     def _read_pointer(self, path: Path) -> DeploymentDir | None:
         try:

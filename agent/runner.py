@@ -240,7 +240,20 @@ class LifecycleRunner:
         return run.execute()
 
     def last_successful(self, application: str, deployment_group: str) -> InstalledRevision | None:
+        """The last deployment of this group that succeeded end to end on this host (None if none did)."""
         return self.layout.find_installed(application, deployment_group)
+
+    def recover_interrupted(self) -> list[str]:
+        """Undo every Install a crash cut off, so the previous revisions are back in place. For the daemon
+        to call once at start-up; `run` also does it for its own group. Returns the group ids recovered."""
+        recovered: list[str] = []
+        if not self.layout.instructions.is_dir():
+            return recovered
+        for journal in sorted(self.layout.instructions.glob("*-install-journal")):
+            group_id = journal.name.removesuffix("-install-journal")
+            if recover_interrupted_install(self.layout, group_id):
+                recovered.append(group_id)
+        return recovered
 
 
 class _EventFailed(Exception):

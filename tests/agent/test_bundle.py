@@ -437,3 +437,64 @@ def test_git_revision_at_a_commit(sandbox: Sandbox, tmp_path: Path, monkeypatch)
     outcome = sandbox.deploy(tmp_path, revision=nowhere)
     assert outcome.status == "Failed"
     assert "no-repo" in (outcome.message or "")
+
+
+# The gzip reader and the background writer: edge cases of the fast paths
+
+
+def _tar_bytes(*members: tuple[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_large_and_duplicate_entries_keep_the_archive_order(tmp_path: Path) -> None:
+    big = os.urandom(3 << 20)
+    raw = _tar_bytes(("a.bin", b"small first"), ("a.bin", big), ("b.txt", b"one"), ("b.txt", b"two"))
+    import gzip
+
+    path = tmp_path / "b.tgz"
+    path.write_bytes(gzip.compress(raw))
+    unpack_bundle(FetchedBundle(path, "tgz"), tmp_path / "out")
+    assert (tmp_path / "out/a.bin").read_bytes() == big
+    assert (tmp_path / "out/b.txt").read_bytes() == b"two"
+    zip_path = tmp_path / "b.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.bin", big)
+        archive.writestr("c.txt", b"c")
+    unpack_bundle(FetchedBundle(zip_path, "zip"), tmp_path / "out2")
+    assert (tmp_path / "out2/a.bin").read_bytes() == big
+
+
+def test_concatenated_gzip_members_are_one_stream(tmp_path: Path) -> None:
+    import gzip
+
+    raw = _tar_bytes(("x.txt", b"x" * 5000), ("y.txt", b"y"))
+    path = tmp_path / "b.tgz"
+    path.write_bytes(gzip.compress(raw[:3000]) + gzip.compress(raw[3000:]))
+    unpack_bundle(FetchedBundle(path, "tgz"), tmp_path / "out")
+    assert tree(tmp_path / "out") == {"x.txt": "x" * 5000, "y.txt": "y"}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage-after", "cut-inside-a-file"])
+def test_damaged_tgz_is_a_clear_error(damage: str, tmp_path: Path) -> None:
+    import gzip
+
+    raw = _tar_bytes(("x.bin", os.urandom(200_000)))
+    data = gzip.compress(raw)
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "garbage-after":
+        data += b"this is not gzip"
+    else:
+        data = gzip.compress(raw[:100_000])
+    path = tmp_path / "b.tgz"
+    path.write_bytes(data)
+    with pytest.raises(BundleError) as caught:
+        unpack_bundle(FetchedBundle(path, "tgz"), tmp_path / "out")
+    assert str(caught.value).startswith("tgz bundle b.tgz")
+    assert not (tmp_path / "out").exists()

@@ -449,9 +449,11 @@ def test_install_cut_off_by_a_crash_is_undone_on_the_next_run(sandbox: Sandbox, 
     assert crashed.returncode == 9, crashed.stderr.decode()
     app = sandbox.on_host("/srv/app")
     assert sorted(p.name for p in app.iterdir()) == ["a", "b"]  # half of v2, none of v1: the crash window
-    assert recover_interrupted_install(DeploymentRoot(sandbox.root), "dg-1")
+    assert sandbox.runner.recover_interrupted() == ["dg-1"]
     assert {p.name: p.read_text() for p in app.iterdir()} == {"a": "v1-a", "b": "v1-b", "c": "v1-c"}
     assert not recover_interrupted_install(DeploymentRoot(sandbox.root), "dg-1")
+    assert sandbox.deploy(v2).status == "Succeeded"
+    assert sorted(p.name for p in app.iterdir()) == ["a", "b", "c", "d"]
 
 
 # Permissions (reference 1.5, 7.2 case 27, 7.3 case 31)

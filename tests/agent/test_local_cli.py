@@ -300,3 +300,17 @@ def test_validate_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("validate", str(tmp_path / "nope"))
     assert result.code == 2
     assert "does not exist" in result.err
+
+
+def test_local_deploys_from_s3(s3_server, make_bundle, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    client = s3_server.client()
+    client.create_bucket(Bucket="cli-bundles")
+    bundle = app_bundle(make_bundle(), tmp_path / "trace")
+    client.put_object(Bucket="cli-bundles", Key="app.tgz", Body=bundle.tar(tmp_path / "b.tgz", gz=True).read_bytes())
+    result = run_cli("local", "-l", "s3://cli-bundles/app.tgz", *paths(tmp_path))
+    assert result.code == 0, result.err
+    assert (tmp_path / "host/srv/app/index.html").read_text() == "hello"
+    missing_type = run_cli("local", "-l", "s3://cli-bundles/app", *paths(tmp_path))
+    assert missing_type.code == 2
+    assert "pass --type zip, tar or tgz for s3://cli-bundles/app" in missing_type.err
