@@ -1,0 +1,294 @@
+"""End to end: `reconcile --once` against six real `deploy-agent run` processes, a real Git config repo and a
+real Git app repo built from examples/apps/hello.
+
+Each simulated host has its own host id, deployment root, host root, tags, port and folders. The app's
+BeforeInstall hook appends the deployment id to a per-host file: that file, written by the hooks themselves,
+is the proof that no host ran a deployment twice. The hosts' HTTP answers prove what each one really runs.
+
+The story: v1 everywhere; v2 in batches (a canary of two hosts, then the rest keeping half the fleet
+healthy); v3 whose ValidateService fails on one canary host -> failed, rolled back, quarantined, exit 3;
+v4 with the reconciler killed by SIGKILL mid-rollout and restarted -> it finishes, exit 0, nothing ran twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from contract.keys import group_state_key
+from contract.models import Deployment, GroupState, HostDeploymentStatus
+from contract.store import Store, open_store
+from tests.gitrepo import ConfigRepo
+from tests.reconciler.procs import Reconciler, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+HOSTS = [f"host-{i}" for i in range(1, 7)]
+BAD_HOST = "host-2"  # v3's ValidateService fails here (and only with v3)
+
+MANIFESTS = """\
+apiVersion: deploy/v1
+kind: Application
+metadata:
+  name: hello
+---
+apiVersion: deploy/v1
+kind: DeploymentConfig
+metadata:
+  name: canary-then-half
+spec:
+  minimumHealthyHosts:
+    type: FLEET_PERCENT
+    value: 50
+  canary:
+    hosts: 2
+---
+apiVersion: deploy/v1
+kind: DeploymentGroup
+metadata:
+  name: hello-e2e
+spec:
+  application: hello
+  revision:
+    git:
+      repository: {repository}
+      commit: {commit}
+  targets:
+    tagSets:
+      - - key: app
+          value: hello
+      - - key: env
+          value: e2e
+  deploymentConfig: canary-then-half
+  autoRollback:
+    enabled: true
+    events: [DEPLOYMENT_FAILURE]
+"""
+
+RUNS_HOOK = '\necho "$DEPLOYMENT_ID" >> "${HELLO_RUNS:?}"\n'
+BAD_VALIDATE = (
+    'if [[ -n "${HELLO_BAD_HOST:-}" ]]; then log "v3 cannot run on this host"; exit 1; fi\n'
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_app_repo(path: Path) -> tuple[ConfigRepo, dict[str, str]]:
+    repo = ConfigRepo(path)
+    repo.copy_tree(ROOT / "examples" / "apps" / "hello")
+    before_install = path / "scripts" / "before_install.sh"
+    before_install.write_text(before_install.read_text() + RUNS_HOOK)
+    commits = {"v1": repo.commit("hello v1")}
+    (path / "app" / "VERSION").write_text("2\n")
+    commits["v2"] = repo.commit("hello v2")
+    validate = path / "scripts" / "validate.sh"
+    good_validate = validate.read_text()
+    marker = 'source "$(dirname "$0")/common.sh"\n'
+    validate.write_text(good_validate.replace(marker, marker + BAD_VALIDATE))
+    (path / "app" / "VERSION").write_text("3\n")
+    commits["v3"] = repo.commit("hello v3: broken on one host")
+    validate.write_text(good_validate)
+    (path / "app" / "VERSION").write_text("4\n")
+    commits["v4"] = repo.commit("hello v4")
+    return repo, commits
+
+
+@dataclass
+class Host:
+    host_id: str
+    base: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def runs(self) -> list[str]:
+        path = self.base / "runs.log"
+        return path.read_text().split() if path.exists() else []
+
+    def answer(self) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2) as response:
+                return str(json.load(response)["version"])
+        except OSError:
+            return "down"
+
+
+def start_agent(host: Host, store_url: str) -> None:
+    (host.base / "root").mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "HELLO_HOME": str(host.base / "root" / "srv" / "hello"),
+        "HELLO_PORT": str(host.port),
+        "HELLO_RUN": str(host.base / "run"),
+        "HELLO_RUNS": str(host.base / "runs.log"),
+    }
+    if host.host_id == BAD_HOST:
+        env["HELLO_BAD_HOST"] = "1"
+    command = [
+        str(BIN / "deploy-agent"), "--log-format", "json", "run",
+        "--host-id", host.host_id,
+        "--store", store_url,
+        "--root-dir", str(host.base / "deployment-root"),
+        "--host-root", str(host.base / "root"),
+        "--tag", "app=hello", "--tag", "env=e2e",
+        "--poll-interval", "200ms",
+    ]
+    host.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=(host.base / "agent.log").open("ab"), start_new_session=True)
+
+
+def stop_host(host: Host) -> None:
+    if host.process is not None and host.process.poll() is None:
+        os.killpg(host.process.pid, signal.SIGTERM)
+        try:
+            host.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(host.process.pid, signal.SIGKILL)
+            host.process.wait(timeout=10)
+    pidfile = host.base / "run" / "hello.pid"  # the service the hooks started
+    if pidfile.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
+@dataclass
+class Fleet:
+    store_url: str
+    store: Store
+    config: ConfigRepo
+    app: Path
+    commits: dict[str, str]
+    hosts: list[Host]
+    workdir: Path
+
+    def commit(self, version: str) -> str:
+        self.config.write("manifests/hello.yaml",
+                          MANIFESTS.format(repository=self.app, commit=self.commits[version]))
+        return self.config.commit(f"deploy {version}")
+
+    def reconcile(self, name: str, *args: str) -> Reconciler:
+        return Reconciler(
+            ["--repo", str(self.config.path), "--ref", "main", "--path", "manifests",
+             "--store", self.store_url, *args],
+            self.workdir / f"reconcile-{name}.log",
+            {"FLEETSHIFT_RECONCILE_POLL_INTERVAL": "100ms", "FLEETSHIFT_RECONCILE_LEASE_DURATION": "2s",
+             "FLEETSHIFT_RECONCILE_TIMEOUT": "90s", "FLEETSHIFT_RECONCILE_HEARTBEAT_TIMEOUT": "30s"},
+        )
+
+    def once(self, name: str) -> tuple[int, str]:
+        process = self.reconcile(name, "--once")
+        try:
+            code = process.wait(timeout=120)
+            out = process.process.stdout.read().decode() if process.process.stdout else ""
+            return code, out
+        finally:
+            process.stop()
+
+    def group(self) -> GroupState:
+        stored = self.store.get(group_state_key("hello", "hello-e2e"))
+        assert stored is not None
+        return GroupState.model_validate_json(stored.data)
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        stored = self.store.get(f"deployments/{deployment_id}.json")
+        assert stored is not None
+        return Deployment.model_validate_json(stored.data)
+
+    def answers(self) -> dict[str, str]:
+        return {host.host_id: host.answer() for host in self.hosts}
+
+    def assert_nothing_ran_twice(self) -> None:
+        for host in self.hosts:
+            runs = host.runs
+            assert len(runs) == len(set(runs)), f"{host.host_id} ran a deployment twice: {runs}"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    app, commits = make_app_repo(tmp_path / "app-repo")
+    config = ConfigRepo(tmp_path / "config-repo")
+    store_url = f"file://{tmp_path / 'store'}"
+    hosts = [Host(host_id, tmp_path / host_id, free_port()) for host_id in HOSTS]
+    fleet = Fleet(store_url, open_store(store_url), config, app.path, commits, hosts, tmp_path)
+    try:
+        for host in hosts:
+            start_agent(host, store_url)
+        wait_for(lambda: len([i for i in fleet.store.list("hosts/") if i.key.endswith("/status.json")]) == 6,
+                 30, "six agents to report")
+        yield fleet
+    finally:
+        for host in hosts:
+            stop_host(host)
+
+
+def test_rollout_failure_rollback_and_kill_9_with_real_agents(fleet: Fleet) -> None:
+    fleet.commit("v1")
+    code, out = fleet.once("v1")
+    assert code == 0, out
+    assert set(fleet.answers().values()) == {"1"}
+
+    fleet.commit("v2")
+    code, out = fleet.once("v2")
+    assert code == 0, out
+    assert set(fleet.answers().values()) == {"2"}
+    v2 = fleet.deployment(fleet.group().history[-1])
+    assert v2.batches[0] == ["host-1", "host-2"]  # the canary went first and alone
+    assert len(v2.batches) >= 3, v2.batches  # then the rest, in batches
+
+    fleet.commit("v3")
+    code, out = fleet.once("v3")
+    assert code == 3, out
+    assert "failed, rolled back" in out
+    group = fleet.group()
+    assert [q.revision.git.commit for q in group.quarantined if q.revision.git] == [fleet.commits["v3"]]
+    assert group.effective_revision is not None and group.effective_revision.git is not None
+    assert group.effective_revision.git.commit == fleet.commits["v2"]
+    assert set(fleet.answers().values()) == {"2"}, fleet.answers()  # the touched hosts went back to v2
+    failed = fleet.deployment(group.history[-2])
+    assert failed.hosts[BAD_HOST].status is HostDeploymentStatus.FAILED
+    fleet.assert_nothing_ran_twice()
+
+    fleet.commit("v4")
+    first = fleet.reconcile("v4-killed", "--once")
+    try:
+        def mid_rollout() -> bool:
+            flight = fleet.group().deployment_in_flight
+            if flight is None:
+                return False
+            hosts = fleet.deployment(flight).hosts.values()
+            done = sum(1 for h in hosts if h.status is HostDeploymentStatus.SUCCEEDED)
+            return 2 <= done < len(HOSTS)
+
+        wait_for(mid_rollout, 60, "the v4 rollout to be half-way")
+        in_flight = fleet.group().deployment_in_flight
+        first.signal(signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        first.stop()
+    assert fleet.group().deployment_in_flight == in_flight  # the killed run left it mid-flight
+
+    code, out = fleet.once("v4-restarted")
+    assert code == 0, out
+    group = fleet.group()
+    assert group.history[-1] == in_flight  # the same deployment finished, none was lost or restarted
+    assert set(fleet.answers().values()) == {"4"}, fleet.answers()
+    fleet.assert_nothing_ran_twice()
+    for host in fleet.hosts:
+        assert host.runs.count(in_flight or "") == 1, (host.host_id, host.runs)
