@@ -1,0 +1,271 @@
+"""The agent's settings: `agent.yaml`, overridden by FLEETSHIFT_AGENT_* environment variables, overridden by
+the flags of `deploy-agent run`.
+
+Where it sits: read once by `deploy-agent run` (agent/daemon.py) before anything else happens.
+`agent.yaml.example` at the root of the repository documents every key. A broken setting is a user mistake
+like a broken manifest, so errors name the file, line and column (or the variable, or the flag), the key,
+and what is expected; the CLI prints them and exits 1, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from contract.durations import Duration
+from contract.models import Model
+
+ENV_PREFIX = "FLEETSHIFT_AGENT_"
+#: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
+DEFAULT_CONFIG_FILE = Path("/etc/fleetshift/agent.yaml")
+DEFAULT_STORE = "file:///var/lib/fleetshift/store"
+DEFAULT_ROOT_DIR = Path("/var/lib/fleetshift/deployment-root")
+
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+def default_host_id() -> str:
+    """The short host name: what people call the machine, and stable across reboots."""
+    return socket.gethostname().split(".", 1)[0] or "localhost"
+
+
+class LoggingSettings(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class AgentSettings(Model):
+    """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
+
+    host_id: str = Field(default_factory=default_host_id, description="This host's id in the store.")
+    tags: dict[str, str] = Field(default_factory=dict, description="On-premises tags deployment groups select on.")
+    zone: str | None = Field(default=None, description="Availability zone, for zone-by-zone rollouts.")
+    store: str = Field(default=DEFAULT_STORE, description="file://DIR or s3://bucket/prefix.")
+    root_dir: Path = Field(default=DEFAULT_ROOT_DIR, description="Deployment root: bundles, logs, state.")
+    host_root: Path | None = Field(default=None, description="Prefix for absolute appspec destinations.")
+    log_dir: Path | None = Field(default=None, description="Also append the agent's log to <logDir>/deploy-agent.log.")
+    max_revisions: int = Field(default=5, ge=1, description="Deployment folders kept per deployment group.")
+    poll_interval: Duration = Field(default=timedelta(seconds=5), description="Idle command poll interval.")
+    busy_poll_interval: Duration = Field(
+        default=timedelta(seconds=1), description="Poll interval while a command runs and for a minute after."
+    )
+    heartbeat_interval: Duration = Field(default=timedelta(seconds=60), description="Idle heartbeat interval.")
+    report_timeout: Duration = Field(
+        default=timedelta(seconds=10),
+        description="On exit (--once, SIGTERM): how long to keep trying to write the last report.",
+    )
+    runas_allowed: bool = Field(default=True, description="Let appspec hooks switch user with runas.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id_is_a_key_segment(cls, value: str) -> str:
+        if not _HOST_ID.fullmatch(value):
+            raise ValueError(
+                f"{value!r} cannot be a host id: use letters, digits, '.', '_' and '-', starting with a letter "
+                "or digit (it becomes part of store keys)"
+            )
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _known_store_scheme(cls, value: str) -> str:
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError(f"{value!r} is not a store URL: write file:///path/to/dir or s3://bucket/prefix")
+        return value
+
+    @field_validator("poll_interval", "busy_poll_interval", "heartbeat_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=50):
+            raise ValueError("must be at least 50ms")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key.strip():
+                raise ValueError("tag keys must not be empty")
+        return value
+
+
+class SettingsError(Exception):
+    """The settings cannot be used; `problems` holds one located line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+
+
+#: (flag or variable name) per settings key, for errors and for the docs.
+_ENV_FIELDS: dict[str, tuple[str, ...]] = {
+    f"{ENV_PREFIX}{name.upper()}": (info.alias or name,)
+    for name, info in AgentSettings.model_fields.items()
+    if name != "logging"
+} | {
+    f"{ENV_PREFIX}LOGGING_{name.upper()}": ("logging", info.alias or name)
+    for name, info in LoggingSettings.model_fields.items()
+}
+ENV_VARIABLES = tuple(_ENV_FIELDS)
+
+
+def parse_tags(text: str, where: str) -> dict[str, str]:
+    """`KEY=VALUE[,KEY=VALUE...]`; `KEY=` gives an empty value (CodeDeploy's KEY_ONLY tags)."""
+    tags: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise SettingsError([f"{where}: tag {item!r} must be written KEY=VALUE (KEY= for a key-only tag)"])
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def _environment_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    layer: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for variable, path in _ENV_FIELDS.items():
+        if variable not in environ:
+            continue
+        raw = environ[variable]
+        value: Any = parse_tags(raw, variable) if path == ("tags",) else raw
+        if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",)):
+            value = None
+        target = layer
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+        origins[path] = variable
+    return layer, origins
+
+
+def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
+    """FLEETSHIFT_AGENT_* variables that set nothing (a typo like FLEETSHIFT_AGENT_STOR), for a warning."""
+    known = set(_ENV_FIELDS) | {f"{ENV_PREFIX}CONFIG"}
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+class _LocatedYaml:
+    """The settings file's data plus where each key sits, so errors can point at a line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.marks: dict[tuple[str, ...], tuple[int, int]] = {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SettingsError([f"{path}: settings file not found"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError([f"{path}: cannot read the settings file: {exc}"]) from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data: Any = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark, context = exc.problem_mark, exc.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            detail = f" ({exc.context} at {context.line + 1}:{context.column + 1})" if context and exc.context else ""
+            raise SettingsError([f"{where}: not valid YAML: {exc.problem}{detail}"]) from None
+        except yaml.YAMLError as exc:
+            raise SettingsError([f"{path}: not valid YAML: {exc}"]) from None
+        if self.data is None:
+            self.data = {}
+        if not isinstance(self.data, dict):
+            raise SettingsError([f"{path}:1:1: the settings file must be a mapping of keys to values"])
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[str, ...]) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in seen:
+                line, column = where
+                raise SettingsError([f"{self.path}:{line}:{column}: {'.'.join((*path, key))}: duplicate key"])
+            seen.add(key)
+            self.marks[(*path, key)] = where
+            self._walk(value_node, (*path, key))
+
+    def where(self, loc: tuple[str, ...]) -> str:
+        for length in range(len(loc), 0, -1):
+            mark = self.marks.get(loc[:length])
+            if mark is not None:
+                return f"{self.path}:{mark[0]}:{mark[1]}"
+        return str(self.path)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; mappings (tags, logging) merge key by key, so --tag adds to the file's tags."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: Path | None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AgentSettings:
+    """File < environment < flags. `flags` uses the file's (camelCase) shape and holds only flags given;
+    `flag_names` maps a key to the flag that set it, for error messages."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        config_file = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    located = _LocatedYaml(config_file) if config_file is not None else None
+    data: dict[str, Any] = dict(located.data) if located is not None else {}
+    env_layer, env_origins = _environment_layer(environ)
+    data = _merge(data, env_layer)
+    data = _merge(data, flags or {})
+    try:
+        return AgentSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(part) for part in error["loc"])
+            top = loc[:1]
+            named = True  # a flag or a variable already names the setting
+            if flag_names and loc and loc[0] in flag_names and (flags or {}).get(loc[0]) is not None:
+                where = flag_names[loc[0]]
+            elif loc[:2] in env_origins or top in env_origins:
+                where = env_origins.get(loc[:2]) or env_origins[top]
+            elif located is not None:
+                where, named = located.where(loc), False
+            else:
+                where, named = "defaults", False
+            field = ".".join(loc) or "(settings)"
+            if named and len(loc) <= 2 and (len(loc) == 1 or loc[:2] in env_origins):
+                problems.append(f"{where}: {_message(error)}")
+            else:
+                problems.append(f"{where}: {field}: {_message(error)}")
+        raise SettingsError(problems) from None
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (see agent.yaml.example for every key)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,141 @@
+"""agent.yaml < FLEETSHIFT_AGENT_* < flags, and errors that point at the file line, the variable or the flag."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.daemon import register, settings_from_args
+from agent.settings import (
+    DEFAULT_ROOT_DIR,
+    DEFAULT_STORE,
+    ENV_VARIABLES,
+    AgentSettings,
+    SettingsError,
+    load_settings,
+    unknown_environment_variables,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "agent.yaml.example"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["run", *argv])
+
+
+def test_example_file_is_valid_and_documents_every_key() -> None:
+    settings = load_settings(EXAMPLE, environ={})
+    assert settings.host_id == "web-1" and settings.tags == {"app": "hello", "env": "production"}
+    text = EXAMPLE.read_text()
+    for name, info in AgentSettings.model_fields.items():
+        assert f"\n{info.alias or name}:" in text, f"{info.alias or name} is not in agent.yaml.example"
+    for name, info in type(settings.logging).model_fields.items():
+        assert f"\n  {info.alias or name}:" in text
+    for variable in ENV_VARIABLES:
+        assert variable.startswith("FLEETSHIFT_AGENT_")
+
+
+def test_defaults_without_a_file() -> None:
+    settings = load_settings(None, environ={})
+    assert settings.store == DEFAULT_STORE and settings.root_dir == DEFAULT_ROOT_DIR
+    assert settings.poll_interval == timedelta(seconds=5) and settings.heartbeat_interval == timedelta(minutes=1)
+    assert settings.host_id  # the host name
+    assert settings.host_root is None and settings.max_revisions == 5
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "hostId: from-file\nstore: file:///from-file\npollInterval: 10s\nzone: a\n"
+        "tags: {app: hello, env: prod, team: web}\nlogging: {level: debug}\n"
+    )
+    environ = {"FLEETSHIFT_AGENT_STORE": "s3://from-env/prefix", "FLEETSHIFT_AGENT_POLL_INTERVAL": "20s",
+               "FLEETSHIFT_AGENT_TAGS": "env=staging,rack=", "FLEETSHIFT_AGENT_LOGGING_FORMAT": "json",
+               "FLEETSHIFT_AGENT_HEARTBEAT_INTERVAL": "2m"}
+    args = parse("--config", str(config), "--poll-interval", "1s", "--tag", "env=canary", "--host-id", "web-9")
+    settings = settings_from_args(args, environ)
+    assert settings.host_id == "web-9"  # flag
+    assert settings.store == "s3://from-env/prefix"  # environment over file
+    assert settings.poll_interval == timedelta(seconds=1)  # flag over environment over file
+    assert settings.heartbeat_interval == timedelta(minutes=2)
+    assert settings.zone == "a"  # file only
+    assert settings.tags == {"app": "hello", "env": "canary", "team": "web", "rack": ""}  # merged key by key
+    assert (settings.logging.level, settings.logging.format) == ("debug", "json")
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("hostId: via-variable\n")
+    assert load_settings(None, environ={"FLEETSHIFT_AGENT_CONFIG": str(config)}).host_id == "via-variable"
+
+
+def test_file_errors_name_file_line_column_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("hostId: web-1\npollInterval: soon\nlogging:\n  level: loud\nheartbeatIntervall: 1m\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert raised.value.problems == [
+        f"{config}:2:1: pollInterval: invalid duration 'soon': write a number and a unit, like 90s, 5m, 1h30m",
+        f"{config}:4:3: logging.level: Input should be 'debug', 'info', 'warning' or 'error'",
+        f"{config}:5:1: heartbeatIntervall: unknown key (see agent.yaml.example for every key)",
+    ]
+
+
+def test_environment_and_flag_errors_name_the_variable_or_flag(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        settings_from_args(parse("--host-id", "web/1", "--store", "ftp://x"),
+                           {"FLEETSHIFT_AGENT_MAX_REVISIONS": "zero"})
+    assert raised.value.problems == [
+        "--host-id: 'web/1' cannot be a host id: use letters, digits, '.', '_' and '-', starting with a letter "
+        "or digit (it becomes part of store keys)",
+        "--store: 'ftp://x' is not a store URL: write file:///path/to/dir or s3://bucket/prefix",
+        "FLEETSHIFT_AGENT_MAX_REVISIONS: Input should be a valid integer, unable to parse string as an integer",
+    ]
+    with pytest.raises(SettingsError, match=r"--tag oops: tag 'oops' must be written KEY=VALUE"):
+        settings_from_args(parse("--tag", "oops"), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hostId: [unclosed\n", ":2:1: not valid YAML: expected ',' or ']', but got '<stream end>' (while parsing "
+                                "a flow sequence at 1:9)"),
+        ("- a list\n", ":1:1: the settings file must be a mapping"),
+        ("zone: a\nzone: b\n", ":2:1: zone: duplicate key"),
+        ("pollInterval: 10ms\n", ":1:1: pollInterval: must be at least 50ms"),
+    ],
+)
+def test_broken_files(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert message in raised.value.problems[0] and raised.value.problems[0].startswith(str(config))
+
+
+def test_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="settings file not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_unknown_variables_are_found_for_a_warning() -> None:
+    environ = {"FLEETSHIFT_AGENT_STOR": "x", "FLEETSHIFT_AGENT_STORE": "y", "FLEETSHIFT_AGENT_CONFIG": "z"}
+    assert unknown_environment_variables(environ) == ["FLEETSHIFT_AGENT_STOR"]
+
+
+@pytest.mark.slow
+def test_cli_prints_located_errors_and_exits_1_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("store: file:///x\nmaxRevisions: 0\n")
+    result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config), "--once"],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"deploy-agent: {config}:2:1: maxRevisions: Input should be greater than or equal to 1\n"
