@@ -230,6 +230,9 @@ def _fetch_git(revision: Revision, bundle_path: Path, cache_root: Path) -> Fetch
     location = revision.git
     assert location is not None
     url = location.repository
+    if url.startswith("-") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*::", url):
+        # `-...` would be read as an option by git; `ext::`/`fd::` transports run arbitrary commands.
+        raise BundleError(f"refusing Git repository {url!r}: use an https://, ssh://, git:// URL or a path")
     cache = cache_root / (hashlib.sha256(url.encode()).hexdigest()[:20] + ".git")
     with _locked(cache_root / (cache.name + ".lock")):
         try:

@@ -498,3 +498,10 @@ def test_damaged_tgz_is_a_clear_error(damage: str, tmp_path: Path) -> None:
         unpack_bundle(FetchedBundle(path, "tgz"), tmp_path / "out")
     assert str(caught.value).startswith("tgz bundle b.tgz")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("url", ["--upload-pack=touch /tmp/x", "ext::sh -c touch% /tmp/x"])
+def test_git_urls_that_would_run_commands_are_refused(url: str, tmp_path: Path) -> None:
+    revision = Revision(git=GitLocation(repository=url, commit="1" * 40))
+    with pytest.raises(BundleError, match="refusing Git repository"):
+        fetch_bundle(revision, tmp_path / "d", git_cache_dir=tmp_path / "git")

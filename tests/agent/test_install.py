@@ -574,7 +574,11 @@ files:
 permissions:
   - object: /srv/app
     acls: ["u:nobody:rw"]
+    mode: 640
     type: [file]
+  - object: /srv/app
+    acls: ["d:g:nogroup:rx", "g:nogroup:7"]
+    type: [directory]
 """
 
 
@@ -592,12 +596,22 @@ def test_acls_are_applied_with_setfacl(sandbox: Sandbox, make_bundle) -> None:
     bundle = make_bundle()
     bundle.appspec(ACL_APPSPEC)
     bundle.file("app/a")
+    bundle.file("app/sub/b")
     outcome = sandbox.deploy(bundle)
     assert outcome.status == "Succeeded", outcome.message
-    listing = subprocess.run(
-        ["getfacl", "-p", str(sandbox.on_host("/srv/app/a"))], capture_output=True, text=True, check=True
-    )
-    assert "user:nobody:rw-" in listing.stdout
+
+    def acl(path: str) -> list[str]:
+        listing = subprocess.run(
+            ["getfacl", "-p", "-c", str(sandbox.on_host(path))], capture_output=True, text=True, check=True
+        )
+        return [line for line in listing.stdout.splitlines() if line]
+
+    assert acl("/srv/app/a") == ["user::rw-", "user:nobody:rw-", "group::r--", "mask::rw-", "other::---"]
+    assert acl("/srv/app/sub") == [
+        "user::rwx", "group::r-x", "group:nogroup:rwx", "mask::rwx", "other::r-x",
+        "default:user::rwx", "default:group::r-x", "default:group:nogroup:r-x", "default:mask::r-x",
+        "default:other::r-x",
+    ]
 
 
 def test_selinux_context_without_tools_is_a_clear_error(bundle: Bundle, host: Path) -> None:
