@@ -172,13 +172,32 @@ class _Pass:
         self._attempts: dict[tuple[str, str | None], dict[str, _Attempt]] = {}
         # The highest generation each host was given, whether or not its command write happened.
         self.generation: dict[str, int] = {h: c.generation for h, c in state.commands.items()}
-        for group_state in state.groups.values():
+        # Agents' results are recorded for every deployment in flight before any group decides anything, so
+        # whether a host's command slot is free reads the same in this pass as in the next one.
+        self.results: dict[str, tuple[Deployment, list[str], list[str]]] = {}
+        #: Hosts in flight whose command write a crash lost: busy, their command is re-written this pass.
+        self.unwritten: set[str] = set()
+        for key, group_state in state.groups.items():
             in_flight = state.deployments.get(group_state.deployment_in_flight or "")
             if in_flight is None:
                 continue
             for host, host_state in in_flight.hosts.items():
                 if host_state.generation is not None and host_state.generation > self.generation.get(host, 0):
                     self.generation[host] = host_state.generation
+            if in_flight.status.finished:
+                continue
+            config = self.config_for(in_flight, self.desired_groups.get(key))
+            recorded = self.record_results(in_flight, config)
+            self.results[in_flight.deployment_id] = recorded
+            self.deployments[in_flight.deployment_id] = recorded[0]
+            for host, host_state in recorded[0].hosts.items():
+                written = state.commands.get(host)
+                if (
+                    host_state.status is IN_PROGRESS
+                    and host_state.generation is not None
+                    and (written is None or written.generation < host_state.generation)
+                ):
+                    self.unwritten.add(host)
 
     # ---------------------------------------------------------------------------------------------
     # Facts about hosts
@@ -213,15 +232,17 @@ class _Pass:
         return "host offline: never registered"
 
     def slot_free(self, host: str) -> bool:
-        if host in self.booked:
+        """Free when the command written for the host (if any) is reported finished, nothing is running,
+        no command write is pending for it, and no other group took it earlier in this pass."""
+        if host in self.booked or host in self.unwritten:
             return False
         last = self.observed.last_command(host)
         if last is not None and last.status is CommandStatus.IN_PROGRESS:
             return False
-        given = self.generation.get(host)
-        if given is None:
+        written = self.state.commands.get(host)
+        if written is None:
             return True
-        return last is not None and last.generation >= given
+        return last is not None and last.generation >= written.generation
 
     def next_generation(self, host: str) -> int:
         last = self.observed.last_command(host)
@@ -425,7 +446,8 @@ class _Pass:
             # A crash came between writing the finished deployment and the group: apply the group side.
             return self.finish(key, group_state, deployment, outcome=None, group=group, actions=actions)
         config = self.config_for(deployment, group)
-        deployment, succeeded, failed = self.record_results(deployment, config)
+        recorded = self.results.pop(deployment.deployment_id, None)
+        deployment, succeeded, failed = recorded or self.record_results(deployment, config)
         self.rewrite_interrupted(key, deployment, group, actions)
         facts = self.facts(group_state, deployment, config)
         canary_and_bakes = deployment.creator == "user"

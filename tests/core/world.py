@@ -86,6 +86,8 @@ class World:
     quarantined: set[tuple[str, str, str | None]] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
     passes: int = 0
+    last_input: State = field(default_factory=State)
+    last_now: datetime = T0
     ended: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------------------
@@ -241,7 +243,8 @@ class World:
         if not calm:
             self.operator()
         self.agents()
-        before = self.state
+        before = self.last_input = self.state
+        self.last_now = self.now
         actions = reconcile(self.desired, self.observed, before, now=self.now, settings=self.settings)
         self.passes += 1
         self.check_actions(before, actions)

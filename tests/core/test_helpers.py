@@ -1,0 +1,132 @@
+"""The helpers `reconcile plan` and the executor build on: membership, the rollout preview, write order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contract.models import Deployment, GroupState, HostCommand, HostRegistration
+from reconciler.core import (
+    DispatchBatch,
+    FinishDeployment,
+    MembershipIndex,
+    Observed,
+    State,
+    group_members,
+    preview_rollout,
+    reconcile,
+)
+from reconciler.manifests import TagFilter, TargetsSpec
+from tests.core.scenario import load_desired, load_scenario
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+tag_keys = st.sampled_from(["role", "env", "az"])
+tag_values = st.sampled_from(["web", "api", "prod", "a", "b"])
+filters = st.one_of(
+    st.builds(lambda k: TagFilter(key=k, type="KEY_ONLY"), tag_keys),
+    st.builds(lambda v: TagFilter(value=v, type="VALUE_ONLY"), tag_values),
+    st.builds(lambda k, v: TagFilter(key=k, value=v, type="KEY_AND_VALUE"), tag_keys, tag_values),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fleet=st.dictionaries(st.sampled_from([f"h{i}" for i in range(12)]), st.dictionaries(tag_keys, tag_values)),
+    tag_sets=st.lists(st.lists(filters, min_size=1, max_size=3), max_size=3),
+    explicit=st.lists(st.sampled_from(["h1", "h5", "ghost"]), max_size=2),
+)
+def test_membership_index_agrees_with_the_manifest_rule(
+    fleet: dict[str, dict[str, str]], tag_sets: list[list[TagFilter]], explicit: list[str]
+) -> None:
+    """The index is an optimisation: it must select exactly the hosts `TargetsSpec.matches` selects."""
+    if not tag_sets and not explicit:
+        explicit = ["ghost"]
+    targets = TargetsSpec(tag_sets=tag_sets, hosts=explicit)
+    observed = Observed(
+        registrations={
+            h: HostRegistration(host_id=h, tags=t, platform="linux", hostname=h, agent_version="t", registered_at=NOW)
+            for h, t in fleet.items()
+        }
+    )
+    expected = {h for h, t in fleet.items() if targets.matches(h, t)} | set(explicit)
+    assert MembershipIndex(observed).members(targets) == expected
+
+
+def test_group_members_in_natural_order() -> None:
+    desired, observed, _, _, _ = load_scenario(SCENARIOS / "codedeploy-10-hosts-min-8-first-failure-continues")
+    group = desired.desired_groups()["shop/web"]
+    assert group_members(group, observed) == [f"web-{i}" for i in range(1, 11)]
+
+
+def test_preview_shows_every_batch_of_a_rollout() -> None:
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "codedeploy-host-count-6-of-9")
+    preview = preview_rollout(desired, observed, state, now=now)["shop/web"]
+    assert preview.complete
+    [deployment] = preview.deployments
+    assert [b.hosts for b in deployment.batches] == [
+        ["web-1", "web-2", "web-3"], ["web-4", "web-5", "web-6"], ["web-7", "web-8", "web-9"],
+    ]
+    assert deployment.status == "Succeeded"
+    # The first pass of the preview is exactly what `reconcile()` returns now.
+    assert preview.first_pass == [a for a in reconcile(desired, observed, state, now=now) if a.group == "shop/web"]
+
+
+def test_preview_shows_bakes_as_time_between_batches() -> None:
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "canary-first-batch")
+    [deployment] = preview_rollout(desired, observed, state, now=now)["shop/web"].deployments
+    canary, first_rest = deployment.batches[0], deployment.batches[1]
+    assert canary.canary and canary.hosts == ["web-1"]
+    assert first_rest.after - canary.after >= timedelta(minutes=10)
+
+
+def test_preview_finishes_commands_reported_running() -> None:
+    """A host running its command when the preview starts is assumed to succeed, not to hang."""
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "stop-on-request-waits-for-hosts-in-flight")
+    without_stop = State(
+        groups={k: g.model_copy(update={"stop_request": None}) for k, g in state.groups.items()},
+        deployments=state.deployments,
+        commands=state.commands,
+    )
+    preview = preview_rollout(desired, observed, without_stop, now=now)["shop/web"]
+    assert preview.complete
+    assert [b.hosts for b in preview.deployments[0].batches] == [["web-3"]]
+
+
+def test_preview_of_a_blocked_group_explains_why() -> None:
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "no-matching-hosts")
+    preview = preview_rollout(desired, observed, state, now=now)["shop/web"]
+    assert preview.deployments == []
+    assert [b.code for b in preview.blocked] == ["NO_INSTANCES"]
+
+
+def test_writes_come_in_crash_safe_order() -> None:
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "rollback-after-health-constraints")
+    actions = reconcile(desired, observed, state, now=now)
+    for action in actions:
+        kinds = [type(w.document) for w in action.writes()]
+        if isinstance(action, DispatchBatch):
+            assert kinds[0] is Deployment and set(kinds[1:]) == {HostCommand}
+        if isinstance(action, FinishDeployment):
+            assert kinds == [Deployment, GroupState]
+    keys = [w.key for a in actions for w in a.writes()]
+    assert keys[0].startswith("deployments/") and "commands/web-2.json" in keys
+
+
+def test_same_inputs_same_actions() -> None:
+    """Deterministic: deployment ids and every document are a function of the inputs."""
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "first-deployment-new-group")
+    assert reconcile(desired, observed, state, now=now) == reconcile(desired, observed, state, now=now)
+    later = reconcile(desired, observed, state, now=now + timedelta(seconds=1))
+    assert later != reconcile(desired, observed, state, now=now)
+
+
+def test_desired_loaded_from_text_keeps_the_commit() -> None:
+    desired = load_desired((SCENARIOS / "suspended-group" / "desired.yaml").read_bytes(), "abc123")
+    [action, blocked] = reconcile(desired, Observed(), State(), now=NOW)
+    assert action.kind == "RecordDesired" and action.commit == "abc123"
+    assert blocked.kind == "Blocked" and blocked.code == "SUSPENDED"
