@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contract.models import (  # noqa: E402
+from contract.models import (
     CommandProgress,
     CommandStatus,
     Deployment,
@@ -39,9 +39,9 @@ from contract.models import (  # noqa: E402
     InstalledRevision,
     Revision,
 )
-from reconciler.core import Observed, State, reconcile  # noqa: E402
-from reconciler.core.reconcile import deployment_group_id  # noqa: E402
-from reconciler.manifests import (  # noqa: E402
+from reconciler.core import Observed, State, reconcile
+from reconciler.core.reconcile import deployment_group_id
+from reconciler.manifests import (
     ApplicationManifest,
     DeploymentGroupManifest,
     Desired,
@@ -153,7 +153,8 @@ def build(groups: int, per_group: int, in_flight: int) -> tuple[Desired, Observe
             )
             history.append(in_flight_id)
         group_states[key] = GroupState(
-            application="fleet", deployment_group=name, desired_revision=wanted, desired_commit="c2" if rolling else "c1",
+            application="fleet", deployment_group=name, desired_revision=wanted,
+            desired_commit="c2" if rolling else "c1",
             effective_revision=current, effective_commit="c1", deployment_in_flight=in_flight_id, history=history,
             updated_at=NOW - timedelta(minutes=6),
         )
