@@ -605,7 +605,11 @@ class _CommandRun:
             deployment_id=command.deployment_id,
             installed_at=_now(),
         )
-        self.layout.record_installed(command.deployment_group_id, installed)
+        try:
+            self.layout.record_installed(command.deployment_group_id, installed)
+        except OSError as exc:
+            # The deployment itself succeeded; only `last_successful` will not know about it after a restart.
+            self.log.error("command.record_failed", error=str(exc))
         return installed
 
 

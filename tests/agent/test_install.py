@@ -639,3 +639,28 @@ def test_execute_refuses_a_plan_with_problems(bundle: Bundle, host: Path, tmp_pa
     with pytest.raises(InstallError, match="source 'nope' does not exist"):
         execute_install(result, layout=layout, group_id="g", deployment=layout.deployment("g", "d"))
     assert not (host / "dest").exists()
+
+
+def test_permission_targets_follow_the_reference_sequence(bundle: Bundle, host: Path) -> None:
+    """Reference 7.2 case 27: copies and mkdirs first, then permissions in entry order."""
+    bundle.file("src1")
+    (bundle.path / "src2").mkdir()
+    bundle.file("src3/file1")
+    bundle.file("src3/file2")
+    bundle.file("src3/dir1/file1")
+    result = plan(bundle, host, """
+        version: 0.0
+        os: linux
+        files:
+          - {source: src1, destination: /dst1}
+          - {source: src2, destination: /dst2}
+          - {source: src3, destination: /dst3}
+        permissions:
+          - {object: /dst1/src1, type: [file], mode: 600}
+          - {object: /, pattern: "dst*", type: [directory], mode: 700}
+          - {object: /dst3/, pattern: "file*", except: ["*2"], mode: 640}
+    """)
+    assert not result.errors
+    assert ["/" + p.target.relative_to(host).as_posix() for p in result.permissions] == [
+        "/dst1/src1", "/dst1", "/dst2", "/dst3", "/dst3/file1"
+    ]
