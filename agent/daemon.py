@@ -470,7 +470,8 @@ class Agent:
             self._command_seen = None
             self._command_rejected = None
             return None
-        if stored.version != known:
+        fresh = stored.version != known
+        if fresh:
             try:
                 self._command_seen = Versioned(parse_document(stored, HostCommand), stored.version)
                 self._command_rejected = None
@@ -482,14 +483,15 @@ class Agent:
         if self._command_seen is None:
             return None
         command = self._command_seen.document
-        return command if self._is_new(command) else None
+        return command if self._is_new(command, warn=fresh) else None
 
-    def _is_new(self, command: HostCommand) -> bool:
+    def _is_new(self, command: HostCommand, *, warn: bool) -> bool:
         floor = max(self._state.last_generation, self._store_floor or 0)
         if command.generation <= floor:
             return False
         if command.host_id != self.host_id:
-            self.log.warning("command.wrong_host", key=command_key(self.host_id), names=command.host_id)
+            if warn:  # once per version of the command, not once per poll
+                self.log.warning("command.wrong_host", key=command_key(self.host_id), names=command.host_id)
             return False
         return True
 
@@ -666,6 +668,10 @@ class Agent:
                 write_document(self.store, status_key(self.host_id), document)
             except StoreError as exc:
                 self._report_health.failed(exc, "writing the status")
+                retry_at = time.monotonic() + backoff.next()
+                continue
+            except Exception:  # a bug here must not silence the host for good: log it and keep trying
+                self.log.exception("reporter.error")
                 retry_at = time.monotonic() + backoff.next()
                 continue
             self._report_health.succeeded()

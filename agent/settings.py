@@ -26,10 +26,26 @@ from contract.models import Model
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
 DEFAULT_CONFIG_FILE = Path("/etc/fleetshift/agent.yaml")
-DEFAULT_STORE = "file:///var/lib/fleetshift/store"
-DEFAULT_ROOT_DIR = Path("/var/lib/fleetshift/deployment-root")
+
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+def state_dir() -> Path:
+    """/var/lib/fleetshift for root (a real host); $XDG_STATE_HOME/fleetshift (or ~/.local/state/fleetshift)
+    for anyone else, so trying the agent as a user works without sudo. Same rule as `deploy-agent local`."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/fleetshift")
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fleetshift"
+
+
+def default_store() -> str:
+    """An embedded store on this machine: right for a single host or a demo; fleets set an s3:// URL."""
+    return f"file://{state_dir() / 'store'}"
+
+
+def default_root_dir() -> Path:
+    return state_dir() / "deployment-root"
 
 
 def default_host_id() -> str:
@@ -48,8 +64,8 @@ class AgentSettings(Model):
     host_id: str = Field(default_factory=default_host_id, description="This host's id in the store.")
     tags: dict[str, str] = Field(default_factory=dict, description="On-premises tags deployment groups select on.")
     zone: str | None = Field(default=None, description="Availability zone, for zone-by-zone rollouts.")
-    store: str = Field(default=DEFAULT_STORE, description="file://DIR or s3://bucket/prefix.")
-    root_dir: Path = Field(default=DEFAULT_ROOT_DIR, description="Deployment root: bundles, logs, state.")
+    store: str = Field(default_factory=default_store, description="file://DIR or s3://bucket/prefix.")
+    root_dir: Path = Field(default_factory=default_root_dir, description="Deployment root: bundles, logs, state.")
     host_root: Path | None = Field(default=None, description="Prefix for absolute appspec destinations.")
     log_dir: Path | None = Field(default=None, description="Also append the agent's log to <logDir>/deploy-agent.log.")
     max_revisions: int = Field(default=5, ge=1, description="Deployment folders kept per deployment group.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.keys import registration_key
+from contract.keys import command_key, registration_key
 from contract.models import (
     CommandStatus,
     EventReport,
@@ -98,6 +98,7 @@ def test_once_exit_codes_and_a_failed_hook(file_host: HostFactory, tmp_path: Pat
     assert nothing.returncode == 0, nothing.stderr
     status = host.status()
     assert status is not None and status.command is None  # registered and heartbeated, nothing to do
+    registered = host.store.get(registration_key("web-1"))
 
     host.send(make_command("web-1", 1, make_bundle(tmp_path / "broken", failing="AfterInstall")))
     failed = host.once()
@@ -114,6 +115,9 @@ def test_once_exit_codes_and_a_failed_hook(file_host: HostFactory, tmp_path: Pat
 
     again = host.once()
     assert again.returncode == 0, again.stderr
+    unchanged = host.store.get(registration_key("web-1"))
+    assert registered is not None and unchanged is not None and unchanged.version == registered.version, (
+        "an unchanged registration is not rewritten on every start")
     assert host.hook_runs() == ["BeforeInstall d-000000001", "AfterInstall d-000000001"], "a finished command ran again"
 
     host.send(make_command("web-1", 2, make_bundle(tmp_path / "fixed")))
@@ -165,6 +169,55 @@ def test_kill_9_in_a_hook_is_reported_failed_after_restart_and_never_rerun(
     assert host.hook_runs() == ["BeforeInstall d-000000001", "AfterInstall d-000000001"]
     assert host.once().returncode == 0
     assert len(host.hook_runs()) == 2
+
+
+def test_sigterm_finishes_the_current_event_reports_and_exits_0(file_host: HostFactory, tmp_path: Path) -> None:
+    host = file_host(gated=True)
+    agent = host.start()
+    try:
+        host.send(make_command("web-1", 1, make_bundle(tmp_path / "v1")))
+        wait_for(lambda: (e := event(host.status(), "BeforeInstall")) and e.status == EventStatus.IN_PROGRESS,
+                 "BeforeInstall in progress", process=agent)
+        agent.send_signal(signal.SIGTERM)
+        wait_for(lambda: host.log_events("agent.stopping"), "the agent to take the signal", process=agent)
+        assert agent.poll() is None, "the running event is finished first"
+        host.open_gate("BeforeInstall")
+        assert agent.wait(timeout=20) == 0
+    finally:
+        stop_agent(agent)
+    status = host.status()
+    assert status is not None and status.command is not None
+    assert status.command.status == CommandStatus.FAILED
+    assert status.command.message == ("stopped after BeforeInstall: the agent is shutting down, so the remaining "
+                                      "events were skipped")
+    assert [e.status for e in status.command.events] == [EventStatus.SUCCEEDED] * 3 + [EventStatus.SKIPPED] * 4
+    assert host.log_events("agent.stopped")[-1]["all_reported"] is True
+    for name in HOOK_EVENTS:
+        host.open_gate(name)
+    assert host.once().returncode == 0  # already reported; nothing runs again
+    assert host.hook_runs() == ["BeforeInstall d-000000001"]
+
+
+def test_unreadable_and_misaddressed_commands_are_never_run(file_host: HostFactory, tmp_path: Path) -> None:
+    host = file_host()
+    misaddressed = make_command("web-2", 1, make_bundle(tmp_path / "v1"))
+    host.store.put(command_key("web-1"), misaddressed.to_json())
+    assert host.once().returncode == 0
+    status = host.status()
+    assert status is not None and status.command is None
+
+    host.store.put(command_key("web-1"), json.dumps(
+        {"schemaVersion": 1, "hostId": "web-1", "generation": 2, "deploymentId": "d-2", "application": "hello",
+         "deploymentGroup": "production", "revision": "not a revision"}).encode())
+    unreadable = host.once()
+    assert unreadable.returncode == 4, unreadable.stderr
+    status = host.status()
+    assert status is not None and status.command is not None
+    assert (status.command.generation, status.command.status) == (2, CommandStatus.FAILED)
+    assert "the agent cannot read this command: commands/web-1.json: not a valid HostCommand" in (
+        status.command.message or "")
+    assert host.once().returncode == 0
+    assert host.hook_runs() == []
 
 
 def test_a_wiped_deployment_root_does_not_run_a_reported_command_again(file_host: HostFactory, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,12 +13,11 @@ import pytest
 
 from agent.daemon import register, settings_from_args
 from agent.settings import (
-    DEFAULT_ROOT_DIR,
-    DEFAULT_STORE,
     ENV_VARIABLES,
     AgentSettings,
     SettingsError,
     load_settings,
+    state_dir,
     unknown_environment_variables,
 )
 
@@ -45,10 +45,20 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
 
 def test_defaults_without_a_file() -> None:
     settings = load_settings(None, environ={})
-    assert settings.store == DEFAULT_STORE and settings.root_dir == DEFAULT_ROOT_DIR
+    assert settings.store == f"file://{state_dir()}/store" and settings.root_dir == state_dir() / "deployment-root"
     assert settings.poll_interval == timedelta(seconds=5) and settings.heartbeat_interval == timedelta(minutes=1)
     assert settings.host_id  # the host name
     assert settings.host_root is None and settings.max_revisions == 5
+
+
+def test_state_lives_in_var_lib_for_root_and_in_xdg_state_for_users(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert state_dir() == Path("/var/lib/fleetshift")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert state_dir() == tmp_path / "fleetshift"
 
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
