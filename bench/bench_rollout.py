@@ -69,8 +69,11 @@ def start_agents(workdir: Path, store_url: str, count: int, poll: str) -> list[s
             "--root-dir", str(base / "deployment-root"), "--host-root", str(base / "root"),
             "--tag", "app=hello", "--poll-interval", poll,
         ]
-        agents.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(base / "agent.log").open("wb"),
-                                       start_new_session=True))
+        # The agent polls at its busy interval while a command runs and for a minute after; every host has just
+        # run v1 when v2 starts, so that interval, not the idle one, decides how fast a host picks up v2.
+        env = {**os.environ, "FLEETSHIFT_AGENT_BUSY_POLL_INTERVAL": poll}
+        agents.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=(base / "agent.log").open("wb"), start_new_session=True))
     return agents
 
 

@@ -182,7 +182,7 @@ class LiveProgress:
     def __enter__(self) -> LiveProgress:
         from rich.live import Live
 
-        live = Live(self._render(), console=self._console, refresh_per_second=4, transient=False,
+        live = Live(self.table(), console=self._console, refresh_per_second=4, transient=False,
                     redirect_stdout=True, redirect_stderr=True)
         live.start()
         self._live = live
@@ -196,7 +196,7 @@ class LiveProgress:
         from rich.live import Live
 
         if isinstance(self._live, Live):
-            self._live.update(self._render(), refresh=True)
+            self._live.update(self.table(), refresh=True)
             self._live.stop()
         self._live = None
         self._configure_logging()
@@ -210,9 +210,10 @@ class LiveProgress:
 
         self._last = outcome
         if isinstance(self._live, Live):
-            self._live.update(self._render())
+            self._live.update(self.table())
 
-    def _render(self) -> Table:
+    def table(self) -> Table:
+        """The table as of the last pass."""
         from rich.table import Table
         from rich.text import Text
 

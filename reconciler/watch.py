@@ -226,14 +226,19 @@ class Watcher:
         )
         try:
             while not self.stop.is_set():
-                if not self.lease.acquire(wait=None, stop=self.stop):
-                    break
                 try:
+                    if not self.lease.acquire(wait=None, stop=self.stop):
+                        break
                     self._lead(remote=remote)
                 except LeaseLost as exc:
                     log.error("watch.lease_lost", error=str(exc))
                     self.last = None
-                    continue
+                except StoreError as exc:
+                    if not exc.retryable:
+                        raise
+                    # The store is away (network, throttling): keep waiting; a standby must not exit for it.
+                    log.warning("watch.store_unavailable", error=str(exc))
+                    self.stop.wait(self.settings.reconcile.poll_interval.total_seconds())
         finally:
             self.lease.release()
             self.wake.set()

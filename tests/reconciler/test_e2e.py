@@ -138,6 +138,8 @@ def start_agent(host: Host, store_url: str) -> None:
         "HELLO_PORT": str(host.port),
         "HELLO_RUN": str(host.base / "run"),
         "HELLO_RUNS": str(host.base / "runs.log"),
+        # While a command runs and for a minute after, agents poll at their busy interval (1s by default).
+        "FLEETSHIFT_AGENT_BUSY_POLL_INTERVAL": "200ms",
     }
     if host.host_id == BAD_HOST:
         env["HELLO_BAD_HOST"] = "1"

@@ -141,3 +141,28 @@ def test_a_killed_holder_blocks_others_only_until_its_lease_expires(tmp_path: Pa
         takeover.stop()
     finally:
         holder.stop()
+
+
+def test_a_remote_repository_is_fetched_periodically(tmp_path: Path, env: dict[str, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL (here file://, which git treats like any remote) is mirrored and fetched every fetchInterval."""
+    store_url = f"file://{tmp_path / 'store'}"
+    store = open_store(store_url)
+    config = Config(tmp_path / "config")
+    config.repo.write("manifests/application.yaml", APPLICATION)
+    config.repo.commit("application only")
+    ScriptedAgents(store, ["h1"]).register()
+    args = ["--repo", f"file://{config.path}", "--ref", "main", "--path", "manifests", "--store", store_url, "watch"]
+    watcher = Reconciler(args, tmp_path / "watch.log",
+                         {**env, "FLEETSHIFT_RECONCILE_FETCH_INTERVAL": "200ms",
+                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    try:
+        assert watcher.wait_event("watch.started")["mode"] == "fetch"
+        watcher.wait_event("lease.acquired")
+        config.set_group(group_manifest(revision=local_revision(1)), message="deploy v1")
+        wait_for(lambda: store.get(command_key("h1")), 10, "the first command after a fetch")
+        assert watcher.events("watch.commit")[-1]["commit"] == config.repo.repo.head.commit.hexsha
+        watcher.signal(signal.SIGTERM)
+        assert watcher.wait(timeout=10) == 0
+    finally:
+        watcher.stop()
