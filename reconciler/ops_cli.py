@@ -347,7 +347,8 @@ def _members(key: str, context: _Context) -> list[str]:
     return sorted(found)
 
 
-def _host_json(host_id: str, key: str, target: Revision | None, context: _Context) -> dict[str, Any]:
+def _host_json(host_id: str, key: str, target: Revision | None, effective: Revision | None,
+               context: _Context) -> dict[str, Any]:
     observed = context.snapshot.observed
     status = observed.statuses.get(host_id)
     registration = observed.registrations.get(host_id)
@@ -361,7 +362,9 @@ def _host_json(host_id: str, key: str, target: Revision | None, context: _Contex
             "event": current_event(observed, host_id, command.deployment_id)
             if command.status is CommandStatus.IN_PROGRESS else None,
         }
-    up_to_date = installed is not None and target is not None and installed.revision.identity() == target.identity()
+    identity = installed.revision.identity() if installed is not None else None
+    up_to_date = identity is not None and target is not None and identity == target.identity()
+    on_effective = identity is not None and effective is not None and identity == effective.identity()
     return {
         "host": host_id,
         "registered": registration is not None,
@@ -370,6 +373,7 @@ def _host_json(host_id: str, key: str, target: Revision | None, context: _Contex
         "zone": registration.zone if registration else None,
         "installed": _revision_json(installed.revision) if installed else None,
         "upToDate": up_to_date,
+        "onEffective": on_effective,
         "lastCommand": last,
     }
 
@@ -442,7 +446,7 @@ def group_status(key: str, context: _Context, reader: StoreReader) -> dict[str, 
     else:
         phase = "pending"
     target = desired_revision if phase != "removed" else effective
-    hosts = [_host_json(h, key, target, context) for h in _members(key, context)]
+    hosts = [_host_json(h, key, target, effective, context) for h in _members(key, context)]
     last = None
     if state is not None and state.history:
         deployment = context.snapshot.state.deployments.get(state.history[-1]) or reader.deployment(state.history[-1])
@@ -540,8 +544,10 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
         hosts = group["hosts"]
         online = sum(1 for h in hosts if h["online"])
         current = sum(1 for h in hosts if h["upToDate"])
-        print(f"  hosts        {len(hosts)} ({online} online, {current} on the "
-              f"{'effective' if group['state'] == 'removed' else 'desired'} revision)")
+        last_good = sum(1 for h in hosts if h["onEffective"] and not h["upToDate"])
+        counts = f"{online} online, {current} on the {'effective' if group['state'] == 'removed' else 'desired'} " \
+                 f"revision" + (f", {last_good} on the last good one" if last_good else "")
+        print(f"  hosts        {len(hosts)} ({counts})")
         for host in hosts[:HOSTS_SHOWN]:
             installed = host["installed"]["short"] if host["installed"] else "nothing installed"
             liveness = "online" if host["online"] else ("offline" if host["registered"] else "never registered")
@@ -550,7 +556,12 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
             if last_command:
                 event = f" ({last_command['event']})" if last_command["event"] else ""
                 note = f"  last {last_command['deploymentId']} {last_command['status']}{event}"
-            mark = "current" if host["upToDate"] else "outdated"
+            if host["upToDate"]:
+                mark = "current"
+            elif host["onEffective"]:
+                mark = "last good"
+            else:
+                mark = "outdated" if host["installed"] else "-"
             print(f"    {host['host']:<20} {liveness:<16} {installed:<28} {mark}{note}")
         if len(hosts) > HOSTS_SHOWN:
             print(f"    ... and {len(hosts) - HOSTS_SHOWN} more (--format json lists every host)")
