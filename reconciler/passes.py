@@ -364,6 +364,9 @@ def run_until_settled(
         if wake is not None:
             pause = min(pause, max(0.0, (wake - runner.clock()).total_seconds()))
         pause = min(pause, max(0.0, deadline - time.monotonic()))
+        renew = runner.lease.renew_due()
+        if renew is not None:  # never sleep through the lease's renewal, however long the poll interval
+            pause = min(pause, max(0.0, (renew - runner.clock()).total_seconds()))
         if _pause(stop, pause):
             break
     if stop is not None and stop.is_set() and (last is None or not last.settled):
