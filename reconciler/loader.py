@@ -363,6 +363,8 @@ def open_repository(repository: str, *, fetch: bool = True) -> Any:
         local = Path(repository).expanduser()
         if local.exists():
             return git.Repo(local, search_parent_directories=False)
+        if repository.startswith(("/", ".", "~")):
+            raise SourceError(f"{repository}: no such folder")
         mirror = cache_dir() / hashlib.sha256(repository.encode()).hexdigest()[:16]
         if not mirror.exists():
             mirror.parent.mkdir(parents=True, exist_ok=True)

@@ -221,12 +221,14 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
     """`reconcile --once [--timeout D] [--no-wait] [--plan plan.json]`."""
     started = time.monotonic()
     plan_path: Path | None = getattr(args, "plan", None)
-    ref = None
     if plan_path is not None:
         from reconciler.plan import load_saved_plan
 
-        ref = load_saved_plan(plan_path).head_commit
-    desired = load_git(_source(settings, ref))  # invalid manifests raise before anything is written
+        # Read the plan first so a damaged file fails before anything else. The manifests still come from the
+        # configured ref (the branch tip after the merge), not the plan's commit: verify_saved_plan compares
+        # them by meaning, so a PR merged after this plan was made is refused instead of silently undone.
+        load_saved_plan(plan_path)
+    desired = load_git(_source(settings, None))  # invalid manifests raise before anything is written
     log.info("once.loaded", commit=desired.commit, groups=len(desired.groups))
     store = open_store(settings.store)
     reconcile_settings = settings.reconcile

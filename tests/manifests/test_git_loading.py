@@ -103,3 +103,8 @@ def test_source_errors_are_clear(config_repo: ConfigRepo, ref: str, path: str, m
 def test_not_a_repository(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not a Git repository"):
         load_git(GitSource(str(tmp_path), "main"))
+
+
+def test_missing_local_path_is_not_mistaken_for_a_url(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such folder"):
+        load_git(GitSource(str(tmp_path / "nope"), "main"))
