@@ -15,8 +15,8 @@ Two threads, one writer each:
   event (like CodeDeploy's StopDeployment).
 
 Exactly once (DESIGN.md, "Restart-safe"): before a command starts, the agent writes a small state file
-(`<root>/ongoing-deployment`, the file name CodeDeploy's agent uses for the same purpose) atomically, and
-updates it at each event. A generation at or below the one recorded there is never run again. If the agent
+(`<root>/ongoing-deployment`, the name CodeDeploy's agent gives its tracking folder) atomically, and updates
+it at each event. A generation at or below the one recorded there is never run again. If the agent
 finds the file saying a command was running, the agent died during it: the event in progress is reported
 Failed with `FailedAfterRestart` and the command is not run again. The store's own copy of the status is a
 second guard, for a deployment root that was wiped.
@@ -189,7 +189,9 @@ def finish_after_restart(
         progress,
         now=now,
         error_code=LifecycleErrorCode.FAILED_AFTER_RESTART,
-        event_message="the agent stopped while this event was running (crash, kill or reboot); it was not run again",
+        # CodeDeploy's wording first (reference 2.6, agent restart mid-hook), so searches for it find ours too.
+        event_message="Failing in-progress lifecycle event after an agent restart: the agent stopped while this "
+        "event was running (crash, kill or reboot); it was not run again",
         skip_message="not run: the agent restarted during the command",
         command_message=lambda event: f"failed after restart: the agent stopped during {event}; the command was "
         "not run again",
