@@ -10,6 +10,7 @@ real file standing where v3 expects a folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -177,7 +178,7 @@ def start_agents(workdir: Path, store: str, count: int, faulty: str) -> list[Hos
             "--zone", host.zone,
             "--poll-interval", "200ms",
         ]
-        host.process = subprocess.Popen(  # noqa: S603 - our own CLI
+        host.process = subprocess.Popen(
             command, env=env, stdout=host.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
         )
         hosts.append(host)
@@ -208,10 +209,8 @@ def stop_everything(hosts: list[Host]) -> None:
                 os.killpg(host.process.pid, signal.SIGKILL)
         pidfile = host.base / "run" / "hello.pid"  # the services the hooks started
         if pidfile.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,14 +222,14 @@ def reconcile(*args: str, config_repo: Path, store: str, check: bool = False) ->
     say(f"$ reconcile {' '.join(args)}")
     # Re-read agent reports often: the demo's hooks take about a second.
     env = {**os.environ, "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "250ms"}
-    return subprocess.run(command, check=check, env=env).returncode  # noqa: S603 - our own CLI
+    return subprocess.run(command, check=check, env=env).returncode
 
 
 def host_answer(host: Host) -> str:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{host.port}/", timeout=1) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{host.port}/", timeout=1) as response:
             return "v" + str(json.load(response)["version"])
     except OSError:
         return "down"
@@ -282,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {'host':<8} {'zone':<5} {'answers':<8}")
         for host in hosts:
             say(f"  {host.host_id:<8} {host.zone:<5} {host_answer(host):<8}")
-        for version in timings:
-            say(f"  rollout {version}: {timings[version]:.1f}s, exit code {codes[version]}")
+        for version, seconds in timings.items():
+            say(f"  rollout {version}: {seconds:.1f}s, exit code {codes[version]}")
         say(f"  total: {time.monotonic() - started:.1f}s")
         say()
         say(f"Everything is left in {workdir} for you to look at:")
