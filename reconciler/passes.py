@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from contract.keys import group_state_key
-from contract.models import Deployment, DeploymentStatus, GroupState, HostCommand
+from contract.models import Deployment, DeploymentStatus, GroupState, HostCommand, HostDeploymentStatus
 from contract.store import Store, StoreError
 from reconciler.core import (
     Action,
@@ -235,6 +235,22 @@ def _rolled_back(deployment_id: str, ledger: RunLedger, deployments: Mapping[str
     return None
 
 
+FAILED_HOSTS_SHOWN = 5
+
+
+def _failed_hosts(deployment: Deployment) -> list[str]:
+    """Why each host failed (event, script, exit code, last output), straight from the agent's report, so a
+    CI log says what went wrong without anyone opening the store."""
+    failed = [(host, state) for host, state in sorted(deployment.hosts.items())
+              if state.status is HostDeploymentStatus.FAILED]
+    lines = [f"  {host} failed: {state.message or 'no details reported'}"
+             for host, state in failed[:FAILED_HOSTS_SHOWN]]
+    if len(failed) > FAILED_HOSTS_SHOWN:
+        more = len(failed) - FAILED_HOSTS_SHOWN
+        lines.append(f"  ... and {more} more failed host(s): reconcile status shows them all")
+    return lines
+
+
 def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[str]]:
     """Exit code and summary lines of a run that ended with nothing in flight.
 
@@ -260,10 +276,12 @@ def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[st
             continue
         if finish.status not in FAILED_STATUSES:
             continue
+        why_hosts_failed = _failed_hosts(deployment)
         verb = "failed" if finish.status is DeploymentStatus.FAILED else "was stopped"
         if deployment.creator == "rollback":
             unrecovered = True
             lines.append(f"{finish.group}: rollback {deployment_id} {verb}{code}: {finish.reason}")
+            lines.extend(why_hosts_failed)
             continue
         rollback = _rolled_back(deployment_id, ledger, deployments)
         if rollback is not None:
@@ -272,12 +290,14 @@ def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[st
                 f"{finish.group}: deployment {deployment_id} of {finish.revision.short()} {verb}{code}: "
                 f"{finish.reason}; rolled back by {rollback}"
             )
+            lines.extend(why_hosts_failed)
         else:
             unrecovered = True
             lines.append(
                 f"{finish.group}: deployment {deployment_id} of {finish.revision.short()} {verb}{code}: "
                 f"{finish.reason}; not rolled back"
             )
+            lines.extend(why_hosts_failed)
     for removed in ledger.removed:
         lines.append(f"{removed}: removed from the manifests; nothing was uninstalled, its records are kept "
                      f"(`reconcile forget {removed}` deletes them)")

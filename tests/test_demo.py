@@ -22,6 +22,9 @@ def test_demo_rolls_out_fails_on_the_canary_and_rolls_back(tmp_path: Path) -> No
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "the canary batch failed on host-1" in output
+    # The CI log says why, from the agent's own report: event, script, exit code, and the service's traceback.
+    assert "host-1 failed: ValidateService failed: scripts/validate.sh exited with code 1" in output
+    assert "FileExistsError" in output
     assert "rollout v3" in output and "exit code 3" in output
 
     app_repo = workdir / "app-repo"
