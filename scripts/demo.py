@@ -114,6 +114,15 @@ spec:
 """
 
 
+STORY = {
+    "v1": "config canary-then-half: one canary host and a 3 s bake, then zone a, a 2 s bake, then zone b, "
+          "never below half the fleet healthy",
+    "v2": "a new greeting; same rollout rules, ApplicationStop now runs v1's stop script on each host",
+    "v3": "v3 adds a disk cache; on host-1 (the canary) a file stands where the cache folder goes, so v3 "
+          "crashes there and ValidateService fails",
+}
+
+
 def make_config_repo(workdir: Path, app_repo: Path, commit: str) -> Path:
     repo = workdir / "config-repo"
     manifests = repo / "manifests"
@@ -219,6 +228,9 @@ def stop_everything(hosts: list[Host]) -> None:
 def reconcile(*args: str, config_repo: Path, store: str, check: bool = False) -> int:
     command = [str(BIN / "reconcile"), "--repo", str(config_repo), "--ref", "main", "--path", "manifests",
                "--store", store, "--log-format", "console", *args]
+    if sys.stdout.isatty():
+        # On a terminal the live table shows the rollout; keep only warnings above it.
+        command[1:1] = ["--log-level", "warning"]
     say(f"$ reconcile {' '.join(args)}")
     # Re-read agent reports often: the demo's hooks take about a second.
     env = {**os.environ, "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "250ms"}
@@ -269,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 sha = set_revision(config_repo, workdir / "app-repo", commits[version], message)
                 say(f"  config repo now at {sha[:12]}: {message}")
             step(f"Rolling out {version}")
+            say(f"  {STORY[version]}")
             begin = time.monotonic()
             codes[version] = reconcile("--once", config_repo=config_repo, store=store)
             timings[version] = time.monotonic() - begin
