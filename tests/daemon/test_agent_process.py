@@ -141,7 +141,8 @@ def test_kill_9_in_a_hook_is_reported_failed_after_restart_and_never_rerun(
         def in_after_install() -> HostStatus | None:
             status = host.status()
             report = event(status, "AfterInstall")
-            return status if report is not None and report.status == EventStatus.IN_PROGRESS else None
+            started = (host.pids / "AfterInstall").exists()  # the hook itself is running, not only reported
+            return status if report is not None and report.status == EventStatus.IN_PROGRESS and started else None
 
         wait_for(in_after_install, "AfterInstall in progress", process=agent)
         assert host.hook_runs() == ["BeforeInstall d-000000001", "AfterInstall d-000000001"]
@@ -364,8 +365,9 @@ def test_an_idle_agent_polls_with_conditional_reads_that_move_no_body(s3_server:
         agent = host.start()
         try:
             wait_for(lambda: finished(host, 1), "the command to finish", process=agent)
-            wait_for(lambda: [e for e in proxy.exchanges if e.method == "GET" and e.status == 304],
-                     "polling to settle on conditional reads", process=agent)
+            # The agent marks the report sent once S3 answered, which is after the proxy counted that PUT.
+            wait_for(lambda: json.loads((host.root_dir / "ongoing-deployment").read_text())["reported"],
+                     "the final report to be acknowledged", process=agent)
             proxy.clear()
             wait_for(lambda: len(proxy.exchanges) >= 8, "eight idle polls", process=agent)
             idle = list(proxy.exchanges)
