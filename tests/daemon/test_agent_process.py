@@ -339,6 +339,18 @@ def test_a_newer_command_supersedes_the_running_one_after_its_current_event(
     assert host.hook_runs() == ["BeforeInstall d-000000001", *[f"{name} d-000000002" for name in HOOK_EVENTS]]
 
 
+def test_log_dir_keeps_a_copy_of_the_agents_log(tmp_path: Path) -> None:
+    from contract.store import open_store
+
+    host = AgentHost("web-1", tmp_path / "web-1", open_store(f"file://{tmp_path / 'store'}"),
+                     env={"FLEETSHIFT_AGENT_LOG_DIR": str(tmp_path / "logs")})
+    result = host.once()
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "logs" / "deploy-agent.log").read_text().splitlines()]
+    assert lines[0]["event"] == "agent.started"
+    assert '"event": "agent.started"' in result.stderr  # and still on stderr, for journald
+
+
 def test_two_agents_cannot_share_a_deployment_root(file_host: HostFactory) -> None:
     host = file_host()
     agent = host.start()
