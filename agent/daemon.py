@@ -398,6 +398,11 @@ class Agent:
                 f"the deployment root {self.settings.root_dir} belongs to host {state.host_id!r}, not "
                 f"{self.host_id!r}; give each agent its own --root-dir"
             )
+        # An Install cut off by a crash is undone from its journal now, before anything reads the files, so
+        # the host runs the previous revision whole rather than half of each until that group deploys again.
+        restored = self.runner.recover_interrupted()
+        if restored:
+            self.log.warning("install.recovered_after_crash", deployment_groups=restored)
         self._installed = self._installed_from_disk()
         self._state = state or AgentState(host_id=self.host_id)
         if state is not None and state.running and state.progress is not None and state.command is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from contract.models import (
     Revision,
     S3Location,
 )
+from contract.paths import state_dir
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -63,10 +63,7 @@ _BEFORE_INSTALL = (*_BEFORE_DOWNLOAD, "DownloadBundle", "BeforeInstall")
 
 def default_root_dir() -> Path:
     """Root: /var/lib/fleetshift/deployment-root. Anyone else: under $XDG_STATE_HOME (or ~/.local/state)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/fleetshift/deployment-root")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "fleetshift" / "deployment-root"
+    return state_dir() / "deployment-root"
 
 
 def register(subparsers: Any) -> None:

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from contract.durations import Duration
 from contract.models import Model
+from contract.paths import default_store, state_dir
 
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
@@ -29,19 +30,6 @@ DEFAULT_CONFIG_FILE = Path("/etc/fleetshift/agent.yaml")
 
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-
-
-def state_dir() -> Path:
-    """/var/lib/fleetshift for root (a real host); $XDG_STATE_HOME/fleetshift (or ~/.local/state/fleetshift)
-    for anyone else, so trying the agent as a user works without sudo. Same rule as `deploy-agent local`."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/fleetshift")
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fleetshift"
-
-
-def default_store() -> str:
-    """An embedded store on this machine: right for a single host or a demo; fleets set an s3:// URL."""
-    return f"file://{state_dir() / 'store'}"
 
 
 def default_root_dir() -> Path:
@@ -69,11 +57,13 @@ class AgentSettings(Model):
     host_root: Path | None = Field(default=None, description="Prefix for absolute appspec destinations.")
     log_dir: Path | None = Field(default=None, description="Also append the agent's log to <logDir>/deploy-agent.log.")
     max_revisions: int = Field(default=5, ge=1, description="Deployment folders kept per deployment group.")
-    poll_interval: Duration = Field(default=timedelta(seconds=5), description="Idle command poll interval.")
+    poll_interval: Duration = Field(default=timedelta(seconds=10), description="Idle command poll interval.")
     busy_poll_interval: Duration = Field(
         default=timedelta(seconds=1), description="Poll interval while a command runs and for a minute after."
     )
-    heartbeat_interval: Duration = Field(default=timedelta(seconds=60), description="Idle heartbeat interval.")
+    # Minutes, not seconds: on S3 a PUT costs 12.5 GETs, and the heartbeat is an idle host's main cost
+    # (docs/store-and-daemon.md, "Polling and heartbeat costs").
+    heartbeat_interval: Duration = Field(default=timedelta(minutes=5), description="Idle heartbeat interval.")
     report_timeout: Duration = Field(
         default=timedelta(seconds=10),
         description="On exit (--once, SIGTERM): how long to keep trying to write the last report.",

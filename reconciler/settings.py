@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 
 from contract.durations import Duration
 from contract.models import Model
+from contract.paths import default_store
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
 from reconciler.loader import ManifestFile, parse_documents, pydantic_message
 
@@ -49,7 +50,10 @@ class LoggingSettings(Model):
 
 class DeploySettings(Model):
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
-    store: str = Field(default="file://.fleetshift/store", description="file://DIR or s3://bucket/prefix.")
+    store: str = Field(
+        default_factory=default_store,
+        description="file://DIR or s3://bucket/prefix; the default is the agent's default, on this machine.",
+    )
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

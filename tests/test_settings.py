@@ -57,3 +57,10 @@ def test_broken_settings_name_file_line_and_key(tmp_path: Path) -> None:
 def test_named_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="settings file not found"):
         load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_reconciler_and_agent_default_to_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.settings import load_settings as load_agent_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None, environ={}).store == load_agent_settings(None, environ={}).store

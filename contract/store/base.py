@@ -34,7 +34,8 @@ class NotModified(StoreError):
 class StoredObject:
     key: str
     data: bytes
-    #: Opaque version token (an ETag on S3, a content hash on the file store) for compare-and-swap.
+    #: Opaque version token for compare-and-swap: the ETag on S3, `mtime_ns.size.inode` on the file store
+    #: (never repeating for a key, see contract/store/file.py).
     version: str
 
 

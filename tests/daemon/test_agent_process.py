@@ -51,7 +51,7 @@ def test_command_runs_and_every_event_is_reported_as_it_happens(make_host: HostF
     agent = host.start()
     try:
         first = wait_for(host.status, "the first heartbeat", process=agent)
-        assert first.command is None and first.installed == {} and first.heartbeat_interval_seconds == 60
+        assert first.command is None and first.installed == {} and first.heartbeat_interval_seconds == 300
         registration = read_document(host.store, registration_key("web-1"), HostRegistration)
         assert registration is not None
         assert registration.document.tags == {"app": "hello"} and registration.document.platform == "linux"

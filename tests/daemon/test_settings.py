@@ -46,7 +46,7 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
 def test_defaults_without_a_file() -> None:
     settings = load_settings(None, environ={})
     assert settings.store == f"file://{state_dir()}/store" and settings.root_dir == state_dir() / "deployment-root"
-    assert settings.poll_interval == timedelta(seconds=5) and settings.heartbeat_interval == timedelta(minutes=1)
+    assert settings.poll_interval == timedelta(seconds=10) and settings.heartbeat_interval == timedelta(minutes=5)
     assert settings.host_id  # the host name
     assert settings.host_root is None and settings.max_revisions == 5
 
