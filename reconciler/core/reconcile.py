@@ -890,10 +890,15 @@ class _Pass:
                 else:
                     hosts[host] = HostDeploymentState()
             before = effective.short() if effective else "nothing"
-            self.start(
+            after = self.start(
                 key, group_state, group, revision=group.revision, commit=group_state.desired_commit,
                 creator="user", hosts=hosts, reason=f"desired revision changed from {before}", actions=actions,
             )
+            if after.deployment_in_flight is None and after.effective_revision is not None:
+                # It ended in the pass that started it (HEALTH_CONSTRAINTS_INVALID quarantines the revision):
+                # decide the catch-up of outdated hosts now too, or the next pass would do it with nothing new
+                # observed, and a pass would not be idempotent.
+                self.maybe_start(key, after, group, actions)
             return
 
         if quarantine is not None:
@@ -968,7 +973,8 @@ class _Pass:
         hosts: dict[str, HostDeploymentState],
         reason: str,
         actions: list[Action],
-    ) -> None:
+    ) -> GroupState:
+        """Start a deployment and step it at once; returns the group state after that first step."""
         assert creator in ("user", "outdated")
         deployment_id = new_deployment_id(key, revision, commit, creator, self.now)
         deployment = Deployment(
@@ -1002,7 +1008,7 @@ class _Pass:
                 actions.append(
                     Blocked(group=key, code="HEALTH_CONSTRAINTS", reason=f"catch-up waits: {trial.outcome.message}")
                 )
-                return
+                return group_state
         targets = sorted(
             (h for h, s in hosts.items() if s.status is PENDING),
             key=lambda h: (facts[h].online and facts[h].healthy, facts[h].revision_rank, host_sort_key(h)),
@@ -1021,7 +1027,7 @@ class _Pass:
                 group_state=group_state,
             )
         )
-        self.drive(key, group_state, deployment, group, actions)
+        return self.drive(key, group_state, deployment, group, actions)
 
 
 def group_key_of(group_state: GroupState) -> str:
