@@ -894,7 +894,10 @@ class _Pass:
                 key, group_state, group, revision=group.revision, commit=group_state.desired_commit,
                 creator="user", hosts=hosts, reason=f"desired revision changed from {before}", actions=actions,
             )
-            if after.deployment_in_flight is None and after.effective_revision is not None:
+            settled = is_quarantined(after, group.revision) is not None or same_revision(
+                group.revision, after.effective_revision
+            )  # guards the recursion: the second look can never start this same deployment again
+            if after.deployment_in_flight is None and after.effective_revision is not None and settled:
                 # It ended in the pass that started it (HEALTH_CONSTRAINTS_INVALID quarantines the revision):
                 # decide the catch-up of outdated hosts now too, or the next pass would do it with nothing new
                 # observed, and a pass would not be idempotent.
