@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.logs import configure_logging
-from contract.store import StoreError
+from contract.store import InvalidStoreURL, StoreError
 from reconciler.errors import ManifestErrors, ReconcilerError
 from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings, load_settings
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         for error in exc.errors:
             print(error, file=sys.stderr)
         print(f"{len(exc.errors)} error(s); nothing was applied.", file=sys.stderr)
+        return ExitCode.INVALID
+    except InvalidStoreURL as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
         return ExitCode.INVALID
     except StoreError as exc:
         print(f"reconcile: store {settings.store}: {exc}", file=sys.stderr)

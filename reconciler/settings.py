@@ -7,6 +7,7 @@ a broken settings file is a user mistake like any other.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -114,14 +115,48 @@ def load_settings(
             if not isinstance(marks_doc.data, dict):
                 raise SettingsError(f"{path}:1:1: settings must be a mapping of keys to values")
             data = marks_doc.data
-    data = _merge(data, _env_overrides(environ))
+    env_overrides = _env_overrides(environ)
+    data = _merge(data, env_overrides)
     data = _merge(data, flags or {})
     try:
         return DeploySettings.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        in_file: list[ManifestError] = []
+        elsewhere: list[str] = []
         for error in exc.errors():
             loc = tuple(error["loc"])
-            line, column = marks_doc.where(loc) if marks_doc else (0, 0)
-            problems.append(ManifestError(name, line, column, None, ".".join(map(str, loc)), pydantic_message(error)))
-        raise ManifestErrors(problems) from None
+            dotted = ".".join(map(str, loc))
+            message = pydantic_message(error)
+            # Name the source the bad value came from: the flag, the variable, or the file's line.
+            if _dig(flags or {}, loc) is not None:
+                elsewhere.append(f"{FLAG_NAMES.get(dotted, 'flag for ' + dotted)}: {message}")
+            elif _dig(env_overrides, loc) is not None:
+                snake = re.sub(r"([A-Z])", r"_\1", dotted.replace(".", "_"))
+                elsewhere.append(f"{ENV_PREFIX}{snake}".upper() + f": {message}")
+            else:
+                line, column = marks_doc.where(loc) if marks_doc else (1, 1)
+                in_file.append(ManifestError(name, line, column, None, dotted, message))
+        if elsewhere:
+            raise SettingsError("\n".join([*elsewhere, *map(str, in_file)])) from None
+        raise ManifestErrors(in_file) from None
+
+
+#: The flag that sets each settings key, for error messages.
+FLAG_NAMES = {
+    "store": "--store",
+    "repository.url": "--repo",
+    "repository.ref": "--ref",
+    "repository.path": "--path",
+    "reconcile.timeout": "--timeout",
+    "logging.level": "--log-level",
+    "logging.format": "--log-format",
+}
+
+
+def _dig(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> Any:
+    current: Any = data
+    for part in loc:
+        if not isinstance(current, Mapping) or part not in current:
+            return None
+        current = current[part]
+    return current

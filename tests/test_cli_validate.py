@@ -68,3 +68,15 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     result = reconcile("validate", str(tmp_path / "nope"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == f"reconcile: {tmp_path / 'nope'}: no such folder"
+
+
+def test_a_wrong_store_url_or_flag_is_invalid_input_not_an_outage(tmp_path: Path) -> None:
+    bad_store = reconcile("status", "--repo", str(ROOT), "--path", "examples/config-repo/manifests",
+                          "--store", "bogus://x", cwd=tmp_path)
+    assert bad_store.returncode == 1
+    assert bad_store.stderr.strip() == ("reconcile: unsupported store URL 'bogus://x': use file:///path/to/dir "
+                                        "or s3://bucket/prefix")
+    bad_flag = reconcile("--once", "--timeout", "soon", "--repo", str(ROOT), cwd=tmp_path)
+    assert bad_flag.returncode == 1
+    assert bad_flag.stderr.strip() == ("reconcile: --timeout: invalid duration 'soon': write a number and a unit, "
+                                       "like 90s, 5m, 1h30m")

@@ -64,3 +64,14 @@ def test_reconciler_and_agent_default_to_the_same_store(tmp_path: Path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     assert load_settings(None, environ={}).store == load_agent_settings(None, environ={}).store
+
+
+def test_bad_values_from_flags_and_variables_name_their_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no deploy.yaml here
+    with pytest.raises(SettingsError) as raised:
+        load_settings(None, environ={"FLEETSHIFT_RECONCILE_POLL_INTERVAL": "often"},
+                      flags={"reconcile": {"timeout": "soon"}})
+    assert sorted(str(raised.value).splitlines()) == [
+        "--timeout: invalid duration 'soon': write a number and a unit, like 90s, 5m, 1h30m",
+        "FLEETSHIFT_RECONCILE_POLL_INTERVAL: invalid duration 'often': write a number and a unit, like 90s, 5m, 1h30m",
+    ]

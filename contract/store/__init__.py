@@ -4,6 +4,7 @@
 """
 
 from contract.store.base import (
+    InvalidStoreURL,
     NotModified,
     ObjectVersion,
     PreconditionFailed,
@@ -15,6 +16,7 @@ from contract.store.base import (
 )
 
 __all__ = [
+    "InvalidStoreURL",
     "NotModified",
     "ObjectVersion",
     "PreconditionFailed",

@@ -26,6 +26,10 @@ class PreconditionFailed(StoreError):
     """A conditional write lost: the object exists (put_if_absent) or changed (put_if_version)."""
 
 
+class InvalidStoreURL(StoreError):
+    """The store URL itself is wrong: a user mistake to fix, not an outage to wait out."""
+
+
 class NotModified(StoreError):
     """Raised internally by backends for conditional reads; `get` turns it into returning the same object."""
 
@@ -89,4 +93,4 @@ def open_store(url: str) -> Store:
 
         s3_store: Store = S3Store(url)
         return s3_store
-    raise StoreError(f"unsupported store URL {url!r}: use file:///path/to/dir or s3://bucket/prefix")
+    raise InvalidStoreURL(f"unsupported store URL {url!r}: use file:///path/to/dir or s3://bucket/prefix")

@@ -41,7 +41,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote
 
-from contract.store.base import ObjectVersion, PreconditionFailed, StoredObject, StoreError, StoreUnavailable
+from contract.store.base import (
+    InvalidStoreURL,
+    ObjectVersion,
+    PreconditionFailed,
+    StoredObject,
+    StoreError,
+    StoreUnavailable,
+)
 
 LOCK_DIR = ".locks"
 LOCK_STRIPES = 64
@@ -55,12 +62,12 @@ _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENO
 def path_from_url(url: str) -> Path:
     """`file:///abs/dir` -> /abs/dir, `file://relative/dir` -> relative/dir, `file://~/dir` -> home."""
     if not url.startswith("file://"):
-        raise StoreError(f"not a file store URL: {url!r} (expected file:///path/to/dir)")
+        raise InvalidStoreURL(f"not a file store URL: {url!r} (expected file:///path/to/dir)")
     rest = unquote(url[len("file://") :].split("?", 1)[0])
     if rest.startswith("localhost/"):
         rest = rest[len("localhost") :]
     if not rest:
-        raise StoreError(f"the store URL {url!r} names no folder: write file:///path/to/dir")
+        raise InvalidStoreURL(f"the store URL {url!r} names no folder: write file:///path/to/dir")
     return Path(rest).expanduser()
 
 

@@ -34,7 +34,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from contract.store.base import ObjectVersion, PreconditionFailed, StoredObject, StoreError, StoreUnavailable
+from contract.store.base import (
+    InvalidStoreURL,
+    ObjectVersion,
+    PreconditionFailed,
+    StoredObject,
+    StoreError,
+    StoreUnavailable,
+)
 from contract.store.file import check_key
 
 if TYPE_CHECKING:
@@ -82,15 +89,15 @@ def parse_s3_url(url: str) -> tuple[str, str, dict[str, str]]:
     """`s3://bucket/some/prefix?endpoint=http://host:9000&region=eu-west-1` -> bucket, `some/prefix/`, params."""
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
-        raise StoreError(f"invalid S3 store URL {url!r}: write s3://bucket/prefix")
+        raise InvalidStoreURL(f"invalid S3 store URL {url!r}: write s3://bucket/prefix")
     bucket = parts.netloc
     if not 3 <= len(bucket) <= 63:
-        raise StoreError(f"invalid bucket name {bucket!r} in {url!r}: S3 bucket names have 3 to 63 characters")
+        raise InvalidStoreURL(f"invalid bucket name {bucket!r} in {url!r}: S3 bucket names have 3 to 63 characters")
     prefix = parts.path.strip("/")
     params: dict[str, str] = {}
     for name, values in parse_qs(parts.query, keep_blank_values=True).items():
         if name not in _QUERY_PARAMS:
-            raise StoreError(
+            raise InvalidStoreURL(
                 f"unknown parameter {name!r} in store URL {url!r}: known parameters are {', '.join(_QUERY_PARAMS)}"
             )
         params[name] = values[-1]
