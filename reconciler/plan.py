@@ -658,6 +658,10 @@ def _rollout(
             action, reason = "blocked", blocked_reason
             revision_from = recorded.effective_revision if recorded else None
             revision_to = group.revision
+        elif (revision_changed and recorded is not None and recorded.effective_revision is not None
+              and recorded.effective_revision.identity() == group.revision.identity()):
+            # Back to the last good revision (a revert after a failure): the hosts already run it.
+            action = "settings"
         elif revision_changed:
             action = "deploy"
             reason = "the desired revision changed; the engine starts it on a later pass"
@@ -665,7 +669,10 @@ def _rollout(
             revision_to = group.revision
         else:
             action = "settings"
-    if action == "settings":
+    if action == "settings" and revision_changed:
+        reason = (f"the desired revision is the group's effective (last good) revision {group.revision.short()}, "
+                  f"which its hosts already run")
+    elif action == "settings":
         changed = _group_changes(previous, group) if previous else []
         reason = (f"{', '.join(changed) or 'settings'} changed; the revision is unchanged, so no deployment "
                   f"starts and the next deployment uses the new settings")
