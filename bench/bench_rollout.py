@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
+from agent.local_fleet import LocalAgent, stop_all  # noqa: E402
 from contract.store import open_store  # noqa: E402
 from tests.reconciler.fleet import Config, group_manifest  # noqa: E402
 
@@ -57,23 +57,16 @@ def directory_revision(path: Path) -> str:
     return f"    local:\n      path: {path}\n      bundleType: directory"
 
 
-def start_agents(workdir: Path, store_url: str, count: int, poll: str) -> list[subprocess.Popen[bytes]]:
+def start_agents(workdir: Path, store_url: str, count: int, poll: str) -> list[LocalAgent]:
     agents = []
     for index in range(count):
         host = f"host-{index:02d}"
-        base = workdir / "hosts" / host
-        (base / "root").mkdir(parents=True)
-        command = [
-            str(BIN / "deploy-agent"), "--log-format", "json", "--log-level", "warning", "run",
-            "--host-id", host, "--store", store_url,
-            "--root-dir", str(base / "deployment-root"), "--host-root", str(base / "root"),
-            "--tag", "app=hello", "--poll-interval", poll,
-        ]
         # The agent polls at its busy interval while a command runs and for a minute after; every host has just
         # run v1 when v2 starts, so that interval, not the idle one, decides how fast a host picks up v2.
-        env = {**os.environ, "FLEETSHIFT_AGENT_BUSY_POLL_INTERVAL": poll}
-        agents.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                       stderr=(base / "agent.log").open("wb"), start_new_session=True))
+        agent = LocalAgent(host, workdir / "hosts" / host, tags={"app": "hello"}, poll_interval=poll,
+                           env={"FLEETSHIFT_AGENT_BUSY_POLL_INTERVAL": poll})
+        agent.start(store_url, log_level="warning")
+        agents.append(agent)
     return agents
 
 
@@ -152,14 +145,7 @@ def main() -> int:
         if code != 0:
             raise SystemExit(f"the v2 rollout failed (exit {code})")
     finally:
-        for agent in agents:
-            if agent.poll() is None:
-                os.killpg(agent.pid, signal.SIGTERM)
-        for agent in agents:
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(agent.pid, signal.SIGKILL)
+        stop_all(agents)
     print(f"rollout_first_all_at_once_{args.hosts}_hosts: {first:.2f} s (new hosts are all unhealthy, so "
           f"OneAtATime sends them all at once)")
     print(f"rollout_one_at_a_time_{args.hosts}_hosts_total: {total:.2f} s")

@@ -19,8 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from agent.local_fleet import LocalAgent, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -145,51 +147,34 @@ def set_revision(config_repo: Path, app_repo: Path, commit: str, message: str) -
 
 
 @dataclass
-class Host:
-    host_id: str
-    zone: str
-    port: int
-    base: Path
-    process: subprocess.Popen[bytes] | None = None
-    log: Path = field(init=False)
+class Host(LocalAgent):
+    """A simulated host running the hello service on its own loopback port."""
 
-    def __post_init__(self) -> None:
-        self.log = self.base / "agent.log"
+    port: int = 0
 
     @property
     def home(self) -> Path:
-        return self.base / "root" / "srv" / "hello"
+        return self.host_root / "srv" / "hello"
 
 
 def start_agents(workdir: Path, store: str, count: int, faulty: str) -> list[Host]:
     hosts = []
     for index in range(1, count + 1):
-        host = Host(f"host-{index}", "a" if index <= (count + 1) // 2 else "b", free_port(), workdir / f"host-{index}")
-        (host.base / "root").mkdir(parents=True)
-        cache = host.base / "cache"
+        base = workdir / f"host-{index}"
+        base.mkdir(parents=True)
+        cache = base / "cache"
+        host = Host(f"host-{index}", base, tags={"app": "hello", "env": "demo"},
+                    zone="a" if index <= (count + 1) // 2 else "b", port=free_port())
         if host.host_id == faulty:
             cache.write_text("not a folder\n")  # the "bad disk": v3's cache folder cannot be created here
-        env = {
-            **os.environ,
+        host.env = {
             "HELLO_HOME": str(host.home),
             "HELLO_PORT": str(host.port),
             "HELLO_HOST": host.host_id,
-            "HELLO_RUN": str(host.base / "run"),
+            "HELLO_RUN": str(base / "run"),
             "HELLO_CACHE_DIR": str(cache),
         }
-        command = [
-            str(BIN / "deploy-agent"), "--log-format", "json", "run",
-            "--host-id", host.host_id,
-            "--store", store,
-            "--root-dir", str(host.base / "deployment-root"),
-            "--host-root", str(host.base / "root"),
-            "--tag", "app=hello", "--tag", "env=demo",
-            "--zone", host.zone,
-            "--poll-interval", "200ms",
-        ]
-        host.process = subprocess.Popen(
-            command, env=env, stdout=host.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
+        host.start(store)
         hosts.append(host)
     return hosts
 
@@ -200,22 +185,15 @@ def wait_registered(store_dir: Path, hosts: list[Host], timeout: float = 20.0) -
         if all((store_dir / "hosts" / h.host_id / "status.json").exists() for h in hosts):
             return
         for host in hosts:
-            if host.process and host.process.poll() is not None:
+            if host.process and not host.running:
                 raise SystemExit(f"agent {host.host_id} exited early; see {host.log}")
         time.sleep(0.1)
     raise SystemExit("agents did not register in time")
 
 
 def stop_everything(hosts: list[Host]) -> None:
+    stop_all(list(hosts))
     for host in hosts:
-        if host.process and host.process.poll() is None:
-            os.killpg(host.process.pid, signal.SIGTERM)
-    for host in hosts:
-        if host.process:
-            try:
-                host.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(host.process.pid, signal.SIGKILL)
         pidfile = host.base / "run" / "hello.pid"  # the services the hooks started
         if pidfile.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):

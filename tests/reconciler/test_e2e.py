@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.local_fleet import LocalAgent
 from contract.keys import group_state_key
 from contract.models import Deployment, GroupState, HostDeploymentStatus
 from contract.store import Store, open_store
@@ -111,11 +111,8 @@ def make_app_repo(path: Path) -> tuple[ConfigRepo, dict[str, str]]:
 
 
 @dataclass
-class Host:
-    host_id: str
-    base: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
+class Host(LocalAgent):
+    port: int = 0
 
     @property
     def runs(self) -> list[str]:
@@ -131,9 +128,7 @@ class Host:
 
 
 def start_agent(host: Host, store_url: str) -> None:
-    (host.base / "root").mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
         "HELLO_HOME": str(host.base / "root" / "srv" / "hello"),
         "HELLO_PORT": str(host.port),
         "HELLO_RUN": str(host.base / "run"),
@@ -143,27 +138,12 @@ def start_agent(host: Host, store_url: str) -> None:
     }
     if host.host_id == BAD_HOST:
         env["HELLO_BAD_HOST"] = "1"
-    command = [
-        str(BIN / "deploy-agent"), "--log-format", "json", "run",
-        "--host-id", host.host_id,
-        "--store", store_url,
-        "--root-dir", str(host.base / "deployment-root"),
-        "--host-root", str(host.base / "root"),
-        "--tag", "app=hello", "--tag", "env=e2e",
-        "--poll-interval", "200ms",
-    ]
-    host.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=(host.base / "agent.log").open("ab"), start_new_session=True)
+    host.env = env
+    host.start(store_url)
 
 
 def stop_host(host: Host) -> None:
-    if host.process is not None and host.process.poll() is None:
-        os.killpg(host.process.pid, signal.SIGTERM)
-        try:
-            host.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(host.process.pid, signal.SIGKILL)
-            host.process.wait(timeout=10)
+    host.stop()
     pidfile = host.base / "run" / "hello.pid"  # the service the hooks started
     if pidfile.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
@@ -227,7 +207,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     app, commits = make_app_repo(tmp_path / "app-repo")
     config = ConfigRepo(tmp_path / "config-repo")
     store_url = f"file://{tmp_path / 'store'}"
-    hosts = [Host(host_id, tmp_path / host_id, free_port()) for host_id in HOSTS]
+    hosts = [Host(host_id, tmp_path / host_id, tags={"app": "hello", "env": "e2e"}, port=free_port())
+             for host_id in HOSTS]
     fleet = Fleet(store_url, open_store(store_url), config, app.path, commits, hosts, tmp_path)
     try:
         for host in hosts:
