@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError, field_validator
 from contract.durations import Duration
 from contract.models import Model
 from contract.paths import default_store, state_dir
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, load_located
 
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
@@ -170,7 +171,7 @@ class _LocatedYaml:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.marks: dict[tuple[str, ...], tuple[int, int]] = {}
+        self.marks: dict[YamlPath, tuple[int, int]] = {}
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -178,8 +179,11 @@ class _LocatedYaml:
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError([f"{path}: cannot read the settings file: {exc}"]) from None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data: Any = yaml.safe_load(text)
+            documents = list(load_located(text))
+        except YamlKeyProblem as problem:
+            dotted = ".".join(map(str, problem.path))
+            detail = "duplicate key" if problem.message.startswith("duplicate key") else problem.message
+            raise SettingsError([f"{path}:{problem.line}:{problem.column}: {dotted}: {detail}"]) from None
         except yaml.MarkedYAMLError as exc:
             mark, context = exc.problem_mark, exc.context_mark
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -187,28 +191,15 @@ class _LocatedYaml:
             raise SettingsError([f"{where}: not valid YAML: {exc.problem}{detail}"]) from None
         except yaml.YAMLError as exc:
             raise SettingsError([f"{path}: not valid YAML: {exc}"]) from None
-        if self.data is None:
-            self.data = {}
+        if len(documents) > 1:
+            raise SettingsError([f"{path}: not valid YAML: expected one document, found {len(documents)}"])
+        located = documents[0][1] if documents else LocatedYaml({}, {})
+        self.data: Any = located.data if located.data is not None else {}
         if not isinstance(self.data, dict):
             raise SettingsError([f"{path}:1:1: the settings file must be a mapping of keys to values"])
-        if node is not None:
-            self._walk(node, ())
+        self.marks = located.marks
 
-    def _walk(self, node: yaml.Node, path: tuple[str, ...]) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            return
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if key in seen:
-                line, column = where
-                raise SettingsError([f"{self.path}:{line}:{column}: {'.'.join((*path, key))}: duplicate key"])
-            seen.add(key)
-            self.marks[(*path, key)] = where
-            self._walk(value_node, (*path, key))
-
-    def where(self, loc: tuple[str, ...]) -> str:
+    def where(self, loc: YamlPath) -> str:
         for length in range(len(loc), 0, -1):
             mark = self.marks.get(loc[:length])
             if mark is not None:

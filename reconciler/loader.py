@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.constructor import ConstructorError
 
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, load_located
 from reconciler.errors import ManifestError, ManifestErrors, SourceError
 from reconciler.manifests import (
     API_VERSION,
@@ -34,7 +34,7 @@ from reconciler.manifests import (
 )
 
 YAML_SUFFIXES = (".yaml", ".yml")
-Path_ = tuple[str | int, ...]
+Path_ = YamlPath
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,11 @@ class ManifestFile:
 
 
 @dataclass
-class _Document:
-    file: str
-    index: int
-    data: Any
-    marks: dict[Path_, tuple[int, int]]
+class _Document(LocatedYaml):
+    """A located YAML document and where it came from."""
 
-    def where(self, path: Path_) -> tuple[int, int]:
-        """Line and column of `path`, or of its closest ancestor that exists in the file."""
-        probe = tuple(path)
-        while probe and probe not in self.marks:
-            probe = probe[:-1]
-        return self.marks.get(probe, (1, 1))
+    file: str = ""
+    index: int = 0
 
     @property
     def label(self) -> str:
@@ -70,45 +63,6 @@ class _Document:
             if isinstance(kind, str):
                 return f"{kind}/?"
         return f"document {self.index + 1}"
-
-
-class _ScalarConstructor(SafeConstructor):
-    """PyYAML's safe constructor, used only for scalars so we keep control of mappings (marks, dup keys)."""
-
-
-def _node_to_python(
-    node: Node, path: Path_, marks: dict[Path_, tuple[int, int]], constructor: _ScalarConstructor
-) -> Any:
-    marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, MappingNode):
-        constructor.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                raise _YamlProblem(key_node, "mapping keys must be plain scalars")
-            key = constructor.construct_object(key_node)
-            if isinstance(key, list | dict):
-                raise _YamlProblem(key_node, "mapping keys must be plain scalars")
-            if key in result:
-                where = ".".join(map(str, path))
-                raise _YamlProblem(key_node, f"duplicate key {key!r}" + (f" in {where}" if where else ""))
-            child = (*path, key)
-            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            result[key] = _node_to_python(value_node, child, marks, constructor)
-        return result
-    if isinstance(node, SequenceNode):
-        return [
-            _node_to_python(item, (*path, index), marks, constructor) for index, item in enumerate(node.value)
-        ]
-    return constructor.construct_object(node, deep=True)
-
-
-class _YamlProblem(Exception):
-    def __init__(self, node: Node, message: str) -> None:
-        super().__init__(message)
-        self.line = node.start_mark.line + 1
-        self.column = node.start_mark.column + 1
-        self.message = message
 
 
 def _decode(file: ManifestFile) -> tuple[str | None, ManifestError | None]:
@@ -130,21 +84,15 @@ def parse_documents(file: ManifestFile) -> tuple[list[_Document], list[ManifestE
         assert error is not None
         return [], [error]
     documents: list[_Document] = []
-    constructor = _ScalarConstructor()
     try:
-        for index, node in enumerate(yaml.compose_all(text, Loader=yaml.SafeLoader)):
-            if node is None:
-                continue
-            marks: dict[Path_, tuple[int, int]] = {}
-            try:
-                data = _node_to_python(node, (), marks, constructor)
-            except _YamlProblem as problem:
-                return documents, [ManifestError(file.name, problem.line, problem.column, None, None, problem.message)]
-            except ConstructorError as exc:
-                mark = exc.problem_mark
-                line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-                return documents, [ManifestError(file.name, line, column, None, None, f"YAML: {exc.problem}")]
-            documents.append(_Document(file.name, index, data, marks))
+        for index, located in load_located(text):
+            documents.append(_Document(located.data, located.marks, file=file.name, index=index))
+    except YamlKeyProblem as problem:
+        return documents, [ManifestError(file.name, problem.line, problem.column, None, None, problem.message)]
+    except ConstructorError as exc:
+        mark = exc.problem_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return documents, [ManifestError(file.name, line, column, None, None, f"YAML: {exc.problem}")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
