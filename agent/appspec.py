@@ -115,6 +115,9 @@ class AppSpec:
     hooks: Mapping[str, tuple[HookScript, ...]] = field(default_factory=dict)
     file_exists_behavior: FileExistsBehavior | None = None
     warnings: tuple[Problem, ...] = ()
+    #: Line of each hook name under `hooks:`, so a problem with the name itself (a typo such as
+    #: `AfterInstal`, found only once the command's events are known) can point at it.
+    hook_lines: Mapping[str, int] = field(default_factory=dict)
 
     def scripts_for(self, event: str) -> tuple[HookScript, ...]:
         return self.hooks.get(event, ())
@@ -262,6 +265,7 @@ def parse_appspec(text: bytes | str, *, filename: str = "appspec.yml") -> AppSpe
         hooks=hooks,
         file_exists_behavior=behavior,
         warnings=tuple(problems.warnings),
+        hook_lines=_hook_lines(data.get("hooks"), located),
     )
 
 
@@ -356,6 +360,17 @@ def _parse_hooks(value: Any, problems: _Collector) -> dict[str, tuple[HookScript
                 parsed.append(script)
         hooks[event] = tuple(parsed)
     return hooks
+
+
+def _hook_lines(value: Any, located: _Located) -> dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    lines = {}
+    for raw_event in value:
+        line = located.line(("hooks", str(raw_event)))
+        if line is not None:
+            lines[str(raw_event)] = line
+    return lines
 
 
 def _parse_script(entry: Any, path: Path_, problems: _Collector) -> HookScript | None:
@@ -700,7 +715,9 @@ def unknown_hook_problems(spec: AppSpec, events: list[str] | tuple[str, ...]) ->
                     hint = f"; did you mean {candidate}?"
                     break
             message = f"{event} is not a lifecycle event, so it would never run{hint}"
-            problems.append(Problem(spec.filename, f"hooks.{event}", message))
+            line = spec.hook_lines.get(event)
+            where = f"{spec.filename}:{line}" if line else spec.filename
+            problems.append(Problem(where, f"hooks.{event}", message))
     return problems
 
 

@@ -220,9 +220,9 @@ def test_unknown_hook_names_are_found_with_a_suggestion() -> None:
     spec = parse(BASE + "hooks:\n  AfterInstal:\n    - location: a\n  MyCustom:\n    - location: b\n")
     found = [str(p) for p in unknown_hook_problems(spec, list(DEFAULT_EVENTS))]
     assert found == [
-        "appspec.yml: hooks.AfterInstal: AfterInstal is not a lifecycle event, so it would never run; "
+        "appspec.yml:4: hooks.AfterInstal: AfterInstal is not a lifecycle event, so it would never run; "
         "did you mean AfterInstall?",
-        "appspec.yml: hooks.MyCustom: MyCustom is not a lifecycle event, so it would never run",
+        "appspec.yml:6: hooks.MyCustom: MyCustom is not a lifecycle event, so it would never run",
     ]
     # A custom event is fine when the command lists it (codedeploy-local --events MyCustom).
     assert len(unknown_hook_problems(spec, [*DEFAULT_EVENTS, "MyCustom"])) == 1

@@ -219,11 +219,33 @@ def test_validate_reports_every_problem_and_exits_1(make_bundle, tmp_path: Path)
         "so the mode set is 420 (as under CodeDeploy); write `mode: 644` or `mode: \"0644\"` if you meant 0644",
         "warning: appspec.yml:6: permissions[0]: object /srv is neither installed by this revision nor an existing "
         "folder, so this entry changes nothing",
-        "error: appspec.yml: hooks.BeforeInstal: BeforeInstal is not a lifecycle event, so it would never run; "
+        "error: appspec.yml:8: hooks.BeforeInstal: BeforeInstal is not a lifecycle event, so it would never run; "
         "did you mean BeforeInstall?",
         "error: appspec.yml:4: files: source 'nope' does not exist in the bundle",
         "invalid: 2 problem(s)",
     ]
+
+
+def test_local_names_the_line_of_a_misspelled_hook(make_bundle, tmp_path: Path) -> None:
+    """A typo in a hook name is refused before anything runs, pointing at the line to fix."""
+    bundle = make_bundle()
+    bundle.appspec("""
+        version: 0.0
+        os: linux
+        hooks:
+          BeforeInstall:
+            - location: ok.sh
+          AfterInstal:
+            - location: ok.sh
+    """)
+    bundle.script("ok.sh", f"touch {tmp_path / 'ran'}\n")
+    result = run_cli("local", "-l", str(bundle.path), *paths(tmp_path))
+    assert result.code == 1
+    assert (
+        "appspec.yml:6: hooks.AfterInstal: AfterInstal is not a lifecycle event, so it would never run; "
+        "did you mean AfterInstall?"
+    ) in result.err
+    assert not (tmp_path / "ran").exists(), "a bundle with a misspelled hook must not start running"
 
 
 def test_validate_shows_conflicts_under_each_behavior(make_bundle, tmp_path: Path) -> None:
