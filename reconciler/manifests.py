@@ -128,8 +128,10 @@ class EffectiveConfig:
         if self.minimum_healthy_hosts is None:
             return "one host at a time"
         mhh = self.minimum_healthy_hosts
-        unit = "%" if mhh.type == "FLEET_PERCENT" else " hosts"
-        return f"minimum healthy {mhh.value}{unit}"
+        if mhh.type == "FLEET_PERCENT":
+            return f"minimum healthy {mhh.value}%"
+        # Read aloud in status and plan output, so the noun agrees: "1 host", "0 hosts", "3 hosts".
+        return f"minimum healthy {mhh.value} host{'' if mhh.value == 1 else 's'}"
 
 
 BUILTIN_CONFIGS: dict[str, EffectiveConfig] = {
