@@ -565,6 +565,10 @@ class _CommandRun:
             APPLICATION_NAME=command.application,
             DEPLOYMENT_GROUP_NAME=command.deployment_group,
             DEPLOYMENT_GROUP_ID=command.deployment_group_id,
+            # Where absolute destinations really land: empty in production (host root `/`), the sandbox
+            # folder under `--host-root`, so `"$FLEETSHIFT_HOST_ROOT/srv/app"` is right in both. Always set,
+            # so scripts under `set -u` work too.
+            FLEETSHIFT_HOST_ROOT=host_root_text(self.settings.host_root),
         )
         environment.update(bundle_environment(command.revision))
         return environment
@@ -611,6 +615,14 @@ class _CommandRun:
             # The deployment itself succeeded; only `last_successful` will not know about it after a restart.
             self.log.error("command.record_failed", error=str(exc))
         return installed
+
+
+def host_root_text(host_root: Path | None) -> str:
+    """`FLEETSHIFT_HOST_ROOT` for hooks: "" for the real root, so a script prefixes absolute paths with it
+    unconditionally; never a trailing `/`, so `$FLEETSHIFT_HOST_ROOT/etc` has no `//`."""
+    if host_root is None:
+        return ""
+    return str(host_root.absolute()).rstrip("/")
 
 
 def bundle_environment(revision: Revision) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pytest
 from agent.appspec import HookScript
 from agent.hooks import HookSettings, ScriptLog, run_script
 from contract.models import LifecycleErrorCode
-from tests.agent.conftest import Sandbox, make_sandbox, statuses
+from tests.agent.conftest import Sandbox, make_sandbox, run_cli, statuses
 
 
 @pytest.fixture
@@ -115,6 +115,7 @@ def test_environment_cwd_and_stdin(sandbox: Sandbox, make_bundle, tmp_path: Path
           echo "zero=$0"
           echo "stdin=$(cat)"
           env | grep -E '^(LIFECYCLE_EVENT|DEPLOYMENT_[A-Z_]+|APPLICATION_NAME|FOO_INHERITED|BUNDLE_[A-Z]+)=' | sort
+          env | grep -E '^FLEETSHIFT_[A-Z_]+='
         }} > {out}
     """)
     outcome = sandbox.deploy(bundle, application="shop", deployment_group="web", deployment_group_id="dg-web")
@@ -130,7 +131,43 @@ def test_environment_cwd_and_stdin(sandbox: Sandbox, make_bundle, tmp_path: Path
         "DEPLOYMENT_ID=d-TEST00001",
         "FOO_INHERITED=yes",
         "LIFECYCLE_EVENT=BeforeInstall",
+        f"FLEETSHIFT_HOST_ROOT={sandbox.host}",
     ]
+
+
+def test_hooks_find_installed_files_through_fleetshift_host_root(sandbox: Sandbox, make_bundle, tmp_path: Path) -> None:
+    """Under a host root, `/srv/app` is really `<host>/srv/app`: a hook that prefixes absolute paths with
+    FLEETSHIFT_HOST_ROOT reads what Install put there, and the same script works unchanged in production."""
+    out = tmp_path / "read.txt"
+    bundle = make_bundle()
+    bundle.appspec("""
+        version: 0.0
+        os: linux
+        files:
+          - {source: app, destination: /srv/app}
+        hooks:
+          AfterInstall:
+            - location: check.sh
+    """)
+    bundle.file("app/index.html", "installed v1")
+    bundle.script("check.sh", f'set -eu\ncat "$FLEETSHIFT_HOST_ROOT/srv/app/index.html" > {out}\n')
+    outcome = sandbox.deploy(bundle)
+    assert outcome.status == "Succeeded", outcome.message
+    assert out.read_text() == "installed v1"
+
+
+def test_fleetshift_host_root_is_empty_without_a_host_root(make_bundle, tmp_path: Path, monkeypatch) -> None:
+    """Production (host root `/`): the variable is set but empty, so `$FLEETSHIFT_HOST_ROOT/etc` is `/etc`;
+    a value the agent itself inherited is not passed on."""
+    monkeypatch.setenv("FLEETSHIFT_HOST_ROOT", "/stale/from/the/agent")
+    out = tmp_path / "seen.txt"
+    bundle = make_bundle()
+    bundle.appspec("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: show.sh\n")
+    bundle.script("show.sh", f'echo "[${{FLEETSHIFT_HOST_ROOT-unset}}]" > {out}\n')
+    for host_root in ([], ["--host-root", "/"]):
+        result = run_cli("local", "-l", str(bundle.path), "--root-dir", str(tmp_path / "root"), *host_root)
+        assert result.code == 0, result.err
+        assert out.read_text() == "[]\n"
 
 
 # Failures: exit codes, signals, missing scripts, interpreters (reference 2.3-2.4, 7.4 cases 36, 40)
