@@ -247,21 +247,65 @@ def _fetch_git(revision: Revision, bundle_path: Path, cache_root: Path) -> Fetch
                     # Most servers (and every local repository) hand out a commit by id directly.
                     repo.git.fetch("--quiet", url, location.commit)
                 except GitCommandError:
+                    # Others only serve advertised refs: fetch every branch and tag instead. If this fails
+                    # too, its error says why (the first one's is usually the same, or only "not our ref").
                     repo.git.fetch("--quiet", "--tags", url, "+refs/heads/*:refs/heads/*")
                 log.info("bundle.git_fetched", repository=url, seconds=round(time.monotonic() - started, 3))
             if not _has_commit(repo, location.commit, BadName):
-                raise BundleNotFound(f"commit {location.commit} is not in {url}; was it pushed?")
+                raise BundleNotFound(
+                    f"commit {location.commit} is not in {url} (fetched it by id, then every branch and tag); "
+                    "was it pushed?"
+                )
             with bundle_path.open("wb") as out:
                 repo.archive(out, location.commit, format="tar")
         except GitCommandError as exc:
-            stderr = (exc.stderr or "").strip().splitlines()
-            reason = stderr[-1].removeprefix("stderr: ").strip(" '") if stderr else str(exc)
-            if re.search(r"does not appear to be a git repository|not found|does not exist|No such", reason):
+            reason = git_error_reason(exc.stderr, exc.status)
+            if re.search(r"does not appear to be a git repository|not found|does not exist|No such|"
+                         r"not a git repository", reason, re.IGNORECASE):
                 raise BundleNotFound(f"cannot read Git repository {url}: {reason}") from exc
-            if re.search(r"resolve host|timed out|Connection|unable to access|early EOF", reason):
+            if re.search(r"Authentication failed|Permission denied|could not read Username|terminal prompts "
+                         r"disabled|403", reason, re.IGNORECASE):
+                raise BundleError(
+                    f"Git repository {url} refused the agent's credentials: {reason}; give the agent read access "
+                    "(a deploy key, or a credential helper for its user)"
+                ) from exc
+            if re.search(r"resolve host|timed out|Connection|unable to access|early EOF|Network is unreachable",
+                         reason, re.IGNORECASE):
                 raise BundleUnavailable(f"cannot reach Git repository {url}: {reason}") from exc
             raise BundleError(f"git failed for {url} at {location.commit}: {reason}") from exc
     return FetchedBundle(bundle_path, "tar", {"BUNDLE_COMMIT": location.commit})
+
+
+#: Advice git prints after the real reason; it says nothing about this failure, and "and the repository
+#: exists." alone read as if it did.
+_GIT_BOILERPLATE = re.compile(
+    r"^(fatal: )?(Could not read from remote repository\.?|Please make sure you have the correct access rights|"
+    r"and the repository exists\.?)$",
+    re.IGNORECASE,
+)
+
+
+def git_error_reason(stderr: str | bytes | None, status: object = None) -> str:
+    """git's own explanation, from a failed command's stderr: its meaningful lines (boilerplate advice and
+    GitPython's `stderr: '...'` wrapping removed), `fatal: ` dropped, joined with `; `. Falls back to the
+    exit status when git said nothing."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else (stderr or "")
+    text = text.strip()
+    if text.startswith("stderr:"):
+        text = text.removeprefix("stderr:").strip()
+        if len(text) >= 2 and text[0] == text[-1] == "'":
+            text = text[1:-1]
+    lines = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or _GIT_BOILERPLATE.match(line):
+            continue
+        line = line.removeprefix("fatal: ").removeprefix("error: ")
+        if line not in lines:
+            lines.append(line)
+    if not lines:
+        return f"git exited with status {status}" if status is not None else "git failed without saying why"
+    return "; ".join(lines[:4])
 
 
 def _has_commit(repo: Any, commit: str, bad_name: type[Exception]) -> bool:

@@ -433,7 +433,8 @@ class _CommandRun:
     def _explain(self, event: str, reason: str, script: str | None) -> str:
         """The one paragraph a person reads: which event, which script, why, the output, where the log is."""
         assert self.script_log is not None and self.deployment is not None
-        text = f"{event} failed: {reason}."
+        # A reason that ends a sentence itself ("was it pushed?") must not get a second full stop.
+        text = f"{event} failed: {reason}" + ("" if reason.endswith((".", "?", "!")) else ".")
         tail = self.script_log.tail() if script else None
         lines = [line for line in (tail or "").split("\n") if line and not line.startswith("[agent]")]
         if lines:

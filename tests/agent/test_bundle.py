@@ -19,9 +19,10 @@ from agent.bundle import (
     FetchedBundle,
     detect_bundle_type,
     fetch_bundle,
+    git_error_reason,
     unpack_bundle,
 )
-from agent.errors import BundleError, BundleNotFound, ChecksumMismatch, UnsafeBundle
+from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle
 from contract.models import GitLocation, LocalLocation, Revision, S3Location
 from tests.agent.conftest import Bundle, Sandbox, statuses
 from tests.gitrepo import ConfigRepo
@@ -431,12 +432,91 @@ def test_git_revision_at_a_commit(sandbox: Sandbox, tmp_path: Path, monkeypatch)
     unknown = Revision(git=GitLocation(repository=str(repo.path), commit="1" * 40))
     outcome = sandbox.deploy(tmp_path, revision=unknown)
     assert outcome.status == "Failed"
-    assert f"commit {'1' * 40} is not in {repo.path}" in (outcome.message or "")
+    assert outcome.message == (
+        f"DownloadBundle failed: commit {'1' * 40} is not in {repo.path} (fetched it by id, then every branch "
+        "and tag); was it pushed?"
+    )
 
     nowhere = Revision(git=GitLocation(repository=str(tmp_path / "no-repo"), commit=first))
     outcome = sandbox.deploy(tmp_path, revision=nowhere)
     assert outcome.status == "Failed"
-    assert "no-repo" in (outcome.message or "")
+    assert outcome.message == (
+        f"DownloadBundle failed: cannot read Git repository {tmp_path / 'no-repo'}: '{tmp_path / 'no-repo'}' does "
+        "not appear to be a git repository."
+    )
+
+
+@pytest.fixture
+def git_commit(tmp_path: Path) -> tuple[ConfigRepo, str]:
+    repo = ConfigRepo(tmp_path / "repo")
+    repo.write("appspec.yml", "version: 0.0\nos: linux\n")
+    return repo, repo.commit("first")
+
+
+def _git_failure(url: str, commit: str, tmp_path: Path) -> BundleError:
+    revision = Revision(git=GitLocation(repository=url, commit=commit))
+    with pytest.raises(BundleError) as caught:
+        fetch_bundle(revision, tmp_path / "d", git_cache_dir=tmp_path / "git")
+    return caught.value
+
+
+def test_git_error_for_a_path_that_does_not_exist_keeps_gits_reason(git_commit, tmp_path: Path) -> None:
+    _, commit = git_commit
+    error = _git_failure(str(tmp_path / "missing"), commit, tmp_path)
+    assert isinstance(error, BundleNotFound)
+    assert str(error) == (
+        f"cannot read Git repository {tmp_path / 'missing'}: '{tmp_path / 'missing'}' does not appear to be a git "
+        "repository"
+    )
+
+
+def test_git_error_for_a_file_url_to_a_folder_that_is_not_a_repository(git_commit, tmp_path: Path) -> None:
+    _, commit = git_commit
+    plain = tmp_path / "plain-folder"
+    plain.mkdir()
+    (plain / "README").write_text("not a repository")
+    error = _git_failure(plain.as_uri(), commit, tmp_path)
+    assert isinstance(error, BundleNotFound)
+    assert str(error).startswith(f"cannot read Git repository {plain.as_uri()}: ")
+    assert "does not appear to be a git repository" in str(error)
+    assert "and the repository exists" not in str(error), "git's boilerplate advice is dropped"
+
+
+def test_git_error_for_a_host_that_does_not_resolve_is_retryable(git_commit, tmp_path: Path) -> None:
+    _, commit = git_commit
+    error = _git_failure("https://git.invalid/x.git", commit, tmp_path)
+    assert isinstance(error, BundleUnavailable)
+    assert error.retryable
+    assert str(error).startswith("cannot reach Git repository https://git.invalid/x.git: ")
+    assert "Could not resolve host: git.invalid" in str(error)
+
+
+def test_git_error_for_a_commit_that_is_not_in_a_real_repository(git_commit, tmp_path: Path) -> None:
+    repo, _ = git_commit
+    error = _git_failure(str(repo.path), "2" * 40, tmp_path)
+    assert isinstance(error, BundleNotFound)
+    assert str(error) == (
+        f"commit {'2' * 40} is not in {repo.path} (fetched it by id, then every branch and tag); was it pushed?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stderr", "expected"),
+    [
+        (
+            "\n  stderr: 'fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote "
+            "repository.\n\nPlease make sure you have the correct access rights\nand the repository exists.'",
+            "'/x' does not appear to be a git repository",
+        ),
+        (
+            "remote: Invalid username or password.\nfatal: Authentication failed for 'https://h/x.git/'",
+            "remote: Invalid username or password.; Authentication failed for 'https://h/x.git/'",
+        ),
+        ("", "git exited with status 128"),
+    ],
+)
+def test_git_error_reason_keeps_the_lines_that_say_why(stderr: str, expected: str) -> None:
+    assert git_error_reason(stderr, 128) == expected
 
 
 # The gzip reader and the background writer: edge cases of the fast paths
