@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -299,21 +300,72 @@ def cache_dir() -> Path:
     return Path(base) / "fleetshift" / "repos"
 
 
+def git_reason(exc: Any) -> str:
+    """Why a git command failed, in git's own words, trimmed to the lines that say why.
+
+    GitPython's message wraps git's stderr in its own framing (`Cmd('git') failed ... stderr: '...'`) and
+    git adds progress ("Cloning into ...") and generic advice around the real cause. People need the cause
+    (could not resolve host, authentication failed, repository not found) to fix a URL or a credential, so
+    keep git's `fatal:`/`error:`/`remote:` lines and drop the rest; fall back to the last line git printed.
+    """
+    stderr = str(getattr(exc, "stderr", "") or "")
+    marker = stderr.find("stderr: '")
+    if marker >= 0:
+        stderr = stderr[marker + len("stderr: '"):].rstrip().removesuffix("'")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reasons: list[str] = []
+    for line in lines:
+        lowered = line.lower()
+        if lowered.startswith(("fatal:", "error:")):
+            text = line.split(":", 1)[1].strip()
+        elif lowered.startswith("remote:"):
+            text = line
+        else:
+            continue
+        if text and text not in reasons:
+            reasons.append(text)
+    generic = "Could not read from remote repository."
+    if len(reasons) > 1 and generic in reasons:
+        reasons.remove(generic)
+    if reasons:
+        return "; ".join(reasons)
+    if lines:
+        return lines[-1]
+    status = getattr(exc, "status", None)
+    return f"exit code {status}" if status is not None else str(exc)
+
+
+def _git_failed(repository: str, exc: Any) -> SourceError:
+    command = getattr(exc, "command", None)
+    verb = command[1] if isinstance(command, list | tuple) and len(command) > 1 else None
+    what = f"git {verb}" if verb else "git"
+    return SourceError(f"{repository}: {what} failed: {git_reason(exc)}")
+
+
 def open_repository(repository: str, *, fetch: bool = True) -> Any:
     """A GitPython Repo for a local checkout, or a cached bare mirror of a remote URL (fetched when asked).
 
     Remote repositories are mirrored once under the cache directory and fetched on each load, so a
-    long-running `reconcile watch` costs one incremental fetch per poll, not one clone.
+    long-running `reconcile watch` costs one incremental fetch per poll, not one clone. Every failure is a
+    SourceError carrying git's own reason (see `git_reason`), so `reconcile`, `reconcile plan` and `watch`
+    can say why a URL cannot be read without a traceback.
     """
     import git
 
+    local = Path(repository).expanduser()
     try:
-        local = Path(repository).expanduser()
         if local.exists():
             return git.Repo(local, search_parent_directories=False)
-        if repository.startswith(("/", ".", "~")):
-            raise SourceError(f"{repository}: no such folder")
-        mirror = cache_dir() / hashlib.sha256(repository.encode()).hexdigest()[:16]
+    except git.exc.InvalidGitRepositoryError as exc:
+        raise SourceError(
+            f"{repository}: not a Git repository (give the top folder of a checkout, or a URL git can clone)"
+        ) from exc
+    except git.exc.NoSuchPathError as exc:
+        raise SourceError(f"{repository}: no such path") from exc
+    if repository.startswith(("/", ".", "~")):
+        raise SourceError(f"{repository}: no such folder")
+    mirror = cache_dir() / hashlib.sha256(repository.encode()).hexdigest()[:16]
+    try:
         if not mirror.exists():
             mirror.parent.mkdir(parents=True, exist_ok=True)
             return git.Repo.clone_from(repository, mirror, mirror=True)
@@ -321,37 +373,62 @@ def open_repository(repository: str, *, fetch: bool = True) -> Any:
         if fetch:
             repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
         return repo
-    except git.exc.InvalidGitRepositoryError as exc:
-        raise SourceError(f"{repository}: not a Git repository") from exc
-    except git.exc.NoSuchPathError as exc:
-        raise SourceError(f"{repository}: no such path") from exc
+    except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
+        # The cached mirror, not the user's URL, is broken (an interrupted first clone, a disk cleanup).
+        raise SourceError(
+            f"{repository}: the cached mirror {mirror} is not a usable Git repository; delete it to clone again"
+        ) from exc
     except git.exc.GitCommandError as exc:
-        detail = (exc.stderr or str(exc)).strip().splitlines()
-        raise SourceError(f"{repository}: git failed: {detail[-1] if detail else exc}") from exc
+        raise _git_failed(repository, exc) from exc
+
+
+def _commit(repo: Any, repository: str, ref: str) -> Any:
+    """The commit `ref` names, or a SourceError saying what the repository does have."""
+    import git
+
+    try:
+        return repo.commit(ref)
+    except git.exc.GitCommandError as exc:
+        raise SourceError(f"{repository}: no commit named {ref!r}: {git_reason(exc)}") from exc
+    except (git.exc.BadName, ValueError) as exc:
+        raise SourceError(f"{repository}: no commit named {ref!r}{unknown_ref_hint(repo, exc)}") from exc
+
+
+def unknown_ref_hint(repo: Any, exc: BaseException) -> str:
+    """Why a ref names no commit, for the end of a message: what git said about the revision spec, or the
+    branches and tags there are (the usual mistake is a branch name: `master` for `main`)."""
+    detail = str(exc)
+    spec = re.search(r"Invalid revision spec '.*' - (.+?)'? did not resolve to an object", detail)
+    if spec:
+        return f": {spec.group(1)}"
+    try:
+        branches = sorted(head.name for head in repo.heads)
+        tags = sorted(tag.name for tag in repo.tags)
+    except (OSError, ValueError):
+        return ""
+    if not branches and not tags:
+        return " (the repository has no commits yet)"
+
+    def some(names: list[str]) -> str:
+        shown = ", ".join(names[:10])
+        return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "") if names else "none"
+
+    return f" (not a branch, tag or commit of it; branches: {some(branches)}; tags: {some(tags)})"
 
 
 def resolve_commit(repository: str, ref: str, *, fetch: bool = True) -> str:
     """The full SHA `ref` names in `repository` (a branch, tag, short or full SHA)."""
-    import git
-
     repo = open_repository(repository, fetch=fetch)
-    try:
-        return str(repo.commit(ref).hexsha)
-    except (git.exc.BadName, ValueError, git.exc.GitCommandError) as exc:
-        raise SourceError(f"{repository}: no commit named {ref!r}") from exc
+    return str(_commit(repo, repository, ref).hexsha)
 
 
 def files_from_commit(
     repository: str, ref: str, path: str = ".", *, fetch: bool = True
 ) -> tuple[str, list[ManifestFile]]:
     """Manifest files from the commit's tree (never the working tree) and the resolved SHA."""
-    import git
 
     repo = open_repository(repository, fetch=fetch)
-    try:
-        commit = repo.commit(ref)
-    except (git.exc.BadName, ValueError, git.exc.GitCommandError) as exc:
-        raise SourceError(f"{repository}: no commit named {ref!r}") from exc
+    commit = _commit(repo, repository, ref)
     tree = commit.tree
     sub = PurePosixPath(path.strip("/") or ".")
     if str(sub) != ".":

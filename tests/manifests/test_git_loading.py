@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestErrors, SourceError
-from reconciler.loader import GitSource, load_git, resolve_commit
+from reconciler.loader import GitSource, git_reason, load_git, resolve_commit
 from tests.gitrepo import ConfigRepo
 
 APP = "apiVersion: deploy/v1\nkind: Application\nmetadata: {{name: {name}}}\n"
@@ -108,3 +108,28 @@ def test_not_a_repository(tmp_path: Path) -> None:
 def test_missing_local_path_is_not_mistaken_for_a_url(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no such folder"):
         load_git(GitSource(str(tmp_path / "nope"), "main"))
+
+
+@pytest.mark.parametrize(
+    ("stderr", "reason"),
+    [
+        # What GitHub answers over https for a private or missing repository without credentials.
+        ("Cloning into bare repository '/c/m'...\nremote: Repository not found.\n"
+         "fatal: repository 'https://github.com/acme/nope.git/' not found\n",
+         "remote: Repository not found.; repository 'https://github.com/acme/nope.git/' not found"),
+        ("Cloning into bare repository '/c/m'...\nremote: Invalid username or password.\n"
+         "fatal: Authentication failed for 'https://git.example.com/ops/config.git/'\n",
+         "remote: Invalid username or password.; Authentication failed for "
+         "'https://git.example.com/ops/config.git/'"),
+        ("fatal: 'ops/config.git' does not appear to be a git repository\nfatal: Could not read from remote "
+         "repository.\n\nPlease make sure you have the correct access rights\nand the repository exists.\n",
+         "'ops/config.git' does not appear to be a git repository"),
+        ("fatal: Could not read from remote repository.\n", "Could not read from remote repository."),
+        ("something unexpected\n", "something unexpected"),
+    ],
+)
+def test_git_reason_keeps_the_lines_that_say_why(stderr: str, reason: str) -> None:
+    import git
+
+    error = git.exc.GitCommandError(["git", "clone", "--mirror", "https://x", "/c/m"], 128, stderr.encode())
+    assert git_reason(error) == reason
