@@ -12,7 +12,11 @@ def state_dir() -> Path:
     for anyone else, so trying things as a user works without sudo."""
     if os.geteuid() == 0:
         return Path("/var/lib/fleetshift")
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fleetshift"
+    # The XDG spec says a relative $XDG_STATE_HOME is invalid and must be ignored; it would also make the
+    # default store URL file://relative/..., which the file store refuses as a host name.
+    configured = os.environ.get("XDG_STATE_HOME")
+    base = Path(configured) if configured and Path(configured).is_absolute() else Path.home() / ".local" / "state"
+    return base / "fleetshift"
 
 
 def default_store() -> str:

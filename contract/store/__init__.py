@@ -11,6 +11,7 @@ from contract.store.base import (
     Store,
     StoredObject,
     StoreError,
+    StoreMissing,
     StoreUnavailable,
     open_store,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PreconditionFailed",
     "Store",
     "StoreError",
+    "StoreMissing",
     "StoreUnavailable",
     "StoredObject",
     "open_store",

@@ -26,6 +26,11 @@ class PreconditionFailed(StoreError):
     """A conditional write lost: the object exists (put_if_absent) or changed (put_if_version)."""
 
 
+class StoreMissing(StoreError):
+    """A write to a store opened for reading only (`create=False`) whose folder does not exist: readers must
+    never create a store, so this is a user mistake (wrong path) or a command that should not write."""
+
+
 class InvalidStoreURL(StoreError):
     """The store URL itself is wrong: a user mistake to fix, not an outage to wait out."""
 
@@ -81,12 +86,17 @@ class Store(Protocol):
         ...
 
 
-def open_store(url: str) -> Store:
-    """`file://DIR` (embedded) or `s3://bucket/prefix`."""
+def open_store(url: str, *, create: bool = True) -> Store:
+    """`file://DIR` (embedded) or `s3://bucket/prefix`.
+
+    `create=False` is for commands that only read (`status`, `history`, `plan`, operator commands that must
+    find records first): a file store's folder is then not created, so a mistyped `--store` leaves nothing
+    behind. Writers (the agent, `reconcile --once`, `watch`) keep the default and get their folder, and any
+    problem making it, at start-up. S3 stores never create buckets either way."""
     if url.startswith("file://"):
         from contract.store.file import FileStore
 
-        store: Store = FileStore(url)
+        store: Store = FileStore(url, create=create)
         return store
     if url.startswith("s3://"):
         from contract.store.s3 import S3Store

@@ -23,6 +23,12 @@ How it stays correct with many agents and one reconciler writing at once:
 
 Keys are `/`-separated relative paths; no segment may be empty, `.`, `..`, or start with a dot (dot files
 are this backend's temporary and lock files, and listing skips them).
+
+Who creates the folder: writers (`open_store(url)`, the default, used by the agent and the reconciler's apply
+path) create it when they open the store, so a permission problem shows at start-up, not at the first write.
+Readers (`open_store(url, create=False)`: `reconcile status`, `history`, `plan`) never do: a missing folder
+reads as an empty store and `missing_folder()` lets them say "nothing has been deployed there" instead of
+leaving an empty folder behind at a mistyped path.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from contract.store.base import (
     PreconditionFailed,
     StoredObject,
     StoreError,
+    StoreMissing,
     StoreUnavailable,
 )
 
@@ -60,7 +67,13 @@ _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENO
 
 
 def path_from_url(url: str) -> Path:
-    """`file:///abs/dir` -> /abs/dir, `file://relative/dir` -> relative/dir, `file://~/dir` -> home."""
+    """`file:///abs/dir` (or `file://localhost/abs/dir`) -> /abs/dir; `file://~/dir` -> in the home folder;
+    `file://./dir`, `file://../dir`, `file://.hidden/dir` -> relative to the working directory.
+
+    Anything else between `file://` and the next `/` is a host name, and a file store cannot live on another
+    host: `file://tmp/x` is almost always `file:///tmp/x` with a slash missing, and reading it as the relative
+    folder `tmp/x` would quietly put the store somewhere else than the other side looks. So it is refused,
+    showing the three-slash form."""
     if not url.startswith("file://"):
         raise InvalidStoreURL(f"not a file store URL: {url!r} (expected file:///path/to/dir)")
     rest = unquote(url[len("file://") :].split("?", 1)[0])
@@ -68,7 +81,24 @@ def path_from_url(url: str) -> Path:
         rest = rest[len("localhost") :]
     if not rest:
         raise InvalidStoreURL(f"the store URL {url!r} names no folder: write file:///path/to/dir")
+    if not rest.startswith(("/", ".", "~")):
+        host = rest.split("/", 1)[0]
+        raise InvalidStoreURL(
+            f"the store URL {url!r} names a host ({host!r}), but a file store is a folder on this machine: "
+            f"write file:///{rest} (three slashes) for the folder /{rest}, or file://./{rest} for a folder "
+            "relative to the working directory"
+        )
     return Path(rest).expanduser()
+
+
+def missing_folder(store: object) -> Path | None:
+    """The folder of a file store opened with `create=False` that does not exist yet, else None.
+
+    Readers use it to say "no store at PATH yet: nothing has been deployed there" rather than showing an
+    empty fleet without a word (a mistyped path looks exactly like that)."""
+    if isinstance(store, FileStore) and not store.root.is_dir():
+        return store.root
+    return None
 
 
 def version_of(info: os.stat_result) -> str:
@@ -88,14 +118,17 @@ def check_key(key: str) -> str:
 
 
 def _translate(exc: OSError, action: str, path: Path) -> StoreError:
+    """One OSError -> a StoreError saying what failed in the user's terms, keeping the OS's reason.
+
+    `action` is a verb phrase that reads after "cannot" ("write", "create the store folder")."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreError(
-            f"permission denied {action} {path}: {reason}; run as a user that can write the store folder "
+            f"cannot {action} {path}: {reason}; run as a user that can write the store folder "
             "or fix its permissions"
         )
     if exc.errno == errno.EROFS:
-        return StoreError(f"cannot {action} {path}: the file system is read-only")
+        return StoreError(f"cannot {action} {path}: {reason} (the file system is read-only)")
     if exc.errno in _PERMANENT_ERRNOS:
         return StoreError(f"cannot {action} {path}: {reason}; is something else in the way of the store layout?")
     return StoreUnavailable(f"cannot {action} {path}: {reason}")
@@ -112,18 +145,22 @@ def _fsync_dir(path: Path) -> None:
 class FileStore:
     """The `Store` protocol over a local folder. Safe to share between threads and between processes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """`create=False` is for readers: the folder is not made, a missing one reads as an empty store and
+        writes to it fail with `StoreMissing` (see the module docstring, "Who creates the folder")."""
         self.url = url
         self.root = path_from_url(url)
+        self.create = create
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._lock_fds: dict[int, int] = {}
         self._lock_fds_guard = threading.Lock()
         self._pid = os.getpid()
-        try:
-            self._make_dirs(self.root)
-        except OSError as exc:
-            raise _translate(exc, "creating the store folder", self.root) from exc
-        if not self.root.is_dir():
+        if create:
+            try:
+                self._make_dirs(self.root)
+            except OSError as exc:
+                raise _translate(exc, "create the store folder", self.root) from exc
+        if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"the store path {self.root} exists but is not a folder")
 
     def __repr__(self) -> str:
@@ -148,7 +185,7 @@ class FileStore:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except OSError as exc:
-            raise _translate(exc, "reading", path) from exc
+            raise _translate(exc, "read", path) from exc
         return StoredObject(key, data, version_of(info))
 
     def list(self, prefix: str) -> list[ObjectVersion]:
@@ -161,7 +198,7 @@ class FileStore:
         try:
             self._walk(folder, key_base, name_start, found)
         except OSError as exc:
-            raise _translate(exc, "listing", folder) from exc
+            raise _translate(exc, "list", folder) from exc
         found.sort(key=lambda item: item.key)
         return found
 
@@ -213,13 +250,15 @@ class FileStore:
 
     def delete(self, key: str) -> None:
         path = self.root / check_key(key)
+        if not self.create and not self.root.is_dir():
+            return  # nothing can be stored in a store that does not exist, and a reader must not create it
         with self._locked(key, path):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 return
             except OSError as exc:
-                raise _translate(exc, "deleting", path) from exc
+                raise _translate(exc, "delete", path) from exc
             with suppress(OSError):
                 _fsync_dir(path.parent)
 
@@ -232,7 +271,7 @@ class FileStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise _translate(exc, "reading", path) from exc
+            raise _translate(exc, "read", path) from exc
         if not stat.S_ISREG(info.st_mode):
             raise StoreError(f"{path} is in the way of a store key: it is not a regular file")
         return info
@@ -243,7 +282,7 @@ class FileStore:
             self._make_dirs(path.parent)
             fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
         except OSError as exc:
-            raise _translate(exc, "writing", path) from exc
+            raise _translate(exc, "write", path) from exc
         try:
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -260,7 +299,7 @@ class FileStore:
                 raise
             _fsync_dir(path.parent)
         except OSError as exc:
-            raise _translate(exc, "writing", path) from exc
+            raise _translate(exc, "write", path) from exc
         return version_of(info)
 
     @staticmethod
@@ -304,7 +343,7 @@ class FileStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
-                raise _translate(exc, "locking", path) from exc
+                raise _translate(exc, "lock", path) from exc
             try:
                 yield
             finally:
@@ -319,13 +358,16 @@ class FileStore:
                 self._pid = os.getpid()
             fd = self._lock_fds.get(stripe)
             if fd is None:
+                if not self.create and not self.root.is_dir():
+                    raise StoreMissing(f"no store at {self.root}: it was opened read-only, and only the agent "
+                                       "and the reconciler's apply path create it")
                 lock_dir = self.root / LOCK_DIR
                 path = lock_dir / f"{stripe:02d}"
                 try:
                     lock_dir.mkdir(exist_ok=True)
                     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
                 except OSError as exc:
-                    raise _translate(exc, "opening the lock file", path) from exc
+                    raise _translate(exc, "open the lock file", path) from exc
                 self._lock_fds[stripe] = fd
             return fd
 

@@ -9,19 +9,56 @@ from pathlib import Path
 
 import pytest
 
-from contract.store import StoreError, StoreUnavailable, open_store
-from contract.store.file import FileStore, _translate, path_from_url
+from contract.store import InvalidStoreURL, StoreError, StoreMissing, StoreUnavailable, open_store
+from contract.store.file import FileStore, _translate, missing_folder, path_from_url
 
 
 def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert path_from_url("file:///var/lib/fleetshift/store") == Path("/var/lib/fleetshift/store")
     assert path_from_url("file://localhost/var/lib/x") == Path("/var/lib/x")
     assert path_from_url("file://.fleetshift/store") == Path(".fleetshift/store")
+    assert path_from_url("file://./store") == Path("store")
+    assert path_from_url("file://../store") == Path("../store")
     assert path_from_url("file:///tmp/with%20space") == Path("/tmp/with space")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert path_from_url("file://~/store") == tmp_path / "store"
     with pytest.raises(StoreError, match="names no folder"):
         path_from_url("file://")
+
+
+@pytest.mark.parametrize(("url", "three_slashes"), [
+    ("file://tmp/x", "file:///tmp/x"),
+    ("file://var/lib/fleetshift/store", "file:///var/lib/fleetshift/store"),
+    ("file://store", "file:///store"),
+])
+def test_a_host_in_a_file_url_is_refused_showing_the_three_slash_form(url: str, three_slashes: str) -> None:
+    """`file://tmp/x` is `file:///tmp/x` with a slash missing; read as the relative folder `tmp/x` it would put
+    the store somewhere the other side never looks."""
+    with pytest.raises(InvalidStoreURL) as raised:
+        path_from_url(url)
+    assert three_slashes in str(raised.value)
+    assert "host" in str(raised.value)
+
+
+def test_a_reader_never_creates_the_store_folder(tmp_path: Path) -> None:
+    """`create=False`: a missing folder reads as an empty store, is reported by `missing_folder`, refuses
+    writes with `StoreMissing`, and is still missing afterwards."""
+    folder = tmp_path / "missing" / "store"
+    reader = open_store(f"file://{folder}", create=False)
+    assert reader.get("hosts/a/status.json") is None
+    assert reader.list("hosts/") == []
+    assert missing_folder(reader) == folder
+    reader.delete("hosts/a/status.json")
+    with pytest.raises(StoreMissing, match=f"no store at {folder}"):
+        reader.put("hosts/a/status.json", b"{}")
+    assert not (tmp_path / "missing").exists()
+
+    writer = open_store(f"file://{folder}")
+    assert folder.is_dir() and missing_folder(writer) is None
+    writer.put("hosts/a/status.json", b"{}")
+    assert missing_folder(reader) is None
+    reader.put("hosts/b/status.json", b"{}")  # once it exists, a reader-opened store works like any other
+    assert [item.key for item in reader.list("hosts/")] == ["hosts/a/status.json", "hosts/b/status.json"]
 
 
 def test_relative_store_is_created_under_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,9 +146,35 @@ def test_store_path_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_os_errors_translate_to_permanent_or_retryable(tmp_path: Path) -> None:
-    denied = _translate(OSError(errno.EACCES, "Permission denied"), "writing", tmp_path / "k")
-    assert not denied.retryable and "permission denied writing" in str(denied) and "fix its permissions" in str(denied)
-    read_only = _translate(OSError(errno.EROFS, "Read-only file system"), "writing", tmp_path / "k")
-    assert not read_only.retryable and "read-only" in str(read_only)
-    full = _translate(OSError(errno.ENOSPC, "No space left on device"), "writing", tmp_path / "k")
+    denied = _translate(OSError(errno.EACCES, "Permission denied"), "write", tmp_path / "k")
+    assert not denied.retryable and "fix its permissions" in str(denied)
+    assert str(denied).startswith(f"cannot write {tmp_path / 'k'}: Permission denied;")
+    read_only = _translate(OSError(errno.EROFS, "Read-only file system"), "write", tmp_path / "k")
+    assert not read_only.retryable and "read-only" in str(read_only) and "Read-only file system" in str(read_only)
+    full = _translate(OSError(errno.ENOSPC, "No space left on device"), "write", tmp_path / "k")
     assert isinstance(full, StoreUnavailable) and full.retryable
+    assert str(full) == f"cannot write {tmp_path / 'k'}: No space left on device"
+
+
+def test_a_store_folder_that_cannot_be_created_says_so_in_plain_words(tmp_path: Path) -> None:
+    """The folder's parent is a file: the message must read "cannot create the store folder", keep the OS's
+    reason, and not be retryable (waiting does not move a file out of the way)."""
+    (tmp_path / "not-a-folder").write_text("x")
+    with pytest.raises(StoreError) as raised:
+        open_store(f"file://{tmp_path / 'not-a-folder' / 'store'}")
+    message = str(raised.value)
+    assert message.startswith(f"cannot create the store folder {tmp_path / 'not-a-folder' / 'store'}: Not a directory")
+    assert not raised.value.retryable
+
+
+def test_every_os_failure_message_reads_as_cannot_verb(tmp_path: Path) -> None:
+    """Reads, listings, writes and deletes each name their verb after "cannot" (no "cannot reading")."""
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    store.put("hosts/a/status.json", b"x")
+    (tmp_path / "store" / "hosts" / "a" / "status.json").unlink()
+    (tmp_path / "store" / "hosts" / "a" / "status.json").mkdir()
+    (tmp_path / "store" / "hosts" / "a" / "status.json" / "inner").write_text("x")
+    with pytest.raises(StoreError) as raised:
+        store.delete("hosts/a/status.json")
+    assert str(raised.value).startswith(f"cannot delete {tmp_path / 'store' / 'hosts/a/status.json'}: ")
+    assert "ing " not in str(raised.value).split(":", 1)[0]
