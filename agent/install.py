@@ -440,10 +440,16 @@ class _Planner:
             else:
                 targets.append((step.target, True, False))
         assigned: dict[Path, int] = {}
+        tool_users: dict[str, list[int]] = {}
         for index, permission in enumerate(self.spec.permissions):
             where = self._where(permission.line)
             field_name = f"permissions[{index}]"
-            self._check_permission_tools(permission, where, field_name)
+            self._check_permission_accounts(permission, where, field_name)
+            if permission.acls:
+                tool_users.setdefault("setfacl", []).append(index)
+            if permission.context is not None:
+                tool_users.setdefault("semanage", []).append(index)
+                tool_users.setdefault("restorecon", []).append(index)
             obj = host_path(permission.object, self.host_root)
             matched: list[tuple[Path, bool, bool]] = []
             if obj in self.copy_targets:
@@ -495,20 +501,29 @@ class _Planner:
                     continue
                 assigned[target] = index
                 self.permission_steps.append(SetPermissions(target, is_dir, is_link, permission))
+        self._check_permission_tools(tool_users)
 
-    def _check_permission_tools(self, permission: Permission, where: str, field_name: str) -> None:
-        if permission.acls and not self.disk.tool_exists("setfacl"):
-            self.errors.append(
-                Problem(where, f"{field_name}.acls", "ACLs need the setfacl command, which is not installed on this "
-                        "host (install the acl package)")
+    def _check_permission_tools(self, tool_users: dict[str, list[int]]) -> None:
+        """One problem per missing tool, naming every entry that needs it: installing the tool fixes them all
+        at once, so repeating the same advice per entry would only bury it."""
+        for tool, indexes in tool_users.items():
+            if self.disk.tool_exists(tool):
+                continue
+            what, key, package = _PERMISSION_TOOLS[tool]
+            users = ", ".join(
+                f"permissions[{index}] ({self._where(self.spec.permissions[index].line)})" for index in indexes
             )
-        if permission.context is not None:
-            for tool in ("semanage", "restorecon"):
-                if not self.disk.tool_exists(tool):
-                    self.errors.append(
-                        Problem(where, f"{field_name}.context", f"an SELinux context needs the {tool} command, which "
-                                "is not installed on this host (install policycoreutils)")
-                    )
+            field_name = f"permissions[{indexes[0]}].{key}" if len(indexes) == 1 else "permissions"
+            self.errors.append(
+                Problem(
+                    self._where(self.spec.permissions[indexes[0]].line),
+                    field_name,
+                    f"{what} need the {tool} command, which is not installed on this host (install the {package} "
+                    f"package); needed by {users}",
+                )
+            )
+
+    def _check_permission_accounts(self, permission: Permission, where: str, field_name: str) -> None:
         if permission.owner and not self.disk.user_exists(permission.owner):
             self.deferred.append(
                 Problem(where, f"{field_name}.owner", f"user {permission.owner!r} does not exist on this host")
@@ -517,6 +532,14 @@ class _Planner:
             self.deferred.append(
                 Problem(where, f"{field_name}.group", f"group {permission.group!r} does not exist on this host")
             )
+
+
+#: Tool -> (what needs it, the appspec key, the package that has it on Debian/Ubuntu and RHEL alike).
+_PERMISSION_TOOLS: dict[str, tuple[str, str, str]] = {
+    "setfacl": ("ACLs", "acls", "acl"),
+    "semanage": ("SELinux contexts", "context", "policycoreutils-python-utils"),
+    "restorecon": ("SELinux contexts", "context", "policycoreutils"),
+}
 
 
 def _simple_glob(pattern: str, name: str) -> bool:

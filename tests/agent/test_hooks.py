@@ -20,7 +20,7 @@ import pytest
 from agent.appspec import HookScript
 from agent.hooks import HookSettings, ScriptLog, run_script
 from contract.models import LifecycleErrorCode
-from tests.agent.conftest import Sandbox, make_sandbox, run_cli, statuses
+from tests.agent.conftest import Sandbox, make_sandbox, require_root, require_tool, run_cli, statuses
 
 
 @pytest.fixture
@@ -327,10 +327,8 @@ def test_a_failing_script_stops_the_event_and_the_deployment(sandbox: Sandbox, m
 
 @pytest.fixture
 def second_user() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("creating a user and switching to it needs root")
-    if shutil.which("useradd") is None:
-        pytest.skip("useradd is not installed")
+    require_root("creating a user and switching to it")
+    require_tool("useradd", "passwd")
     name = f"fs-test-{uuid.uuid4().hex[:8]}"
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
     try:

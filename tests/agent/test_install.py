@@ -7,7 +7,6 @@ import grp
 import json
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from agent.install import (
 )
 from agent.layout import DeploymentRoot
 from contract.models import FileExistsBehavior
-from tests.agent.conftest import Bundle, Sandbox, statuses
+from tests.agent.conftest import Bundle, Sandbox, require, require_root, require_tool, statuses
 
 DISALLOW, OVERWRITE, RETAIN = FileExistsBehavior.DISALLOW, FileExistsBehavior.OVERWRITE, FileExistsBehavior.RETAIN
 
@@ -359,8 +358,9 @@ def test_a_path_longer_than_the_file_system_allows_is_found_when_planning(bundle
     assert len(result.errors) == 1
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/sys/kernel"), reason="needs root and a read-only /sys")
 def test_failed_install_puts_the_previous_revision_back(sandbox: Sandbox, make_bundle) -> None:
+    require_root("the kernel must refuse a write into /sys/kernel even though the plan allows it")
+    require(os.path.isdir("/sys/kernel"), "needs sysfs mounted at /sys")
     v1 = make_bundle("v1")
     v1.appspec("version: 0.0\nos: linux\nfiles:\n  - {source: app, destination: /srv/app}\n")
     v1.file("app/index.html", "v1")
@@ -482,8 +482,8 @@ permissions:
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
 def test_permissions_apply_to_this_deployments_paths_only(sandbox: Sandbox, make_bundle) -> None:
+    require_root("changing owners to nobody:nogroup")
     bundle = make_bundle()
     bundle.appspec(PERMISSIONS)
     bundle.file("app/run.sh", mode=0o644)
@@ -582,17 +582,48 @@ permissions:
 """
 
 
-@pytest.mark.skipif(shutil.which("setfacl") is not None, reason="setfacl is installed; the real-ACL test runs")
-def test_acls_without_setfacl_are_a_clear_error(bundle: Bundle, host: Path) -> None:
+@pytest.fixture
+def bare_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PATH set to one empty folder: the host has none of the optional tools (setfacl, semanage,
+    restorecon), whatever this machine has installed. Tests may put stand-ins in it."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", str(folder))
+    return folder
+
+
+def test_acls_without_setfacl_are_one_clear_error_naming_every_entry(
+    bundle: Bundle, host: Path, bare_path: Path
+) -> None:
     bundle.file("app/a")
+    bundle.file("app/sub/b")
     result = plan(bundle, host, ACL_APPSPEC)
-    assert [p.message for p in result.errors] == [
-        "ACLs need the setfacl command, which is not installed on this host (install the acl package)"
+    assert [str(p) for p in result.errors] == [
+        "appspec.yml:6: permissions: ACLs need the setfacl command, which is not installed on this host (install "
+        "the acl package); needed by permissions[0] (appspec.yml:6), permissions[1] (appspec.yml:10)"
     ]
 
 
-@pytest.mark.skipif(shutil.which("setfacl") is None, reason="setfacl is not installed (apt-get install acl)")
+def test_one_acl_entry_without_setfacl_names_its_field(bundle: Bundle, host: Path, bare_path: Path) -> None:
+    bundle.file("app/a")
+    result = plan(bundle, host, """
+        version: 0.0
+        os: linux
+        files:
+          - {source: app, destination: /srv/app}
+        permissions:
+          - {object: /srv/app, mode: 750, type: [directory]}
+          - {object: /srv/app, pattern: a, acls: ["u:nobody:r"], type: [file]}
+    """)
+    assert [str(p) for p in result.errors] == [
+        "appspec.yml:7: permissions[1].acls: ACLs need the setfacl command, which is not installed on this host "
+        "(install the acl package); needed by permissions[1] (appspec.yml:7)"
+    ]
+
+
 def test_acls_are_applied_with_setfacl(sandbox: Sandbox, make_bundle) -> None:
+    require_tool("setfacl", "acl")
+    require_tool("getfacl", "acl")
     bundle = make_bundle()
     bundle.appspec(ACL_APPSPEC)
     bundle.file("app/a")
@@ -614,20 +645,64 @@ def test_acls_are_applied_with_setfacl(sandbox: Sandbox, make_bundle) -> None:
     ]
 
 
-def test_selinux_context_without_tools_is_a_clear_error(bundle: Bundle, host: Path) -> None:
-    if shutil.which("semanage") and shutil.which("restorecon"):
-        pytest.skip("SELinux tools are installed here")
+SELINUX_APPSPEC = """
+version: 0.0
+os: linux
+files:
+  - {source: app, destination: /srv/app}
+permissions:
+  - object: /srv/app
+    context: {type: httpd_sys_content_t}
+    type: [file]
+  - object: /srv/app
+    context: {type: httpd_sys_content_t}
+    type: [directory]
+"""
+
+
+def test_selinux_context_without_tools_is_a_clear_error(bundle: Bundle, host: Path, bare_path: Path) -> None:
     bundle.file("app/a")
-    result = plan(bundle, host, """
-        version: 0.0
-        os: linux
-        files:
-          - {source: app, destination: /srv/app}
-        permissions:
-          - object: /srv/app
-            context: {type: httpd_sys_content_t}
-    """)
-    assert any("an SELinux context needs the semanage command" in p.message for p in result.errors)
+    bundle.file("app/sub/b")
+    result = plan(bundle, host, SELINUX_APPSPEC)
+    needed = "needed by permissions[0] (appspec.yml:6), permissions[1] (appspec.yml:9)"
+    assert [str(p) for p in result.errors] == [
+        "appspec.yml:6: permissions: SELinux contexts need the semanage command, which is not installed on this "
+        f"host (install the policycoreutils-python-utils package); {needed}",
+        "appspec.yml:6: permissions: SELinux contexts need the restorecon command, which is not installed on this "
+        f"host (install the policycoreutils package); {needed}",
+    ]
+
+
+def test_selinux_context_with_only_one_of_the_tools_names_the_missing_one(
+    bundle: Bundle, host: Path, bare_path: Path
+) -> None:
+    stand_in = bare_path / "semanage"
+    stand_in.write_text("#!/bin/sh\nexit 0\n")
+    stand_in.chmod(0o755)
+    bundle.file("app/a")
+    bundle.file("app/sub/b")
+    result = plan(bundle, host, SELINUX_APPSPEC)
+    assert [p.message for p in result.errors] == [
+        "SELinux contexts need the restorecon command, which is not installed on this host (install the "
+        "policycoreutils package); needed by permissions[0] (appspec.yml:6), permissions[1] (appspec.yml:9)"
+    ]
+
+
+def test_a_bundle_needing_a_missing_tool_is_refused_before_anything_runs(
+    sandbox: Sandbox, make_bundle, bare_path: Path, tmp_path: Path
+) -> None:
+    """The whole deployment, not only the plan: DownloadBundle fails, no hook runs, nothing is installed."""
+    marker = tmp_path / "ran"
+    bundle = make_bundle()
+    bundle.appspec(ACL_APPSPEC + "hooks:\n  BeforeInstall:\n    - location: before.sh\n")
+    bundle.file("app/a")
+    (bundle.path / "before.sh").write_text(f"#!/bin/sh\necho ran > {marker}\n")
+    (bundle.path / "before.sh").chmod(0o755)
+    outcome = sandbox.deploy(bundle)
+    assert statuses(outcome)["DownloadBundle"] == "Failed"
+    assert (outcome.message or "").count("setfacl") == 1, outcome.message
+    assert not marker.exists()
+    assert not sandbox.on_host("/srv/app").exists()
 
 
 def test_execute_refuses_a_plan_with_problems(bundle: Bundle, host: Path, tmp_path: Path) -> None:
