@@ -17,10 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
-from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, load_located
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
 from reconciler.errors import ManifestError, ManifestErrors, SourceError
 from reconciler.manifests import (
     API_VERSION,
@@ -102,12 +102,26 @@ def parse_documents(file: ManifestFile) -> tuple[list[_Document], list[ManifestE
     return documents, []
 
 
-def pydantic_message(error: Any) -> str:
-    """Pydantic's messages, reworded where they would puzzle someone editing YAML."""
+#: Where an unknown manifest field should be checked when no known field is close to it.
+MANIFEST_REFERENCE = "the manifest reference or schemas/"
+
+
+def pydantic_message(error: Any, model: type[BaseModel] | None = None, reference: str = MANIFEST_REFERENCE) -> str:
+    """Pydantic's messages, reworded where they would puzzle someone editing YAML.
+
+    `model` is the model that was validated: with it, an unknown field names the field it most likely
+    meant (a typo is the usual cause, and pydantic itself only says "extra inputs are not permitted").
+    `reference` is where to look otherwise; the settings files pass their own, not the manifests'.
+    """
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return "unknown field (check the spelling against the manifest reference or schemas/)"
+        loc = tuple(error["loc"])
+        if model is not None and loc and isinstance(loc[-1], str):
+            meant = did_you_mean(loc[-1], known_keys(model, loc[:-1]))
+            if meant is not None:
+                return f"unknown field; did you mean `{meant}`?"
+        return f"unknown field (check the spelling against {reference})"
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
@@ -146,7 +160,7 @@ def _check_document(document: _Document) -> tuple[Any | None, list[ManifestError
     try:
         return MANIFEST_MODELS[kind].model_validate(data), []
     except ValidationError as exc:
-        return None, [err(tuple(e["loc"]), pydantic_message(e)) for e in exc.errors()]
+        return None, [err(tuple(e["loc"]), pydantic_message(e, MANIFEST_MODELS[kind])) for e in exc.errors()]
 
 
 def _raw_names(failed: list[_Document]) -> set[tuple[str, str]]:
