@@ -7,6 +7,7 @@ exercised over real HTTP (signing, conditional headers, pagination), never by pa
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,29 @@ from hypothesis import settings as hypothesis_settings
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("dev", print_blob=True)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def in_ci() -> bool:
+    """CI sets CI (GitHub, GitLab and `.ci/run` all do); empty, "0" and "false" mean not CI."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def _skip_or_fail(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"{reason}: CI must run this test (./scripts/test installs system packages as root)")
+    pytest.skip(reason)
+
+
+def require_tool(tool: str, package: str) -> None:
+    """Skip the calling test when `tool` is not installed, except in CI, where a missing tool is a failure."""
+    if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
+        _skip_or_fail(f"needs {tool} (apt-get install {package})")
+
+
+def require_root(why: str) -> None:
+    """Skip the calling test unless it runs as root, except in CI (which runs as root), where it fails."""
+    if os.geteuid() != 0:
+        _skip_or_fail(f"needs root: {why}")
 
 
 @dataclass(frozen=True)

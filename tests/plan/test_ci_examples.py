@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import yaml
 
 from reconciler.cli import build_parser
 from reconciler.plan_render import COMMENT_MARKER
+from tests.conftest import require_tool
 
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
 WORKFLOWS = sorted([*CI.glob("github/*.yml"), CI / "gitlab" / ".gitlab-ci.yml"])
@@ -132,8 +132,9 @@ class _FakeGitLabNotes(BaseHTTPRequestHandler):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq, as in CI images")
 def test_gitlab_note_script_posts_once_then_updates_the_same_note(tmp_path: Path) -> None:
+    require_tool("curl", "curl")
+    require_tool("jq", "jq")
     _FakeGitLabNotes.notes = [{"id": n, "body": f"a review comment {n}", "system": n % 2 == 0} for n in range(150)]
     _FakeGitLabNotes.requests = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeGitLabNotes)
