@@ -4,7 +4,15 @@ It resolves the two refs (head, and base = the merge base with the default branc
 validates the manifests at both, reads the fleet from the store when it can, asks `compute_plan` for the
 plan, prints it in the chosen format and, with `--out`, saves it with the fingerprints that
 `reconcile --once --plan` checks. Exit codes follow `terraform plan -detailed-exitcode`: 0 no changes,
-2 changes, 1 error.
+2 changes, and each failure its own, so a CI workflow can tell whose problem it is:
+
+- 1 with `reconcile plan: the head has N manifest errors` (the plan, with the errors, is on stdout): the
+  change itself is invalid, the author fixes it;
+- 1 with `reconcile plan: cannot read the config repository: ...` (nothing on stdout): the checkout, a ref or
+  git failed, the workflow is broken, not the change; likewise bad flags or settings;
+- 8 (as everywhere in `reconcile`): the store could not be read. The plan is still printed, computed offline
+  (hosts and batches from the selectors alone), because the diff is worth reviewing anyway; but a run that
+  was asked to read the fleet and could not must not pass for a complete plan. `--offline` asks for no store.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from contract.store import Store, StoreError
+from contract.store import InvalidStoreURL, Store, StoreError
 from reconciler.core import Observed, State
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.exitcodes import ExitCode
@@ -55,7 +63,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             "and show what applying the head would do: the deployments that start, their hosts and batches "
             "(from the store when reachable), and the warnings that matter in review."
         ),
-        epilog="Exit codes: 0 no changes, 2 changes, 1 error (invalid head, bad ref, unsaved --out).",
+        epilog="Exit codes: 0 no changes, 2 changes, 1 invalid input (invalid head manifests, unreadable config "
+        "repository or ref, unsaved --out), 8 the store could not be read (the plan is printed, computed offline).",
     )
     parser.add_argument("--base", default=None, help="ref to compare with (default: merge base of head and the "
                         "default branch: repository.ref if it names a branch, else origin/HEAD, main, master)")
@@ -96,6 +105,8 @@ class PlanResult:
     head: LoadedRef
     fleet: Fleet | None
     fleet_note: str | None
+    #: The store was to be read and could not be (not: --offline, none configured, a folder not created yet).
+    store_error: bool = False
 
 
 def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
@@ -124,7 +135,7 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
                         path=request.manifest_path, fleet_note=fleet_note, store_error=store_error,
                         options=request.options)
-    return PlanResult(plan=plan, head=head, fleet=fleet, fleet_note=fleet_note)
+    return PlanResult(plan=plan, head=head, fleet=fleet, fleet_note=fleet_note, store_error=store_error)
 
 
 def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
@@ -142,7 +153,13 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         options=PlanOptions(rollback_warning_hosts=args.rollback_warning_hosts,
                             heartbeat_timeout=settings.reconcile.heartbeat_timeout),
     )
-    result = make_plan(request, now=datetime.now(UTC))
+    try:
+        result = make_plan(request, now=datetime.now(UTC))
+    except SourceError as exc:
+        # Not the change's fault: the checkout, a ref or git. Said apart from invalid manifests (same exit 1,
+        # but nothing on stdout and this wording) so a CI log points at the workflow, not the pull request.
+        print(f"reconcile plan: cannot read the config repository: {exc}; nothing was planned.", file=sys.stderr)
+        return ExitCode.INVALID
     plan = result.plan
     if args.format == "json":
         sys.stdout.write(render_json(plan))
@@ -156,6 +173,12 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         print(f"reconcile plan: the head has {count(len(plan.head.errors), 'manifest error')}; nothing was "
               f"planned.", file=sys.stderr)
         return ExitCode.INVALID
+    if result.store_error:
+        print(f"reconcile plan: {result.fleet_note}; the plan above was computed offline (hosts and batches from "
+              f"the selectors alone){' and was not saved' if args.out is not None else ''}. Exit "
+              f"{int(ExitCode.STORE_UNAVAILABLE)}: the store is unavailable (--offline plans without it).",
+              file=sys.stderr)
+        return ExitCode.STORE_UNAVAILABLE
     if args.out is not None:
         if result.fleet is None:
             print(f"reconcile plan: --out needs the store ({result.fleet_note}): a saved plan records the group "
@@ -237,17 +260,17 @@ def read_fleet(store_url: str) -> tuple[Fleet | None, str | None, bool]:
     makes the plan offline (with a warning) rather than failing it: a reviewer still gets the diff and the
     selectors."""
     from contract.store import open_store
+    from contract.store.file import missing_folder
 
-    if store_url.startswith("file://"):
-        from contract.store.file import path_from_url
-
-        # Opening a file store creates its folder; a plan must not, and a missing folder means nothing was
-        # ever deployed from here (or the path is wrong), which the plan says.
-        if not path_from_url(store_url).is_dir():
-            return None, f"store {store_url} does not exist", False
     try:
-        store = open_store(store_url)
+        # A plan only reads: it must not create a file store's folder. A missing one means nothing was ever
+        # deployed from here (or the path is wrong), which the plan says.
+        store = open_store(store_url, create=False)
+        if missing_folder(store) is not None:
+            return None, f"store {store_url} does not exist", False
         observed, state = read_observed_and_state(store)
+    except InvalidStoreURL:
+        raise  # a mistake in the settings (exit 1), not an unreachable store
     except StoreError as exc:
         log.warning("plan.store_unreadable", store=store_url, error=str(exc))
         return None, f"store {store_url} could not be read: {exc}", True

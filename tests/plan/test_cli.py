@@ -81,3 +81,52 @@ def test_out_saves_a_plan_that_loads(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert f"apply exactly this plan with `reconcile --once --plan {saved}`" in result.stderr
     assert load_saved_plan(saved).head_commit == built.head_commit
+
+
+UNREACHABLE_S3 = "s3://fleetshift-plan/prod?endpoint=http://127.0.0.1:1"
+
+
+@pytest.mark.slow
+def test_each_failure_has_its_own_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI workflow must tell "the change is invalid" (1, errors on stdout) from "the repository cannot be
+    read" (1, a different message, nothing on stdout) from "the store cannot be read" (8, as everywhere in
+    `reconcile`), and the last must not pass for a complete plan with exit 0 or 2."""
+    # Credentials that would do, so what fails is the connection (nothing listens on port 1).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    built = build(tmp_path / "good", "revision-bump")
+    unreachable = plan(tmp_path, built.repo.path, "--store", UNREACHABLE_S3)
+    assert unreachable.returncode == 8, unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    assert f"reconcile plan: store {UNREACHABLE_S3} could not be read: cannot reach S3 at http://127.0.0.1:1" \
+        in unreachable.stderr
+    assert "Could not connect to the endpoint URL" in unreachable.stderr  # botocore's own reason is kept
+    assert "computed offline" in unreachable.stderr
+    assert "~ DeploymentGroup/web" in unreachable.stdout  # the diff is still worth reviewing, so it is shown
+    with_out = plan(tmp_path, built.repo.path, "--store", UNREACHABLE_S3, "--out", str(tmp_path / "plan.json"))
+    assert with_out.returncode == 8 and "was not saved" in with_out.stderr
+    assert not (tmp_path / "plan.json").exists()
+
+    invalid = build(tmp_path / "invalid", "invalid-head")
+    bad_manifests = plan(tmp_path, invalid.repo.path, "--store", UNREACHABLE_S3)
+    assert bad_manifests.returncode == 1, bad_manifests.stderr
+    assert "the head has 2 manifest errors; nothing was planned" in bad_manifests.stderr
+    assert "cannot read the config repository" not in bad_manifests.stderr
+
+    (tmp_path / "not-a-repo").mkdir()
+    no_repo = plan(tmp_path, tmp_path / "not-a-repo", "--offline")
+    assert no_repo.returncode == 1
+    assert no_repo.stderr.startswith(f"reconcile plan: cannot read the config repository: {tmp_path / 'not-a-repo'}")
+    assert "manifest error" not in no_repo.stderr and no_repo.stdout == ""
+    assert "Traceback" not in no_repo.stderr
+
+
+@pytest.mark.slow
+def test_a_missing_file_store_is_reported_and_not_created(tmp_path: Path) -> None:
+    built = build(tmp_path / "repo", "revision-bump")
+    missing = tmp_path / "nowhere" / "store"
+    result = plan(tmp_path, built.repo.path, "--store", f"file://{missing}")
+    assert result.returncode == 2, result.stderr
+    assert f"store file://{missing} does not exist" in result.stdout
+    assert not (tmp_path / "nowhere").exists()
