@@ -13,6 +13,7 @@ deploys under CodeDeploy still deploys here.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Mapping
@@ -132,6 +133,14 @@ def find_appspec(archive_dir: Path, filename: str | None = None) -> Path:
     candidates = (filename,) if filename else APPSPEC_NAMES
     for name in candidates:
         path = archive_dir / name
+        if path.is_symlink() and not _resolves_inside(path, archive_dir):
+            # Reading it would read a file of this host (or nothing) in place of the bundle's own appspec, and
+            # could echo that file's contents in an error message.
+            raise RevisionInvalid(
+                [Problem(name, None, f"is a symlink to {os.readlink(path)}, outside the bundle; the appspec must "
+                         "be a file of the bundle")],
+                headline="the revision's appspec is not part of it",
+            )
         if path.is_file():
             return path
     wanted = " or ".join(candidates)
@@ -139,6 +148,11 @@ def find_appspec(archive_dir: Path, filename: str | None = None) -> Path:
         [Problem("", None, f"no {wanted} at the top of the revision ({archive_dir})")],
         headline="the revision has no appspec",
     )
+
+
+def _resolves_inside(path: Path, folder: Path) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root + os.sep)
 
 
 def load_appspec(archive_dir: Path, filename: str | None = None) -> AppSpec:

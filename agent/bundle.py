@@ -9,8 +9,11 @@ tool (the reference agent falls back from `unzip` to rubyzip, which writes `../`
 reference 3.8). Rules, for zip, tar, tgz and directory bundles alike:
 
 - entry names must be relative and free of `..` components;
-- symlinks are created only after every regular file and folder is written, so no write ever goes
-  through a link; then each link is resolved and must land inside the target (absolute targets are refused);
+- symlinks are kept as symlinks, their target text unchanged, wherever they point (`config ->
+  /etc/myapp/config.yml`, `../shared`, or nowhere yet), as the reference agent keeps them: they are created
+  only after every regular file and folder is written, and no entry may sit under a name the bundle has as a
+  link, so nothing is ever written through one. What a link points at is only looked at later, by the
+  installer, which copies a link leading out of the bundle as a link and never follows it;
 - hard links must point at a regular file extracted earlier from the same archive;
 - device files, FIFOs and sockets are refused;
 - entry count and total size are capped (`ExtractLimits`), checked against the archive's own headers
@@ -393,7 +396,6 @@ class _Extractor:
 
     def __init__(self, target: Path, limits: ExtractLimits) -> None:
         self.target = target
-        self.real_target = os.path.realpath(target)
         self.target_text = str(target)
         #: Set while unpacking an archive with many small files (see `_BackgroundWriter`).
         self.writer: _BackgroundWriter | None = None
@@ -548,10 +550,10 @@ class _Extractor:
         self.regular.add(name)
 
     def symlink(self, name: str, link_target: str, source: str) -> None:
-        if link_target.startswith("/"):
-            raise UnsafeBundle(
-                f"{source}: symlink {name!r} points at the absolute path {link_target!r}, outside the bundle"
-            )
+        # Any target is accepted, absolute or outside the bundle or dangling: the link is data, installed
+        # as a link. Safety comes from never writing or reading through it (see `ensure_parent`, `finish`).
+        if "\x00" in link_target:
+            raise UnsafeBundle(f"{source}: symlink {name!r} has a NUL byte in its target")
         if not link_target:
             raise UnsafeBundle(f"{source}: symlink {name!r} has an empty target")
         if name in self.made_dirs:
@@ -560,8 +562,8 @@ class _Extractor:
         self.symlinks[name] = link_target
 
     def finish(self) -> None:
-        """Create the symlinks (after every file, so nothing was written through one), check where each
-        resolves, then set folder modes and times deepest first."""
+        """Create the symlinks (after every file, so nothing was written through one; `ensure_parent` refuses
+        a link under a name that is itself a link), then set folder modes and times deepest first."""
         self.stop_writer()
         for name, link_target in self.symlinks.items():
             self.ensure_parent(name)
@@ -569,10 +571,6 @@ class _Extractor:
             if path.is_symlink() or path.is_file():
                 path.unlink()
             os.symlink(link_target, path)
-        for name, link_target in self.symlinks.items():
-            resolved = os.path.realpath(self.target / name)
-            if os.path.commonpath([resolved, self.real_target]) != self.real_target:
-                raise UnsafeBundle(f"{self.source}: symlink {name!r} -> {link_target!r} resolves outside the bundle")
         for name, mode, mtime, owner in sorted(self.dir_attrs, key=lambda item: item[0].count("/"), reverse=True):
             path = self.target / name
             if owner is not None:

@@ -179,7 +179,16 @@ def run_script(
     if not stat.S_ISREG(info.st_mode):
         return fail(LifecycleErrorCode.SCRIPT_MISSING, f"script {location} is not a file ({path})")
     if not info.st_mode & 0o111:
-        # Bundles zipped on some systems lose the execute bit; the reference agent adds it back too.
+        # Bundles zipped on some systems lose the execute bit; the reference agent adds it back too. Only to
+        # the bundle's own files: a script that is a link out of the bundle would have a host file changed.
+        real = os.path.realpath(path)
+        root = os.path.realpath(archive_dir)
+        if not real.startswith(root + os.sep):
+            return fail(
+                LifecycleErrorCode.SCRIPT_NOT_EXECUTABLE,
+                f"script {location} is a symlink to {real}, outside the bundle, which is not executable; the agent "
+                "only makes the bundle's own files executable",
+            )
         try:
             os.chmod(path, stat.S_IMODE(info.st_mode) | (0o111 & ~_umask()))
             script_log.note(f"{location} was not executable; made it executable")

@@ -282,6 +282,7 @@ class _Planner:
         self.host_root = host_root
         self.disk = disk
         self.bundle = DiskView()
+        self.real_archive = os.path.realpath(archive_dir)
         self.steps: list[Step] = []
         self.copy_targets: dict[Path, Copy] = {}
         self.dir_targets: dict[Path, MakeDir] = {}
@@ -305,6 +306,13 @@ class _Planner:
         destination = host_path(mapping.destination, self.host_root)
         source_kind = self.bundle.kind(source)
         label = mapping.source or "/"
+        if mapping.source and not self._inside_bundle(source.parent):
+            self.error(
+                mapping,
+                f"source {label!r} is reached through a symlink that leads out of the bundle; a link is installed "
+                "as a link, so name the link itself, not a path through it",
+            )
+            return
         if source_kind == "missing":
             self.error(mapping, f"source {label!r} does not exist in the bundle")
             return
@@ -313,7 +321,7 @@ class _Planner:
             return
         if self._too_long(destination, mapping):
             return
-        if self.bundle.is_dir(source):
+        if self._bundle_folder(source):
             self.fill_ancestors(destination, mapping)
             self.add_dir(destination, mapping)
             self.copy_tree(source, destination, mapping, frozenset({os.path.realpath(source)}))
@@ -327,7 +335,7 @@ class _Planner:
             child = source / name
             target = destination / name
             kind = self.bundle.kind(child)
-            if self.bundle.is_dir(child):
+            if self._bundle_folder(child):
                 # Like the reference agent, a link to a folder inside the bundle is copied as a folder.
                 real = os.path.realpath(child)
                 if real in visiting:
@@ -339,6 +347,19 @@ class _Planner:
                 self.add_copy(child, target, mapping, symlink=kind == "symlink")
             else:
                 self.error(mapping, f"{child.relative_to(self.archive)} is not a file, folder or symlink")
+
+    def _inside_bundle(self, path: Path) -> bool:
+        real = os.path.realpath(path)
+        return real == self.real_archive or real.startswith(self.real_archive + os.sep)
+
+    def _bundle_folder(self, path: Path) -> bool:
+        """A folder of the bundle: a real one, or a link to one inside the bundle, which is copied as a folder
+        like the reference agent does. A link that leads out of the bundle (`conf -> /etc/myapp`) or nowhere
+        is not: it is copied as a link, and what it points at on this host is never read or copied."""
+        kind = self.bundle.kind(path)
+        if kind == "dir":
+            return True
+        return kind == "symlink" and self._inside_bundle(path) and self.bundle.is_dir(path)
 
     def _exists_as_dir(self, path: Path) -> bool:
         return path in self.dir_targets or self.disk.is_dir(path)
@@ -883,7 +904,11 @@ def iter_plan_lines(plan: InstallPlan, show: Callable[[Path], str] = str) -> Ite
             yield f"mkdir   {show(step.target)}/"
         else:
             verb = "replace" if step.overwrite else "copy   "
-            yield f"{verb} {show(step.target)}  <- {step.origin.source or '/'}"
+            link = ""
+            if step.symlink:
+                with contextlib.suppress(OSError):
+                    link = f"  (symlink to {os.readlink(step.source)})"
+            yield f"{verb} {show(step.target)}  <- {step.origin.source or '/'}{link}"
     for target in plan.retained:
         yield f"retain  {show(target)} (exists; RETAIN keeps it)"
     for permission_step in plan.permissions:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from agent.bundle import (
+    BUNDLE_TYPES,
+    BundleType,
     ExtractLimits,
     FetchedBundle,
     detect_bundle_type,
@@ -24,7 +26,7 @@ from agent.bundle import (
 )
 from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle
 from contract.models import GitLocation, LocalLocation, Revision, S3Location
-from tests.agent.conftest import Bundle, Sandbox, statuses
+from tests.agent.conftest import Bundle, Sandbox, run_cli, statuses
 from tests.gitrepo import ConfigRepo
 
 APPSPEC = """
@@ -176,6 +178,11 @@ def _tar_with(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Pat
     return path
 
 
+def cast_type(kind: str) -> BundleType:
+    assert kind in BUNDLE_TYPES
+    return kind  # type: ignore[return-value]
+
+
 def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
@@ -191,15 +198,26 @@ MALICIOUS_TARS = {
     "zip-slip": ([(_member("../evil.txt"), b"evil")], "'../evil.txt' climbs out of the bundle with '..'"),
     "deep-slip": ([(_member("a/../../evil.txt"), b"evil")], "climbs out of the bundle"),
     "absolute": ([(_member("/tmp/fleetshift-abs-evil.txt"), b"evil")], "has an absolute path"),
-    "symlink-absolute": ([(_member("etc", tarfile.SYMTYPE, "/etc"), None)], "points at the absolute path '/etc'"),
+    "symlink-absolute-then-write": (
+        [(_member("a", tarfile.SYMTYPE, "/etc"), None), (_member("a/passwd"), b"evil")],
+        "entry 'a/passwd' is inside 'a', which the bundle also has as a file or link (writing through a link is "
+        "refused)",
+    ),
     "symlink-escape-then-write": (
         [(_member("link", tarfile.SYMTYPE, "../.."), None), (_member("link/evil.txt"), b"evil")],
         "writing through a link is refused",
     ),
-    "symlink-escape": ([(_member("link", tarfile.SYMTYPE, "../.."), None)], "resolves outside the bundle"),
-    "symlink-chain-escape": (
-        [(_member("t", tarfile.SYMTYPE, "."), None), (_member("s", tarfile.SYMTYPE, "t/.."), None)],
-        "symlink 's' -> 't/..' resolves outside the bundle",
+    "symlink-then-folder-under-it": (
+        [(_member("a", tarfile.SYMTYPE, "/tmp"), None), (_member("a/sub", tarfile.DIRTYPE), None)],
+        "writing through a link is refused",
+    ),
+    "symlink-then-link-under-it": (
+        [(_member("a", tarfile.SYMTYPE, "/etc"), None), (_member("a/cron.d", tarfile.SYMTYPE, "x"), None)],
+        "writing through a link is refused",
+    ),
+    "folder-then-symlink-over-it": (
+        [(_member("a/f"), b"x"), (_member("a", tarfile.SYMTYPE, "/etc"), None)],
+        "entry 'a' is both a folder and a symlink",
     ),
     "hard-link-outside": (
         [(_member("passwd", tarfile.LNKTYPE, "../../../etc/passwd"), None)],
@@ -256,8 +274,10 @@ MALICIOUS_ZIPS = {
     "zip-slip": ([("../evil.txt", b"evil", None)], "climbs out of the bundle"),
     "backslash-slip": ([("..\\evil.txt", b"evil", None)], "climbs out of the bundle"),
     "absolute": ([("/tmp/fleetshift-abs-evil.txt", b"evil", None)], "has an absolute path"),
-    "symlink-escape": ([("link", b"../../..", stat.S_IFLNK | 0o777)], "resolves outside the bundle"),
-    "symlink-absolute": ([("link", b"/etc", stat.S_IFLNK | 0o777)], "points at the absolute path '/etc'"),
+    "symlink-absolute-then-write": (
+        [("a", b"/etc", stat.S_IFLNK | 0o777), ("a/passwd", b"evil", None)],
+        "entry 'a/passwd' is inside 'a'",
+    ),
     "symlink-escape-then-write": (
         [("link", b"..", stat.S_IFLNK | 0o777), ("link/evil.txt", b"evil", None)],
         "writing through a link is refused",
@@ -315,12 +335,125 @@ def test_too_many_entries_is_refused(kind: str, make_bundle, tmp_path: Path) -> 
         unpack_bundle(FetchedBundle(path, kind), tmp_path / "out", ExtractLimits(max_entries=20))
 
 
-def test_directory_bundle_with_escaping_symlink_is_refused(make_bundle, tmp_path: Path) -> None:
+LINKS_APPSPEC = """
+version: 0.0
+os: linux
+files:
+  - source: app
+    destination: /srv/app
+  - source: etc
+    destination: /srv
+"""
+
+#: Links real bundles carry, which the reference agent installs as links: name -> target text.
+OUTWARD_LINKS = {
+    "app/config.yml": "/etc/myapp/config.yml",  # absolute, usually not there yet: the host provides it
+    "app/shared": "../../shared",  # relative, climbing out of the bundle
+    "app/dangling": "not-built-yet.txt",  # points nowhere
+    "app/logs": "/var/log",  # absolute, to a folder that exists: must not be copied as a folder
+    "etc": "/etc",  # a link as a mapping's whole source
+}
+
+
+def links_bundle(bundle: Bundle) -> Bundle:
+    bundle.appspec(LINKS_APPSPEC)
+    bundle.file("app/index.html", "hi")
+    for name, target in OUTWARD_LINKS.items():
+        os.symlink(target, bundle.path / name)
+    return bundle
+
+
+def _archive(bundle: Bundle, kind: str, tmp_path: Path) -> Path:
+    makers = {
+        "zip": lambda: bundle.zip(tmp_path / "b.zip"),
+        "tar": lambda: bundle.tar(tmp_path / "b.tar"),
+        "tgz": lambda: bundle.tar(tmp_path / "b.tgz", gz=True),
+        "directory": lambda: bundle.path,
+    }
+    return makers[kind]()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tgz", "directory"])
+def test_links_out_of_the_bundle_unpack_as_links(kind: str, make_bundle, tmp_path: Path) -> None:
+    path = _archive(links_bundle(make_bundle()), kind, tmp_path)
+    target = tmp_path / "deploy" / "deployment-archive"
+    unpack_bundle(FetchedBundle(path, cast_type(kind)), target)
+    for name, link in OUTWARD_LINKS.items():
+        assert os.readlink(target / name) == link, name
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tgz", "directory"])
+def test_links_out_of_the_bundle_install_as_links(kind: str, sandbox: Sandbox, make_bundle, tmp_path: Path) -> None:
+    """CodeDeploy compatibility: `config.yml -> /etc/myapp/config.yml` and friends deploy, unchanged."""
+    path = _archive(links_bundle(make_bundle()), kind, tmp_path)
+    outcome = sandbox.deploy(path, bundle_type=kind)
+    assert outcome.status == "Succeeded", outcome.message
+    app = sandbox.on_host("/srv/app")
+    assert (app / "index.html").read_text() == "hi"
+    for name, link in OUTWARD_LINKS.items():
+        installed = sandbox.on_host("/srv/" + name)
+        assert installed.is_symlink(), f"{name} must be installed as a link, not followed"
+        assert os.readlink(installed) == link, name
+    assert not Path("/etc/myapp").exists(), "nothing is written where a link points"
+    cleanup = (sandbox.root / "deployment-instructions/dg-1-cleanup").read_text().splitlines()
+    assert str(app / "logs") in cleanup and str(sandbox.on_host("/srv/etc")) in cleanup
+
+    # The next revision removes the links themselves, never what they point at.
+    empty = make_bundle("empty")
+    empty.appspec("version: 0.0\nos: linux\n")
+    assert sandbox.deploy(empty).status == "Succeeded"
+    assert not app.exists()
+    assert Path("/var/log").is_dir() and Path("/etc").is_dir()
+
+
+def test_validate_lists_links_out_of_the_bundle_without_complaint(make_bundle, tmp_path: Path) -> None:
+    path = _archive(links_bundle(make_bundle()), "tgz", tmp_path)
+    result = run_cli("validate", str(path), "--root-dir", str(tmp_path / "root"), "--host-root", str(tmp_path / "h"))
+    assert result.code == 0, result.out
+    lines = result.out.splitlines()
+    assert "  copy    /srv/app/config.yml  <- app  (symlink to /etc/myapp/config.yml)" in lines
+    assert "  copy    /srv/app/logs  <- app  (symlink to /var/log)" in lines
+    assert "  copy    /srv/etc  <- etc  (symlink to /etc)" in lines
+    assert not [line for line in lines if line.startswith(("error", "warning", "may fail"))]
+
+
+def test_a_source_path_through_a_link_out_of_the_bundle_is_refused(make_bundle, sandbox: Sandbox) -> None:
+    """`source: etc/passwd` with `etc -> /etc` would copy this host's file: reading through the link is refused."""
     bundle = make_bundle()
-    bundle.appspec("version: 0.0\nos: linux\n")
-    os.symlink("/etc/passwd", bundle.path / "passwd")
-    with pytest.raises(UnsafeBundle, match="points at the absolute path '/etc/passwd'"):
-        unpack_bundle(FetchedBundle(bundle.path, "directory"), tmp_path / "out")
+    bundle.appspec("version: 0.0\nos: linux\nfiles:\n  - {source: etc/passwd, destination: /srv}\n")
+    os.symlink("/etc", bundle.path / "etc")
+    outcome = sandbox.deploy(bundle)
+    assert statuses(outcome)["DownloadBundle"] == "Failed"
+    assert (
+        "appspec.yml:4: files: source 'etc/passwd' is reached through a symlink that leads out of the bundle"
+    ) in (outcome.message or "")
+    assert not sandbox.on_host("/srv").exists()
+
+
+def test_an_appspec_that_is_a_link_out_of_the_bundle_is_not_read(make_bundle, sandbox: Sandbox, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password: hunter2\n")
+    bundle = make_bundle()
+    os.symlink(secret, bundle.path / "appspec.yml")
+    outcome = sandbox.deploy(bundle)
+    assert statuses(outcome)["DownloadBundle"] == "Failed"
+    assert f"appspec.yml: is a symlink to {secret}, outside the bundle" in (outcome.message or "")
+    assert "hunter2" not in (outcome.message or "")
+
+
+def test_a_script_linking_out_of_the_bundle_is_never_chmodded(make_bundle, sandbox: Sandbox, tmp_path: Path) -> None:
+    host_script = tmp_path / "host-tool.sh"
+    host_script.write_text("#!/bin/sh\necho ran\n")
+    host_script.chmod(0o644)
+    bundle = make_bundle()
+    bundle.appspec("version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: tool.sh\n")
+    os.symlink(host_script, bundle.path / "tool.sh")
+    outcome = sandbox.deploy(bundle)
+    assert statuses(outcome)["AfterInstall"] == "Failed"
+    assert f"script tool.sh is a symlink to {host_script}, outside the bundle, which is not executable" in (
+        outcome.message or ""
+    )
+    assert stat.S_IMODE(host_script.stat().st_mode) == 0o644
 
 
 def test_malicious_bundle_fails_download_and_stops_nothing(sandbox: Sandbox, make_bundle, tmp_path: Path) -> None:

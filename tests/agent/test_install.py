@@ -739,3 +739,70 @@ def test_permission_targets_follow_the_reference_sequence(bundle: Bundle, host: 
     assert ["/" + p.target.relative_to(host).as_posix() for p in result.permissions] == [
         "/dst1/src1", "/dst1", "/dst2", "/dst3", "/dst3/file1"
     ]
+
+
+# Symlinks: installed as links, never written through, put back by a rollback
+
+
+def test_an_existing_symlink_at_a_destination_is_replaced_not_written_through(
+    sandbox: Sandbox, make_bundle, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    sandbox.on_host("/srv/app").mkdir(parents=True)
+    os.symlink(victim, sandbox.on_host("/srv/app/index.html"))
+    bundle = make_bundle()
+    bundle.appspec("version: 0.0\nos: linux\nfiles:\n  - {source: app, destination: /srv/app}\n")
+    bundle.file("app/index.html", "new")
+    refused = sandbox.deploy(bundle)
+    assert refused.status == "Failed"
+    assert "/srv/app/index.html already exists and was not installed by this deployment group" in (
+        refused.message or ""
+    )
+    assert sandbox.deploy(bundle, file_exists_behavior="OVERWRITE").status == "Succeeded"
+    installed = sandbox.on_host("/srv/app/index.html")
+    assert not installed.is_symlink() and installed.read_text() == "new"
+    assert victim.read_text() == "precious"
+
+
+def test_a_failed_install_puts_the_previous_links_back(
+    sandbox: Sandbox, make_bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = make_bundle("v1")
+    v1.appspec("version: 0.0\nos: linux\nfiles:\n  - {source: app, destination: /srv/app}\n")
+    v1.file("app/a.txt", "v1")
+    os.symlink("/etc/myapp/config.yml", v1.path / "app/config.yml")
+    os.symlink("missing-v1", v1.path / "app/dangling")
+    os.symlink("a.txt", v1.path / "app/inner")
+    assert sandbox.deploy(v1).status == "Succeeded"
+    app = sandbox.on_host("/srv/app")
+    before = {p.name: os.readlink(p) if p.is_symlink() else p.read_text() for p in app.iterdir()}
+    cleanup_before = (sandbox.root / "deployment-instructions/dg-1-cleanup").read_text()
+
+    v2 = make_bundle("v2")
+    v2.appspec("version: 0.0\nos: linux\nfiles:\n  - {source: app, destination: /srv/app}\n")
+    v2.file("app/a.txt", "v2")
+    os.symlink("/etc/myapp/v2.yml", v2.path / "app/config.yml")
+    os.symlink("missing-v2", v2.path / "app/dangling")
+    v2.file("app/z-last.txt", "v2")
+
+    import agent.install as install
+
+    real_copy = install._copy
+
+    def copy_until_the_disk_fails(step: install.Copy) -> None:
+        if step.target.name == "z-last.txt":
+            raise OSError(28, "No space left on device", str(step.target))
+        real_copy(step)
+
+    monkeypatch.setattr(install, "_copy", copy_until_the_disk_fails)
+    outcome = sandbox.deploy(v2)
+    assert statuses(outcome)["Install"] == "Failed", outcome.message
+    assert "No space left on device" in (outcome.message or "")
+    assert "the previous revision's files were put back" in (outcome.message or "")
+    after = {p.name: os.readlink(p) if p.is_symlink() else p.read_text() for p in app.iterdir()}
+    assert after == before == {
+        "a.txt": "v1", "config.yml": "/etc/myapp/config.yml", "dangling": "missing-v1", "inner": "a.txt"
+    }
+    assert all((app / name).is_symlink() for name in ("config.yml", "dangling", "inner"))
+    assert (sandbox.root / "deployment-instructions/dg-1-cleanup").read_text() == cleanup_before
