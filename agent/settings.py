@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_validator
 from contract.durations import Duration
 from contract.models import Model
 from contract.paths import default_store, state_dir
-from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, load_located
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
 
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
@@ -166,6 +166,14 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
     return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
+def meant_variable(name: str) -> str | None:
+    """The FLEETSHIFT_AGENT_* variable an unknown one most likely meant (FLEETSHIFT_AGENT_POL_INTERVAL ->
+    FLEETSHIFT_AGENT_POLL_INTERVAL), for the warning about it; None when nothing is close."""
+    known = {variable.removeprefix(ENV_PREFIX): variable for variable in (*_ENV_FIELDS, f"{ENV_PREFIX}CONFIG")}
+    meant = did_you_mean(name.removeprefix(ENV_PREFIX), known)
+    return known[meant] if meant is not None else None
+
+
 class _LocatedYaml:
     """The settings file's data plus where each key sits, so errors can point at a line."""
 
@@ -263,6 +271,11 @@ def load_settings(
 
 def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
+        # A typo is the usual cause: name the key it most likely meant, as appspec errors do.
+        loc = tuple(error["loc"])
+        meant = did_you_mean(str(loc[-1]), known_keys(AgentSettings, loc[:-1])) if loc else None
+        if meant is not None:
+            return f"unknown key; did you mean `{meant}`?"
         return "unknown key (see agent.yaml.example for every key)"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")

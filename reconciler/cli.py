@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from contract.logs import configure_logging
 from contract.store import InvalidStoreURL, StoreError
 from reconciler.errors import ManifestErrors, ReconcilerError
 from reconciler.exitcodes import ExitCode
-from reconciler.settings import DeploySettings, load_settings
+from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
 SUBCOMMAND_MODULES = ("reconciler.ops_cli", "reconciler.plan_cli")
 
@@ -124,12 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One stderr line per FLEETSHIFT_* variable that looks like a setting but sets nothing.
+
+    A warning, not an error: the variable may belong to something else that shares the prefix, and the
+    rule for "looks like a setting" (see `unknown_environment_variables`) leaves CI and test variables out.
+    Printed once per command, before the settings are read, so it shows even when they turn out invalid.
+    """
+    for name, meant in unknown_environment_variables(environ):
+        hint = f"did you mean {meant}?" if meant else "deploy.yaml.example lists every setting's variable"
+        print(f"reconcile: warning: {name} is not a setting and is ignored; {hint}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None and not args.once:
         parser.print_help(sys.stderr)
         return ExitCode.INVALID
+    warn_unknown_variables(os.environ)
     try:
         settings = settings_from_args(args)
     except ManifestErrors as exc:

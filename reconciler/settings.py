@@ -18,11 +18,14 @@ from pydantic import Field, ValidationError
 from contract.durations import Duration
 from contract.models import Model
 from contract.paths import default_store
+from contract.yamlmarks import did_you_mean
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
 from reconciler.loader import ManifestFile, parse_documents, pydantic_message
 
 ENV_PREFIX = "FLEETSHIFT_"
 DEFAULT_CONFIG_FILE = "deploy.yaml"
+#: Where an unknown settings key should be checked (not the manifest reference: a different file).
+SETTINGS_REFERENCE = "deploy.yaml.example or the README's Configuration section"
 
 
 class RepositorySettings(Model):
@@ -59,23 +62,67 @@ class DeploySettings(Model):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 
+_SECTIONS: dict[str, type[Model]] = {
+    "repository": RepositorySettings,
+    "reconcile": ReconcileSettings,
+    "logging": LoggingSettings,
+}
+#: Every variable the reconciler reads, and the (section, key) it sets; None for the top-level `store`.
+ENV_VARIABLES: dict[str, tuple[str, str] | None] = {f"{ENV_PREFIX}STORE": None} | {
+    f"{ENV_PREFIX}{section}_{name}".upper(): (section, info.alias or name)
+    for section, model in _SECTIONS.items()
+    for name, info in model.model_fields.items()
+}
+#: The agent's variables (FLEETSHIFT_AGENT_*): the agent reads and checks them, the reconciler leaves them be.
+AGENT_ENV_PREFIX = f"{ENV_PREFIX}AGENT_"
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """FLEETSHIFT_STORE, FLEETSHIFT_REPOSITORY_URL, FLEETSHIFT_RECONCILE_POLL_INTERVAL, FLEETSHIFT_LOGGING_LEVEL..."""
     overrides: dict[str, Any] = {}
-    sections: dict[str, type[Model]] = {
-        "repository": RepositorySettings,
-        "reconcile": ReconcileSettings,
-        "logging": LoggingSettings,
-    }
-    if f"{ENV_PREFIX}STORE" in environ:
-        overrides["store"] = environ[f"{ENV_PREFIX}STORE"]
-    for section, model in sections.items():
-        for name, info in model.model_fields.items():
-            env_name = f"{ENV_PREFIX}{section}_{name}".upper()
-            if env_name in environ:
-                alias = info.alias or name
-                overrides.setdefault(section, {})[alias] = environ[env_name]
+    for env_name, target in ENV_VARIABLES.items():
+        if env_name not in environ:
+            continue
+        if target is None:
+            overrides["store"] = environ[env_name]
+        else:
+            overrides.setdefault(target[0], {})[target[1]] = environ[env_name]
     return overrides
+
+
+def unknown_environment_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """FLEETSHIFT_* variables that look like reconciler settings but set nothing, each with the variable it
+    most likely meant (or None), for a warning: a typo such as FLEETSHIFT_STOR would otherwise be ignored
+    without a word and the reconciler would quietly use another store.
+
+    The FLEETSHIFT_ prefix is shared, so not every such variable is a mistake: the agent's
+    FLEETSHIFT_AGENT_* (the agent checks those), CI variables the examples use (FLEETSHIFT_REQUIRE_PLAN,
+    FLEETSHIFT_GITLAB_TOKEN, FLEETSHIFT_PLAN_ROLE_ARN...), the test suite's FLEETSHIFT_REGEN. The rule: a
+    variable is reported when the first word after FLEETSHIFT_ names a settings section (REPOSITORY,
+    RECONCILE, LOGGING), abbreviates one (REPO, LOG) or is a typo of one (RECONCLE), or when the whole name
+    is close to a real variable (FLEETSHIFT_STOR) or extends one (FLEETSHIFT_STORE_URL). Anything else is
+    somebody else's variable and is left alone.
+    """
+    sections = [section.upper() for section in _SECTIONS]
+    known_rests = {name.removeprefix(ENV_PREFIX): name for name in ENV_VARIABLES}
+    unknown: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in ENV_VARIABLES or name.startswith(AGENT_ENV_PREFIX):
+            continue
+        rest = name.removeprefix(ENV_PREFIX)
+        head, _, tail = rest.partition("_")
+        abbreviated = [s for s in sections if len(head) >= 3 and s.startswith(head)]
+        section = head if head in sections else (abbreviated[0] if abbreviated else did_you_mean(head, sections))
+        if section is not None:
+            keys = {known.removeprefix(f"{section}_"): full for known, full in known_rests.items()
+                    if known.startswith(f"{section}_")}
+            meant = did_you_mean(tail, keys) if tail else None
+            unknown.append((name, keys[meant] if meant is not None else None))
+        elif (meant := did_you_mean(rest, known_rests)) is not None:
+            unknown.append((name, known_rests[meant]))
+        elif any(rest.startswith(f"{known}_") for known in known_rests):
+            unknown.append((name, next(full for known, full in known_rests.items() if rest.startswith(f"{known}_"))))
+    return unknown
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,7 +173,7 @@ def load_settings(
         for error in exc.errors():
             loc = tuple(error["loc"])
             dotted = ".".join(map(str, loc))
-            message = pydantic_message(error)
+            message = pydantic_message(error, DeploySettings, SETTINGS_REFERENCE)
             # Name the source the bad value came from: the flag, the variable, or the file's line.
             if _dig(flags or {}, loc) is not None:
                 elsewhere.append(f"{FLAG_NAMES.get(dotted, 'flag for ' + dotted)}: {message}")
@@ -138,7 +185,7 @@ def load_settings(
                 in_file.append(ManifestError(name, line, column, None, dotted, message))
         if elsewhere:
             raise SettingsError("\n".join([*elsewhere, *map(str, in_file)])) from None
-        raise ManifestErrors(in_file) from None
+        raise ManifestErrors(sorted(in_file, key=lambda e: (e.line, e.column))) from None
 
 
 #: The flag that sets each settings key, for error messages.

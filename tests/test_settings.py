@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from reconciler.errors import ManifestErrors, SettingsError
-from reconciler.settings import DeploySettings, load_settings
+from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,9 +50,72 @@ def test_broken_settings_name_file_line_and_key(tmp_path: Path) -> None:
         load_settings(config, environ={})
     assert [str(e) for e in raised.value.errors] == [
         f"{config}:3:3: reconcile.timeout: invalid duration 'soon': write a number and a unit, like 90s, 5m, 1h30m",
-        f"{config}:4:3: reconcile.pollIntervall: unknown field (check the spelling against the manifest reference "
-        "or schemas/)",
+        f"{config}:4:3: reconcile.pollIntervall: unknown field; did you mean `pollInterval`?",
     ]
+
+
+def test_unknown_keys_point_at_the_settings_reference_not_the_manifests(tmp_path: Path) -> None:
+    config = tmp_path / "deploy.yaml"
+    config.write_text("repository:\n  branch: main\nstroe: file:///x\ncolour: blue\nlogging: {levle: debug}\n")
+    with pytest.raises(ManifestErrors) as raised:
+        load_settings(config, environ={})
+    assert [str(e) for e in raised.value.errors] == [
+        f"{config}:2:3: repository.branch: unknown field (check the spelling against deploy.yaml.example or the "
+        "README's Configuration section)",
+        f"{config}:3:1: stroe: unknown field; did you mean `store`?",
+        f"{config}:4:1: colour: unknown field (check the spelling against deploy.yaml.example or the README's "
+        "Configuration section)",
+        f"{config}:5:11: logging.levle: unknown field; did you mean `level`?",
+    ]
+    assert "manifest" not in str(raised.value)
+
+
+def test_a_tab_is_named_with_its_position(tmp_path: Path) -> None:
+    config = tmp_path / "deploy.yaml"
+    config.write_text("store: file:///x\nrepository:\n\turl: /srv/config\n")
+    with pytest.raises(ManifestErrors) as raised:
+        load_settings(config, environ={})
+    assert [str(e) for e in raised.value.errors] == [
+        f"{config}:3:1: YAML syntax error: a tab character (YAML indents with spaces only)"
+    ]
+
+
+def test_unknown_variables_that_look_like_settings_are_found_with_a_suggestion() -> None:
+    environ = {
+        "FLEETSHIFT_STOR": "typo of a top-level key",
+        "FLEETSHIFT_STORE_URL": "an invented longer name",
+        "FLEETSHIFT_RECONCLE_TIMEOUT": "typo in the section",
+        "FLEETSHIFT_RECONCILE_POL_INTERVAL": "typo in the key",
+        "FLEETSHIFT_LOG_LEVEL": "abbreviated section",
+        "FLEETSHIFT_REPOSITORY_BRANCH": "a key that does not exist",
+        # Known, or not the reconciler's: never reported.
+        "FLEETSHIFT_STORE": "s3://b/p",
+        "FLEETSHIFT_REPOSITORY_REF": "main",
+        "FLEETSHIFT_AGENT_STOR": "the agent warns about its own",
+        "FLEETSHIFT_REGEN": "1",
+        "FLEETSHIFT_REQUIRE_PLAN": "true",
+        "FLEETSHIFT_GITLAB_TOKEN": "secret",
+        "FLEETSHIFT_PLAN_ROLE_ARN": "arn",
+        "FLEETSHIFT_APPLY_ROLE_ARN": "arn",
+        "PATH": "/usr/bin",
+    }
+    assert unknown_environment_variables(environ) == [
+        ("FLEETSHIFT_LOG_LEVEL", "FLEETSHIFT_LOGGING_LEVEL"),
+        ("FLEETSHIFT_RECONCILE_POL_INTERVAL", "FLEETSHIFT_RECONCILE_POLL_INTERVAL"),
+        ("FLEETSHIFT_RECONCLE_TIMEOUT", "FLEETSHIFT_RECONCILE_TIMEOUT"),
+        ("FLEETSHIFT_REPOSITORY_BRANCH", None),
+        ("FLEETSHIFT_STOR", "FLEETSHIFT_STORE"),
+        ("FLEETSHIFT_STORE_URL", "FLEETSHIFT_STORE"),
+    ]
+
+
+def test_every_documented_variable_is_known() -> None:
+    """The variables the README and deploy.yaml.example name must never be warned about."""
+    text = (ROOT / "deploy.yaml.example").read_text() + (ROOT / "README.md").read_text()
+    named = set(re.findall(r"FLEETSHIFT_(?:STORE|REPOSITORY_[A-Z_]+|RECONCILE_[A-Z_]+|LOGGING_[A-Z_]+)\b", text))
+    named.discard("FLEETSHIFT_RECONCILE_")  # "FLEETSHIFT_RECONCILE_<KEY>"-style placeholders
+    assert "FLEETSHIFT_REPOSITORY_REF" in named
+    assert unknown_environment_variables(dict.fromkeys(named, "x")) == []
 
 
 def test_named_file_must_exist(tmp_path: Path) -> None:

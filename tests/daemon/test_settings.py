@@ -17,6 +17,7 @@ from agent.settings import (
     AgentSettings,
     SettingsError,
     load_settings,
+    meant_variable,
     state_dir,
     unknown_environment_variables,
 )
@@ -95,8 +96,28 @@ def test_file_errors_name_file_line_column_and_key(tmp_path: Path) -> None:
     assert raised.value.problems == [
         f"{config}:2:1: pollInterval: invalid duration 'soon': write a number and a unit, like 90s, 5m, 1h30m",
         f"{config}:4:3: logging.level: Input should be 'debug', 'info', 'warning' or 'error'",
-        f"{config}:5:1: heartbeatIntervall: unknown key (see agent.yaml.example for every key)",
+        f"{config}:5:1: heartbeatIntervall: unknown key; did you mean `heartbeatInterval`?",
     ]
+
+
+def test_unknown_keys_suggest_the_key_they_most_likely_meant(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("polInterval: 5s\nhost_id: web-1\nlogging:\n  formt: json\ncolour: blue\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert sorted(raised.value.problems) == [
+        f"{config}:1:1: polInterval: unknown key; did you mean `pollInterval`?",
+        f"{config}:4:3: logging.formt: unknown key; did you mean `format`?",
+        f"{config}:5:1: colour: unknown key (see agent.yaml.example for every key)",
+    ]
+
+
+def test_a_tab_is_named_with_its_position(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("hostId: web-1\ntags:\n\tapp: hello\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert raised.value.problems == [f"{config}:3:1: not valid YAML: a tab character (YAML indents with spaces only)"]
 
 
 def test_environment_and_flag_errors_name_the_variable_or_flag(tmp_path: Path) -> None:
@@ -139,6 +160,20 @@ def test_named_file_must_exist(tmp_path: Path) -> None:
 def test_unknown_variables_are_found_for_a_warning() -> None:
     environ = {"FLEETSHIFT_AGENT_STOR": "x", "FLEETSHIFT_AGENT_STORE": "y", "FLEETSHIFT_AGENT_CONFIG": "z"}
     assert unknown_environment_variables(environ) == ["FLEETSHIFT_AGENT_STOR"]
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("FLEETSHIFT_AGENT_STOR", "FLEETSHIFT_AGENT_STORE"),
+        ("FLEETSHIFT_AGENT_POL_INTERVAL", "FLEETSHIFT_AGENT_POLL_INTERVAL"),
+        ("FLEETSHIFT_AGENT_LOGGING_LEVL", "FLEETSHIFT_AGENT_LOGGING_LEVEL"),
+        ("FLEETSHIFT_AGENT_CONFG", "FLEETSHIFT_AGENT_CONFIG"),
+        ("FLEETSHIFT_AGENT_SOMETHING_ELSE", None),
+    ],
+)
+def test_unknown_variables_suggest_the_variable_they_most_likely_meant(name: str, meant: str | None) -> None:
+    assert meant_variable(name) == meant
 
 
 @pytest.mark.slow
