@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,28 +55,49 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.runner import LifecycleRunner, RunnerSettings
 from agent.settings import AgentSettings, SettingsError, load_settings, parse_tags, unknown_environment_variables
-from contract.keys import command_key, registration_key, status_key
+from contract.keys import command_key, conflict_key, registration_key, status_key
 from contract.logs import configure_logging
 from contract.models import (
     CommandProgress,
     CommandStatus,
+    ConflictReason,
     Document,
     EventReport,
     EventStatus,
     HostCommand,
+    HostConflict,
     HostRegistration,
     HostStatus,
     InstalledRevision,
     LifecycleErrorCode,
     group_key,
 )
-from contract.store import Store, StoreError, open_store
-from contract.store.docs import DocumentInvalid, Versioned, parse_document, read_document, write_document
+from contract.store import PreconditionFailed, Store, StoreError, StoreUnavailable, open_store
+from contract.store.docs import (
+    DocumentInvalid,
+    Versioned,
+    create_document,
+    parse_document,
+    read_document,
+    replace_document,
+    write_document,
+)
 
 log = structlog.get_logger("agent.daemon")
 
 STATE_FILE = "ongoing-deployment"
 LOCK_FILE = ".deploy-agent.lock"
+INSTALLATION_FILE = "installation-id"
+#: Files holding this machine's systemd/D-Bus machine id (machine-id(5)): the identity of a machine, which a
+#: properly prepared clone (cloud-init, virt-sysprep, systemd-firstboot) gets anew.
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+#: Another installation owning this host id counts as alive while its last sign of life (registration or
+#: heartbeat) is younger than this many of its heartbeat intervals (the reconciler's offline rule), plus
+#: CLOCK_SKEW_SECONDS because the time was written by another machine's clock.
+MISSED_HEARTBEATS = 3
+CLOCK_SKEW_SECONDS = 5.0
+#: Compare-and-swap rounds when claiming the registration before giving up for this attempt (retried).
+CLAIM_ATTEMPTS = 5
 #: After a command ends the agent keeps polling at the busy interval this long: a rollback or the next
 #: deployment for this host usually follows within seconds.
 BUSY_WINDOW = timedelta(minutes=1)
@@ -88,7 +111,8 @@ class ExitCode(IntEnum):
 
     #: Stopped by SIGTERM/SIGINT; with --once: nothing was pending, or the command succeeded.
     OK = 0
-    #: Invalid settings or flags, or the deployment root is unusable or in use by another agent.
+    #: Invalid settings or flags, or the deployment root is unusable or in use by another agent, or the host
+    #: id belongs to another live agent installation (at start, or taken over while running).
     INVALID = 1
     #: --once: the command ran (or was found cut off by a crash) and failed; the failure was reported.
     COMMAND_FAILED = 4
@@ -276,6 +300,133 @@ def root_lock(root: Path) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------------
+# This installation's identity
+
+
+class Installation(Document):
+    """`<root>/installation-id`: who this agent installation is, so two installations configured with the
+    same host id (cloned VMs, containers whose host names collide) are told apart in the store.
+
+    Created once, at the first start, and kept across restarts and upgrades. `machine` fingerprints the machine
+    it was created on (a salted hash of machine-id(5), never the id itself, which is meant to stay private):
+    a deployment root copied to another machine (a cloned VM image, a restored backup) is detected by it and
+    gets a new identity, with a warning, instead of impersonating the original. The host name is recorded
+    for people only; it changes legitimately (renames, containers re-created on a kept volume), so it never
+    causes a new identity. Where no machine id exists (many containers) a copy keeps the identity; two copies
+    running at once are then caught by the running check (the status is written by compare-and-swap).
+    """
+
+    installation_id: str
+    created_at: datetime
+    hostname: str
+    machine: str | None = None
+    #: The identity this one replaced, when it was created because the root came from another machine.
+    replaces: str | None = None
+
+
+def machine_fingerprint(files: tuple[Path, ...] = MACHINE_ID_FILES) -> str | None:
+    """A stable, non-reversible fingerprint of this machine, or None where there is no machine id."""
+    for path in files:
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value and value != "uninitialized":
+            return hashlib.sha256(f"fleetshift-installation:{value}".encode()).hexdigest()[:32]
+    return None
+
+
+def _write_atomically(path: Path, data: bytes, *, create_only: bool) -> bool:
+    """Temp file, fsync, then link (create-only: never replaces) or rename, then fsync of the folder: after a
+    kill -9 or a power cut the file is absent, old or new, never partial. False if create-only lost."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        if create_only:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def load_installation(root: Path, *, machine: str | None = None) -> tuple[Installation, str | None]:
+    """This root's identity, created on first use; with a warning (second item) when the root was found to
+    come from another machine and a new identity replaced the copied one. Call under `root_lock`."""
+    path = root / INSTALLATION_FILE
+    for leftover in root.glob(f".{INSTALLATION_FILE}.*.tmp"):  # from a kill -9 mid-write; never linked
+        leftover.unlink(missing_ok=True)
+    hostname = socket.gethostname()
+    existing: Installation | None = None
+    try:
+        existing = Installation.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StateError(f"cannot read this agent's identity {path}: {exc.strerror}") from exc
+    except ValidationError as exc:
+        raise StateError(
+            f"this agent's identity {path} is unreadable ({exc.errors()[0]['msg']}). Remove it to give this "
+            "installation a new identity; until its old registration's heartbeat goes stale the agent will then "
+            "see its own earlier self as another installation (or start it once with --take-over)"
+        ) from None
+    if existing is not None and (existing.machine is None or machine is None or existing.machine == machine):
+        return existing, None
+    fresh = Installation(
+        installation_id=uuid.uuid4().hex,
+        created_at=_now(),
+        hostname=hostname,
+        machine=machine,
+        replaces=existing.installation_id if existing is not None else None,
+    )
+    if existing is None:
+        if not _write_atomically(path, fresh.to_json(), create_only=True):
+            return load_installation(root, machine=machine)  # created meanwhile (only without root_lock)
+        return fresh, None
+    _write_atomically(path, fresh.to_json(), create_only=False)
+    warning = (
+        f"{path} was created on another machine (host name {existing.hostname!r}; its machine id differs from "
+        f"this one's), so this deployment root is a copy, e.g. from a cloned VM image: this agent is now "
+        f"installation {fresh.installation_id}, not {existing.installation_id}"
+    )
+    return fresh, warning
+
+
+def _describe(registration: HostRegistration | None, status: HostStatus | None = None) -> str:
+    """The other installation, for people: its id, machine, version and when it started."""
+    installation = (registration.installation_id if registration is not None else None) or (
+        status.installation_id if status is not None else None)
+    parts = [f"installation {installation}" if installation else "an agent older than installation ids"]
+    if registration is not None:
+        parts.append(f"on host name {registration.hostname!r}")
+    version = status.agent_version if status is not None else registration.agent_version if registration else None
+    if version:
+        parts.append(f"agent {version}")
+    if status is not None and status.started_at is not None:
+        parts.append(f"running since {status.started_at.isoformat(timespec='seconds')}")
+    elif registration is not None:
+        parts.append(f"registered at {registration.registered_at.isoformat(timespec='seconds')}")
+    return ", ".join(parts)
+
+
+class HostIdInUse(Exception):
+    """Another agent installation owns this host id: this agent must not run its commands or write its
+    documents. The message says who holds it and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------
 # The agent
 
 
@@ -317,7 +468,16 @@ class _StoreHealth:
 class Agent:
     """One host's agent. `run_forever()` until stopped, or `run_once()` for cron and tests."""
 
-    def __init__(self, settings: AgentSettings, store: Store, runner: LifecycleRunner, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: Store,
+        runner: LifecycleRunner,
+        stop: threading.Event,
+        *,
+        take_over: bool = False,
+        installation: Installation | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.runner = runner
@@ -335,7 +495,21 @@ class Agent:
         #: The generation the store says this host last reported; None until read. Nothing is written to
         #: the store before it is known (see `_read_store_floor`).
         self._store_floor: int | None = None
-        self._registered = False
+        #: Loaded from the root in `_start` unless given.
+        self._installation = installation
+        self._take_over = take_over
+        self._started_at = _now()
+        self._hostname = socket.gethostname()
+        #: The version of our status in the store: every status write is a compare-and-swap against it, so
+        #: another installation writing the same key is noticed at our next write instead of fought over.
+        self._status_version: str | None = None
+        self._last_status_attempt: bytes | None = None
+        self._registration_version: str | None = None
+        #: The first registration write failed (store outage): the reporter claims again before writing.
+        self._registration_pending = False
+        self._next_registration_check = 0.0
+        #: Set (with the message) when another installation took this host id while we ran.
+        self._conflict: str | None = None
         self._closing = False
         self._abandon = False
         self._superseded_by: HostCommand | None = None
@@ -369,12 +543,16 @@ class Agent:
                 self.stop.wait(self._poll_interval())
         finally:
             self._shutdown(self.settings.report_timeout.total_seconds())
+        self._raise_conflict()
         return ExitCode.OK
 
     def run_once(self) -> ExitCode:
         self._start()
         try:
             command = self._poll()
+        except HostIdInUse:
+            self._shutdown(0.0)
+            raise
         except StoreError as exc:
             self.log.error("store.unavailable", doing="reading the command", error=str(exc))
             self._shutdown(0.0)
@@ -382,6 +560,7 @@ class Agent:
         if command is not None:
             self._execute(command)
         if not self._shutdown(self.settings.report_timeout.total_seconds()):
+            self._raise_conflict()
             self.log.error("store.unavailable", doing="reporting", error=self._report_health.last_error,
                            kept_in=str(self.local.path))
             return ExitCode.STORE_UNAVAILABLE
@@ -405,6 +584,12 @@ class Agent:
             self.log.warning("install.recovered_after_crash", deployment_groups=restored)
         self._installed = self._installed_from_disk()
         self._state = state or AgentState(host_id=self.host_id)
+        if self._installation is None:
+            self._installation, warning = load_installation(self.settings.root_dir, machine=machine_fingerprint())
+            if warning is not None:
+                self.log.warning("installation.copied_root", message=warning,
+                                 installation_id=self._installation.installation_id,
+                                 replaces=self._installation.replaces)
         if state is not None and state.running and state.progress is not None and state.command is not None:
             command = state.command
             installed = self.runner.last_successful(command.application, command.deployment_group)
@@ -415,6 +600,7 @@ class Agent:
         elif not self._state.reported and self._state.progress is not None:
             self._failed_reported = self._state.progress.status == CommandStatus.FAILED
         self.log.info("agent.started", version=__version__, store=self.store.url,
+                      installation_id=self.installation.installation_id,
                       root_dir=str(self.settings.root_dir), last_generation=self._state.last_generation,
                       pending_report=not self._state.reported)
         self._reporter.start()
@@ -433,9 +619,10 @@ class Agent:
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-            while self._written < self._changes and self._store_floor is not None and time.monotonic() < deadline:
+            while (self._written < self._changes and self._store_floor is not None and not self._abandon
+                   and time.monotonic() < deadline):
                 self._lock.wait(min(0.2, max(0.001, deadline - time.monotonic())))
-            flushed = self._written >= self._changes
+            flushed = self._written >= self._changes and self._conflict is None
             self._abandon = True
             self._lock.notify_all()
         self._reporter.join(timeout=1.0)  # a daemon thread: a store call still in flight dies with the process
@@ -466,7 +653,7 @@ class Agent:
     def _poll(self) -> HostCommand | None:
         """A command to run now, or None. A conditional read: an unchanged command moves no body."""
         if self._store_floor is None:
-            floor = self._read_store_floor()
+            floor = self._read_store_floor(self._claim())
             with self._lock:
                 self._store_floor = floor
                 self._lock.notify_all()
@@ -502,17 +689,13 @@ class Agent:
             return False
         return True
 
-    def _read_store_floor(self) -> int:
+    def _read_store_floor(self, found: HostStatus | None) -> int:
         """The generation the store says this host last reported: the second guard against running a
-        command twice, for a deployment root (and its state file) that was wiped or replaced. A command the
-        store shows as still running that the state file does not know was cut off with that root: it is
+        command twice, for a deployment root (and its state file) that was wiped or replaced (or a machine
+        reinstalled under the same host id, whose old installation's status was just taken over). A command
+        the store shows as still running that the state file does not know was cut off with that root: it is
         reported failed after restart, like one the state file knows."""
-        try:
-            found = read_document(self.store, status_key(self.host_id), HostStatus)
-        except DocumentInvalid as exc:
-            self.log.warning("status.unreadable", error=str(exc))
-            return 0
-        command = found.document.command if found is not None else None
+        command = found.command if found is not None else None
         if command is None:
             return 0
         if command.status == CommandStatus.IN_PROGRESS and command.generation > self._state.last_generation:
@@ -627,6 +810,8 @@ class Agent:
             host_id=self.host_id,
             heartbeat_at=_now(),
             agent_version=__version__,
+            installation_id=self.installation.installation_id,
+            started_at=self._started_at,
             installed=dict(self._installed),
             command=self._state.progress,
             heartbeat_interval_seconds=self.settings.heartbeat_interval.total_seconds(),
@@ -670,9 +855,13 @@ class Agent:
                 self._watch_for_newer_command()
                 continue
             try:
-                if not self._registered:
-                    self._register()
-                write_document(self.store, status_key(self.host_id), document)
+                if self._registration_pending:
+                    self._claim(first=False)
+                self._check_registration()
+                self._write_status(document)
+            except HostIdInUse as exc:
+                self._stop_for_conflict(str(exc))
+                return
             except StoreError as exc:
                 self._report_health.failed(exc, "writing the status")
                 retry_at = time.monotonic() + backoff.next()
@@ -695,30 +884,250 @@ class Agent:
                         self.log.warning("state.save_failed", error=str(exc))
                 self._lock.notify_all()
 
-    def _register(self) -> None:
-        """Write the registration if it is missing or says something else; a restart that changes nothing
-        costs one GET, not a PUT."""
-        registration = HostRegistration(
+    # ----------------------------------------------------------------------------------------------
+    # Owning the host id (one installation per host id)
+
+    @property
+    def installation(self) -> Installation:
+        assert self._installation is not None, "the installation is loaded in _start"
+        return self._installation
+
+    def _registration_document(self) -> HostRegistration:
+        return HostRegistration(
             host_id=self.host_id,
+            installation_id=self.installation.installation_id,
             tags=dict(self.settings.tags),
             zone=self.settings.zone,
             platform=platform.system().lower(),
-            hostname=socket.gethostname(),
+            hostname=self._hostname,
             agent_version=__version__,
             registered_at=_now(),
         )
+
+    def _is_mine(self, registration: HostRegistration) -> bool:
+        """A registration without an installation id was written by an agent older than installation ids: on
+        this machine's host name it is this installation before its upgrade, elsewhere another agent."""
+        if registration.installation_id is None:
+            return registration.hostname == self._hostname
+        return registration.installation_id == self.installation.installation_id
+
+    def _claim(self, *, first: bool = True) -> HostStatus | None:
+        """Register, unless another live installation owns the host id; returns the status found in the store.
+
+        Runs in the main thread before the first command is read, so a refused agent never runs anything.
+        Race-free: the registration is created with put-if-absent and replaced with put-if-version, so of two
+        agents starting together exactly one writes it; the other re-reads, finds a live owner and is refused.
+        A registration whose owner has been silent for MISSED_HEARTBEATS of its heartbeat intervals (a dead
+        or reinstalled machine) is taken over without anyone's help; `--take-over` takes a live one (the old
+        agent then notices at its next write and stops instead of fighting back).
+        Raises HostIdInUse (after recording a HostConflict for `reconcile status`), or StoreError to retry.
+
+        The decision needs only reads. If the store then refuses the write (an outage of writes only), the
+        agent runs commands anyway, as it always has during outages, and the reporter claims again, reads and
+        all, before its first status write (`first=False`): a rival that registered meanwhile is found then."""
         key = registration_key(self.host_id)
+        for _ in range(CLAIM_ATTEMPTS):
+            damaged: str | None = None  # the version of a registration that does not parse
+            try:
+                existing = read_document(self.store, key, HostRegistration)
+            except DocumentInvalid as exc:
+                if not self._take_over:
+                    raise HostIdInUse(
+                        f"host id {self.host_id!r}: {exc}; another agent (perhaps a newer fleetshift) may own this "
+                        "host id. Give this machine its own host id (hostId in agent.yaml or --host-id), or, if "
+                        "the registration is just damaged, start once with --take-over to replace it"
+                    ) from None
+                existing, damaged = None, exc.version
+            status, status_version = self._read_status()
+            wanted = self._registration_document()
+            try:
+                if existing is None and damaged is None:
+                    self._registration_version = create_document(self.store, key, wanted)
+                elif existing is None and damaged is not None:
+                    self._registration_version = replace_document(self.store, key, wanted, damaged)
+                elif existing is not None and (not self._is_mine(existing.document) or existing.document.model_copy(
+                    update={"registered_at": wanted.registered_at}
+                ) != wanted):
+                    if not self._is_mine(existing.document):
+                        self._refuse_or_take_over(existing.document, status)
+                    self._registration_version = replace_document(self.store, key, wanted, existing.version)
+                else:
+                    assert existing is not None
+                    self._registration_version = existing.version
+                    wanted = existing.document
+            except PreconditionFailed:
+                continue  # someone wrote it between our read and our write: look again
+            except StoreError as exc:
+                if not first or not exc.retryable:
+                    raise
+                self.log.warning("agent.register_deferred", error=str(exc))
+                self._registration_pending = True
+                with self._lock:
+                    self._status_version = status_version
+                return status
+            self._registration_pending = False
+            if existing is None or existing.document is not wanted:
+                self.log.info("agent.registered", tags=wanted.tags, zone=wanted.zone,
+                              installation_id=wanted.installation_id)
+            if first:
+                with self._lock:
+                    self._status_version = status_version
+            self._next_registration_check = time.monotonic() + self.settings.heartbeat_interval.total_seconds()
+            self._resolve_conflict_record()
+            return status
+        raise StoreUnavailable(f"{key} kept changing while this agent tried to register; trying again")
+
+    def _read_status(self) -> tuple[HostStatus | None, str | None]:
+        """The status in the store and its version (which our first write swaps against). One that does not
+        parse is treated as absent (and replaced by ours)."""
+        key = status_key(self.host_id)
         try:
-            existing = read_document(self.store, key, HostRegistration)
-        except DocumentInvalid:
-            existing = None
-        unchanged = existing is not None and existing.document.model_copy(
-            update={"registered_at": registration.registered_at}
-        ) == registration
-        if not unchanged:
-            write_document(self.store, key, registration)
-            self.log.info("agent.registered", tags=registration.tags, zone=registration.zone)
-        self._registered = True
+            found = read_document(self.store, key, HostStatus)
+        except DocumentInvalid as exc:
+            self.log.warning("status.unreadable", error=str(exc))
+            return None, exc.version
+        return (found.document, found.version) if found is not None else (None, None)
+
+    def _refuse_or_take_over(self, owner: HostRegistration, status: HostStatus | None) -> None:
+        """The host id is registered by another installation: refuse while it is alive, else take it over."""
+        theirs = status if status is not None and status.installation_id == owner.installation_id else None
+        last_seen = max(owner.registered_at, theirs.heartbeat_at) if theirs is not None else owner.registered_at
+        interval = theirs.heartbeat_interval_seconds if theirs is not None else \
+            self.settings.heartbeat_interval.total_seconds()
+        silent = (_now() - last_seen).total_seconds()
+        alive = silent <= MISSED_HEARTBEATS * interval + CLOCK_SKEW_SECONDS
+        who = _describe(owner, theirs)
+        if alive and not self._take_over:
+            message = (
+                f"host id {self.host_id!r} is in use by another agent installation: {who}, last seen "
+                f"{silent:.0f}s ago. Two machines must not share a host id (they would overwrite each other's "
+                f"registration and status). Give this machine its own host id (hostId in agent.yaml, "
+                f"FLEETSHIFT_AGENT_HOST_ID or --host-id, with its own --root-dir if this root already served "
+                f"{self.host_id!r}). If that installation is really gone (a reinstalled or replaced machine), "
+                f"this agent takes the host id over by itself once it has been silent for "
+                f"{MISSED_HEARTBEATS * interval + CLOCK_SKEW_SECONDS:.0f}s, or at once with --take-over"
+            )
+            self._record_conflict(ConflictReason.REFUSED, owner, message)
+            raise HostIdInUse(message)
+        self.log.warning("agent.took_over_host_id", previous=who, silent_seconds=round(silent, 1),
+                         forced=alive)
+
+    def _check_registration(self) -> None:
+        """Once per heartbeat interval, a conditional read of our registration (an unchanged one moves no
+        body): another installation that took the host id over makes this agent stop."""
+        if time.monotonic() < self._next_registration_check:
+            return
+        key = registration_key(self.host_id)
+        stored = self.store.get(key, if_version_not=self._registration_version)
+        self._next_registration_check = time.monotonic() + self.settings.heartbeat_interval.total_seconds()
+        if stored is None:  # removed by someone: put ours back, unless another agent does so first
+            try:
+                self._registration_version = create_document(self.store, key, self._registration_document())
+            except PreconditionFailed:
+                self._next_registration_check = 0.0
+            return
+        if stored.version == self._registration_version:
+            return
+        try:
+            current = parse_document(stored, HostRegistration)
+        except DocumentInvalid as exc:
+            raise HostIdInUse(f"host id {self.host_id!r}: our registration was replaced by something else "
+                              f"({exc}); this agent stopped writing rather than overwrite it") from None
+        if current.installation_id == self.installation.installation_id:
+            self._registration_version = stored.version  # ours, written by an earlier attempt
+            return
+        message = (f"host id {self.host_id!r} was taken over by another agent installation: {_describe(current)}. "
+                   "This agent stopped writing rather than fight over the host's registration and status. "
+                   "Give one of the two machines its own host id (hostId in agent.yaml or --host-id)")
+        self._record_conflict(ConflictReason.OVERWRITTEN, current, message)
+        raise HostIdInUse(message)
+
+    def _write_status(self, document: HostStatus) -> None:
+        """Compare-and-swap against the version we last wrote: if it moved, someone else writes this host's
+        status. A lost answer to our own write is recognised by its bytes and not taken for a conflict."""
+        key = status_key(self.host_id)
+        data = document.to_json()
+        previous, self._last_status_attempt = self._last_status_attempt, data
+        try:
+            if self._status_version is None:
+                version = self.store.put_if_absent(key, data)
+            else:
+                version = self.store.put_if_version(key, data, self._status_version)
+        except PreconditionFailed:
+            stored = self.store.get(key)
+            if stored is None:  # deleted (by hand): next attempt recreates it
+                self._status_version = None
+                raise StoreUnavailable(f"{key} was removed while the agent wrote it; writing it again") from None
+            if stored.data == data:  # our own write, whose answer was lost
+                self._status_version = stored.version
+                return
+            if previous is not None and stored.data == previous:  # an earlier attempt did land: write again
+                self._status_version = stored.version
+                self._write_status(document)
+                return
+            try:
+                other = parse_document(stored, HostStatus)
+            except DocumentInvalid as exc:
+                raise HostIdInUse(f"host id {self.host_id!r}: our status was replaced by something else ({exc}); "
+                                  "this agent stopped writing rather than overwrite it") from None
+            registration = read_document(self.store, registration_key(self.host_id), HostRegistration)
+            owner = registration.document if registration is not None else None
+            same = other.installation_id == self.installation.installation_id
+            who = "a copy of this installation (the same installation id, e.g. a deployment root copied with a " \
+                  "cloned VM image on a machine without a machine id)" if same else \
+                  _describe(owner if owner is not None and owner.installation_id == other.installation_id else None,
+                            other)
+            message = (f"the status of host id {self.host_id!r} is being written by another agent: {who}. This "
+                       "agent stopped writing rather than fight over it. Give one of the two machines its own host "
+                       "id (hostId in agent.yaml or --host-id)"
+                       + (f", and remove {self.settings.root_dir / INSTALLATION_FILE} on the copy" if same else ""))
+            self._record_conflict(ConflictReason.OVERWRITTEN, owner, message, other=other)
+            raise HostIdInUse(message) from None
+        self._status_version = version
+
+    def _stop_for_conflict(self, message: str) -> None:
+        """Stop writing at once and end the agent (the main thread lets a running hook finish its event)."""
+        self.log.error("agent.host_id_conflict", message=message)
+        with self._lock:
+            self._conflict = message
+            self._abandon = True
+            self._lock.notify_all()
+        self.stop.set()
+
+    def _raise_conflict(self) -> None:
+        if self._conflict is not None:
+            raise HostIdInUse(self._conflict)
+
+    def _record_conflict(self, reason: ConflictReason, owner: HostRegistration | None, message: str,
+                         other: HostStatus | None = None) -> None:
+        """Leave a HostConflict for `reconcile status`; best effort, the exit and its message come first."""
+        record = HostConflict(
+            host_id=self.host_id,
+            installation_id=self.installation.installation_id,
+            hostname=self._hostname,
+            reason=reason,
+            detected_at=_now(),
+            other_installation_id=owner.installation_id if owner is not None else (
+                other.installation_id if other is not None else None),
+            other_hostname=owner.hostname if owner is not None else None,
+            message=message,
+        )
+        try:
+            write_document(self.store, conflict_key(self.host_id, self.installation.installation_id), record)
+        except StoreError as exc:
+            self.log.warning("conflict.not_recorded", error=str(exc))
+
+    def _resolve_conflict_record(self) -> None:
+        """This installation owns the host id now: mark an earlier conflict of its own resolved (a PUT, since
+        agents may not delete). Costs one GET per start, usually a 404."""
+        key = conflict_key(self.host_id, self.installation.installation_id)
+        try:
+            found = read_document(self.store, key, HostConflict)
+            if found is not None and found.document.resolved_at is None:
+                write_document(self.store, key, found.document.model_copy(update={"resolved_at": _now()}))
+        except StoreError as exc:
+            self.log.warning("conflict.not_resolved", key=key, error=str(exc))
+
 
     def _watch_for_newer_command(self) -> None:
         """While a command runs: a newer generation for this host stops it after the current event."""
@@ -757,7 +1166,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Poll the store for this host's command, run it through the lifecycle hooks, and report each "
             "event. Settings: --config FILE (default /etc/fleetshift/agent.yaml if present) < "
-            "FLEETSHIFT_AGENT_* variables < flags. Exit codes: 0 ok, 1 invalid settings, 4 the command "
+            "FLEETSHIFT_AGENT_* variables < flags. Exit codes: 0 ok, 1 invalid settings or host id in use "
+            "by another installation, 4 the command "
             "failed (--once), 8 store unavailable (--once)."
         ),
     )
@@ -774,6 +1184,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--zone", help="availability zone, for zone-by-zone rollouts")
     parser.add_argument("--poll-interval", help="idle command poll interval, e.g. 5s")
     parser.add_argument("--heartbeat-interval", help="idle heartbeat interval, e.g. 60s")
+    parser.add_argument("--take-over", action="store_true",
+                        help="take this host id over from another agent installation even though its heartbeat "
+                        "is fresh (a replaced machine you know is gone); a live one stops at its next write")
     parser.set_defaults(func=run_command)
 
 
@@ -884,8 +1297,11 @@ def run_command(args: argparse.Namespace) -> int:
     restore = _install_signal_handlers(stop)
     try:
         with root_lock(settings.root_dir):
-            agent = Agent(settings, store, _make_runner(settings), stop)
+            agent = Agent(settings, store, _make_runner(settings), stop, take_over=args.take_over)
             code = agent.run_once() if args.once else agent.run_forever()
+    except HostIdInUse as exc:
+        print(f"deploy-agent: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
     except StateError as exc:
         print(f"deploy-agent: {exc}", file=sys.stderr)
         return ExitCode.INVALID
@@ -904,8 +1320,12 @@ __all__ = [
     "Agent",
     "AgentState",
     "ExitCode",
+    "HostIdInUse",
+    "Installation",
     "apply_event",
     "finish_after_restart",
+    "load_installation",
+    "machine_fingerprint",
     "register",
     "run_command",
 ]

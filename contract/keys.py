@@ -19,6 +19,12 @@ def status_key(host_id: str) -> str:
     return f"hosts/{host_id}/status.json"
 
 
+def conflict_key(host_id: str, installation_id: str) -> str:
+    """Written by one agent installation that was refused `host_id` (one key per installation, so two losers
+    never write the same object)."""
+    return f"hosts/{host_id}/conflicts/{installation_id}.json"
+
+
 def command_key(host_id: str) -> str:
     """Written by the reconciler, read by one agent."""
     return f"commands/{host_id}.json"

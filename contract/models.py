@@ -162,6 +162,10 @@ class Revision(Model):
 
 class HostRegistration(Document):
     host_id: str
+    #: The agent installation that owns this host id (random, kept in `<rootDir>/installation-id`). Two
+    #: installations configured with one host id would otherwise overwrite each other's documents; the owner
+    #: is who wrote this. None: written by an agent older than installation ids (still readable).
+    installation_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     zone: str | None = None
     platform: str
@@ -236,12 +240,44 @@ class HostStatus(Document):
     host_id: str
     heartbeat_at: datetime
     agent_version: str
+    #: The installation that wrote this status; differing from the registration's means two installations
+    #: share the host id. None: written by an agent older than installation ids.
+    installation_id: str | None = None
+    #: When the agent process writing this status started (names it in a host-id conflict message).
+    started_at: datetime | None = None
     #: Key `<application>/<deploymentGroup>`: the last successful install of each group on this host.
     installed: dict[str, InstalledRevision] = Field(default_factory=dict)
     #: The command in progress, or the last one finished (so the reconciler can read its result).
     command: CommandProgress | None = None
     #: Seconds between heartbeats while idle, so the reconciler can judge liveness per host.
     heartbeat_interval_seconds: float = 60.0
+
+
+class ConflictReason(StrEnum):
+    #: The agent found the host id owned by another installation whose heartbeat is fresh, and did not start.
+    REFUSED = "refused"
+    #: The agent was running and found its registration or status written by another installation; it
+    #: stopped writing and exited rather than fight over the keys.
+    OVERWRITTEN = "overwritten"
+
+
+class HostConflict(Document):
+    """`hosts/<host>/conflicts/<installation>.json`, written only by that installation: it could not use the
+    host id because another installation owns it. The agent that lost exits and never writes the host's
+    registration or status, so without this record nothing in the store would show that a machine is not
+    being deployed to; `reconcile status` reads it. Rewritten with `resolvedAt` when that installation later
+    owns the host id (agents are not allowed to delete objects, see examples/iam/agent-policy.json)."""
+
+    host_id: str
+    installation_id: str
+    hostname: str
+    reason: ConflictReason
+    detected_at: datetime
+    #: The installation that owns the host id (None: an agent older than installation ids).
+    other_installation_id: str | None = None
+    other_hostname: str | None = None
+    message: str
+    resolved_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------------------------------
