@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import stat
 import tarfile
 import textwrap
@@ -18,43 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from agent import local_cli
 from agent.runner import CommandOutcome, LifecycleRunner, RunnerSettings
 from contract.models import DEFAULT_EVENTS, EventReport, HostCommand, LocalLocation, Revision
-
-
-def in_ci() -> bool:
-    """CI sets `CI`; there every test must really run, so a missing prerequisite is a failure, not a skip."""
-    return bool(os.environ.get("CI"))
-
-
-def _unmet(reason: str) -> NoReturn:
-    if in_ci():
-        pytest.fail(f"{reason}; CI must run this test (CI is set), so fix the CI image rather than skip it")
-    pytest.skip(reason)
+from tests.conftest import in_ci
 
 
 def require(condition: bool, reason: str) -> None:
-    """Skip (outside CI) or fail (in CI) unless `condition` holds; `reason` says what is missing."""
-    if not condition:
-        _unmet(reason)
-
-
-def require_root(reason: str) -> None:
-    """Skip (outside CI) or fail (in CI) unless running as root; `reason` says what root is needed for."""
-    require(os.geteuid() == 0, f"needs root: {reason}")
-
-
-def require_tool(name: str, package: str) -> str:
-    """The tool's path; else skip (outside CI) or fail (in CI) with the command that installs it."""
-    path = shutil.which(name)
-    if path is None:
-        _unmet(f"{name} is not installed (apt-get install {package})")
-    return path
+    """Skip (outside CI) or fail (in CI) unless `condition` holds, like `require_tool`/`require_root` from
+    tests/conftest.py (shared by every test area) for prerequisites that are neither a tool nor root."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"{reason}: CI must run this test")
+    pytest.skip(reason)
 
 
 class Bundle:

@@ -20,7 +20,8 @@ import pytest
 from agent.appspec import HookScript
 from agent.hooks import HookSettings, ScriptLog, run_script
 from contract.models import LifecycleErrorCode
-from tests.agent.conftest import Sandbox, make_sandbox, require_root, require_tool, run_cli, statuses
+from tests.agent.conftest import Sandbox, make_sandbox, run_cli, statuses
+from tests.conftest import require_root, require_tool
 
 
 @pytest.fixture

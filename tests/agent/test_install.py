@@ -25,7 +25,8 @@ from agent.install import (
 )
 from agent.layout import DeploymentRoot
 from contract.models import FileExistsBehavior
-from tests.agent.conftest import Bundle, Sandbox, require, require_root, require_tool, statuses
+from tests.agent.conftest import Bundle, Sandbox, require, statuses
+from tests.conftest import require_root, require_tool
 
 DISALLOW, OVERWRITE, RETAIN = FileExistsBehavior.DISALLOW, FileExistsBehavior.OVERWRITE, FileExistsBehavior.RETAIN
 
