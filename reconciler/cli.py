@@ -30,7 +30,8 @@ def common_options() -> argparse.ArgumentParser:
     group.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="settings file (default ./deploy.yaml)")
     group.add_argument("--repo", default=argparse.SUPPRESS, help="config repo URL or path")
     group.add_argument("--ref", default=argparse.SUPPRESS, help="branch, tag or commit to read manifests from")
-    group.add_argument("--path", dest="manifest_path", default=argparse.SUPPRESS, help="manifests folder in the repo")
+    group.add_argument("--path", dest="manifest_path", default=argparse.SUPPRESS,
+                       help="manifests folder in the repo (default: . = all of it)")
     group.add_argument("--store", default=argparse.SUPPRESS, help="file://DIR or s3://bucket/prefix")
     group.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS)
     group.add_argument("--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS)
@@ -104,6 +105,16 @@ def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+#: What `reconcile` reads when nothing is configured; the loader's `not_a_manifest` is the rule in code.
+DEFAULTS_HELP = """\
+Defaults: settings from ./deploy.yaml when it exists; the config repo is the current folder at HEAD,
+manifests from the whole repository (--repo . --ref HEAD --path .). Every *.yaml / *.yml under --path
+is a manifest except what plainly is not one: hidden files and folders (.github/, .gitlab-ci.yml), the
+CI files bitbucket-pipelines.yml, azure-pipelines.yml and appveyor.yml at the top, and deploy.yaml at
+the top (the settings file) unless it has an apiVersion: or kind: line. Any other YAML file must be a
+valid manifest; keep manifests in their own folder (--path manifests) when the repository holds more."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -112,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reconcile",
         parents=[parent],
         description="GitOps deployments for server fleets: converge hosts to the revisions in a config repo.",
-        epilog="Exit codes: 0 ok/converged, 1 invalid input, 2 plan has changes, 3 failed and rolled back, "
-        "4 failed, 5 timed out, 6 stale plan, 7 lease held elsewhere, 8 store unavailable.",
+        epilog=DEFAULTS_HELP + "\n\nExit codes: 0 ok/converged, 1 invalid input, 2 plan has changes, 3 failed and "
+        "rolled back, 4 failed,\n5 timed out, 6 stale plan, 7 lease held elsewhere, 8 store unavailable.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--once", action="store_true", help="run passes until nothing is in flight, then exit")
     parser.add_argument("--timeout", default=None, help="with --once: give up after this long (e.g. 30m)")

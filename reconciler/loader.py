@@ -284,15 +284,48 @@ def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> D
 # Sources: a plain folder, or a commit of a Git repository
 
 
+#: YAML files CI services read from the top of a repository; never manifests (hidden ones, such as
+#: .gitlab-ci.yml and .github/workflows/, are skipped as hidden).
+CI_FILES = frozenset({"bitbucket-pipelines.yml", "azure-pipelines.yml", "appveyor.yml"})
+#: The reconciler's own settings file, often committed next to the manifests.
+SETTINGS_FILE = "deploy.yaml"
+_MANIFEST_KEY = re.compile(rb"^(apiVersion|kind)\s*:", re.MULTILINE)
+
+
+def not_a_manifest(name: str, content: bytes) -> str | None:
+    """Why the YAML file `name` (relative to the manifests folder) is not read as a manifest, or None.
+
+    With the default `path: .` the manifests folder is the whole repository, which usually also holds CI
+    workflows and `deploy.yaml`; reading those as manifests would make every such repository invalid. Only
+    files that plainly are not manifests are skipped, by path, so a real manifest with a mistake in it is
+    still reported: anything under a hidden folder or named with a leading dot (.github/, .gitlab-ci.yml,
+    .pre-commit-config.yaml), the well-known CI files at the top, and `deploy.yaml` at the top unless it
+    has an `apiVersion:` or `kind:` line (then it is a manifest someone named deploy.yaml).
+    """
+    parts = PurePosixPath(name).parts
+    if any(part.startswith(".") and part not in (".", "..") for part in parts):
+        return "hidden"
+    if len(parts) == 1 and name in CI_FILES:
+        return "a CI file"
+    if len(parts) == 1 and name == SETTINGS_FILE and not _MANIFEST_KEY.search(content):
+        return "the reconciler's settings file"
+    return None
+
+
 def files_from_folder(folder: Path) -> list[ManifestFile]:
+    """Every manifest file under `folder` (see `not_a_manifest` for what is skipped); a file given by name
+    is always read, since someone asked for exactly it."""
     if not folder.exists():
         raise SourceError(f"{folder}: no such folder")
     if folder.is_file():
         return [ManifestFile(folder.name, folder.read_bytes())]
     found = []
     for path in sorted(folder.rglob("*")):
-        if path.suffix in YAML_SUFFIXES and path.is_file() and ".git" not in path.parts:
-            found.append(ManifestFile(path.relative_to(folder).as_posix(), path.read_bytes()))
+        if path.suffix in YAML_SUFFIXES and path.is_file():
+            name = path.relative_to(folder).as_posix()
+            content = path.read_bytes()
+            if not_a_manifest(name, content) is None:
+                found.append(ManifestFile(name, content))
     return found
 
 
@@ -439,7 +472,8 @@ def resolve_commit(repository: str, ref: str, *, fetch: bool = True) -> str:
 def files_from_commit(
     repository: str, ref: str, path: str = ".", *, fetch: bool = True
 ) -> tuple[str, list[ManifestFile]]:
-    """Manifest files from the commit's tree (never the working tree) and the resolved SHA."""
+    """Manifest files from the commit's tree (never the working tree) and the resolved SHA; files that are
+    plainly not manifests are skipped (`not_a_manifest`)."""
 
     repo = open_repository(repository, fetch=fetch)
     commit = _commit(repo, repository, ref)
@@ -455,7 +489,9 @@ def files_from_commit(
     files: list[ManifestFile] = []
     for item in _walk(tree):
         name = PurePosixPath(item.path).relative_to(sub).as_posix() if str(sub) != "." else item.path
-        files.append(ManifestFile(name, item.data_stream.read()))
+        content = item.data_stream.read()
+        if not_a_manifest(name, content) is None:
+            files.append(ManifestFile(name, content))
     return str(commit.hexsha), files
 
 

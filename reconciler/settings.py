@@ -31,7 +31,11 @@ SETTINGS_REFERENCE = "deploy.yaml.example or the README's Configuration section"
 class RepositorySettings(Model):
     url: str = Field(default=".", description="URL or local path of the config repo.")
     ref: str = Field(default="HEAD", description="Branch, tag or commit whose manifests are desired state.")
-    path: str = Field(default=".", description="Folder inside the repo that holds the manifests.")
+    path: str = Field(
+        default=".",
+        description="Folder inside the repo that holds the manifests; the default, the whole repository, skips "
+        "hidden files and folders, CI files and deploy.yaml at the top (reconciler.loader.not_a_manifest).",
+    )
 
 
 class ReconcileSettings(Model):

@@ -80,3 +80,31 @@ def test_a_wrong_store_url_or_flag_is_invalid_input_not_an_outage(tmp_path: Path
     assert bad_flag.returncode == 1
     assert bad_flag.stderr.strip() == ("reconcile: --timeout: invalid duration 'soon': write a number and a unit, "
                                        "like 90s, 5m, 1h30m")
+
+
+def test_defaults_work_in_a_repository_with_settings_and_ci_files(tmp_path: Path) -> None:
+    """`reconcile validate` in a checkout, no flags: deploy.yaml is read as settings (not as a manifest), the
+    CI files at the root and under .github/ are not manifests, and the manifests are found."""
+    repo = ConfigRepo(tmp_path / "config")
+    repo.copy_tree(EXAMPLE, "manifests")
+    repo.write("deploy.yaml", f"store: {(tmp_path / 'store').as_uri()}\nlogging: {{level: warning}}\n")
+    repo.write(".github/workflows/ci.yml", "on: [push]\njobs: {plan: {runs-on: ubuntu-latest, steps: []}}\n")
+    repo.write(".gitlab-ci.yml", "stages: [plan]\nplan: {script: [reconcile plan]}\n")
+    repo.commit("a normal layout")
+
+    result = reconcile("validate", cwd=repo.path)
+    assert result.returncode == 0, result.stderr
+    assert "valid: 1 application(s), 2 deployment group(s), 1 deployment config(s)" in result.stdout
+    folder = reconcile("validate", str(repo.path), cwd=tmp_path)
+    assert folder.returncode == 0, folder.stderr
+
+    plan = reconcile("plan", "--offline", "--base", "HEAD", cwd=repo.path)
+    assert plan.returncode == 0, plan.stderr
+
+
+def test_help_documents_the_defaults(tmp_path: Path) -> None:
+    result = reconcile("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--repo . --ref HEAD --path ." in text
+    assert "hidden files and folders" in text and "deploy.yaml" in text

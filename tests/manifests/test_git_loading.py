@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestErrors, SourceError
-from reconciler.loader import GitSource, git_reason, load_git, resolve_commit
+from reconciler.loader import GitSource, git_reason, load_folder, load_git, not_a_manifest, resolve_commit
 from tests.gitrepo import ConfigRepo
 
 APP = "apiVersion: deploy/v1\nkind: Application\nmetadata: {{name: {name}}}\n"
@@ -133,3 +133,70 @@ def test_git_reason_keeps_the_lines_that_say_why(stderr: str, reason: str) -> No
 
     error = git.exc.GitCommandError(["git", "clone", "--mirror", "https://x", "/c/m"], 128, stderr.encode())
     assert git_reason(error) == reason
+
+
+DEPLOY_YAML = "store: file:///var/lib/fleetshift/store\nreconcile: {timeout: 10m}\n"
+WORKFLOW = "name: ci\non: [push]\njobs:\n  test:\n    runs-on: ubuntu-latest\n    steps: [{run: make}]\n"
+GITLAB_CI = "stages: [test]\ntest:\n  script: [make]\n"
+
+
+def a_normal_repository(config_repo: ConfigRepo) -> None:
+    """What a config repo usually holds besides manifests: its settings, CI for GitHub and GitLab."""
+    config_repo.write("deploy.yaml", DEPLOY_YAML)
+    config_repo.write(".github/workflows/ci.yml", WORKFLOW)
+    config_repo.write(".gitlab-ci.yml", GITLAB_CI)
+    config_repo.write("bitbucket-pipelines.yml", "pipelines: {default: [{step: {script: [make]}}]}\n")
+    config_repo.write(".pre-commit-config.yaml", "repos: []\n")
+    config_repo.write("manifests/app.yaml", APP.format(name="hello"))
+
+
+def test_default_path_skips_settings_ci_and_hidden_files(config_repo: ConfigRepo, tmp_path: Path) -> None:
+    a_normal_repository(config_repo)
+    config_repo.commit("a normal layout")
+    desired = load_git(GitSource(str(config_repo.path)))  # the defaults: ref HEAD, path "."
+    assert list(desired.applications) == ["hello"]
+    assert list(load_git(GitSource(str(config_repo.path), "HEAD", "manifests")).applications) == ["hello"]
+    assert list(load_folder(config_repo.path).applications) == ["hello"]
+
+
+def test_everything_else_is_still_reported(config_repo: ConfigRepo) -> None:
+    """Skipping is by path only: a YAML file that is not a manifest anywhere else is still an error."""
+    a_normal_repository(config_repo)
+    config_repo.write("manifests/deploy.yaml", DEPLOY_YAML)  # not at the top: not the settings file
+    config_repo.write("docker-compose.yml", "services: {web: {image: nginx}}\n")
+    config_repo.commit("stray YAML")
+    with pytest.raises(ManifestErrors) as raised:
+        load_git(GitSource(str(config_repo.path)))
+    assert [str(e) for e in raised.value.errors] == [
+        "docker-compose.yml:1:1: document 1: apiVersion: must be 'deploy/v1' (missing)",
+        "manifests/deploy.yaml:1:1: document 1: apiVersion: must be 'deploy/v1' (missing)",
+    ]
+
+
+def test_a_manifest_named_deploy_yaml_is_read(config_repo: ConfigRepo) -> None:
+    config_repo.write("deploy.yaml", APP.format(name="named-deploy"))
+    config_repo.commit("a manifest that happens to be called deploy.yaml")
+    assert list(load_git(GitSource(str(config_repo.path))).applications) == ["named-deploy"]
+
+
+def test_a_file_given_by_name_is_always_read(tmp_path: Path) -> None:
+    hidden = tmp_path / ".app.yaml"
+    hidden.write_text(APP.format(name="hello"))
+    assert list(load_folder(hidden).applications) == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        (".github/workflows/ci.yml", "hidden"),
+        (".gitlab-ci.yml", "hidden"),
+        ("apps/.drafts/web.yaml", "hidden"),
+        ("azure-pipelines.yml", "a CI file"),
+        ("deploy.yaml", "the reconciler's settings file"),
+        ("team/deploy.yaml", None),
+        ("team/azure-pipelines.yml", None),
+        ("web.yaml", None),
+    ],
+)
+def test_not_a_manifest(name: str, reason: str | None) -> None:
+    assert not_a_manifest(name, DEPLOY_YAML.encode()) == reason
