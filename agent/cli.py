@@ -12,6 +12,21 @@ import sys
 from contract.logs import LEVELS, configure_logging
 
 
+def _global_options(parser: argparse.ArgumentParser, *, default_level: str | None, default_format: str | None,
+                    suppress: bool) -> None:
+    """--log-level and --log-format, on the top-level parser and on every sub-command, so
+    `deploy-agent run --log-level debug` works as well as `deploy-agent --log-level debug run` (a unit file or
+    a script appends flags after `run`; nobody should have to know argparse's rule about where they go).
+    On sub-commands the defaults are SUPPRESS, so a flag given before the sub-command is not reset."""
+    parser.add_argument("--log-level", choices=LEVELS, default=argparse.SUPPRESS if suppress else default_level,
+                        help="log verbosity (default: info)")
+    parser.add_argument(
+        "--log-format", choices=("auto", "console", "json"),
+        default=argparse.SUPPRESS if suppress else default_format,
+        help="console on a terminal, JSON lines otherwise (auto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from agent import daemon, local_cli
 
@@ -19,14 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deploy-agent",
         description="Host agent: deploys CodeDeploy-style bundles (appspec.yml) and reports to the store.",
     )
-    parser.add_argument("--log-level", choices=LEVELS, default=None, help="log verbosity (default: info)")
-    parser.add_argument(
-        "--log-format", choices=("auto", "console", "json"), default="auto",
-        help="console on a terminal, JSON lines otherwise (auto)",
-    )
+    _global_options(parser, default_level=None, default_format="auto", suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local_cli.register(sub)
     daemon.register(sub)
+    for command in sub.choices.values():
+        _global_options(command, default_level=None, default_format=None, suppress=True)
     return parser
 
 
