@@ -40,6 +40,7 @@ from contract.models import (
     StopRequest,
 )
 from contract.store import PreconditionFailed, Store, open_store
+from contract.store.file import missing_folder
 from reconciler.core import Observed, is_online
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.exitcodes import ExitCode
@@ -48,6 +49,7 @@ from reconciler.loader import GitSource, load_git
 from reconciler.manifests import Desired, DesiredGroup
 from reconciler.observe import Snapshot, StoreReader
 from reconciler.passes import PassRunner, run_until_settled
+from reconciler.plan_render import count
 from reconciler.progress import current_event, progress_for
 from reconciler.settings import DeploySettings
 
@@ -164,18 +166,39 @@ def _source(settings: DeploySettings, ref: str | None = None) -> GitSource:
     return GitSource(repository.url, ref or repository.ref, repository.path)
 
 
+def _open_for_reading(settings: DeploySettings) -> tuple[Store, Path | None]:
+    """The store for a command that must not create it (everything but `--once` and `watch`), and the folder
+    of a `file://` store that does not exist yet (nothing has been deployed there, or the path is wrong)."""
+    store = open_store(settings.store, create=False)
+    return store, missing_folder(store)
+
+
+def _no_store(folder: Path) -> str:
+    return f"no store at {folder} yet: nothing has been deployed there"
+
+
+def _require_store(store: Store, what: str) -> None:
+    """Operator writes act on records a pass wrote: against a store that does not exist there is nothing to
+    act on, and creating an empty store at a possibly mistyped path would only hide the mistake."""
+    folder = missing_folder(store)
+    if folder is not None:
+        raise ReconcilerError(f"{_no_store(folder)}, so there is nothing to {what} (check --store or `store:` in "
+                              f"deploy.yaml)")
+
+
 def _try_desired(settings: DeploySettings) -> tuple[Desired | None, str | None]:
     """Manifests for read-only commands: a broken config repo must not hide the store's records."""
     try:
         return load_git(_source(settings)), None
     except ManifestErrors as exc:
-        return None, f"the manifests at {settings.repository.ref} are invalid ({len(exc.errors)} error(s))"
+        return None, f"the manifests at {settings.repository.ref} are invalid ({count(len(exc.errors), 'error')})"
     except SourceError as exc:
         return None, str(exc)
 
 
-def resolve_group(name: str, known: set[str]) -> str:
-    """`APP/GROUP` or a bare `GROUP` (unique across applications) -> the group key."""
+def resolve_group(name: str, known: set[str], missing_store: Path | None = None) -> str:
+    """`APP/GROUP` or a bare `GROUP` (unique across applications) -> the group key. `missing_store`: the
+    folder of a store that does not exist yet, named in the error because it is the likelier mistake."""
     if name in known:
         return name
     matches = sorted(key for key in known if key.split("/", 1)[-1] == name)
@@ -184,7 +207,8 @@ def resolve_group(name: str, known: set[str]) -> str:
     if len(matches) > 1:
         raise UnknownGroup(f"{name!r} names several groups ({', '.join(matches)}); write APPLICATION/GROUP")
     listing = ", ".join(sorted(known)) or "none yet"
-    raise UnknownGroup(f"no deployment group named {name!r} (known: {listing})")
+    store_note = f"; {_no_store(missing_store)}" if missing_store is not None else ""
+    raise UnknownGroup(f"no deployment group named {name!r} (known: {listing}){store_note}")
 
 
 def _short(revision: Revision | None) -> str:
@@ -275,8 +299,14 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
         ExitCode.FAILED: "failed",
         ExitCode.TIMED_OUT: "timed out",
     }.get(result.exit_code, "stopped")  # type: ignore[call-overload]
-    print(f"commit {_commit(desired.commit)}: {verdict} after {result.passes} pass(es) in {elapsed:.1f}s "
-          f"(exit {result.exit_code})")
+    if result.exit_code in (ExitCode.FAILED_ROLLED_BACK, ExitCode.FAILED) and not result.ran and result.held:
+        # Nothing failed in this run: an earlier failure's quarantine holds the desired revision back. Saying
+        # "failed, rolled back" would send people looking for a rollout that never happened.
+        groups = ", ".join(result.held)
+        verdict = (f"nothing deployed: the desired revision of {groups} is quarantined after an earlier failure "
+                   f"(`reconcile retry GROUP` deploys it again)")
+    print(f"commit {_commit(desired.commit)}: {verdict}; {count(result.passes, 'pass', 'passes')} in "
+          f"{elapsed:.1f}s (exit {result.exit_code})")
     for line in result.lines:
         print(f"  {line}")
     return result.exit_code
@@ -431,7 +461,18 @@ def group_status(key: str, context: _Context, reader: StoreReader) -> dict[str, 
     ]
     desired_id = desired_revision.identity() if desired_revision else None
     held = any(q.revision.identity() == desired_id for q in (state.quarantined if state else []))
-    if manifest is None:
+    # When the manifests could not be read, a group missing from them is not "removed": nobody knows. Only the
+    # store's own word (a pass marked it removed) or what is in flight can be said.
+    desired_known = context.desired is not None
+    if manifest is None and not desired_known:
+        phase = "unknown"
+        if state is not None and state.removed:
+            phase = "removed"
+        elif in_flight is not None:
+            phase = "rolling back" if in_flight["creator"] == "rollback" else "deploying"
+            if state is not None and state.stop_request is not None:
+                phase = "stopping"
+    elif manifest is None:
         phase = "removed"
     elif state is None:
         phase = "new"
@@ -447,7 +488,7 @@ def group_status(key: str, context: _Context, reader: StoreReader) -> dict[str, 
         phase = "converged"
     else:
         phase = "pending"
-    target = desired_revision if phase != "removed" else effective
+    target = desired_revision if phase != "removed" and desired_known else effective
     hosts = [_host_json(h, key, target, effective, context) for h in _members(key, context)]
     last = None
     if state is not None and state.history:
@@ -457,6 +498,8 @@ def group_status(key: str, context: _Context, reader: StoreReader) -> dict[str, 
     return {
         "group": key,
         "state": phase,
+        #: False when the manifests could not be read: desiredRevision is then the one a pass last recorded.
+        "desiredKnown": desired_known,
         "desiredRevision": _revision_json(desired_revision),
         "desiredCommit": (context.desired.commit if manifest and context.desired else
                           (state.desired_commit if state else None)),
@@ -475,26 +518,35 @@ def group_status(key: str, context: _Context, reader: StoreReader) -> dict[str, 
 
 
 def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
-    store = open_store(settings.store)
+    """Exit 0, or 1 when a GROUP is unknown or the manifests could not be read. In the latter case the
+    store's records are still printed (that is when an operator needs them most), but the desired revisions
+    are unknown, so a script must not take the output for a complete answer."""
+    store, missing = _open_for_reading(settings)
     reader = StoreReader(store)
     context = _context(settings, reader)
     keys = sorted(context.known)
     if args.group is not None:
-        keys = [resolve_group(args.group, context.known)]
+        keys = [resolve_group(args.group, context.known, missing)]
     lease = read_lease(store)
     report = {
         "store": settings.store,
+        "storeMissing": _no_store(missing) if missing is not None else None,
         "commit": context.desired.commit if context.desired else None,
         "manifestsProblem": context.problem,
         "lease": {"holder": lease.holder, "expiresAt": _iso(lease.expires_at),
                   "active": lease.active(context.now)} if lease else None,
         "groups": [group_status(key, context, reader) for key in keys],
     }
+    code = ExitCode.INVALID if context.problem else ExitCode.OK
     if args.format == "json":
         print(json.dumps(report, indent=2))
-        return ExitCode.OK
-    _print_status(report, context.now)
-    return ExitCode.OK
+    else:
+        _print_status(report, context.now)
+    if context.problem and args.format == "json":
+        # The text view says it in its header; JSON readers get it in `manifestsProblem` and here for people.
+        print(f"reconcile: the manifests could not be read: {context.problem}; the groups listed are the store's "
+              f"records, their desired revisions are unknown", file=sys.stderr)
+    return code
 
 
 def _counts_text(deployment: Mapping[str, Any]) -> str:
@@ -512,8 +564,11 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
     else:
         header += ", no reconciler running"
     print(header)
+    if report["storeMissing"]:
+        print(f"{report['storeMissing']} (check --store if it should have been)")
     if report["manifestsProblem"]:
-        print(f"warning: {report['manifestsProblem']}; showing the store's records only")
+        print(f"error: the manifests could not be read: {report['manifestsProblem']}; showing the store's "
+              f"records only, desired revisions unknown")
     if not report["groups"]:
         print("no deployment groups yet")
     for group in report["groups"]:
@@ -521,8 +576,13 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
         print(f"{group['group']}  {group['state'].upper()}")
         desired = group["desiredRevision"]
         effective = group["effectiveRevision"]
-        print(f"  desired      {desired['short'] if desired else '-'}  (config commit "
-              f"{_commit(group['desiredCommit'])})")
+        if group["desiredKnown"]:
+            print(f"  desired      {desired['short'] if desired else '-'}  (config commit "
+                  f"{_commit(group['desiredCommit'])})")
+        else:
+            recorded = (f" (last recorded by a pass: {desired['short']}, config commit "
+                        f"{_commit(group['desiredCommit'])})" if desired else "")
+            print(f"  desired      unknown: the manifests could not be read{recorded}")
         print(f"  effective    {effective['short'] if effective else '-'}  (config commit "
               f"{_commit(group['effectiveCommit'])})")
         if group["deploymentConfig"]:
@@ -547,8 +607,9 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
         online = sum(1 for h in hosts if h["online"])
         current = sum(1 for h in hosts if h["upToDate"])
         last_good = sum(1 for h in hosts if h["onEffective"] and not h["upToDate"])
-        counts = f"{online} online, {current} on the {'effective' if group['state'] == 'removed' else 'desired'} " \
-                 f"revision" + (f", {last_good} on the last good one" if last_good else "")
+        against = "desired" if group["state"] != "removed" and group["desiredKnown"] else "effective"
+        counts = f"{online} online, {current} on the {against} revision" + (
+            f", {last_good} on the last good one" if last_good else "")
         print(f"  hosts        {len(hosts)} ({counts})")
         for host in hosts[:HOSTS_SHOWN]:
             installed = host["installed"]["short"] if host["installed"] else "nothing installed"
@@ -574,12 +635,12 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
 
 
 def cmd_history(args: argparse.Namespace, settings: DeploySettings) -> int:
-    store = open_store(settings.store)
+    store, missing = _open_for_reading(settings)
     reader = StoreReader(store)
     snapshot = reader.snapshot()
     desired, _ = _try_desired(settings)
     known = set(snapshot.state.groups) | (set(desired.desired_groups()) if desired else set())
-    key = resolve_group(args.group, known)
+    key = resolve_group(args.group, known, missing)
     state = snapshot.state.groups.get(key)
     ids: list[str] = list(state.history) if state else []
     if state is not None and state.deployment_in_flight and state.deployment_in_flight not in ids:
@@ -593,23 +654,31 @@ def cmd_history(args: argparse.Namespace, settings: DeploySettings) -> int:
         print(json.dumps({"group": key, "deployments": deployments}, indent=2))
         return ExitCode.OK
     if not deployments:
-        print(f"{key}: no deployments yet")
+        print(f"{key}: no deployments yet" + (f" ({_no_store(missing)})" if missing is not None else ""))
         return ExitCode.OK
-    print(f"{key}: {len(deployments)} deployment(s), newest first")
+    print(f"{key}: {count(len(deployments), 'deployment')}, newest first")
     print(f"  {'deployment':<34} {'creator':<9} {'status':<10} {'revision':<24} {'commit':<12} "
           f"{'started':<20} {'took':>7}  hosts")
     for d in deployments:
-        hosts = d["hosts"]
         took = format_duration(timedelta(seconds=round(d["seconds"]))) if d["seconds"] is not None else "-"
         started = d["createdAt"][:19].replace("T", " ")
         print(f"  {d['deploymentId']:<34} {d['creator']:<9} {d['status']:<10} {d['revision']['short']:<24} "
-              f"{_commit(d['sourceCommit']):<12} {started:<20} {took:>7}  {hosts['Succeeded']} ok, "
-              f"{hosts['Failed']} failed of {d['total']}")
+              f"{_commit(d['sourceCommit']):<12} {started:<20} {took:>7}  {_history_hosts(d)}")
         if d["rollbackOf"]:
             print(f"      rollback of {d['rollbackOf']}")
         if d["errorCode"] or d["errorMessage"]:
             print(f"      {d['errorCode'] or ''}{': ' if d['errorCode'] else ''}{d['errorMessage'] or ''}")
     return ExitCode.OK
+
+
+def _history_hosts(deployment: Mapping[str, Any]) -> str:
+    """`2 ok, 1 failed of 3`, counting only the hosts the deployment was for. A rollback lists every host of
+    the group but only deploys to the ones the failed deployment touched; the others are Skipped and are
+    named as such, so "1 ok, 0 failed of 3" never makes a finished rollback look two hosts short."""
+    hosts = deployment["hosts"]
+    skipped = hosts["Skipped"]
+    text = f"{hosts['Succeeded']} ok, {hosts['Failed']} failed of {deployment['total'] - skipped}"
+    return text + (f" ({skipped} skipped)" if skipped else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -666,7 +735,8 @@ def _who_acts(holder: str | None) -> str:
 
 
 def cmd_retry(args: argparse.Namespace, settings: DeploySettings) -> int:
-    store = open_store(settings.store)
+    store = open_store(settings.store, create=False)
+    _require_store(store, "retry")
     known, _, _ = _known_for_write(settings, StoreReader(store))
     key = resolve_group(args.group, known)
     cleared: list[str] = []
@@ -687,7 +757,8 @@ def cmd_retry(args: argparse.Namespace, settings: DeploySettings) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, settings: DeploySettings) -> int:
-    store = open_store(settings.store)
+    store = open_store(settings.store, create=False)
+    _require_store(store, "stop")
     known, _, _ = _known_for_write(settings, StoreReader(store))
     key = resolve_group(args.group, known)
     stopping: list[str] = []
@@ -712,7 +783,8 @@ def cmd_stop(args: argparse.Namespace, settings: DeploySettings) -> int:
 
 
 def cmd_forget(args: argparse.Namespace, settings: DeploySettings) -> int:
-    store = open_store(settings.store)
+    store = open_store(settings.store, create=False)
+    _require_store(store, "forget")
     reader = StoreReader(store)
     known, desired, snapshot = _known_for_write(settings, reader)
     key = resolve_group(args.group, known)
@@ -737,7 +809,7 @@ def cmd_forget(args: argparse.Namespace, settings: DeploySettings) -> int:
             store.delete(deployment_key(deployment_id))
         store.delete(group_state_key(application, name))
     note = f" (reconciler {holder} is running; removed groups need no action from it)" if holder else ""
-    print(f"{key}: forgot the group record and {len(state.history)} deployment(s); nothing was uninstalled "
+    print(f"{key}: forgot the group record and {count(len(state.history), 'deployment')}; nothing was uninstalled "
           f"from its hosts{note}")
     return ExitCode.OK
 

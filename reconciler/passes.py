@@ -216,6 +216,11 @@ class RunResult:
     lines: list[str]
     passes: int
     last: PassOutcome | None
+    #: Whether any deployment ended during this run. With exit 3 or 4 and nothing ended, the code comes only
+    #: from `held`: the summary must then say that nothing was deployed, not "failed, rolled back".
+    ran: bool = False
+    #: Groups whose desired revision is quarantined from an earlier failure (and so was not deployed).
+    held: tuple[str, ...] = ()
 
 
 FAILED_STATUSES = frozenset({DeploymentStatus.FAILED, DeploymentStatus.STOPPED})
@@ -247,7 +252,8 @@ def _failed_hosts(deployment: Deployment) -> list[str]:
              for host, state in failed[:FAILED_HOSTS_SHOWN]]
     if len(failed) > FAILED_HOSTS_SHOWN:
         more = len(failed) - FAILED_HOSTS_SHOWN
-        lines.append(f"  ... and {more} more failed host(s): reconcile status shows them all")
+        hosts = "host" if more == 1 else "hosts"
+        lines.append(f"  ... and {more} more failed {hosts}: reconcile status shows them all")
     return lines
 
 
@@ -398,7 +404,8 @@ def run_until_settled(
     if no_wait and last is not None and last.in_flight and code == ExitCode.OK:
         lines = [f"{group}: {deployment} in flight (not waiting: --no-wait)"
                  for group, deployment in sorted(last.in_flight.items())]
-    return RunResult(int(code), lines, runner.passes, last)
+    held = tuple(sorted({b.group for b in last.blocked if b.code == "QUARANTINED"})) if last else ()
+    return RunResult(int(code), lines, runner.passes, last, ran=bool(ledger.finished), held=held)
 
 
 def _pause(stop: threading.Event | None, seconds: float) -> bool:
@@ -417,7 +424,8 @@ def _timed_out(ledger: RunLedger, last: PassOutcome, passes: int) -> RunResult:
         counts = ""
         if deployment is not None:
             done = sum(1 for h in deployment.hosts.values() if h.status == "Succeeded")
-            counts = f" ({done} of {len(deployment.hosts)} host(s) done)"
+            total = len(deployment.hosts)
+            counts = f" ({done} of {total} {'host' if total == 1 else 'hosts'} done)"
         lines.append(f"{group}: {deployment_id} still in flight{counts}")
     for blocked in last.waiting:
         lines.append(f"{blocked.group}: {blocked.reason}")

@@ -109,7 +109,7 @@ def test_failed_deployment_rolls_back_exits_3_and_is_quarantined(
     world.agents.failing = {"h2": "v2.zip"}
     assert deploy(world, 2) == 3
     out = capsys.readouterr().out
-    assert "failed, rolled back" in out
+    assert "failed, rolled back; " in out and " passes in " in out
     assert "rolled back by d-" in out
 
     assert world.run("status", "hello/web", "--format", "json") == 0
@@ -124,10 +124,25 @@ def test_failed_deployment_rolls_back_exits_3_and_is_quarantined(
         ("rollback", "Succeeded"), ("user", "Failed"), ("user", "Succeeded")]
     assert deployments[0]["rollbackOf"] == deployments[1]["deploymentId"]
 
-    # Running again with the same manifests does not redeploy the quarantined revision, and still says so.
+    # The rollback only deploys to the hosts the failed deployment touched: the text counts those, and says
+    # what the rest of the group's hosts were, instead of "1 ok, 0 failed of 4".
+    rollback = deployments[0]["hosts"]
+    touched = rollback["Succeeded"]
+    assert touched >= 1 and rollback["Skipped"] == len(HOSTS) - touched and rollback["Failed"] == 0
+    assert world.run("history", "web") == 0
+    rollback_line = next(line for line in capsys.readouterr().out.splitlines() if " rollback " in line)
+    assert rollback_line.endswith(f"{touched} ok, 0 failed of {touched} ({len(HOSTS) - touched} skipped)")
+
+    # Running again with the same manifests does not redeploy the quarantined revision, and says that nothing
+    # ran (not "failed, rolled back"), why, and how to retry; the exit code stays 3 as documented.
     with world.answering():
         assert world.run("--once") == 3
-    assert "reconcile retry hello/web" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    verdict = out.splitlines()[0]
+    assert "nothing deployed: the desired revision of hello/web is quarantined after an earlier failure" in verdict
+    assert "`reconcile retry GROUP`" in verdict and "; 1 pass in " in verdict and verdict.endswith("(exit 3)")
+    assert "failed, rolled back" not in out and "pass(es)" not in out
+    assert "reconcile retry hello/web" in out
 
     # After the cause is fixed, `retry` lets the next pass deploy the same revision again.
     world.agents.failing = {}
