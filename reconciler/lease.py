@@ -17,6 +17,11 @@ compare-and-swap:
   release can never remove a lease that another process took in between, and the document keeps saying who
   held it last.
 
+A holder that is shutting down stops writing before it lets go: `stop_writing_on(event)` makes `ensure()`,
+which the executor calls before every action, raise `StopWriting` once the event is set. A pass in progress
+therefore ends after the action it is applying (any prefix of a pass's actions is safe, see
+`reconciler.executor`), and only then is the lease released.
+
 Expiry compares the holder's clock (which wrote `expires_at`) with the reader's: machines running
 reconcilers against one store need roughly synchronised clocks (NTP), as with any lease. A crashed holder
 blocks others for at most `lease_duration`.
@@ -66,6 +71,10 @@ class LeaseHeld(ReconcilerError):
 
 class LeaseLost(ReconcilerError):
     """The lease expired and another reconciler took it; this process must stop writing."""
+
+
+class StopWriting(ReconcilerError):
+    """This process was asked to stop (SIGTERM): it writes nothing more, though it still holds the lease."""
 
 
 def default_holder() -> str:
@@ -118,6 +127,7 @@ class WriteLease:
         self._expires_at: datetime | None = None
         #: The other holder seen by the last failed attempt, for the LeaseHeld message.
         self._other: LeaseView | None = None
+        self._stop: threading.Event | None = None
 
     # ----------------------------------------------------------------------------------------------
 
@@ -129,6 +139,10 @@ class WriteLease:
     @property
     def expires_at(self) -> datetime | None:
         return self._expires_at
+
+    def stop_writing_on(self, stop: threading.Event) -> None:
+        """Once `stop` is set, `ensure()` raises StopWriting: the write in progress finishes, no other starts."""
+        self._stop = stop
 
     def renew_due(self) -> datetime | None:
         """When the lease should be renewed next: half-way to its expiry."""
@@ -234,7 +248,10 @@ class WriteLease:
         log.debug("lease.renewed", holder=self.holder, expires_at=self._expires_at.isoformat())
 
     def ensure(self) -> None:
-        """Called before every write: renew when half the lease has run out. Cheap when it has not."""
+        """Called before every write: renew when half the lease has run out. Cheap when it has not. Raises
+        StopWriting once this process is stopping (see `stop_writing_on`)."""
+        if self._stop is not None and self._stop.is_set():
+            raise StopWriting("stopping: no further writes")
         if self._version is None:
             raise LeaseLost("this reconciler does not hold the write lease")
         due = self.renew_due()
