@@ -48,8 +48,10 @@ def _reconcile_commands(text: str) -> list[list[str]]:
         if not match:
             continue
         command = match.group(0).strip().lstrip(";(")
-        # Shell and CI expansions become placeholder words; optional arrays/words expand to nothing.
-        command = command.replace('"${out[@]}"', "").replace("$out", "")
+        # Shell and CI expansions become placeholder words; optional words in lower-case shell variables
+        # (`$out`, `$plan`, `"${args[@]}"`) expand to nothing (tests/test_examples.py checks their flags).
+        command = re.sub(r'"\$\{[a-z_]+\[@\]\}"', "", command)
+        command = re.sub(r'(?<![\w"])\$[a-z_]+\b(?!")', "", command)
         command = re.sub(r"\$\{\{[^}]*\}\}", "X", command)
         command = re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "X", command)
         commands.append(shlex.split(command)[1:])
