@@ -9,6 +9,11 @@ quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000 d
 round it re-reads exactly the statuses that changed. Objects this process wrote itself are put straight into
 the cache by the executor, so they are never read back. Cold reads (the first pass) run in parallel.
 
+Host identity: each agent installation stamps its registration and status with its `installationId`, and
+an installation that could not use its host id (another owns it) leaves `hosts/<id>/conflicts/<installation>.json`.
+Both are read here as observed data (`Observed.conflicts`, `identity_problems`) for `reconcile status`; no
+decision depends on them.
+
 A document an agent wrote that does not parse (a newer schema, a truncated hand edit) is logged once per
 version and treated as absent: one bad host must not stop the fleet's reconciliation.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import structlog
@@ -31,10 +37,12 @@ from contract.keys import (
     deployment_key,
 )
 from contract.models import (
+    ConflictReason,
     Deployment,
     Document,
     GroupState,
     HostCommand,
+    HostConflict,
     HostRegistration,
     HostStatus,
     group_key,
@@ -106,6 +114,7 @@ class StoreReader:
         self.store = store
         self._registrations: _Table[HostRegistration] = _Table(HostRegistration)
         self._statuses: _Table[HostStatus] = _Table(HostStatus)
+        self._conflicts: _Table[HostConflict] = _Table(HostConflict)
         self._groups: _Table[GroupState] = _Table(GroupState)
         self._deployments: _Table[Deployment] = _Table(Deployment)
         self._commands: _Table[HostCommand] = _Table(HostCommand)
@@ -156,21 +165,30 @@ class StoreReader:
     def _sync_hosts(self) -> set[str]:
         registrations: dict[str, str] = {}
         statuses: dict[str, str] = {}
+        conflicts: dict[str, str] = {}
         for item in self._list(HOSTS_PREFIX):
             parts = item.key.split("/")
+            if len(parts) == 4 and parts[2] == "conflicts" and parts[3].endswith(".json"):
+                conflicts[item.key] = item.version
             if len(parts) != 3:
                 continue
             if parts[2] == "registration.json":
                 registrations[item.key] = item.version
             elif parts[2] == "status.json":
                 statuses[item.key] = item.version
+        self._sync(self._conflicts, conflicts)  # shown by `status`, never a reason for a pass
         changed = self._sync(self._registrations, registrations) | self._sync(self._statuses, statuses)
         return {key.split("/")[1] for key in changed}
 
     def _observed(self) -> Observed:
+        conflicts: dict[str, list[HostConflict]] = {}
+        for _, doc in sorted(self._conflicts.documents(), key=lambda item: item[1].detected_at):
+            if doc.resolved_at is None:
+                conflicts.setdefault(doc.host_id, []).append(doc)
         return Observed(
             registrations={doc.host_id: doc for _, doc in self._registrations.documents()},
             statuses={doc.host_id: doc for _, doc in self._statuses.documents()},
+            conflicts={host: tuple(found) for host, found in conflicts.items()},
         )
 
     @staticmethod
@@ -298,3 +316,50 @@ class StoreReader:
         self._deployments.entries[key] = _Entry(stored.version, document)
         self._deployments.listed[key] = stored.version
         return document
+
+
+@dataclass(frozen=True)
+class IdentityProblem:
+    """One host id that two agent installations claim, for `reconcile status` to warn about."""
+
+    host_id: str
+    #: "refused": an installation could not start with this host id; "overwritten": one was running and
+    #: stopped when another took the host id over; "mixed": the registration and the status were written by
+    #: different installations (two agents writing at once, or a takeover in progress).
+    kind: str
+    #: One line for people, naming both installations and the fix.
+    message: str
+    since: datetime | None = None
+
+
+def identity_problems(observed: Observed) -> list[IdentityProblem]:
+    """Host ids claimed by more than one agent installation, from the agents' own documents. Pure: reads only
+    `observed`. A registration or status without an installation id (an agent older than installation ids)
+    is never reported as mixed."""
+    problems: list[IdentityProblem] = []
+    for host_id in sorted(observed.host_ids() | set(observed.conflicts)):
+        registration = observed.registrations.get(host_id)
+        status = observed.statuses.get(host_id)
+        owner = registration.installation_id if registration is not None else None
+        writer = status.installation_id if status is not None else None
+        if owner is not None and writer is not None and owner != writer:
+            where = f" on {registration.hostname}" if registration is not None else ""
+            problems.append(IdentityProblem(
+                host_id, "mixed",
+                f"registration by installation {owner}{where} but status by installation {writer}: two agents "
+                "use this host id; give each machine its own hostId in agent.yaml",
+                status.heartbeat_at if status is not None else None,
+            ))
+        for conflict in observed.conflicts.get(host_id, ()):
+            other = conflict.other_installation_id or "an agent older than installation ids"
+            other_host = f" on {conflict.other_hostname}" if conflict.other_hostname else ""
+            verb = "was refused" if conflict.reason == ConflictReason.REFUSED else "stopped: taken over"
+            problems.append(IdentityProblem(
+                host_id, conflict.reason.value,
+                f"installation {conflict.installation_id} on {conflict.hostname} {verb} because installation "
+                f"{other}{other_host} owns this host id; that machine gets no deployments. Give it its own hostId "
+                f"in agent.yaml (this record is marked resolved when it owns a host id here again; delete "
+                f"hosts/{host_id}/conflicts/{conflict.installation_id}.json once fixed otherwise)",
+                conflict.detected_at,
+            ))
+    return problems

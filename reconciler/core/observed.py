@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from contract.models import CommandProgress, HostRegistration, HostStatus
+from contract.models import CommandProgress, HostConflict, HostRegistration, HostStatus
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class Observed:
 
     registrations: Mapping[str, HostRegistration] = field(default_factory=dict)
     statuses: Mapping[str, HostStatus] = field(default_factory=dict)
+    #: Unresolved `hosts/<id>/conflicts/*.json`: agent installations refused (or stopped) because another
+    #: installation owns the host id. Not used by decisions; `status` shows them (the machine they ran on is
+    #: not being deployed to, and nothing else in the store says so).
+    conflicts: Mapping[str, tuple[HostConflict, ...]] = field(default_factory=dict)
 
     def host_ids(self) -> set[str]:
         return set(self.registrations) | set(self.statuses)

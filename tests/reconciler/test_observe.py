@@ -47,7 +47,7 @@ def test_a_second_snapshot_reads_only_what_changed(tmp_path: Path) -> None:
     agents = ScriptedAgents(store, [f"h{i:03}" for i in range(40)])
     agents.register()
     counting = CountingStore(store)
-    reader = StoreReader(counting)  # type: ignore[arg-type]
+    reader = StoreReader(counting)
 
     first = reader.snapshot()
     assert len(first.observed.registrations) == 40
@@ -99,9 +99,9 @@ def test_our_own_writes_are_never_read_back(tmp_path: Path) -> None:
     agents.register()
     counting = CountingStore(store)
     settings = ReconcileSettings.model_validate(settings_overrides())
-    lease = WriteLease(counting, duration=settings.lease_duration)  # type: ignore[arg-type]
+    lease = WriteLease(counting, duration=settings.lease_duration)
     assert lease.try_acquire()
-    runner = PassRunner(counting, lease, settings)  # type: ignore[arg-type]
+    runner = PassRunner(counting, lease, settings)
     first = runner.run_pass(config.desired())
     assert first.wrote
     counting.reads.clear()
@@ -117,3 +117,50 @@ def test_an_unreadable_agent_document_is_skipped_not_fatal(tmp_path: Path) -> No
     snapshot = StoreReader(store).snapshot()
     assert set(snapshot.observed.statuses) == {"good"}
     assert set(snapshot.observed.registrations) == {"good", "bad"}
+
+
+def test_host_id_conflicts_are_observed_for_status(tmp_path: Path) -> None:
+    """Two installations on one host id show up as observed data: a registration and a status written by
+    different installations, and the records agents leave when refused; resolved records and documents
+    from agents older than installation ids do not."""
+    from datetime import UTC, datetime
+
+    from contract.keys import conflict_key, registration_key
+    from contract.models import ConflictReason, HostConflict, HostRegistration, HostStatus
+    from contract.store.docs import write_document
+    from reconciler.observe import identity_problems
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    now = datetime.now(UTC)
+
+    def host(host_id: str, owner: str | None, writer: str | None) -> None:
+        write_document(store, registration_key(host_id), HostRegistration(
+            host_id=host_id, installation_id=owner, platform="linux", hostname=f"{host_id}-vm", agent_version="1",
+            registered_at=now))
+        write_document(store, status_key(host_id), HostStatus(
+            host_id=host_id, installation_id=writer, heartbeat_at=now, agent_version="1"))
+
+    def conflict(host_id: str, installation: str, reason: ConflictReason, resolved: bool = False) -> None:
+        write_document(store, conflict_key(host_id, installation), HostConflict(
+            host_id=host_id, installation_id=installation, hostname="clone-vm", reason=reason, detected_at=now,
+            other_installation_id="a1", other_hostname="web-1-vm", message="...",
+            resolved_at=now if resolved else None))
+
+    host("web-1", "a1", "a1")
+    conflict("web-1", "b2", ConflictReason.REFUSED)
+    host("web-2", "c3", "d4")
+    host("web-3", None, None)  # an agent older than installation ids
+    host("web-4", "e5", None)
+    conflict("web-4", "f6", ConflictReason.OVERWRITTEN, resolved=True)
+
+    snapshot = StoreReader(store).snapshot()
+    assert sorted(snapshot.observed.registrations) == ["web-1", "web-2", "web-3", "web-4"]
+    assert [c.installation_id for c in snapshot.observed.conflicts["web-1"]] == ["b2"]
+    assert "web-4" not in snapshot.observed.conflicts
+
+    problems = identity_problems(snapshot.observed)
+    assert [(p.host_id, p.kind) for p in problems] == [("web-1", "refused"), ("web-2", "mixed")]
+    assert problems[0].message.startswith("installation b2 on clone-vm was refused because installation a1 on "
+                                          "web-1-vm owns this host id; that machine gets no deployments")
+    assert "registration by installation c3 on web-2-vm but status by installation d4" in problems[1].message
+    assert problems[0].since == now
