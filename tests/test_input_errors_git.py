@@ -36,7 +36,7 @@ def assert_user_error(result: subprocess.CompletedProcess[str], *expected: str) 
 def test_unresolvable_host_says_so(tmp_path: Path, command: list[str]) -> None:
     url = "https://git.invalid/x.git"
     result = reconcile(*command, "--repo", url, "--store", (tmp_path / "store").as_uri(), cwd=tmp_path)
-    assert_user_error(result, f"reconcile: {url}: git clone failed: ", "Could not resolve host: git.invalid")
+    assert_user_error(result, f"{url}: git clone failed: ", "Could not resolve host: git.invalid")
     assert len(result.stderr.strip().splitlines()) == 1, "one line: git's progress and advice are trimmed"
 
 
@@ -54,7 +54,7 @@ def test_a_folder_that_is_not_a_repository(tmp_path: Path, command: list[str]) -
     folder = tmp_path / "plain"
     folder.mkdir()
     result = reconcile(*command, "--repo", str(folder), cwd=tmp_path)
-    assert_user_error(result, f"reconcile: {folder}: not a Git repository (give the top folder of a checkout")
+    assert_user_error(result, f"{folder}: not a Git repository (give the top folder of a checkout")
 
 
 def test_unknown_ref_names_the_branches_there_are(tmp_path: Path) -> None:
