@@ -35,6 +35,7 @@ from contract.models import (
     CommandStatus,
     Deployment,
     GroupState,
+    HostConflict,
     HostDeploymentStatus,
     Revision,
     StopRequest,
@@ -86,7 +87,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         help="desired vs effective revision, deployment in flight, quarantine and hosts, per group",
         description="Show every deployment group (or one): desired and effective revision, the deployment in "
         "flight with batch progress, quarantined revisions, hosts and their state. Groups removed from the "
-        "manifests are shown as removed. Reads only; exit 0, or 1 for an unknown group.",
+        "manifests are shown as removed. Reads only (a file:// store that does not exist yet is reported, not "
+        "created); exit 0, or 1 for an unknown group or when the manifests could not be read (the store's "
+        "records are still shown, desired revisions unknown).",
     )
     status.add_argument("group", nargs="?", default=None, help="GROUP or APPLICATION/GROUP (default: all)")
     status.add_argument("--format", choices=("text", "json"), default="text")
@@ -530,6 +533,7 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     lease = read_lease(store)
     report = {
         "store": settings.store,
+        "hostConflicts": host_conflicts(store, context.snapshot.observed),
         "storeMissing": _no_store(missing) if missing is not None else None,
         "commit": context.desired.commit if context.desired else None,
         "manifestsProblem": context.problem,
@@ -549,6 +553,46 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     return code
 
 
+def host_conflicts(store: Store, observed: Observed) -> list[dict[str, Any]]:
+    """Hosts whose id two agent installations claim, for a WARNING line each.
+
+    The agent that loses such a fight exits without writing the host's registration or status, so the only
+    trace is its `hosts/<host>/conflicts/<installation>.json` (read here; a pass has no use for it, so the
+    pass's reader skips it) and, in a race, a status written by another installation than the registration.
+    Without this warning a machine that is silently never deployed to looks like a healthy host."""
+    found: list[dict[str, Any]] = []
+    for item in store.list("hosts/"):
+        parts = item.key.split("/")
+        if len(parts) != 4 or parts[2] != "conflicts" or not parts[3].endswith(".json"):
+            continue
+        stored = store.get(item.key)
+        if stored is None:
+            continue
+        try:
+            conflict = HostConflict.model_validate_json(stored.data)
+        except ValueError as exc:
+            found.append({"host": parts[1], "installationId": parts[3].removesuffix(".json"),
+                          "message": f"unreadable conflict record {item.key}: {exc}"})
+            continue
+        if conflict.resolved_at is None:
+            found.append({"host": conflict.host_id, "installationId": conflict.installation_id,
+                          "otherInstallationId": conflict.other_installation_id,
+                          "detectedAt": _iso(conflict.detected_at),
+                          "message": f"a second agent (installation {conflict.installation_id} on "
+                                     f"{conflict.hostname}) could not use this host id ({conflict.reason}): "
+                                     f"{conflict.message}"})
+    for host_id, status in sorted(observed.statuses.items()):
+        registration = observed.registrations.get(host_id)
+        if (registration is not None and registration.installation_id and status.installation_id
+                and registration.installation_id != status.installation_id):
+            found.append({"host": host_id, "installationId": status.installation_id,
+                          "otherInstallationId": registration.installation_id, "detectedAt": None,
+                          "message": f"two agents claim this host id: its status was written by installation "
+                                     f"{status.installation_id}, its registration by "
+                                     f"{registration.installation_id}; give each machine its own --host-id"})
+    return found
+
+
 def _counts_text(deployment: Mapping[str, Any]) -> str:
     hosts = deployment["hosts"]
     total = deployment["total"] - hosts["Skipped"]
@@ -564,6 +608,8 @@ def _print_status(report: Mapping[str, Any], now: datetime) -> None:
     else:
         header += ", no reconciler running"
     print(header)
+    for conflict in report["hostConflicts"]:
+        print(f"WARNING: host {conflict['host']}: {conflict['message']}")
     if report["storeMissing"]:
         print(f"{report['storeMissing']} (check --store if it should have been)")
     if report["manifestsProblem"]:

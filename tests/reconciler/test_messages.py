@@ -170,3 +170,30 @@ def test_status_with_an_unreadable_repo_shows_the_store_and_exits_1(tmp_path: Pa
     (group,) = report["groups"]
     assert group["state"] == "deploying" and group["desiredKnown"] is False
     assert "the manifests could not be read" in as_json.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Two agents with one host id
+
+
+def test_status_warns_about_two_agents_with_one_host_id(tmp_path: Path, config: Config) -> None:
+    """The second installation is refused and exits without touching the host's documents; its conflict
+    record is the only trace, and `status` must show it, or the machine silently never gets deployed to."""
+    store = f"file://{tmp_path / 'store'}"
+    first = agent(tmp_path, "run", "--once", "--store", store, "--root-dir", str(tmp_path / "a"), "--host-id", "h1")
+    assert first.returncode == 0, first.stderr
+    second = agent(tmp_path, "run", "--once", "--store", store, "--root-dir", str(tmp_path / "b"), "--host-id", "h1")
+    assert second.returncode == 1, second.stderr
+    (record,) = (tmp_path / "store" / "hosts" / "h1" / "conflicts").glob("*.json")
+    refused = record.stem  # hosts/<host>/conflicts/<installation>.json
+
+    result = reconcile(tmp_path, "status", *config.args(), "--store", store)
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stdout.splitlines() if line.startswith("WARNING: host h1:"))
+    assert f"a second agent (installation {refused} on " in warning
+    assert "could not use this host id (refused)" in warning
+    assert "is in use by another agent installation" in warning  # the agent's own explanation is kept
+
+    as_json = reconcile(tmp_path, "status", "--format", "json", *config.args(), "--store", store)
+    (conflict,) = json.loads(as_json.stdout)["hostConflicts"]
+    assert conflict["host"] == "h1" and conflict["installationId"] == refused
