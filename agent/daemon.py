@@ -23,6 +23,16 @@ second guard, for a deployment root that was wiped.
 
 Store outages: the agent keeps running, backs off (up to 30 s), keeps the result in the state file and
 reports it when the store answers again, even after a restart.
+
+One installation per host id: each deployment root has an identity (`<root>/installation-id`, see
+`Installation`) stamped on the registration and status. Before reading its first command the agent claims
+the host id by compare-and-swap on the registration; another installation whose heartbeat is fresh makes it
+exit 1 with a message (and a `hosts/<id>/conflicts/<installation>.json` record for `reconcile status`), one
+silent for 3 heartbeat intervals is taken over. Every status write is a compare-and-swap on the version last
+written, so an agent whose host id was taken over notices at its next write and stops instead of fighting.
+Crash safety: the identity file is written to a temp file, fsynced and linked (create-once) or renamed, so a
+kill -9 leaves it absent, old or new; the claim and the status writes are single conditional store writes,
+so a kill -9 between them leaves a registration that is ours, which a restart (same identity) resumes.
 """
 
 from __future__ import annotations
