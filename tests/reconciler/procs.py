@@ -62,7 +62,19 @@ class Reconciler:
         return events[-1]  # type: ignore[no-any-return]
 
     def signal(self, signum: int) -> None:
+        """Signal the whole process group, as a terminal's Ctrl-C or systemd's default KillMode does."""
         os.killpg(self.process.pid, signum)
+
+    def signal_alone(self, signum: int) -> None:
+        """Signal the reconciler only, not the processes it started (`kill PID`, systemd KillMode=mixed)."""
+        self.process.send_signal(signum)
+
+    def stop_time(self, signum: int, timeout: float) -> tuple[int, float]:
+        """Send `signum` to the reconciler alone and wait for it to exit: (exit code, seconds it took)."""
+        sent = time.monotonic()
+        self.signal_alone(signum)
+        code = self.wait(timeout=timeout)
+        return code, time.monotonic() - sent
 
     def wait(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout=timeout)
