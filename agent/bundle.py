@@ -51,6 +51,7 @@ from typing import IO, Any, Literal, cast
 import structlog
 
 from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle, UsageError
+from contract.gitmessages import GIT_NO_PROMPT, git_reason
 from contract.models import Revision
 
 log = structlog.get_logger("agent.bundle")
@@ -244,6 +245,7 @@ def _fetch_git(revision: Revision, bundle_path: Path, cache_root: Path) -> Fetch
             except (InvalidGitRepositoryError, NoSuchPathError):
                 shutil.rmtree(cache, ignore_errors=True)
                 repo = git.Repo.init(cache, bare=True)
+            repo.git.update_environment(**GIT_NO_PROMPT)
             if not _has_commit(repo, location.commit, BadName):
                 started = time.monotonic()
                 try:
@@ -262,7 +264,7 @@ def _fetch_git(revision: Revision, bundle_path: Path, cache_root: Path) -> Fetch
             with bundle_path.open("wb") as out:
                 repo.archive(out, location.commit, format="tar")
         except GitCommandError as exc:
-            reason = git_error_reason(exc.stderr, exc.status)
+            reason = git_reason(exc.stderr, exc.status)
             if re.search(r"does not appear to be a git repository|not found|does not exist|No such|"
                          r"not a git repository", reason, re.IGNORECASE):
                 raise BundleNotFound(f"cannot read Git repository {url}: {reason}") from exc
@@ -277,38 +279,6 @@ def _fetch_git(revision: Revision, bundle_path: Path, cache_root: Path) -> Fetch
                 raise BundleUnavailable(f"cannot reach Git repository {url}: {reason}") from exc
             raise BundleError(f"git failed for {url} at {location.commit}: {reason}") from exc
     return FetchedBundle(bundle_path, "tar", {"BUNDLE_COMMIT": location.commit})
-
-
-#: Advice git prints after the real reason; it says nothing about this failure, and "and the repository
-#: exists." alone read as if it did.
-_GIT_BOILERPLATE = re.compile(
-    r"^(fatal: )?(Could not read from remote repository\.?|Please make sure you have the correct access rights|"
-    r"and the repository exists\.?)$",
-    re.IGNORECASE,
-)
-
-
-def git_error_reason(stderr: str | bytes | None, status: object = None) -> str:
-    """git's own explanation, from a failed command's stderr: its meaningful lines (boilerplate advice and
-    GitPython's `stderr: '...'` wrapping removed), `fatal: ` dropped, joined with `; `. Falls back to the
-    exit status when git said nothing."""
-    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else (stderr or "")
-    text = text.strip()
-    if text.startswith("stderr:"):
-        text = text.removeprefix("stderr:").strip()
-        if len(text) >= 2 and text[0] == text[-1] == "'":
-            text = text[1:-1]
-    lines = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or _GIT_BOILERPLATE.match(line):
-            continue
-        line = line.removeprefix("fatal: ").removeprefix("error: ")
-        if line not in lines:
-            lines.append(line)
-    if not lines:
-        return f"git exited with status {status}" if status is not None else "git failed without saying why"
-    return "; ".join(lines[:4])
 
 
 def _has_commit(repo: Any, commit: str, bad_name: type[Exception]) -> bool:

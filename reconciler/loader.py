@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
+from contract.gitmessages import GIT_NO_PROMPT, git_reason
 from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
 from reconciler.errors import ManifestError, ManifestErrors, SourceError
 from reconciler.manifests import (
@@ -347,46 +348,11 @@ def cache_dir() -> Path:
     return Path(base) / "fleetshift" / "repos"
 
 
-def git_reason(exc: Any) -> str:
-    """Why a git command failed, in git's own words, trimmed to the lines that say why.
-
-    GitPython's message wraps git's stderr in its own framing (`Cmd('git') failed ... stderr: '...'`) and
-    git adds progress ("Cloning into ...") and generic advice around the real cause. People need the cause
-    (could not resolve host, authentication failed, repository not found) to fix a URL or a credential, so
-    keep git's `fatal:`/`error:`/`remote:` lines and drop the rest; fall back to the last line git printed.
-    """
-    stderr = str(getattr(exc, "stderr", "") or "")
-    marker = stderr.find("stderr: '")
-    if marker >= 0:
-        stderr = stderr[marker + len("stderr: '"):].rstrip().removesuffix("'")
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    reasons: list[str] = []
-    for line in lines:
-        lowered = line.lower()
-        if lowered.startswith(("fatal:", "error:")):
-            text = line.split(":", 1)[1].strip()
-        elif lowered.startswith("remote:"):
-            text = line
-        else:
-            continue
-        if text and text not in reasons:
-            reasons.append(text)
-    generic = "Could not read from remote repository."
-    if len(reasons) > 1 and generic in reasons:
-        reasons.remove(generic)
-    if reasons:
-        return "; ".join(reasons)
-    if lines:
-        return lines[-1]
-    status = getattr(exc, "status", None)
-    return f"exit code {status}" if status is not None else str(exc)
-
-
 def _git_failed(repository: str, exc: Any) -> SourceError:
     command = getattr(exc, "command", None)
     verb = command[1] if isinstance(command, list | tuple) and len(command) > 1 else None
     what = f"git {verb}" if verb else "git"
-    return SourceError(f"{repository}: {what} failed: {git_reason(exc)}")
+    return SourceError(f"{repository}: {what} failed: {git_reason(exc.stderr, exc.status)}")
 
 
 def open_repository(repository: str, *, fetch: bool = True) -> Any:
@@ -415,8 +381,9 @@ def open_repository(repository: str, *, fetch: bool = True) -> Any:
     try:
         if not mirror.exists():
             mirror.parent.mkdir(parents=True, exist_ok=True)
-            return git.Repo.clone_from(repository, mirror, mirror=True)
+            return git.Repo.clone_from(repository, mirror, mirror=True, env=GIT_NO_PROMPT)
         repo = git.Repo(mirror)
+        repo.git.update_environment(**GIT_NO_PROMPT)
         if fetch:
             repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
         return repo
@@ -436,7 +403,7 @@ def _commit(repo: Any, repository: str, ref: str) -> Any:
     try:
         return repo.commit(ref)
     except git.exc.GitCommandError as exc:
-        raise SourceError(f"{repository}: no commit named {ref!r}: {git_reason(exc)}") from exc
+        raise SourceError(f"{repository}: no commit named {ref!r}: {git_reason(exc.stderr, exc.status)}") from exc
     except (git.exc.BadName, ValueError) as exc:
         raise SourceError(f"{repository}: no commit named {ref!r}{unknown_ref_hint(repo, exc)}") from exc
 

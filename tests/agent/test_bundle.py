@@ -21,10 +21,10 @@ from agent.bundle import (
     FetchedBundle,
     detect_bundle_type,
     fetch_bundle,
-    git_error_reason,
     unpack_bundle,
 )
 from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle
+from contract.gitmessages import git_reason
 from contract.models import GitLocation, LocalLocation, Revision, S3Location
 from tests.agent.conftest import Bundle, Sandbox, run_cli, statuses
 from tests.gitrepo import ConfigRepo
@@ -649,7 +649,7 @@ def test_git_error_for_a_commit_that_is_not_in_a_real_repository(git_commit, tmp
     ],
 )
 def test_git_error_reason_keeps_the_lines_that_say_why(stderr: str, expected: str) -> None:
-    assert git_error_reason(stderr, 128) == expected
+    assert git_reason(stderr, 128) == expected
 
 
 # The gzip reader and the background writer: edge cases of the fast paths

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.gitmessages import git_reason
 from reconciler.errors import ManifestErrors, SourceError
-from reconciler.loader import GitSource, git_reason, load_folder, load_git, not_a_manifest, resolve_commit
+from reconciler.loader import GitSource, load_folder, load_git, not_a_manifest, resolve_commit
 from tests.gitrepo import ConfigRepo
 
 APP = "apiVersion: deploy/v1\nkind: Application\nmetadata: {{name: {name}}}\n"
@@ -132,7 +133,7 @@ def test_git_reason_keeps_the_lines_that_say_why(stderr: str, reason: str) -> No
     import git
 
     error = git.exc.GitCommandError(["git", "clone", "--mirror", "https://x", "/c/m"], 128, stderr.encode())
-    assert git_reason(error) == reason
+    assert git_reason(error.stderr, error.status) == reason
 
 
 DEPLOY_YAML = "store: file:///var/lib/fleetshift/store\nreconcile: {timeout: 10m}\n"
