@@ -64,7 +64,14 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.runner import LifecycleRunner, RunnerSettings
-from agent.settings import AgentSettings, SettingsError, load_settings, parse_tags, unknown_environment_variables
+from agent.settings import (
+    AgentSettings,
+    SettingsError,
+    load_settings,
+    meant_variable,
+    parse_tags,
+    unknown_environment_variables,
+)
 from contract.keys import command_key, conflict_key, registration_key, status_key
 from contract.logs import configure_logging
 from contract.models import (
@@ -1297,7 +1304,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"deploy-agent: cannot open the log folder {settings.log_dir}: {exc.strerror}", file=sys.stderr)
         return ExitCode.INVALID
     for name in unknown_environment_variables(os.environ):
-        log.warning("settings.unknown_variable", variable=name)
+        log.warning("settings.unknown_variable", variable=name, did_you_mean=meant_variable(name))
     try:
         store = open_store(settings.store)
     except StoreError as exc:

@@ -387,3 +387,15 @@ def test_an_idle_agent_polls_with_conditional_reads_that_move_no_body(s3_server:
             assert stop_agent(agent) == 0
     assert {(e.method, e.status) for e in idle} == {("GET", 304)}, idle
     assert sum(e.response_body_bytes for e in idle) == 0
+
+
+def test_a_misspelled_agent_variable_is_warned_about_with_the_one_it_meant(
+    file_host: HostFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = file_host()
+    monkeypatch.setattr(host, "environment", lambda: {**AgentHost.environment(host),
+                                                      "FLEETSHIFT_AGENT_POL_INTERVAL": "1s"})
+    result = host.once()
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "settings.unknown_variable" in line)
+    assert "FLEETSHIFT_AGENT_POL_INTERVAL" in warning and "FLEETSHIFT_AGENT_POLL_INTERVAL" in warning
