@@ -35,7 +35,6 @@ from contract.models import (
     CommandStatus,
     Deployment,
     GroupState,
-    HostConflict,
     HostDeploymentStatus,
     Revision,
     StopRequest,
@@ -48,7 +47,7 @@ from reconciler.exitcodes import ExitCode
 from reconciler.lease import LeaseHeld, LeaseLost, WriteLease, read_lease, utc_now
 from reconciler.loader import GitSource, load_git
 from reconciler.manifests import Desired, DesiredGroup
-from reconciler.observe import Snapshot, StoreReader
+from reconciler.observe import Snapshot, StoreReader, identity_problems
 from reconciler.passes import PassRunner, run_until_settled
 from reconciler.plan_render import count
 from reconciler.progress import current_event, progress_for
@@ -533,7 +532,7 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     lease = read_lease(store)
     report = {
         "store": settings.store,
-        "hostConflicts": host_conflicts(store, context.snapshot.observed),
+        "hostConflicts": host_conflicts(context.snapshot.observed),
         "storeMissing": _no_store(missing) if missing is not None else None,
         "commit": context.desired.commit if context.desired else None,
         "manifestsProblem": context.problem,
@@ -553,44 +552,15 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     return code
 
 
-def host_conflicts(store: Store, observed: Observed) -> list[dict[str, Any]]:
-    """Hosts whose id two agent installations claim, for a WARNING line each.
+def host_conflicts(observed: Observed) -> list[dict[str, Any]]:
+    """Hosts whose id two agent installations claim, for a WARNING line each (`observe.identity_problems`).
 
-    The agent that loses such a fight exits without writing the host's registration or status, so the only
-    trace is its `hosts/<host>/conflicts/<installation>.json` (read here; a pass has no use for it, so the
-    pass's reader skips it) and, in a race, a status written by another installation than the registration.
-    Without this warning a machine that is silently never deployed to looks like a healthy host."""
-    found: list[dict[str, Any]] = []
-    for item in store.list("hosts/"):
-        parts = item.key.split("/")
-        if len(parts) != 4 or parts[2] != "conflicts" or not parts[3].endswith(".json"):
-            continue
-        stored = store.get(item.key)
-        if stored is None:
-            continue
-        try:
-            conflict = HostConflict.model_validate_json(stored.data)
-        except ValueError as exc:
-            found.append({"host": parts[1], "installationId": parts[3].removesuffix(".json"),
-                          "message": f"unreadable conflict record {item.key}: {exc}"})
-            continue
-        if conflict.resolved_at is None:
-            found.append({"host": conflict.host_id, "installationId": conflict.installation_id,
-                          "otherInstallationId": conflict.other_installation_id,
-                          "detectedAt": _iso(conflict.detected_at),
-                          "message": f"a second agent (installation {conflict.installation_id} on "
-                                     f"{conflict.hostname}) could not use this host id ({conflict.reason}): "
-                                     f"{conflict.message}"})
-    for host_id, status in sorted(observed.statuses.items()):
-        registration = observed.registrations.get(host_id)
-        if (registration is not None and registration.installation_id and status.installation_id
-                and registration.installation_id != status.installation_id):
-            found.append({"host": host_id, "installationId": status.installation_id,
-                          "otherInstallationId": registration.installation_id, "detectedAt": None,
-                          "message": f"two agents claim this host id: its status was written by installation "
-                                     f"{status.installation_id}, its registration by "
-                                     f"{registration.installation_id}; give each machine its own --host-id"})
-    return found
+    The agent that loses such a fight exits without writing the host's registration or status, so its
+    conflict record is the only trace: without this warning a machine that is silently never deployed to
+    looks like a healthy host."""
+    return [{"host": problem.host_id, "kind": problem.kind, "since": _iso(problem.since),
+             "message": problem.message}
+            for problem in identity_problems(observed)]
 
 
 def _counts_text(deployment: Mapping[str, Any]) -> str:

@@ -190,10 +190,9 @@ def test_status_warns_about_two_agents_with_one_host_id(tmp_path: Path, config: 
     result = reconcile(tmp_path, "status", *config.args(), "--store", store)
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stdout.splitlines() if line.startswith("WARNING: host h1:"))
-    assert f"a second agent (installation {refused} on " in warning
-    assert "could not use this host id (refused)" in warning
-    assert "is in use by another agent installation" in warning  # the agent's own explanation is kept
+    assert f"installation {refused} on " in warning and " was refused because installation " in warning
+    assert "that machine gets no deployments. Give it its own hostId" in warning
 
     as_json = reconcile(tmp_path, "status", "--format", "json", *config.args(), "--store", store)
     (conflict,) = json.loads(as_json.stdout)["hostConflicts"]
-    assert conflict["host"] == "h1" and conflict["installationId"] == refused
+    assert conflict["host"] == "h1" and conflict["kind"] == "refused" and refused in conflict["message"]
