@@ -1,6 +1,8 @@
-"""The apply jobs of the CI examples continue long rollouts on a schedule.
+"""The CI examples' jobs behave as their comments say.
 
-Their shell code is run here as written (bash for GitHub's steps, sh for GitLab's script) with a stand-in
+The plan jobs give every exit code of `reconcile plan` its own message (0 and 2 pass, 1 and 8 fail) and always
+leave a current comment. The apply jobs continue long rollouts on a schedule. Their shell code is run here
+as written (bash for GitHub's steps, sh for GitLab's script) with a stand-in
 `reconcile` on PATH that answers `status --format json` with a chosen fleet and exits `--once` with a chosen
 code: a scheduled run does nothing when nothing is in flight or pending, continues otherwise, treats exit 5
 as "still rolling out" (and exit 7 as someone else carrying on), and applies changes still pending on the
@@ -173,3 +175,52 @@ def test_the_schedule_is_there() -> None:
     assert "push" in triggers
     rules = yaml.safe_load((CI / "gitlab" / ".gitlab-ci.yml").read_text())["fleetshift-apply"]["rules"]
     assert any('$CI_PIPELINE_SOURCE == "schedule"' in rule["if"] for rule in rules)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan jobs: one message per exit code, and a comment even when nothing was rendered
+
+PLAN_MESSAGES = {0: "no changes", 2: "changes to review", 1: "invalid input", 8: "the store could not be read",
+                 9: "failed unexpectedly"}
+
+
+def _fake_plan(sandbox: Sandbox, code: int, rendered: str) -> None:
+    fake = sandbox.root / "bin" / "reconcile"
+    fake.write_text(f'#!/bin/sh\necho "reconcile $*" >> "$CALLS"\nprintf %s "{rendered}"\n'
+                    f'echo "reconcile: why it failed" >&2\nexit {code}\n')
+    (sandbox.root / "ci" / "fleetshift-mr-note.sh").write_text('cp "$1" posted.md\n')
+
+
+@pytest.mark.parametrize("code", sorted(PLAN_MESSAGES))
+def test_gitlab_plan_names_each_exit_code_and_always_updates_the_note(sandbox: Sandbox, code: int) -> None:
+    rendered = "<!-- fleetshift:plan -->\n### fleetshift plan: 1 to change" if code in (0, 2) else ""
+    _fake_plan(sandbox, code, rendered)
+    job = yaml.safe_load((CI / "gitlab" / ".gitlab-ci.yml").read_text())["fleetshift-plan"]
+    result = sandbox.run("sh", "\n".join(job["script"]), {"FLEETSHIFT_STORE": "s3://b/prod"})
+    assert result.returncode == (0 if code in (0, 2) else 1), result.stdout + result.stderr
+    assert PLAN_MESSAGES[code] in result.stdout + result.stderr
+    posted = (sandbox.root / "posted.md").read_text()
+    assert posted.startswith("<!-- fleetshift:plan -->")
+    if not rendered:
+        assert f"no plan (exit {code})" in posted and PLAN_MESSAGES[code] in posted and "why it failed" in posted
+
+
+@pytest.mark.parametrize("code", sorted(PLAN_MESSAGES))
+def test_github_plan_names_each_exit_code(sandbox: Sandbox, code: int) -> None:
+    rendered = "<!-- fleetshift:plan -->\n### fleetshift plan: 1 to change" if code in (0, 2) else ""
+    _fake_plan(sandbox, code, rendered)
+    workflow = yaml.safe_load((CI / "github" / "fleetshift-plan.yml").read_text())
+    steps = {step.get("name"): step for step in workflow["jobs"]["plan"]["steps"]}
+    output_file, summary = sandbox.root / "outputs", sandbox.root / "summary"
+    script = steps["reconcile plan"]["run"].replace("${{ github.base_ref }}", "main")
+    plan = sandbox.run("bash", script, {"FLEETSHIFT_STORE": "s3://b/prod", "GITHUB_OUTPUT": str(output_file),
+                                        "GITHUB_STEP_SUMMARY": str(summary)})
+    assert plan.returncode == 0, plan.stderr  # the comment is posted by the next step, whatever happened
+    assert (sandbox.root / "plan.md").read_text().startswith("<!-- fleetshift:plan -->")
+    outputs = dict(line.split("=", 1) for line in output_file.read_text().splitlines())
+    assert outputs["exit-code"] == str(code)
+    verdict = steps["Verdict"]
+    assert set(verdict["env"]) == {"CODE", "MESSAGE"}
+    result = sandbox.run("bash", verdict["run"], {"CODE": outputs["exit-code"], "MESSAGE": outputs["message"]})
+    assert result.returncode == (0 if code in (0, 2) else 1)
+    assert PLAN_MESSAGES[code] in result.stdout
