@@ -54,6 +54,7 @@ from typing import Any
 
 import structlog
 
+from contract.gitmessages import GIT_NO_PROMPT, git_reason
 from contract.store import Store, StoreError
 from reconciler.errors import ManifestErrors, SourceError
 from reconciler.executor import WriteConflict
@@ -173,7 +174,7 @@ def run_git(args: list[str], *, cwd: Path | None, stop: threading.Event, timeout
 
     git runs in its own process group, so the kill reaches its children too and a Ctrl-C on the terminal
     reaches only the watcher, which then kills git itself."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env = {**os.environ, **GIT_NO_PROMPT}
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
             ["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -186,12 +187,11 @@ def run_git(args: list[str], *, cwd: Path | None, stop: threading.Event, timeout
                 raise Interrupted(what)
             if time.monotonic() >= deadline:
                 _end(process)
-                raise SourceError(f"{what}: git did not finish within {timeout:.0f}s and was killed")
+                raise SourceError(f"{what}: git {args[0]} did not finish within {timeout:g}s and was killed")
             stop.wait(GIT_POLL_SECONDS)
         if process.returncode != 0:
             errors.seek(0)
-            lines = errors.read().decode(errors="replace").strip().splitlines()
-            raise SourceError(f"{what}: git failed: {lines[-1] if lines else f'exit {process.returncode}'}")
+            raise SourceError(f"{what}: git {args[0]} failed: {git_reason(errors.read(), process.returncode)}")
 
 
 def sync_mirror(url: str, *, stop: threading.Event, fetch_timeout: float = FETCH_TIMEOUT_SECONDS,
