@@ -118,7 +118,7 @@ def _noted(_signum: int, _frame: object) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, wake: threading.Event) -> Iterator[None]:
+def relay_stop_signals(stop: threading.Event, wake: threading.Event) -> Iterator[None]:
     """While inside, SIGTERM and SIGINT set `stop` and `wake` from a relay thread, never from the handler.
 
     Python runs a signal handler in the main thread between two bytecodes, whatever that thread holds at the
@@ -384,7 +384,7 @@ class Watcher:
         )
 
     def run(self) -> int:
-        with stop_on_signals(self.stop, self.wake):
+        with relay_stop_signals(self.stop, self.wake):
             return self._run()
 
     def _run(self) -> int:

@@ -34,7 +34,7 @@ from reconciler.errors import SourceError
 from reconciler.lease import StopWriting, WriteLease, read_lease
 from reconciler.passes import PassRunner
 from reconciler.settings import ReconcileSettings
-from reconciler.watch import GIT_TERM_GRACE_SECONDS, Interrupted, run_git, stop_on_signals
+from reconciler.watch import GIT_TERM_GRACE_SECONDS, Interrupted, relay_stop_signals, run_git
 from tests.reconciler.fleet import (
     APPLICATION,
     Config,
@@ -335,7 +335,7 @@ def test_a_signal_that_lands_while_the_log_is_being_written_still_stops(monkeypa
     structlog.configure(processors=[structlog.processors.JSONRenderer()], logger_factory=lambda *_: logger)
     before = signal.getsignal(signal.SIGTERM)
     stop, wake = threading.Event(), threading.Event()
-    with stop_on_signals(stop, wake):
+    with relay_stop_signals(stop, wake):
         with gate:  # the main thread is "writing a log line"
             os.kill(os.getpid(), signal.SIGTERM)
             assert stop.wait(10), "SIGTERM did not set the stop event while the log lock was held"
