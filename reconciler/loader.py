@@ -8,9 +8,8 @@ any error yields no `Desired` at all, which is how "nothing is applied from an i
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -20,9 +19,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
-from contract.gitmessages import GIT_NO_PROMPT, git_reason
+from contract.gitmessages import git_reason
 from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
 from reconciler.errors import ManifestError, ManifestErrors, SourceError
+from reconciler.gitmirror import sync_mirror
 from reconciler.manifests import (
     API_VERSION,
     BUILTIN_CONFIGS,
@@ -343,23 +343,12 @@ class GitSource:
     path: str = "."
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fleetshift" / "repos"
-
-
-def _git_failed(repository: str, exc: Any) -> SourceError:
-    command = getattr(exc, "command", None)
-    verb = command[1] if isinstance(command, list | tuple) and len(command) > 1 else None
-    what = f"git {verb}" if verb else "git"
-    return SourceError(f"{repository}: {what} failed: {git_reason(exc.stderr, exc.status)}")
-
-
-def open_repository(repository: str, *, fetch: bool = True) -> Any:
+def open_repository(repository: str, *, fetch: bool = True, stop: threading.Event | None = None) -> Any:
     """A GitPython Repo for a local checkout, or a cached bare mirror of a remote URL (fetched when asked).
 
     Remote repositories are mirrored once under the cache directory and fetched on each load, so a
-    long-running `reconcile watch` costs one incremental fetch per poll, not one clone. Every failure is a
+    long-running `reconcile watch` costs one incremental fetch per poll, not one clone; git runs bounded in
+    time and killed when `stop` is set (`reconciler.gitmirror`). Every failure is a
     SourceError carrying git's own reason (see `git_reason`), so `reconcile`, `reconcile plan` and `watch`
     can say why a URL cannot be read without a traceback.
     """
@@ -375,25 +364,14 @@ def open_repository(repository: str, *, fetch: bool = True) -> Any:
         ) from exc
     except git.exc.NoSuchPathError as exc:
         raise SourceError(f"{repository}: no such path") from exc
-    if repository.startswith(("/", ".", "~")):
-        raise SourceError(f"{repository}: no such folder")
-    mirror = cache_dir() / hashlib.sha256(repository.encode()).hexdigest()[:16]
+    mirror = sync_mirror(repository, stop=stop or threading.Event(), fetch=fetch)
     try:
-        if not mirror.exists():
-            mirror.parent.mkdir(parents=True, exist_ok=True)
-            return git.Repo.clone_from(repository, mirror, mirror=True, env=GIT_NO_PROMPT)
-        repo = git.Repo(mirror)
-        repo.git.update_environment(**GIT_NO_PROMPT)
-        if fetch:
-            repo.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
-        return repo
+        return git.Repo(mirror)
     except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
-        # The cached mirror, not the user's URL, is broken (an interrupted first clone, a disk cleanup).
+        # The cached mirror, not the user's URL, is broken (a disk cleanup, a hand edit).
         raise SourceError(
             f"{repository}: the cached mirror {mirror} is not a usable Git repository; delete it to clone again"
         ) from exc
-    except git.exc.GitCommandError as exc:
-        raise _git_failed(repository, exc) from exc
 
 
 def _commit(repo: Any, repository: str, ref: str) -> Any:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +50,7 @@ from reconciler.passes import PassRunner, run_until_settled
 from reconciler.plan_render import count
 from reconciler.progress import current_event, progress_for
 from reconciler.settings import DeploySettings
+from reconciler.signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -141,26 +140,6 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT set an event the loops poll, so they finish their pass and release the lease."""
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal.received", signal=signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, handler)
-    try:
-        yield stop
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def _source(settings: DeploySettings, ref: str | None = None) -> GitSource:

@@ -21,13 +21,11 @@ then takes over.
 
 Stopping (SIGTERM, SIGINT) is prompt whatever the loop is doing, and exits 0 after releasing the lease:
 
-- the signal handler itself only writes a byte to a pipe (`signal.set_wakeup_fd`); a relay thread turns it
-  into the stop event and wakes the loop. The handler must take no lock: a Python handler runs in the main
-  thread between two bytecodes, possibly while that thread holds the log's write lock, and logging from it
-  would then wait for itself forever;
-- an in-flight `git fetch`/`git clone` of a remote repository runs in its own process group and is killed
-  (SIGTERM, then SIGKILL after `GIT_TERM_GRACE_SECONDS`), so a hung network never delays the stop; the same
-  kill bounds every fetch to `FETCH_TIMEOUT_SECONDS` (a clone to `CLONE_TIMEOUT_SECONDS`) while running;
+- the signal sets the stop event and wakes the loop through `reconciler.signals` (a relay thread, never
+  from the handler, which must take no lock);
+- an in-flight `git fetch`/`git clone` of a remote repository is killed (`reconciler.gitmirror`: SIGTERM,
+  then SIGKILL after `GIT_TERM_GRACE_SECONDS`), so a hung network never delays the stop; the same kill
+  bounds every fetch to `FETCH_TIMEOUT_SECONDS` (a clone to `CLONE_TIMEOUT_SECONDS`) while running;
 - a pass in progress finishes the action it is writing and applies no further one (`WriteLease.
   stop_writing_on`); any prefix of a pass is safe to leave, as after a crash.
 
@@ -38,33 +36,26 @@ a few store round trips on S3.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from contract.gitmessages import GIT_NO_PROMPT, git_reason
 from contract.store import Store, StoreError
 from reconciler.errors import ManifestErrors, SourceError
 from reconciler.executor import WriteConflict
+from reconciler.gitmirror import Interrupted, sync_mirror
 from reconciler.lease import LeaseLost, StopWriting, WriteLease
-from reconciler.loader import GitSource, cache_dir, load_git, open_repository, resolve_commit
+from reconciler.loader import GitSource, load_git, open_repository, resolve_commit
 from reconciler.manifests import Desired
 from reconciler.observe import StoreReader
 from reconciler.passes import PassOutcome, PassRunner
 from reconciler.progress import Progress
 from reconciler.settings import DeploySettings
+from reconciler.signals import relay_stop_signals
 
 log = structlog.get_logger(__name__)
 
@@ -74,153 +65,6 @@ WATCH_DEBOUNCE_MS = 200
 #: The watcher's idle tick; its first tick also tells that the inotify watch is in place.
 WATCH_TICK_MS = 200
 READY_WAIT_SECONDS = 10.0
-
-#: A `git fetch` of a remote repository that has not finished after this long is killed; the next fetch comes
-#: `fetchInterval` later. While git runs no pass does, so this also bounds how long a hung network can hold
-#: up a rollout in flight.
-FETCH_TIMEOUT_SECONDS = 60.0
-#: The first clone of a remote repository may take longer than a fetch.
-CLONE_TIMEOUT_SECONDS = 600.0
-#: A git process being killed first gets SIGTERM, so it removes its lock files, then SIGKILL after this.
-GIT_TERM_GRACE_SECONDS = 1.0
-#: How often the loop looks at a running git process (and at the stop event) while waiting for it.
-GIT_POLL_SECONDS = 0.05
-#: The signals that stop the watcher.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Interrupted(Exception):
-    """The watcher was asked to stop while git was running; git was killed."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Signals
-
-
-def _relay_signals(read_fd: int, stop: threading.Event, wake: threading.Event) -> None:
-    """Turns the signal numbers written to the wakeup pipe into the stop event (and a log line)."""
-    while True:
-        try:
-            data = os.read(read_fd, 64)
-        except OSError:
-            return
-        if not data:
-            return  # the write end was closed: the watcher is done
-        for signum in data:
-            if signum in STOP_SIGNALS:
-                stop.set()
-                wake.set()
-                log.info("signal.received", signal=signal.Signals(signum).name)
-
-
-def _noted(_signum: int, _frame: object) -> None:
-    """The Python-level handler: nothing to do here, the C handler already wrote to the wakeup pipe."""
-
-
-@contextlib.contextmanager
-def relay_stop_signals(stop: threading.Event, wake: threading.Event) -> Iterator[None]:
-    """While inside, SIGTERM and SIGINT set `stop` and `wake` from a relay thread, never from the handler.
-
-    Python runs a signal handler in the main thread between two bytecodes, whatever that thread holds at the
-    moment. A handler that logs or sets an Event takes a lock the interrupted code may hold (the log's write
-    lock, the Event's condition) and then waits for itself forever. `signal.set_wakeup_fd` makes the C-level
-    handler write the signal number to a pipe instead; the handler proper does nothing. Only in the main
-    thread (signals cannot be handled elsewhere); the previous handlers are restored on the way out.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    relay = threading.Thread(target=_relay_signals, args=(read_fd, stop, wake), name="signal-relay",
-                             daemon=True)
-    relay.start()
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    previous = {signum: signal.signal(signum, _noted) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        signal.set_wakeup_fd(previous_fd)
-        os.close(write_fd)
-        relay.join(timeout=1.0)
-        os.close(read_fd)
-
-
-# --------------------------------------------------------------------------------------------------
-# Git, killable
-
-
-def mirror_path(url: str) -> Path:
-    """Where the bare mirror of a remote repository lives (the same place `reconciler.loader` uses)."""
-    return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-def _end(process: subprocess.Popen[bytes]) -> None:
-    """Kill a git process and whatever it started (ssh, a remote helper): SIGTERM, then SIGKILL."""
-    for signum, grace in ((signal.SIGTERM, GIT_TERM_GRACE_SECONDS), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_git(args: list[str], *, cwd: Path | None, stop: threading.Event, timeout: float, what: str) -> None:
-    """Run `git args`, killing it when `stop` is set (Interrupted) or after `timeout` seconds (SourceError).
-
-    git runs in its own process group, so the kill reaches its children too and a Ctrl-C on the terminal
-    reaches only the watcher, which then kills git itself."""
-    env = {**os.environ, **GIT_NO_PROMPT}
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(
-            ["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=errors, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while process.poll() is None:
-            if stop.is_set():
-                _end(process)
-                raise Interrupted(what)
-            if time.monotonic() >= deadline:
-                _end(process)
-                raise SourceError(f"{what}: git {args[0]} did not finish within {timeout:g}s and was killed")
-            stop.wait(GIT_POLL_SECONDS)
-        if process.returncode != 0:
-            errors.seek(0)
-            raise SourceError(f"{what}: git {args[0]} failed: {git_reason(errors.read(), process.returncode)}")
-
-
-def sync_mirror(url: str, *, stop: threading.Event, fetch_timeout: float = FETCH_TIMEOUT_SECONDS,
-                clone_timeout: float = CLONE_TIMEOUT_SECONDS) -> Path:
-    """Bring the bare mirror of a remote repository up to date: clone it once, then fetch. Killable.
-
-    A clone goes to a temporary folder renamed into place when complete, so a clone killed half-way never
-    leaves a broken mirror behind."""
-    if url.startswith(("/", ".", "~")):
-        raise SourceError(f"{url}: no such folder")
-    mirror = mirror_path(url)
-    if not mirror.exists():
-        mirror.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f"{mirror.name}.", suffix=".partial", dir=mirror.parent))
-        try:
-            run_git(["clone", "--mirror", "--quiet", url, str(partial)], cwd=None, stop=stop,
-                    timeout=clone_timeout, what=url)
-            try:
-                partial.rename(mirror)
-            except OSError:
-                if not mirror.exists():  # not "another watcher cloned it first"
-                    raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        return mirror
-    run_git(["fetch", "--prune", "--quiet", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-            cwd=mirror, stop=stop, timeout=fetch_timeout, what=url)
-    return mirror
-
 
 def local_git_dirs(repository: str) -> list[Path] | None:
     """The folders holding refs of a local checkout (its git dir, plus the common dir of a worktree), or None

@@ -31,10 +31,11 @@ from contract.keys import command_key, group_state_key
 from contract.models import GroupState
 from contract.store import Store, open_store
 from reconciler.errors import SourceError
+from reconciler.gitmirror import GIT_TERM_GRACE_SECONDS, Interrupted, run_git
 from reconciler.lease import StopWriting, WriteLease, read_lease
 from reconciler.passes import PassRunner
 from reconciler.settings import ReconcileSettings
-from reconciler.watch import GIT_TERM_GRACE_SECONDS, Interrupted, relay_stop_signals, run_git
+from reconciler.signals import relay_stop_signals
 from tests.reconciler.fleet import (
     APPLICATION,
     Config,
