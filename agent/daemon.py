@@ -14,7 +14,7 @@ Two threads, one writer each:
   watches the command key at the busy interval, so a newer command stops the current one after its current
   event (like CodeDeploy's StopDeployment).
 
-Exactly once (DESIGN.md, "Restart-safe"): before a command starts, the agent writes a small state file
+Exactly once (docs/design.md, "Exactly once across restarts"): before a command starts, the agent writes a small state file
 (`<root>/ongoing-deployment`, the name CodeDeploy's agent gives its tracking folder) atomically, and updates
 it at each event. A generation at or below the one recorded there is never run again. If the agent
 finds the file saying a command was running, the agent died during it: the event in progress is reported

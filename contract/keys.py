@@ -1,4 +1,4 @@
-"""Store keys, in one place, mirroring DESIGN.md's table. Each key has exactly one writer."""
+"""Store keys, in one place, mirroring docs/design.md's "Store layout". Each key has exactly one writer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store: the only channel between the reconciler and the agents (DESIGN.md, "The contract").
+"""The store: the only channel between the reconciler and the agents (docs/design.md, "The contract: the store").
 
 `open_store(url)` picks the backend from the URL scheme; everything else codes against `Store`.
 """

@@ -1,5 +1,5 @@
-"""The agent must not need the reconciler's Git or file-watching code (DESIGN.md: "the agent must not depend
-on the reconciler's Git or watch code"): a host runs `deploy-agent` without GitPython or watchfiles loaded."""
+"""The agent must not need the reconciler's Git or file-watching code (docs/design.md, "Dependency boundary"):
+a host runs `deploy-agent` without GitPython or watchfiles loaded."""
 
 from __future__ import annotations
 
