@@ -14,12 +14,12 @@ Two threads, one writer each:
   watches the command key at the busy interval, so a newer command stops the current one after its current
   event (like CodeDeploy's StopDeployment).
 
-Exactly once (docs/design.md, "Exactly once across restarts"): before a command starts, the agent writes a small state file
-(`<root>/ongoing-deployment`, the name CodeDeploy's agent gives its tracking folder) atomically, and updates
-it at each event. A generation at or below the one recorded there is never run again. If the agent
-finds the file saying a command was running, the agent died during it: the event in progress is reported
-Failed with `FailedAfterRestart` and the command is not run again. The store's own copy of the status is a
-second guard, for a deployment root that was wiped.
+Exactly once (docs/design.md, "Exactly once across restarts"): before a command starts, the agent writes a small
+state file (`<root>/ongoing-deployment`, the name CodeDeploy's agent gives its tracking folder) atomically, and
+updates it at each event. A generation at or below the one recorded there is never run again. If the agent finds
+the file saying a command was running, the agent died during it: the event in progress is reported Failed with
+`FailedAfterRestart` and the command is not run again. The store's own copy of the status is a second guard, for
+a deployment root that was wiped.
 
 Store outages: the agent keeps running, backs off (up to 30 s), keeps the result in the state file and
 reports it when the store answers again, even after a restart.

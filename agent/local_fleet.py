@@ -1,6 +1,6 @@
-"""Several agents on one machine: each a real `deploy-agent run` process with its own host id, deployment
-root and host root (docs/design.md, "Several agents on one machine"). The demo, the end-to-end tests and the rollout benchmark all
-start fleets this way; so can someone trying a rollout on a laptop.
+"""Several agents on one machine: each a real `deploy-agent run` process with its own host id, deployment root and
+host root (docs/design.md, "Several agents on one machine"). The demo, the end-to-end tests and the rollout
+benchmark all start fleets this way; so can someone trying a rollout on a laptop.
 
 Nothing here is used by an agent on a real host, where one agent runs as a service.
 """

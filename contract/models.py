@@ -1,9 +1,9 @@
 """The documents that travel through the store, and the revision sources shared with the manifests.
 
-One home for every object in the store layout table of docs/design.md, so the reconciler (writer of commands, deployments,
-groups, leases) and the agents (writers of registrations and status) can never drift apart. All JSON is
-camelCase and carries `schemaVersion`; unknown fields are rejected so a typo in a hand-edited document is
-an error rather than silently ignored.
+One home for every object in the store layout table of docs/design.md, so the reconciler (writer of commands,
+deployments, groups, leases) and the agents (writers of registrations and status) can never drift apart. All
+JSON is camelCase and carries `schemaVersion`; unknown fields are rejected so a typo in a hand-edited document
+is an error rather than silently ignored.
 """
 
 from __future__ import annotations
