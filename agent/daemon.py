@@ -44,7 +44,6 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import socket
 import sys
 import threading
@@ -56,7 +55,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO, cast
 
 import structlog
@@ -89,6 +87,7 @@ from contract.models import (
     LifecycleErrorCode,
     group_key,
 )
+from contract.signals import stop_on_signals
 from contract.store import PreconditionFailed, Store, StoreError, StoreUnavailable, open_store
 from contract.store.docs import (
     DocumentInvalid,
@@ -1276,20 +1275,6 @@ def _make_runner(settings: AgentSettings) -> LifecycleRunner:
     )
 
 
-def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("agent.stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
-
-
 def run_command(args: argparse.Namespace) -> int:
     """`deploy-agent run`: the CLI layer. Renders errors as one line each and maps them to exit codes."""
     try:
@@ -1310,10 +1295,8 @@ def run_command(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"deploy-agent: store {settings.store}: {exc}", file=sys.stderr)
         return ExitCode.INVALID
-    stop = threading.Event()
-    restore = _install_signal_handlers(stop)
     try:
-        with root_lock(settings.root_dir):
+        with stop_on_signals() as stop, root_lock(settings.root_dir):
             agent = Agent(settings, store, _make_runner(settings), stop, take_over=args.take_over)
             code = agent.run_once() if args.once else agent.run_forever()
     except HostIdInUse as exc:
@@ -1325,8 +1308,6 @@ def run_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"deploy-agent: cannot use the deployment root {settings.root_dir}: {exc}", file=sys.stderr)
         return ExitCode.INVALID
-    finally:
-        restore()
     if code == ExitCode.STORE_UNAVAILABLE:
         print(f"deploy-agent: the store {settings.store} is unavailable; unreported results are kept in "
               f"{settings.root_dir / STATE_FILE} and sent on the next run", file=sys.stderr)

@@ -37,6 +37,7 @@ from contract.models import (
     Revision,
     StopRequest,
 )
+from contract.signals import stop_on_signals
 from contract.store import PreconditionFailed, Store, open_store
 from contract.store.file import missing_folder
 from reconciler.core import Observed, is_online
@@ -50,7 +51,6 @@ from reconciler.passes import PassRunner, run_until_settled
 from reconciler.plan_render import count
 from reconciler.progress import current_event, progress_for
 from reconciler.settings import DeploySettings
-from reconciler.signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ then takes over.
 
 Stopping (SIGTERM, SIGINT) is prompt whatever the loop is doing, and exits 0 after releasing the lease:
 
-- the signal sets the stop event and wakes the loop through `reconciler.signals` (a relay thread, never
+- the signal sets the stop event and wakes the loop through `contract.signals` (a relay thread, never
   from the handler, which must take no lock);
 - an in-flight `git fetch`/`git clone` of a remote repository is killed (`reconciler.gitmirror`: SIGTERM,
   then SIGKILL after `GIT_TERM_GRACE_SECONDS`), so a hung network never delays the stop; the same kill
@@ -44,6 +44,7 @@ from typing import Any
 
 import structlog
 
+from contract.signals import relay_stop_signals
 from contract.store import Store, StoreError
 from reconciler.errors import ManifestErrors, SourceError
 from reconciler.executor import WriteConflict
@@ -55,7 +56,6 @@ from reconciler.observe import StoreReader
 from reconciler.passes import PassOutcome, PassRunner
 from reconciler.progress import Progress
 from reconciler.settings import DeploySettings
-from reconciler.signals import relay_stop_signals
 
 log = structlog.get_logger(__name__)
 

@@ -180,7 +180,7 @@ def test_sigterm_finishes_the_current_event_reports_and_exits_0(file_host: HostF
         wait_for(lambda: (e := event(host.status(), "BeforeInstall")) and e.status == EventStatus.IN_PROGRESS,
                  "BeforeInstall in progress", process=agent)
         agent.send_signal(signal.SIGTERM)
-        wait_for(lambda: host.log_events("agent.stopping"), "the agent to take the signal", process=agent)
+        wait_for(lambda: host.log_events("signal.received"), "the agent to take the signal", process=agent)
         assert agent.poll() is None, "the running event is finished first"
         host.open_gate("BeforeInstall")
         assert agent.wait(timeout=20) == 0

@@ -29,13 +29,13 @@ import structlog
 
 from contract.keys import command_key, group_state_key
 from contract.models import GroupState
+from contract.signals import relay_stop_signals
 from contract.store import Store, open_store
 from reconciler.errors import SourceError
 from reconciler.gitmirror import GIT_TERM_GRACE_SECONDS, Interrupted, run_git
 from reconciler.lease import StopWriting, WriteLease, read_lease
 from reconciler.passes import PassRunner
 from reconciler.settings import ReconcileSettings
-from reconciler.signals import relay_stop_signals
 from tests.reconciler.fleet import (
     APPLICATION,
     Config,

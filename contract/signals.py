@@ -1,5 +1,5 @@
-"""Stopping on SIGTERM and SIGINT without ever deadlocking: the one way `reconcile --once`, `watch` and the
-operator commands turn a signal into a stop event.
+"""Stopping on SIGTERM and SIGINT without ever deadlocking: the one way `deploy-agent run`, `reconcile --once`,
+`watch` and the operator commands turn a signal into a stop event.
 
 Python runs a signal handler in the main thread between two bytecodes, whatever that thread holds at that
 moment. A handler that logs, or sets an Event, takes a lock the interrupted code may already hold (the log's
@@ -20,7 +20,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-#: The signals that stop the reconciler.
+#: The signals that stop the agent and the reconciler.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -73,8 +73,8 @@ def relay_stop_signals(*events: threading.Event) -> Iterator[None]:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """An event that SIGTERM/SIGINT set, for loops that poll it: they finish the action they are writing,
-    release the lease and exit."""
+    """An event that SIGTERM/SIGINT set, for loops that poll it (the reconciler finishes the action it is
+    writing and releases the lease; the agent finishes the lifecycle event it is running and reports)."""
     stop = threading.Event()
     with relay_stop_signals(stop):
         yield stop
