@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -48,7 +47,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +59,15 @@ import structlog
 from pydantic import ValidationError
 
 from agent import __version__
+from agent.identity import (
+    INSTALLATION_FILE,
+    HostIdInUse,
+    Installation,
+    StateError,
+    describe_installation,
+    load_installation,
+    machine_fingerprint,
+)
 from agent.runner import LifecycleRunner, RunnerSettings
 from agent.settings import (
     AgentSettings,
@@ -103,10 +110,6 @@ log = structlog.get_logger("agent.daemon")
 
 STATE_FILE = "ongoing-deployment"
 LOCK_FILE = ".deploy-agent.lock"
-INSTALLATION_FILE = "installation-id"
-#: Files holding this machine's systemd/D-Bus machine id (machine-id(5)): the identity of a machine, which a
-#: properly prepared clone (cloud-init, virt-sysprep, systemd-firstboot) gets anew.
-MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 #: Another installation owning this host id counts as alive while its last sign of life (registration or
 #: heartbeat) is younger than this many of its heartbeat intervals (the reconciler's offline rule), plus
 #: CLOCK_SKEW_SECONDS because the time was written by another machine's clock.
@@ -157,10 +160,6 @@ class AgentState(Document):
     running: bool = False
     #: Whether `progress` in its final form has reached the store.
     reported: bool = True
-
-
-class StateError(Exception):
-    """The deployment root cannot be used by this agent (unreadable state, another agent, another host)."""
 
 
 def apply_event(progress: CommandProgress, report: EventReport) -> CommandProgress:
@@ -313,133 +312,6 @@ def root_lock(root: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# This installation's identity
-
-
-class Installation(Document):
-    """`<root>/installation-id`: who this agent installation is, so two installations configured with the
-    same host id (cloned VMs, containers whose host names collide) are told apart in the store.
-
-    Created once, at the first start, and kept across restarts and upgrades. `machine` fingerprints the machine
-    it was created on (a salted hash of machine-id(5), never the id itself, which is meant to stay private):
-    a deployment root copied to another machine (a cloned VM image, a restored backup) is detected by it and
-    gets a new identity, with a warning, instead of impersonating the original. The host name is recorded
-    for people only; it changes legitimately (renames, containers re-created on a kept volume), so it never
-    causes a new identity. Where no machine id exists (many containers) a copy keeps the identity; two copies
-    running at once are then caught by the running check (the status is written by compare-and-swap).
-    """
-
-    installation_id: str
-    created_at: datetime
-    hostname: str
-    machine: str | None = None
-    #: The identity this one replaced, when it was created because the root came from another machine.
-    replaces: str | None = None
-
-
-def machine_fingerprint(files: tuple[Path, ...] = MACHINE_ID_FILES) -> str | None:
-    """A stable, non-reversible fingerprint of this machine, or None where there is no machine id."""
-    for path in files:
-        try:
-            value = path.read_text().strip()
-        except OSError:
-            continue
-        if value and value != "uninitialized":
-            return hashlib.sha256(f"fleetshift-installation:{value}".encode()).hexdigest()[:32]
-    return None
-
-
-def _write_atomically(path: Path, data: bytes, *, create_only: bool) -> bool:
-    """Temp file, fsync, then link (create-only: never replaces) or rename, then fsync of the folder: after a
-    kill -9 or a power cut the file is absent, old or new, never partial. False if create-only lost."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        if create_only:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
-
-
-def load_installation(root: Path, *, machine: str | None = None) -> tuple[Installation, str | None]:
-    """This root's identity, created on first use; with a warning (second item) when the root was found to
-    come from another machine and a new identity replaced the copied one. Call under `root_lock`."""
-    path = root / INSTALLATION_FILE
-    for leftover in root.glob(f".{INSTALLATION_FILE}.*.tmp"):  # from a kill -9 mid-write; never linked
-        leftover.unlink(missing_ok=True)
-    hostname = socket.gethostname()
-    existing: Installation | None = None
-    try:
-        existing = Installation.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StateError(f"cannot read this agent's identity {path}: {exc.strerror}") from exc
-    except ValidationError as exc:
-        raise StateError(
-            f"this agent's identity {path} is unreadable ({exc.errors()[0]['msg']}). Remove it to give this "
-            "installation a new identity; until its old registration's heartbeat goes stale the agent will then "
-            "see its own earlier self as another installation (or start it once with --take-over)"
-        ) from None
-    if existing is not None and (existing.machine is None or machine is None or existing.machine == machine):
-        return existing, None
-    fresh = Installation(
-        installation_id=uuid.uuid4().hex,
-        created_at=_now(),
-        hostname=hostname,
-        machine=machine,
-        replaces=existing.installation_id if existing is not None else None,
-    )
-    if existing is None:
-        if not _write_atomically(path, fresh.to_json(), create_only=True):
-            return load_installation(root, machine=machine)  # created meanwhile (only without root_lock)
-        return fresh, None
-    _write_atomically(path, fresh.to_json(), create_only=False)
-    warning = (
-        f"{path} was created on another machine (host name {existing.hostname!r}; its machine id differs from "
-        f"this one's), so this deployment root is a copy, e.g. from a cloned VM image: this agent is now "
-        f"installation {fresh.installation_id}, not {existing.installation_id}"
-    )
-    return fresh, warning
-
-
-def _describe(registration: HostRegistration | None, status: HostStatus | None = None) -> str:
-    """The other installation, for people: its id, machine, version and when it started."""
-    installation = (registration.installation_id if registration is not None else None) or (
-        status.installation_id if status is not None else None)
-    parts = [f"installation {installation}" if installation else "an agent older than installation ids"]
-    if registration is not None:
-        parts.append(f"on host name {registration.hostname!r}")
-    version = status.agent_version if status is not None else registration.agent_version if registration else None
-    if version:
-        parts.append(f"agent {version}")
-    if status is not None and status.started_at is not None:
-        parts.append(f"running since {status.started_at.isoformat(timespec='seconds')}")
-    elif registration is not None:
-        parts.append(f"registered at {registration.registered_at.isoformat(timespec='seconds')}")
-    return ", ".join(parts)
-
-
-class HostIdInUse(Exception):
-    """Another agent installation owns this host id: this agent must not run its commands or write its
-    documents. The message says who holds it and how to fix it."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1012,7 +884,7 @@ class Agent:
             self.settings.heartbeat_interval.total_seconds()
         silent = (_now() - last_seen).total_seconds()
         alive = silent <= MISSED_HEARTBEATS * interval + CLOCK_SKEW_SECONDS
-        who = _describe(owner, theirs)
+        who = describe_installation(owner, theirs)
         if alive and not self._take_over:
             message = (
                 f"host id {self.host_id!r} is in use by another agent installation: {who}, last seen "
@@ -1052,7 +924,8 @@ class Agent:
         if current.installation_id == self.installation.installation_id:
             self._registration_version = stored.version  # ours, written by an earlier attempt
             return
-        message = (f"host id {self.host_id!r} was taken over by another agent installation: {_describe(current)}. "
+        message = (f"host id {self.host_id!r} was taken over by another agent installation: "
+                   f"{describe_installation(current)}. "
                    "This agent stopped writing rather than fight over the host's registration and status. "
                    "Give one of the two machines its own host id (hostId in agent.yaml or --host-id)")
         self._record_conflict(ConflictReason.OVERWRITTEN, current, message)
@@ -1091,8 +964,8 @@ class Agent:
             same = other.installation_id == self.installation.installation_id
             who = "a copy of this installation (the same installation id, e.g. a deployment root copied with a " \
                   "cloned VM image on a machine without a machine id)" if same else \
-                  _describe(owner if owner is not None and owner.installation_id == other.installation_id else None,
-                            other)
+                  describe_installation(
+                      owner if owner is not None and owner.installation_id == other.installation_id else None, other)
             message = (f"the status of host id {self.host_id!r} is being written by another agent: {who}. This "
                        "agent stopped writing rather than fight over it. Give one of the two machines its own host "
                        "id (hostId in agent.yaml or --host-id)"
@@ -1318,12 +1191,8 @@ __all__ = [
     "Agent",
     "AgentState",
     "ExitCode",
-    "HostIdInUse",
-    "Installation",
     "apply_event",
     "finish_after_restart",
-    "load_installation",
-    "machine_fingerprint",
     "register",
     "run_command",
 ]
