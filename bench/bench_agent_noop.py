@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.runner import LifecycleRunner, RunnerSettings
+from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
 from contract.logs import configure_logging
 from contract.models import DEFAULT_EVENTS, HostCommand, LocalLocation, Revision
 

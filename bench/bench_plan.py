@@ -37,9 +37,10 @@ from contract.models import (
     Revision,
 )
 from contract.store import open_store
+from reconciler.cli.plan import PlanRequest, make_plan
 from reconciler.core import Observed, State
-from reconciler.loader import GitSource, load_git
-from reconciler.plan import (
+from reconciler.desired.loader import GitSource, load_git
+from reconciler.plan.engine import (
     Fleet,
     LoadedRef,
     compute_plan,
@@ -47,8 +48,7 @@ from reconciler.plan import (
     verify_saved_plan,
     write_saved_plan,
 )
-from reconciler.plan_cli import PlanRequest, make_plan
-from reconciler.plan_render import render_markdown, render_text
+from reconciler.plan.render import render_markdown, render_text
 from tests.gitrepo import ConfigRepo
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

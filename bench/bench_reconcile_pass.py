@@ -41,7 +41,7 @@ from contract.models import (
 )
 from reconciler.core import Observed, State, reconcile
 from reconciler.core.reconcile import deployment_group_id
-from reconciler.manifests import (
+from reconciler.desired.manifests import (
     ApplicationManifest,
     DeploymentGroupManifest,
     Desired,

@@ -19,8 +19,8 @@ from contract.durations import Duration
 from contract.models import Model
 from contract.paths import default_store
 from contract.yamlmarks import did_you_mean
+from reconciler.desired.loader import ManifestFile, parse_documents, pydantic_message
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
-from reconciler.loader import ManifestFile, parse_documents, pydantic_message
 
 ENV_PREFIX = "FLEETSHIFT_"
 DEFAULT_CONFIG_FILE = "deploy.yaml"
@@ -34,7 +34,7 @@ class RepositorySettings(Model):
     path: str = Field(
         default=".",
         description="Folder inside the repo that holds the manifests; the default, the whole repository, skips "
-        "hidden files and folders, CI files and deploy.yaml at the top (reconciler.loader.not_a_manifest).",
+        "hidden files and folders, CI files and deploy.yaml at the top (reconciler.desired.loader.not_a_manifest).",
     )
 
 

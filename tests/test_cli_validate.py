@@ -15,8 +15,8 @@ EXAMPLE = ROOT / "examples" / "config-repo" / "manifests"
 
 
 def reconcile(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], cwd=cwd, capture_output=True, check=False,
-                          text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "reconciler.cli.main", *args], cwd=cwd, capture_output=True,
+                          check=False, text=True, timeout=60)
 
 
 def test_example_config_repo_is_valid(tmp_path: Path) -> None:

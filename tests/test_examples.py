@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.cli import build_parser as agent_parser
+from agent.cli.main import build_parser as agent_parser
 from contract import keys
-from reconciler.cli import build_parser as reconcile_parser
+from reconciler.cli.main import build_parser as reconcile_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconciler.schemas import SCHEMA_DIR, generate, main
+from reconciler.desired.schemas import SCHEMA_DIR, generate, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,7 +14,7 @@ def test_committed_schemas_match_the_models() -> None:
     generated = generate()
     for name, text in generated.items():
         committed = (SCHEMA_DIR / name).read_text()
-        assert committed == text, f"schemas/{name} is stale: run python -m reconciler.schemas"
+        assert committed == text, f"schemas/{name} is stale: run python -m reconciler.desired.schemas"
     assert main(["--check"]) == 0
 
 

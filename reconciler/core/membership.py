@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from reconciler.core.observed import Observed
 from reconciler.core.rollout import host_sort_key
-from reconciler.manifests import DesiredGroup, TagFilter, TargetsSpec, ZonalSpec
+from reconciler.desired.manifests import DesiredGroup, TagFilter, TargetsSpec, ZonalSpec
 
 
 class MembershipIndex:

@@ -63,7 +63,14 @@ from reconciler.core.rollout import (
     host_sort_key,
 )
 from reconciler.core.state import CoreSettings, State
-from reconciler.manifests import BUILTIN_CONFIGS, ONE_AT_A_TIME, Desired, DesiredGroup, EffectiveConfig, GroupOptions
+from reconciler.desired.manifests import (
+    BUILTIN_CONFIGS,
+    ONE_AT_A_TIME,
+    Desired,
+    DesiredGroup,
+    EffectiveConfig,
+    GroupOptions,
+)
 
 DEFAULT_SETTINGS = CoreSettings()
 

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 
 from contract.durations import format_duration
 from contract.models import Deployment, DeploymentStatus, HostDeploymentState, HostDeploymentStatus
-from reconciler.manifests import EffectiveConfig
+from reconciler.desired.manifests import EffectiveConfig
 
 PENDING = HostDeploymentStatus.PENDING
 IN_PROGRESS = HostDeploymentStatus.IN_PROGRESS

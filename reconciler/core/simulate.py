@@ -35,7 +35,7 @@ from reconciler.core.actions import (
 from reconciler.core.observed import Observed, is_online
 from reconciler.core.reconcile import DEFAULT_SETTINGS, reconcile
 from reconciler.core.state import CoreSettings, State
-from reconciler.manifests import Desired
+from reconciler.desired.manifests import Desired
 
 #: Decides a simulated agent's answer to a command: True = Succeeded.
 Outcome = Callable[[HostCommand], bool]

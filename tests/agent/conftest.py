@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import local_cli
-from agent.runner import CommandOutcome, LifecycleRunner, RunnerSettings
+from agent.cli import local as local_cli
+from agent.lifecycle.runner import CommandOutcome, LifecycleRunner, RunnerSettings
 from contract.models import DEFAULT_EVENTS, EventReport, HostCommand, LocalLocation, Revision
 from tests.conftest import in_ci
 

@@ -6,14 +6,14 @@ import textwrap
 
 import pytest
 
-from agent.appspec import (
+from agent.errors import RevisionInvalid
+from agent.lifecycle.appspec import (
     DEFAULT_TIMEOUT_SECONDS,
     AppSpec,
     find_appspec,
     parse_appspec,
     unknown_hook_problems,
 )
-from agent.errors import RevisionInvalid
 from contract.models import DEFAULT_EVENTS, FileExistsBehavior
 
 

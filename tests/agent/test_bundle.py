@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.bundle import (
+from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle
+from agent.fetch.bundle import (
     BUNDLE_TYPES,
     BundleType,
     ExtractLimits,
@@ -23,7 +24,6 @@ from agent.bundle import (
     fetch_bundle,
     unpack_bundle,
 )
-from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle
 from contract.gitmessages import git_reason
 from contract.models import GitLocation, LocalLocation, Revision, S3Location
 from tests.agent.conftest import Bundle, Sandbox, run_cli, statuses

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.appspec import HookScript
-from agent.hooks import HookSettings, ScriptLog, run_script
+from agent.lifecycle.appspec import HookScript
+from agent.lifecycle.hooks import HookSettings, ScriptLog, run_script
 from contract.models import LifecycleErrorCode
 from tests.agent.conftest import Sandbox, make_sandbox, run_cli, statuses
 from tests.conftest import require_root, require_tool

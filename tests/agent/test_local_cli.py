@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.local import parse_events
 from agent.errors import UsageError
-from agent.local_cli import parse_events
 from tests.agent.conftest import Bundle, run_cli
 
 APP = """

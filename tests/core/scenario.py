@@ -26,8 +26,8 @@ from contract.models import (
 )
 from reconciler.core import CoreSettings, Observed, State
 from reconciler.core.reconcile import deployment_group_id
-from reconciler.loader import ManifestFile, load_files
-from reconciler.manifests import ONE_AT_A_TIME, Desired
+from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.manifests import ONE_AT_A_TIME, Desired
 
 REVISION_FIELDS = {"revision", "desiredRevision", "effectiveRevision"}
 

@@ -19,7 +19,7 @@ from reconciler.core import (
     preview_rollout,
     reconcile,
 )
-from reconciler.manifests import TagFilter, TargetsSpec
+from reconciler.desired.manifests import TagFilter, TargetsSpec
 from tests.core.scenario import load_desired, load_scenario
 
 SCENARIOS = Path(__file__).parent / "scenarios"

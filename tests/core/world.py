@@ -25,8 +25,8 @@ from contract.models import (
 )
 from reconciler.core import Action, Blocked, CoreSettings, Observed, State, apply_actions, is_online, reconcile
 from reconciler.core.actions import DispatchBatch, FinishDeployment, StartDeployment
-from reconciler.loader import ManifestFile, load_files
-from reconciler.manifests import Desired
+from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.manifests import Desired
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon import (
+from agent.daemon.loop import (
     STATE_FILE,
     AgentState,
     LocalState,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import INSTALLATION_FILE, Installation, StateError, load_installation
+from agent.daemon.identity import INSTALLATION_FILE, Installation, StateError, load_installation
 from contract.keys import conflict_key, registration_key, status_key
 from contract.models import ConflictReason, HostConflict, HostRegistration, HostStatus
 from contract.store import Store, open_store

@@ -14,8 +14,9 @@ import pytest
 def test_agent_modules_load_neither_git_nor_watchfiles() -> None:
     probe = (
         "import json, sys\n"
-        "import agent.cli, agent.daemon, agent.settings, contract.store.file, contract.store.s3, contract.store.docs\n"
-        "agent.cli.build_parser()\n"
+        "import agent.cli.main, agent.daemon.loop, agent.settings\n"
+        "import contract.store.file, contract.store.s3, contract.store.docs\n"
+        "agent.cli.main.build_parser()\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('git', 'watchfiles', 'reconciler'))))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)

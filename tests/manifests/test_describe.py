@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.manifests import BUILTIN_CONFIGS, EffectiveConfig, MinimumHealthyHostsSpec
+from reconciler.desired.manifests import BUILTIN_CONFIGS, EffectiveConfig, MinimumHealthyHostsSpec
 
 
 @pytest.mark.parametrize(

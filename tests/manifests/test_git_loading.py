@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from contract.gitmessages import git_reason
+from reconciler.desired.loader import GitSource, load_folder, load_git, not_a_manifest, resolve_commit
 from reconciler.errors import ManifestErrors, SourceError
-from reconciler.loader import GitSource, load_folder, load_git, not_a_manifest, resolve_commit
 from tests.gitrepo import ConfigRepo
 
 APP = "apiVersion: deploy/v1\nkind: Application\nmetadata: {{name: {name}}}\n"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.desired.loader import ManifestFile, load_files
 from reconciler.errors import ManifestErrors
-from reconciler.loader import ManifestFile, load_files
 
 CASES = Path(__file__).parent / "invalid"
 

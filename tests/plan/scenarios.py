@@ -30,7 +30,7 @@ from contract.models import (
     Revision,
 )
 from contract.store import Store, open_store
-from reconciler.plan_cli import PlanRequest
+from reconciler.cli.plan import PlanRequest
 from tests.gitrepo import ConfigRepo
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -18,7 +18,7 @@ from tests.plan.scenarios import FleetWriter, build
 
 
 def reconcile(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args, "--log-level", "warning"], cwd=tmp_path,
+    return subprocess.run([sys.executable, "-m", "reconciler.cli.main", *args, "--log-level", "warning"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from reconciler.cli import build_parser
-from reconciler.plan_render import COMMENT_MARKER
+from reconciler.cli.main import build_parser
+from reconciler.plan.render import COMMENT_MARKER
 from tests.conftest import require_tool
 
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.plan import load_saved_plan
-from reconciler.plan_render import COMMENT_MARKER
+from reconciler.plan.engine import load_saved_plan
+from reconciler.plan.render import COMMENT_MARKER
 from tests.plan.scenarios import build
 
 
 def plan(tmp_path: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "reconciler.cli", "plan", "--repo", str(repo), "--path", "manifests",
+    command = [sys.executable, "-m", "reconciler.cli.main", "plan", "--repo", str(repo), "--path", "manifests",
                "--log-level", "warning", *args]
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
 

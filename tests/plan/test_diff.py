@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.loader import ManifestFile, load_files
-from reconciler.manifests import Desired
-from reconciler.plan import FieldChange, diff_manifests, diff_values, manifests_digest
+from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.manifests import Desired
+from reconciler.plan.engine import FieldChange, diff_manifests, diff_values, manifests_digest
 from tests.plan.scenarios import APPLICATION, CONFIGS, WEB, WEB_A, WEB_B, WEB_REFORMATTED, WORKER
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.plan_cli import make_plan
-from reconciler.plan_render import COMMENT_MARKER, render_json, render_markdown, render_text
+from reconciler.cli.plan import make_plan
+from reconciler.plan.render import COMMENT_MARKER, render_json, render_markdown, render_text
 from tests.plan.markdown_check import check_markdown
 from tests.plan.scenarios import NOW, SCENARIOS, build
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from reconciler.plan import (
+from reconciler.plan.engine import (
     Batch,
     FieldChange,
     GroupRollout,
@@ -14,7 +14,7 @@ from reconciler.plan import (
     PlanWarning,
     RefInfo,
 )
-from reconciler.plan_render import COMMENT_MARKER, GITHUB_COMMENT_LIMIT, render_markdown
+from reconciler.plan.render import COMMENT_MARKER, GITHUB_COMMENT_LIMIT, render_markdown
 from tests.plan.markdown_check import check_markdown
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

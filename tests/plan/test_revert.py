@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.plan_cli import make_plan
+from reconciler.cli.plan import make_plan
 from tests.plan.scenarios import NOW, SCENARIOS, WEB, WEB_A, WEB_B, Scenario, build, fleet_of_shop
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from reconciler.plan_cli import make_plan
-from reconciler.plan_render import render_text
+from reconciler.cli.plan import make_plan
+from reconciler.plan.render import render_text
 from tests.conftest import S3Server
 from tests.plan.scenarios import NOW, build
 

@@ -13,10 +13,11 @@ import pytest
 from contract.keys import group_state_key
 from contract.models import GroupState
 from contract.store import open_store
+from reconciler.cli.plan import make_plan, read_observed_and_state
 from reconciler.core import Observed, State
-from reconciler.loader import GitSource, load_git
-from reconciler.manifests import Desired
-from reconciler.plan import (
+from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.manifests import Desired
+from reconciler.plan.engine import (
     SavedPlanError,
     StalePlanError,
     load_saved_plan,
@@ -24,7 +25,6 @@ from reconciler.plan import (
     verify_saved_plan,
     write_saved_plan,
 )
-from reconciler.plan_cli import make_plan, read_observed_and_state
 from tests.plan.scenarios import NOW, WORKER, Built, FleetWriter, build
 
 

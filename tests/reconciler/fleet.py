@@ -22,8 +22,8 @@ from contract.models import (
     InstalledRevision,
 )
 from contract.store import Store
-from reconciler.loader import GitSource, load_git
-from reconciler.manifests import Desired
+from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.manifests import Desired
 from tests.gitrepo import ConfigRepo
 
 APPLICATION = """\

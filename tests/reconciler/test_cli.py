@@ -19,8 +19,8 @@ import pytest
 from contract.keys import group_state_key
 from contract.models import GroupState
 from contract.store import Store, open_store
-from reconciler.cli import main
-from reconciler.lease import WriteLease
+from reconciler.cli.main import main
+from reconciler.shell.lease import WriteLease
 from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
 
 HOSTS = ["h1", "h2", "h3", "h4"]

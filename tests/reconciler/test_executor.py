@@ -18,11 +18,11 @@ from contract.keys import group_state_key
 from contract.models import Deployment, DeploymentStatus, GroupState, StopRequest
 from contract.store import ObjectVersion, Store, StoredObject, open_store
 from reconciler.core import reconcile
-from reconciler.executor import Executor, WriteConflict
-from reconciler.lease import LeaseLost, WriteLease
-from reconciler.observe import StoreReader
-from reconciler.passes import PassOutcome, PassRunner
 from reconciler.settings import ReconcileSettings
+from reconciler.shell.executor import Executor, WriteConflict
+from reconciler.shell.lease import LeaseLost, WriteLease
+from reconciler.shell.observe import StoreReader
+from reconciler.shell.passes import PassOutcome, PassRunner
 from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision, now, settings_overrides
 
 HOSTS = ["h1", "h2", "h3", "h4"]

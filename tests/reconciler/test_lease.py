@@ -13,7 +13,7 @@ import pytest
 from contract.keys import LEASE_KEY
 from contract.models import Lease
 from contract.store import Store, open_store
-from reconciler.lease import LeaseHeld, LeaseLost, WriteLease, read_lease
+from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease, read_lease
 
 
 class Clock:
@@ -117,7 +117,7 @@ WORKER = textwrap.dedent(
     import os, sys, time
     from datetime import timedelta
     from contract.store import open_store
-    from reconciler.lease import WriteLease
+    from reconciler.shell.lease import WriteLease
 
     store = open_store(sys.argv[1])
     journal = sys.argv[2]

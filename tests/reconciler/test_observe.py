@@ -7,10 +7,10 @@ from pathlib import Path
 
 from contract.keys import status_key
 from contract.store import ObjectVersion, Store, StoredObject, open_store
-from reconciler.lease import WriteLease
-from reconciler.observe import StoreReader
-from reconciler.passes import PassRunner
 from reconciler.settings import ReconcileSettings
+from reconciler.shell.lease import WriteLease
+from reconciler.shell.observe import StoreReader
+from reconciler.shell.passes import PassRunner
 from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, settings_overrides
 
 
@@ -128,7 +128,7 @@ def test_host_id_conflicts_are_observed_for_status(tmp_path: Path) -> None:
     from contract.keys import conflict_key, registration_key
     from contract.models import ConflictReason, HostConflict, HostRegistration, HostStatus
     from contract.store.docs import write_document
-    from reconciler.observe import identity_problems
+    from reconciler.shell.observe import identity_problems
 
     store = open_store(f"file://{tmp_path / 'store'}")
     now = datetime.now(UTC)

@@ -11,10 +11,10 @@ from structlog.testing import capture_logs
 from contract.keys import status_key
 from contract.models import CommandProgress, CommandStatus, EventReport, EventStatus, HostStatus
 from contract.store import Store, open_store
-from reconciler.lease import WriteLease
-from reconciler.passes import PassOutcome, PassRunner
-from reconciler.progress import LiveProgress, LogProgress, rollout_rows
+from reconciler.cli.progress import LiveProgress, LogProgress, rollout_rows
 from reconciler.settings import LoggingSettings, ReconcileSettings
+from reconciler.shell.lease import WriteLease
+from reconciler.shell.passes import PassOutcome, PassRunner
 from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision, now, settings_overrides
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from contract.store import open_store
-from reconciler.cli import main
-from reconciler.lease import LeaseHeld, WriteLease
+from reconciler.cli.main import main
+from reconciler.shell.lease import LeaseHeld, WriteLease
 from tests.conftest import S3Server
 from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
 

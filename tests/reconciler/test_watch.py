@@ -6,7 +6,7 @@ after its current action.
 
 Timing: these tests run next to others on a loaded machine. They wait for conditions with generous
 deadlines (`wait_for`) and never sleep a fixed time; the only tight bounds asserted are the ones the design
-promises (the stop bound of `reconciler.watch`, a dead lease lasting no longer than its expiry), measured
+promises (the stop bound of `reconciler.shell.watch`, a dead lease lasting no longer than its expiry), measured
 from the events themselves where possible.
 """
 
@@ -31,11 +31,11 @@ from contract.keys import command_key, group_state_key
 from contract.models import GroupState
 from contract.signals import relay_stop_signals
 from contract.store import Store, open_store
+from reconciler.desired.gitmirror import GIT_TERM_GRACE_SECONDS, Interrupted, run_git
 from reconciler.errors import SourceError
-from reconciler.gitmirror import GIT_TERM_GRACE_SECONDS, Interrupted, run_git
-from reconciler.lease import StopWriting, WriteLease, read_lease
-from reconciler.passes import PassRunner
 from reconciler.settings import ReconcileSettings
+from reconciler.shell.lease import StopWriting, WriteLease, read_lease
+from reconciler.shell.passes import PassRunner
 from tests.reconciler.fleet import (
     APPLICATION,
     Config,
@@ -48,7 +48,7 @@ from tests.reconciler.procs import Reconciler, wait_for
 
 pytestmark = pytest.mark.slow
 
-#: What the watcher promises between SIGTERM and exit (see `reconciler.watch`): killing git (its grace period)
+#: What the watcher promises between SIGTERM and exit (see `reconciler.shell.watch`): killing git (its grace period)
 #: plus one action's writes and the lease release, on a local store well under a second. Asserted with room
 #: for a loaded machine, far below the 10 s the first tests allow a plain stop.
 STOP_BOUND_SECONDS = GIT_TERM_GRACE_SECONDS + 4.0

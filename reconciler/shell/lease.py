@@ -20,7 +20,7 @@ compare-and-swap:
 A holder that is shutting down stops writing before it lets go: `stop_writing_on(event)` makes `ensure()`,
 which the executor calls before every action, raise `StopWriting` once the event is set. A pass in progress
 therefore ends after the action it is applying (any prefix of a pass's actions is safe, see
-`reconciler.executor`), and only then is the lease released.
+`reconciler.shell.executor`), and only then is the lease released.
 
 Expiry compares the holder's clock (which wrote `expires_at`) with the reader's: machines running
 reconcilers against one store need roughly synchronised clocks (NTP), as with any lease. A crashed holder

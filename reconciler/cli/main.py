@@ -20,7 +20,7 @@ from reconciler.errors import ManifestErrors, ReconcilerError
 from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
-SUBCOMMAND_MODULES = ("reconciler.ops_cli", "reconciler.plan_cli")
+SUBCOMMAND_MODULES = ("reconciler.cli.ops", "reconciler.cli.plan")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def _register_validate(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
-    from reconciler.loader import GitSource, load_folder, load_git
+    from reconciler.desired.loader import GitSource, load_folder, load_git
 
     ref_given = hasattr(args, "ref")
     target = args.target
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.logging.level, json_lines=json_lines)
     try:
         if args.command is None:
-            from reconciler.ops_cli import run_once
+            from reconciler.cli.ops import run_once
 
             return int(run_once(args, settings))
         return int(args.func(args, settings))

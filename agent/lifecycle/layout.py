@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from agent.errors import HostStateError, UsageError
 from contract.models import InstalledRevision
 
-log = structlog.get_logger("agent.layout")
+log = structlog.get_logger("agent.lifecycle.layout")
 
 INSTRUCTIONS_DIR = "deployment-instructions"
 DEPLOYMENT_LOGS_DIR = "deployment-logs"

@@ -1,7 +1,7 @@
 """This agent installation's identity: `<rootDir>/installation-id`, so two installations configured with the same
 host id (cloned VMs, containers whose host names collide) are told apart in the store.
 
-The daemon (`agent/daemon.py`) stamps it on the host's registration and status and claims the host id with it;
+The daemon (`agent/daemon/loop.py`) stamps it on the host's registration and status and claims the host id with it;
 this module only keeps the file: created once, atomically (a kill -9 leaves it absent or whole), and replaced
 when the deployment root turns out to come from another machine.
 """

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from contract.durations import format_duration
-from reconciler.plan import GroupRollout, ObjectChange, Plan
+from reconciler.plan.engine import GroupRollout, ObjectChange, Plan
 
 #: GitHub refuses comments longer than this many characters.
 GITHUB_COMMENT_LIMIT = 65_536

@@ -1,6 +1,6 @@
 """`reconcile watch`: a long-running reconciler that reacts to commits and to agent reports.
 
-Where it sits: the same passes as `reconcile --once` (`reconciler.passes`), driven by triggers instead of a
+Where it sits: the same passes as `reconcile --once` (`reconciler.shell.passes`), driven by triggers instead of a
 fixed loop:
 
 - a new commit on the configured ref: on a local checkout, `watchfiles` watches the repository's `.git`
@@ -23,7 +23,7 @@ Stopping (SIGTERM, SIGINT) is prompt whatever the loop is doing, and exits 0 aft
 
 - the signal sets the stop event and wakes the loop through `contract.signals` (a relay thread, never
   from the handler, which must take no lock);
-- an in-flight `git fetch`/`git clone` of a remote repository is killed (`reconciler.gitmirror`: SIGTERM,
+- an in-flight `git fetch`/`git clone` of a remote repository is killed (`reconciler.desired.gitmirror`: SIGTERM,
   then SIGKILL after `GIT_TERM_GRACE_SECONDS`), so a hung network never delays the stop; the same kill
   bounds every fetch to `FETCH_TIMEOUT_SECONDS` (a clone to `CLONE_TIMEOUT_SECONDS`) while running;
 - a pass in progress finishes the action it is writing and applies no further one (`WriteLease.
@@ -46,16 +46,16 @@ import structlog
 
 from contract.signals import relay_stop_signals
 from contract.store import Store, StoreError
+from reconciler.cli.progress import Progress
+from reconciler.desired.gitmirror import Interrupted, sync_mirror
+from reconciler.desired.loader import GitSource, load_git, open_repository, resolve_commit
+from reconciler.desired.manifests import Desired
 from reconciler.errors import ManifestErrors, SourceError
-from reconciler.executor import WriteConflict
-from reconciler.gitmirror import Interrupted, sync_mirror
-from reconciler.lease import LeaseLost, StopWriting, WriteLease
-from reconciler.loader import GitSource, load_git, open_repository, resolve_commit
-from reconciler.manifests import Desired
-from reconciler.observe import StoreReader
-from reconciler.passes import PassOutcome, PassRunner
-from reconciler.progress import Progress
 from reconciler.settings import DeploySettings
+from reconciler.shell.executor import WriteConflict
+from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease
+from reconciler.shell.observe import StoreReader
+from reconciler.shell.passes import PassOutcome, PassRunner
 
 log = structlog.get_logger(__name__)
 

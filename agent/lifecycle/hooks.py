@@ -35,10 +35,10 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent.appspec import HookScript, bundle_relative
+from agent.lifecycle.appspec import HookScript, bundle_relative
 from contract.models import LifecycleErrorCode
 
-log = structlog.get_logger("agent.hooks")
+log = structlog.get_logger("agent.lifecycle.hooks")
 
 _READ_SIZE = 65536
 _MAX_LINE = 65536

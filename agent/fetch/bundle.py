@@ -54,7 +54,7 @@ from agent.errors import BundleError, BundleNotFound, BundleUnavailable, Checksu
 from contract.gitmessages import GIT_NO_PROMPT, git_reason
 from contract.models import Revision
 
-log = structlog.get_logger("agent.bundle")
+log = structlog.get_logger("agent.fetch.bundle")
 
 BundleType = Literal["zip", "tar", "tgz", "directory"]
 BUNDLE_TYPES: tuple[str, ...] = ("zip", "tar", "tgz", "directory")

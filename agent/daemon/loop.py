@@ -1,6 +1,6 @@
 """`deploy-agent run`: the long-running agent that turns commands in the store into deployments on this host.
 
-Where it sits: between the store (contract/store) and the lifecycle runner (agent/runner.py). The reconciler
+Where it sits: between the store (contract/store) and the lifecycle runner (agent/lifecycle/runner.py). The reconciler
 writes `commands/<host>.json`; this loop notices a new generation with a conditional read, hands the command
 to the runner, and writes every lifecycle event's progress into `hosts/<host>/status.json` as it happens,
 ending with the revision now installed per deployment group.
@@ -59,7 +59,7 @@ import structlog
 from pydantic import ValidationError
 
 from agent import __version__
-from agent.identity import (
+from agent.daemon.identity import (
     INSTALLATION_FILE,
     HostIdInUse,
     Installation,
@@ -68,7 +68,7 @@ from agent.identity import (
     load_installation,
     machine_fingerprint,
 )
-from agent.runner import LifecycleRunner, RunnerSettings
+from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
 from agent.settings import (
     AgentSettings,
     SettingsError,
@@ -106,7 +106,7 @@ from contract.store.docs import (
     write_document,
 )
 
-log = structlog.get_logger("agent.daemon")
+log = structlog.get_logger("agent.daemon.loop")
 
 STATE_FILE = "ongoing-deployment"
 LOCK_FILE = ".deploy-agent.lock"

@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.appspec import parse_appspec
-from agent.bundle import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.install import iter_plan_lines
-from agent.layout import DeploymentRoot, check_path_id
-from agent.runner import (
+from agent.fetch.bundle import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
+from agent.lifecycle.appspec import parse_appspec
+from agent.lifecycle.install import iter_plan_lines
+from agent.lifecycle.layout import DeploymentRoot, check_path_id
+from agent.lifecycle.runner import (
     DOWNLOAD_BUNDLE,
     INSTALL,
     LifecycleRunner,

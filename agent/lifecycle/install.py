@@ -33,12 +33,12 @@ from typing import Literal, Protocol, TextIO
 
 import structlog
 
-from agent.appspec import AppSpec, FileMapping, Permission
 from agent.errors import InstallError, Problem
-from agent.layout import DeploymentDir, DeploymentRoot, write_atomic
+from agent.lifecycle.appspec import AppSpec, FileMapping, Permission
+from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, write_atomic
 from contract.models import FileExistsBehavior
 
-log = structlog.get_logger("agent.install")
+log = structlog.get_logger("agent.lifecycle.install")
 
 Kind = Literal["missing", "file", "dir", "symlink", "other"]
 SEMANAGE_PREFIX = "semanage\0"

@@ -1,6 +1,6 @@
 """The lifecycle runner: one `HostCommand` in, lifecycle events run in CodeDeploy's order, one outcome out.
 
-The daemon (agent/daemon.py) calls `LifecycleRunner.run` for each new command and forwards every event
+The daemon (agent/daemon/loop.py) calls `LifecycleRunner.run` for each new command and forwards every event
 report to the store; `deploy-agent local` calls it with a command it builds from the command line.
 
 Order and semantics follow the reference agent (reference 2.1-2.2, 3.2): BeforeBlockTraffic,
@@ -19,7 +19,7 @@ What this runner does differently, and why:
 - Problems that a hook could still fix before they matter (a file in the way under DISALLOW, a user that
   BeforeInstall creates) only fail early when no script runs before the point of use; otherwise they are
   checked again at that point, which keeps existing bundles that clean up in BeforeInstall working.
-- Install is all or nothing (agent/install.py).
+- Install is all or nothing (agent/lifecycle/install.py).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from pathlib import Path
 
 import structlog
 
-from agent.appspec import AppSpec, bundle_relative, load_appspec, unknown_hook_problems
-from agent.bundle import ExtractLimits, FetchedBundle, fetch_bundle, unpack_bundle
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.hooks import HookSettings, ScriptLog, resolve_runas, run_script
-from agent.install import InstallPlan, execute_install, plan_install, recover_interrupted_install
-from agent.layout import DeploymentDir, DeploymentRoot
+from agent.fetch.bundle import ExtractLimits, FetchedBundle, fetch_bundle, unpack_bundle
+from agent.lifecycle.appspec import AppSpec, bundle_relative, load_appspec, unknown_hook_problems
+from agent.lifecycle.hooks import HookSettings, ScriptLog, resolve_runas, run_script
+from agent.lifecycle.install import InstallPlan, execute_install, plan_install, recover_interrupted_install
+from agent.lifecycle.layout import DeploymentDir, DeploymentRoot
 from contract.models import (
     LIFECYCLE_EVENTS,
     PREVIOUS_REVISION_EVENTS,
@@ -54,7 +54,7 @@ from contract.models import (
     Revision,
 )
 
-log = structlog.get_logger("agent.runner")
+log = structlog.get_logger("agent.lifecycle.runner")
 
 DOWNLOAD_BUNDLE = "DownloadBundle"
 INSTALL = "Install"

@@ -1,6 +1,6 @@
 """Generates `schemas/*.json` from the manifest models, so editors validate manifests as people type.
 
-`python -m reconciler.schemas` rewrites them; `--check` exits 1 when the committed files differ from what the
+`python -m reconciler.desired.schemas` rewrites them; `--check` exits 1 when the committed files differ from what the
 models produce (CI runs it, and tests/test_schemas.py does too), so the schemas can never drift.
 """
 
@@ -14,14 +14,14 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
-from reconciler.manifests import (
+from reconciler.desired.manifests import (
     ApplicationManifest,
     DeploymentConfigManifest,
     DeploymentGroupManifest,
     Manifest,
 )
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 BASE_ID = "https://fleetshift.dev/schemas/"
 
 
@@ -47,7 +47,7 @@ def generate() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reconciler.schemas", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m reconciler.desired.schemas", description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 if schemas/ is out of date")
     parser.add_argument("--dir", type=Path, default=SCHEMA_DIR)
     args = parser.parse_args(argv)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.dir.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
     if args.check and stale:
-        print(f"schemas out of date: {', '.join(stale)}; run: python -m reconciler.schemas", file=sys.stderr)
+        print(f"schemas out of date: {', '.join(stale)}; run: python -m reconciler.desired.schemas", file=sys.stderr)
         return 1
     if not args.check:
         print(f"wrote {len(stale)} schema file(s) to {args.dir}" if stale else "schemas already up to date")

@@ -21,9 +21,8 @@ from yaml.constructor import ConstructorError
 
 from contract.gitmessages import git_reason
 from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
-from reconciler.errors import ManifestError, ManifestErrors, SourceError
-from reconciler.gitmirror import sync_mirror
-from reconciler.manifests import (
+from reconciler.desired.gitmirror import sync_mirror
+from reconciler.desired.manifests import (
     API_VERSION,
     BUILTIN_CONFIGS,
     KINDS,
@@ -34,6 +33,7 @@ from reconciler.manifests import (
     Desired,
     SourceRef,
 )
+from reconciler.errors import ManifestError, ManifestErrors, SourceError
 
 YAML_SUFFIXES = (".yaml", ".yml")
 Path_ = YamlPath
@@ -348,7 +348,7 @@ def open_repository(repository: str, *, fetch: bool = True, stop: threading.Even
 
     Remote repositories are mirrored once under the cache directory and fetched on each load, so a
     long-running `reconcile watch` costs one incremental fetch per poll, not one clone; git runs bounded in
-    time and killed when `stop` is set (`reconciler.gitmirror`). Every failure is a
+    time and killed when `stop` is set (`reconciler.desired.gitmirror`). Every failure is a
     SourceError carrying git's own reason (see `git_reason`), so `reconcile`, `reconcile plan` and `watch`
     can say why a URL cannot be read without a traceback.
     """

@@ -1,8 +1,8 @@
 """`reconcile plan`: what a change to the config repo will do, computed before it is merged.
 
-Where it sits: the CLI (`reconciler.plan_cli`) loads the manifests at two refs and, when the store is reachable,
+Where it sits: the CLI (`reconciler.cli.plan`) loads the manifests at two refs and, when the store is reachable,
 the fleet (`Observed`) and the reconciler's records (`State`); `compute_plan` turns them into a `Plan`, a typed,
-serialisable model; `reconciler.plan_render` turns a plan into text, Markdown or JSON. Nothing in `compute_plan`
+serialisable model; `reconciler.plan.render` turns a plan into text, Markdown or JSON. Nothing in `compute_plan`
 does I/O or reads a clock, so the same inputs always give the same plan (and the golden tests can hold it still).
 
 Two halves, kept apart on purpose:
@@ -49,8 +49,7 @@ from contract.models import (
 from reconciler.core import CoreSettings, Observed, StartDeployment, State, is_online
 from reconciler.core.membership import group_members
 from reconciler.core.simulate import PreviewDeployment, RolloutPreview, preview_rollout
-from reconciler.errors import ManifestError, ReconcilerError
-from reconciler.manifests import (
+from reconciler.desired.manifests import (
     BUILTIN_PREFIX,
     ApplicationManifest,
     DeploymentConfigManifest,
@@ -59,6 +58,7 @@ from reconciler.manifests import (
     DesiredGroup,
     TargetsSpec,
 )
+from reconciler.errors import ManifestError, ReconcilerError
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """One pass (read, decide, write) and the `reconcile --once` loop built from passes.
 
-Where it sits: between the CLI (`reconciler.ops_cli`, which loads manifests, takes the lease and renders
+Where it sits: between the CLI (`reconciler.cli.ops`, which loads manifests, takes the lease and renders
 progress) and the pure core. A pass is:
 
 1. read the fleet and the reconciler's records from the store (`StoreReader.snapshot`, cached by version);
@@ -11,7 +11,7 @@ Passes are cheap and repeatable: the core plans one safe step per pass, so a rol
 interval apart, never a long-running loop that could be cut off half-way. `run_until_settled` repeats passes
 until nothing is in flight, then turns what finished into an exit code.
 
-Nothing here prints: progress goes to an `on_pass` callback (rendered by `reconciler.progress`) and
+Nothing here prints: progress goes to an `on_pass` callback (rendered by `reconciler.cli.progress`) and
 structured log events.
 """
 
@@ -38,12 +38,12 @@ from reconciler.core import (
     State,
     reconcile,
 )
-from reconciler.executor import Applied, Executor, WriteConflict
+from reconciler.desired.manifests import Desired
 from reconciler.exitcodes import ExitCode
-from reconciler.lease import Clock, WriteLease, utc_now
-from reconciler.manifests import Desired
-from reconciler.observe import Snapshot, StoreReader
 from reconciler.settings import ReconcileSettings
+from reconciler.shell.executor import Applied, Executor, WriteConflict
+from reconciler.shell.lease import Clock, WriteLease, utc_now
+from reconciler.shell.observe import Snapshot, StoreReader
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""`reconcile plan`: the command-line layer over `reconciler.plan`.
+"""`reconcile plan`: the command-line layer over `reconciler.plan.engine`.
 
 It resolves the two refs (head, and base = the merge base with the default branch unless given), loads and
 validates the manifests at both, reads the fleet from the store when it can, asks `compute_plan` for the
@@ -29,12 +29,11 @@ import structlog
 
 from contract.store import InvalidStoreURL, Store, StoreError
 from reconciler.core import Observed, State
+from reconciler.desired.loader import files_from_commit, load_files, open_repository
+from reconciler.desired.manifests import Desired
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.exitcodes import ExitCode
-from reconciler.loader import files_from_commit, load_files, open_repository
-from reconciler.manifests import Desired
-from reconciler.observe import StoreReader
-from reconciler.plan import (
+from reconciler.plan.engine import (
     DEFAULT_ROLLBACK_WARNING_HOSTS,
     Fleet,
     LoadedRef,
@@ -44,8 +43,9 @@ from reconciler.plan import (
     saved_plan,
     write_saved_plan,
 )
-from reconciler.plan_render import GITHUB_COMMENT_LIMIT, count, render_json, render_markdown, render_text
+from reconciler.plan.render import GITHUB_COMMENT_LIMIT, count, render_json, render_markdown, render_text
 from reconciler.settings import DeploySettings
+from reconciler.shell.observe import StoreReader
 
 log = structlog.get_logger(__name__)
 

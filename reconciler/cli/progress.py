@@ -26,8 +26,8 @@ import structlog
 from contract.logs import configure_logging
 from contract.models import CommandStatus, Deployment, EventStatus, HostDeploymentStatus
 from reconciler.core import FinishDeployment, Observed
-from reconciler.passes import PassOutcome
 from reconciler.settings import LoggingSettings
+from reconciler.shell.passes import PassOutcome
 
 if TYPE_CHECKING:
     from rich.table import Table

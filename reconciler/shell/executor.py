@@ -42,8 +42,8 @@ from contract.keys import COMMANDS_PREFIX, deployment_key
 from contract.models import GroupState
 from contract.store import PreconditionFailed, Store
 from reconciler.core import Action, StoreWrite
-from reconciler.lease import WriteLease
-from reconciler.observe import StoreReader
+from reconciler.shell.lease import WriteLease
+from reconciler.shell.observe import StoreReader
 
 log = structlog.get_logger(__name__)
 

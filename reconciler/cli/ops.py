@@ -1,9 +1,9 @@
 """`reconcile --once`, `watch`, `status`, `history`, `retry`, `stop`, `forget`: the operator's commands.
 
-Where it sits: the CLI layer over passes (`reconciler.passes`), the lease, the store reader and the watch
-loop. `reconciler.cli` builds the top-level parser and calls `register()` to add these sub-commands and
+Where it sits: the CLI layer over passes (`reconciler.shell.passes`), the lease, the store reader and the watch
+loop. `reconciler.cli.main` builds the top-level parser and calls `register()` to add these sub-commands and
 `run_once()` for `reconcile --once`; every function here returns an exit code from `reconciler.exitcodes`.
-This is the only place (with `reconciler.progress`) that prints.
+This is the only place (with `reconciler.cli.progress`) that prints.
 
 Operator writes (`retry`, `stop`, `forget`) change `groups/<app>/<group>.json` by compare-and-swap. They take
 the write lease when it is free; when a reconciler (`watch`) holds it they still write, by compare-and-swap,
@@ -40,17 +40,17 @@ from contract.models import (
 from contract.signals import stop_on_signals
 from contract.store import PreconditionFailed, Store, open_store
 from contract.store.file import missing_folder
+from reconciler.cli.progress import current_event, progress_for
 from reconciler.core import Observed, is_online
+from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.manifests import Desired, DesiredGroup
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.exitcodes import ExitCode
-from reconciler.lease import LeaseHeld, LeaseLost, WriteLease, read_lease, utc_now
-from reconciler.loader import GitSource, load_git
-from reconciler.manifests import Desired, DesiredGroup
-from reconciler.observe import Snapshot, StoreReader, identity_problems
-from reconciler.passes import PassRunner, run_until_settled
-from reconciler.plan_render import count
-from reconciler.progress import current_event, progress_for
+from reconciler.plan.render import count
 from reconciler.settings import DeploySettings
+from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease, read_lease, utc_now
+from reconciler.shell.observe import Snapshot, StoreReader, identity_problems
+from reconciler.shell.passes import PassRunner, run_until_settled
 
 log = structlog.get_logger(__name__)
 
@@ -227,7 +227,7 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
     started = time.monotonic()
     plan_path: Path | None = getattr(args, "plan", None)
     if plan_path is not None:
-        from reconciler.plan import load_saved_plan
+        from reconciler.plan.engine import load_saved_plan
 
         # Read the plan first so a damaged file fails before anything else. The manifests still come from the
         # configured ref (the branch tip after the merge), not the plan's commit: verify_saved_plan compares
@@ -265,7 +265,7 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
             print(f"reconcile: {exc}", file=sys.stderr)
             return ExitCode.LEASE_HELD
         except ReconcilerError as exc:
-            from reconciler.plan import StalePlanError
+            from reconciler.plan.engine import StalePlanError
 
             if isinstance(exc, StalePlanError):
                 print(f"reconcile: {exc}", file=sys.stderr)
@@ -294,7 +294,7 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
 
 
 def _plan_verifier(plan_path: Path, desired: Desired) -> Callable[[Snapshot], None]:
-    from reconciler.plan import verify_saved_plan
+    from reconciler.plan.engine import verify_saved_plan
 
     def verify(snapshot: Snapshot) -> None:
         verify_saved_plan(plan_path, desired, snapshot.observed, snapshot.state)
@@ -307,7 +307,7 @@ def _plan_verifier(plan_path: Path, desired: Desired) -> Callable[[Snapshot], No
 
 
 def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
-    from reconciler.watch import Watcher
+    from reconciler.shell.watch import Watcher
 
     store = open_store(settings.store)
     with stop_on_signals() as stop, progress_for(settings.logging, title="reconcile watch") as progress:

@@ -1,6 +1,6 @@
 """`deploy-agent`: the thin command-line layer over the agent's library code.
 
-Each sub-command lives with the code it drives (`agent.local_cli` for `local`/`validate`, `agent.daemon`
+Each sub-command lives with the code it drives (`agent.cli.local` for `local`/`validate`, `agent.daemon.loop`
 for `run`); this module only builds the parser, sets up logging and maps outcomes to exit codes.
 """
 
@@ -28,7 +28,8 @@ def _global_options(parser: argparse.ArgumentParser, *, default_level: str | Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent import daemon, local_cli
+    from agent.cli import local
+    from agent.daemon import loop
 
     parser = argparse.ArgumentParser(
         prog="deploy-agent",
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_options(parser, default_level=None, default_format="auto", suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    local_cli.register(sub)
-    daemon.register(sub)
+    local.register(sub)
+    loop.register(sub)
     for command in sub.choices.values():
         _global_options(command, default_level=None, default_format=None, suppress=True)
     return parser

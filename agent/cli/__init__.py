@@ -1,0 +1,1 @@
+"""The `deploy-agent` command line: `run`, `local` and `validate`."""
