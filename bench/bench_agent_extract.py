@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.fetch.bundle import FetchedBundle, unpack_bundle
+from agent.fetch import FetchedBundle, unpack_bundle
 from contract.logs import configure_logging
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import structlog
 
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.fetch.bundle import ExtractLimits, FetchedBundle, fetch_bundle, unpack_bundle
+from agent.fetch import ExtractLimits, FetchedBundle, bundle_environment, fetch_bundle, unpack_bundle
 from agent.lifecycle.appspec import AppSpec, bundle_relative, load_appspec, unknown_hook_problems
 from agent.lifecycle.hooks import HookSettings, ScriptLog, resolve_runas, run_script
 from agent.lifecycle.install import InstallPlan, execute_install, plan_install, recover_interrupted_install
@@ -51,7 +51,6 @@ from contract.models import (
     HostCommand,
     InstalledRevision,
     LifecycleErrorCode,
-    Revision,
 )
 
 log = structlog.get_logger("agent.lifecycle.runner")
@@ -625,19 +624,6 @@ def host_root_text(host_root: Path | None) -> str:
         return ""
     return str(host_root.absolute()).rstrip("/")
 
-
-def bundle_environment(revision: Revision) -> dict[str, str]:
-    """BUNDLE_* variables for hooks (reference 2.3): S3 bucket/key/version/eTag, or the Git commit."""
-    if revision.s3 is not None:
-        environment = {"BUNDLE_BUCKET": revision.s3.bucket, "BUNDLE_KEY": revision.s3.key}
-        if revision.s3.version:
-            environment["BUNDLE_VERSION"] = revision.s3.version
-        if revision.s3.e_tag:
-            environment["BUNDLE_ETAG"] = revision.s3.e_tag.strip('"')
-        return environment
-    if revision.git is not None:
-        return {"BUNDLE_COMMIT": revision.git.commit}
-    return {}
 
 
 __all__ = [

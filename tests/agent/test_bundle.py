@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch, UnsafeBundle
-from agent.fetch.bundle import (
+from agent.fetch import (
     BUNDLE_TYPES,
     BundleType,
     ExtractLimits,
