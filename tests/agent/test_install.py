@@ -19,11 +19,10 @@ from agent.lifecycle.appspec import parse_appspec
 from agent.lifecycle.install import (
     InstallPlan,
     MakeDir,
-    execute_install,
     plan_install,
-    recover_interrupted_install,
 )
 from agent.lifecycle.layout import DeploymentRoot
+from agent.lifecycle.transaction import execute_install, recover_interrupted_install
 from contract.models import FileExistsBehavior
 from tests.agent.conftest import Bundle, Sandbox, require, statuses
 from tests.conftest import require_root, require_tool
@@ -405,15 +404,16 @@ def test_failed_install_puts_the_previous_revision_back(sandbox: Sandbox, make_b
 CRASHING_INSTALL = """
 import os, sys
 from pathlib import Path
-import agent.lifecycle.install as install
+import agent.lifecycle.transaction as install
 from agent.lifecycle.appspec import load_appspec
+from agent.lifecycle.install import plan_install
 from agent.lifecycle.layout import DeploymentRoot
 from contract.models import FileExistsBehavior
 
 root, host, archive = (Path(p) for p in sys.argv[1:4])
 layout = DeploymentRoot(root)
 spec = load_appspec(archive)
-plan = install.plan_install(spec, archive, behavior=FileExistsBehavior.DISALLOW,
+plan = plan_install(spec, archive, behavior=FileExistsBehavior.DISALLOW,
                             previous_cleanup=layout.read_cleanup("dg-1"), host_root=host)
 copies = 0
 real_copy = install._copy
@@ -787,7 +787,7 @@ def test_a_failed_install_puts_the_previous_links_back(
     os.symlink("missing-v2", v2.path / "app/dangling")
     v2.file("app/z-last.txt", "v2")
 
-    import agent.lifecycle.install as install
+    import agent.lifecycle.transaction as install
 
     real_copy = install._copy
 
