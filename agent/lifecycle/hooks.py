@@ -29,22 +29,19 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
 from agent.lifecycle.appspec import HookScript, bundle_relative
+from agent.lifecycle.scriptlog import ScriptLog
 from contract.models import LifecycleErrorCode
 
 log = structlog.get_logger("agent.lifecycle.hooks")
 
 _READ_SIZE = 65536
 _MAX_LINE = 65536
-#: Rotation of the shared deployments log, as the reference agent does (8 files of 64 MiB).
-_DEPLOYMENTS_LOG_MAX = 64 << 20
-_DEPLOYMENTS_LOG_KEEP = 8
 
 
 @dataclass(frozen=True)
@@ -62,79 +59,6 @@ class ScriptOutcome:
         return self.error_code is None
 
 
-class ScriptLog:
-    """The deployment's `logs/scripts.log` plus the root's shared deployments log, and the log tail.
-
-    Lines look like the reference agent's (`2026-01-02 10:11:12 [stdout]text`), so existing log scraping
-    keeps working. The tail is kept per lifecycle event, like the 2 KB "log tail" CodeDeploy reports.
-    """
-
-    def __init__(self, script_log: Path, deployments_log: Path, deployment_id: str, tail_chars: int) -> None:
-        script_log.parent.mkdir(parents=True, exist_ok=True)
-        deployments_log.parent.mkdir(parents=True, exist_ok=True)
-        _rotate(deployments_log)
-        self.path = script_log
-        self.deployment_id = deployment_id
-        self.tail_chars = tail_chars
-        self._script: TextIO = script_log.open("a", encoding="utf-8", errors="replace")
-        self._shared: TextIO = deployments_log.open("a", encoding="utf-8", errors="replace")
-        self._tail = ""
-        self.wrote_anything = False
-
-    def _write(self, message: str) -> None:
-        now = datetime.now()
-        self._script.write(f"{now:%Y-%m-%d %H:%M:%S} {message}\n")
-        self._shared.write(f"[{now:%Y-%m-%d %H:%M:%S}.{now.microsecond // 1000:03d}] [{self.deployment_id}]{message}\n")
-        self.wrote_anything = True
-
-    def reset_tail(self) -> None:
-        """A new lifecycle event starts: its report's tail holds only its own scripts' output."""
-        self._tail = ""
-
-    def event(self, name: str) -> None:
-        self._write(f"LifecycleEvent - {name}")
-
-    def script(self, location: str) -> None:
-        self._write(f"Script - {location}")
-
-    def output(self, stream: str, line: str) -> None:
-        self._write(f"[{stream}]{line}")
-        self._tail += f"[{stream}]{line}\n"
-        if len(self._tail) > 4 * self.tail_chars:
-            self._tail = self._tail[-self.tail_chars :]
-
-    def note(self, text: str) -> None:
-        """The agent's own remarks (timeouts, kills), marked so they are not mistaken for script output."""
-        self._write(f"[agent]{text}")
-        self._tail += f"[agent]{text}\n"
-
-    def tail(self) -> str | None:
-        text = self._tail[-self.tail_chars :]
-        return text or None
-
-    def flush(self) -> None:
-        self._script.flush()
-        self._shared.flush()
-
-    def close(self) -> None:
-        self._script.close()
-        self._shared.close()
-
-
-def _rotate(path: Path) -> None:
-    try:
-        if path.stat().st_size < _DEPLOYMENTS_LOG_MAX:
-            return
-    except FileNotFoundError:
-        return
-    for index in range(_DEPLOYMENTS_LOG_KEEP - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{index}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
-    os.replace(path, path.with_name(f"{path.name}.1"))
-    path.with_name(f"{path.name}.{_DEPLOYMENTS_LOG_KEEP}").unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class HookSettings:
     kill_grace_seconds: float = 10.0
@@ -146,6 +70,26 @@ def resolve_runas(user: str) -> pwd.struct_passwd | None:
         return pwd.getpwnam(user)
     except KeyError:
         return None
+
+
+class _ScriptFault(Exception):
+    """One step of `run_script` found the script cannot run or did not succeed; becomes its outcome."""
+
+    def __init__(self, code: LifecycleErrorCode, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How the script is started: its command line, environment, user and how messages name that user."""
+
+    command: list[str]
+    env: dict[str, str]
+    popen_user: dict[str, Any]
+    who: str
 
 
 def run_script(
@@ -166,35 +110,58 @@ def run_script(
     location = script.location
     script_log.script(location)
     path = archive_dir / bundle_relative(location)
+    try:
+        _make_runnable(location, path, archive_dir, script_log)
+        launch = _launch_for(script, path, environment, settings)
+        timeout, limit_is_command = _time_limit(script, started, deadline)
+        log.info("hook.started", script=location, timeout=script.timeout, runas=script.runas)
+        process = _spawn(location, launch, archive_dir)
+        _wait(process, location=location, who=launch.who, script_log=script_log, until=started + timeout,
+              limit=_limit_text(timeout, limit_is_command), grace=settings.kill_grace_seconds)
+    except _ScriptFault as fault:
+        script_log.note(fault.message)
+        log.info("hook.failed", script=location, error_code=fault.code.value, exit_code=fault.exit_code,
+                 reason=fault.message)
+        return ScriptOutcome(location, fault.code, fault.exit_code, fault.message, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    log.info("hook.succeeded", script=location, seconds=round(seconds, 3))
+    return ScriptOutcome(location, None, 0, None, seconds)
 
-    def fail(code: LifecycleErrorCode, message: str, exit_code: int | None = None) -> ScriptOutcome:
-        script_log.note(message)
-        log.info("hook.failed", script=location, error_code=code.value, exit_code=exit_code, reason=message)
-        return ScriptOutcome(location, code, exit_code, message, time.monotonic() - started)
 
+def _make_runnable(location: str, path: Path, archive_dir: Path, script_log: ScriptLog) -> None:
+    """The script must be a file of the revision; one without its execute bit gets it."""
     try:
         info = path.stat()
     except OSError:
-        return fail(LifecycleErrorCode.SCRIPT_MISSING, f"script {location} does not exist in the revision ({path})")
+        raise _ScriptFault(
+            LifecycleErrorCode.SCRIPT_MISSING, f"script {location} does not exist in the revision ({path})"
+        ) from None
     if not stat.S_ISREG(info.st_mode):
-        return fail(LifecycleErrorCode.SCRIPT_MISSING, f"script {location} is not a file ({path})")
-    if not info.st_mode & 0o111:
-        # Bundles zipped on some systems lose the execute bit; the reference agent adds it back too. Only to
-        # the bundle's own files: a script that is a link out of the bundle would have a host file changed.
-        real = os.path.realpath(path)
-        root = os.path.realpath(archive_dir)
-        if not real.startswith(root + os.sep):
-            return fail(
-                LifecycleErrorCode.SCRIPT_NOT_EXECUTABLE,
-                f"script {location} is a symlink to {real}, outside the bundle, which is not executable; the agent "
-                "only makes the bundle's own files executable",
-            )
-        try:
-            os.chmod(path, stat.S_IMODE(info.st_mode) | (0o111 & ~_umask()))
-            script_log.note(f"{location} was not executable; made it executable")
-        except OSError as exc:
-            return fail(LifecycleErrorCode.SCRIPT_NOT_EXECUTABLE, f"cannot make {location} executable: {exc.strerror}")
+        raise _ScriptFault(LifecycleErrorCode.SCRIPT_MISSING, f"script {location} is not a file ({path})")
+    if info.st_mode & 0o111:
+        return
+    # Bundles zipped on some systems lose the execute bit; the reference agent adds it back too. Only to
+    # the bundle's own files: a script that is a link out of the bundle would have a host file changed.
+    real = os.path.realpath(path)
+    root = os.path.realpath(archive_dir)
+    if not real.startswith(root + os.sep):
+        raise _ScriptFault(
+            LifecycleErrorCode.SCRIPT_NOT_EXECUTABLE,
+            f"script {location} is a symlink to {real}, outside the bundle, which is not executable; the agent "
+            "only makes the bundle's own files executable",
+        )
+    try:
+        os.chmod(path, stat.S_IMODE(info.st_mode) | (0o111 & ~_umask()))
+        script_log.note(f"{location} was not executable; made it executable")
+    except OSError as exc:
+        raise _ScriptFault(
+            LifecycleErrorCode.SCRIPT_NOT_EXECUTABLE, f"cannot make {location} executable: {exc.strerror}"
+        ) from exc
 
+
+def _launch_for(script: HookScript, path: Path, environment: dict[str, str], settings: HookSettings) -> _Launch:
+    """The command line, and for `runas` the user switch (ids, groups, HOME, USER, LOGNAME, SHELL)."""
+    location = script.location
     command = [str(path)]
     env = dict(environment)
     popen_user: dict[str, Any] = {}
@@ -202,13 +169,15 @@ def run_script(
     if script.runas:
         account = resolve_runas(script.runas)
         if account is None:
-            return fail(LifecycleErrorCode.SCRIPT_FAILED, f"runas user {script.runas!r} does not exist on this host")
+            raise _ScriptFault(
+                LifecycleErrorCode.SCRIPT_FAILED, f"runas user {script.runas!r} does not exist on this host"
+            )
         if not settings.runas_allowed:
-            return fail(LifecycleErrorCode.SCRIPT_FAILED, f"{location} asks to run as {script.runas!r}, but this agent "
-                        "does not allow runas")
+            raise _ScriptFault(LifecycleErrorCode.SCRIPT_FAILED, f"{location} asks to run as {script.runas!r}, "
+                               "but this agent does not allow runas")
         if os.geteuid() != 0 and account.pw_uid != os.geteuid():
-            return fail(LifecycleErrorCode.SCRIPT_FAILED, f"{location} asks to run as {script.runas!r}, which needs "
-                        "the agent to run as root")
+            raise _ScriptFault(LifecycleErrorCode.SCRIPT_FAILED, f"{location} asks to run as {script.runas!r}, "
+                               "which needs the agent to run as root")
         popen_user = {
             "user": account.pw_uid,
             "group": account.pw_gid,
@@ -219,60 +188,77 @@ def run_script(
         who = f" as {account.pw_name}"
     if script.sudo and os.geteuid() != 0:
         command = ["sudo", "-n", *command]
+    return _Launch(command, env, popen_user, who)
 
+
+def _time_limit(script: HookScript, started: float, deadline: float | None) -> tuple[float, bool]:
+    """Seconds the script may run, and whether the command's overall limit (not its own timeout) sets it."""
     timeout = float(script.timeout)
-    limit_is_command = False
     if deadline is not None and deadline - started < timeout:
-        timeout = max(deadline - started, 0.0)
-        limit_is_command = True
-    log.info("hook.started", script=location, timeout=script.timeout, runas=script.runas)
+        return max(deadline - started, 0.0), True
+    return timeout, False
+
+
+def _spawn(location: str, launch: _Launch, archive_dir: Path) -> subprocess.Popen[bytes]:
+    """Its own process group, stdin closed, the revision folder as working directory."""
     try:
-        process = subprocess.Popen(
-            command,
+        return subprocess.Popen(
+            launch.command,
             cwd=archive_dir,
-            env=env,
+            env=launch.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             process_group=0,
             close_fds=True,
-            **popen_user,
+            **launch.popen_user,
         )
     except OSError as exc:
-        return fail(LifecycleErrorCode.SCRIPT_FAILED, _spawn_error(location, exc, who, archive_dir))
+        raise _ScriptFault(
+            LifecycleErrorCode.SCRIPT_FAILED, _spawn_error(location, exc, launch.who, archive_dir)
+        ) from exc
 
+
+def _wait(
+    process: subprocess.Popen[bytes],
+    *,
+    location: str,
+    who: str,
+    script_log: ScriptLog,
+    until: float,
+    limit: str,
+    grace: float,
+) -> None:
+    """Capture the output until the script ends; raise `_ScriptFault` unless it exited 0 in time."""
     capture = _Capture(process, script_log)
-    finished = capture.until(started + timeout)
-    if not finished:
-        if capture.exited:
-            streams = " and ".join(capture.open_streams())
-            capture.close()
-            code = process.returncode
-            return fail(
-                LifecycleErrorCode.OUTPUTS_LEFT_OPEN,
-                f"{location}{who} exited (code {code}) but a process it started kept its {streams} open until "
-                f"the {_limit_text(timeout, limit_is_command)} ran out; start background processes with "
-                "`> /dev/null 2>&1 < /dev/null &`",
-                exit_code=code,
-            )
-        escalated = _stop_group(process, capture, settings.kill_grace_seconds)
+    finished = capture.until(until)
+    if not finished and capture.exited:
+        streams = " and ".join(capture.open_streams())
         capture.close()
-        how = (f"SIGTERM, then SIGKILL after {settings.kill_grace_seconds:g} s" if escalated else "SIGTERM")
-        return fail(
+        code = process.returncode
+        raise _ScriptFault(
+            LifecycleErrorCode.OUTPUTS_LEFT_OPEN,
+            f"{location}{who} exited (code {code}) but a process it started kept its {streams} open until "
+            f"the {limit} ran out; start background processes with `> /dev/null 2>&1 < /dev/null &`",
+            exit_code=code,
+        )
+    if not finished:
+        escalated = _stop_group(process, capture, grace)
+        capture.close()
+        how = f"SIGTERM, then SIGKILL after {grace:g} s" if escalated else "SIGTERM"
+        raise _ScriptFault(
             LifecycleErrorCode.SCRIPT_TIMED_OUT,
-            f"{location}{who} did not finish within the {_limit_text(timeout, limit_is_command)}; its process group "
-            f"was stopped ({how})",
+            f"{location}{who} did not finish within the {limit}; its process group was stopped ({how})",
         )
     capture.close()
     code = process.returncode
-    seconds = time.monotonic() - started
-    if code == 0:
-        log.info("hook.succeeded", script=location, seconds=round(seconds, 3))
-        return ScriptOutcome(location, None, 0, None, seconds)
     if code < 0:
-        name = _signal_name(-code)
-        return fail(LifecycleErrorCode.SCRIPT_FAILED, f"{location}{who} was killed by signal {name}", exit_code=code)
-    return fail(LifecycleErrorCode.SCRIPT_FAILED, f"{location}{who} exited with code {code}", exit_code=code)
+        raise _ScriptFault(
+            LifecycleErrorCode.SCRIPT_FAILED, f"{location}{who} was killed by signal {_signal_name(-code)}",
+            exit_code=code,
+        )
+    if code != 0:
+        raise _ScriptFault(LifecycleErrorCode.SCRIPT_FAILED, f"{location}{who} exited with code {code}", exit_code=code)
 
 
 def _limit_text(seconds: float, command_limit: bool) -> str:

@@ -38,9 +38,10 @@ import structlog
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
 from agent.fetch import ExtractLimits, FetchedBundle, bundle_environment, fetch_bundle, unpack_bundle
 from agent.lifecycle.appspec import AppSpec, bundle_relative, load_appspec, unknown_hook_problems
-from agent.lifecycle.hooks import HookSettings, ScriptLog, resolve_runas, run_script
+from agent.lifecycle.hooks import HookSettings, resolve_runas, run_script
 from agent.lifecycle.install import InstallPlan, plan_install
 from agent.lifecycle.layout import DeploymentDir, DeploymentRoot
+from agent.lifecycle.scriptlog import ScriptLog
 from agent.lifecycle.transaction import execute_install, recover_interrupted_install
 from contract.models import (
     LIFECYCLE_EVENTS,
