@@ -19,11 +19,9 @@ Where users of the reference agent lose time, this module does better:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pwd
-import selectors
 import signal
 import stat
 import subprocess
@@ -34,14 +32,14 @@ from typing import Any
 
 import structlog
 
+from agent.fetch import bundle_environment
 from agent.lifecycle.appspec import HookScript, bundle_relative
+from agent.lifecycle.capture import Capture, stop_group
 from agent.lifecycle.scriptlog import ScriptLog
-from contract.models import LifecycleErrorCode
+from contract.models import HostCommand, LifecycleErrorCode
 
 log = structlog.get_logger("agent.lifecycle.hooks")
 
-_READ_SIZE = 65536
-_MAX_LINE = 65536
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,33 @@ class ScriptOutcome:
 class HookSettings:
     kill_grace_seconds: float = 10.0
     runas_allowed: bool = True
+
+
+def hook_environment(command: HostCommand, event: str, host_root: Path | None) -> dict[str, str]:
+    """The agent's environment (minus stale BUNDLE_*), the CodeDeploy variables (reference 2.3) and
+    FLEETSHIFT_HOST_ROOT."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("BUNDLE_")}
+    environment.update(
+        LIFECYCLE_EVENT=event,
+        DEPLOYMENT_ID=command.deployment_id,
+        APPLICATION_NAME=command.application,
+        DEPLOYMENT_GROUP_NAME=command.deployment_group,
+        DEPLOYMENT_GROUP_ID=command.deployment_group_id,
+        # Where absolute destinations really land: empty in production (host root `/`), the sandbox
+        # folder under `--host-root`, so `"$FLEETSHIFT_HOST_ROOT/srv/app"` is right in both. Always set,
+        # so scripts under `set -u` work too.
+        FLEETSHIFT_HOST_ROOT=host_root_text(host_root),
+    )
+    environment.update(bundle_environment(command.revision))
+    return environment
+
+
+def host_root_text(host_root: Path | None) -> str:
+    """`FLEETSHIFT_HOST_ROOT` for hooks: "" for the real root, so a script prefixes absolute paths with it
+    unconditionally; never a trailing `/`, so `$FLEETSHIFT_HOST_ROOT/etc` has no `//`."""
+    if host_root is None:
+        return ""
+    return str(host_root.absolute()).rstrip("/")
 
 
 def resolve_runas(user: str) -> pwd.struct_passwd | None:
@@ -230,7 +255,7 @@ def _wait(
     grace: float,
 ) -> None:
     """Capture the output until the script ends; raise `_ScriptFault` unless it exited 0 in time."""
-    capture = _Capture(process, script_log)
+    capture = Capture(process, script_log)
     finished = capture.until(until)
     if not finished and capture.exited:
         streams = " and ".join(capture.open_streams())
@@ -243,7 +268,7 @@ def _wait(
             exit_code=code,
         )
     if not finished:
-        escalated = _stop_group(process, capture, grace)
+        escalated = stop_group(process, capture, grace)
         capture.close()
         how = f"SIGTERM, then SIGKILL after {grace:g} s" if escalated else "SIGTERM"
         raise _ScriptFault(
@@ -283,120 +308,6 @@ def _spawn_error(location: str, exc: OSError, who: str, cwd: Path) -> str:
         return (f"cannot start {location}{who}: permission denied (the user needs read and execute access to "
                 f"the script and to {cwd})")
     return f"cannot start {location}{who}: {exc.strerror or exc}"
-
-
-class _Capture:
-    """Reads a child's stdout and stderr line by line, and notices its exit, on one thread with select."""
-
-    def __init__(self, process: subprocess.Popen[bytes], script_log: ScriptLog) -> None:
-        self.process = process
-        self.script_log = script_log
-        self.selector = selectors.DefaultSelector()
-        self.partial: dict[int, bytearray] = {}
-        self.names: dict[int, str] = {}
-        for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr")):
-            assert stream is not None
-            fd = stream.fileno()
-            os.set_blocking(fd, False)
-            self.selector.register(fd, selectors.EVENT_READ, name)
-            self.partial[fd] = bytearray()
-            self.names[fd] = name
-        self.pidfd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):
-            self.pidfd = os.pidfd_open(process.pid)
-            self.selector.register(self.pidfd, selectors.EVENT_READ, "exit")
-        self.exited = False
-
-    def open_streams(self) -> list[str]:
-        return [self.names[fd] for fd in self.partial]
-
-    def _check_exit(self) -> None:
-        if not self.exited and self.process.poll() is not None:
-            self.exited = True
-            if self.pidfd is not None:
-                self.selector.unregister(self.pidfd)
-                os.close(self.pidfd)
-                self.pidfd = None
-
-    def until(self, deadline: float) -> bool:
-        """Pump output until the process exited and both streams closed (True), or the deadline (False)."""
-        while True:
-            self._check_exit()
-            if self.exited and not self.partial:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            # Without a pidfd, an exit is only noticed by polling; keep that cheap but prompt.
-            wait = remaining if self.pidfd is not None or self.exited else min(remaining, 0.05)
-            for key, _ in self.selector.select(wait):
-                if key.data == "exit":
-                    self._check_exit()
-                else:
-                    self._read(int(key.fd))
-
-    def _read(self, fd: int) -> None:
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return
-        if not data:
-            self._flush(fd, final=True)
-            self.selector.unregister(fd)
-            del self.partial[fd]
-            return
-        buffer = self.partial[fd]
-        buffer.extend(data)
-        self._flush(fd, final=False)
-
-    def _flush(self, fd: int, *, final: bool) -> None:
-        buffer = self.partial[fd]
-        name = self.names[fd]
-        while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                break
-            self.script_log.output(name, buffer[:newline].decode("utf-8", "replace").rstrip("\r"))
-            del buffer[: newline + 1]
-        if len(buffer) > _MAX_LINE or (final and buffer):
-            self.script_log.output(name, buffer.decode("utf-8", "replace"))
-            buffer.clear()
-
-    def drain(self, seconds: float) -> None:
-        """Keep reading (so the child never blocks on a full pipe) while waiting for it to exit."""
-        self.until(time.monotonic() + seconds)
-
-    def close(self) -> None:
-        for fd in list(self.partial):
-            self._flush(fd, final=True)
-        self.partial.clear()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
-        self.selector.close()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-        self.script_log.flush()
-
-
-def _stop_group(process: subprocess.Popen[bytes], capture: _Capture, grace: float) -> bool:
-    """SIGTERM the script's process group, then SIGKILL it if the leader is still there after `grace`.
-    Returns True if SIGKILL was needed."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        capture.drain(min(0.05, max(deadline - time.monotonic(), 0)))
-        if process.poll() is not None:
-            # The leader is gone; anything left in its group gets SIGKILL too, as the timeout promised.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return True
 
 
 def _umask() -> int:

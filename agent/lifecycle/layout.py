@@ -131,81 +131,21 @@ class DeploymentRoot:
     def git_cache(self) -> Path:
         return self.root / GIT_CACHE_DIR
 
+    def group(self, group_id: str) -> GroupRoot:
+        """Everything of one deployment group under this root; refuses an id that cannot be a folder name."""
+        return GroupRoot(self, check_path_id(group_id, "deployment group id"))
+
     def group_dir(self, group_id: str) -> Path:
-        return self.root / check_path_id(group_id, "deployment group id")
+        return self.group(group_id).path
 
     def deployment(self, group_id: str, deployment_id: str) -> DeploymentDir:
-        return DeploymentDir(self.group_dir(group_id) / check_path_id(deployment_id, "deployment id"))
-
-    def cleanup_file(self, group_id: str) -> Path:
-        return self.instructions / f"{group_id}-cleanup"
-
-    def install_instructions_file(self, group_id: str) -> Path:
-        return self.instructions / f"{group_id}-install.json"
-
-    def install_journal(self, group_id: str) -> Path:
-        return self.instructions / f"{group_id}-install-journal"
-
-    def _last_successful_file(self, group_id: str) -> Path:
-        return self.instructions / f"{group_id}_last_successful_install"
-
-    def _most_recent_file(self, group_id: str) -> Path:
-        return self.instructions / f"{group_id}_most_recent_install"
-
-    def _installed_record(self, group_id: str) -> Path:
-        return self.instructions / f"{group_id}_installed_revision.json"
-
-    # -- instruction files
-
-    def last_successful_install(self, group_id: str) -> DeploymentDir | None:
-        """The deployment whose Install step last finished for this group (reference 2.2): its scripts run
-        ApplicationStop and the traffic-blocking hooks of the next deployment."""
-        return self._read_pointer(self._last_successful_file(group_id))
-
-    def most_recent_install(self, group_id: str) -> DeploymentDir | None:
-        return self._read_pointer(self._most_recent_file(group_id))
-
-    def set_last_successful_install(self, group_id: str, deployment: DeploymentDir) -> None:
-        write_atomic(self._last_successful_file(group_id), str(deployment.path))
-
-    def set_most_recent_install(self, group_id: str, deployment: DeploymentDir) -> None:
-        write_atomic(self._most_recent_file(group_id), str(deployment.path), durable=False)
-
-    def _read_pointer(self, path: Path) -> DeploymentDir | None:
-        try:
-            text = path.read_text().strip()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise HostStateError(f"cannot read {path}: {exc.strerror}") from exc
-        return DeploymentDir(Path(text)) if text else None
+        return self.group(group_id).deployment(deployment_id)
 
     def read_cleanup(self, group_id: str) -> list[str]:
-        """Paths the previous Install created, in creation order. A last line without its newline was cut
-        off mid-write and is dropped, as the reference agent does (reference 7.3 case 29)."""
-        try:
-            text = self.cleanup_file(group_id).read_text()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise HostStateError(f"cannot read the cleanup list {self.cleanup_file(group_id)}: {exc}") from exc
-        lines = text.split("\n")
-        return [line for line in lines[:-1] if line]
-
-    # -- the revision each group has installed, for the daemon's status and for `last_successful`
-
-    def record_installed(self, group_id: str, installed: InstalledRevision) -> None:
-        write_atomic(self._installed_record(group_id), installed.to_json())
+        return self.group(group_id).read_cleanup()
 
     def installed(self, group_id: str) -> InstalledRevision | None:
-        path = self._installed_record(group_id)
-        try:
-            return InstalledRevision.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValidationError) as exc:
-            log.warning("layout.installed_record_unreadable", path=str(path), error=str(exc))
-            return None
+        return self.group(group_id).installed()
 
     def find_installed(self, application: str, deployment_group: str) -> InstalledRevision | None:
         """By names rather than group id: the reconciler asks about `<application>/<group>`."""
@@ -221,22 +161,97 @@ class DeploymentRoot:
                 found = record
         return found
 
+
+@dataclass(frozen=True)
+class GroupRoot:
+    """One deployment group under a root: its deployment folders and its instruction files."""
+
+    root: DeploymentRoot
+    group_id: str
+
+    # -- locations
+
+    @property
+    def path(self) -> Path:
+        return self.root.root / self.group_id
+
+    def deployment(self, deployment_id: str) -> DeploymentDir:
+        return DeploymentDir(self.path / check_path_id(deployment_id, "deployment id"))
+
+    def _instruction(self, suffix: str) -> Path:
+        return self.root.instructions / f"{self.group_id}{suffix}"
+
+    @property
+    def cleanup_file(self) -> Path:
+        return self._instruction("-cleanup")
+
+    @property
+    def install_instructions_file(self) -> Path:
+        return self._instruction("-install.json")
+
+    @property
+    def install_journal(self) -> Path:
+        return self._instruction("-install-journal")
+
+    # -- instruction files
+
+    def last_successful_install(self) -> DeploymentDir | None:
+        """The deployment whose Install step last finished for this group (reference 2.2): its scripts run
+        ApplicationStop and the traffic-blocking hooks of the next deployment."""
+        return _read_pointer(self._instruction("_last_successful_install"))
+
+    def most_recent_install(self) -> DeploymentDir | None:
+        return _read_pointer(self._instruction("_most_recent_install"))
+
+    def set_last_successful_install(self, deployment: DeploymentDir) -> None:
+        write_atomic(self._instruction("_last_successful_install"), str(deployment.path))
+
+    def set_most_recent_install(self, deployment: DeploymentDir) -> None:
+        write_atomic(self._instruction("_most_recent_install"), str(deployment.path), durable=False)
+
+    def read_cleanup(self) -> list[str]:
+        """Paths the previous Install created, in creation order. A last line without its newline was cut
+        off mid-write and is dropped, as the reference agent does (reference 7.3 case 29)."""
+        try:
+            text = self.cleanup_file.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HostStateError(f"cannot read the cleanup list {self.cleanup_file}: {exc}") from exc
+        lines = text.split("\n")
+        return [line for line in lines[:-1] if line]
+
+    # -- the revision the group has installed, for the daemon's status and for `last_successful`
+
+    def record_installed(self, installed: InstalledRevision) -> None:
+        write_atomic(self._instruction("_installed_revision.json"), installed.to_json())
+
+    def installed(self) -> InstalledRevision | None:
+        path = self._instruction("_installed_revision.json")
+        try:
+            return InstalledRevision.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            log.warning("layout.installed_record_unreadable", path=str(path), error=str(exc))
+            return None
+
     # -- retention
 
-    def prune_revisions(self, group_id: str, current: DeploymentDir, keep: int) -> list[Path]:
+    def prune_revisions(self, current: DeploymentDir, keep: int) -> list[Path]:
         """Keep at most `keep` deployment folders in the group, the current one included, never deleting
-        the last successful install (reference 3.4). Oldest first, by modification time."""
+        the last successful install (reference 3.4). Oldest first, by modification time (the runner stamps
+        each deployment folder with its clock when the command ends)."""
         if keep < 1:
             raise UsageError(f"max_revisions must be at least 1 (found {keep})")
-        group = self.group_dir(group_id)
         try:
-            others = [entry for entry in group.iterdir() if entry.is_dir() and entry != current.path]
+            others = [entry for entry in self.path.iterdir() if entry.is_dir() and entry != current.path]
         except FileNotFoundError:
             return []
         extra = len(others) - keep + 1
         if extra <= 0:
             return []
-        protected = self.last_successful_install(group_id)
+        protected = self.last_successful_install()
         candidates = [entry for entry in others if protected is None or entry != protected.path]
         candidates.sort(key=lambda entry: entry.stat().st_mtime)
         removed = []
@@ -244,5 +259,15 @@ class DeploymentRoot:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
         if removed:
-            log.info("layout.pruned_revisions", group=group_id, removed=[p.name for p in removed], keep=keep)
+            log.info("layout.pruned_revisions", group=self.group_id, removed=[p.name for p in removed], keep=keep)
         return removed
+
+
+def _read_pointer(path: Path) -> DeploymentDir | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HostStateError(f"cannot read {path}: {exc.strerror}") from exc
+    return DeploymentDir(Path(text)) if text else None

@@ -114,15 +114,16 @@ def _move(source: Path, destination: Path) -> None:
 
 def recover_interrupted_install(layout: DeploymentRoot, group_id: str) -> bool:
     """Undo an Install that a crash cut off, leaving the previous revision in place. True if one was found."""
-    journal = layout.install_journal(group_id)
+    group = layout.group(group_id)
+    journal = group.install_journal
     if not journal.exists():
         return False
     log.warning("install.recovering", group=group_id, journal=str(journal))
     _undo(journal)
-    for leftover in layout.group_dir(group_id).glob("*/install-backup"):
+    for leftover in group.path.glob("*/install-backup"):
         shutil.rmtree(leftover, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
-        layout.cleanup_file(group_id).with_suffix(".new").unlink()
+        group.cleanup_file.with_suffix(".new").unlink()
     journal.unlink()
     return True
 
@@ -137,11 +138,12 @@ def execute_install(
     """Make the plan true on the host, or leave the host as it was. Raises `InstallError`."""
     if plan.errors or plan.deferred:
         raise InstallError("; ".join(str(p) for p in plan.all_problems()))
-    journal_path = layout.install_journal(group_id)
+    group = layout.group(group_id)
+    journal_path = group.install_journal
     if journal_path.exists():
         recover_interrupted_install(layout, group_id)
-    cleanup_new = layout.cleanup_file(group_id).with_suffix(".new")
-    write_atomic(layout.install_instructions_file(group_id), _instructions_json(plan), durable=False)
+    cleanup_new = group.cleanup_file.with_suffix(".new")
+    write_atomic(group.install_instructions_file, _instructions_json(plan), durable=False)
     execution = _Execution(journal_path, deployment.install_backup)
     try:
         with cleanup_new.open("w", encoding="utf-8") as cleanup:
@@ -170,7 +172,7 @@ def execute_install(
             raise InstallError(f"{exc}; the previous revision's files were put back") from exc
         raise
     # Commit: the new cleanup list replaces the old, the backups go, the journal goes last.
-    os.replace(cleanup_new, layout.cleanup_file(group_id))
+    os.replace(cleanup_new, group.cleanup_file)
     execution.close()
     shutil.rmtree(deployment.install_backup, ignore_errors=True)
     journal_path.unlink()

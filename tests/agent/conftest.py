@@ -15,7 +15,7 @@ import textwrap
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -142,11 +142,25 @@ def sandbox(tmp_path: Path) -> Sandbox:
     return make_sandbox(tmp_path)
 
 
-def make_sandbox(tmp_path: Path, **settings: object) -> Sandbox:
+class SteppingClock:
+    """A clock for the runner that moves one second on at every reading, so event times, install records
+    and deployment folders' modification times (retention order) differ without sleeping."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)) -> None:
+        self.current = start
+
+    def __call__(self) -> datetime:
+        self.current += timedelta(seconds=1)
+        return self.current
+
+
+def make_sandbox(
+    tmp_path: Path, *, now: Callable[[], datetime] | None = None, **settings: object
+) -> Sandbox:
     root = tmp_path / "root"
     host = tmp_path / "host"
     host.mkdir(exist_ok=True)
-    runner = LifecycleRunner(RunnerSettings(root_dir=root, host_root=host, **settings))
+    runner = LifecycleRunner(RunnerSettings(root_dir=root, host_root=host, **settings), now=now)
     return Sandbox(tmp_path, root, host, runner)
 
 

@@ -13,7 +13,7 @@ import pytest
 from agent.errors import UsageError
 from agent.lifecycle.runner import check_event_order
 from contract.models import LIFECYCLE_EVENTS, EventStatus
-from tests.agent.conftest import Bundle, Sandbox, make_sandbox, statuses
+from tests.agent.conftest import Bundle, Sandbox, SteppingClock, make_sandbox, statuses
 
 SCRIPTABLE = [e for e in LIFECYCLE_EVENTS if e not in {"DownloadBundle", "Install"}]
 
@@ -313,7 +313,7 @@ def test_script_log_format_and_instruction_files(sandbox: Sandbox, make_bundle) 
 
 
 def test_retention_keeps_max_revisions_and_never_the_last_successful(tmp_path: Path, make_bundle) -> None:
-    sandbox = make_sandbox(tmp_path, max_revisions=3)
+    sandbox = make_sandbox(tmp_path, max_revisions=3, now=SteppingClock())
     good = make_bundle("good")
     good.appspec("version: 0.0\nos: linux\n")
     bad = make_bundle("bad")
@@ -322,7 +322,6 @@ def test_retention_keeps_max_revisions_and_never_the_last_successful(tmp_path: P
     assert sandbox.deploy(good).status == "Succeeded"
     for _ in range(6):
         assert sandbox.deploy(bad).status == "Failed"
-        time.sleep(0.01)  # distinct modification times order the folders
     kept = sorted(p.name for p in (sandbox.root / "dg-1").iterdir())
     assert kept == ["d-TEST00001", "d-TEST00006", "d-TEST00007"]
     assert sandbox.deploy(good).status == "Succeeded"

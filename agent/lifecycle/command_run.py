@@ -1,0 +1,432 @@
+"""One command while it runs: the events in order, each state change reported, one outcome at the end.
+
+`LifecycleRunner.run` (agent/lifecycle/runner.py) makes a `CommandRun` per command. The early check
+(agent/lifecycle/revision_check.py) runs first when the command includes DownloadBundle; then every event
+runs in the command's order: the agent's own (DownloadBundle, Install) here, hook scripts through
+agent/lifecycle/hooks.py, Install's files through agent/lifecycle/transaction.py. Times come from the
+runner's clock (`now`); the command's overall time limit is measured on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agent.errors import AgentError, Problem, RevisionInvalid
+from agent.fetch import FetchedBundle, fetch_bundle, unpack_bundle
+from agent.lifecycle.appspec import AppSpec
+from agent.lifecycle.hooks import HookSettings, hook_environment, run_script
+from agent.lifecycle.install import plan_install
+from agent.lifecycle.layout import DeploymentDir, GroupRoot
+from agent.lifecycle.revision_check import (
+    DOWNLOAD_BUNDLE,
+    INSTALL,
+    PreviousRevision,
+    check_event_order,
+    check_revision,
+    effective_behavior,
+    read_previous,
+    scripts_run_before,
+    uses_new_revision,
+)
+from agent.lifecycle.scriptlog import ScriptLog
+from agent.lifecycle.transaction import execute_install, recover_interrupted_install
+from contract.models import (
+    PREVIOUS_REVISION_EVENTS,
+    CommandStatus,
+    EventReport,
+    EventStatus,
+    HostCommand,
+    InstalledRevision,
+    LifecycleErrorCode,
+)
+
+if TYPE_CHECKING:
+    from agent.lifecycle.runner import LifecycleRunner
+
+log = structlog.get_logger("agent.lifecycle.runner")
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    status: CommandStatus  # Succeeded | Failed
+    events: list[EventReport]  # final report of every event in the command (Skipped after a failure)
+    installed: InstalledRevision | None  # set when the deployment succeeded
+    message: str | None  # one-paragraph explanation on failure (event, script, why, log tail, log path)
+    log_path: Path | None
+
+
+class _EventFailed(Exception):
+    """One event failed; the runner turns it into the event's report and the command's message."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_code: LifecycleErrorCode = LifecycleErrorCode.UNKNOWN_ERROR,
+        exit_code: int | None = None,
+        script: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code
+        self.exit_code = exit_code
+        self.script = script
+
+
+@dataclass
+class _EarlyCheck:
+    fetched: FetchedBundle | None = None
+    spec: AppSpec | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    failure: _EventFailed | None = None
+    warnings: list[Problem] = field(default_factory=list)
+
+
+class CommandRun:
+    """State of one command while it runs. Kept apart from the runner so `run` stays re-entrant-free."""
+
+    def __init__(
+        self,
+        runner: LifecycleRunner,
+        command: HostCommand,
+        on_event: Callable[[EventReport], None] | None,
+        should_stop: Callable[[], bool] | None,
+        appspec_filename: str | None,
+    ) -> None:
+        self.settings = runner.settings
+        self.layout = runner.layout
+        self.now = runner.now
+        self.command = command
+        self.on_event = on_event
+        self.should_stop = should_stop
+        self.appspec_filename = appspec_filename
+        self.events = list(command.events)
+        self.reports = [EventReport(name=name) for name in self.events]
+        self.deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
+        self.group: GroupRoot | None = None
+        self.deployment: DeploymentDir | None = None
+        self._previous: PreviousRevision | None = None
+        self.script_log: ScriptLog | None = None
+        self.early = _EarlyCheck()
+        self.installed_now = False
+        self.hook_settings = HookSettings(self.settings.kill_grace_seconds, self.settings.runas_allowed)
+        self.log = log.bind(deployment_id=command.deployment_id, group=command.deployment_group)
+
+    # -- reporting
+
+    def emit(self, index: int, **changes: object) -> None:
+        self.reports[index] = self.reports[index].model_copy(update=changes)
+        if self.on_event is not None:
+            self.on_event(self.reports[index])
+
+    def skip_rest(self, start: int, reason: str) -> None:
+        for index in range(start, len(self.events)):
+            if self.reports[index].status == EventStatus.PENDING:
+                self.emit(index, status=EventStatus.SKIPPED, message=reason)
+
+    def outcome(
+        self, status: CommandStatus, message: str | None, installed: InstalledRevision | None = None
+    ) -> CommandOutcome:
+        log_path = None
+        if self.deployment is not None and self.script_log is not None and self.script_log.wrote_anything:
+            log_path = self.deployment.script_log
+        return CommandOutcome(status, list(self.reports), installed, message, log_path)
+
+    # -- the command
+
+    def execute(self) -> CommandOutcome:
+        command = self.command
+        self.log.info("command.started", events=self.events, revision=command.revision.short())
+        try:
+            check_event_order(self.events)
+            self.layout.ensure()
+            self.group = self.layout.group(command.deployment_group_id)
+            self.deployment = self.group.deployment(command.deployment_id)
+            self.deployment.logs.mkdir(parents=True, exist_ok=True)
+            if self.settings.host_root is not None:
+                self.settings.host_root.mkdir(parents=True, exist_ok=True)
+            recover_interrupted_install(self.layout, self.group.group_id)
+            self.script_log = ScriptLog(
+                self.deployment.script_log,
+                self.layout.deployments_log,
+                command.deployment_id,
+                self.settings.log_tail_chars,
+            )
+        except (AgentError, OSError) as exc:
+            message = f"the command could not start: {exc}"
+            if self.events:
+                self.emit(0, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
+                          error_code=LifecycleErrorCode.UNKNOWN_ERROR, message=message)
+            self.skip_rest(1, "not run: the command could not start")
+            self.log.error("command.failed", reason=message)
+            return self.outcome(CommandStatus.FAILED, message)
+        try:
+            return self._run_events()
+        finally:
+            self.script_log.close()
+            if self.deployment is not None and not self.script_log.wrote_anything:
+                self.deployment.script_log.unlink(missing_ok=True)
+            self._stamp_deployment()
+
+    def _stamp_deployment(self) -> None:
+        """The folder's modification time is when the command ended by the runner's clock: retention
+        (`GroupRoot.prune_revisions`) removes the oldest folders first."""
+        if self.deployment is None:
+            return
+        stamp = self.now().timestamp()
+        with contextlib.suppress(OSError):
+            os.utime(self.deployment.path, (stamp, stamp))
+
+    def _run_events(self) -> CommandOutcome:
+        assert self.deployment is not None and self.script_log is not None
+        if DOWNLOAD_BUNDLE in self.events:
+            self._early_check()
+        for index, event in enumerate(self.events):
+            if self.should_stop is not None and self.should_stop():
+                done = self.events[index - 1] if index else "the start"
+                message = (f"stopped after {done}: the agent is shutting down, so the remaining events were "
+                           "skipped")
+                self.skip_rest(index, "not run: the agent is shutting down")
+                self.log.warning("command.stopped", after=done)
+                return self.outcome(CommandStatus.FAILED, message)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                message = (f"the command's time limit of {self.command.timeout_seconds:g} s ran out before "
+                           f"{event}")
+                self.emit(index, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
+                          error_code=LifecycleErrorCode.UNKNOWN_ERROR, message=message)
+                self.skip_rest(index + 1, f"not run: {event} failed")
+                return self.outcome(CommandStatus.FAILED, self._explain(event, message, None))
+            if event == DOWNLOAD_BUNDLE and self.early.failure is not None:
+                failure = self.early.failure
+                self.emit(index, status=EventStatus.IN_PROGRESS, started_at=self.early.started_at)
+                self._report_failure(index, failure, ended_at=self.early.ended_at)
+                return self.outcome(CommandStatus.FAILED, self._explain(event, failure.message, None))
+            if self.early.failure is not None:
+                # Before DownloadBundle: nothing of the running application is touched for a revision that
+                # cannot be deployed.
+                self.emit(index, status=EventStatus.SKIPPED,
+                          message="not run: the new revision failed its checks (see DownloadBundle)")
+                continue
+            started_at = self.early.started_at if event == DOWNLOAD_BUNDLE else self.now()
+            self.emit(index, status=EventStatus.IN_PROGRESS, started_at=started_at)
+            self.script_log.reset_tail()
+            try:
+                note = self._run_event_safely(index, event)
+            except _EventFailed as failure:
+                ignorable = event in PREVIOUS_REVISION_EVENTS and self.command.ignore_application_stop_failures
+                if ignorable:
+                    failure.message += " (ignored: ignore_application_stop_failures is set)"
+                self._report_failure(index, failure)
+                if ignorable:
+                    continue
+                return self.outcome(CommandStatus.FAILED, self._explain(event, failure.message, failure.script))
+            ended_at = self.early.ended_at if event == DOWNLOAD_BUNDLE else self.now()
+            self.emit(index, status=EventStatus.SUCCEEDED, ended_at=ended_at, message=note,
+                      log_tail=self.script_log.tail())
+        installed = self._record_success() if self.installed_now else None
+        self.log.info("command.succeeded")
+        return self.outcome(CommandStatus.SUCCEEDED, None, installed)
+
+    def _report_failure(self, index: int, failure: _EventFailed, ended_at: datetime | None = None) -> None:
+        assert self.script_log is not None
+        self.emit(
+            index,
+            status=EventStatus.FAILED,
+            ended_at=ended_at or self.now(),
+            exit_code=failure.exit_code,
+            error_code=failure.error_code,
+            message=failure.message,
+            log_tail=self.script_log.tail(),
+        )
+        self.log.error("event.failed", lifecycle_event=self.events[index], reason=failure.message)
+        if not (self.events[index] in PREVIOUS_REVISION_EVENTS and self.command.ignore_application_stop_failures):
+            self.skip_rest(index + 1, f"not run: {self.events[index]} failed")
+
+    def _explain(self, event: str, reason: str, script: str | None) -> str:
+        """The one paragraph a person reads: which event, which script, why, the output, where the log is."""
+        assert self.script_log is not None and self.deployment is not None
+        # A reason that ends a sentence itself ("was it pushed?") must not get a second full stop.
+        text = f"{event} failed: {reason}" + ("" if reason.endswith((".", "?", "!")) else ".")
+        tail = self.script_log.tail() if script else None
+        lines = [line for line in (tail or "").split("\n") if line and not line.startswith("[agent]")]
+        if lines:
+            text += " Last output: " + " | ".join(lines[-10:]) + "."
+        if self.script_log.wrote_anything:
+            text += f" Full log: {self.deployment.script_log}"
+        return text
+
+    # -- the early check
+
+    def _early_check(self) -> None:
+        assert self.deployment is not None and self.group is not None
+        command = self.command
+        self.early.started_at = self.now()
+        try:
+            self.group.prune_revisions(self.deployment, self.settings.max_revisions)
+            fetched = fetch_bundle(command.revision, self.deployment.path, git_cache_dir=self.layout.git_cache)
+            unpack_bundle(fetched, self.deployment.archive, self.settings.extract_limits)
+            self.early.fetched = fetched
+            check = check_revision(
+                self.deployment.archive,
+                events=self.events,
+                appspec_filename=self.appspec_filename,
+                file_exists_behavior=command.file_exists_behavior,
+                previous_cleanup=self.group.read_cleanup(),
+                host_root=self.settings.host_root,
+                runas_allowed=self.settings.runas_allowed,
+            )
+            self.early.spec = check.spec
+            self.early.warnings = list(check.warnings)
+            for warning in check.warnings:
+                self.log.warning("revision.warning", problem=str(warning))
+            previous = self.previous_revision().spec_if_readable()
+            fatal = check.fatal(lambda event: scripts_run_before(event, self.events, check.spec, previous))
+            if fatal:
+                raise RevisionInvalid(fatal, headline="the new revision was checked before anything ran and "
+                                      "cannot be deployed")
+        except AgentError as exc:
+            self.early.failure = _EventFailed(str(exc), error_code=exc.error_code)
+        except OSError as exc:
+            self.early.failure = _EventFailed(f"cannot prepare the deployment folder: {exc}")
+        self.early.ended_at = self.now()
+
+    # -- one event
+
+    def _run_event_safely(self, index: int, event: str) -> str | None:
+        """A bug or an unexpected host error fails the event with a message instead of killing the agent."""
+        try:
+            return self._run_event(index, event)
+        except _EventFailed:
+            raise
+        except AgentError as exc:
+            raise _EventFailed(str(exc), error_code=exc.error_code) from exc
+        except OSError as exc:
+            raise _EventFailed(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from exc
+        except Exception as exc:
+            self.log.exception("event.internal_error", lifecycle_event=event)
+            raise _EventFailed(f"internal error in the agent: {exc!r}") from exc
+
+    def _run_event(self, index: int, event: str) -> str | None:
+        """Run one event; returns a note for its report, raises `_EventFailed`."""
+        if event == DOWNLOAD_BUNDLE:
+            assert self.deployment is not None and self.group is not None
+            self.group.set_most_recent_install(self.deployment)
+            if self.early.warnings:
+                shown = "; ".join(str(w) for w in self.early.warnings[:5])
+                more = f" (and {len(self.early.warnings) - 5} more)" if len(self.early.warnings) > 5 else ""
+                return f"{len(self.early.warnings)} warning(s): {shown}{more}"
+            return None
+        if event == INSTALL:
+            return self._install()
+        if uses_new_revision(self.events, index):
+            assert self.deployment is not None and self.early.spec is not None
+            return self._run_scripts(event, self.early.spec, self.deployment.archive, previous=False)
+        return self._run_previous_revision(event)
+
+    def previous_revision(self) -> PreviousRevision:
+        """The group's last installed revision, read once per command: the early check and the events that
+        run its scripts (all before Install, so it cannot change in between) share it."""
+        assert self.group is not None
+        if self._previous is None:
+            self._previous = read_previous(self.group, self.appspec_filename)
+        return self._previous
+
+    def _run_previous_revision(self, event: str) -> str | None:
+        previous = self.previous_revision()
+        if previous.folder is None:
+            return "nothing to run: no earlier revision of this deployment group is installed on this host"
+        if isinstance(previous.error, RevisionInvalid):
+            hint = ""
+            if event == "ApplicationStop" and not self.command.ignore_application_stop_failures:
+                hint = "; deploy with ignore_application_stop_failures to get past it"
+            raise _EventFailed(
+                f"cannot read the last installed revision's appspec in {previous.folder.archive} to run its {event} "
+                f"scripts: {previous.error}{hint}"
+            ) from previous.error
+        if previous.error is not None:
+            raise previous.error
+        assert previous.spec is not None
+        return self._run_scripts(event, previous.spec, previous.folder.archive, previous=True)
+
+    def _run_scripts(self, event: str, spec: AppSpec, archive: Path, *, previous: bool) -> str | None:
+        assert self.script_log is not None
+        scripts = spec.scripts_for(event)
+        if not scripts:
+            return None
+        self.script_log.event(event)
+        environment = hook_environment(self.command, event, self.settings.host_root)
+        for script in scripts:
+            outcome = run_script(
+                script,
+                archive_dir=archive,
+                environment=environment,
+                script_log=self.script_log,
+                settings=self.hook_settings,
+                deadline=self.deadline,
+            )
+            if not outcome.succeeded:
+                assert outcome.error_code is not None and outcome.message is not None
+                origin = " (from the last installed revision)" if previous else ""
+                raise _EventFailed(
+                    outcome.message + origin,
+                    error_code=outcome.error_code,
+                    exit_code=outcome.exit_code,
+                    script=script.location,
+                )
+        if previous:
+            return f"ran {len(scripts)} script(s) of the last installed revision ({archive.parent.name})"
+        return None
+
+    def _install(self) -> str | None:
+        assert self.deployment is not None and self.early.spec is not None and self.group is not None
+        group = self.group
+        behavior = effective_behavior(self.early.spec, self.command.file_exists_behavior)
+        # Planned again now: BeforeInstall may have removed files in the way or created users.
+        plan = plan_install(
+            self.early.spec,
+            self.deployment.archive,
+            behavior=behavior,
+            previous_cleanup=group.read_cleanup(),
+            host_root=self.settings.host_root,
+        )
+        problems = plan.all_problems()
+        if problems:
+            detail = "; ".join(str(p) for p in problems)
+            raise _EventFailed(f"nothing was changed, the previous revision is still installed: {detail}")
+        try:
+            result = execute_install(plan, layout=self.layout, group_id=group.group_id, deployment=self.deployment)
+        except AgentError as exc:
+            raise _EventFailed(str(exc), error_code=exc.error_code) from exc
+        # Like the reference agent, the next deployment's ApplicationStop now uses this revision's scripts,
+        # even if a later event of this deployment fails (the files are in place).
+        group.set_last_successful_install(self.deployment)
+        self.installed_now = True
+        retained = f", kept {len(plan.retained)} existing (RETAIN)" if plan.retained else ""
+        return f"installed {len(result.created)} paths, removed {result.removed} of the previous revision{retained}"
+
+    def _record_success(self) -> InstalledRevision:
+        assert self.group is not None
+        command = self.command
+        installed = InstalledRevision(
+            application=command.application,
+            deployment_group=command.deployment_group,
+            revision=command.revision,
+            deployment_id=command.deployment_id,
+            installed_at=self.now(),
+        )
+        try:
+            self.group.record_installed(installed)
+        except OSError as exc:
+            # The deployment itself succeeded; only `last_successful` will not know about it after a restart.
+            self.log.error("command.record_failed", error=str(exc))
+        return installed
