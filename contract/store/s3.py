@@ -24,7 +24,6 @@ How it maps the `Store` protocol onto S3, and why:
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
+from contract import aws
 from contract.store.base import (
     InvalidStoreURL,
     ObjectVersion,
@@ -51,25 +51,6 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-#: Error codes that mean "slow down or try again", whatever the HTTP status says.
-_RETRYABLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequests",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-        "ServiceUnavailable",
-        "ConditionalRequestConflict",
-    }
-)
-_ACCESS_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"})
-_CREDENTIAL_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
-)
 _QUERY_PARAMS = ("endpoint", "region")
 
 
@@ -129,23 +110,18 @@ class S3Store:
         return f"S3Store({self.url!r})"
 
     def _make_client(self, region: str | None, connect_timeout: float, read_timeout: float) -> S3Client:
-        import boto3
-        from botocore.config import Config
-
-        custom_endpoint = self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            # The reconciler reads changed statuses with up to 16 threads.
-            max_pool_connections=32,
-            # S3-compatible servers on a host:port rarely resolve bucket.host names.
-            s3={"addressing_style": "path"} if custom_endpoint else None,
-        )
-        session = boto3.session.Session(region_name=region) if region else boto3.session.Session()
         try:
-            return session.client("s3", endpoint_url=self.endpoint, config=config)
-        except ValueError as exc:  # botocore rejects malformed endpoint URLs with ValueError
+            # botocore's retries off (total_attempts=1): `_retrying` is the one retry policy. The reconciler
+            # reads changed statuses with up to 16 threads, hence the pool of 32 connections.
+            return aws.s3_client(
+                endpoint=self.endpoint,
+                region=region,
+                total_attempts=1,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                max_pool_connections=32,
+            )
+        except aws.InvalidEndpoint as exc:
             raise StoreError(f"invalid S3 endpoint for store {self.url!r}: {exc}") from exc
 
     def _full(self, key: str) -> str:
@@ -161,17 +137,16 @@ class S3Store:
         full = self._full(key)
 
         def attempt() -> StoredObject | None:
-            from botocore.exceptions import ClientError
-
             extra: dict[str, Any] = {"IfNoneMatch": if_version_not} if if_version_not is not None else {}
             try:
                 response = self._client.get_object(Bucket=self.bucket, Key=full, **extra)
-            except ClientError as exc:
-                status, code = _status_and_code(exc)
-                if status == 304 and if_version_not is not None:
-                    return StoredObject(key, b"", if_version_not)
-                if code in ("NoSuchKey", "404") and status == 404:
-                    return None
+            except Exception as exc:
+                failure = aws.classify(exc)
+                if failure is not None and failure.answered:
+                    if failure.kind is aws.Kind.NOT_MODIFIED and if_version_not is not None:
+                        return StoredObject(key, b"", if_version_not)
+                    if failure.code in ("NoSuchKey", "404") and failure.status == 404:
+                        return None
                 raise
             body = response["Body"]
             try:
@@ -238,7 +213,8 @@ class S3Store:
             try:
                 return send()
             except Exception as exc:
-                if _is_retryable(exc):
+                failure = aws.classify(exc)
+                if failure is not None and failure.retryable:
                     retried = True
                 raise
 
@@ -280,74 +256,48 @@ class S3Store:
         self, exc: Exception, operation: str, key: str, precondition_message: str | None
     ) -> StoreError | None:
         """botocore's exceptions -> the store's error tree, once, here. None: not ours to translate."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            ConnectionError,
-            HTTPClientError,
-            NoCredentialsError,
-            PartialCredentialsError,
-            ResponseStreamingError,
-        )
-
+        failure = aws.classify(exc)
+        if failure is None:
+            return None
         where = self._where(key)
-        if isinstance(exc, ClientError):
-            status, code = _status_and_code(exc)
-            message = exc.response.get("Error", {}).get("Message") or code
-            if status == 412 or code == "PreconditionFailed":
-                return PreconditionFailed(precondition_message or f"{where}: precondition failed")
-            if operation == "conditional put" and code == "NoSuchKey":
-                # If-Match on a key that is gone: the object changed under us, like a lost race.
-                return PreconditionFailed(precondition_message or f"{where} does not exist")
-            if code == "NoSuchBucket":
-                hint = f" at {self.endpoint}" if self.endpoint else ""
-                return BucketNotFound(
-                    f"the store's bucket {self.bucket!r} does not exist{hint}: create it "
-                    f"(aws s3 mb s3://{self.bucket}) or fix the store URL {self.url!r}"
-                )
-            if code in _CREDENTIAL_CODES:
-                return CredentialsError(
-                    f"S3 rejected the credentials for {operation} {where} ({code}: {message}): check "
-                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the AWS profile or the instance role"
-                )
-            if code in _ACCESS_CODES or status == 403:
-                action = {"get": "s3:GetObject", "list": "s3:ListBucket", "delete": "s3:DeleteObject"}.get(
-                    operation, "s3:PutObject"
-                )
-                return AccessDenied(
-                    f"access denied: {operation} {where} ({message}); allow {action} on "
-                    f"arn:aws:s3:::{self.bucket}/{self.prefix}* for these credentials "
-                    "(see examples/iam/ for the agent's and the reconciler's policies)"
-                )
-            if code in _RETRYABLE_CODES or status == 429 or status >= 500:
-                return StoreUnavailable(f"S3 could not serve {operation} {where} right now ({code}: {message})")
-            return StoreError(f"S3 refused {operation} {where} ({code or status}: {message})")
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        kind, status, code, message = failure.kind, failure.status, failure.code, failure.message
+        if kind is aws.Kind.PRECONDITION_FAILED:
+            return PreconditionFailed(precondition_message or f"{where}: precondition failed")
+        if operation == "conditional put" and code == "NoSuchKey":
+            # If-Match on a key that is gone: the object changed under us, like a lost race.
+            return PreconditionFailed(precondition_message or f"{where} does not exist")
+        if code == "NoSuchBucket":
+            hint = f" at {self.endpoint}" if self.endpoint else ""
+            return BucketNotFound(
+                f"the store's bucket {self.bucket!r} does not exist{hint}: create it "
+                f"(aws s3 mb s3://{self.bucket}) or fix the store URL {self.url!r}"
+            )
+        if kind is aws.Kind.CREDENTIALS and failure.answered:
+            return CredentialsError(
+                f"S3 rejected the credentials for {operation} {where} ({code}: {message}): check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the AWS profile or the instance role"
+            )
+        if kind is aws.Kind.CREDENTIALS:
             return CredentialsError(
                 f"no AWS credentials for the store {self.url!r}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the host an instance role"
             )
-        if isinstance(exc, ConnectionError | HTTPClientError | ResponseStreamingError):
+        if kind is aws.Kind.ACCESS_DENIED:
+            action = {"get": "s3:GetObject", "list": "s3:ListBucket", "delete": "s3:DeleteObject"}.get(
+                operation, "s3:PutObject"
+            )
+            return AccessDenied(
+                f"access denied: {operation} {where} ({message}); allow {action} on "
+                f"arn:aws:s3:::{self.bucket}/{self.prefix}* for these credentials "
+                "(see examples/iam/ for the agent's and the reconciler's policies)"
+            )
+        if kind is aws.Kind.UNAVAILABLE:
+            return StoreUnavailable(f"S3 could not serve {operation} {where} right now ({code}: {message})")
+        if kind is aws.Kind.UNREACHABLE:
             endpoint = self.endpoint or self._client.meta.endpoint_url
             return StoreUnavailable(f"cannot reach S3 at {endpoint} for {operation} {where}: {exc}")
-        if isinstance(exc, BotoCoreError):
-            return StoreError(f"S3 {operation} {where} failed: {exc}")
-        if isinstance(exc, OSError):
+        if kind is aws.Kind.IO:
             return StoreUnavailable(f"S3 {operation} {where} failed: {exc}")
-        return None
-
-
-def _status_and_code(exc: Any) -> tuple[int, str]:
-    response = exc.response
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    code = str(response.get("Error", {}).get("Code", "") or status)
-    return status, code
-
-
-def _is_retryable(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, ResponseStreamingError
-
-    if isinstance(exc, ClientError):
-        status, code = _status_and_code(exc)
-        return code in _RETRYABLE_CODES or status == 429 or status >= 500
-    return isinstance(exc, ConnectionError | HTTPClientError | ResponseStreamingError | OSError)
+        if failure.answered:
+            return StoreError(f"S3 refused {operation} {where} ({code or status}: {message})")
+        return StoreError(f"S3 {operation} {where} failed: {exc}")
