@@ -1,6 +1,6 @@
 """`deploy-agent`: the thin command-line layer over the agent's library code.
 
-Each sub-command lives with the code it drives (`agent.cli.local` for `local`/`validate`, `agent.daemon.loop`
+Each sub-command lives with the code it drives (`agent.cli.local` for `local`/`validate`, `agent.daemon.cli`
 for `run`); this module only builds the parser, sets up logging and maps outcomes to exit codes.
 """
 
@@ -29,7 +29,7 @@ def _global_options(parser: argparse.ArgumentParser, *, default_level: str | Non
 
 def build_parser() -> argparse.ArgumentParser:
     from agent.cli import local
-    from agent.daemon import loop
+    from agent.daemon import cli as daemon_cli
 
     parser = argparse.ArgumentParser(
         prog="deploy-agent",
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, default_level=None, default_format="auto", suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local.register(sub)
-    loop.register(sub)
+    daemon_cli.register(sub)
     for command in sub.choices.values():
         _global_options(command, default_level=None, default_format=None, suppress=True)
     return parser

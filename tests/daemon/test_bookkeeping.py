@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon.loop import (
-    STATE_FILE,
-    AgentState,
-    LocalState,
-    StateError,
-    apply_event,
-    finish_after_restart,
-    relabel_superseded,
-    root_lock,
-)
+from agent.daemon.identity import StateError
+from agent.daemon.progress import AgentState, apply_event, finish_after_restart, relabel_superseded
+from agent.daemon.statefile import STATE_FILE, LocalState, root_lock
 from contract.models import (
     DEFAULT_EVENTS,
     CommandProgress,

@@ -1,0 +1,169 @@
+"""`deploy-agent run`'s command line: its flags, settings from file < environment < flags, logging to stderr
+and the log folder, and the one-line errors and exit codes around the Agent (agent/daemon/loop.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import structlog
+
+from agent.daemon.identity import HostIdInUse, StateError
+from agent.daemon.loop import Agent, ExitCode
+from agent.daemon.statefile import STATE_FILE, root_lock
+from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
+from agent.settings import (
+    AgentSettings,
+    SettingsError,
+    load_settings,
+    meant_variable,
+    parse_tags,
+    unknown_environment_variables,
+)
+from contract.logs import configure_logging
+from contract.signals import stop_on_signals
+from contract.store import StoreError, open_store
+
+log = structlog.get_logger("agent.daemon.loop")
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run",
+        help="run the agent: poll the store for this host's commands, deploy them, report",
+        description=(
+            "Poll the store for this host's command, run it through the lifecycle hooks, and report each "
+            "event. Settings: --config FILE (default /etc/fleetshift/agent.yaml if present) < "
+            "FLEETSHIFT_AGENT_* variables < flags. Exit codes: 0 ok, 1 invalid settings or host id in use "
+            "by another installation, 4 the command "
+            "failed (--once), 8 store unavailable (--once)."
+        ),
+    )
+    parser.add_argument("--config", type=Path, help="agent.yaml (see agent.yaml.example)")
+    parser.add_argument("--once", action="store_true",
+                        help="process whatever command is pending, report it, and exit (for cron and tests)")
+    parser.add_argument("--host-id", help="this host's id in the store (default: the host name)")
+    parser.add_argument("--store", help="file:///path/to/dir or s3://bucket/prefix[?endpoint=URL]")
+    parser.add_argument("--root-dir", type=Path, help="deployment root (bundles, logs, the agent's state)")
+    parser.add_argument("--host-root", type=Path,
+                        help="prefix for absolute appspec destinations (/srv/app -> HOST_ROOT/srv/app)")
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tag deployment groups can select on (repeatable; adds to the file's tags)")
+    parser.add_argument("--zone", help="availability zone, for zone-by-zone rollouts")
+    parser.add_argument("--poll-interval", help="idle command poll interval, e.g. 5s")
+    parser.add_argument("--heartbeat-interval", help="idle heartbeat interval, e.g. 60s")
+    parser.add_argument("--take-over", action="store_true",
+                        help="take this host id over from another agent installation even though its heartbeat "
+                        "is fresh (a replaced machine you know is gone); a live one stops at its next write")
+    parser.set_defaults(func=run_command)
+
+
+_FLAGS = {
+    "hostId": "--host-id",
+    "store": "--store",
+    "rootDir": "--root-dir",
+    "hostRoot": "--host-root",
+    "tags": "--tag",
+    "zone": "--zone",
+    "pollInterval": "--poll-interval",
+    "heartbeatInterval": "--heartbeat-interval",
+}
+
+
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> AgentSettings:
+    flags: dict[str, Any] = {}
+    for key, flag in _FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        if key == "tags":
+            tags: dict[str, str] = {}
+            for item in value or []:
+                tags.update(parse_tags(item, f"--tag {item}"))
+            value = tags or None
+        if value is not None:
+            flags[key] = str(value) if isinstance(value, Path) else value
+    return load_settings(args.config, flags=flags, flag_names=_FLAGS, environ=environ)
+
+
+class _Tee:
+    """stderr plus the agent's log file (logDir): one log, two places."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _configure_logging(args: argparse.Namespace, settings: AgentSettings) -> None:
+    level = getattr(args, "log_level", None) or settings.logging.level
+    chosen = getattr(args, "log_format", "auto")
+    log_format = chosen if chosen != "auto" else settings.logging.format
+    json_lines = {"auto": None, "console": False, "json": True}[log_format]
+    stream: TextIO | _Tee = sys.stderr
+    if settings.log_dir is not None:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = (settings.log_dir / "deploy-agent.log").open("a", encoding="utf-8", buffering=1)
+        stream = _Tee(sys.stderr, log_file)
+    configure_logging(level, json_lines=json_lines, stream=cast(TextIO, stream))
+
+
+def _make_runner(settings: AgentSettings) -> LifecycleRunner:
+    return LifecycleRunner(
+        RunnerSettings(
+            root_dir=settings.root_dir,
+            host_root=settings.host_root,
+            max_revisions=settings.max_revisions,
+            runas_allowed=settings.runas_allowed,
+        )
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`deploy-agent run`: the CLI layer. Renders errors as one line each and maps them to exit codes."""
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"deploy-agent: {problem}", file=sys.stderr)
+        return ExitCode.INVALID
+    try:
+        _configure_logging(args, settings)
+    except OSError as exc:
+        print(f"deploy-agent: cannot open the log folder {settings.log_dir}: {exc.strerror}", file=sys.stderr)
+        return ExitCode.INVALID
+    for name in unknown_environment_variables(os.environ):
+        log.warning("settings.unknown_variable", variable=name, did_you_mean=meant_variable(name))
+    try:
+        store = open_store(settings.store)
+    except StoreError as exc:
+        print(f"deploy-agent: store {settings.store}: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    try:
+        with stop_on_signals() as stop, root_lock(settings.root_dir):
+            agent = Agent(settings, store, _make_runner(settings), stop, take_over=args.take_over)
+            code = agent.run_once() if args.once else agent.run_forever()
+    except HostIdInUse as exc:
+        print(f"deploy-agent: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    except StateError as exc:
+        print(f"deploy-agent: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    except OSError as exc:
+        print(f"deploy-agent: cannot use the deployment root {settings.root_dir}: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    if code == ExitCode.STORE_UNAVAILABLE:
+        print(f"deploy-agent: the store {settings.store} is unavailable; unreported results are kept in "
+              f"{settings.root_dir / STATE_FILE} and sent on the next run", file=sys.stderr)
+    return int(code)
