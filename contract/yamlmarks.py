@@ -4,6 +4,11 @@ Both sides read YAML that people write (manifests and `deploy.yaml` on the recon
 on the agent's) and both must point at the exact line when a value is wrong, so the conversion lives here
 once. Scalars go through PyYAML's safe constructor (YAML 1.1 typing, as CodeDeploy's agent); mappings are
 built here, so duplicate keys are an error instead of the last one silently winning.
+
+The agent's appspec must mean exactly what it means under CodeDeploy, duplicate keys and all, so
+`load_document(..., like_safe_load=True)` builds mappings as PyYAML's `safe_load` does instead, through the
+same walker, and keeps every scalar's node (its text as written, quoting style and tag) for warnings such as
+an unquoted `mode: 0644` being the octal number 420.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
-from yaml.constructor import SafeConstructor
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import BaseResolver
 from yaml.scanner import ScannerError
 
 YamlPath = tuple[str | int, ...]
@@ -41,6 +47,8 @@ class LocatedYaml:
 
     data: Any
     marks: dict[YamlPath, tuple[int, int]]
+    #: The node of every scalar value, by path: its text as written (`.value`), `.style` and `.tag`.
+    scalars: dict[YamlPath, ScalarNode] = field(default_factory=dict)
 
     def where(self, path: YamlPath) -> tuple[int, int]:
         """Line and column of `path`, or of its closest ancestor that exists in the document."""
@@ -54,27 +62,67 @@ class _ScalarConstructor(SafeConstructor):
     """PyYAML's safe constructor, used only for scalars so mappings (marks, duplicate keys) stay ours."""
 
 
-def _to_python(node: Node, path: YamlPath, marks: dict[YamlPath, tuple[int, int]], constructor: SafeConstructor) -> Any:
-    marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, MappingNode):
-        constructor.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
+@dataclass(frozen=True)
+class _Walker:
+    """Builds a document's data and records where every part of it stands, in one pass over the nodes.
+
+    `like_safe_load`: mappings as PyYAML's `safe_load` builds them (CodeDeploy's appspec semantics): the
+    last of duplicate keys wins, tagged collections (`!!set`, `!!omap`, unknown tags) go to PyYAML's
+    constructor, an unhashable key is PyYAML's error, and paths name keys by their text as written.
+    """
+
+    constructor: SafeConstructor
+    located: LocatedYaml
+    like_safe_load: bool = False
+
+    def build(self, node: Node, path: YamlPath, mark: tuple[int, int] | None = None) -> Any:
+        # A mapping value is located at its key: that is the line a person looks for.
+        self.located.marks[path] = mark or _mark(node)
+        if isinstance(node, ScalarNode):
+            self.located.scalars[path] = node
+        elif self.like_safe_load and node.tag not in _PLAIN_COLLECTION_TAGS:
+            return self.constructor.construct_object(node, deep=True)
+        if isinstance(node, MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, SequenceNode):
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        return self.constructor.construct_object(node, deep=True)
+
+    def _mapping(self, node: MappingNode, path: YamlPath) -> dict[Any, Any]:
+        self.constructor.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`)
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                raise YamlKeyProblem(key_node, path, "mapping keys must be plain scalars")
-            key = constructor.construct_object(key_node)
-            if isinstance(key, list | dict):
-                raise YamlKeyProblem(key_node, path, "mapping keys must be plain scalars")
-            child = (*path, key)
-            if key in result:
+            key = self._key(node, key_node, path)
+            child = (*path, str(key_node.value) if self.like_safe_load else key)
+            if key in result and not self.like_safe_load:
                 where = ".".join(map(str, path))
                 raise YamlKeyProblem(key_node, child, f"duplicate key {key!r}" + (f" in {where}" if where else ""))
-            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            result[key] = _to_python(value_node, child, marks, constructor)
+            result[key] = self.build(value_node, child, _mark(key_node))
         return result
-    if isinstance(node, SequenceNode):
-        return [_to_python(item, (*path, index), marks, constructor) for index, item in enumerate(node.value)]
-    return constructor.construct_object(node, deep=True)
+
+    def _key(self, node: MappingNode, key_node: Node, path: YamlPath) -> Any:
+        if self.like_safe_load:
+            key = self.constructor.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise ConstructorError(
+                    "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+                ) from None
+            return key
+        if not isinstance(key_node, ScalarNode):
+            raise YamlKeyProblem(key_node, path, "mapping keys must be plain scalars")
+        key = self.constructor.construct_object(key_node)
+        if isinstance(key, list | dict):
+            raise YamlKeyProblem(key_node, path, "mapping keys must be plain scalars")
+        return key
+
+
+_PLAIN_COLLECTION_TAGS = frozenset({BaseResolver.DEFAULT_MAPPING_TAG, BaseResolver.DEFAULT_SEQUENCE_TAG})
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 #: What PyYAML's scanner says about a tab, and what people need to read instead.
@@ -96,10 +144,14 @@ def _documents(text: str) -> Iterator[Node | None]:
         except StopIteration:
             return
         except ScannerError as exc:
-            if exc.problem != _PYYAML_TAB_PROBLEM:
-                raise
-            raise ScannerError(problem=TAB_PROBLEM, problem_mark=exc.problem_mark) from exc
+            raise _reworded(exc) from exc
         yield node
+
+
+def _reworded(exc: ScannerError) -> ScannerError:
+    if exc.problem != _PYYAML_TAB_PROBLEM:
+        return exc
+    return ScannerError(problem=TAB_PROBLEM, problem_mark=exc.problem_mark)
 
 
 def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
@@ -110,8 +162,33 @@ def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
     for index, node in enumerate(_documents(text)):
         if node is None:
             continue
-        marks: dict[YamlPath, tuple[int, int]] = {}
-        yield index, LocatedYaml(_to_python(node, (), marks, constructor), marks)
+        located = LocatedYaml(None, {})
+        located.data = _Walker(constructor, located).build(node, ())
+        yield index, located
+
+
+#: libyaml's loader when PyYAML was built with it: same YAML 1.1 results, several times faster.
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_document(text: str | bytes, *, like_safe_load: bool = False, libyaml: bool = False) -> LocatedYaml | None:
+    """The stream's only document, or None when it has none. Raises `yaml.MarkedYAMLError` for syntax
+    errors and for a second document, `yaml.constructor.ConstructorError` for bad tags, `YamlKeyProblem`
+    for bad keys (unless `like_safe_load`, see `_Walker`). `libyaml` parses with libyaml when PyYAML has it
+    (faster; its syntax error messages are libyaml's own)."""
+    loader = (_FAST_LOADER if libyaml else yaml.SafeLoader)(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except ScannerError as exc:
+            raise _reworded(exc) from exc
+        if node is None:
+            return None
+        located = LocatedYaml(None, {})
+        located.data = _Walker(loader, located, like_safe_load).build(node, ())
+        return located
+    finally:
+        loader.dispose()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.lifecycle.appspec import AppSpec, bundle_relative, load_appspec, unknown_hook_problems
+from agent.lifecycle.appspec import SCRIPTABLE_EVENTS, AppSpec, bundle_relative, load_appspec
 from agent.lifecycle.hooks import resolve_runas
 from agent.lifecycle.install import InstallPlan, plan_install
 from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, GroupRoot
@@ -162,3 +162,39 @@ def check_event_order(events: list[str]) -> None:
                 f"{event} runs the new revision's scripts, so DownloadBundle must come before it in the events "
                 f"({', '.join(events)}); only {', '.join(sorted(PREVIOUS_REVISION_EVENTS))} may come before it"
             )
+
+
+def unknown_hook_problems(spec: AppSpec, events: list[str] | tuple[str, ...]) -> list[Problem]:
+    """Hook names that will never run: not a lifecycle event and not a custom event of this command.
+
+    The reference agent accepts any name and silently never runs a typo such as `AfterInstal`.
+    """
+    known = set(SCRIPTABLE_EVENTS) | set(events)
+    problems = []
+    for event in spec.hooks:
+        if event not in known:
+            hint = ""
+            for candidate in sorted(SCRIPTABLE_EVENTS):
+                if _close(event, candidate):
+                    hint = f"; did you mean {candidate}?"
+                    break
+            message = f"{event} is not a lifecycle event, so it would never run{hint}"
+            line = spec.hook_lines.get(event)
+            where = f"{spec.filename}:{line}" if line else spec.filename
+            problems.append(Problem(where, f"hooks.{event}", message))
+    return problems
+
+
+def _close(a: str, b: str) -> bool:
+    """Edit distance at most 2, or equal ignoring case: enough to catch typos in event names."""
+    if a.lower() == b.lower():
+        return True
+    if abs(len(a) - len(b)) > 2:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1] <= 2

@@ -12,8 +12,8 @@ from agent.lifecycle.appspec import (
     AppSpec,
     find_appspec,
     parse_appspec,
-    unknown_hook_problems,
 )
+from agent.lifecycle.revision_check import unknown_hook_problems
 from contract.models import DEFAULT_EVENTS, FileExistsBehavior
 
 
