@@ -38,7 +38,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import threading
 import time
 import zlib
@@ -47,6 +46,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote
 
+from contract.atomic import fsync_dir, write_atomic
 from contract.store.base import (
     InvalidStoreURL,
     ObjectVersion,
@@ -132,14 +132,6 @@ def _translate(exc: OSError, action: str, path: Path) -> StoreError:
     if exc.errno in _PERMANENT_ERRNOS:
         return StoreError(f"cannot {action} {path}: {reason}; is something else in the way of the store layout?")
     return StoreUnavailable(f"cannot {action} {path}: {reason}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileStore:
@@ -260,7 +252,7 @@ class FileStore:
             except OSError as exc:
                 raise _translate(exc, "delete", path) from exc
             with suppress(OSError):
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
 
     # ----------------------------------------------------------------------------------------------
     # Internals
@@ -277,30 +269,22 @@ class FileStore:
         return info
 
     def _replace(self, path: Path, data: bytes, previous: os.stat_result | None) -> str:
-        """Temp file, fsync, rename, fsync the folder. Called with the stripe lock held."""
+        """Temp file, fsync, rename, fsync the folder (contract/atomic.py). Called with the stripe lock held."""
+        stamped: list[os.stat_result] = []
         try:
             self._make_dirs(path.parent)
-            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
+            write_atomic(
+                path,
+                data,
+                # Readable by the other side (reconciler and agents may run as different users).
+                mode=0o644,
+                prefix=TEMP_PREFIX,
+                suffix="",
+                before_commit=lambda fd: stamped.append(self._stamp(fd, previous)),
+            )
         except OSError as exc:
             raise _translate(exc, "write", path) from exc
-        try:
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    # Readable by the other side (reconciler and agents may run as different users).
-                    os.fchmod(handle.fileno(), 0o644)
-                    info = self._stamp(handle.fileno(), previous)
-                    os.fsync(handle.fileno())
-                os.replace(temporary, path)
-            except BaseException:
-                with suppress(OSError):
-                    os.unlink(temporary)
-                raise
-            _fsync_dir(path.parent)
-        except OSError as exc:
-            raise _translate(exc, "write", path) from exc
-        return version_of(info)
+        return version_of(stamped[0])
 
     @staticmethod
     def _stamp(fd: int, previous: os.stat_result | None) -> os.stat_result:
@@ -333,7 +317,7 @@ class FileStore:
             except FileExistsError:
                 continue
             with suppress(OSError):
-                _fsync_dir(created.parent)
+                fsync_dir(created.parent)
 
     @contextmanager
     def _locked(self, key: str, path: Path) -> Iterator[None]:
