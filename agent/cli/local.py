@@ -11,18 +11,16 @@ This module only parses options and renders; the engine never prints. Exit codes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.cli.validate_report import Findings, report
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.fetch.bundle import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
+from agent.fetch import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
 from agent.lifecycle.appspec import parse_appspec
-from agent.lifecycle.install import iter_plan_lines
 from agent.lifecycle.layout import DeploymentRoot, check_path_id
 from agent.lifecycle.runner import (
     DOWNLOAD_BUNDLE,
@@ -34,12 +32,10 @@ from agent.lifecycle.runner import (
     new_local_deployment_id,
     previous_appspec,
     scripts_run_before,
-    uses_new_revision,
 )
 from contract.logs import configure_logging
 from contract.models import (
     LIFECYCLE_EVENTS,
-    PREVIOUS_REVISION_EVENTS,
     CommandStatus,
     EventReport,
     EventStatus,
@@ -286,7 +282,7 @@ def run_validate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
             unpack_bundle(FetchedBundle(path, bundle_type), archive, ExtractLimits())  # type: ignore[arg-type]
             previous_cleanup = root.read_cleanup(group_id) if root.instructions.is_dir() else []
         except AgentError as exc:
-            return _report(out, args.format, _Findings(path, events, errors=[Problem(str(path), None, str(exc))]))
+            return _report(out, args.format, Findings(path, events, errors=[Problem(str(path), None, str(exc))]))
         host_root = args.host_root.absolute() if args.host_root else None
         check = check_revision(
             archive,
@@ -299,7 +295,7 @@ def run_validate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         previous = previous_appspec(root, group_id, args.appspec_filename) if root.instructions.is_dir() else None
         fatal = check.fatal(lambda event: scripts_run_before(event, events, check.spec, previous))
         maybe = [problem for problem, _ in check.deferred if problem not in fatal]
-        findings = _Findings(path, events, check, fatal, maybe, check.warnings, host_root)
+        findings = Findings(path, events, check, fatal, maybe, check.warnings, host_root)
         return _report(out, args.format, findings)
 
 
@@ -307,105 +303,14 @@ def _validate_appspec_file(path: Path, output_format: str, out: TextIO) -> int:
     try:
         spec = parse_appspec(path.read_bytes(), filename=path.name)
     except RevisionInvalid as exc:
-        return _report(out, output_format, _Findings(path, list(LIFECYCLE_EVENTS), errors=list(exc.problems)))
+        return _report(out, output_format, Findings(path, list(LIFECYCLE_EVENTS), errors=list(exc.problems)))
     except OSError as exc:
-        return _report(out, output_format, _Findings(path, [], errors=[Problem(str(path), None, str(exc))]))
+        return _report(out, output_format, Findings(path, [], errors=[Problem(str(path), None, str(exc))]))
     check = RevisionCheck(spec, None, spec.file_exists_behavior or FileExistsBehavior.DISALLOW, [], [], [])
-    findings = _Findings(path, list(LIFECYCLE_EVENTS), check, warnings=list(spec.warnings), appspec_only=True)
+    findings = Findings(path, list(LIFECYCLE_EVENTS), check, warnings=list(spec.warnings), appspec_only=True)
     return _report(out, output_format, findings)
 
 
-@dataclass
-class _Findings:
-    path: Path
-    events: list[str]
-    check: RevisionCheck | None = None
-    errors: list[Problem] = field(default_factory=list)
-    #: Deferred problems that a script running earlier may fix.
-    maybe: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    host_root: Path | None = None
-    appspec_only: bool = False
-
-
-def _report(out: TextIO, output_format: str, findings: _Findings) -> int:
-    path, check, events, host_root = findings.path, findings.check, findings.events, findings.host_root
-    errors, maybe, warnings, appspec_only = findings.errors, findings.maybe, findings.warnings, findings.appspec_only
-    code = EXIT_FAILED if errors else EXIT_OK
-    spec = check.spec if check else None
-    plan = check.plan if check else None
-
-    def show(target: Path) -> str:
-        if host_root is not None and (target == host_root or host_root in target.parents):
-            return "/" + target.relative_to(host_root).as_posix()
-        return str(target)
-
-    if output_format == "json":
-        document: dict[str, Any] = {
-            "path": str(path),
-            "valid": not errors,
-            "errors": [_problem_json(p) for p in errors],
-            "mayFail": [_problem_json(p) for p in maybe],
-            "warnings": [_problem_json(p) for p in warnings],
-        }
-        if spec is not None:
-            document["hooks"] = [
-                {"event": event, "scripts": [s.location for s in spec.scripts_for(event)],
-                 "revision": "new" if uses_new_revision(events, index) else "previous"}
-                for index, event in enumerate(events) if spec.scripts_for(event)
-            ]
-        if plan is not None and check is not None:
-            document["fileExistsBehavior"] = check.behavior.value
-            document["install"] = list(iter_plan_lines(plan, show))
-            document["conflicts"] = [show(p) for p in plan.conflicts]
-        json.dump(document, out, indent=2)
-        out.write("\n")
-        return code
-
-    if spec is not None:
-        print(f"{path}: {spec.filename} version 0.0, os linux", file=out)
-        print("Hooks, in the order they run:", file=out)
-        any_hook = False
-        for index, event in enumerate(events):
-            scripts = spec.scripts_for(event)
-            if not scripts:
-                continue
-            any_hook = True
-            origin = "" if appspec_only or uses_new_revision(events, index) else (
-                "  (runs the last installed revision's copy of these)"
-            )
-            if event in PREVIOUS_REVISION_EVENTS and appspec_only:
-                origin = "  (the next deployment after this one runs these)"
-            listed = ", ".join(
-                f"{s.location} ({s.timeout} s{', as ' + s.runas if s.runas else ''})" for s in scripts
-            )
-            print(f"  {event:<19} {listed}{origin}", file=out)
-        if not any_hook:
-            print("  (none)", file=out)
-    if plan is not None and check is not None:
-        print(f"Install plan (file_exists_behavior {check.behavior.value}):", file=out)
-        lines = list(iter_plan_lines(plan, show))
-        for line in lines or ["(nothing to install)"]:
-            print(f"  {line}", file=out)
-        if plan.conflicts:
-            print(f"Files already on this host at {len(plan.conflicts)} destination(s), not installed by this "
-                  "deployment group:", file=out)
-            for target in plan.conflicts:
-                print(f"  {show(target)}", file=out)
-            print("  DISALLOW: the deployment fails   OVERWRITE: they are replaced (and removed by the next "
-                  "deployment)   RETAIN: they are kept as they are", file=out)
-    if appspec_only:
-        print("Checked the appspec only; validate the whole bundle to check scripts, sources and the install "
-              "plan.", file=out)
-    for problem in warnings:
-        print(f"warning: {problem}", file=out)
-    for problem in maybe:
-        print(f"may fail: {problem} (a script that runs earlier may fix this)", file=out)
-    for problem in errors:
-        print(f"error: {problem}", file=out)
-    print("valid" if not errors else f"invalid: {len(errors)} problem(s)", file=out)
-    return code
-
-
-def _problem_json(problem: Problem) -> dict[str, str | None]:
-    return {"where": problem.where, "field": problem.field, "message": problem.message}
+def _report(out: TextIO, output_format: str, findings: Findings) -> int:
+    report(out, output_format, findings)
+    return EXIT_FAILED if findings.errors else EXIT_OK
