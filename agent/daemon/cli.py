@@ -119,7 +119,8 @@ def _configure_logging(args: argparse.Namespace, settings: AgentSettings) -> Non
     configure_logging(level, json_lines=json_lines, stream=cast(TextIO, stream))
 
 
-def _make_runner(settings: AgentSettings) -> LifecycleRunner:
+def make_runner(settings: AgentSettings) -> LifecycleRunner:
+    """The lifecycle runner for these settings (also used by tests/daemon to run an agent in-process)."""
     return LifecycleRunner(
         RunnerSettings(
             root_dir=settings.root_dir,
@@ -152,7 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.INVALID
     try:
         with stop_on_signals() as stop, root_lock(settings.root_dir):
-            agent = Agent(settings, store, _make_runner(settings), stop, take_over=args.take_over)
+            agent = Agent(settings, store, make_runner(settings), stop, take_over=args.take_over)
             code = agent.run_once() if args.once else agent.run_forever()
     except HostIdInUse as exc:
         print(f"deploy-agent: {exc}", file=sys.stderr)

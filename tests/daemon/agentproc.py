@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,6 +166,22 @@ class AgentHost:
     def once(self, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.arguments("--once", *extra), env=self.environment(), capture_output=True,
                               text=True, timeout=timeout, check=False)
+
+    def once_in_process(self, *extra: str, now: Callable[[], datetime]) -> int:
+        """`--once` in this process, with the agent's wall clock given: for tests about time (stale heartbeats)
+        that would otherwise wait it out. The agent uses `self.store`, so this is for file stores."""
+        from agent.cli.main import build_parser
+        from agent.daemon.cli import make_runner, settings_from_args
+        from agent.daemon.loop import Agent
+        from agent.daemon.statefile import root_lock
+
+        args = build_parser().parse_args(self.arguments("--once", *extra)[len(AGENT):])
+        environ = {name: value for name, value in self.environment().items() if name.startswith("FLEETSHIFT_AGENT_")}
+        settings = settings_from_args(args, environ=environ)
+        with root_lock(settings.root_dir):
+            agent = Agent(settings, self.store, make_runner(settings), threading.Event(), take_over=args.take_over,
+                          now=now)
+            return int(agent.run_once())
 
     def send(self, command: HostCommand) -> None:
         write_document(self.store, command_key(self.host_id), command)
