@@ -24,3 +24,8 @@ class ExitCode(IntEnum):
     LEASE_HELD = 7
     #: The store could not be reached or refused access.
     STORE_UNAVAILABLE = 8
+    #: Interrupted by Ctrl-C outside a pass loop (the shell's convention, 128 + SIGINT).
+    INTERRUPTED = 130
+    #: `--once` stopped by SIGTERM/SIGINT between two passes: the current pass finished, the lease was released
+    #: (128 + SIGTERM, the convention for a terminated process).
+    TERMINATED = 143

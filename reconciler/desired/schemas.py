@@ -20,6 +20,7 @@ from reconciler.desired.manifests import (
     DeploymentGroupManifest,
     Manifest,
 )
+from reconciler.exitcodes import ExitCode
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 BASE_ID = "https://fleetshift.dev/schemas/"
@@ -62,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(text)
     if args.check and stale:
         print(f"schemas out of date: {', '.join(stale)}; run: python -m reconciler.desired.schemas", file=sys.stderr)
-        return 1
+        return ExitCode.INVALID
     if not args.check:
         print(f"wrote {len(stale)} schema file(s) to {args.dir}" if stale else "schemas already up to date")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
