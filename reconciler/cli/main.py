@@ -1,7 +1,8 @@
 """`reconcile`: the command-line layer. Parses flags, loads settings, sets up logging, renders results.
 
-The core (loader, planner, executor) never prints; this module and the `*_cli` modules beside it do. Every
-`ReconcilerError` becomes a message on stderr and an exit code from `reconciler.exitcodes`, never a traceback.
+The desired state, the core and the shell never print; this module and the modules beside it in
+`reconciler/cli/` do. Every `ReconcilerError` becomes a message on stderr and an exit code from
+`reconciler.exitcodes`, never a traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from reconciler.errors import ManifestErrors, ReconcilerError
 from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
-SUBCOMMAND_MODULES = ("reconciler.cli.ops", "reconciler.cli.plan")
+#: Modules that add sub-commands (each has `register(sub, parent)`), in the order `reconcile --help` lists them.
+SUBCOMMAND_MODULES = (
+    "reconciler.cli.run",
+    "reconciler.cli.status",
+    "reconciler.cli.history",
+    "reconciler.cli.operators",
+    "reconciler.cli.plan",
+)
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.logging.level, json_lines=json_lines)
     try:
         if args.command is None:
-            from reconciler.cli.ops import run_once
+            from reconciler.cli.run import run_once
 
             return int(run_once(args, settings))
         return int(args.func(args, settings))
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INVALID
     except KeyboardInterrupt:
         print("reconcile: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

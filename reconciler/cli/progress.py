@@ -1,7 +1,8 @@
 """Showing a rollout while it runs: a live table on a terminal, structured log lines everywhere else.
 
 Where it sits: the CLI layer. `reconcile --once` and `reconcile watch` hand every `PassOutcome` to a
-`Progress`; the pass loop itself never prints. Both renderers read the same rows (`rollout_rows`):
+`Progress` (which is a `reconciler.shell.passes.PassListener`, the shell's side of the deal); the pass loop
+itself never prints. Both renderers read the same rows (`rollout_rows`):
 
 - `LiveProgress` (stdout is a TTY): a `rich` live table, one row per deployment in flight — group, deployment,
   status, batch, hosts done / failed / in flight / pending, and what the busy hosts are running right now —
@@ -27,7 +28,7 @@ from contract.logs import configure_logging
 from contract.models import CommandStatus, Deployment, EventStatus, HostDeploymentStatus
 from reconciler.core import FinishDeployment, Observed
 from reconciler.settings import LoggingSettings
-from reconciler.shell.passes import PassOutcome
+from reconciler.shell.passes import PassListener, PassOutcome
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -115,7 +116,9 @@ def rollout_rows(outcome: PassOutcome) -> list[RolloutRow]:
     return rows
 
 
-class Progress(Protocol):
+class Progress(PassListener, Protocol):
+    """A `PassListener` that is also a context manager (a live display starts and stops)."""
+
     def __enter__(self) -> Progress: ...
 
     def __exit__(

@@ -46,16 +46,16 @@ import structlog
 
 from contract.signals import relay_stop_signals
 from contract.store import Store, StoreError
-from reconciler.cli.progress import Progress
 from reconciler.desired.gitmirror import Interrupted, sync_mirror
 from reconciler.desired.loader import GitSource, load_git, open_repository, resolve_commit
 from reconciler.desired.manifests import Desired
 from reconciler.errors import ManifestErrors, SourceError
+from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings
 from reconciler.shell.executor import WriteConflict
 from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease
 from reconciler.shell.observe import StoreReader
-from reconciler.shell.passes import PassOutcome, PassRunner
+from reconciler.shell.passes import PassListener, PassOutcome, PassRunner
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +163,7 @@ class Watcher:
         settings: DeploySettings,
         *,
         stop: threading.Event,
-        progress: Progress | None = None,
+        progress: PassListener | None = None,
         lease: WriteLease | None = None,
     ) -> None:
         self.store = store
@@ -238,7 +238,7 @@ class Watcher:
             self._refresh_desired(fetch=True)
         except Interrupted:
             log.info("watch.stopped", passes=0)
-            return 0
+            return ExitCode.OK
         if git_dirs is not None:
             self.ref_watcher = RefWatcher(git_dirs, self.wake, self.stop)
             self.ref_watcher.start()
@@ -274,49 +274,22 @@ class Watcher:
             self.lease.release()
             self.wake.set()
             log.info("watch.stopped", passes=self.runner.passes)
-        return 0
+        return ExitCode.OK
 
     def _lead(self, *, remote: bool) -> None:
         """Holding the lease: react to triggers until stopped or the lease is lost."""
         rc = self.settings.reconcile
-        poll = rc.poll_interval.total_seconds()
-        resync = rc.resync_interval.total_seconds()
-        fetch_every = rc.fetch_interval.total_seconds()
         now = time.monotonic()
-        due = _Due(resync=now, poll=now + poll, fetch=now + fetch_every)
+        due = _Due(resync=now, poll=now + rc.poll_interval.total_seconds(),
+                   fetch=now + rc.fetch_interval.total_seconds())
         failing_since: float | None = None
         while not self.stop.is_set():
             now = time.monotonic()
-            reasons: list[str] = []
             try:
-                if self.ref_watcher is not None and self.ref_watcher.changed.is_set():
-                    self.ref_watcher.changed.clear()
-                    if self._refresh_desired(fetch=False):
-                        reasons.append("commit")
-                if remote and now >= due.fetch:
-                    due.fetch = now + fetch_every
-                    if self._refresh_desired(fetch=True):
-                        reasons.append("commit")
-                if now >= due.resync:
-                    # The ref watcher is an accelerator; the resync re-checks the ref in case it missed one.
-                    if not remote and self._refresh_desired(fetch=False):
-                        reasons.append("commit")
-                    reasons.append("resync")
-                if now >= due.poll:
-                    due.poll = now + poll
-                    if (not remote and (self.ref_watcher is None or self.ref_watcher.failed.is_set())
-                            and self._refresh_desired(fetch=False)):
-                        reasons.append("commit")
-                    if self._in_flight():
-                        reasons.append("in flight")
-                    elif self.reader.poll_hosts():
-                        reasons.append("agent report")
-                wake_at = self.last.wake_at() if self.last else None
-                if wake_at is not None and self.runner.clock() >= wake_at:
-                    reasons.append("bake ended")
+                reasons = self._triggers(now, due, remote=remote)
                 if reasons:
                     self._pass(", ".join(reasons))
-                    due.resync = time.monotonic() + resync
+                    due.resync = time.monotonic() + rc.resync_interval.total_seconds()
                     if self._in_flight() and self.last is not None and self.last.conflict is not None:
                         continue
                 self.lease.ensure()
@@ -332,22 +305,58 @@ class Watcher:
                 failing_since = failing_since or now
                 log.warning("watch.store_unavailable", error=str(exc),
                             failing_for=round(now - failing_since, 1))
-            # Sleep until the earliest thing that is due, or a wake-up (a ref moved, a signal).
-            targets = [due.resync, due.poll]
-            if remote:
-                targets.append(due.fetch)
-            renew = self.lease.renew_due()
-            if renew is not None:
-                targets.append(time.monotonic() + max(0.0, (renew - self.runner.clock()).total_seconds()))
-            wake_at = self.last.wake_at() if self.last else None
-            if wake_at is not None:
-                targets.append(time.monotonic() + max(0.0, (wake_at - self.runner.clock()).total_seconds()))
-            pause = max(0.0, min(targets) - time.monotonic())
-            if self.wake.wait(pause):
-                self.wake.clear()
+            self._sleep_until_due(due, remote=remote)
+
+    def _triggers(self, now: float, due: _Due, *, remote: bool) -> list[str]:
+        """Why a pass is due now (empty: none is): a new commit, the resync, work in flight, an agent
+        report, a bake that ended. Moves `due.fetch` and `due.poll` on when they have come."""
+        reasons: list[str] = []
+        if self.ref_watcher is not None and self.ref_watcher.changed.is_set():
+            self.ref_watcher.changed.clear()
+            if self._refresh_desired(fetch=False):
+                reasons.append("commit")
+        if remote and now >= due.fetch:
+            due.fetch = now + self.settings.reconcile.fetch_interval.total_seconds()
+            if self._refresh_desired(fetch=True):
+                reasons.append("commit")
+        if now >= due.resync:
+            # The ref watcher is an accelerator; the resync re-checks the ref in case it missed one.
+            if not remote and self._refresh_desired(fetch=False):
+                reasons.append("commit")
+            reasons.append("resync")
+        if now >= due.poll:
+            due.poll = now + self.settings.reconcile.poll_interval.total_seconds()
+            if (not remote and (self.ref_watcher is None or self.ref_watcher.failed.is_set())
+                    and self._refresh_desired(fetch=False)):
+                reasons.append("commit")
+            if self._in_flight():
+                reasons.append("in flight")
+            elif self.reader.poll_hosts():
+                reasons.append("agent report")
+        wake_at = self.last.wake_at() if self.last else None
+        if wake_at is not None and self.runner.clock() >= wake_at:
+            reasons.append("bake ended")
+        return reasons
+
+    def _sleep_until_due(self, due: _Due, *, remote: bool) -> None:
+        """Sleep until the earliest thing that is due (a resync, a poll, a fetch, the lease's renewal, the end
+        of a bake), or a wake-up (a ref moved, a signal)."""
+        targets = [due.resync, due.poll]
+        if remote:
+            targets.append(due.fetch)
+        renew = self.lease.renew_due()
+        if renew is not None:
+            targets.append(time.monotonic() + max(0.0, (renew - self.runner.clock()).total_seconds()))
+        wake_at = self.last.wake_at() if self.last else None
+        if wake_at is not None:
+            targets.append(time.monotonic() + max(0.0, (wake_at - self.runner.clock()).total_seconds()))
+        pause = max(0.0, min(targets) - time.monotonic())
+        if self.wake.wait(pause):
+            self.wake.clear()
 
 
-def run_watch(store: Store, settings: DeploySettings, *, stop: threading.Event, progress: Progress | None) -> int:
+def run_watch(store: Store, settings: DeploySettings, *, stop: threading.Event,
+              progress: PassListener | None) -> int:
     return Watcher(store, settings, stop=stop, progress=progress).run()
 
 

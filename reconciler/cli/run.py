@@ -1,0 +1,165 @@
+"""`reconcile --once` and `reconcile watch`: the commands that run passes and write to the store.
+
+Where it sits: the CLI layer over the shell. `--once` loads the manifests (invalid ones fail before anything is
+written), takes the write lease, runs `reconciler.shell.settle.run_until_settled` with progress from
+`reconciler.cli.progress`, and prints the verdict and summary lines; `watch` hands the same progress to
+`reconciler.shell.watch.Watcher`. Every function returns an exit code from `reconciler.exitcodes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contract.signals import stop_on_signals
+from contract.store import open_store
+from reconciler.cli.common import short_commit, source
+from reconciler.cli.progress import progress_for
+from reconciler.desired.loader import load_git
+from reconciler.desired.manifests import Desired
+from reconciler.errors import ReconcilerError
+from reconciler.exitcodes import ExitCode
+from reconciler.plan.render import count
+from reconciler.settings import DeploySettings
+from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease
+from reconciler.shell.observe import Snapshot
+from reconciler.shell.passes import PassRunner
+from reconciler.shell.settle import RunResult, run_until_settled
+
+log = structlog.get_logger(__name__)
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """`reconcile watch` (`--once` is a flag of the top-level parser, see `reconciler.cli.main`)."""
+    watch = sub.add_parser(
+        "watch",
+        parents=[parent],
+        help="run continuously: react to commits and agent reports until SIGTERM",
+        description="Reconcile continuously: a commit to the config repo starts a pass at once (a local checkout "
+        "is watched; a remote URL is fetched every reconcile.fetchInterval), agent reports trigger passes, and "
+        "a full pass runs every reconcile.resyncInterval. A second watcher waits as a standby for the write "
+        "lease. SIGTERM or Ctrl-C finishes the current pass, releases the lease and exits 0.",
+    )
+    watch.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
+    from reconciler.shell.watch import Watcher
+
+    store = open_store(settings.store)
+    with stop_on_signals() as stop, progress_for(settings.logging, title="reconcile watch") as progress:
+        return Watcher(store, settings, stop=stop, progress=progress).run()
+
+
+# --------------------------------------------------------------------------------------------------
+# reconcile --once
+
+
+def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
+    """`reconcile --once [--timeout D] [--no-wait] [--plan plan.json]`."""
+    started = time.monotonic()
+    plan_path: Path | None = getattr(args, "plan", None)
+    if plan_path is not None:
+        from reconciler.plan.engine import load_saved_plan
+
+        # Read the plan first so a damaged file fails before anything else. The manifests still come from the
+        # configured ref (the branch tip after the merge), not the plan's commit: verify_saved_plan compares
+        # them by meaning, so a PR merged after this plan was made is refused instead of silently undone.
+        load_saved_plan(plan_path)
+    desired = load_git(source(settings, None))  # invalid manifests raise before anything is written
+    log.info("once.loaded", commit=desired.commit, groups=len(desired.groups))
+    result = _run_under_lease(args, settings, desired, plan_path, started)
+    if isinstance(result, int):
+        return result
+    elapsed = time.monotonic() - started
+    print(f"commit {short_commit(desired.commit)}: {_verdict(result)}; {count(result.passes, 'pass', 'passes')} in "
+          f"{elapsed:.1f}s (exit {result.exit_code})")
+    for line in result.lines:
+        print(f"  {line}")
+    return result.exit_code
+
+
+def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired: Desired, plan_path: Path | None,
+                     started: float) -> RunResult | int:
+    """Take the write lease, run passes until settled, release it. An exit code when the run could not
+    happen (interrupted while waiting, the lease held or lost, a stale plan)."""
+    store = open_store(settings.store)
+    reconcile_settings = settings.reconcile
+    timeout = reconcile_settings.timeout
+    lease = WriteLease(store, duration=reconcile_settings.lease_duration)
+    with stop_on_signals() as stop:
+        try:
+            if not lease.acquire(wait=min(reconcile_settings.lease_duration, timeout), stop=stop):
+                print("reconcile: interrupted while waiting for the write lease", file=sys.stderr)
+                return ExitCode.TERMINATED
+        except LeaseHeld as exc:
+            print(f"reconcile: {exc}", file=sys.stderr)
+            return ExitCode.LEASE_HELD
+        try:
+            remaining = timeout - timedelta(seconds=time.monotonic() - started)
+            return _settle(PassRunner(store, lease, reconcile_settings), desired, args=args, settings=settings,
+                           plan_path=plan_path, timeout=max(remaining, timedelta(0)), stop=stop)
+        except LeaseLost as exc:
+            print(f"reconcile: {exc}", file=sys.stderr)
+            return ExitCode.LEASE_HELD
+        except ReconcilerError as exc:
+            from reconciler.plan.engine import StalePlanError
+
+            if isinstance(exc, StalePlanError):
+                print(f"reconcile: {exc}", file=sys.stderr)
+                return ExitCode.STALE_PLAN
+            raise
+        finally:
+            lease.release()
+
+
+def _settle(runner: PassRunner, desired: Desired, *, args: argparse.Namespace, settings: DeploySettings,
+            plan_path: Path | None, timeout: timedelta, stop: threading.Event) -> RunResult:
+    verify = _plan_verifier(plan_path, desired) if plan_path is not None else None
+    with progress_for(settings.logging) as progress:
+        return run_until_settled(
+            runner,
+            desired,
+            timeout=timeout,
+            no_wait=bool(getattr(args, "no_wait", False)),
+            on_pass=progress.on_pass,
+            before_first_decide=verify,
+            stop=stop,
+        )
+
+
+def _verdict(result: RunResult) -> str:
+    """The first word of the summary line: what the run came to."""
+    if result.exit_code in (ExitCode.FAILED_ROLLED_BACK, ExitCode.FAILED) and not result.ran and result.held:
+        # Nothing failed in this run: an earlier failure's quarantine holds the desired revision back. Saying
+        # "failed, rolled back" would send people looking for a rollout that never happened.
+        groups = ", ".join(result.held)
+        return (f"nothing deployed: the desired revision of {groups} is quarantined after an earlier failure "
+                f"(`reconcile retry GROUP` deploys it again)")
+    verdicts = {
+        int(ExitCode.OK): "converged" if not (result.last and result.last.in_flight) else "applied one pass",
+        int(ExitCode.FAILED_ROLLED_BACK): "failed, rolled back",
+        int(ExitCode.FAILED): "failed",
+        int(ExitCode.TIMED_OUT): "timed out",
+    }
+    return verdicts.get(result.exit_code, "stopped")
+
+
+def _plan_verifier(plan_path: Path, desired: Desired) -> Callable[[Snapshot], None]:
+    from reconciler.plan.engine import verify_saved_plan
+
+    def verify(snapshot: Snapshot) -> None:
+        verify_saved_plan(plan_path, desired, snapshot.observed, snapshot.state)
+
+    return verify
+
+
+__all__ = ["cmd_watch", "register", "run_once"]

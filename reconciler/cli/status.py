@@ -1,0 +1,314 @@
+"""`reconcile status [GROUP] [--format json]`: desired vs effective revision, deployment in flight, quarantine
+and hosts, per group.
+
+Where it sits: the CLI layer. Reads only: the store's records (`StoreReader`) and the manifests when they can be
+read (a broken config repo must not hide the store's records). Builds the typed read model of
+`reconciler.cli.readmodel`, prints it as text here or as JSON through its `to_json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from contract.durations import format_duration
+from contract.models import GroupState, Revision
+from reconciler.cli.common import Known, no_store, open_for_reading, read_known, resolve_group, short_commit
+from reconciler.cli.readmodel import (
+    DeploymentView,
+    GroupView,
+    HostView,
+    LeaseStatus,
+    QuarantineView,
+    StatusReport,
+    host_conflicts,
+    last_command,
+    short,
+)
+from reconciler.core import MembershipIndex, is_online
+from reconciler.desired.manifests import DesiredGroup
+from reconciler.exitcodes import ExitCode
+from reconciler.settings import DeploySettings
+from reconciler.shell.lease import read_lease, utc_now
+from reconciler.shell.observe import StoreReader
+
+#: Text output lists at most this many hosts per group; JSON lists them all.
+HOSTS_SHOWN = 20
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    status = sub.add_parser(
+        "status",
+        parents=[parent],
+        help="desired vs effective revision, deployment in flight, quarantine and hosts, per group",
+        description="Show every deployment group (or one): desired and effective revision, the deployment in "
+        "flight with batch progress, quarantined revisions, hosts and their state. Groups removed from the "
+        "manifests are shown as removed. Reads only (a file:// store that does not exist yet is reported, not "
+        "created); exit 0, or 1 for an unknown group or when the manifests could not be read (the store's "
+        "records are still shown, desired revisions unknown).",
+    )
+    status.add_argument("group", nargs="?", default=None, help="GROUP or APPLICATION/GROUP (default: all)")
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
+    """Exit 0, or 1 when a GROUP is unknown or the manifests could not be read. In the latter case the
+    store's records are still printed (that is when an operator needs them most), but the desired revisions
+    are unknown, so a script must not take the output for a complete answer."""
+    store, missing = open_for_reading(settings)
+    reader = StoreReader(store)
+    context = StatusContext(read_known(settings, reader), reader, utc_now(), settings.reconcile.heartbeat_timeout)
+    keys = sorted(context.known.groups)
+    if args.group is not None:
+        keys = [resolve_group(args.group, context.known.groups, missing)]
+    lease = read_lease(store)
+    report = StatusReport(
+        store=settings.store,
+        host_conflicts=host_conflicts(context.known.snapshot.observed),
+        store_missing=no_store(missing) if missing is not None else None,
+        commit=context.known.desired.commit if context.known.desired else None,
+        manifests_problem=context.known.problem,
+        lease=LeaseStatus.of(lease, context.now) if lease else None,
+        groups=tuple(group_status(key, context) for key in keys),
+    )
+    problem = context.known.problem
+    if args.format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_status(report, context.now)
+    if problem and args.format == "json":
+        # The text view says it in its header; JSON readers get it in `manifestsProblem` and here for people.
+        print(f"reconcile: the manifests could not be read: {problem}; the groups listed are the store's "
+              f"records, their desired revisions are unknown", file=sys.stderr)
+    return ExitCode.INVALID if problem else ExitCode.OK
+
+
+# --------------------------------------------------------------------------------------------------
+# The read model of one group
+
+
+@dataclass
+class StatusContext:
+    """What every group's status is computed from: the records and manifests, read once."""
+
+    known: Known
+    reader: StoreReader
+    now: datetime
+    heartbeat_timeout: timedelta
+    _index: MembershipIndex | None = field(default=None, repr=False)
+
+    @property
+    def desired_groups(self) -> Mapping[str, DesiredGroup]:
+        return self.known.desired.desired_groups() if self.known.desired else {}
+
+    def deployment(self, deployment_id: str, *, running: bool = False) -> DeploymentView | None:
+        """A deployment from the snapshot, or read from the store (older history is not in the snapshot).
+        `running`: with what each busy host's agent reports running (for the deployment in flight)."""
+        snapshot = self.known.snapshot
+        deployment = snapshot.state.deployments.get(deployment_id) or self.reader.deployment(deployment_id)
+        if deployment is None:
+            return None
+        return DeploymentView.of(deployment, snapshot.observed if running else None)
+
+    def members(self, key: str) -> list[str]:
+        """The group's hosts: by the core's membership rule while it is in the manifests; for a removed
+        group, the hosts that still have something of it installed or were in its last deployment."""
+        observed = self.known.snapshot.observed
+        group = self.desired_groups.get(key)
+        if group is not None:
+            if self._index is None:
+                self._index = MembershipIndex(observed)
+            return sorted(self._index.members(group.targets))
+        found = {h for h, status in observed.statuses.items() if key in status.installed}
+        state = self.known.snapshot.state.groups.get(key)
+        if state is not None and state.history:
+            last = self.known.snapshot.state.deployments.get(state.history[-1])
+            if last is not None:
+                found.update(last.hosts)
+        return sorted(found)
+
+
+def _phase(state: GroupState | None, manifest: DesiredGroup | None, *, in_flight: DeploymentView | None,
+           desired_known: bool, held: bool, converged: bool) -> str:
+    """The one word `status` shows for a group. When the manifests could not be read, a group missing from
+    them is not "removed": nobody knows. Only the store's own word (a pass marked it removed) or what is in
+    flight can be said."""
+    if manifest is None and not desired_known:
+        if state is not None and state.removed:
+            return "removed"
+        if in_flight is None:
+            return "unknown"
+    elif manifest is None:
+        return "removed"
+    elif state is None:
+        return "new"
+    if in_flight is not None:
+        if state is not None and state.stop_request is not None:
+            return "stopping"
+        return "rolling back" if in_flight.creator == "rollback" else "deploying"
+    assert manifest is not None
+    if held:
+        return "quarantined"
+    if manifest.suspend:
+        return "suspended"
+    return "converged" if converged else "pending"
+
+
+def _host_view(host_id: str, key: str, target: Revision | None, effective: Revision | None,
+               context: StatusContext) -> HostView:
+    observed = context.known.snapshot.observed
+    status = observed.statuses.get(host_id)
+    registration = observed.registrations.get(host_id)
+    installed = status.installed.get(key) if status else None
+    identity = installed.revision.identity() if installed is not None else None
+    return HostView(
+        host=host_id,
+        registered=registration is not None,
+        online=is_online(observed, host_id, now=context.now, heartbeat_timeout=context.heartbeat_timeout),
+        heartbeat_at=status.heartbeat_at if status else None,
+        zone=registration.zone if registration else None,
+        installed=installed.revision if installed else None,
+        up_to_date=identity is not None and target is not None and identity == target.identity(),
+        on_effective=identity is not None and effective is not None and identity == effective.identity(),
+        last_command=last_command(observed, host_id, key),
+    )
+
+
+def group_status(key: str, context: StatusContext) -> GroupView:
+    """Everything `status` says about one group."""
+    state = context.known.snapshot.state.groups.get(key)
+    manifest = context.desired_groups.get(key)
+    desired = context.known.desired
+    desired_revision = manifest.revision if manifest else (state.desired_revision if state else None)
+    effective = state.effective_revision if state else None
+    in_flight = None
+    if state is not None and state.deployment_in_flight:
+        in_flight = context.deployment(state.deployment_in_flight, running=True)
+    quarantined = state.quarantined if state else []
+    desired_id = desired_revision.identity() if desired_revision else None
+    held = any(q.revision.identity() == desired_id for q in quarantined)
+    converged = effective is not None and desired_id == effective.identity()
+    phase = _phase(state, manifest, in_flight=in_flight, desired_known=desired is not None, held=held,
+                   converged=converged)
+    target = desired_revision if phase != "removed" and desired is not None else effective
+    return GroupView(
+        group=key,
+        state=phase,
+        desired_known=desired is not None,
+        desired_revision=desired_revision,
+        desired_commit=desired.commit if manifest and desired else (state.desired_commit if state else None),
+        effective_revision=effective,
+        effective_commit=state.effective_commit if state else None,
+        deployment_config=manifest.config.name if manifest else None,
+        config_description=manifest.config.describe() if manifest else None,
+        in_flight=in_flight,
+        last_deployment=context.deployment(state.history[-1]) if state is not None and state.history else None,
+        quarantined=tuple(QuarantineView.of(q) for q in quarantined),
+        stop_request=state.stop_request if state else None,
+        hosts=tuple(_host_view(h, key, target, effective, context) for h in context.members(key)),
+        updated_at=state.updated_at if state else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Text
+
+
+def ago(then: datetime | None, now: datetime) -> str:
+    if then is None:
+        return "-"
+    seconds = max(0, int((now - then).total_seconds()))
+    return f"{format_duration(timedelta(seconds=seconds))} ago"
+
+
+def counts_text(deployment: DeploymentView) -> str:
+    hosts = deployment.hosts
+    total = deployment.total - hosts["Skipped"]
+    return (f"batch {deployment.batches}: {hosts['Succeeded']}/{total} done, {hosts['Failed']} failed, "
+            f"{hosts['InProgress']} in flight, {hosts['Pending']} pending")
+
+
+def print_status(report: StatusReport, now: datetime) -> None:
+    header = f"store {report.store}, manifests at {short_commit(report.commit)}"
+    if report.lease and report.lease.active:
+        header += f", reconciler {report.lease.holder} holds the lease"
+    else:
+        header += ", no reconciler running"
+    print(header)
+    for conflict in report.host_conflicts:
+        print(f"WARNING: host {conflict.host}: {conflict.message}")
+    if report.store_missing:
+        print(f"{report.store_missing} (check --store if it should have been)")
+    if report.manifests_problem:
+        print(f"error: the manifests could not be read: {report.manifests_problem}; showing the store's "
+              f"records only, desired revisions unknown")
+    if not report.groups:
+        print("no deployment groups yet")
+    for group in report.groups:
+        print()
+        _print_group(group, now)
+
+
+def _print_group(group: GroupView, now: datetime) -> None:
+    print(f"{group.group}  {group.state.upper()}")
+    if group.desired_known:
+        print(f"  desired      {short(group.desired_revision)}  (config commit {short_commit(group.desired_commit)})")
+    else:
+        recorded = (f" (last recorded by a pass: {group.desired_revision.short()}, config commit "
+                    f"{short_commit(group.desired_commit)})" if group.desired_revision else "")
+        print(f"  desired      unknown: the manifests could not be read{recorded}")
+    print(f"  effective    {short(group.effective_revision)}  (config commit {short_commit(group.effective_commit)})")
+    if group.deployment_config:
+        print(f"  config       {group.deployment_config}: {group.config_description}")
+    flight = group.in_flight
+    if flight:
+        creator = f" ({flight.creator})" if flight.creator != "user" else ""
+        print(f"  in flight    {flight.deployment_id}{creator} {flight.status}, {counts_text(flight)}")
+        for busy in flight.running:
+            print(f"                 {busy.host}: {busy.event or 'dispatched'}")
+    if group.stop_request:
+        rollback = " with rollback" if group.stop_request.rollback else ""
+        print(f"  stop         requested{rollback}")
+    last = group.last_deployment
+    if last and (not flight or last.deployment_id != flight.deployment_id):
+        error = f" [{last.error_code}]" if last.error_code else ""
+        print(f"  last         {last.deployment_id} {last.status}{error}, ended {ago(last.ended_at, now)}")
+    for held in group.quarantined:
+        print(f"  quarantined  {held.revision.short()} after {held.deployment_id}: {held.reason}")
+    _print_hosts(group)
+
+
+def _print_hosts(group: GroupView) -> None:
+    hosts = group.hosts
+    online = sum(1 for h in hosts if h.online)
+    current = sum(1 for h in hosts if h.up_to_date)
+    last_good = sum(1 for h in hosts if h.on_effective and not h.up_to_date)
+    against = "desired" if group.state != "removed" and group.desired_known else "effective"
+    counts = f"{online} online, {current} on the {against} revision" + (
+        f", {last_good} on the last good one" if last_good else "")
+    print(f"  hosts        {len(hosts)} ({counts})")
+    for host in hosts[:HOSTS_SHOWN]:
+        installed = host.installed.short() if host.installed else "nothing installed"
+        liveness = "online" if host.online else ("offline" if host.registered else "never registered")
+        note = ""
+        if host.last_command:
+            event = f" ({host.last_command.event})" if host.last_command.event else ""
+            note = f"  last {host.last_command.deployment_id} {host.last_command.status}{event}"
+        if host.up_to_date:
+            mark = "current"
+        elif host.on_effective:
+            mark = "last good"
+        else:
+            mark = "outdated" if host.installed else "-"
+        print(f"    {host.host:<20} {liveness:<16} {installed:<28} {mark}{note}")
+    if len(hosts) > HOSTS_SHOWN:
+        print(f"    ... and {len(hosts) - HOSTS_SHOWN} more (--format json lists every host)")
+
+
+__all__ = ["HOSTS_SHOWN", "StatusContext", "cmd_status", "group_status", "print_status", "register"]
