@@ -13,8 +13,8 @@ from contract.store.base import (
     StoreError,
     StoreMissing,
     StoreUnavailable,
-    open_store,
 )
+from contract.store.opener import open_store
 
 __all__ = [
     "InvalidStoreURL",

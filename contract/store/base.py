@@ -1,4 +1,5 @@
-"""The store interface and its error tree.
+"""The store interface, its key rules and its error tree. Imports no backend: `open_store`
+(contract/store/opener.py) is the one place that knows them.
 
 Backends translate their own failures (OSError, botocore) into these errors once, at the edge, so callers
 decide on one thing: `retryable`.
@@ -86,21 +87,14 @@ class Store(Protocol):
         ...
 
 
-def open_store(url: str, *, create: bool = True) -> Store:
-    """`file://DIR` (embedded) or `s3://bucket/prefix`.
-
-    `create=False` is for commands that only read (`status`, `history`, `plan`, operator commands that must
-    find records first): a file store's folder is then not created, so a mistyped `--store` leaves nothing
-    behind. Writers (the agent, `reconcile --once`, `watch`) keep the default and get their folder, and any
-    problem making it, at start-up. S3 stores never create buckets either way."""
-    if url.startswith("file://"):
-        from contract.store.file import FileStore
-
-        store: Store = FileStore(url, create=create)
-        return store
-    if url.startswith("s3://"):
-        from contract.store.s3 import S3Store
-
-        s3_store: Store = S3Store(url)
-        return s3_store
-    raise InvalidStoreURL(f"unsupported store URL {url!r}: use file:///path/to/dir or s3://bucket/prefix")
+def check_key(key: str) -> str:
+    """Keys become paths on the file store: every backend refuses anything that could climb out of the store
+    or hide among the file store's own files, so a store can be copied between backends as is."""
+    if not key or key.startswith("/") or "\0" in key:
+        raise StoreError(f"invalid store key {key!r}: keys are relative paths like hosts/web-1/status.json")
+    for segment in key.split("/"):
+        if not segment or segment.startswith("."):
+            raise StoreError(
+                f"invalid store key {key!r}: segments must be non-empty and must not start with a dot"
+            )
+    return key

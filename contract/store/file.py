@@ -55,6 +55,7 @@ from contract.store.base import (
     StoreError,
     StoreMissing,
     StoreUnavailable,
+    check_key,
 )
 
 LOCK_DIR = ".locks"
@@ -103,18 +104,6 @@ def missing_folder(store: object) -> Path | None:
 
 def version_of(info: os.stat_result) -> str:
     return f"{info.st_mtime_ns:x}.{info.st_size:x}.{info.st_ino:x}"
-
-
-def check_key(key: str) -> str:
-    """Keys become paths: refuse anything that could climb out of the store or hide among its own files."""
-    if not key or key.startswith("/") or "\0" in key:
-        raise StoreError(f"invalid store key {key!r}: keys are relative paths like hosts/web-1/status.json")
-    for segment in key.split("/"):
-        if not segment or segment.startswith("."):
-            raise StoreError(
-                f"invalid store key {key!r}: segments must be non-empty and must not start with a dot"
-            )
-    return key
 
 
 def _translate(exc: OSError, action: str, path: Path) -> StoreError:

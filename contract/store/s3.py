@@ -41,8 +41,8 @@ from contract.store.base import (
     StoredObject,
     StoreError,
     StoreUnavailable,
+    check_key,
 )
-from contract.store.file import check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
