@@ -1,22 +1,23 @@
 """This agent installation's identity: `<rootDir>/installation-id`, so two installations configured with the same
 host id (cloned VMs, containers whose host names collide) are told apart in the store.
 
-The daemon (`agent/daemon/loop.py`) stamps it on the host's registration and status and claims the host id with it;
-this module only keeps the file: created once, atomically (a kill -9 leaves it absent or whole), and replaced
-when the deployment root turns out to come from another machine.
+The daemon stamps it on the host's registration and status and claims the host id with it (agent/daemon/claim.py);
+this module only keeps the file: created once, atomically (contract/atomic.py: a kill -9 leaves it absent or
+whole), and replaced when the deployment root turns out to come from another machine.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from agent.daemon.clock import utc_now
+from contract.atomic import write_atomic
 from contract.models import Document, HostRegistration, HostStatus
 
 INSTALLATION_FILE = "installation-id"
@@ -27,10 +28,6 @@ MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
 class StateError(Exception):
     """The deployment root cannot be used by this agent (unreadable state, another agent, another host)."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Installation(Document):
@@ -66,32 +63,6 @@ def machine_fingerprint(files: tuple[Path, ...] = MACHINE_ID_FILES) -> str | Non
     return None
 
 
-def _write_atomically(path: Path, data: bytes, *, create_only: bool) -> bool:
-    """Temp file, fsync, then link (create-only: never replaces) or rename, then fsync of the folder: after a
-    kill -9 or a power cut the file is absent, old or new, never partial. False if create-only lost."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        if create_only:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
-
-
 def load_installation(root: Path, *, machine: str | None = None) -> tuple[Installation, str | None]:
     """This root's identity, created on first use; with a warning (second item) when the root was found to
     come from another machine and a new identity replaced the copied one. Call under `root_lock`."""
@@ -116,16 +87,16 @@ def load_installation(root: Path, *, machine: str | None = None) -> tuple[Instal
         return existing, None
     fresh = Installation(
         installation_id=uuid.uuid4().hex,
-        created_at=_now(),
+        created_at=utc_now(),
         hostname=hostname,
         machine=machine,
         replaces=existing.installation_id if existing is not None else None,
     )
     if existing is None:
-        if not _write_atomically(path, fresh.to_json(), create_only=True):
+        if not write_atomic(path, fresh.to_json(), create_only=True):
             return load_installation(root, machine=machine)  # created meanwhile (only without root_lock)
         return fresh, None
-    _write_atomically(path, fresh.to_json(), create_only=False)
+    write_atomic(path, fresh.to_json())
     warning = (
         f"{path} was created on another machine (host name {existing.hostname!r}; its machine id differs from "
         f"this one's), so this deployment root is a copy, e.g. from a cloned VM image: this agent is now "

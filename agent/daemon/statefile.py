@@ -15,14 +15,15 @@ from pydantic import ValidationError
 
 from agent.daemon.identity import StateError
 from agent.daemon.progress import AgentState
+from contract.atomic import write_atomic
 
 STATE_FILE = "ongoing-deployment"
 LOCK_FILE = ".deploy-agent.lock"
 
 
 class LocalState:
-    """Reads and writes the state file atomically (temp file, fsync, rename, fsync of the folder), so after
-    a power cut it holds the old or the new state, never half of one."""
+    """Reads and writes the state file atomically (contract/atomic.py: temp file, fsync, rename, fsync of the
+    folder), so after a power cut it holds the old or the new state, never half of one."""
 
     def __init__(self, root: Path) -> None:
         self.path = root / STATE_FILE
@@ -44,17 +45,7 @@ class LocalState:
             ) from None
 
     def save(self, state: AgentState) -> None:
-        temporary = self.path.with_name(f".{STATE_FILE}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(state.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, state.to_json(), temp_name=f".{STATE_FILE}.tmp")
 
 
 @contextmanager
