@@ -24,11 +24,8 @@ things find them here, and so an operator's scripts that read `<group>_last_succ
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +33,7 @@ import structlog
 from pydantic import ValidationError
 
 from agent.errors import HostStateError, UsageError
+from contract.atomic import write_atomic
 from contract.models import InstalledRevision
 
 log = structlog.get_logger("agent.lifecycle.layout")
@@ -82,25 +80,6 @@ class DeploymentDir:
     @property
     def install_backup(self) -> Path:
         return self.path / "install-backup"
-
-
-def write_atomic(path: Path, data: bytes | str, *, durable: bool = True) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file.
-    `durable=False` skips the fsync for records that only inform people (they still never appear torn)."""
-    payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 class DeploymentRoot:
@@ -181,13 +160,19 @@ class GroupRoot:
     def _instruction(self, suffix: str) -> Path:
         return self.root.instructions / f"{self.group_id}{suffix}"
 
+    def _write(self, suffix: str, data: bytes | str, *, durable: bool = True) -> None:
+        """Instruction files are replaced atomically (contract/atomic.py), readable by root only as before."""
+        path = self._instruction(suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data, durable=durable, mode=0o600)
+
+    def write_install_instructions(self, text: str) -> None:
+        """`<group>-install.json`: informs people, so not fsynced."""
+        self._write("-install.json", text, durable=False)
+
     @property
     def cleanup_file(self) -> Path:
         return self._instruction("-cleanup")
-
-    @property
-    def install_instructions_file(self) -> Path:
-        return self._instruction("-install.json")
 
     @property
     def install_journal(self) -> Path:
@@ -204,10 +189,10 @@ class GroupRoot:
         return _read_pointer(self._instruction("_most_recent_install"))
 
     def set_last_successful_install(self, deployment: DeploymentDir) -> None:
-        write_atomic(self._instruction("_last_successful_install"), str(deployment.path))
+        self._write("_last_successful_install", str(deployment.path))
 
     def set_most_recent_install(self, deployment: DeploymentDir) -> None:
-        write_atomic(self._instruction("_most_recent_install"), str(deployment.path), durable=False)
+        self._write("_most_recent_install", str(deployment.path), durable=False)
 
     def read_cleanup(self) -> list[str]:
         """Paths the previous Install created, in creation order. A last line without its newline was cut
@@ -224,7 +209,7 @@ class GroupRoot:
     # -- the revision the group has installed, for the daemon's status and for `last_successful`
 
     def record_installed(self, installed: InstalledRevision) -> None:
-        write_atomic(self._instruction("_installed_revision.json"), installed.to_json())
+        self._write("_installed_revision.json", installed.to_json())
 
     def installed(self) -> InstalledRevision | None:
         path = self._instruction("_installed_revision.json")

@@ -23,7 +23,7 @@ import structlog
 
 from agent.errors import InstallError
 from agent.lifecycle.hostview import lookup_group, lookup_user
-from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, write_atomic
+from agent.lifecycle.layout import DeploymentDir, DeploymentRoot
 from agent.lifecycle.steps import SEMANAGE_PREFIX, Copy, InstallPlan, MakeDir, SetPermissions
 
 log = structlog.get_logger("agent.lifecycle.transaction")
@@ -143,7 +143,7 @@ def execute_install(
     if journal_path.exists():
         recover_interrupted_install(layout, group_id)
     cleanup_new = group.cleanup_file.with_suffix(".new")
-    write_atomic(group.install_instructions_file, _instructions_json(plan), durable=False)
+    group.write_install_instructions(_instructions_json(plan))
     execution = _Execution(journal_path, deployment.install_backup)
     try:
         with cleanup_new.open("w", encoding="utf-8") as cleanup:
