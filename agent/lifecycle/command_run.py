@@ -4,7 +4,8 @@
 (agent/lifecycle/revision_check.py) runs first when the command includes DownloadBundle; then every event
 runs in the command's order: the agent's own (DownloadBundle, Install) here, hook scripts through
 agent/lifecycle/hooks.py, Install's files through agent/lifecycle/transaction.py. Times come from the
-runner's clock (`now`); the command's overall time limit is measured on the monotonic clock.
+runner's clock (`now`); the command's overall time limit is measured on the monotonic clock. Reports and
+the failure paragraph: agent/lifecycle/reports.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agent.lifecycle.appspec import AppSpec
 from agent.lifecycle.hooks import HookSettings, hook_environment, run_script
 from agent.lifecycle.install import plan_install
 from agent.lifecycle.layout import DeploymentDir, GroupRoot
+from agent.lifecycle.reports import CommandOutcome, EventFailed, EventReports
 from agent.lifecycle.revision_check import (
     DOWNLOAD_BUNDLE,
     INSTALL,
@@ -55,40 +57,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agent.lifecycle.runner")
 
 
-@dataclass(frozen=True)
-class CommandOutcome:
-    status: CommandStatus  # Succeeded | Failed
-    events: list[EventReport]  # final report of every event in the command (Skipped after a failure)
-    installed: InstalledRevision | None  # set when the deployment succeeded
-    message: str | None  # one-paragraph explanation on failure (event, script, why, log tail, log path)
-    log_path: Path | None
-
-
-class _EventFailed(Exception):
-    """One event failed; the runner turns it into the event's report and the command's message."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error_code: LifecycleErrorCode = LifecycleErrorCode.UNKNOWN_ERROR,
-        exit_code: int | None = None,
-        script: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.error_code = error_code
-        self.exit_code = exit_code
-        self.script = script
-
-
 @dataclass
 class _EarlyCheck:
     fetched: FetchedBundle | None = None
     spec: AppSpec | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
-    failure: _EventFailed | None = None
+    failure: EventFailed | None = None
     warnings: list[Problem] = field(default_factory=list)
 
 
@@ -107,11 +82,9 @@ class CommandRun:
         self.layout = runner.layout
         self.now = runner.now
         self.command = command
-        self.on_event = on_event
         self.should_stop = should_stop
         self.appspec_filename = appspec_filename
         self.events = list(command.events)
-        self.reports = [EventReport(name=name) for name in self.events]
         self.deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
         self.group: GroupRoot | None = None
         self.deployment: DeploymentDir | None = None
@@ -121,26 +94,7 @@ class CommandRun:
         self.installed_now = False
         self.hook_settings = HookSettings(self.settings.kill_grace_seconds, self.settings.runas_allowed)
         self.log = log.bind(deployment_id=command.deployment_id, group=command.deployment_group)
-
-    # -- reporting
-
-    def emit(self, index: int, **changes: object) -> None:
-        self.reports[index] = self.reports[index].model_copy(update=changes)
-        if self.on_event is not None:
-            self.on_event(self.reports[index])
-
-    def skip_rest(self, start: int, reason: str) -> None:
-        for index in range(start, len(self.events)):
-            if self.reports[index].status == EventStatus.PENDING:
-                self.emit(index, status=EventStatus.SKIPPED, message=reason)
-
-    def outcome(
-        self, status: CommandStatus, message: str | None, installed: InstalledRevision | None = None
-    ) -> CommandOutcome:
-        log_path = None
-        if self.deployment is not None and self.script_log is not None and self.script_log.wrote_anything:
-            log_path = self.deployment.script_log
-        return CommandOutcome(status, list(self.reports), installed, message, log_path)
+        self.reports = EventReports(self.events, on_event, self.now, self.log)
 
     # -- the command
 
@@ -162,14 +116,15 @@ class CommandRun:
                 command.deployment_id,
                 self.settings.log_tail_chars,
             )
+            self.reports.attach(self.script_log, self.deployment.script_log)
         except (AgentError, OSError) as exc:
             message = f"the command could not start: {exc}"
             if self.events:
-                self.emit(0, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
+                self.reports.emit(0, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
                           error_code=LifecycleErrorCode.UNKNOWN_ERROR, message=message)
-            self.skip_rest(1, "not run: the command could not start")
+            self.reports.skip_rest(1, "not run: the command could not start")
             self.log.error("command.failed", reason=message)
-            return self.outcome(CommandStatus.FAILED, message)
+            return self.reports.outcome(CommandStatus.FAILED, message)
         try:
             return self._run_events()
         finally:
@@ -196,74 +151,47 @@ class CommandRun:
                 done = self.events[index - 1] if index else "the start"
                 message = (f"stopped after {done}: the agent is shutting down, so the remaining events were "
                            "skipped")
-                self.skip_rest(index, "not run: the agent is shutting down")
+                self.reports.skip_rest(index, "not run: the agent is shutting down")
                 self.log.warning("command.stopped", after=done)
-                return self.outcome(CommandStatus.FAILED, message)
+                return self.reports.outcome(CommandStatus.FAILED, message)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 message = (f"the command's time limit of {self.command.timeout_seconds:g} s ran out before "
                            f"{event}")
-                self.emit(index, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
+                self.reports.emit(index, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
                           error_code=LifecycleErrorCode.UNKNOWN_ERROR, message=message)
-                self.skip_rest(index + 1, f"not run: {event} failed")
-                return self.outcome(CommandStatus.FAILED, self._explain(event, message, None))
+                self.reports.skip_rest(index + 1, f"not run: {event} failed")
+                return self.reports.outcome(CommandStatus.FAILED, self.reports.explain(event, message, None))
             if event == DOWNLOAD_BUNDLE and self.early.failure is not None:
                 failure = self.early.failure
-                self.emit(index, status=EventStatus.IN_PROGRESS, started_at=self.early.started_at)
-                self._report_failure(index, failure, ended_at=self.early.ended_at)
-                return self.outcome(CommandStatus.FAILED, self._explain(event, failure.message, None))
+                self.reports.emit(index, status=EventStatus.IN_PROGRESS, started_at=self.early.started_at)
+                self.reports.fail(index, failure, ended_at=self.early.ended_at)
+                return self.reports.outcome(CommandStatus.FAILED, self.reports.explain(event, failure.message, None))
             if self.early.failure is not None:
                 # Before DownloadBundle: nothing of the running application is touched for a revision that
                 # cannot be deployed.
-                self.emit(index, status=EventStatus.SKIPPED,
+                self.reports.emit(index, status=EventStatus.SKIPPED,
                           message="not run: the new revision failed its checks (see DownloadBundle)")
                 continue
             started_at = self.early.started_at if event == DOWNLOAD_BUNDLE else self.now()
-            self.emit(index, status=EventStatus.IN_PROGRESS, started_at=started_at)
+            self.reports.emit(index, status=EventStatus.IN_PROGRESS, started_at=started_at)
             self.script_log.reset_tail()
             try:
                 note = self._run_event_safely(index, event)
-            except _EventFailed as failure:
+            except EventFailed as failure:
                 ignorable = event in PREVIOUS_REVISION_EVENTS and self.command.ignore_application_stop_failures
                 if ignorable:
                     failure.message += " (ignored: ignore_application_stop_failures is set)"
-                self._report_failure(index, failure)
+                self.reports.fail(index, failure, skip_rest=not ignorable)
                 if ignorable:
                     continue
-                return self.outcome(CommandStatus.FAILED, self._explain(event, failure.message, failure.script))
+                explained = self.reports.explain(event, failure.message, failure.script)
+                return self.reports.outcome(CommandStatus.FAILED, explained)
             ended_at = self.early.ended_at if event == DOWNLOAD_BUNDLE else self.now()
-            self.emit(index, status=EventStatus.SUCCEEDED, ended_at=ended_at, message=note,
+            self.reports.emit(index, status=EventStatus.SUCCEEDED, ended_at=ended_at, message=note,
                       log_tail=self.script_log.tail())
         installed = self._record_success() if self.installed_now else None
         self.log.info("command.succeeded")
-        return self.outcome(CommandStatus.SUCCEEDED, None, installed)
-
-    def _report_failure(self, index: int, failure: _EventFailed, ended_at: datetime | None = None) -> None:
-        assert self.script_log is not None
-        self.emit(
-            index,
-            status=EventStatus.FAILED,
-            ended_at=ended_at or self.now(),
-            exit_code=failure.exit_code,
-            error_code=failure.error_code,
-            message=failure.message,
-            log_tail=self.script_log.tail(),
-        )
-        self.log.error("event.failed", lifecycle_event=self.events[index], reason=failure.message)
-        if not (self.events[index] in PREVIOUS_REVISION_EVENTS and self.command.ignore_application_stop_failures):
-            self.skip_rest(index + 1, f"not run: {self.events[index]} failed")
-
-    def _explain(self, event: str, reason: str, script: str | None) -> str:
-        """The one paragraph a person reads: which event, which script, why, the output, where the log is."""
-        assert self.script_log is not None and self.deployment is not None
-        # A reason that ends a sentence itself ("was it pushed?") must not get a second full stop.
-        text = f"{event} failed: {reason}" + ("" if reason.endswith((".", "?", "!")) else ".")
-        tail = self.script_log.tail() if script else None
-        lines = [line for line in (tail or "").split("\n") if line and not line.startswith("[agent]")]
-        if lines:
-            text += " Last output: " + " | ".join(lines[-10:]) + "."
-        if self.script_log.wrote_anything:
-            text += f" Full log: {self.deployment.script_log}"
-        return text
+        return self.reports.outcome(CommandStatus.SUCCEEDED, None, installed)
 
     # -- the early check
 
@@ -295,9 +223,9 @@ class CommandRun:
                 raise RevisionInvalid(fatal, headline="the new revision was checked before anything ran and "
                                       "cannot be deployed")
         except AgentError as exc:
-            self.early.failure = _EventFailed(str(exc), error_code=exc.error_code)
+            self.early.failure = EventFailed(str(exc), error_code=exc.error_code)
         except OSError as exc:
-            self.early.failure = _EventFailed(f"cannot prepare the deployment folder: {exc}")
+            self.early.failure = EventFailed(f"cannot prepare the deployment folder: {exc}")
         self.early.ended_at = self.now()
 
     # -- one event
@@ -306,18 +234,18 @@ class CommandRun:
         """A bug or an unexpected host error fails the event with a message instead of killing the agent."""
         try:
             return self._run_event(index, event)
-        except _EventFailed:
+        except EventFailed:
             raise
         except AgentError as exc:
-            raise _EventFailed(str(exc), error_code=exc.error_code) from exc
+            raise EventFailed(str(exc), error_code=exc.error_code) from exc
         except OSError as exc:
-            raise _EventFailed(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from exc
+            raise EventFailed(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")) from exc
         except Exception as exc:
             self.log.exception("event.internal_error", lifecycle_event=event)
-            raise _EventFailed(f"internal error in the agent: {exc!r}") from exc
+            raise EventFailed(f"internal error in the agent: {exc!r}") from exc
 
     def _run_event(self, index: int, event: str) -> str | None:
-        """Run one event; returns a note for its report, raises `_EventFailed`."""
+        """Run one event; returns a note for its report, raises `EventFailed`."""
         if event == DOWNLOAD_BUNDLE:
             assert self.deployment is not None and self.group is not None
             self.group.set_most_recent_install(self.deployment)
@@ -349,7 +277,7 @@ class CommandRun:
             hint = ""
             if event == "ApplicationStop" and not self.command.ignore_application_stop_failures:
                 hint = "; deploy with ignore_application_stop_failures to get past it"
-            raise _EventFailed(
+            raise EventFailed(
                 f"cannot read the last installed revision's appspec in {previous.folder.archive} to run its {event} "
                 f"scripts: {previous.error}{hint}"
             ) from previous.error
@@ -377,7 +305,7 @@ class CommandRun:
             if not outcome.succeeded:
                 assert outcome.error_code is not None and outcome.message is not None
                 origin = " (from the last installed revision)" if previous else ""
-                raise _EventFailed(
+                raise EventFailed(
                     outcome.message + origin,
                     error_code=outcome.error_code,
                     exit_code=outcome.exit_code,
@@ -402,11 +330,11 @@ class CommandRun:
         problems = plan.all_problems()
         if problems:
             detail = "; ".join(str(p) for p in problems)
-            raise _EventFailed(f"nothing was changed, the previous revision is still installed: {detail}")
+            raise EventFailed(f"nothing was changed, the previous revision is still installed: {detail}")
         try:
             result = execute_install(plan, layout=self.layout, group_id=group.group_id, deployment=self.deployment)
         except AgentError as exc:
-            raise _EventFailed(str(exc), error_code=exc.error_code) from exc
+            raise EventFailed(str(exc), error_code=exc.error_code) from exc
         # Like the reference agent, the next deployment's ApplicationStop now uses this revision's scripts,
         # even if a later event of this deployment fails (the files are in place).
         group.set_last_successful_install(self.deployment)

@@ -35,8 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.fetch import ExtractLimits
-from agent.lifecycle.command_run import CommandOutcome, CommandRun
+from agent.lifecycle.command_run import CommandRun
 from agent.lifecycle.layout import DeploymentRoot
+from agent.lifecycle.reports import CommandOutcome
 from agent.lifecycle.revision_check import (
     DOWNLOAD_BUNDLE,
     INSTALL,
