@@ -8,8 +8,9 @@ from pathlib import Path
 
 from contract.store import Store, open_store
 from contract.store.file import missing_folder
-from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import GitSource
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.plan.render import count
 from reconciler.settings import DeploySettings

@@ -78,7 +78,8 @@ def _register_validate(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
-    from reconciler.desired.loader import GitSource, load_folder, load_git
+    from reconciler.desired.loader import load_folder, load_git
+    from reconciler.desired.sources import GitSource
 
     ref_given = hasattr(args, "ref")
     target = args.target
@@ -113,7 +114,7 @@ def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-#: What `reconcile` reads when nothing is configured; the loader's `not_a_manifest` is the rule in code.
+#: What `reconcile` reads when nothing is configured; `reconciler.desired.sources.not_a_manifest` is the rule in code.
 DEFAULTS_HELP = """\
 Defaults: settings from ./deploy.yaml when it exists; the config repo is the current folder at HEAD,
 manifests from the whole repository (--repo . --ref HEAD --path .). Every *.yaml / *.yml under --path

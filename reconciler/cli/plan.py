@@ -29,8 +29,9 @@ import structlog
 
 from contract.store import InvalidStoreURL, Store, StoreError
 from reconciler.core import Observed, State
-from reconciler.desired.loader import files_from_commit, load_files, open_repository
+from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import files_from_commit, open_repository
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.exitcodes import ExitCode
 from reconciler.plan.engine import (

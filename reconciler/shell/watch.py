@@ -47,8 +47,9 @@ import structlog
 from contract.signals import relay_stop_signals
 from contract.store import Store, StoreError
 from reconciler.desired.gitmirror import Interrupted, sync_mirror
-from reconciler.desired.loader import GitSource, load_git, open_repository, resolve_commit
+from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import GitSource, open_repository, resolve_commit
 from reconciler.errors import ManifestErrors, SourceError
 from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings

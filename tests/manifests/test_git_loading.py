@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from contract.gitmessages import git_reason
-from reconciler.desired.loader import GitSource, load_folder, load_git, not_a_manifest, resolve_commit
+from reconciler.desired.loader import load_folder, load_git
+from reconciler.desired.sources import GitSource, not_a_manifest, resolve_commit
 from reconciler.errors import ManifestErrors, SourceError
 from tests.gitrepo import ConfigRepo
 

@@ -1,0 +1,202 @@
+"""Where manifest files come from: a plain folder (`reconcile validate` before committing) or a commit's tree
+in a Git repository (never the working tree, so two refs can be compared and uncommitted edits never leak in).
+
+Where it sits: `reconciler.desired.loader` turns the files read here into a validated `Desired`; a remote URL is
+mirrored by `reconciler.desired.gitmirror`. Files that plainly are not manifests (hidden ones, CI files,
+the settings file) are skipped here, by path (`not_a_manifest`), so validation only sees candidates.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from contract.gitmessages import git_reason
+from reconciler.desired.gitmirror import sync_mirror
+from reconciler.errors import SourceError
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One file's bytes and the name to show in messages (relative to the manifests folder)."""
+
+    name: str
+    content: bytes
+
+
+#: YAML files CI services read from the top of a repository; never manifests (hidden ones, such as
+#: .gitlab-ci.yml and .github/workflows/, are skipped as hidden).
+CI_FILES = frozenset({"bitbucket-pipelines.yml", "azure-pipelines.yml", "appveyor.yml"})
+#: The reconciler's own settings file, often committed next to the manifests.
+SETTINGS_FILE = "deploy.yaml"
+_MANIFEST_KEY = re.compile(rb"^(apiVersion|kind)\s*:", re.MULTILINE)
+
+
+def not_a_manifest(name: str, content: bytes) -> str | None:
+    """Why the YAML file `name` (relative to the manifests folder) is not read as a manifest, or None.
+
+    With the default `path: .` the manifests folder is the whole repository, which usually also holds CI
+    workflows and `deploy.yaml`; reading those as manifests would make every such repository invalid. Only
+    files that plainly are not manifests are skipped, by path, so a real manifest with a mistake in it is
+    still reported: anything under a hidden folder or named with a leading dot (.github/, .gitlab-ci.yml,
+    .pre-commit-config.yaml), the well-known CI files at the top, and `deploy.yaml` at the top unless it
+    has an `apiVersion:` or `kind:` line (then it is a manifest someone named deploy.yaml).
+    """
+    parts = PurePosixPath(name).parts
+    if any(part.startswith(".") and part not in (".", "..") for part in parts):
+        return "hidden"
+    if len(parts) == 1 and name in CI_FILES:
+        return "a CI file"
+    if len(parts) == 1 and name == SETTINGS_FILE and not _MANIFEST_KEY.search(content):
+        return "the reconciler's settings file"
+    return None
+
+
+def files_from_folder(folder: Path) -> list[ManifestFile]:
+    """Every manifest file under `folder` (see `not_a_manifest` for what is skipped); a file given by name
+    is always read, since someone asked for exactly it."""
+    if not folder.exists():
+        raise SourceError(f"{folder}: no such folder")
+    if folder.is_file():
+        return [ManifestFile(folder.name, folder.read_bytes())]
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in YAML_SUFFIXES and path.is_file():
+            name = path.relative_to(folder).as_posix()
+            content = path.read_bytes()
+            if not_a_manifest(name, content) is None:
+                found.append(ManifestFile(name, content))
+    return found
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """Where manifests live: a repository (URL or local path), a ref, and a sub-folder inside it."""
+
+    repository: str
+    ref: str = "HEAD"
+    path: str = "."
+
+
+def open_repository(repository: str, *, fetch: bool = True, stop: threading.Event | None = None) -> Any:
+    """A GitPython Repo for a local checkout, or a cached bare mirror of a remote URL (fetched when asked).
+
+    Remote repositories are mirrored once under the cache directory and fetched on each load, so a
+    long-running `reconcile watch` costs one incremental fetch per poll, not one clone; git runs bounded in
+    time and killed when `stop` is set (`reconciler.desired.gitmirror`). Every failure is a
+    SourceError carrying git's own reason (see `git_reason`), so `reconcile`, `reconcile plan` and `watch`
+    can say why a URL cannot be read without a traceback.
+    """
+    import git
+
+    local = Path(repository).expanduser()
+    try:
+        if local.exists():
+            return git.Repo(local, search_parent_directories=False)
+    except git.exc.InvalidGitRepositoryError as exc:
+        raise SourceError(
+            f"{repository}: not a Git repository (give the top folder of a checkout, or a URL git can clone)"
+        ) from exc
+    except git.exc.NoSuchPathError as exc:
+        raise SourceError(f"{repository}: no such path") from exc
+    mirror = sync_mirror(repository, stop=stop or threading.Event(), fetch=fetch)
+    try:
+        return git.Repo(mirror)
+    except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
+        # The cached mirror, not the user's URL, is broken (a disk cleanup, a hand edit).
+        raise SourceError(
+            f"{repository}: the cached mirror {mirror} is not a usable Git repository; delete it to clone again"
+        ) from exc
+
+
+def _commit(repo: Any, repository: str, ref: str) -> Any:
+    """The commit `ref` names, or a SourceError saying what the repository does have."""
+    import git
+
+    try:
+        return repo.commit(ref)
+    except git.exc.GitCommandError as exc:
+        raise SourceError(f"{repository}: no commit named {ref!r}: {git_reason(exc.stderr, exc.status)}") from exc
+    except (git.exc.BadName, ValueError) as exc:
+        raise SourceError(f"{repository}: no commit named {ref!r}{unknown_ref_hint(repo, exc)}") from exc
+
+
+def unknown_ref_hint(repo: Any, exc: BaseException) -> str:
+    """Why a ref names no commit, for the end of a message: what git said about the revision spec, or the
+    branches and tags there are (the usual mistake is a branch name: `master` for `main`)."""
+    detail = str(exc)
+    spec = re.search(r"Invalid revision spec '.*' - (.+?)'? did not resolve to an object", detail)
+    if spec:
+        return f": {spec.group(1)}"
+    try:
+        branches = sorted(head.name for head in repo.heads)
+        tags = sorted(tag.name for tag in repo.tags)
+    except (OSError, ValueError):
+        return ""
+    if not branches and not tags:
+        return " (the repository has no commits yet)"
+
+    def some(names: list[str]) -> str:
+        shown = ", ".join(names[:10])
+        return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "") if names else "none"
+
+    return f" (not a branch, tag or commit of it; branches: {some(branches)}; tags: {some(tags)})"
+
+
+def resolve_commit(repository: str, ref: str, *, fetch: bool = True) -> str:
+    """The full SHA `ref` names in `repository` (a branch, tag, short or full SHA)."""
+    repo = open_repository(repository, fetch=fetch)
+    return str(_commit(repo, repository, ref).hexsha)
+
+
+def files_from_commit(
+    repository: str, ref: str, path: str = ".", *, fetch: bool = True
+) -> tuple[str, list[ManifestFile]]:
+    """Manifest files from the commit's tree (never the working tree) and the resolved SHA; files that are
+    plainly not manifests are skipped (`not_a_manifest`)."""
+
+    repo = open_repository(repository, fetch=fetch)
+    commit = _commit(repo, repository, ref)
+    tree = commit.tree
+    sub = PurePosixPath(path.strip("/") or ".")
+    if str(sub) != ".":
+        try:
+            tree = tree / str(sub)
+        except KeyError as exc:
+            raise SourceError(f"{repository}@{commit.hexsha[:7]}: no folder {str(sub)!r}") from exc
+        if tree.type != "tree":
+            raise SourceError(f"{repository}@{commit.hexsha[:7]}: {str(sub)!r} is not a folder")
+    files: list[ManifestFile] = []
+    for item in _walk(tree):
+        name = PurePosixPath(item.path).relative_to(sub).as_posix() if str(sub) != "." else item.path
+        content = item.data_stream.read()
+        if not_a_manifest(name, content) is None:
+            files.append(ManifestFile(name, content))
+    return str(commit.hexsha), files
+
+
+def _walk(tree: Any) -> Iterator[Any]:
+    for item in tree.traverse():
+        if item.type == "blob" and PurePosixPath(item.path).suffix in YAML_SUFFIXES:
+            yield item
+
+
+__all__ = [
+    "CI_FILES",
+    "SETTINGS_FILE",
+    "YAML_SUFFIXES",
+    "GitSource",
+    "ManifestFile",
+    "files_from_commit",
+    "files_from_folder",
+    "not_a_manifest",
+    "open_repository",
+    "resolve_commit",
+    "unknown_ref_hint",
+]
