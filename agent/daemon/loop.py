@@ -34,7 +34,6 @@ reporting halves read and write the same fields, and splitting them into classes
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -47,6 +46,7 @@ import structlog
 from agent import __version__
 from agent.daemon.claim import HostIdOwner
 from agent.daemon.clock import Monotonic, Now, utc_now
+from agent.daemon.commands import CommandReader
 from agent.daemon.identity import (
     HostIdInUse,
     Installation,
@@ -54,7 +54,14 @@ from agent.daemon.identity import (
     load_installation,
     machine_fingerprint,
 )
-from agent.daemon.progress import AgentState, apply_event, fail_unfinished, finish_after_restart, relabel_superseded
+from agent.daemon.progress import (
+    AgentState,
+    apply_event,
+    fail_unfinished,
+    finish_after_restart,
+    relabel_superseded,
+    unreadable_command,
+)
 from agent.daemon.retry import Backoff, StoreHealth
 from agent.daemon.statefile import LocalState
 from agent.lifecycle.runner import LifecycleRunner
@@ -71,7 +78,6 @@ from contract.models import (
     group_key,
 )
 from contract.store import Store, StoreError
-from contract.store.docs import DocumentInvalid, Versioned, parse_document
 
 log = structlog.get_logger("agent.daemon.loop")
 
@@ -143,8 +149,7 @@ class Agent:
         self._abandon = False
         self._superseded_by: HostCommand | None = None
         self._failed_reported = False
-        self._command_seen: Versioned[HostCommand] | None = None
-        self._command_rejected: str | None = None
+        self._commands = CommandReader(store, self.host_id)
         self._busy_until = 0.0
         self._poll_health = StoreHealth(monotonic)
         self._report_health = StoreHealth(monotonic)
@@ -289,27 +294,12 @@ class Agent:
             with self._lock:
                 self._store_floor = floor
                 self._lock.notify_all()
-        key = command_key(self.host_id)
-        known = self._command_seen.version if self._command_seen is not None else self._command_rejected
-        stored = self.store.get(key, if_version_not=known)
-        if stored is None:
-            self._command_seen = None
-            self._command_rejected = None
+        read = self._commands.read()
+        if read.unreadable is not None:
+            self._reject_unreadable(*read.unreadable)
+        if read.command is None:
             return None
-        fresh = stored.version != known
-        if fresh:
-            try:
-                self._command_seen = Versioned(parse_document(stored, HostCommand), stored.version)
-                self._command_rejected = None
-            except DocumentInvalid as exc:
-                self._command_seen = None
-                self._command_rejected = stored.version
-                self._reject_unreadable(stored.data, str(exc))
-                return None
-        if self._command_seen is None:
-            return None
-        command = self._command_seen.document
-        return command if self._is_new(command, warn=fresh) else None
+        return read.command if self._is_new(read.command, warn=read.fresh) else None
 
     def _is_new(self, command: HostCommand, *, warn: bool) -> bool:
         floor = max(self._state.last_generation, self._store_floor or 0)
@@ -338,26 +328,10 @@ class Agent:
         """A command that does not parse cannot run; if its generation can be read, report it failed so the
         reconciler does not wait for it, and never look at that generation again."""
         self.log.error("command.unreadable", error=reason)
-        try:
-            raw: Any = json.loads(data)
-            generation = int(raw["generation"])
-            deployment_id = str(raw["deploymentId"])
-        except (ValueError, KeyError, TypeError):
+        progress = unreadable_command(data, reason, now=self.now())
+        if progress is None or progress.generation <= max(self._state.last_generation, self._store_floor or 0):
             return
-        if generation <= max(self._state.last_generation, self._store_floor or 0):
-            return
-        now = self.now()
-        progress = CommandProgress(
-            deployment_id=deployment_id,
-            generation=generation,
-            application=str(raw.get("application", "")),
-            deployment_group=str(raw.get("deploymentGroup", "")),
-            status=CommandStatus.FAILED,
-            started_at=now,
-            ended_at=now,
-            message=f"the agent cannot read this command: {reason}",
-        )
-        self._update_state(last_generation=generation, command=None, progress=progress, running=False,
+        self._update_state(last_generation=progress.generation, command=None, progress=progress, running=False,
                            reported=False)
         self._failed_reported = True
 
@@ -544,16 +518,8 @@ class Agent:
 
     def _watch_for_newer_command(self) -> None:
         """While a command runs: a newer generation for this host stops it after the current event."""
-        seen = self._command_seen
-        try:
-            stored = self.store.get(command_key(self.host_id), if_version_not=seen.version if seen else None)
-        except StoreError:
-            return  # outages are reported by the poll loop and the status writes; this is only a watch
-        if stored is None or (seen is not None and stored.version == seen.version):
-            return
-        try:
-            newer = parse_document(stored, HostCommand)
-        except DocumentInvalid:
+        newer = self._commands.newer()
+        if newer is None:
             return
         with self._lock:
             running = self._state.command

@@ -5,8 +5,10 @@ time is passed in."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from contract.models import (
     CommandProgress,
@@ -123,3 +125,24 @@ def relabel_superseded(progress: CommandProgress, newer: HostCommand) -> Command
             events[index] = events[index].model_copy(update={"message": f"not run: {reason}"})
     last = events[after - 1].name if after else "the start"
     return progress.model_copy(update={"events": events, "message": f"stopped after {last}: {reason}"})
+
+
+def unreadable_command(data: bytes, reason: str, *, now: datetime) -> CommandProgress | None:
+    """The failed report for a command that does not parse, if its generation and deployment id can be read
+    (else nothing can be reported)."""
+    try:
+        raw: Any = json.loads(data)
+        generation = int(raw["generation"])
+        deployment_id = str(raw["deploymentId"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return CommandProgress(
+        deployment_id=deployment_id,
+        generation=generation,
+        application=str(raw.get("application", "")),
+        deployment_group=str(raw.get("deploymentGroup", "")),
+        status=CommandStatus.FAILED,
+        started_at=now,
+        ended_at=now,
+        message=f"the agent cannot read this command: {reason}",
+    )
