@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from contract.durations import Duration
+from contract.layers import KeyPath, Layer, Layers, given, put
 from contract.models import Model
 from contract.paths import default_store, state_dir
 from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
@@ -142,9 +143,9 @@ def parse_tags(text: str, where: str) -> dict[str, str]:
     return tags
 
 
-def _environment_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    layer: dict[str, Any] = {}
-    origins: dict[tuple[str, ...], str] = {}
+def _environment_layer(environ: Mapping[str, str]) -> Layer:
+    values: dict[str, Any] = {}
+    origins: dict[KeyPath, str] = {}
     for variable, path in _ENV_FIELDS.items():
         if variable not in environ:
             continue
@@ -152,12 +153,9 @@ def _environment_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict
         value: Any = parse_tags(raw, variable) if path == ("tags",) else raw
         if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",)):
             value = None
-        target = layer
-        for part in path[:-1]:
-            target = target.setdefault(part, {})
-        target[path[-1]] = value
+        put(values, path, value)
         origins[path] = variable
-    return layer, origins
+    return Layer(values, origins)
 
 
 def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
@@ -215,17 +213,6 @@ class _LocatedYaml:
         return str(self.path)
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge; mappings (tags, logging) merge key by key, so --tag adds to the file's tags."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_settings(
     config_file: Path | None,
     *,
@@ -242,21 +229,24 @@ def load_settings(
         config_file = DEFAULT_CONFIG_FILE
     located = _LocatedYaml(config_file) if config_file is not None else None
     data: dict[str, Any] = dict(located.data) if located is not None else {}
-    env_layer, env_origins = _environment_layer(environ)
-    data = _merge(data, env_layer)
-    data = _merge(data, flags or {})
+    environment = _environment_layer(environ)
+    env_origins = environment.origins
+    given_flags = given(flags or {})
+    layers = Layers(
+        data,
+        environment,
+        Layer(given_flags, {(key,): flag_names[key] for key in given_flags if flag_names and key in flag_names}),
+    )
     try:
-        return AgentSettings.model_validate(data)
+        return AgentSettings.model_validate(layers.data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
-            top = loc[:1]
             named = True  # a flag or a variable already names the setting
-            if flag_names and loc and loc[0] in flag_names and (flags or {}).get(loc[0]) is not None:
-                where = flag_names[loc[0]]
-            elif loc[:2] in env_origins or top in env_origins:
-                where = env_origins.get(loc[:2]) or env_origins[top]
+            origin = layers.origin(loc)
+            if origin is not None:
+                where = origin
             elif located is not None:
                 where, named = located.where(loc), False
             else:

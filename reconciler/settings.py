@@ -7,7 +7,6 @@ a broken settings file is a user mistake like any other.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from contract.durations import Duration
+from contract.layers import KeyPath, Layer, Layers, given, put
 from contract.models import Model
 from contract.paths import default_store
 from contract.yamlmarks import did_you_mean
@@ -81,17 +81,17 @@ ENV_VARIABLES: dict[str, tuple[str, str] | None] = {f"{ENV_PREFIX}STORE": None} 
 AGENT_ENV_PREFIX = f"{ENV_PREFIX}AGENT_"
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def _environment_layer(environ: Mapping[str, str]) -> Layer:
     """FLEETSHIFT_STORE, FLEETSHIFT_REPOSITORY_URL, FLEETSHIFT_RECONCILE_POLL_INTERVAL, FLEETSHIFT_LOGGING_LEVEL..."""
-    overrides: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    origins: dict[KeyPath, str] = {}
     for env_name, target in ENV_VARIABLES.items():
         if env_name not in environ:
             continue
-        if target is None:
-            overrides["store"] = environ[env_name]
-        else:
-            overrides.setdefault(target[0], {})[target[1]] = environ[env_name]
-    return overrides
+        path = ("store",) if target is None else target
+        put(values, path, environ[env_name])
+        origins[path] = env_name
+    return Layer(values, origins)
 
 
 def unknown_environment_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
@@ -129,17 +129,6 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[tuple[str,
     return unknown
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge where None in `top` means "not given" (an unset flag), never "set to null"."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping):
-            merged[key] = _merge(merged[key] if isinstance(merged.get(key), dict) else {}, value)
-        elif value is not None:
-            merged[key] = value
-    return merged
-
-
 def load_settings(
     config_file: Path | None,
     *,
@@ -166,11 +155,13 @@ def load_settings(
             if not isinstance(marks_doc.data, dict):
                 raise SettingsError(f"{path}:1:1: settings must be a mapping of keys to values")
             data = marks_doc.data
-    env_overrides = _env_overrides(environ)
-    data = _merge(data, env_overrides)
-    data = _merge(data, flags or {})
+    layers = Layers(
+        data,
+        _environment_layer(environ),
+        Layer.named_by(given(flags or {}), lambda path: FLAG_NAMES.get(".".join(path), "flag for " + ".".join(path))),
+    )
     try:
-        return DeploySettings.model_validate(data)
+        return DeploySettings.model_validate(layers.data)
     except ValidationError as exc:
         in_file: list[ManifestError] = []
         elsewhere: list[str] = []
@@ -179,11 +170,9 @@ def load_settings(
             dotted = ".".join(map(str, loc))
             message = pydantic_message(error, DeploySettings, SETTINGS_REFERENCE)
             # Name the source the bad value came from: the flag, the variable, or the file's line.
-            if _dig(flags or {}, loc) is not None:
-                elsewhere.append(f"{FLAG_NAMES.get(dotted, 'flag for ' + dotted)}: {message}")
-            elif _dig(env_overrides, loc) is not None:
-                snake = re.sub(r"([A-Z])", r"_\1", dotted.replace(".", "_"))
-                elsewhere.append(f"{ENV_PREFIX}{snake}".upper() + f": {message}")
+            origin = layers.origin(loc)
+            if origin is not None:
+                elsewhere.append(f"{origin}: {message}")
             else:
                 line, column = marks_doc.where(loc) if marks_doc else (1, 1)
                 in_file.append(ManifestError(name, line, column, None, dotted, message))
@@ -203,11 +192,3 @@ FLAG_NAMES = {
     "logging.format": "--log-format",
 }
 
-
-def _dig(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> Any:
-    current: Any = data
-    for part in loc:
-        if not isinstance(current, Mapping) or part not in current:
-            return None
-        current = current[part]
-    return current

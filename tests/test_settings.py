@@ -139,3 +139,22 @@ def test_bad_values_from_flags_and_variables_name_their_source(tmp_path: Path, m
         "--timeout: invalid duration 'soon': write a number and a unit, like 90s, 5m, 1h30m",
         "FLEETSHIFT_RECONCILE_POLL_INTERVAL: invalid duration 'often': write a number and a unit, like 90s, 5m, 1h30m",
     ]
+
+
+def test_layers_merge_mappings_key_by_key_and_remember_who_set_what() -> None:
+    """contract/layers.py, the precedence both sides share."""
+    from contract.layers import Layer, Layers, given
+
+    file = {"repository": {"url": "file-url", "ref": "main"}, "logging": "oops", "tags": {"a": "1"}}
+    environment = Layer({"repository": {"ref": "env-ref"}, "zone": None}, {("repository", "ref"): "FLEETSHIFT_REF"})
+    flags = Layer.named_by(given({"repository": {"url": None, "ref": "flag-ref"}, "tags": {"b": "2"}, "x": None}),
+                           lambda path: "--" + ".".join(path))
+    layers = Layers(file, environment, flags)
+    assert layers.data == {"repository": {"url": "file-url", "ref": "flag-ref"}, "logging": "oops",
+                           "tags": {"a": "1", "b": "2"}, "zone": None}
+    assert layers.origin(("repository", "ref")) == "--repository.ref"
+    assert layers.origin(("tags", "b")) == "--tags.b"
+    assert layers.origin(("repository", "url")) is None, "from the file"
+    env_only = Layers(file, environment, Layer({"tags": {"b": "2"}}, {("tags",): "--tag"}))
+    assert env_only.origin(("repository", "ref")) == "FLEETSHIFT_REF"
+    assert env_only.origin(("tags", "a", 0)) == "--tag", "a path covers what is under it"
