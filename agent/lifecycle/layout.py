@@ -114,8 +114,7 @@ class DeploymentRoot:
         """Everything of one deployment group under this root; refuses an id that cannot be a folder name."""
         return GroupRoot(self, check_path_id(group_id, "deployment group id"))
 
-    def group_dir(self, group_id: str) -> Path:
-        return self.group(group_id).path
+    # Shorthands for callers that hold a group id, not a group (agent/cli/local.py, the daemon, tests).
 
     def deployment(self, group_id: str, deployment_id: str) -> DeploymentDir:
         return self.group(group_id).deployment(deployment_id)
