@@ -39,8 +39,7 @@ from contract.models import (
     InstalledRevision,
     Revision,
 )
-from reconciler.core import Observed, State, reconcile
-from reconciler.core.reconcile import deployment_group_id
+from reconciler.core import Observed, State, deployment_group_id, reconcile
 from reconciler.desired.manifests import (
     ApplicationManifest,
     DeploymentGroupManifest,

@@ -23,14 +23,11 @@ from reconciler.core.actions import (
     actions_to_json,
     writes_of,
 )
+from reconciler.core.identity import deployment_group_id, same_revision
 from reconciler.core.membership import MembershipIndex, group_members, zone_of
 from reconciler.core.observed import Observed, is_online
-from reconciler.core.reconcile import (
-    deployment_group_id,
-    is_quarantined,
-    reconcile,
-    same_revision,
-)
+from reconciler.core.quarantine import is_quarantined
+from reconciler.core.reconcile import reconcile
 from reconciler.core.simulate import (
     PreviewBatch,
     PreviewDeployment,

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from contract.durations import format_duration
 from contract.models import Deployment, DeploymentStatus, HostDeploymentState, HostDeploymentStatus
-from reconciler.desired.manifests import EffectiveConfig
+from reconciler.desired.manifests import CanarySpec, EffectiveConfig, ZonalSpec
 
 PENDING = HostDeploymentStatus.PENDING
 IN_PROGRESS = HostDeploymentStatus.IN_PROGRESS
@@ -96,6 +96,13 @@ class Step:
 def host_sort_key(host: str) -> tuple[tuple[int, str], ...]:
     """Natural order, so web-2 comes before web-10 in batches and messages."""
     return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", host) if part)
+
+
+def scheduling_order(hosts: Iterable[str], facts: Mapping[str, HostFacts]) -> list[str]:
+    """CodeDeploy's order: unhealthy first, then unknown, old and current revision, by host id within a rank."""
+    return sorted(
+        hosts, key=lambda h: (facts[h].online and facts[h].healthy, facts[h].revision_rank, host_sort_key(h))
+    )
 
 
 def zone_sort_key(zone: str | None) -> tuple[bool, str]:
@@ -178,87 +185,137 @@ def decide_step(
     hosts = deployment.hosts
     pending = [h for h, s in hosts.items() if s.status is PENDING]
     in_flight = [h for h, s in hosts.items() if s.status is IN_PROGRESS]
-
     if not pending and not in_flight:
         return Step(outcome=final_outcome(deployment, facts, config))
     if stop is not None:
-        if in_flight:
-            return Step(
-                waiting=f"{stop.message}; waiting for {len(in_flight)} host(s) in flight to finish",
-                waiting_code="STOPPING",
-            )
-        return Step(outcome=stop)
-
-    zonal = config.zonal
+        return _stopping(stop, in_flight)
     canary = config.canary if canary_and_bakes else None
-
-    # Canary: the first batch alone, all of it must succeed, then bake before anything else goes.
     if canary is not None and len(deployment.batches) == 1:
-        canary_hosts = deployment.batches[0]
-        if any(hosts[h].status is IN_PROGRESS for h in canary_hosts):
-            return Step()
-        canary_failed = [h for h in canary_hosts if hosts[h].status is FAILED]
-        if canary_failed:
-            return Step(
-                outcome=Outcome(
-                    DeploymentStatus.FAILED,
-                    "CANARY_FAILED",
-                    f"the canary batch failed on {_list(canary_failed)}",
-                )
-            )
-        finished = _latest_finish(deployment, canary_hosts)
-        if canary.bake_time > timedelta(0) and finished is not None and now < finished + canary.bake_time:
-            return Step(
-                baking_until=finished + canary.bake_time,
-                bake_reason=f"canary bake of {format_duration(canary.bake_time)}",
-            )
-
-    # Zones: only one zone in flight; the next zone starts after the previous one finished and baked.
+        held = _after_canary(deployment, canary, now)
+        if held is not None:
+            return held
     current_zone: str | None = None
-    if zonal is not None:
-        if in_flight:
-            current_zone = min((facts[h].zone for h in in_flight), key=zone_sort_key)
-        else:
-            current_zone = min((facts[h].zone for h in pending), key=zone_sort_key)
-            started = [h for h, s in hosts.items() if s.status in (SUCCEEDED, FAILED)]
-            started_zones = {facts[h].zone for h in started}
-            if canary_and_bakes and started_zones and current_zone not in started_zones:
-                bake = zonal.bake_time
-                if len(started_zones) == 1 and zonal.first_zone_bake_time is not None:
-                    bake = zonal.first_zone_bake_time
-                finished = _latest_finish(deployment, started)
-                if bake > timedelta(0) and finished is not None and now < finished + bake:
-                    return Step(
-                        baking_until=finished + bake,
-                        bake_reason=f"bake of {format_duration(bake)} before zone {current_zone or '(none)'}",
-                    )
-
-    failed_any = any(s.status is FAILED for s in hosts.values())
-    if failed_any and in_flight:
+    if config.zonal is not None:
+        current_zone = _current_zone(facts, pending, in_flight)
+        if not in_flight and canary_and_bakes:
+            held = _zone_bake(deployment, facts, config.zonal, current_zone, now)
+            if held is not None:
+                return held
+    if in_flight and any(s.status is FAILED for s in hosts.values()):
         return Step()  # a failure pauses new batches until the hosts in flight have finished
 
-    working = dict(hosts)
-    minimum = minimum_healthy(config, len(hosts))
-    healthy_idle = sum(1 for h, s in working.items() if _healthy(s, facts[h]))
-    budget = healthy_idle - minimum
-    zone_budget = math.inf
-    zone_members: list[str] = []
-    zone_min = 0
-    if zonal is not None:
-        zone_members = [h for h in hosts if facts[h].zone == current_zone]
-        zone_min = _zone_minimum(config, len(zone_members))
-        zone_budget = sum(1 for h in zone_members if _healthy(working[h], facts[h])) - zone_min
+    budget = _Budget.of(deployment, facts, config, current_zone)
     limit = canary.hosts if canary is not None and not deployment.batches else math.inf
-
-    def order(host: str) -> tuple[bool, int, tuple[tuple[int, str], ...]]:
-        f = facts[host]
-        return (f.online and f.healthy, f.revision_rank, host_sort_key(host))
-
-    candidates = sorted(
-        (h for h in pending if zonal is None or facts[h].zone == current_zone),
-        key=order,
-    )
     step = Step(zone=current_zone, canary=limit != math.inf)
+    candidates = scheduling_order((h for h in pending if config.zonal is None or facts[h].zone == current_zone), facts)
+    waiting_busy, needs_budget = _pick_batch(step, candidates, facts, budget, limit)
+    if step.dispatch or in_flight:
+        return step
+    if step.offline:
+        return _again_with_offline(deployment, facts, config, step, now=now, canary_and_bakes=canary_and_bakes)
+    if waiting_busy:
+        step.waiting = f"{_list(waiting_busy)} still busy with another command"
+        return step
+    if needs_budget:
+        step.outcome = _health_failure(deployment, facts, budget, offline=step.offline, remaining=pending)
+    return step  # with neither list set every pending host went out or is offline (both returned above)
+
+
+def _stopping(stop: Outcome, in_flight: list[str]) -> Step:
+    """A stopped deployment lets its hosts in flight finish, then ends as `stop` says."""
+    if in_flight:
+        return Step(
+            waiting=f"{stop.message}; waiting for {len(in_flight)} host(s) in flight to finish",
+            waiting_code="STOPPING",
+        )
+    return Step(outcome=stop)
+
+
+def _after_canary(deployment: Deployment, canary: CanarySpec, now: datetime) -> Step | None:
+    """The canary batch goes alone, all of it must succeed, then it bakes before anything else goes.
+    None: the canary is over, go on."""
+    hosts = deployment.hosts
+    canary_hosts = deployment.batches[0]
+    if any(hosts[h].status is IN_PROGRESS for h in canary_hosts):
+        return Step()
+    canary_failed = [h for h in canary_hosts if hosts[h].status is FAILED]
+    if canary_failed:
+        return Step(
+            outcome=Outcome(
+                DeploymentStatus.FAILED,
+                "CANARY_FAILED",
+                f"the canary batch failed on {_list(canary_failed)}",
+            )
+        )
+    finished = _latest_finish(deployment, canary_hosts)
+    if canary.bake_time > timedelta(0) and finished is not None and now < finished + canary.bake_time:
+        return Step(
+            baking_until=finished + canary.bake_time,
+            bake_reason=f"canary bake of {format_duration(canary.bake_time)}",
+        )
+    return None
+
+
+def _current_zone(facts: Mapping[str, HostFacts], pending: list[str], in_flight: list[str]) -> str | None:
+    """Only one zone is in flight at a time; with none in flight, the first zone with pending hosts."""
+    return min((facts[h].zone for h in (in_flight or pending)), key=zone_sort_key)
+
+
+def _zone_bake(
+    deployment: Deployment, facts: Mapping[str, HostFacts], zonal: ZonalSpec, zone: str | None, now: datetime
+) -> Step | None:
+    """The next zone starts after the previous one finished and baked (longer after the first zone)."""
+    started = [h for h, s in deployment.hosts.items() if s.status in (SUCCEEDED, FAILED)]
+    started_zones = {facts[h].zone for h in started}
+    if not started_zones or zone in started_zones:
+        return None
+    bake = zonal.bake_time
+    if len(started_zones) == 1 and zonal.first_zone_bake_time is not None:
+        bake = zonal.first_zone_bake_time
+    finished = _latest_finish(deployment, started)
+    if bake > timedelta(0) and finished is not None and now < finished + bake:
+        return Step(
+            baking_until=finished + bake,
+            bake_reason=f"bake of {format_duration(bake)} before zone {zone or '(none)'}",
+        )
+    return None
+
+
+@dataclass
+class _Budget:
+    """How many healthy hosts may go out of service now, in the fleet and in the current zone."""
+
+    minimum: int
+    healthy_idle: int
+    budget: float
+    zone_budget: float = math.inf
+    zone_members: list[str] = field(default_factory=list)
+    zone_min: int = 0
+    zone: str | None = None
+    zonal: bool = False
+
+    @classmethod
+    def of(
+        cls, deployment: Deployment, facts: Mapping[str, HostFacts], config: EffectiveConfig, zone: str | None
+    ) -> _Budget:
+        hosts = deployment.hosts
+        minimum = minimum_healthy(config, len(hosts))
+        healthy_idle = sum(1 for h, s in hosts.items() if _healthy(s, facts[h]))
+        found = cls(minimum=minimum, healthy_idle=healthy_idle, budget=healthy_idle - minimum, zone=zone)
+        if config.zonal is not None:
+            found.zonal = True
+            found.zone_members = [h for h in hosts if facts[h].zone == zone]
+            found.zone_min = _zone_minimum(config, len(found.zone_members))
+            healthy_in_zone = sum(1 for h in found.zone_members if _healthy(hosts[h], facts[h]))
+            found.zone_budget = healthy_in_zone - found.zone_min
+        return found
+
+
+def _pick_batch(
+    step: Step, candidates: list[str], facts: Mapping[str, HostFacts], budget: _Budget, limit: float
+) -> tuple[list[str], list[str]]:
+    """Fill `step.dispatch` (and `step.offline`) in scheduling order; returns the hosts left waiting for a
+    busy command slot and those left waiting for budget."""
     waiting_busy: list[str] = []
     needs_budget: list[str] = []
     for host in candidates:
@@ -269,64 +326,75 @@ def decide_step(
         if len(step.dispatch) >= limit:
             continue
         if f.healthy:
-            if budget <= 0 or zone_budget <= 0:
+            if budget.budget <= 0 or budget.zone_budget <= 0:
                 needs_budget.append(host)
                 continue
             if not f.free:
                 waiting_busy.append(host)
                 continue
-            budget -= 1
-            zone_budget -= 1
+            budget.budget -= 1
+            budget.zone_budget -= 1
         elif not f.free:
             waiting_busy.append(host)
             continue
         step.dispatch.append(host)
+    return waiting_busy, needs_budget
 
-    if step.dispatch or in_flight:
-        return step
-    if step.offline:
-        # Nothing went out, but offline hosts just failed: decide again with them counted (the deployment may
-        # end, move to the next zone, or fail its health check) so this pass is complete by itself.
-        marked = {h: hosts[h].model_copy(update={"status": FAILED, "finished_at": now}) for h in step.offline}
-        again = decide_step(
-            deployment.model_copy(update={"hosts": {**hosts, **marked}}),
-            facts,
-            config,
-            now=now,
-            canary_and_bakes=canary_and_bakes,
+
+def _again_with_offline(
+    deployment: Deployment,
+    facts: Mapping[str, HostFacts],
+    config: EffectiveConfig,
+    step: Step,
+    *,
+    now: datetime,
+    canary_and_bakes: bool,
+) -> Step:
+    """Nothing went out, but offline hosts just failed: decide again with them counted (the deployment may
+    end, move to the next zone, or fail its health check) so this pass is complete by itself."""
+    hosts = deployment.hosts
+    marked = {h: hosts[h].model_copy(update={"status": FAILED, "finished_at": now}) for h in step.offline}
+    again = decide_step(
+        deployment.model_copy(update={"hosts": {**hosts, **marked}}),
+        facts,
+        config,
+        now=now,
+        canary_and_bakes=canary_and_bakes,
+    )
+    again.offline = [*step.offline, *again.offline]
+    return again
+
+
+def _health_failure(
+    deployment: Deployment,
+    facts: Mapping[str, HostFacts],
+    budget: _Budget,
+    *,
+    offline: list[str],
+    remaining: list[str],
+) -> Outcome:
+    """Nothing in flight and the next healthy host would take the group (or its zone) below the minimum."""
+    hosts = deployment.hosts
+    attempted = any(s.generation is not None for s in hosts.values())
+    unhealthy = sorted(h for h, s in hosts.items() if not _healthy(s, facts[h]) or h in offline)
+    in_zone = budget.zonal and budget.zone_budget <= 0 and budget.budget > 0
+    where = f" in zone {budget.zone}" if in_zone else ""
+    if where:
+        detail = (
+            f"zone {budget.zone} has {int(budget.zone_budget) + budget.zone_min} healthy host(s) of "
+            f"{len(budget.zone_members)} and its minimum is {budget.zone_min}"
         )
-        again.offline = [*step.offline, *again.offline]
-        return again
-    remaining = pending
-    if waiting_busy:
-        step.waiting = f"{_list(waiting_busy)} still busy with another command"
-        return step
-    if needs_budget:
-        attempted = any(s.generation is not None for s in hosts.values())
-        unhealthy = sorted(
-            h for h, s in hosts.items() if not _healthy(s, facts[h]) or h in step.offline
+    else:
+        detail = f"{budget.healthy_idle} of {len(hosts)} host(s) are healthy and the minimum is {budget.minimum}"
+    unhealthy_note = f" (not healthy: {_list(unhealthy)})" if unhealthy else ""
+    if attempted:
+        message = (
+            f"too many hosts failed to continue{where}: {detail}{unhealthy_note}; "
+            f"{len(remaining)} host(s) not deployed"
         )
-        where = f" in zone {current_zone}" if zonal is not None and zone_budget <= 0 and budget > 0 else ""
-        if where:
-            detail = (
-                f"zone {current_zone} has {int(zone_budget) + zone_min} healthy host(s) of {len(zone_members)} "
-                f"and its minimum is {zone_min}"
-            )
-        else:
-            detail = f"{healthy_idle} of {len(hosts)} host(s) are healthy and the minimum is {minimum}"
-        unhealthy_note = f" (not healthy: {_list(unhealthy)})" if unhealthy else ""
-        if attempted:
-            code = "HEALTH_CONSTRAINTS"
-            message = (
-                f"too many hosts failed to continue{where}: {detail}{unhealthy_note}; "
-                f"{len(remaining)} host(s) not deployed"
-            )
-        else:
-            code = "HEALTH_CONSTRAINTS_INVALID"
-            message = (
-                f"the deployment cannot start{where}: {detail}{unhealthy_note}, so no healthy host can be "
-                f"updated without going below the minimum"
-            )
-        step.outcome = Outcome(DeploymentStatus.FAILED, code, message)
-        return step
-    return step  # pragma: no cover - every pending host is in one of the lists above
+        return Outcome(DeploymentStatus.FAILED, "HEALTH_CONSTRAINTS", message)
+    message = (
+        f"the deployment cannot start{where}: {detail}{unhealthy_note}, so no healthy host can be "
+        f"updated without going below the minimum"
+    )
+    return Outcome(DeploymentStatus.FAILED, "HEALTH_CONSTRAINTS_INVALID", message)

@@ -33,8 +33,8 @@ from reconciler.core.actions import (
     StartRollback,
 )
 from reconciler.core.observed import Observed, is_online
-from reconciler.core.reconcile import DEFAULT_SETTINGS, reconcile
-from reconciler.core.state import CoreSettings, State
+from reconciler.core.reconcile import reconcile
+from reconciler.core.state import DEFAULT_SETTINGS, CoreSettings, State
 from reconciler.desired.manifests import Desired
 
 #: Decides a simulated agent's answer to a command: True = Succeeded.

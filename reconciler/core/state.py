@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 from contract.models import Deployment, GroupState, HostCommand
-from reconciler.settings import ReconcileSettings
+
+#: The defaults of deploy.yaml's `heartbeatTimeout` and `historyLimit`, kept here so the core imports no
+#: settings (and through them the YAML loader); `reconciler.settings` can take its defaults from these.
+DEFAULT_HEARTBEAT_TIMEOUT = timedelta(minutes=3)
+DEFAULT_HISTORY_LIMIT = 20
 
 
 @dataclass(frozen=True)
@@ -31,14 +36,27 @@ class State:
     commands: Mapping[str, HostCommand] = field(default_factory=dict)
 
 
+class _HasCoreSettings(Protocol):
+    """What `CoreSettings.from_settings` reads: `reconciler.settings.ReconcileSettings` has both."""
+
+    @property
+    def heartbeat_timeout(self) -> timedelta: ...
+
+    @property
+    def history_limit(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class CoreSettings:
     """The knobs of `reconcile()`; built from `ReconcileSettings` by the shell, defaults match deploy.yaml's."""
 
-    heartbeat_timeout: timedelta = timedelta(minutes=3)
+    heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
     #: Deployment ids kept in `GroupState.history`, oldest dropped first.
-    history_limit: int = 20
+    history_limit: int = DEFAULT_HISTORY_LIMIT
 
     @classmethod
-    def from_settings(cls, settings: ReconcileSettings) -> CoreSettings:
+    def from_settings(cls, settings: _HasCoreSettings) -> CoreSettings:
         return cls(heartbeat_timeout=settings.heartbeat_timeout, history_limit=settings.history_limit)
+
+
+DEFAULT_SETTINGS = CoreSettings()

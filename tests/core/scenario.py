@@ -24,8 +24,7 @@ from contract.models import (
     InstalledRevision,
     Revision,
 )
-from reconciler.core import CoreSettings, Observed, State
-from reconciler.core.reconcile import deployment_group_id
+from reconciler.core import CoreSettings, Observed, State, deployment_group_id
 from reconciler.desired.loader import ManifestFile, load_files
 from reconciler.desired.manifests import ONE_AT_A_TIME, Desired
 

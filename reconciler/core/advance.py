@@ -1,0 +1,213 @@
+"""Advancing the deployment in flight by one step: record what its hosts did, re-write commands a crash
+lost, ask `rollout.decide_step` what happens now, and turn that into actions (a batch dispatched, a bake,
+a wait, or the end with `ending.finish`, whose rollback is stepped at once)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from contract.models import Deployment, DeploymentStatus, GroupState, HostCommand, group_key
+from reconciler.core.actions import (
+    Action,
+    Blocked,
+    DispatchBatch,
+    RecordHostResults,
+    RewriteCommands,
+    UpdateDeploymentStatus,
+)
+from reconciler.core.ending import finish
+from reconciler.core.identity import deployment_group_id, same_revision
+from reconciler.core.quarantine import STOPPED_ON_REQUEST, is_quarantined
+from reconciler.core.results import take_results
+from reconciler.core.rollout import FAILED, IN_PROGRESS, HostFacts, Outcome, Step, decide_step
+from reconciler.core.view import PassView
+from reconciler.desired.manifests import DesiredGroup, GroupOptions
+
+GROUP_REMOVED = "GROUP_REMOVED"
+
+#: The group after a step, and the actions that step took.
+Stepped = tuple[GroupState, list[Action]]
+
+
+def drive(
+    view: PassView, key: str, group_state: GroupState, deployment: Deployment, group: DesiredGroup | None
+) -> Stepped:
+    """One step of the deployment in flight; returns the group state after it (and after any end)."""
+    if deployment.status.finished:
+        # A crash came between writing the finished deployment and the group: apply the group side.
+        return end(view, key, group_state, deployment, outcome=None, group=group)
+    config = view.config_for(deployment, group)
+    deployment, succeeded, failed = take_results(view, deployment, config)
+    actions = _rewrite_interrupted(view, key, deployment, group)
+    facts = view.facts(group_state, deployment, config)
+    stop = stop_outcome(group_state, deployment, group)
+    canary_and_bakes = deployment.creator == "user"
+    step = decide_step(deployment, facts, config, now=view.now, canary_and_bakes=canary_and_bakes, stop=stop)
+    if step.offline:
+        deployment = _fail_offline(deployment, step.offline, facts, view.now)
+        failed = [*failed, *step.offline]
+    if succeeded or failed:
+        actions.append(
+            RecordHostResults(
+                group=key, deployment_id=deployment.deployment_id, succeeded=succeeded, failed=failed,
+                deployment=deployment,
+            )
+        )
+    view.remember(deployment)
+    if step.outcome is not None:
+        group_state, ended = end(view, key, group_state, deployment, outcome=step.outcome, group=group)
+        return group_state, [*actions, *ended]
+    return group_state, [*actions, *_step_actions(view, key, deployment, group, step)]
+
+
+def end(
+    view: PassView,
+    key: str,
+    group_state: GroupState,
+    deployment: Deployment,
+    *,
+    outcome: Outcome | None,
+    group: DesiredGroup | None,
+) -> Stepped:
+    """End the deployment; a rollback that starts in its place takes its first step in the same pass."""
+    ended = finish(view, key, group_state, deployment, outcome=outcome, group=group)
+    if ended.rollback is None:
+        return ended.group_state, ended.actions
+    group_state, stepped = drive(view, key, ended.group_state, ended.rollback, group)
+    return group_state, [*ended.actions, *stepped]
+
+
+def stop_outcome(group_state: GroupState, deployment: Deployment, group: DesiredGroup | None) -> Outcome | None:
+    """How the deployment ends if it is being stopped: group removed, stop request, or superseded."""
+    if group is None:
+        return Outcome(DeploymentStatus.STOPPED, GROUP_REMOVED, "the group was removed from the manifests")
+    request = group_state.stop_request
+    if request is not None and request.deployment_id in (None, deployment.deployment_id):
+        return Outcome(DeploymentStatus.STOPPED, STOPPED_ON_REQUEST, "stopped on request")
+    if (
+        not same_revision(group.revision, deployment.revision)
+        and not group.suspend
+        and is_quarantined(group_state, group.revision) is None
+    ):
+        commit = f" at commit {group_state.desired_commit[:12]}" if group_state.desired_commit else ""
+        return Outcome(DeploymentStatus.SUPERSEDED, None, f"superseded by revision {group.revision.short()}{commit}")
+    return None
+
+
+def _fail_offline(deployment: Deployment, offline: list[str], facts: dict[str, HostFacts], now: datetime) -> Deployment:
+    """Pending hosts offline at their turn fail without a command."""
+    hosts = dict(deployment.hosts)
+    for host in offline:
+        update = {"status": FAILED, "finished_at": now, "message": facts[host].offline_reason}
+        hosts[host] = hosts[host].model_copy(update=update)
+    return deployment.model_copy(update={"hosts": hosts, "updated_at": now})
+
+
+def _step_actions(
+    view: PassView, key: str, deployment: Deployment, group: DesiredGroup | None, step: Step
+) -> list[Action]:
+    """A step that does not end the deployment: bake, dispatch a batch, or wait."""
+    deployment_id = deployment.deployment_id
+    if step.baking_until is not None:
+        if deployment.status is DeploymentStatus.BAKING:
+            return [Blocked(group=key, code="BAKING", reason=step.bake_reason, deployment_id=deployment_id,
+                            until=step.baking_until)]
+        baking = deployment.model_copy(update={"status": DeploymentStatus.BAKING, "updated_at": view.now})
+        return [
+            UpdateDeploymentStatus(
+                group=key,
+                deployment_id=deployment_id,
+                status_from=deployment.status,
+                status_to=DeploymentStatus.BAKING,
+                reason=f"{step.bake_reason}, until {step.baking_until.isoformat()}",
+                deployment=baking,
+            )
+        ]
+    if step.dispatch:
+        return [_dispatch(view, key, deployment, group, step)]
+    if step.waiting is not None:
+        code = "STOPPING" if step.waiting_code == "STOPPING" else "WAITING_FOR_HOSTS"
+        return [Blocked(group=key, code=code, reason=step.waiting, deployment_id=deployment_id)]
+    return []
+
+
+def _rewrite_interrupted(view: PassView, key: str, deployment: Deployment, group: DesiredGroup | None) -> list[Action]:
+    """Hosts in flight whose command write a crash lost get the same command again (same generation)."""
+    commands: list[HostCommand] = []
+    for host, host_state in deployment.hosts.items():
+        if host_state.status is not IN_PROGRESS or host_state.generation is None:
+            continue
+        written = view.state.commands.get(host)
+        if written is None or written.generation < host_state.generation:
+            created_at = host_state.dispatched_at or view.now
+            commands.append(
+                host_command(view, deployment, host, group, generation=host_state.generation, created_at=created_at)
+            )
+    if not commands:
+        return []
+    hosts = [c.host_id for c in commands]
+    return [RewriteCommands(group=key, deployment_id=deployment.deployment_id, hosts=hosts, commands=commands)]
+
+
+def _dispatch(
+    view: PassView, key: str, deployment: Deployment, group: DesiredGroup | None, step: Step
+) -> DispatchBatch:
+    """The next batch: each host booked for this pass, given its next generation and a command."""
+    batch = len(deployment.batches)
+    hosts = dict(deployment.hosts)
+    commands: list[HostCommand] = []
+    for host in step.dispatch:
+        generation = view.next_generation(host)
+        view.generation[host] = generation
+        view.booked.add(host)
+        update = {"status": IN_PROGRESS, "batch": batch, "generation": generation, "dispatched_at": view.now}
+        hosts[host] = hosts[host].model_copy(update=update)
+        commands.append(host_command(view, deployment, host, group, generation=generation, created_at=view.now))
+    dispatched = deployment.model_copy(
+        update={
+            "hosts": hosts,
+            "batches": [*deployment.batches, list(step.dispatch)],
+            "status": DeploymentStatus.IN_PROGRESS,
+            "updated_at": view.now,
+        }
+    )
+    view.remember(dispatched)
+    return DispatchBatch(
+        group=key,
+        deployment_id=deployment.deployment_id,
+        batch=batch,
+        hosts=list(step.dispatch),
+        revision=deployment.revision,
+        zone=step.zone,
+        canary=step.canary,
+        deployment=dispatched,
+        commands=commands,
+    )
+
+
+def host_command(
+    view: PassView,
+    deployment: Deployment,
+    host: str,
+    group: DesiredGroup | None,
+    *,
+    generation: int,
+    created_at: datetime,
+) -> HostCommand:
+    """The command a host is given for this deployment (the same one again when a crash lost its write)."""
+    options = group.options if group is not None else GroupOptions()
+    config = view.config_for(deployment, group)
+    return HostCommand(
+        host_id=host,
+        generation=generation,
+        deployment_id=deployment.deployment_id,
+        application=deployment.application,
+        deployment_group=deployment.deployment_group,
+        deployment_group_id=deployment_group_id(group_key(deployment.application, deployment.deployment_group)),
+        revision=deployment.revision,
+        file_exists_behavior=options.file_exists_behavior,
+        ignore_application_stop_failures=options.ignore_application_stop_failures,
+        is_rollback=deployment.creator == "rollback",
+        timeout_seconds=config.host_timeout.total_seconds() if config.host_timeout is not None else None,
+        created_at=created_at,
+    )

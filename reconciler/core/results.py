@@ -1,0 +1,106 @@
+"""What happened to the hosts in flight since the last pass: agents' reports, per-host timeouts, hosts gone
+offline. Recorded for every deployment in flight before any group decides anything, so whether a host's
+command slot is free reads the same in this pass as in the next one.
+"""
+
+from __future__ import annotations
+
+from contract.durations import format_duration
+from contract.models import CommandProgress, CommandStatus, Deployment, EventStatus, HostDeploymentState
+from reconciler.core.rollout import FAILED, IN_PROGRESS, SUCCEEDED
+from reconciler.core.view import PassView
+from reconciler.desired.manifests import EffectiveConfig
+
+#: A deployment with its hosts' new results, and the hosts that succeeded and failed in it this pass.
+Recorded = tuple[Deployment, list[str], list[str]]
+
+
+def record_in_flight(view: PassView) -> None:
+    """Before the pass decides: the generation each host was given, every unfinished deployment's results,
+    and the hosts whose command write a crash lost."""
+    for key, group_state in view.state.groups.items():
+        in_flight = view.state.deployments.get(group_state.deployment_in_flight or "")
+        if in_flight is None:
+            continue
+        for host, host_state in in_flight.hosts.items():
+            if host_state.generation is not None and host_state.generation > view.generation.get(host, 0):
+                view.generation[host] = host_state.generation
+        if in_flight.status.finished:
+            continue
+        config = view.config_for(in_flight, view.desired_groups.get(key))
+        recorded = record_results(view, in_flight, config)
+        view.results[in_flight.deployment_id] = recorded
+        view.deployments[in_flight.deployment_id] = recorded[0]
+        for host, host_state in recorded[0].hosts.items():
+            written = view.state.commands.get(host)
+            if (
+                host_state.status is IN_PROGRESS
+                and host_state.generation is not None
+                and (written is None or written.generation < host_state.generation)
+            ):
+                view.unwritten.add(host)
+
+
+def take_results(view: PassView, deployment: Deployment, config: EffectiveConfig) -> Recorded:
+    """This deployment's results: the ones recorded before the pass, or (for one started this pass) now."""
+    recorded = view.results.pop(deployment.deployment_id, None)
+    return recorded or record_results(view, deployment, config)
+
+
+def record_results(view: PassView, deployment: Deployment, config: EffectiveConfig) -> Recorded:
+    """Agents' reports for this deployment's generation, per-host timeouts, hosts gone offline."""
+    succeeded: list[str] = []
+    failed: list[str] = []
+    updates: dict[str, HostDeploymentState] = {}
+    for host, host_state in deployment.hosts.items():
+        if host_state.status is not IN_PROGRESS:
+            continue
+        update = _host_result(view, deployment, host, host_state, config)
+        if update is not None:
+            updates[host] = host_state.model_copy(update=update)
+            (succeeded if update["status"] is SUCCEEDED else failed).append(host)
+    if not updates:
+        return deployment, succeeded, failed
+    hosts = {**deployment.hosts, **updates}
+    return deployment.model_copy(update={"hosts": hosts, "updated_at": view.now}), succeeded, failed
+
+
+def _host_result(
+    view: PassView, deployment: Deployment, host: str, host_state: HostDeploymentState, config: EffectiveConfig
+) -> dict[str, object] | None:
+    """How one host in flight ended, if it did: reported, moved on, timed out, or offline."""
+    now = view.now
+    last = view.observed.last_command(host)
+    generation = host_state.generation or 0
+    if (
+        last is not None
+        and last.generation == generation
+        and last.deployment_id == deployment.deployment_id
+        and last.status is not CommandStatus.IN_PROGRESS
+    ):
+        ok = last.status is CommandStatus.SUCCEEDED
+        return {
+            "status": SUCCEEDED if ok else FAILED,
+            "finished_at": last.ended_at or now,
+            "message": None if ok else (command_message(last) or "the command failed"),
+        }
+    if last is not None and last.generation > generation:
+        message = f"the host moved on to command {last.generation} without reporting {generation}"
+        return {"status": FAILED, "finished_at": now, "message": message}
+    timeout = config.host_timeout
+    if timeout is not None and host_state.dispatched_at is not None and now - host_state.dispatched_at > timeout:
+        message = f"timed out: no result {format_duration(timeout)} after dispatch"
+        return {"status": FAILED, "finished_at": now, "message": message}
+    if not view.online(host):
+        return {"status": FAILED, "finished_at": now, "message": f"{view.offline_reason(host)} while deploying"}
+    return None
+
+
+def command_message(progress: CommandProgress) -> str | None:
+    if progress.message:
+        return progress.message
+    for event in progress.events:
+        if event.status is EventStatus.FAILED:
+            detail = event.message or (event.error_code.value if event.error_code else "failed")
+            return f"{event.name}: {detail}"
+    return None
