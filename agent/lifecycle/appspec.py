@@ -24,6 +24,7 @@ from typing import Any
 from agent.errors import Problem, RevisionInvalid
 from agent.lifecycle.appspec_permissions import PERMISSION_TYPES, Ace, Permission, SELinuxContext, parse_permissions
 from agent.lifecycle.appspec_yaml import Collector, Located, Path_, did_you_mean_key, kind, load_yaml
+from agent.lifecycle.hostview import resolves_inside
 from contract.models import LIFECYCLE_EVENTS, FileExistsBehavior
 
 #: Looked up in this order when no explicit name is given, in every phase (the reference agent accepted
@@ -88,7 +89,7 @@ def find_appspec(archive_dir: Path, filename: str | None = None) -> Path:
     candidates = (filename,) if filename else APPSPEC_NAMES
     for name in candidates:
         path = archive_dir / name
-        if path.is_symlink() and not _resolves_inside(path, archive_dir):
+        if path.is_symlink() and not resolves_inside(path, archive_dir):
             # Reading it would read a file of this host (or nothing) in place of the bundle's own appspec, and
             # could echo that file's contents in an error message.
             raise RevisionInvalid(
@@ -103,11 +104,6 @@ def find_appspec(archive_dir: Path, filename: str | None = None) -> Path:
         [Problem("", None, f"no {wanted} at the top of the revision ({archive_dir})")],
         headline="the revision has no appspec",
     )
-
-
-def _resolves_inside(path: Path, folder: Path) -> bool:
-    real, root = os.path.realpath(path), os.path.realpath(folder)
-    return real == root or real.startswith(root + os.sep)
 
 
 def load_appspec(archive_dir: Path, filename: str | None = None) -> AppSpec:

@@ -35,6 +35,7 @@ import structlog
 from agent.fetch import bundle_environment
 from agent.lifecycle.appspec import HookScript, bundle_relative
 from agent.lifecycle.capture import Capture, stop_group
+from agent.lifecycle.hostview import resolves_inside
 from agent.lifecycle.scriptlog import ScriptLog
 from contract.models import HostCommand, LifecycleErrorCode
 
@@ -167,9 +168,8 @@ def _make_runnable(location: str, path: Path, archive_dir: Path, script_log: Scr
         return
     # Bundles zipped on some systems lose the execute bit; the reference agent adds it back too. Only to
     # the bundle's own files: a script that is a link out of the bundle would have a host file changed.
-    real = os.path.realpath(path)
-    root = os.path.realpath(archive_dir)
-    if not real.startswith(root + os.sep):
+    if not resolves_inside(path, archive_dir):
+        real = os.path.realpath(path)
         raise _ScriptFault(
             LifecycleErrorCode.SCRIPT_NOT_EXECUTABLE,
             f"script {location} is a symlink to {real}, outside the bundle, which is not executable; the agent "

@@ -88,6 +88,13 @@ class DiskView:
         return lookup_group(name) is not None
 
 
+def resolves_inside(path: Path | str, folder: Path | str) -> bool:
+    """Whether `path`, every symlink resolved, is `folder` (resolved too) or lies inside it: the one test
+    for "a link of the bundle that leads out of it" (appspec, install plan, hook scripts)."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root + os.sep)
+
+
 def lookup_user(name: str) -> int | None:
     try:
         return pwd.getpwnam(name).pw_uid

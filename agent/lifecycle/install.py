@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.errors import Problem
 from agent.lifecycle.appspec import AppSpec, FileMapping
-from agent.lifecycle.hostview import DiskView, FileSystemView
+from agent.lifecycle.hostview import DiskView, FileSystemView, resolves_inside
 from agent.lifecycle.permission_plan import plan_permissions
 from agent.lifecycle.steps import (
     SEMANAGE_PREFIX,
@@ -111,7 +111,6 @@ class Planner:
         self.host_root = host_root
         self.disk = disk
         self.bundle = DiskView()
-        self.real_archive = os.path.realpath(archive_dir)
         self.steps: list[Step] = []
         self.copy_targets: dict[Path, Copy] = {}
         self.dir_targets: dict[Path, MakeDir] = {}
@@ -181,8 +180,7 @@ class Planner:
                 self.error(mapping, f"{child.relative_to(self.archive)} is not a file, folder or symlink")
 
     def _inside_bundle(self, path: Path) -> bool:
-        real = os.path.realpath(path)
-        return real == self.real_archive or real.startswith(self.real_archive + os.sep)
+        return resolves_inside(path, self.archive)
 
     def _bundle_folder(self, path: Path) -> bool:
         """A folder of the bundle: a real one, or a link to one inside the bundle, which is copied as a folder
