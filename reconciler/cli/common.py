@@ -81,7 +81,7 @@ def resolve_group(name: str, known: set[str], missing_store: Path | None = None)
     folder of a store that does not exist yet, named in the error because it is the likelier mistake."""
     if name in known:
         return name
-    matches = sorted(key for key in known if key.split("/", 1)[-1] == name)
+    matches = sorted(key for key in known if split_group_key(key)[1] == name)
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -89,6 +89,12 @@ def resolve_group(name: str, known: set[str], missing_store: Path | None = None)
     listing = ", ".join(sorted(known)) or "none yet"
     store_note = f"; {no_store(missing_store)}" if missing_store is not None else ""
     raise UnknownGroup(f"no deployment group named {name!r} (known: {listing}){store_note}")
+
+
+def split_group_key(key: str) -> tuple[str, str]:
+    """`APP/GROUP` -> (APP, GROUP): the inverse of `contract.models.group_key`."""
+    application, name = key.split("/", 1)
+    return application, name
 
 
 def short_commit(commit: str | None) -> str:
@@ -105,5 +111,6 @@ __all__ = [
     "resolve_group",
     "short_commit",
     "source",
+    "split_group_key",
     "try_desired",
 ]

@@ -20,7 +20,15 @@ import structlog
 from contract.keys import deployment_key, group_state_key
 from contract.models import GroupState, StopRequest
 from contract.store import PreconditionFailed, Store, open_store
-from reconciler.cli.common import Known, UnknownGroup, read_known, require_store, resolve_group, short_commit
+from reconciler.cli.common import (
+    Known,
+    UnknownGroup,
+    read_known,
+    require_store,
+    resolve_group,
+    short_commit,
+    split_group_key,
+)
 from reconciler.errors import ReconcilerError
 from reconciler.exitcodes import ExitCode
 from reconciler.plan.render import count
@@ -85,7 +93,7 @@ def operator_lease(store: Store, settings: DeploySettings) -> Iterator[str | Non
 def update_group(store: Store, key: str, change: Callable[[GroupState], GroupState | None]) -> GroupState | None:
     """Read-modify-write of one group document by compare-and-swap, retried when a pass wrote in between.
     `change` returns None to leave the document as it is."""
-    application, name = key.split("/", 1)
+    application, name = split_group_key(key)
     store_key = group_state_key(application, name)
     for _ in range(CAS_ATTEMPTS):
         stored = store.get(store_key)
@@ -176,7 +184,7 @@ def cmd_forget(args: argparse.Namespace, settings: DeploySettings) -> int:
     if state.deployment_in_flight:
         raise ReconcilerError(f"{key}: deployment {state.deployment_in_flight} is in flight; "
                               f"`reconcile stop {key}` and wait for it to end first")
-    application, name = key.split("/", 1)
+    application, name = split_group_key(key)
     with operator_lease(store, settings) as holder:
         # Deployments first, the group last: a crash in between leaves a group whose history names deleted
         # deployments, which passes and `status` already tolerate; the reverse would leave orphans forever.

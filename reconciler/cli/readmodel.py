@@ -20,6 +20,7 @@ from contract.models import (
     Revision,
     StopRequest,
 )
+from reconciler.cli.common import split_group_key
 from reconciler.cli.progress import current_event
 from reconciler.core import Observed
 from reconciler.shell.lease import LeaseView
@@ -176,7 +177,7 @@ def last_command(observed: Observed, host_id: str, key: str) -> LastCommand | No
     """The host's current or last command if it is for group `key` (APP/GROUP)."""
     status = observed.statuses.get(host_id)
     command = status.command if status else None
-    if command is None or command.deployment_group != key.split("/", 1)[1]:
+    if command is None or command.deployment_group != split_group_key(key)[1]:
         return None
     running = command.status is CommandStatus.IN_PROGRESS
     return LastCommand(command.deployment_id, str(command.status),
