@@ -157,20 +157,10 @@ def execute_install(
         with contextlib.suppress(FileNotFoundError):
             cleanup_new.unlink()
         journal_path.unlink()
-        if isinstance(exc, OSError):
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise InstallError(
-                f"installing failed{where}: {exc.strerror or exc}; the previous revision's files were put back"
-            ) from exc
-        if isinstance(exc, subprocess.CalledProcessError):
-            output = (exc.stderr or b"").decode(errors="replace").strip()
-            raise InstallError(
-                f"{' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}: {output}; the previous "
-                "revision's files were put back"
-            ) from exc
-        if isinstance(exc, InstallError):
-            raise InstallError(f"{exc}; the previous revision's files were put back") from exc
-        raise
+        rolled_back = _rolled_back(exc)
+        if rolled_back is None:
+            raise
+        raise rolled_back from exc
     # Commit: the new cleanup list replaces the old, the backups go, the journal goes last.
     os.replace(cleanup_new, group.cleanup_file)
     execution.close()
@@ -188,6 +178,24 @@ def execute_install(
         retained=len(plan.retained),
     )
     return result
+
+
+def _rolled_back(exc: BaseException) -> InstallError | None:
+    """The error that says Install failed and was undone, or None to let `exc` (a bug, a signal) through."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return InstallError(
+            f"installing failed{where}: {exc.strerror or exc}; the previous revision's files were put back"
+        )
+    if isinstance(exc, subprocess.CalledProcessError):
+        output = (exc.stderr or b"").decode(errors="replace").strip()
+        return InstallError(
+            f"{' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}: {output}; the previous "
+            "revision's files were put back"
+        )
+    if isinstance(exc, InstallError):
+        return InstallError(f"{exc}; the previous revision's files were put back")
+    return None
 
 
 class _Execution:
