@@ -40,15 +40,9 @@ from contract.store import open_store
 from reconciler.cli.plan import PlanRequest, make_plan
 from reconciler.core import Observed, State
 from reconciler.desired.loader import GitSource, load_git
-from reconciler.plan.engine import (
-    Fleet,
-    LoadedRef,
-    compute_plan,
-    saved_plan,
-    verify_saved_plan,
-    write_saved_plan,
-)
+from reconciler.plan.engine import Fleet, LoadedRef, compute_plan
 from reconciler.plan.render import render_markdown, render_text
+from reconciler.plan.saved import saved_plan, verify_saved_plan, write_saved_plan
 from tests.gitrepo import ConfigRepo
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

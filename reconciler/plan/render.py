@@ -11,14 +11,25 @@ import io
 import json
 import re
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from contract.durations import format_duration
-from reconciler.plan.engine import GroupRollout, ObjectChange, Plan
+from reconciler.plan.model import GroupRollout, ObjectChange, Plan
+from reconciler.plan.words import count, duration
+
+__all__ = [  # `count` is re-exported: the CLI's commands say numbers with it too
+    "COMMENT_MARKER",
+    "GITHUB_COMMENT_LIMIT",
+    "count",
+    "render_json",
+    "render_markdown",
+    "render_text",
+    "rollout_summary",
+    "show",
+    "summary_sentence",
+]
 
 #: GitHub refuses comments longer than this many characters.
 GITHUB_COMMENT_LIMIT = 65_536
@@ -67,14 +78,6 @@ def _tag_filter(value: dict[str, Any]) -> str:
 
 def short_commit(commit: str | None) -> str:
     return commit[:7] if commit else "(none)"
-
-
-def duration(seconds: float) -> str:
-    return format_duration(timedelta(seconds=round(seconds)))
-
-
-def count(number: int, word: str, plural: str | None = None) -> str:
-    return f"{number} {word if number == 1 else plural or word + 's'}"
 
 
 def _estimate(rollout: GroupRollout) -> str:
@@ -226,21 +229,32 @@ def _batch_label(number: int, canary: bool, zone: str | None) -> str:
 # Text
 
 
-def render_text(plan: Plan, *, color: bool = False, width: int = 100) -> str:
-    """For a terminal. Colour only when asked (the CLI asks when stdout is a TTY)."""
-    out = io.StringIO()
-    console = Console(file=out, width=width, force_terminal=color, color_system="standard" if color else None,
-                      highlight=False, emoji=False, markup=False, no_color=not color)
+class _Lines:
+    """A rich console writing into a string, one styled line at a time."""
 
-    def line(*parts: tuple[str, str] | str, indent: int = 0) -> None:
+    def __init__(self, *, color: bool, width: int) -> None:
+        self.out = io.StringIO()
+        self.console = Console(file=self.out, width=width, force_terminal=color,
+                               color_system="standard" if color else None, highlight=False, emoji=False,
+                               markup=False, no_color=not color)
+
+    def line(self, *parts: tuple[str, str] | str, indent: int = 0) -> None:
         text = Text(" " * indent)
         for part in parts:
             if isinstance(part, tuple):
                 text.append(part[0], style=part[1])
             else:
                 text.append(part)
-        console.print(text, soft_wrap=True)
+        self.console.print(text, soft_wrap=True)
 
+    def text(self) -> str:
+        return self.out.getvalue()
+
+
+def render_text(plan: Plan, *, color: bool = False, width: int = 100) -> str:
+    """For a terminal. Colour only when asked (the CLI asks when stdout is a TTY)."""
+    lines = _Lines(color=color, width=width)
+    line = lines.line
     line((f"Plan for {plan.repository}", "bold"), f" (manifests in {plan.path})")
     line(_ref("base", plan.base.ref, plan.base.commit, plan.base.note), " -> ",
          _ref("head", plan.head.ref, plan.head.commit, plan.head.note))
@@ -251,36 +265,14 @@ def render_text(plan: Plan, *, color: bool = False, width: int = 100) -> str:
               "bold red"))
         for error in plan.head.errors:
             line((error, "red"), indent=2)
-        return out.getvalue()
+        return lines.text()
     line("")
-    if plan.changes:
-        line(("Manifest changes", "bold"))
-        for change in plan.changes:
-            source = f"  ({change.source})" if change.source else ""
-            line((f"{_SYMBOL[change.change]} {change.kind}/{change.name}", _STYLE[change.change]),
-                 (source, "dim"), indent=2)
-            if change.change == "changed":
-                for field in change.fields:
-                    line(f"{field.path}: ", (show(field.before), "red"), " -> ", (show(field.after), "green"),
-                         indent=6)
-            else:
-                for field in change.fields:
-                    value = field.after if change.change == "added" else field.before
-                    line((f"{field.path}: {show(value)}", "dim"), indent=6)
-    else:
-        line(("No manifest changes.", "bold"))
+    _text_changes(lines, plan)
     if plan.rollouts:
         line("")
         line(("What will happen", "bold"))
         for rollout in plan.rollouts:
-            style = {"deploy": "cyan", "remove": "red", "settings": "yellow", "blocked": "magenta"}[rollout.action]
-            line((rollout.group, f"bold {style}"), ": ", rollout_summary(rollout), indent=2)
-            for label, value in _detail_lines(rollout):
-                line((f"{label}: ", "dim"), value, indent=6)
-            for batch in rollout.batches or []:
-                bake = f"  then bake {duration(batch.bake_after_seconds)}" if batch.bake_after_seconds else ""
-                line((_batch_label(batch.number, batch.canary, batch.zone) + ": ", "cyan"), _hosts(batch.hosts, 20),
-                     (bake, "dim"), indent=6)
+            _text_rollout(lines, rollout)
     if plan.warnings:
         line("")
         line(("Warnings", "bold yellow"))
@@ -290,7 +282,39 @@ def render_text(plan: Plan, *, color: bool = False, width: int = 100) -> str:
     line("")
     sentence = summary_sentence(plan)
     line((("Plan: " + sentence) if plan.has_changes else sentence, "bold"))
-    return out.getvalue()
+    return lines.text()
+
+
+def _text_changes(lines: _Lines, plan: Plan) -> None:
+    line = lines.line
+    if not plan.changes:
+        line(("No manifest changes.", "bold"))
+        return
+    line(("Manifest changes", "bold"))
+    for change in plan.changes:
+        source = f"  ({change.source})" if change.source else ""
+        line((f"{_SYMBOL[change.change]} {change.kind}/{change.name}", _STYLE[change.change]),
+             (source, "dim"), indent=2)
+        if change.change == "changed":
+            for field in change.fields:
+                line(f"{field.path}: ", (show(field.before), "red"), " -> ", (show(field.after), "green"),
+                     indent=6)
+        else:
+            for field in change.fields:
+                value = field.after if change.change == "added" else field.before
+                line((f"{field.path}: {show(value)}", "dim"), indent=6)
+
+
+def _text_rollout(lines: _Lines, rollout: GroupRollout) -> None:
+    line = lines.line
+    style = {"deploy": "cyan", "remove": "red", "settings": "yellow", "blocked": "magenta"}[rollout.action]
+    line((rollout.group, f"bold {style}"), ": ", rollout_summary(rollout), indent=2)
+    for label, value in _detail_lines(rollout):
+        line((f"{label}: ", "dim"), value, indent=6)
+    for batch in rollout.batches or []:
+        bake = f"  then bake {duration(batch.bake_after_seconds)}" if batch.bake_after_seconds else ""
+        line((_batch_label(batch.number, batch.canary, batch.zone) + ": ", "cyan"), _hosts(batch.hosts, 20),
+             (bake, "dim"), indent=6)
 
 
 def summary_sentence(plan: Plan) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.plan.engine import load_saved_plan
 from reconciler.plan.render import COMMENT_MARKER
+from reconciler.plan.saved import load_saved_plan
 from tests.plan.scenarios import build
 
 

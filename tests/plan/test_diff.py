@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from reconciler.desired.loader import ManifestFile, load_files
 from reconciler.desired.manifests import Desired
-from reconciler.plan.engine import FieldChange, diff_manifests, diff_values, manifests_digest
+from reconciler.plan.diff import diff_manifests, diff_values, manifests_digest
+from reconciler.plan.model import FieldChange
 from tests.plan.scenarios import APPLICATION, CONFIGS, WEB, WEB_A, WEB_B, WEB_REFORMATTED, WORKER
 
 

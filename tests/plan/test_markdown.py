@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from reconciler.plan.engine import (
+from reconciler.plan.model import (
     Batch,
     FieldChange,
     GroupRollout,

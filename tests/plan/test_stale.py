@@ -17,7 +17,7 @@ from reconciler.cli.plan import make_plan, read_observed_and_state
 from reconciler.core import Observed, State
 from reconciler.desired.loader import GitSource, load_git
 from reconciler.desired.manifests import Desired
-from reconciler.plan.engine import (
+from reconciler.plan.saved import (
     SavedPlanError,
     StalePlanError,
     load_saved_plan,

@@ -1,0 +1,168 @@
+"""The plan model: what `compute_plan` returns and every renderer reads, serialised as camelCase JSON."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic.alias_generators import to_camel
+
+from contract.models import Revision
+
+FORMAT_VERSION = 1
+
+Kind = Literal["Application", "DeploymentGroup", "DeploymentConfig"]
+KIND_ORDER: dict[str, int] = {"Application": 0, "DeploymentConfig": 1, "DeploymentGroup": 2}
+
+
+class PlanModel(BaseModel):
+    """camelCase JSON like every other fleetshift document, frozen, strict about unknown fields.
+
+    Not `contract.models.Model`: plans keep explicit nulls (an object added has `before: null`), which
+    `Model.to_json` drops."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan model
+
+
+class RefInfo(PlanModel):
+    ref: str
+    commit: str | None = None
+    #: Why this ref was chosen when it was not given ("merge base of HEAD and origin/main").
+    note: str | None = None
+    valid: bool = True
+    errors: list[str] = []
+
+
+class FieldChange(PlanModel):
+    """One changed field; `path` is dotted from the object's spec (`revision.git.commit`), or starts with
+    `metadata.` for labels and annotations. `before`/`after` are null when the field is absent on that side."""
+
+    path: str
+    before: JsonValue = None
+    after: JsonValue = None
+
+
+class ObjectChange(PlanModel):
+    kind: Kind
+    name: str
+    change: Literal["added", "removed", "changed"]
+    #: `file:line` of the document (at head; at base for a removed object).
+    source: str | None = None
+    fields: list[FieldChange] = []
+
+
+class Batch(PlanModel):
+    number: int
+    hosts: list[str]
+    zone: str | None = None
+    canary: bool = False
+    #: Quiet time the engine waits after this batch (canary bake, zone bake), when it waits.
+    bake_after_seconds: float | None = None
+
+
+class Quarantine(PlanModel):
+    revision: str
+    deployment_id: str
+    reason: str
+
+
+class InFlight(PlanModel):
+    deployment_id: str
+    status: str
+    revision: str
+
+
+class Estimate(PlanModel):
+    seconds: float
+    basis: str
+    #: True when only the bake times are known (no history to time batches from): "at least".
+    lower_bound: bool = False
+
+
+class GroupRollout(PlanModel):
+    """What happens to one deployment group once the head commit is applied."""
+
+    group: str
+    #: deploy: a deployment starts; remove: the group leaves the manifests; settings: it changed but no
+    #: deployment starts (rollback policy, config, options); blocked: a deployment is due but cannot start.
+    action: Literal["deploy", "remove", "settings", "blocked"]
+    #: True when the manifest change in this plan causes it (false: already pending in the store).
+    from_change: bool = True
+    reason: str
+    revision_from: Revision | None = None
+    revision_to: Revision | None = None
+    deployment_config: str | None = None
+    config_description: str | None = None
+    minimum_healthy_hosts: int | None = None
+    rollback_enabled: bool = False
+    rollback_events: list[str] = []
+    suspended: bool = False
+    selector: str | None = None
+    #: "store": hosts and batches from the registered fleet; "selectors": offline, from the manifests alone.
+    basis: Literal["store", "selectors"] = "selectors"
+    #: Every host the group targets (None offline when tag sets make the set unknowable).
+    target_hosts: list[str] | None = None
+    #: Hosts that will receive the revision, in scheduling order (a subset with updateOutdatedInstancesOnly).
+    deploy_hosts: list[str] | None = None
+    batches: list[Batch] | None = None
+    offline_hosts: list[str] = []
+    unhealthy_hosts: list[str] = []
+    quarantined: list[Quarantine] = []
+    in_flight: InFlight | None = None
+    blocked: str | None = None
+    #: How the engine's dry run ends when every online host succeeds: a failure here is a warning too.
+    simulated_status: str | None = None
+    simulated_error: str | None = None
+    estimate: Estimate | None = None
+
+
+WarningCode = Literal[
+    "INVALID_BASE",
+    "STORE_UNREACHABLE",
+    "NO_HOSTS",
+    "MINIMUM_HEALTHY_UNMET",
+    "UNPINNED_REVISION",
+    "IN_FLIGHT",
+    "ROLLBACK_DISABLED",
+    "QUARANTINED",
+    "SUSPENDED",
+]
+
+
+class PlanWarning(PlanModel):
+    code: WarningCode
+    group: str | None = None
+    message: str
+
+
+class Plan(PlanModel):
+    format_version: int = FORMAT_VERSION
+    repository: str
+    path: str
+    base: RefInfo
+    head: RefInfo
+    #: "store": concrete hosts and batches; "offline": from selectors alone.
+    fleet: Literal["store", "offline"]
+    store: str | None = None
+    fleet_note: str | None = None
+    registered_hosts: int | None = None
+    computed_at: datetime
+    has_changes: bool
+    changes: list[ObjectChange] = []
+    rollouts: list[GroupRollout] = []
+    warnings: list[PlanWarning] = []
+
+    def counts(self) -> dict[str, int]:
+        tally = Counter(change.change for change in self.changes)
+        return {
+            "added": tally["added"],
+            "changed": tally["changed"],
+            "removed": tally["removed"],
+            "deployments": sum(1 for r in self.rollouts if r.action == "deploy"),
+        }
