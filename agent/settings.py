@@ -1,7 +1,7 @@
 """The agent's settings: `agent.yaml`, overridden by FLEETSHIFT_AGENT_* environment variables, overridden by
 the flags of `deploy-agent run`.
 
-Where it sits: read once by `deploy-agent run` (agent/daemon/loop.py) before anything else happens.
+Where it sits: read once by `deploy-agent run` (agent/daemon/cli.py) before anything else happens.
 `agent.yaml.example` at the root of the repository documents every key. A broken setting is a user mistake
 like a broken manifest, so errors name the file, line and column (or the variable, or the flag), the key,
 and what is expected; the CLI prints them and exits 1, never with a traceback.

@@ -22,17 +22,15 @@ from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
 from agent.fetch import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
 from agent.lifecycle.appspec import parse_appspec
 from agent.lifecycle.layout import DeploymentRoot, check_path_id
-from agent.lifecycle.runner import (
+from agent.lifecycle.revision_check import (
     DOWNLOAD_BUNDLE,
     INSTALL,
-    LifecycleRunner,
     RevisionCheck,
-    RunnerSettings,
     check_revision,
-    new_local_deployment_id,
     previous_appspec,
     scripts_run_before,
 )
+from agent.lifecycle.runner import LifecycleRunner, RunnerSettings, new_local_deployment_id
 from contract.logs import configure_logging
 from contract.models import (
     LIFECYCLE_EVENTS,

@@ -216,7 +216,7 @@ class Agent:
         restored = self.runner.recover_interrupted()
         if restored:
             self.log.warning("install.recovered_after_crash", deployment_groups=restored)
-        self._installed = self._installed_from_disk()
+        self._installed = self.runner.layout.installed_revisions()
         self._state = state or AgentState(host_id=self.host_id)
         if self._installation is None:
             self._installation, warning = load_installation(self.settings.root_dir, machine=machine_fingerprint())
@@ -265,22 +265,6 @@ class Agent:
         self._reporter.join(timeout=1.0)  # a daemon thread: a store call still in flight dies with the process
         self.log.info("agent.stopped", all_reported=flushed)
         return flushed
-
-    def _installed_from_disk(self) -> dict[str, InstalledRevision]:
-        """What the runner recorded per deployment group: the truth about this host, whatever the store says."""
-        installed: dict[str, InstalledRevision] = {}
-        layout = self.runner.layout
-        for record in sorted(layout.instructions.glob("*_installed_revision.json")):
-            found = layout.installed(record.name.removesuffix("_installed_revision.json"))
-            if found is None:
-                continue
-            key = group_key(found.application, found.deployment_group)
-            if key not in installed or installed[key].installed_at < found.installed_at:
-                installed[key] = found
-        return installed
-
-    # ----------------------------------------------------------------------------------------------
-    # Polling (main thread)
 
     def _poll_interval(self) -> float:
         busy = self.monotonic() < self._busy_until
@@ -532,14 +516,3 @@ class Agent:
             ):
                 self.log.warning("command.superseded", running=running.generation, newer=newer.generation)
                 self._superseded_by = newer
-
-
-def __getattr__(name: str) -> Any:
-    """`register` and `settings_from_args` live in agent/daemon/cli.py (which imports this module, hence the
-    late import); tests/daemon/test_settings.py, owned by the settings wing, still imports them from here.
-    Remove once it imports agent.daemon.cli."""
-    if name in ("register", "settings_from_args"):
-        from agent.daemon import cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

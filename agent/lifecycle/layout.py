@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from agent.errors import HostStateError, UsageError
 from contract.atomic import write_atomic
-from contract.models import InstalledRevision
+from contract.models import InstalledRevision, group_key
 
 log = structlog.get_logger("agent.lifecycle.layout")
 
@@ -125,19 +125,22 @@ class DeploymentRoot:
     def installed(self, group_id: str) -> InstalledRevision | None:
         return self.group(group_id).installed()
 
+    def installed_revisions(self) -> dict[str, InstalledRevision]:
+        """The newest installed-revision record per `<application>/<group>` (contract's `group_key`): what this
+        host runs, whatever the store says. The daemon reports it; `find_installed` looks one group up."""
+        newest: dict[str, InstalledRevision] = {}
+        for path in sorted(self.instructions.glob("*_installed_revision.json")):
+            record = self.installed(path.name.removesuffix("_installed_revision.json"))
+            if record is None:
+                continue
+            key = group_key(record.application, record.deployment_group)
+            if key not in newest or record.installed_at > newest[key].installed_at:
+                newest[key] = record
+        return newest
+
     def find_installed(self, application: str, deployment_group: str) -> InstalledRevision | None:
         """By names rather than group id: the reconciler asks about `<application>/<group>`."""
-        found: InstalledRevision | None = None
-        for path in sorted(self.instructions.glob("*_installed_revision.json")):
-            group_id = path.name.removesuffix("_installed_revision.json")
-            record = self.installed(group_id)
-            if (
-                record
-                and (record.application, record.deployment_group) == (application, deployment_group)
-                and (found is None or record.installed_at > found.installed_at)
-            ):
-                found = record
-        return found
+        return self.installed_revisions().get(group_key(application, deployment_group))
 
 
 @dataclass(frozen=True)

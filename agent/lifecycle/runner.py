@@ -38,16 +38,6 @@ from agent.fetch import ExtractLimits
 from agent.lifecycle.command_run import CommandRun
 from agent.lifecycle.layout import DeploymentRoot
 from agent.lifecycle.reports import CommandOutcome
-from agent.lifecycle.revision_check import (
-    DOWNLOAD_BUNDLE,
-    INSTALL,
-    RevisionCheck,
-    check_event_order,
-    check_revision,
-    previous_appspec,
-    scripts_run_before,
-    uses_new_revision,
-)
 from agent.lifecycle.transaction import recover_interrupted_install
 from contract.models import EventReport, HostCommand, InstalledRevision
 
@@ -113,17 +103,4 @@ class LifecycleRunner:
 
 
 #: The runner's API, and the checks agent/cli/local.py imports from here (they live in revision_check.py).
-__all__ = [
-    "DOWNLOAD_BUNDLE",
-    "INSTALL",
-    "CommandOutcome",
-    "LifecycleRunner",
-    "RevisionCheck",
-    "RunnerSettings",
-    "check_event_order",
-    "check_revision",
-    "new_local_deployment_id",
-    "previous_appspec",
-    "scripts_run_before",
-    "uses_new_revision",
-]
+__all__ = ["CommandOutcome", "LifecycleRunner", "RunnerSettings", "new_local_deployment_id"]

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import local as local_cli
-from agent.lifecycle.runner import CommandOutcome, LifecycleRunner, RunnerSettings
+from agent.lifecycle.reports import CommandOutcome
+from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
 from contract.models import DEFAULT_EVENTS, EventReport, HostCommand, LocalLocation, Revision
 from tests.conftest import in_ci
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import UsageError
-from agent.lifecycle.runner import check_event_order
+from agent.lifecycle.revision_check import check_event_order
 from contract.models import LIFECYCLE_EVENTS, EventStatus
 from tests.agent.conftest import Bundle, Sandbox, SteppingClock, make_sandbox, statuses
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon.loop import register, settings_from_args
+from agent.daemon.cli import register, settings_from_args
 from agent.settings import (
     ENV_VARIABLES,
     AgentSettings,
