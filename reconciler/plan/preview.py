@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from contract.models import CommandStatus, GroupState, HostRegistration, HostStatus, Revision, group_key
+from contract.models import GroupState, HostRegistration, HostStatus, Revision
 from reconciler.core import CoreSettings, Observed, StartDeployment, State, is_online
 from reconciler.core.membership import group_members
 from reconciler.core.simulate import PreviewDeployment, RolloutPreview, preview_rollout
+from reconciler.core.view import healthy_before, last_attempts
 from reconciler.desired.manifests import BUILTIN_PREFIX, Desired, DesiredGroup
 from reconciler.plan.diff import canonical
 from reconciler.plan.estimate import estimate_duration
@@ -201,7 +202,7 @@ def _rollout(
         decision = replace(decision, reason=_settings_reason(previous, group, revision_changed=revision_changed))
     entry = decision.entry
     batches = _batches(entry) if entry is not None else None
-    offline, unhealthy = _host_health(key, targets, context) if context.fleet is not None else ([], [])
+    offline, unhealthy = _host_health(key, targets, recorded, context) if context.fleet is not None else ([], [])
     estimate = estimate_duration(recorded, context.state.deployments, batches or []) if batches else None
     rollout = GroupRollout(
         group=key,
@@ -298,17 +299,18 @@ def _in_flight(recorded: GroupState | None, state: State) -> InFlight | None:
                     revision=flying.revision.short() if flying else "unknown")
 
 
-def _host_health(key: str, targets: list[str] | None, context: _Context) -> tuple[list[str], list[str]]:
-    """The group's offline hosts, and its online hosts that are not healthy."""
+def _host_health(
+    key: str, targets: list[str] | None, recorded: GroupState | None, context: _Context
+) -> tuple[list[str], list[str]]:
+    """The group's offline hosts, and its online hosts that are not healthy by the engine's own rule
+    (`reconciler.core.view.healthy_before`: its last attempt in the group failed, or it never ran the group)."""
     offline: list[str] = []
     unhealthy: list[str] = []
     observed = context.observed
+    attempts = last_attempts(recorded, context.state.deployments) if recorded is not None else {}
     for host in targets or []:
         if not is_online(observed, host, now=context.now, heartbeat_timeout=context.options.heartbeat_timeout):
             offline.append(host)
-            continue
-        last = observed.last_command(host)
-        if last is not None and last.status is CommandStatus.FAILED and \
-                group_key(last.application, last.deployment_group) == key:
+        elif not healthy_before(host, key, attempts, observed):
             unhealthy.append(host)
     return offline, unhealthy
