@@ -133,13 +133,6 @@ class PassView:
         installed = status.installed.get(key)
         return self.identity(installed.revision) if installed is not None else None
 
-    def installed_by(self, host: str, key: str, deployment_id: str) -> bool:
-        """The agent installed this deployment's revision after all (it reported after the deployment had
-        counted it failed: timed out, or offline for a while): its health is what the agent says."""
-        status = self.observed.statuses.get(host)
-        installed = status.installed.get(key) if status is not None else None
-        return installed is not None and installed.deployment_id == deployment_id
-
     # Health ----------------------------------------------------------------------------------------
 
     def attempts(self, group_state: GroupState, exclude: str | None) -> dict[str, Attempt]:
@@ -171,7 +164,7 @@ class PassView:
                 zone=zone_of(host, self.observed, config.zonal) if config.zonal is not None else None,
                 offline_reason="" if online else self.offline_reason(host),
                 recovered=deployment.hosts[host].status is FAILED
-                and self.installed_by(host, key, deployment.deployment_id),
+                and installed_by(self.observed, host, key, deployment.deployment_id),
             )
         return facts
 
@@ -202,10 +195,16 @@ def healthy_before(host: str, key: str, attempts: Mapping[str, Attempt], observe
     """CodeDeploy's instance health, online aside: the last attempt in the group succeeded (or the agent
     installed that deployment after it was counted failed); never attempted: healthy iff it reports the
     group's revision installed. The one rule `reconcile` and `plan` both judge health by."""
-    status = observed.statuses.get(host)
-    installed = status.installed.get(key) if status is not None else None
     attempt = attempts.get(host)
     if attempt is not None:
-        recovered = installed is not None and installed.deployment_id == attempt.deployment_id
-        return attempt.status is SUCCEEDED or recovered
-    return installed is not None
+        return attempt.status is SUCCEEDED or installed_by(observed, host, key, attempt.deployment_id)
+    status = observed.statuses.get(host)
+    return status is not None and key in status.installed
+
+
+def installed_by(observed: Observed, host: str, key: str, deployment_id: str) -> bool:
+    """The agent installed this deployment's revision after all (it reported after the deployment had
+    counted it failed: timed out, or offline for a while): its health is what the agent says."""
+    status = observed.statuses.get(host)
+    installed = status.installed.get(key) if status is not None else None
+    return installed is not None and installed.deployment_id == deployment_id
