@@ -12,7 +12,7 @@ from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.desired.sources import GitSource
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
-from reconciler.plan.render import count
+from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.observe import Snapshot, StoreReader
 

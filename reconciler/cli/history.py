@@ -15,7 +15,7 @@ from contract.durations import format_duration
 from reconciler.cli.common import no_store, open_for_reading, read_known, resolve_group, short_commit
 from reconciler.cli.readmodel import DeploymentView
 from reconciler.exitcodes import ExitCode
-from reconciler.plan.render import count
+from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.observe import StoreReader
 

@@ -31,7 +31,7 @@ from reconciler.cli.common import (
 )
 from reconciler.errors import ReconcilerError
 from reconciler.exitcodes import ExitCode
-from reconciler.plan.render import count
+from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import WriteLease, read_lease, utc_now
 from reconciler.shell.observe import StoreReader

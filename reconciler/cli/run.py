@@ -27,7 +27,7 @@ from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.errors import ReconcilerError
 from reconciler.exitcodes import ExitCode
-from reconciler.plan.render import count
+from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease
 from reconciler.shell.observe import Snapshot
