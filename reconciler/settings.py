@@ -19,6 +19,7 @@ from contract.layers import KeyPath, Layer, Layers, given, put
 from contract.models import Model
 from contract.paths import default_store
 from contract.yamlmarks import did_you_mean
+from reconciler.core.state import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HISTORY_LIMIT
 from reconciler.desired.loader import ManifestFile, parse_documents, pydantic_message
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
 
@@ -43,12 +44,12 @@ class ReconcileSettings(Model):
     resync_interval: Duration = Field(default=timedelta(seconds=30), description="watch: full pass this often.")
     fetch_interval: Duration = Field(default=timedelta(seconds=30), description="watch: fetch a remote repo.")
     heartbeat_timeout: Duration = Field(
-        default=timedelta(minutes=3),
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
         description="A host silent for longer than this (or 3 heartbeat intervals, whichever is longer) is unhealthy.",
     )
     timeout: Duration = Field(default=timedelta(minutes=30), description="--once gives up after this.")
     lease_duration: Duration = Field(default=timedelta(seconds=60), description="How long the write lease lasts.")
-    history_limit: int = Field(default=20, ge=1, description="Deployments remembered per group.")
+    history_limit: int = Field(default=DEFAULT_HISTORY_LIMIT, ge=1, description="Deployments remembered per group.")
 
 
 class LoggingSettings(Model):
