@@ -39,7 +39,8 @@ from contract.models import (
 from contract.store import open_store
 from reconciler.cli.plan import PlanRequest, make_plan
 from reconciler.core import Observed, State
-from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.loader import load_git
+from reconciler.desired.sources import GitSource
 from reconciler.plan.engine import Fleet, LoadedRef, compute_plan
 from reconciler.plan.render import render_markdown, render_text
 from reconciler.plan.saved import saved_plan, verify_saved_plan, write_saved_plan

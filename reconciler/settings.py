@@ -20,7 +20,8 @@ from contract.models import Model
 from contract.paths import default_store
 from contract.yamlmarks import did_you_mean
 from reconciler.core.state import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HISTORY_LIMIT
-from reconciler.desired.loader import ManifestFile, parse_documents, pydantic_message
+from reconciler.desired.loader import parse_documents, pydantic_message
+from reconciler.desired.sources import ManifestFile
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
 
 ENV_PREFIX = "FLEETSHIFT_"
@@ -35,7 +36,7 @@ class RepositorySettings(Model):
     path: str = Field(
         default=".",
         description="Folder inside the repo that holds the manifests; the default, the whole repository, skips "
-        "hidden files and folders, CI files and deploy.yaml at the top (reconciler.desired.loader.not_a_manifest).",
+        "hidden files and folders, CI files and deploy.yaml at the top (reconciler.desired.sources.not_a_manifest).",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from contract.exitcodes import ExitCode
 from contract.logs import LEVELS, configure_logging
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("deploy-agent: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

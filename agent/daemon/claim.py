@@ -16,9 +16,9 @@ import platform
 from typing import Any
 
 from agent import __version__
-from agent.daemon.clock import Monotonic, Now
 from agent.daemon.identity import INSTALLATION_FILE, HostIdInUse, Installation, describe_installation
 from agent.settings import AgentSettings
+from contract.clock import Monotonic, Now
 from contract.keys import conflict_key, registration_key, status_key
 from contract.models import ConflictReason, HostConflict, HostRegistration, HostStatus
 from contract.store import PreconditionFailed, Store, StoreError, StoreUnavailable

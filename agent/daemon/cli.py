@@ -12,7 +12,7 @@ from typing import Any, TextIO, cast
 import structlog
 
 from agent.daemon.identity import HostIdInUse, StateError
-from agent.daemon.loop import Agent, ExitCode
+from agent.daemon.loop import Agent
 from agent.daemon.statefile import STATE_FILE, root_lock
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
 from agent.settings import (
@@ -23,6 +23,7 @@ from agent.settings import (
     parse_tags,
     unknown_environment_variables,
 )
+from contract.exitcodes import ExitCode
 from contract.logs import configure_logging
 from contract.signals import stop_on_signals
 from contract.store import StoreError, open_store

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.daemon.clock import utc_now
 from contract.atomic import write_atomic
+from contract.clock import utc_now
 from contract.models import Document, HostRegistration, HostStatus
 
 INSTALLATION_FILE = "installation-id"

@@ -38,14 +38,12 @@ import socket
 import threading
 import time
 from datetime import timedelta
-from enum import IntEnum
 from typing import Any
 
 import structlog
 
 from agent import __version__
 from agent.daemon.claim import HostIdOwner
-from agent.daemon.clock import Monotonic, Now, utc_now
 from agent.daemon.commands import CommandReader
 from agent.daemon.identity import (
     HostIdInUse,
@@ -66,6 +64,8 @@ from agent.daemon.retry import Backoff, StoreHealth
 from agent.daemon.statefile import LocalState
 from agent.lifecycle.runner import LifecycleRunner
 from agent.settings import AgentSettings
+from contract.clock import Monotonic, Now, utc_now
+from contract.exitcodes import ExitCode
 from contract.keys import command_key
 from contract.models import (
     CommandProgress,
@@ -86,18 +86,6 @@ log = structlog.get_logger("agent.daemon.loop")
 BUSY_WINDOW = timedelta(minutes=1)
 
 
-class ExitCode(IntEnum):
-    """`deploy-agent run` exit codes (the same numbers `reconcile` uses for the same situations)."""
-
-    #: Stopped by SIGTERM/SIGINT; with --once: nothing was pending, or the command succeeded.
-    OK = 0
-    #: Invalid settings or flags, or the deployment root is unusable or in use by another agent, or the host
-    #: id belongs to another live agent installation (at start, or taken over while running).
-    INVALID = 1
-    #: --once: the command ran (or was found cut off by a crash) and failed; the failure was reported.
-    COMMAND_FAILED = 4
-    #: --once: the store could not be reached or refused access; a result not yet reported is kept locally.
-    STORE_UNAVAILABLE = 8
 
 
 
@@ -198,7 +186,7 @@ class Agent:
             self.log.error("store.unavailable", doing="reporting", error=self._report_health.last_error,
                            kept_in=str(self.local.path))
             return ExitCode.STORE_UNAVAILABLE
-        return ExitCode.COMMAND_FAILED if self._failed_reported else ExitCode.OK
+        return ExitCode.FAILED if self._failed_reported else ExitCode.OK
 
     # ----------------------------------------------------------------------------------------------
     # Start and stop

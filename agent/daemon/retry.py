@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from agent.daemon.clock import Monotonic
+from contract.clock import Monotonic
 from contract.store import StoreError
 
 log = structlog.get_logger("agent.daemon.loop")

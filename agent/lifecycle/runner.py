@@ -31,7 +31,7 @@ import secrets
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from agent.fetch import ExtractLimits
@@ -39,6 +39,7 @@ from agent.lifecycle.command_run import CommandRun
 from agent.lifecycle.layout import DeploymentRoot
 from agent.lifecycle.reports import CommandOutcome
 from agent.lifecycle.transaction import recover_interrupted_install
+from contract.clock import utc_now
 from contract.models import EventReport, HostCommand, InstalledRevision
 
 
@@ -54,8 +55,6 @@ class RunnerSettings:
     extract_limits: ExtractLimits = field(default_factory=ExtractLimits)
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_local_deployment_id() -> str:

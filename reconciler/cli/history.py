@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 from contract.durations import format_duration
+from contract.exitcodes import ExitCode
 from reconciler.cli.common import no_store, open_for_reading, read_known, resolve_group, short_commit
 from reconciler.cli.readmodel import DeploymentView
-from reconciler.exitcodes import ExitCode
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.observe import StoreReader

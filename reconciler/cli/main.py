@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from contract.exitcodes import ExitCode
 from contract.logs import configure_logging
 from contract.store import InvalidStoreURL, StoreError
 from reconciler.errors import ManifestErrors, ReconcilerError
-from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
 #: Modules that add sub-commands (each has `register(sub, parent)`), in the order `reconcile --help` lists them.

@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from contract.clock import utc_now
+from contract.exitcodes import ExitCode
 from contract.keys import deployment_key, group_state_key
 from contract.models import GroupState, StopRequest
 from contract.store import PreconditionFailed, Store, open_store
@@ -30,10 +32,9 @@ from reconciler.cli.common import (
     split_group_key,
 )
 from reconciler.errors import ReconcilerError
-from reconciler.exitcodes import ExitCode
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
-from reconciler.shell.lease import WriteLease, read_lease, utc_now
+from reconciler.shell.lease import WriteLease, read_lease
 from reconciler.shell.observe import StoreReader
 
 log = structlog.get_logger(__name__)

@@ -27,13 +27,13 @@ from typing import Any
 
 import structlog
 
+from contract.exitcodes import ExitCode
 from contract.store import InvalidStoreURL, Store, StoreError
 from reconciler.core import Observed, State
 from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import Desired
 from reconciler.desired.sources import files_from_commit, open_repository
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
-from reconciler.exitcodes import ExitCode
 from reconciler.plan.engine import (
     DEFAULT_ROLLBACK_WARNING_HOSTS,
     Fleet,

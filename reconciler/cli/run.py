@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from contract.exitcodes import ExitCode
 from contract.signals import stop_on_signals
 from contract.store import open_store
 from reconciler.cli.common import short_commit, source
@@ -26,7 +27,6 @@ from reconciler.cli.progress import progress_for
 from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.errors import ReconcilerError
-from reconciler.exitcodes import ExitCode
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease

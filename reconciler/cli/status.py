@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from contract.clock import utc_now
 from contract.durations import format_duration
+from contract.exitcodes import ExitCode
 from contract.models import GroupState, Revision
 from reconciler.cli.common import Known, no_store, open_for_reading, read_known, resolve_group, short_commit
 from reconciler.cli.readmodel import (
@@ -32,9 +34,8 @@ from reconciler.cli.readmodel import (
 )
 from reconciler.core import MembershipIndex, is_online
 from reconciler.desired.manifests import DesiredGroup
-from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings
-from reconciler.shell.lease import read_lease, utc_now
+from reconciler.shell.lease import read_lease
 from reconciler.shell.observe import StoreReader
 
 #: Text output lists at most this many hosts per group; JSON lists them all.

@@ -279,12 +279,8 @@ def load_git(source: GitSource, *, fetch: bool = True) -> Desired:
     return load_files(files, commit=commit)
 
 
-#: `ManifestFile` and `GitSource` are defined in `reconciler.desired.sources` and named here too because they
-#: are the argument types of `load_files` and `load_git`, which callers import from this module.
 __all__ = [
     "MANIFEST_REFERENCE",
-    "GitSource",
-    "ManifestFile",
     "load_files",
     "load_folder",
     "load_git",

@@ -14,13 +14,13 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from contract.exitcodes import ExitCode
 from reconciler.desired.manifests import (
     ApplicationManifest,
     DeploymentConfigManifest,
     DeploymentGroupManifest,
     Manifest,
 )
-from reconciler.exitcodes import ExitCode
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 BASE_ID = "https://fleetshift.dev/schemas/"

@@ -34,25 +34,19 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from pydantic import ValidationError
 
+from contract.clock import Now, utc_now
 from contract.keys import LEASE_KEY
 from contract.models import Lease
 from contract.store import PreconditionFailed, Store, StoreError
 from reconciler.errors import ReconcilerError
 
 log = structlog.get_logger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class LeaseHeld(ReconcilerError):
@@ -114,7 +108,7 @@ class WriteLease:
         *,
         duration: timedelta,
         holder: str | None = None,
-        clock: Clock = utc_now,
+        clock: Now = utc_now,
     ) -> None:
         if duration <= timedelta(0):
             raise ValueError("lease duration must be positive")

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import structlog
 
+from contract.clock import Now, utc_now
 from contract.keys import group_state_key
 from contract.models import Deployment, GroupState, HostCommand, group_key
 from contract.store import Store
@@ -38,7 +39,7 @@ from reconciler.core import (
 from reconciler.desired.manifests import Desired
 from reconciler.settings import ReconcileSettings
 from reconciler.shell.executor import Applied, Executor, WriteConflict
-from reconciler.shell.lease import Clock, WriteLease, utc_now
+from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import Snapshot, StoreReader
 
 log = structlog.get_logger(__name__)
@@ -129,7 +130,7 @@ class PassRunner:
         settings: ReconcileSettings,
         *,
         reader: StoreReader | None = None,
-        clock: Clock = utc_now,
+        clock: Now = utc_now,
     ) -> None:
         self.store = store
         self.lease = lease

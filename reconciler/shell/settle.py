@@ -16,9 +16,9 @@ from datetime import timedelta
 
 import structlog
 
+from contract.exitcodes import ExitCode
 from contract.store import StoreError
 from reconciler.desired.manifests import Desired
-from reconciler.exitcodes import ExitCode
 from reconciler.shell.observe import Snapshot
 from reconciler.shell.passes import PassOutcome, PassRunner
 from reconciler.shell.summary import RunLedger, summarize, timed_out_lines

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from contract.exitcodes import ExitCode
 from contract.models import Deployment, DeploymentStatus, GroupState, HostDeploymentStatus, QuarantinedRevision
 from reconciler.core import Blocked, FinishDeployment, MarkGroupRemoved, StartRollback
-from reconciler.exitcodes import ExitCode
 from reconciler.shell.passes import PassOutcome
 
 FAILED_STATUSES = frozenset({DeploymentStatus.FAILED, DeploymentStatus.STOPPED})

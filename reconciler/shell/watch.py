@@ -44,6 +44,7 @@ from typing import Any
 
 import structlog
 
+from contract.exitcodes import ExitCode
 from contract.signals import relay_stop_signals
 from contract.store import Store, StoreError
 from reconciler.desired.gitmirror import Interrupted, sync_mirror
@@ -51,7 +52,6 @@ from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.desired.sources import GitSource, open_repository, resolve_commit
 from reconciler.errors import ManifestErrors, SourceError
-from reconciler.exitcodes import ExitCode
 from reconciler.settings import DeploySettings
 from reconciler.shell.executor import WriteConflict
 from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease

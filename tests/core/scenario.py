@@ -25,8 +25,9 @@ from contract.models import (
     Revision,
 )
 from reconciler.core import CoreSettings, Observed, State, deployment_group_id
-from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import ONE_AT_A_TIME, Desired
+from reconciler.desired.sources import ManifestFile
 
 REVISION_FIELDS = {"revision", "desiredRevision", "effectiveRevision"}
 

@@ -25,8 +25,9 @@ from contract.models import (
 )
 from reconciler.core import Action, Blocked, CoreSettings, Observed, State, apply_actions, is_online, reconcile
 from reconciler.core.actions import DispatchBatch, FinishDeployment, StartDeployment
-from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import ManifestFile
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.loader import load_files
+from reconciler.desired.sources import ManifestFile
 from reconciler.errors import ManifestErrors
 
 CASES = Path(__file__).parent / "invalid"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.exitcodes import ExitCode
 from contract.keys import group_state_key
 from contract.models import GroupState
 from contract.store import open_store
-from reconciler.exitcodes import ExitCode
 from tests.plan.scenarios import FleetWriter, build
 
 

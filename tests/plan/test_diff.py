@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.desired.loader import ManifestFile, load_files
+from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import ManifestFile
 from reconciler.plan.diff import diff_manifests, diff_values, manifests_digest
 from reconciler.plan.model import FieldChange
 from tests.plan.scenarios import APPLICATION, CONFIGS, WEB, WEB_A, WEB_B, WEB_REFORMATTED, WORKER

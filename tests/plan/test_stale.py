@@ -15,8 +15,9 @@ from contract.models import GroupState
 from contract.store import open_store
 from reconciler.cli.plan import make_plan, read_observed_and_state
 from reconciler.core import Observed, State
-from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import GitSource
 from reconciler.plan.saved import (
     SavedPlanError,
     StalePlanError,

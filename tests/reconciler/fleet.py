@@ -22,8 +22,9 @@ from contract.models import (
     InstalledRevision,
 )
 from contract.store import Store
-from reconciler.desired.loader import GitSource, load_git
+from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
+from reconciler.desired.sources import GitSource
 from tests.gitrepo import ConfigRepo
 
 APPLICATION = """\
