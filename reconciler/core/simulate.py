@@ -15,9 +15,7 @@ from datetime import datetime, timedelta
 from contract.models import (
     CommandProgress,
     CommandStatus,
-    Deployment,
     DeploymentStatus,
-    GroupState,
     HostCommand,
     HostDeploymentStatus,
     InstalledRevision,
@@ -43,19 +41,7 @@ Outcome = Callable[[HostCommand], bool]
 
 def apply_actions(state: State, actions: Iterable[Action]) -> State:
     """What an executor does, in memory: every write replaces the document under its key."""
-    groups = dict(state.groups)
-    deployments = dict(state.deployments)
-    commands = dict(state.commands)
-    for action in actions:
-        for write in action.writes():
-            document = write.document
-            if isinstance(document, GroupState):
-                groups[group_key(document.application, document.deployment_group)] = document
-            elif isinstance(document, Deployment):
-                deployments[document.deployment_id] = document
-            elif isinstance(document, HostCommand):
-                commands[document.host_id] = document
-    return State(groups=groups, deployments=deployments, commands=commands)
+    return state.with_documents(write.document for action in actions for write in action.writes())
 
 
 def run_agents(

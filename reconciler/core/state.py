@@ -6,12 +6,12 @@ hands them over as plain data; the core never reads settings files or the store 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from contract.models import Deployment, GroupState, HostCommand
+from contract.models import Deployment, GroupState, HostCommand, group_key
 
 #: The defaults of deploy.yaml's `heartbeatTimeout` and `historyLimit`, kept here so the core imports no
 #: settings (and through them the YAML loader); `reconciler.settings` can take its defaults from these.
@@ -34,6 +34,22 @@ class State:
     groups: Mapping[str, GroupState] = field(default_factory=dict)
     deployments: Mapping[str, Deployment] = field(default_factory=dict)
     commands: Mapping[str, HostCommand] = field(default_factory=dict)
+
+    def with_documents(self, documents: Iterable[object]) -> State:
+        """This state with these documents written over it, each replacing the one under its key, as an
+        executor's writes do: how a pass carries its own writes into progress and the next decision without a
+        re-read, and how a simulation (plan) applies actions in memory. Other documents are ignored."""
+        groups = dict(self.groups)
+        deployments = dict(self.deployments)
+        commands = dict(self.commands)
+        for document in documents:
+            if isinstance(document, GroupState):
+                groups[group_key(document.application, document.deployment_group)] = document
+            elif isinstance(document, Deployment):
+                deployments[document.deployment_id] = document
+            elif isinstance(document, HostCommand):
+                commands[document.host_id] = document
+        return State(groups=groups, deployments=deployments, commands=commands)
 
 
 class _HasCoreSettings(Protocol):

@@ -27,7 +27,6 @@ import structlog
 
 from contract.clock import Now, utc_now
 from contract.keys import group_state_key
-from contract.models import Deployment, GroupState, HostCommand, group_key
 from contract.store import Store
 from reconciler.core import (
     Action,
@@ -106,18 +105,7 @@ class PassListener(Protocol):
 
 def state_after(state: State, applied: Applied) -> State:
     """Lay the writes of a pass over the state it read, so progress and the next decisions need no re-read."""
-    groups = dict(state.groups)
-    deployments = dict(state.deployments)
-    commands = dict(state.commands)
-    for write in applied.writes:
-        document = write.document
-        if isinstance(document, GroupState):
-            groups[group_key(document.application, document.deployment_group)] = document
-        elif isinstance(document, Deployment):
-            deployments[document.deployment_id] = document
-        elif isinstance(document, HostCommand):
-            commands[document.host_id] = document
-    return State(groups=groups, deployments=deployments, commands=commands)
+    return state.with_documents(write.document for write in applied.writes)
 
 
 class PassRunner:
