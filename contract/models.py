@@ -4,6 +4,9 @@ One home for every object in the store layout table of docs/design.md, so the re
 deployments, groups, leases) and the agents (writers of registrations and status) can never drift apart. All
 JSON is camelCase and carries `schemaVersion`; unknown fields are rejected so a typo in a hand-edited document
 is an error rather than silently ignored.
+
+Longer than this project's ~400-line guide on purpose: it is a catalogue of flat field declarations (no logic
+beyond small validators), and one file is what keeps the two sides reading the same definitions.
 """
 
 from __future__ import annotations
