@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, StringConstraints, model_validator
 
 from contract.durations import Duration
-from contract.models import FileExistsBehavior, Model, Revision
+from contract.models import FileExistsBehavior, Model, Revision, group_key
 
 API_VERSION = "deploy/v1"
 KINDS = ("Application", "DeploymentGroup", "DeploymentConfig")
@@ -281,7 +281,7 @@ class DesiredGroup:
 
     @property
     def key(self) -> str:
-        return f"{self.application}/{self.name}"
+        return group_key(self.application, self.name)
 
 
 @dataclass(frozen=True)
