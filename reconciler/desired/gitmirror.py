@@ -10,18 +10,15 @@ clones again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from contract.gitmessages import GIT_NO_PROMPT, git_reason
+from contract import gitrun
+from contract.gitmessages import git_reason
 from reconciler.errors import SourceError
 
 #: A `git fetch` of a remote repository that has not finished after this long is killed; the next fetch comes
@@ -30,10 +27,9 @@ from reconciler.errors import SourceError
 FETCH_TIMEOUT_SECONDS = 60.0
 #: The first clone of a remote repository may take longer than a fetch.
 CLONE_TIMEOUT_SECONDS = 600.0
-#: A git process being killed first gets SIGTERM, so it removes its lock files, then SIGKILL after this.
-GIT_TERM_GRACE_SECONDS = 1.0
-#: How often the loop looks at a running git process (and at the stop event) while waiting for it.
-GIT_POLL_SECONDS = 0.05
+#: How long a killed git process gets between SIGTERM and SIGKILL, and how often it is looked at (contract/gitrun.py).
+GIT_TERM_GRACE_SECONDS = gitrun.GIT_TERM_GRACE_SECONDS
+GIT_POLL_SECONDS = gitrun.GIT_POLL_SECONDS
 
 
 class Interrupted(Exception):
@@ -53,41 +49,19 @@ def mirror_path(url: str) -> Path:
     return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def _end(process: subprocess.Popen[bytes]) -> None:
-    """Kill a git process and whatever it started (ssh, a remote helper): SIGTERM, then SIGKILL."""
-    for signum, grace in ((signal.SIGTERM, GIT_TERM_GRACE_SECONDS), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_git(args: list[str], *, cwd: Path | None, stop: threading.Event, timeout: float, what: str) -> None:
     """Run `git args`, killing it when `stop` is set (Interrupted) or after `timeout` seconds (SourceError).
 
-    git runs in its own process group, so the kill reaches its children too and a Ctrl-C on the terminal
-    reaches only the watcher, which then kills git itself."""
-    env = {**os.environ, **GIT_NO_PROMPT}
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(
-            ["git", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=errors, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while process.poll() is None:
-            if stop.is_set():
-                _end(process)
-                raise Interrupted(what)
-            if time.monotonic() >= deadline:
-                _end(process)
-                raise SourceError(f"{what}: git {args[0]} did not finish within {timeout:g}s and was killed")
-            stop.wait(GIT_POLL_SECONDS)
-        if process.returncode != 0:
-            errors.seek(0)
-            raise SourceError(f"{what}: git {args[0]} failed: {git_reason(errors.read(), process.returncode)}")
+    git runs in its own process group (contract/gitrun.py), so the kill reaches its children too and a Ctrl-C on
+    the terminal reaches only the watcher, which then kills git itself."""
+    try:
+        gitrun.run_git(args, cwd=cwd, timeout=timeout, stopped=stop.is_set, wait=stop.wait)
+    except gitrun.GitStopped:
+        raise Interrupted(what) from None
+    except gitrun.GitTimedOut:
+        raise SourceError(f"{what}: git {args[0]} did not finish within {timeout:g}s and was killed") from None
+    except gitrun.GitFailed as exc:
+        raise SourceError(f"{what}: git {args[0]} failed: {git_reason(exc.stderr, exc.returncode)}") from None
 
 
 def sync_mirror(url: str, *, stop: threading.Event, fetch: bool = True, fetch_timeout: float = FETCH_TIMEOUT_SECONDS,
