@@ -1,14 +1,22 @@
 """A command's event reports as it runs: every state change sent on at once, and at the end the outcome
-with the one paragraph a person reads when it failed."""
+with the one paragraph a person reads when it failed.
+
+This is the one place where what leaves the host is put together (the reports go to `status.json`, the
+reconciler copies them into `deployments/<id>.json` and the `reconcile --once` summary, the agent logs the
+failure paragraph), so every message is redacted here (agent/lifecycle/redact.py); the log tails come
+redacted from the script log.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent.lifecycle.redact import Redactor
 from agent.lifecycle.scriptlog import ScriptLog
 from contract.models import CommandStatus, EventReport, EventStatus, InstalledRevision, LifecycleErrorCode
 
@@ -57,13 +65,26 @@ class EventReports:
         self.log = log
         self.script_log: ScriptLog | None = None
         self.log_file: Path | None = None
+        #: Until the script log exists (a command that cannot start), the agent's environment's secrets.
+        self._early_redactor: Redactor | None = None
 
     def attach(self, script_log: ScriptLog, log_file: Path) -> None:
         """The hooks' log, once the deployment folder exists: tails and the log's path go into reports."""
         self.script_log = script_log
         self.log_file = log_file
 
+    def redact(self, text: str) -> str:
+        """`text` as it may leave the host: the script log's redaction, or the agent environment's before it."""
+        if self.script_log is not None:
+            return self.script_log.redact(text)
+        if self._early_redactor is None:
+            self._early_redactor = Redactor(os.environ)
+        return self._early_redactor.text(text)
+
     def emit(self, index: int, **changes: object) -> None:
+        message = changes.get("message")
+        if isinstance(message, str):
+            changes["message"] = self.redact(message)
         self.reports[index] = self.reports[index].model_copy(update=changes)
         if self.on_event is not None:
             self.on_event(self.reports[index])
@@ -78,16 +99,17 @@ class EventReports:
     ) -> None:
         """Report the event failed; unless the failure is ignored, the events after it are skipped."""
         assert self.script_log is not None
+        reason = self.redact(failure.message)
         self.emit(
             index,
             status=EventStatus.FAILED,
             ended_at=ended_at or self.now(),
             exit_code=failure.exit_code,
             error_code=failure.error_code,
-            message=failure.message,
+            message=reason,
             log_tail=self.script_log.tail(),
         )
-        self.log.error("event.failed", lifecycle_event=self.events[index], reason=failure.message)
+        self.log.error("event.failed", lifecycle_event=self.events[index], reason=reason)
         if skip_rest:
             self.skip_rest(index + 1, f"not run: {self.events[index]} failed")
 
@@ -102,7 +124,7 @@ class EventReports:
             text += " Last output: " + " | ".join(lines[-10:]) + "."
         if self.script_log.wrote_anything:
             text += f" Full log: {self.log_file}"
-        return text
+        return self.script_log.redact(text)
 
     def outcome(
         self, status: CommandStatus, message: str | None, installed: InstalledRevision | None = None
@@ -110,4 +132,5 @@ class EventReports:
         log_path = None
         if self.log_file is not None and self.script_log is not None and self.script_log.wrote_anything:
             log_path = self.log_file
-        return CommandOutcome(status, list(self.reports), installed, message, log_path)
+        shown = self.redact(message) if message is not None else None
+        return CommandOutcome(status, list(self.reports), installed, shown, log_path)

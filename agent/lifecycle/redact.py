@@ -1,0 +1,147 @@
+"""Secrets out of hook output before it leaves the host: the report's log tail, the failure paragraph, the
+agent's log lines that quote them, and the host's own script logs.
+
+What is replaced by `[REDACTED]` (docs/agent.md, "What hosts publish"):
+
+- the values of environment variables whose names look secret (`*SECRET*`, `*TOKEN*`, `*PASSWORD*`,
+  `*PASSWD*`, `*PASSPHRASE*`, `*CREDENTIAL*`, a name part ending in `KEY` such as `API_KEY` or `APIKEY`),
+  from the agent's environment and from the hook's when the caller passes it (`Redactor.learn`). Names that
+  are paths or known public identifiers (`*_FILE`, `*_PATH`, `*_DIR`, `BUNDLE_KEY`, the S3 object key) are
+  kept. `AWS_ACCESS_KEY_ID` is redacted too: an access key id alone cannot sign a request, but it names the
+  account and user, and the AKIA/ASIA pattern below hides it wherever it appears anyway;
+- AWS access key ids (`AKIA…`, `ASIA…`), and 40-character secrets written after `aws_secret…`;
+- values assigned to secret-looking names in the output itself (`password=…`, `API_KEY: …`, `"token": "…"`);
+- bearer tokens and `Authorization:` header values;
+- private key blocks (`-----BEGIN … PRIVATE KEY-----` up to the matching END line; the body lines are
+  dropped, the block becomes one `[REDACTED]`);
+- the password of URLs written `scheme://user:password@host` (the user is kept).
+
+Values shorter than 4 characters, and `true`/`false`/`yes`/`no`/`none`/`null`, are not redacted by value:
+replacing every `1` in the output would make it unreadable and hide nothing.
+
+Output is redacted line by line as it arrives (`StreamRedactor` keeps the one piece of state between lines,
+"inside a private key block"), before any tail is cut, so a cut can never leave half a secret visible.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+REDACTED = "[REDACTED]"
+
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL")
+_NOT_SECRET_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_SOCK", "_URL_FILE")
+_NOT_SECRET_NAMES = frozenset({"BUNDLE_KEY"})
+_HARMLESS_VALUES = frozenset({"true", "false", "yes", "no", "none", "null", "on", "off"})
+_MIN_VALUE = 4
+
+_BEGIN_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+_END_KEY = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+# A whole block on one line (JSON with \n escapes, a key squeezed into one log line).
+_ONE_LINE_KEY = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----"
+)
+
+_NAME_WORDS = r"secret|token|password|passwd|passphrase|api[_-]?key|access[_-]?key|private[_-]?key|credential"
+_NAME = rf"[A-Za-z0-9_.-]*(?:{_NAME_WORDS})[A-Za-z0-9_.-]*"
+_VALUE = r"(?:\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)"
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # scheme://user:password@host -> scheme://user:[REDACTED]@host
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@"), rf"\g<1>{REDACTED}@"),
+    # Authorization: Basic xxx / Bearer xxx, and a bearer token anywhere.
+    (re.compile(r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?[^\s\"',;]+"),
+     rf"\g<1>{REDACTED}"),
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/]+=*"), rf"\g<1>{REDACTED}"),
+    # AWS: the secret access key after aws_secret..., and access key ids.
+    (re.compile(r"(?i)(aws_?secret[A-Za-z_]*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
+     rf"\g<1>{REDACTED}"),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),
+    # name=value / name: value / "name": "value" where the name looks secret.
+    (re.compile(rf"(?i)(\b{_NAME}[\"']?\s*(?:=|:)\s*){_VALUE}"), rf"\g<1>{REDACTED}"),
+)
+
+
+def secret_name(name: str) -> bool:
+    """Whether an environment variable's name says its value is secret."""
+    upper = name.upper()
+    if upper in _NOT_SECRET_NAMES or upper.endswith(_NOT_SECRET_SUFFIXES):
+        return False
+    if any(word in upper for word in _SECRET_WORDS):
+        return True
+    return any(part.endswith("KEY") for part in upper.split("_"))
+
+
+class Redactor:
+    """The secrets one command's output must not carry: known values and the patterns above."""
+
+    def __init__(self, environment: Mapping[str, str] | None = None, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._values: set[str] = set()
+        self._value_pattern: re.Pattern[str] | None = None
+        if environment is not None:
+            self.learn(environment)
+
+    def learn(self, environment: Mapping[str, str]) -> None:
+        """Add the values of the secret-named variables of `environment` (a hook's environment, say)."""
+        before = len(self._values)
+        for name, value in environment.items():
+            if secret_name(name):
+                self._values.update(_pieces(value))
+        if len(self._values) != before:
+            # Longest first, so a value containing another is replaced whole.
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._value_pattern = re.compile("|".join(re.escape(value) for value in ordered))
+
+    def text(self, text: str) -> str:
+        """Redact a finished text (a message, a tail already cut): every line, key blocks included."""
+        if not self.enabled or not text:
+            return text
+        stream = StreamRedactor(self)
+        lines = [stream.line(line) for line in text.split("\n")]
+        return "\n".join(line for line in lines if line is not None)
+
+    def known(self, line: str) -> str:
+        """Known values and patterns of one line (no private key blocks: `StreamRedactor` handles those)."""
+        if self._value_pattern is not None:
+            line = self._value_pattern.sub(REDACTED, line)
+        for pattern, replacement in _PATTERNS:
+            line = pattern.sub(replacement, line)
+        return line
+
+
+class StreamRedactor:
+    """One output stream's lines, in order: remembers whether a private key block is open."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        self.in_key = False
+
+    def line(self, line: str) -> str | None:
+        """The line as it may be shown, or None to drop it (the inside of a private key block)."""
+        if not self.redactor.enabled:
+            return line
+        if self.in_key:
+            end = _END_KEY.search(line)
+            if end is None:
+                return None
+            self.in_key = False
+            rest = line[end.end():]
+            return self.redactor.known(rest) if rest.strip() else None
+        line = _ONE_LINE_KEY.sub(REDACTED, line)
+        begin = _BEGIN_KEY.search(line)
+        if begin is not None:
+            self.in_key = True
+            return self.redactor.known(line[: begin.start()]) + REDACTED
+        return self.redactor.known(line)
+
+
+def _pieces(value: str) -> Iterable[str]:
+    """The parts of a value worth looking for: the whole value, and each line of a multi-line one."""
+    for raw in {value, *value.splitlines()}:
+        piece = raw.strip()
+        if len(piece) >= _MIN_VALUE and piece.lower() not in _HARMLESS_VALUES:
+            yield piece
+
+
+__all__ = ["REDACTED", "Redactor", "StreamRedactor", "secret_name"]
