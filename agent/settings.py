@@ -48,6 +48,17 @@ class LoggingSettings(Model):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+class ReportOutputSettings(Model):
+    """How much of a hook's output leaves the host in event reports, and whether secrets are taken out first
+    (docs/agent.md, "What hosts publish")."""
+
+    tail_bytes: int = Field(
+        default=2048, ge=0, le=1 << 20,
+        description="Last bytes of each event's output put into its report (like CodeDeploy's 2 KB log tail); 0: none.",
+    )
+    redact: bool = Field(default=True, description="Replace secrets in hook output and messages by [REDACTED].")
+
+
 class AgentSettings(Model):
     """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
 
@@ -71,6 +82,7 @@ class AgentSettings(Model):
         description="On exit (--once, SIGTERM): how long to keep trying to write the last report.",
     )
     runas_allowed: bool = Field(default=True, description="Let appspec hooks switch user with runas.")
+    report_output: ReportOutputSettings = Field(default_factory=ReportOutputSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("host_id")
@@ -118,14 +130,19 @@ class SettingsError(Exception):
 # Sources
 
 
+#: The sections of agent.yaml (keys holding keys): their variables are FLEETSHIFT_AGENT_<SECTION>_<KEY>.
+_SECTIONS: dict[str, type[Model]] = {"logging": LoggingSettings, "report_output": ReportOutputSettings}
+
 #: (flag or variable name) per settings key, for errors and for the docs.
 _ENV_FIELDS: dict[str, tuple[str, ...]] = {
     f"{ENV_PREFIX}{name.upper()}": (info.alias or name,)
     for name, info in AgentSettings.model_fields.items()
-    if name != "logging"
+    if name not in _SECTIONS
 } | {
-    f"{ENV_PREFIX}LOGGING_{name.upper()}": ("logging", info.alias or name)
-    for name, info in LoggingSettings.model_fields.items()
+    f"{ENV_PREFIX}{section.upper()}_{name.upper()}": (AgentSettings.model_fields[section].alias or section,
+                                                      info.alias or name)
+    for section, model in _SECTIONS.items()
+    for name, info in model.model_fields.items()
 }
 ENV_VARIABLES = tuple(_ENV_FIELDS)
 

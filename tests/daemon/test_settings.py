@@ -184,3 +184,30 @@ def test_cli_prints_located_errors_and_exits_1_without_a_traceback(tmp_path: Pat
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 1
     assert result.stderr == f"deploy-agent: {config}:2:1: maxRevisions: Input should be greater than or equal to 1\n"
+
+
+def test_report_output_defaults_file_environment_and_typos(tmp_path: Path) -> None:
+    settings = load_settings(None, environ={})
+    assert (settings.report_output.tail_bytes, settings.report_output.redact) == (2048, True)
+    example = load_settings(EXAMPLE, environ={})
+    assert "\n  tailBytes:" in EXAMPLE.read_text() and "\n  redact:" in EXAMPLE.read_text()
+    assert example.report_output == settings.report_output
+
+    config = tmp_path / "agent.yaml"
+    config.write_text("reportOutput:\n  tailBytes: 0\n  redact: false\n")
+    off = load_settings(config, environ={}).report_output
+    assert (off.tail_bytes, off.redact) == (0, False)
+    from_env = load_settings(config, environ={"FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTES": "512"}).report_output
+    assert (from_env.tail_bytes, from_env.redact) == (512, False)
+
+    config.write_text("reportOutput:\n  tailByte: 10\n  redact: true\nreportOuput: {}\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert sorted(raised.value.problems) == [
+        f"{config}:2:3: reportOutput.tailByte: unknown key; did you mean `tailBytes`?",
+        f"{config}:4:1: reportOuput: unknown key; did you mean `reportOutput`?",
+    ]
+    config.write_text("reportOutput: {tailBytes: -1}\n")
+    with pytest.raises(SettingsError, match=r"reportOutput.tailBytes: Input should be greater than or equal to 0"):
+        load_settings(config, environ={})
+    assert meant_variable("FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTE") == "FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTES"
