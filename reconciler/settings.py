@@ -21,7 +21,7 @@ from contract.paths import default_store
 from contract.yamlmarks import did_you_mean
 from reconciler.core.state import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HISTORY_LIMIT
 from reconciler.desired.loader import parse_documents, pydantic_message
-from reconciler.desired.sources import ManifestFile
+from reconciler.desired.sources import bounded_file
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
 
 ENV_PREFIX = "FLEETSHIFT_"
@@ -149,7 +149,7 @@ def load_settings(
     if path is not None:
         if not path.is_file():
             raise SettingsError(f"{path}: settings file not found")
-        documents, errors = parse_documents(ManifestFile(str(path), path.read_bytes()))
+        documents, errors = parse_documents(bounded_file(str(path), path))
         if errors:
             raise ManifestErrors(errors)
         if documents:

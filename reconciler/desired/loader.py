@@ -18,7 +18,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
-from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
+from contract.yamlmarks import (
+    LocatedYaml,
+    YamlKeyProblem,
+    YamlPath,
+    YamlRefused,
+    did_you_mean,
+    known_keys,
+    load_located,
+)
 from reconciler.desired.manifests import (
     API_VERSION,
     BUILTIN_CONFIGS,
@@ -30,7 +38,13 @@ from reconciler.desired.manifests import (
     Desired,
     SourceRef,
 )
-from reconciler.desired.sources import GitSource, ManifestFile, files_from_commit, files_from_folder
+from reconciler.desired.sources import (
+    MAX_FILE_BYTES,
+    GitSource,
+    ManifestFile,
+    files_from_commit,
+    files_from_folder,
+)
 from reconciler.errors import ManifestError, ManifestErrors
 
 Path_ = YamlPath
@@ -68,8 +82,17 @@ def _decode(file: ManifestFile) -> tuple[str | None, ManifestError | None]:
         )
 
 
+def _mebibytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
 def parse_documents(file: ManifestFile) -> tuple[list[_Document], list[ManifestError]]:
-    """YAML -> plain Python with a line/column for every key and item; syntax errors become ManifestErrors."""
+    """YAML -> plain Python with a line/column for every key and item; every failure to read the file, down
+    to hostile input (`contract.yamlmarks` bounds size, depth and alias expansion), becomes a ManifestError."""
+    size = file.oversize if file.oversize is not None else len(file.content)
+    if size > MAX_FILE_BYTES:
+        return [], [ManifestError(file.name, 1, 1, None, None, f"the file is {_mebibytes(size)} ({size:,} bytes); "
+                                  f"at most {_mebibytes(MAX_FILE_BYTES)} is read")]
     text, error = _decode(file)
     if text is None:
         assert error is not None
@@ -78,6 +101,10 @@ def parse_documents(file: ManifestFile) -> tuple[list[_Document], list[ManifestE
     try:
         for index, located in load_located(text):
             documents.append(_Document(located.data, located.marks, file=file.name, index=index))
+    except YamlRefused as exc:
+        mark = exc.problem_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return documents, [ManifestError(file.name, line, column, None, None, f"YAML: {exc.problem}")]
     except YamlKeyProblem as problem:
         return documents, [ManifestError(file.name, problem.line, problem.column, None, None, problem.message)]
     except ConstructorError as exc:
@@ -89,7 +116,15 @@ def parse_documents(file: ManifestFile) -> tuple[list[_Document], list[ManifestE
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "invalid YAML"
         return documents, [ManifestError(file.name, line, column, None, None, f"YAML syntax error: {reason}")]
+    except Exception as exc:  # a commit must never crash the reader; the bounds above should make this unreachable
+        reason = f"YAML: cannot read the file ({_unexpected(exc)})"
+        return documents, [ManifestError(file.name, 1, 1, None, None, reason)]
     return documents, []
+
+
+def _unexpected(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 #: Where an unknown manifest field should be checked when no known field is close to it.
@@ -145,12 +180,23 @@ def _check_document(document: _Document) -> tuple[Any | None, list[ManifestError
         shown = "missing" if api_version is None else repr(api_version)
         return None, [err(("apiVersion",), f"must be {API_VERSION!r} ({shown})")]
     kind = data.get("kind")
-    if kind not in MANIFEST_MODELS:
+    if not isinstance(kind, str) or kind not in MANIFEST_MODELS:
         return None, [err(("kind",), f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")]
     try:
         return MANIFEST_MODELS[kind].model_validate(data), []
     except ValidationError as exc:
         return None, [err(tuple(e["loc"]), pydantic_message(e, MANIFEST_MODELS[kind])) for e in exc.errors()]
+
+
+def _checked(document: _Document) -> tuple[Any | None, list[ManifestError]]:
+    """`_check_document`, with any failure inside validation turned into an error at the document: one
+    hostile document must not crash the reader (and, under `reconcile watch`, every restart of it)."""
+    try:
+        return _check_document(document)
+    except Exception as exc:  # reported, located, and the commit refused
+        line, column = document.where(())
+        return None, [ManifestError(document.file, line, column, document.label, None,
+                                    f"cannot validate this document ({_unexpected(exc)})")]
 
 
 def _raw_names(failed: list[_Document]) -> set[tuple[str, str]]:
@@ -251,7 +297,7 @@ def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> D
         documents, parse_errors = parse_documents(file)
         errors.extend(parse_errors)
         for document in documents:
-            manifest, doc_errors = _check_document(document)
+            manifest, doc_errors = _checked(document)
             errors.extend(doc_errors)
             if manifest is not None:
                 validated.append((document, manifest))

@@ -20,14 +20,28 @@ from reconciler.desired.gitmirror import sync_mirror
 from reconciler.errors import SourceError
 
 YAML_SUFFIXES = (".yaml", ".yml")
+#: The largest manifest or settings file read (1 MiB): a hundred times the largest real one; a bigger file is
+#: not read into memory at all and is reported as a located error (`reconciler.desired.loader`).
+MAX_FILE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ManifestFile:
-    """One file's bytes and the name to show in messages (relative to the manifests folder)."""
+    """One file's bytes and the name to show in messages (relative to the manifests folder).
+
+    `oversize`: the file's size when it is larger than `MAX_FILE_BYTES`; `content` is then left empty."""
 
     name: str
     content: bytes
+    oversize: int | None = None
+
+
+def bounded_file(name: str, path: Path) -> ManifestFile:
+    """A file from disk, not read when it is larger than `MAX_FILE_BYTES`."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return ManifestFile(name, b"", oversize=size)
+    return ManifestFile(name, path.read_bytes())
 
 
 #: YAML files CI services read from the top of a repository; never manifests (hidden ones, such as
@@ -64,14 +78,13 @@ def files_from_folder(folder: Path) -> list[ManifestFile]:
     if not folder.exists():
         raise SourceError(f"{folder}: no such folder")
     if folder.is_file():
-        return [ManifestFile(folder.name, folder.read_bytes())]
+        return [bounded_file(folder.name, folder)]
     found = []
     for path in sorted(folder.rglob("*")):
         if path.suffix in YAML_SUFFIXES and path.is_file():
-            name = path.relative_to(folder).as_posix()
-            content = path.read_bytes()
-            if not_a_manifest(name, content) is None:
-                found.append(ManifestFile(name, content))
+            file = bounded_file(path.relative_to(folder).as_posix(), path)
+            if not_a_manifest(file.name, file.content) is None:
+                found.append(file)
     return found
 
 
@@ -175,9 +188,11 @@ def files_from_commit(
     files: list[ManifestFile] = []
     for item in _walk(tree):
         name = PurePosixPath(item.path).relative_to(sub).as_posix() if str(sub) != "." else item.path
-        content = item.data_stream.read()
-        if not_a_manifest(name, content) is None:
-            files.append(ManifestFile(name, content))
+        size = int(item.size)
+        file = ManifestFile(name, b"", oversize=size) if size > MAX_FILE_BYTES else ManifestFile(
+            name, item.data_stream.read())
+        if not_a_manifest(name, file.content) is None:
+            files.append(file)
     return str(commit.hexsha), files
 
 
@@ -189,10 +204,12 @@ def _walk(tree: Any) -> Iterator[Any]:
 
 __all__ = [
     "CI_FILES",
+    "MAX_FILE_BYTES",
     "SETTINGS_FILE",
     "YAML_SUFFIXES",
     "GitSource",
     "ManifestFile",
+    "bounded_file",
     "files_from_commit",
     "files_from_folder",
     "not_a_manifest",

@@ -14,7 +14,10 @@ fixed loop:
 - a full resync every `resyncInterval` whatever happens (liveness is judged from heartbeat ages).
 
 Manifests are loaded once per new commit. An invalid commit is logged with every error and not applied; the
-watcher keeps reconciling the last valid commit (rollouts in flight go on) until a valid one arrives.
+watcher keeps reconciling the last valid commit (rollouts in flight go on) until a valid one arrives. That holds
+for hostile commits too (control characters, alias bombs, absurd nesting, unbuildable scalars): the loader and
+`contract.yamlmarks` turn every failure to read a commit into located manifest errors, and anything that still
+escapes them is refused the same way here (`watch.manifests_unreadable`), never a crash and restart loop.
 
 Only the lease holder writes: a second `watch` waits as a standby until the lease is free (or expires),
 then takes over.
@@ -206,6 +209,16 @@ class Watcher:
                 errors=[str(e) for e in exc.errors],
                 applying=current,
             )
+            return False
+        except (SourceError, Interrupted):
+            raise
+        except Exception as exc:
+            # The loader turns every failure to read a commit into ManifestErrors; should one still escape,
+            # this commit is refused like an invalid one instead of stopping the watcher (and, under systemd,
+            # every restart of it on the same commit).
+            self.invalid_commit = commit
+            log.error("watch.manifests_unreadable", commit=commit, error=f"{type(exc).__name__}: {exc}",
+                      applying=current)
             return False
         self.invalid_commit = None
         self.desired = desired
