@@ -47,6 +47,28 @@ class StoredObject:
     #: Opaque version token for compare-and-swap: the ETag on S3, `mtime_ns.size.inode` on the file store
     #: (never repeating for a key, see contract/store/file.py).
     version: str
+    #: The object's size when it was larger than `read_limit(key)` and so was not read: `data` is then empty
+    #: (never valid JSON), and `contract.store.docs.parse_document` reports it as an unreadable document.
+    oversize: int | None = None
+
+
+#: Read limits per document, in bytes (see `read_limit`).
+SMALL_DOCUMENT_LIMIT = 1024 * 1024
+LARGE_DOCUMENT_LIMIT = 32 * 1024 * 1024
+#: The reconciler's documents that grow with the fleet: a deployment holds one entry per host of its group,
+#: a group record its history.
+_LARGE_PREFIXES = ("deployments/", "groups/")
+
+
+def read_limit(key: str) -> int:
+    """The most bytes any backend reads for `key`: a bigger object comes back with `oversize` set and no data.
+
+    Why: both sides read documents somebody else wrote; one hostile or broken document must not take a process
+    to gigabytes. Commands, statuses, registrations, conflict records and the lease are a few kilobytes (a
+    status carries at most a 2 KB log tail per lifecycle event), so 1 MiB is generous. A deployment lists every
+    host of its group (about 200 bytes a host: 10,000 hosts is about 2 MB) and a group record its history, so
+    they get 32 MiB; only the reconciler reads those."""
+    return LARGE_DOCUMENT_LIMIT if key.startswith(_LARGE_PREFIXES) else SMALL_DOCUMENT_LIMIT
 
 
 @dataclass(frozen=True, slots=True)

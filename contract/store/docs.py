@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from pydantic import ValidationError
 
 from contract.models import SCHEMA_VERSION, Document
-from contract.store.base import Store, StoredObject, StoreError
+from contract.store.base import Store, StoredObject, StoreError, read_limit
 
 DocumentT = TypeVar("DocumentT", bound=Document)
 
@@ -41,30 +41,53 @@ class Versioned(Generic[DocumentT]):
 
 
 def parse_document(stored: StoredObject, model: type[DocumentT]) -> DocumentT:
-    """Validate one stored object; the error names the key, the field, and what to do about a newer schema."""
+    """Validate one stored object; the error names the key, the field, and what to do about a newer schema.
+
+    Every way a document can be unreadable ends as `DocumentInvalid`, never as another exception: too big to
+    read (`StoredObject.oversize`, see `contract.store.base.read_limit`), not JSON, nested too deep, or not
+    the model. A process must not crash, again at every start, on one bad document written by somebody else."""
+    if stored.oversize is not None:
+        raise DocumentInvalid(
+            stored.key,
+            f"{stored.oversize} bytes, more than the {read_limit(stored.key)} bytes a {model.__name__} may have: "
+            "not read",
+            version=stored.version,
+        )
     try:
         return model.model_validate_json(stored.data)
-    except ValidationError as exc:
-        newer = _newer_schema(stored.data)
-        if newer is not None:
-            raise DocumentInvalid(
-                stored.key,
-                f"written with schemaVersion {newer}, but this fleetshift reads up to {SCHEMA_VERSION}: "
-                "upgrade this side",
-                version=stored.version,
-            ) from None
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(document)"
-        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    except (RecursionError, MemoryError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            raise _invalid(stored, model, exc) from None
         raise DocumentInvalid(
-            stored.key, f"not a valid {model.__name__}: {where}: {first['msg']}{more}", version=stored.version
+            stored.key, f"not a valid {model.__name__}: {type(exc).__name__}", version=stored.version
         ) from None
+
+
+def _invalid(stored: StoredObject, model: type[DocumentT], exc: ValidationError) -> DocumentInvalid:
+    """The message for a document that does not fit its model."""
+    newer = _newer_schema(stored.data)
+    if newer is not None:
+        return DocumentInvalid(
+            stored.key,
+            f"written with schemaVersion {newer}, but this fleetshift reads up to {SCHEMA_VERSION}: "
+            "upgrade this side",
+            version=stored.version,
+        )
+    errors = exc.errors()
+    if not errors:
+        return DocumentInvalid(stored.key, f"not a valid {model.__name__}", version=stored.version)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(document)"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return DocumentInvalid(
+        stored.key, f"not a valid {model.__name__}: {where}: {first['msg']}{more}", version=stored.version
+    )
 
 
 def _newer_schema(data: bytes) -> int | None:
     try:
         raw = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
         return None
     value = raw.get("schemaVersion") if isinstance(raw, dict) else None
     return value if isinstance(value, int) and value > SCHEMA_VERSION else None

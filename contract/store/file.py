@@ -24,11 +24,23 @@ How it stays correct with many agents and one reconciler writing at once:
 Keys are `/`-separated relative paths; no segment may be empty, `.`, `..`, or start with a dot (dot files
 are this backend's temporary and lock files, and listing skips them).
 
-Who creates the folder: writers (`open_store(url)`, the default, used by the agent and the reconciler's apply
-path) create it when they open the store, so a permission problem shows at start-up, not at the first write.
-Readers (`open_store(url, create=False)`: `reconcile status`, `history`, `plan`) never do: a missing folder
-reads as an empty store and `missing_folder()` lets them say "nothing has been deployed there" instead of
-leaving an empty folder behind at a mistyped path.
+Who creates the store, and why a vanished folder is an outage, not an empty fleet: a store is a folder with
+a marker file, `DIR/.fleetshift-store` (`{"kind": "fleetshift-store", "storeId": ..., "schemaVersion": 1}`),
+written once, create-only, and never rewritten.
+
+- A writer (`open_store(url)`, the default: `deploy-agent run`, `reconcile --once`, `reconcile watch`) opening a
+  folder without a marker creates the store (writes the marker) only when the folder does not exist or holds
+  nothing but this backend's dot files. A folder holding `hosts/`, `commands/`, `deployments/`, `groups/` or
+  `leases/` is a store written by a fleetshift from before the marker: the writer adopts it by writing the
+  marker, once, and logs `store.adopted`. Any other folder is refused (`StoreError`): it is not a store.
+- Readers (`open_store(url, create=False)`: `reconcile status`, `history`, `plan`, the operator commands)
+  never write the marker: a missing or empty folder is "no store there yet" (`missing_folder()`), reads of it
+  are empty and writes raise `StoreMissing`; an unmarked store from an earlier version is read as it is.
+- Once a store object has seen the marker, every operation checks it is still there (one `stat`, after a
+  read, before and after a write), and a missing marker or folder is `StoreUnavailable`: the folder was
+  renamed away or the network share under it was unmounted, and callers wait it out as an outage. Without
+  this a vanished folder read as a fleet with no hosts and the next write re-created it as an empty store.
+  Nothing is ever created above the store folder while it is open: writes make sub-folders only.
 """
 
 from __future__ import annotations
@@ -36,15 +48,20 @@ from __future__ import annotations
 import builtins
 import errno
 import fcntl
+import json
 import os
 import stat
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
+
+import structlog
 
 from contract.atomic import fsync_dir, write_atomic
 from contract.store.base import (
@@ -56,8 +73,18 @@ from contract.store.base import (
     StoreMissing,
     StoreUnavailable,
     check_key,
+    read_limit,
 )
 
+log = structlog.get_logger(__name__)
+
+#: The file that makes a folder a store (see the module docstring, "Who creates the store").
+MARKER = ".fleetshift-store"
+MARKER_KIND = "fleetshift-store"
+MARKER_SCHEMA_VERSION = 1
+#: Top-level folders a store written before the marker existed has (the key prefixes of contract/keys.py).
+_STORE_FOLDERS = frozenset({"hosts", "commands", "deployments", "groups", "leases"})
+_MARKER_MAX_BYTES = 4096
 LOCK_DIR = ".locks"
 LOCK_STRIPES = 64
 TEMP_PREFIX = ".tmp-"
@@ -93,13 +120,29 @@ def path_from_url(url: str) -> Path:
 
 
 def missing_folder(store: object) -> Path | None:
-    """The folder of a file store opened with `create=False` that does not exist yet, else None.
+    """The folder of a file store opened with `create=False` that holds no store yet (it does not exist, or
+    is empty and unmarked, like the mount point of a share that is not mounted), else None.
 
     Readers use it to say "no store at PATH yet: nothing has been deployed there" rather than showing an
     empty fleet without a word (a mistyped path looks exactly like that)."""
-    if isinstance(store, FileStore) and not store.root.is_dir():
+    if isinstance(store, FileStore) and store.store_id is None and store.probe() in ("missing", "empty"):
         return store.root
     return None
+
+
+def _marker_id(path: Path, data: bytes) -> str:
+    """The store id in a marker file; StoreError when it is not one this fleetshift can use."""
+    try:
+        raw = json.loads(data) if len(data) <= _MARKER_MAX_BYTES else None
+    except (ValueError, RecursionError):
+        raw = None
+    if not isinstance(raw, dict) or raw.get("kind") != MARKER_KIND or not isinstance(raw.get("storeId"), str):
+        raise StoreError(f"{path} is not a fleetshift store marker; move it away if this folder is not a store")
+    version = raw.get("schemaVersion")
+    if not isinstance(version, int) or version > MARKER_SCHEMA_VERSION:
+        raise StoreError(f"the store at {path.parent} was made by a newer fleetshift (marker schemaVersion "
+                         f"{version!r}; this one knows {MARKER_SCHEMA_VERSION}): upgrade this side")
+    return str(raw["storeId"])
 
 
 def version_of(info: os.stat_result) -> str:
@@ -127,22 +170,123 @@ class FileStore:
     """The `Store` protocol over a local folder. Safe to share between threads and between processes."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
-        """`create=False` is for readers: the folder is not made, a missing one reads as an empty store and
-        writes to it fail with `StoreMissing` (see the module docstring, "Who creates the folder")."""
+        """`create=True` (writers) creates the store or adopts one from before the marker; `create=False`
+        (readers) never writes the marker (see the module docstring, "Who creates the store")."""
         self.url = url
         self.root = path_from_url(url)
         self.create = create
+        #: The id in the store's marker, once this object has seen it (None: a reader of an unmarked folder).
+        self.store_id: str | None = None
+        self._marker_ident: tuple[int, int] | None = None
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._lock_fds: dict[int, int] = {}
+        self._stale_lock_fds: builtins.list[int] = []
         self._lock_fds_guard = threading.Lock()
         self._pid = os.getpid()
-        if create:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the store path {self.root} exists but is not a folder")
+        try:
+            self._open()
+        except OSError as exc:
+            raise _translate(exc, "open the store folder", self.root) from exc
+
+    def _open(self) -> None:
+        state = self.probe()
+        if state == "marked":
+            self._load_marker()
+            return
+        if not self.create:
+            return  # a reader: it never makes a folder a store
+        if state == "foreign":
+            raise StoreError(
+                f"{self.root} is not a fleetshift store: it has no {MARKER} marker and holds other files; point "
+                "the store URL at a new or empty folder (or at the store you meant)"
+            )
+        if state == "missing":
             try:
                 self._make_dirs(self.root)
             except OSError as exc:
                 raise _translate(exc, "create the store folder", self.root) from exc
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"the store path {self.root} exists but is not a folder")
+        payload = json.dumps({
+            "kind": MARKER_KIND,
+            "storeId": uuid.uuid4().hex,
+            "schemaVersion": MARKER_SCHEMA_VERSION,
+            "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+            "adopted": state == "legacy",
+        }, indent=2).encode() + b"\n"
+        # Create-only (a hard link): of two writers starting on an empty folder, one marker wins and both use it.
+        wrote = write_atomic(self.root / MARKER, payload, create_only=True, mode=0o644, prefix=TEMP_PREFIX, suffix="")
+        self._load_marker()
+        if wrote and state == "legacy":
+            log.warning("store.adopted", folder=str(self.root), store_id=self.store_id,
+                        reason=f"a store written before {MARKER} markers existed: marked it as a store, once")
+        elif wrote:
+            log.info("store.created", folder=str(self.root), store_id=self.store_id)
+
+    def probe(self) -> str:
+        """What the folder holds now: "marked" (a store), "missing", "empty" (nothing but dot files),
+        "legacy" (a store from before the marker) or "foreign" (something else)."""
+        try:
+            names = os.listdir(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing"
+        if MARKER in names:
+            return "marked"
+        visible = {name for name in names if not name.startswith(".")}
+        if not visible:
+            return "empty"
+        return "legacy" if visible & _STORE_FOLDERS else "foreign"
+
+    def _load_marker(self) -> None:
+        path = self.root / MARKER
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read(_MARKER_MAX_BYTES + 1)
+        store_id = _marker_id(path, data)
+        if self.store_id is not None and store_id != self.store_id:
+            raise StoreUnavailable(
+                f"the folder {self.root} now holds another store ({store_id}; this process opened {self.store_id}): "
+                "restart this process to use it"
+            )
+        if self._marker_ident is not None and self._marker_ident != (info.st_dev, info.st_ino):
+            # The same store, restored or remounted: lock files opened before may be other files now.
+            with self._lock_fds_guard:
+                self._stale_lock_fds.extend(self._lock_fds.values())
+                self._lock_fds = {}
+        self.store_id = store_id
+        self._marker_ident = (info.st_dev, info.st_ino)
+
+    def _check(self) -> bool:
+        """Is the store still there? True when it is marked; False for a reader of an unmarked folder (it may
+        have been created or adopted since: then it is marked from now on). A store this object saw marked
+        whose marker is gone raises StoreUnavailable: the folder was moved away or its share unmounted, and
+        reading it as empty would show a fleet with no hosts."""
+        path = self.root / MARKER
+        try:
+            if self._marker_ident is None:
+                try:
+                    self._load_marker()
+                except (FileNotFoundError, NotADirectoryError):
+                    return False
+                return True
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) != self._marker_ident:
+                self._load_marker()
+        except (FileNotFoundError, NotADirectoryError):
+            raise StoreUnavailable(
+                f"the store at {self.root} is gone: its {MARKER} marker is missing (the folder was moved or "
+                "deleted, or the share it is on is not mounted); waiting for it to come back"
+            ) from None
+        except OSError as exc:
+            raise _translate(exc, "find the store marker in", self.root) from exc
+        return True
+
+    def _writable(self) -> None:
+        """Before a write: the store is there (StoreUnavailable if it vanished), or, for a reader of an
+        unmarked folder, it is a store from before the marker (StoreMissing otherwise)."""
+        if not self._check() and self.probe() != "legacy":
+            raise StoreMissing(f"no store at {self.root}: it was opened read-only, and only the agent "
+                               "and the reconciler's apply path create it")
 
     def __repr__(self) -> str:
         return f"FileStore({self.url!r})"
@@ -151,7 +295,13 @@ class FileStore:
     # Reads: no lock, one stat (and one read when the object changed)
 
     def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
-        path = self.root / check_key(key)
+        found = self._get(check_key(key), if_version_not)
+        self._check()  # after the read: "absent" from a folder that vanished meanwhile is an outage
+        return found
+
+    def _get(self, key: str, if_version_not: str | None) -> StoredObject | None:
+        path = self.root / key
+        limit = read_limit(key)
         try:
             if if_version_not is not None:
                 current = version_of(os.stat(path))
@@ -162,11 +312,15 @@ class FileStore:
                 info = os.fstat(handle.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     return None
-                data = handle.read()
+                if info.st_size > limit:
+                    return StoredObject(key, b"", version_of(info), oversize=info.st_size)
+                data = handle.read(limit + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except OSError as exc:
             raise _translate(exc, "read", path) from exc
+        if len(data) > limit:
+            return StoredObject(key, b"", version_of(info), oversize=len(data))
         return StoredObject(key, data, version_of(info))
 
     def list(self, prefix: str) -> list[ObjectVersion]:
@@ -180,6 +334,7 @@ class FileStore:
             self._walk(folder, key_base, name_start, found)
         except OSError as exc:
             raise _translate(exc, "list", folder) from exc
+        self._check()  # after the listing: an empty one from a folder that vanished is an outage
         found.sort(key=lambda item: item.key)
         return found
 
@@ -231,7 +386,7 @@ class FileStore:
 
     def delete(self, key: str) -> None:
         path = self.root / check_key(key)
-        if not self.create and not self.root.is_dir():
+        if not self._check() and self.probe() != "legacy":
             return  # nothing can be stored in a store that does not exist, and a reader must not create it
         with self._locked(key, path):
             try:
@@ -261,7 +416,7 @@ class FileStore:
         """Temp file, fsync, rename, fsync the folder (contract/atomic.py). Called with the stripe lock held."""
         stamped: list[os.stat_result] = []
         try:
-            self._make_dirs(path.parent)
+            self._make_key_dirs(path.parent)
             write_atomic(
                 path,
                 data,
@@ -308,19 +463,47 @@ class FileStore:
             with suppress(OSError):
                 fsync_dir(created.parent)
 
+    def _make_key_dirs(self, folder: Path) -> None:
+        """The folders between the store folder and a key, never the store folder itself: a write to a store
+        whose folder vanished fails (ENOENT: StoreUnavailable) instead of re-creating it empty."""
+        probe = self.root
+        for part in folder.relative_to(self.root).parts:
+            probe = probe / part
+            try:
+                os.mkdir(probe)
+            except FileExistsError:
+                continue
+            with suppress(OSError):
+                fsync_dir(probe.parent)
+
     @contextmanager
     def _locked(self, key: str, path: Path) -> Iterator[None]:
+        """The stripe lock, with the marker checked before the lock file is opened, again under the lock, and
+        after the write: a write that may have gone into a folder standing in for the store is reported as
+        an outage, never as done."""
+        self._writable()
         stripe = zlib.crc32(key.encode()) % LOCK_STRIPES
         with self._stripe_locks[stripe]:
             fd = self._lock_fd(stripe)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
+                self._forget_lock_fd(stripe)
                 raise _translate(exc, "lock", path) from exc
             try:
+                self._writable()
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                with suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        self._check()
+
+    def _forget_lock_fd(self, stripe: int) -> None:
+        """A lock file that failed (a stale handle on a remounted share) is opened afresh next time."""
+        with self._lock_fds_guard:
+            fd = self._lock_fds.pop(stripe, None)
+            if fd is not None:
+                self._stale_lock_fds.append(fd)
 
     def _lock_fd(self, stripe: int) -> int:
         """One open lock file per stripe per process. After a fork the inherited descriptors share the
@@ -331,9 +514,6 @@ class FileStore:
                 self._pid = os.getpid()
             fd = self._lock_fds.get(stripe)
             if fd is None:
-                if not self.create and not self.root.is_dir():
-                    raise StoreMissing(f"no store at {self.root}: it was opened read-only, and only the agent "
-                                       "and the reconciler's apply path create it")
                 lock_dir = self.root / LOCK_DIR
                 path = lock_dir / f"{stripe:02d}"
                 try:
@@ -346,10 +526,11 @@ class FileStore:
 
     def close(self) -> None:
         with self._lock_fds_guard:
-            for fd in self._lock_fds.values():
+            for fd in [*self._lock_fds.values(), *self._stale_lock_fds]:
                 with suppress(OSError):
                     os.close(fd)
             self._lock_fds = {}
+            self._stale_lock_fds = []
 
     def __del__(self) -> None:
         with suppress(Exception):

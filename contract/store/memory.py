@@ -13,7 +13,7 @@ import builtins
 import itertools
 import threading
 
-from contract.store.base import ObjectVersion, PreconditionFailed, StoredObject, check_key
+from contract.store.base import ObjectVersion, PreconditionFailed, StoredObject, check_key, read_limit
 
 
 class MemoryStore:
@@ -44,6 +44,8 @@ class MemoryStore:
         data, version = found
         if if_version_not is not None and version == if_version_not:
             return StoredObject(key, b"", version)
+        if len(data) > read_limit(key):
+            return StoredObject(key, b"", version, oversize=len(data))
         return StoredObject(key, data, version)
 
     def put(self, key: str, data: bytes) -> str:

@@ -18,6 +18,8 @@ How it maps the `Store` protocol onto S3, and why:
   have applied it) can come back 412 because the first attempt won. The store then reads the object and,
   if it holds exactly the bytes it wrote, reports success instead of a lost race.
 - Keys obey the file store's rules (`check_key`), so a store can be copied between backends as is.
+- Reads are bounded (`read_limit`): an object bigger than its key's limit is not downloaded (its
+  `ContentLength` says so before the body is read) and comes back with `oversize` set.
 - Missing buckets, denied access and bad credentials raise `StoreError` subclasses whose messages say what
   to change; they are not retried because waiting does not fix them.
 """
@@ -42,6 +44,7 @@ from contract.store.base import (
     StoreError,
     StoreUnavailable,
     check_key,
+    read_limit,
 )
 
 if TYPE_CHECKING:
@@ -149,11 +152,18 @@ class S3Store:
                         return None
                 raise
             body = response["Body"]
+            version = str(response["ETag"])
+            limit = read_limit(key)
+            size = int(response.get("ContentLength") or 0)
             try:
-                data = body.read()
+                # Checked before reading a byte, and the read itself is bounded too (a server may not say the
+                # length): a huge object is closed unread (see `read_limit`).
+                data = b"" if size > limit else body.read(limit + 1)
             finally:
                 body.close()
-            return StoredObject(key, data, str(response["ETag"]))
+            if size > limit or len(data) > limit:
+                return StoredObject(key, b"", version, oversize=max(size, len(data)))
+            return StoredObject(key, data, version)
 
         return self._retrying("get", key, attempt)
 

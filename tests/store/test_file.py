@@ -75,7 +75,7 @@ def test_layout_on_disk_is_the_key_and_nothing_is_left_behind(tmp_path: Path) ->
     store.put_if_absent("leases/reconciler.json", b"lease")
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()
                    and p.relative_to(tmp_path).parts[0] != ".locks")
-    assert files == ["hosts/web-1/status.json", "leases/reconciler.json"]
+    assert files == [".fleetshift-store", "hosts/web-1/status.json", "leases/reconciler.json"]
     assert (tmp_path / "hosts/web-1/status.json").read_bytes() == b"status 19"
     assert oct((tmp_path / "hosts/web-1/status.json").stat().st_mode & 0o777) == "0o644"
 
