@@ -32,7 +32,7 @@ from reconciler.settings import DeploySettings
 from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease
 from reconciler.shell.observe import Snapshot
 from reconciler.shell.passes import PassRunner
-from reconciler.shell.settle import RunResult, run_until_settled
+from reconciler.shell.settle import STORE_RETRY_WINDOW, RunResult, run_until_settled
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,9 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
     lease = WriteLease(store, duration=reconcile_settings.lease_duration)
     with stop_on_signals() as stop:
         try:
-            if not lease.acquire(wait=min(reconcile_settings.lease_duration, timeout), stop=stop):
+            # Store outages while taking the lease are waited out like those during passes (same window).
+            if not lease.acquire(wait=min(reconcile_settings.lease_duration, timeout), stop=stop,
+                                 store_outage=min(STORE_RETRY_WINDOW, timeout)):
                 print("reconcile: interrupted while waiting for the write lease", file=sys.stderr)
                 return ExitCode.TERMINATED
         except LeaseHeld as exc:

@@ -187,14 +187,38 @@ class WriteLease:
         wait: timedelta | None,
         stop: threading.Event | None = None,
         retry_every: timedelta = timedelta(seconds=1),
+        store_outage: timedelta | None = None,
     ) -> bool:
         """Take the lease, waiting up to `wait` (None: until `stop` is set). Raises LeaseHeld when the wait
-        ends with the lease still held elsewhere; returns False only when `stop` was set."""
+        ends with the lease still held elsewhere; returns False only when `stop` was set.
+
+        `store_outage`: how long a store that fails with retryable errors (`StoreUnavailable`) is tried
+        again, every `retry_every`, before its error is raised; `reconcile --once` passes the same window
+        its passes get, so a store that is down at start-up is waited for like one that goes down mid-run.
+        None: raised at once (the watcher has its own outage handling)."""
         started = time.monotonic()
         deadline = None if wait is None else started + wait.total_seconds()
         announced = False
+        outage_since: float | None = None
         while True:
-            if self.try_acquire():
+            try:
+                taken = self.try_acquire()
+            except StoreError as exc:
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if not exc.retryable or store_outage is None or now - outage_since >= store_outage.total_seconds():
+                    raise
+                log.warning("lease.store_unavailable", error=str(exc), retry_in=retry_every.total_seconds())
+                if stop is not None:
+                    if stop.wait(retry_every.total_seconds()):
+                        return False
+                else:
+                    time.sleep(retry_every.total_seconds())
+                continue
+            if outage_since is not None:
+                log.info("lease.store_back", after=round(time.monotonic() - outage_since, 1))
+                outage_since = None
+            if taken:
                 return True
             if not announced and self._other is not None:
                 log.info("lease.waiting", holder=self._other.holder, expires_at=self._other.expires_at.isoformat())

@@ -12,8 +12,9 @@ import pytest
 
 from contract.keys import LEASE_KEY
 from contract.models import Lease
-from contract.store import Store, open_store
+from contract.store import Store, StoreUnavailable, open_store
 from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease, read_lease
+from tests.conftest import S3Server
 
 
 class Clock:
@@ -153,3 +154,51 @@ def test_processes_racing_for_the_lease_never_overlap(tmp_path: Path) -> None:
     for enter, leave in zip(lines[::2], lines[1::2], strict=True):
         assert enter.startswith("enter ")
         assert leave == "exit " + enter.split()[1], f"two holders at once: {enter!r} then {leave!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Store outages while taking the lease (`reconcile --once` at start-up)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_taking_the_lease_waits_out_an_s3_endpoint_that_is_down_then_up(s3_server: S3Server) -> None:
+    """The endpoint refuses connections for ~2 s, then answers: the lease is taken, not an exit 8."""
+    import threading
+
+    from tests.store.conftest import s3_url
+    from tests.store.s3proxy import S3Proxy
+
+    s3_server.client().create_bucket(Bucket="fleetshift-lease-outage")
+    port = _free_port()
+    store = open_store(s3_url(s3_server, "fleetshift-lease-outage", endpoint=f"http://127.0.0.1:{port}"))
+    proxies: list[S3Proxy] = []
+    starter = threading.Timer(2.0, lambda: proxies.append(S3Proxy(s3_server.endpoint_url, port=port).start()))
+    starter.start()
+    try:
+        lease = WriteLease(store, duration=timedelta(seconds=30), holder="after-outage")
+        assert lease.acquire(wait=timedelta(seconds=5), retry_every=timedelta(milliseconds=200),
+                             store_outage=timedelta(seconds=60))
+        assert lease.held and read_lease(store) is not None
+    finally:
+        starter.join()
+        for proxy in proxies:
+            proxy.stop()
+
+
+def test_an_outage_longer_than_the_window_is_raised(s3_server: S3Server) -> None:
+    from tests.store.conftest import s3_url
+
+    store = open_store(s3_url(s3_server, "fleetshift-lease-outage", endpoint=f"http://127.0.0.1:{_free_port()}"))
+    lease = WriteLease(store, duration=timedelta(seconds=30), holder="never")
+    with pytest.raises(StoreUnavailable):
+        lease.acquire(wait=timedelta(seconds=5), retry_every=timedelta(milliseconds=100),
+                      store_outage=timedelta(seconds=1))
+    with pytest.raises(StoreUnavailable):  # without a window (the watcher's call): at once
+        lease.acquire(wait=timedelta(seconds=5))

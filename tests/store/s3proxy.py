@@ -39,7 +39,9 @@ class Exchange:
 
 
 class S3Proxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, port: int = 0) -> None:
+        """`port`: listen on this port (0: any free one). A test that needs an endpoint that is down, then
+        up, points a store at a free port and starts the proxy on it later."""
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -59,7 +61,7 @@ class S3Proxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
