@@ -175,7 +175,7 @@ def revision_for(location: str, bundle_type: str | None) -> Revision:
     if location.startswith(("http://", "https://")):
         raise UsageError(f"{location}: only local paths and s3:// locations are supported")
     path = Path(location).expanduser().absolute()
-    if not path.exists():
+    if not _exists(path):
         raise UsageError(f"the bundle {path} does not exist")
     kind = _bundle_type(path, bundle_type)
     if kind == "directory" and not path.is_dir():
@@ -183,6 +183,15 @@ def revision_for(location: str, bundle_type: str | None) -> Revision:
     if kind != "directory" and path.is_dir():
         raise UsageError(f"{path} is a folder, but --type is {kind}")
     return Revision(local=LocalLocation(path=str(path), bundle_type=kind))
+
+
+def _exists(path: Path) -> bool:
+    """`path.exists()`, with a path the OS refuses to look at (a name over 255 bytes: ENAMETOOLONG, a symlink
+    loop) a command-line error rather than a traceback."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise UsageError(f"cannot use {str(path)[:200]}: {exc.strerror or exc}") from None
 
 
 def _quiet_logging(args: argparse.Namespace) -> None:
@@ -265,7 +274,7 @@ def run_validate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         events = parse_events(args.events)
         behavior = parse_behavior(args.file_exists_behavior)
         group_id = check_path_id(args.deployment_group, "--deployment-group")
-        if not path.exists():
+        if not _exists(path):
             raise UsageError(f"{path} does not exist")
         if path.is_file() and path.suffix.lower() in {".yml", ".yaml"}:
             return _validate_appspec_file(path, args.format, out)

@@ -4,6 +4,7 @@ install plan with its conflicts, and the problems, as text or as JSON (`--format
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,8 +77,8 @@ def _print_hooks(out: TextIO, findings: Findings) -> None:
     if spec is None:
         return
     events, appspec_only = findings.events, findings.appspec_only
-    print(f"{findings.path}: {spec.filename} version 0.0, os linux", file=out)
-    print("Hooks, in the order they run:", file=out)
+    _say(out, f"{findings.path}: {spec.filename} version 0.0, os linux")
+    _say(out, "Hooks, in the order they run:")
     any_hook = False
     for index, event in enumerate(events):
         scripts = spec.scripts_for(event)
@@ -92,9 +93,9 @@ def _print_hooks(out: TextIO, findings: Findings) -> None:
         listed = ", ".join(
             f"{s.location} ({s.timeout} s{', as ' + s.runas if s.runas else ''})" for s in scripts
         )
-        print(f"  {event:<19} {listed}{origin}", file=out)
+        _say(out, f"  {event:<19} {listed}{origin}")
     if not any_hook:
-        print("  (none)", file=out)
+        _say(out, "  (none)")
 
 
 def _print_plan(out: TextIO, findings: Findings) -> None:
@@ -102,31 +103,41 @@ def _print_plan(out: TextIO, findings: Findings) -> None:
     plan = check.plan if check else None
     if plan is None or check is None:
         return
-    print(f"Install plan (file_exists_behavior {check.behavior.value}):", file=out)
+    _say(out, f"Install plan (file_exists_behavior {check.behavior.value}):")
     lines = list(iter_plan_lines(plan, lambda target: _show(findings, target)))
     for line in lines or ["(nothing to install)"]:
-        print(f"  {line}", file=out)
+        _say(out, f"  {line}")
     if plan.conflicts:
-        print(f"Files already on this host at {len(plan.conflicts)} destination(s), not installed by this "
-              "deployment group:", file=out)
+        _say(out, f"Files already on this host at {len(plan.conflicts)} destination(s), not installed by this "
+             "deployment group:")
         for target in plan.conflicts:
-            print(f"  {_show(findings, target)}", file=out)
-        print("  DISALLOW: the deployment fails   OVERWRITE: they are replaced (and removed by the next "
-              "deployment)   RETAIN: they are kept as they are", file=out)
+            _say(out, f"  {_show(findings, target)}")
+        _say(out, "  DISALLOW: the deployment fails   OVERWRITE: they are replaced (and removed by the next "
+             "deployment)   RETAIN: they are kept as they are")
 
 
 def _print_problems(out: TextIO, findings: Findings) -> None:
     if findings.appspec_only:
-        print("Checked the appspec only; validate the whole bundle to check scripts, sources and the install "
-              "plan.", file=out)
+        _say(out, "Checked the appspec only; validate the whole bundle to check scripts, sources and the "
+             "install plan.")
     for problem in findings.warnings:
-        print(f"warning: {problem}", file=out)
+        _say(out, f"warning: {problem}")
     for problem in findings.maybe:
-        print(f"may fail: {problem} (a script that runs earlier may fix this)", file=out)
+        _say(out, f"may fail: {problem} (a script that runs earlier may fix this)")
     for problem in findings.errors:
-        print(f"error: {problem}", file=out)
+        _say(out, f"error: {problem}")
     errors = findings.errors
-    print("valid" if not errors else f"invalid: {len(errors)} problem(s)", file=out)
+    _say(out, "valid" if not errors else f"invalid: {len(errors)} problem(s)")
+
+
+#: Characters that would move the cursor, recolour the terminal, break a line or reorder text (bidi
+#: overrides) if an appspec's names were printed as they are; shown as escapes instead.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _say(out: TextIO, text: str) -> None:
+    """One line of the text report, with every unprintable character of the bundle's names escaped."""
+    print(_UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text), file=out)
 
 
 def _problem_json(problem: Problem) -> dict[str, str | None]:

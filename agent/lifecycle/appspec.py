@@ -13,6 +13,7 @@ deploys under CodeDeploy still deploys here.
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import re
@@ -23,7 +24,18 @@ from typing import Any
 
 from agent.errors import Problem, RevisionInvalid
 from agent.lifecycle.appspec_permissions import PERMISSION_TYPES, Ace, Permission, SELinuxContext, parse_permissions
-from agent.lifecycle.appspec_yaml import Collector, Located, Path_, did_you_mean_key, kind, load_yaml
+from agent.lifecycle.appspec_yaml import (
+    Collector,
+    Located,
+    Path_,
+    did_you_mean_key,
+    key_text,
+    kind,
+    load_yaml,
+    path_too_long,
+    scalar_text,
+    shown,
+)
 from agent.lifecycle.hostview import resolves_inside
 from contract.models import LIFECYCLE_EVENTS, FileExistsBehavior
 
@@ -31,6 +43,9 @@ from contract.models import LIFECYCLE_EVENTS, FileExistsBehavior
 #: appspec.yaml in Install but not in hooks, ISSUE #182).
 APPSPEC_NAMES: tuple[str, ...] = ("appspec.yml", "appspec.yaml")
 DEFAULT_TIMEOUT_SECONDS = 3600
+#: The longest a script may be given: a week. Longer is surely a typo, and a deadline must stay a number the
+#: clocks and waits downstream can hold (`timeout: .inf` or `1e300` cannot be one).
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 #: Events the agent performs itself; scripts listed under them would never run.
 AGENT_EVENTS: frozenset[str] = frozenset({"DownloadBundle", "Install"})
 SCRIPTABLE_EVENTS: frozenset[str] = frozenset(LIFECYCLE_EVENTS) - AGENT_EVENTS
@@ -89,16 +104,24 @@ def find_appspec(archive_dir: Path, filename: str | None = None) -> Path:
     candidates = (filename,) if filename else APPSPEC_NAMES
     for name in candidates:
         path = archive_dir / name
-        if path.is_symlink() and not resolves_inside(path, archive_dir):
-            # Reading it would read a file of this host (or nothing) in place of the bundle's own appspec, and
-            # could echo that file's contents in an error message.
+        try:
+            if path.is_symlink() and not resolves_inside(path, archive_dir):
+                # Reading it would read a file of this host (or nothing) in place of the bundle's own appspec,
+                # and could echo that file's contents in an error message.
+                raise RevisionInvalid(
+                    [Problem(name, None, f"is a symlink to {os.readlink(path)}, outside the bundle; the appspec "
+                             "must be a file of the bundle")],
+                    headline="the revision's appspec is not part of it",
+                )
+            if path.is_file():
+                return path
+        except (OSError, ValueError) as exc:
+            # A name longer than the OS allows (ENAMETOOLONG), a NUL in it, a symlink loop.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise RevisionInvalid(
-                [Problem(name, None, f"is a symlink to {os.readlink(path)}, outside the bundle; the appspec must "
-                         "be a file of the bundle")],
-                headline="the revision's appspec is not part of it",
-            )
-        if path.is_file():
-            return path
+                [Problem(name[:80], None, f"cannot look for the appspec under this name: {reason}")],
+                headline="the revision's appspec cannot be read",
+            ) from exc
     wanted = " or ".join(candidates)
     raise RevisionInvalid(
         [Problem("", None, f"no {wanted} at the top of the revision ({archive_dir})")],
@@ -137,10 +160,10 @@ def parse_appspec(text: bytes | str, *, filename: str = "appspec.yml") -> AppSpe
     files = _parse_files(data.get("files"), problems)
     permissions = parse_permissions(data.get("permissions"), problems)
     behavior = _parse_file_exists_behavior(data.get("file_exists_behavior"), problems)
-    for key in data:
-        if str(key) not in _TOP_LEVEL_KEYS:
-            hint = did_you_mean_key(str(key), _TOP_LEVEL_KEYS)
-            problems.warn((str(key),), f"unknown key, ignored (CodeDeploy ignores it too){hint}")
+    for key in map(key_text, data):
+        if key not in _TOP_LEVEL_KEYS:
+            hint = did_you_mean_key(key, _TOP_LEVEL_KEYS)
+            problems.warn((key,), f"unknown key, ignored (CodeDeploy ignores it too){hint}")
 
     if problems.errors:
         raise RevisionInvalid(problems.errors)
@@ -188,17 +211,38 @@ def _parse_os(data: dict[Any, Any], problems: Collector) -> str:
 
 
 def _ruby_to_i(value: Any) -> int | None:
-    """The reference agent coerces timeouts with Ruby's `to_i`: "90s" -> 90, 30.5 -> 30, "foo" -> 0."""
+    """The reference agent coerces timeouts with Ruby's `to_i`: "90s" -> 90, 30.5 -> 30, "foo" -> 0. None for
+    what has no whole number (a boolean, a list, `.inf`, `.nan`). Text with more digits than any timeout
+    needs is read as the number just above the limit rather than converted (Python refuses to convert more
+    than 4300 digits)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value)
+        return int(value) if math.isfinite(value) else None
     if isinstance(value, str):
-        match = re.match(r"\s*([+-]?\d+(?:_\d+)*)", value)
-        return int(match.group(1).replace("_", "")) if match else 0
+        match = re.match(r"\s*([+-]?)(\d+(?:_\d+)*)", value)
+        if not match:
+            return 0
+        digits = match.group(2).replace("_", "").lstrip("0") or "0"
+        number = int(digits) if len(digits) <= 18 else MAX_TIMEOUT_SECONDS + 1
+        return -number if match.group(1) == "-" else number
     return None
+
+
+def _parse_timeout(raw: Any, path: Path_, problems: Collector) -> int | None:
+    coerced = _ruby_to_i(raw)
+    if coerced is None or coerced <= 0:
+        problems.error(path, f"must be a whole number of seconds above 0, found {kind(raw)}")
+        return None
+    if coerced > MAX_TIMEOUT_SECONDS:
+        shown = kind(raw) if isinstance(raw, str) or coerced > MAX_TIMEOUT_SECONDS * 1000 else f"{coerced} seconds"
+        problems.error(path, f"must be at most {MAX_TIMEOUT_SECONDS} seconds (7 days), found {shown}")
+        return None
+    if not isinstance(raw, int):
+        problems.warn(path, f"{kind(raw)} is read as {coerced} seconds (as CodeDeploy does)")
+    return coerced
 
 
 def _parse_hooks(value: Any, problems: Collector) -> dict[str, tuple[HookScript, ...]]:
@@ -209,7 +253,7 @@ def _parse_hooks(value: Any, problems: Collector) -> dict[str, tuple[HookScript,
         problems.error(("hooks",), f"must map event names to lists of scripts, found {kind(value)}")
         return hooks
     for raw_event, scripts in value.items():
-        event = str(raw_event)
+        event = key_text(raw_event)
         path: Path_ = ("hooks", event)
         if event in AGENT_EVENTS:
             problems.error(path, f"{event} is performed by the agent itself; scripts cannot be attached to it")
@@ -232,10 +276,10 @@ def _hook_lines(value: Any, located: Located) -> dict[str, int]:
     if not isinstance(value, dict):
         return {}
     lines = {}
-    for raw_event in value:
-        line = located.line(("hooks", str(raw_event)))
+    for event in map(key_text, value):
+        line = located.line(("hooks", event))
         if line is not None:
-            lines[str(raw_event)] = line
+            lines[event] = line
     return lines
 
 
@@ -247,31 +291,31 @@ def _parse_script(entry: Any, path: Path_, problems: Collector) -> HookScript | 
         problems.error(path, f"a script is a mapping with a location, found {kind(entry)}")
         return None
     ok = True
-    location = entry.get("location")
-    location_text = "" if location is None else str(location).strip()
-    if not location_text:
+    raw_location = entry.get("location")
+    location = _optional_text(raw_location, (*path, "location"), problems, "a path in the bundle")
+    location_text = (location or "").strip()
+    if raw_location is None or (location is not None and not location_text):
         problems.error((*path, "location"), "missing; every script needs `location: <path in the bundle>`")
         ok = False
-    elif _escapes(location_text):
-        problems.error((*path, "location"), f"{location_text!r} points outside the bundle")
+    elif location is None:
         ok = False
-    timeout = DEFAULT_TIMEOUT_SECONDS
+    elif _escapes(location_text):
+        problems.error((*path, "location"), f"{shown(location_text)} points outside the bundle")
+        ok = False
+    elif too_long := path_too_long(location_text):
+        problems.error((*path, "location"), too_long)
+        ok = False
+    timeout: int | None = DEFAULT_TIMEOUT_SECONDS
     if entry.get("timeout") is not None:
-        raw = entry["timeout"]
-        coerced = _ruby_to_i(raw)
-        if coerced is None or coerced <= 0:
-            problems.error((*path, "timeout"), f"must be a whole number of seconds above 0, found {kind(raw)}")
-            ok = False
-        else:
-            timeout = coerced
-            if not isinstance(raw, int):
-                problems.warn((*path, "timeout"), f"{raw!r} is read as {coerced} seconds (as CodeDeploy does)")
-    runas_raw = entry.get("runas")
-    runas = None if runas_raw is None else (str(runas_raw).strip() or None)
-    for key in entry:
-        if str(key) not in _SCRIPT_KEYS:
-            problems.warn((*path, str(key)), f"unknown key, ignored{did_you_mean_key(str(key), _SCRIPT_KEYS)}")
-    if not ok:
+        timeout = _parse_timeout(entry["timeout"], (*path, "timeout"), problems)
+    runas_text = _optional_text(entry.get("runas"), (*path, "runas"), problems, "a user name")
+    runas = None if runas_text is None else (runas_text.strip() or None)
+    if entry.get("runas") is not None and runas_text is None:
+        ok = False
+    for key in map(key_text, entry):
+        if key not in _SCRIPT_KEYS:
+            problems.warn((*path, key), f"unknown key, ignored{did_you_mean_key(key, _SCRIPT_KEYS)}")
+    if not ok or timeout is None:
         return None
     return HookScript(
         location=location_text,
@@ -280,6 +324,11 @@ def _parse_script(entry: Any, path: Path_, problems: Collector) -> HookScript | 
         sudo=bool(entry.get("sudo")),
         line=problems.located.line(path),
     )
+
+
+def _optional_text(value: Any, path: Path_, problems: Collector, what: str) -> str | None:
+    """`scalar_text` for a field that may be absent: None when it is, or after a located error."""
+    return None if value is None else scalar_text(value, path, problems, what)
 
 
 def _escapes(relative: str) -> bool:
@@ -306,32 +355,45 @@ def _parse_files(value: Any, problems: Collector) -> list[FileMapping]:
         if not isinstance(entry, dict):
             problems.error(path, f"must be a mapping with source and destination, found {kind(entry)}")
             continue
-        source, destination = entry.get("source"), entry.get("destination")
-        ok = True
-        if source is None or str(source) == "":
+        raw_source, raw_destination = entry.get("source"), entry.get("destination")
+        source = _optional_text(raw_source, (*path, "source"), problems, "a path in the bundle")
+        destination = _optional_text(raw_destination, (*path, "destination"), problems, "an absolute path")
+        ok = source is not None and destination is not None
+        if raw_source is None or source == "":
             problems.error((*path, "source"), "missing; name a file or folder in the bundle (`/` for all of it)")
             ok = False
-        elif _escapes(str(source)):
-            problems.error((*path, "source"), f"{source!r} points outside the bundle")
+        elif source is None:
+            pass
+        elif _escapes(source):
+            problems.error((*path, "source"), f"{shown(source)} points outside the bundle")
             ok = False
-        if destination is None or str(destination) == "":
-            problems.error((*path, "destination"), f"missing for source {source!r}; name the folder to copy into")
+        elif too_long := path_too_long(source):
+            problems.error((*path, "source"), too_long)
             ok = False
-        elif not str(destination).startswith("/"):
+        if raw_destination is None or destination == "":
+            problems.error((*path, "destination"), f"missing for source {shown(source or '')}; name the folder to "
+                           "copy into")
+            ok = False
+        elif destination is None:
+            pass
+        elif not destination.startswith("/"):
             problems.error(
                 (*path, "destination"),
-                f"{destination!r} must be an absolute path (CodeDeploy would resolve it against the agent's "
+                f"{shown(destination)} must be an absolute path (CodeDeploy would resolve it against the agent's "
                 "working directory)",
             )
             ok = False
-        for key in entry:
-            if str(key) not in _FILE_KEYS:
-                problems.warn((*path, str(key)), f"unknown key, ignored{did_you_mean_key(str(key), _FILE_KEYS)}")
+        elif too_long := path_too_long(destination):
+            problems.error((*path, "destination"), too_long)
+            ok = False
+        for key in map(key_text, entry):
+            if key not in _FILE_KEYS:
+                problems.warn((*path, key), f"unknown key, ignored{did_you_mean_key(key, _FILE_KEYS)}")
         if ok:
             files.append(
                 FileMapping(
-                    source=bundle_relative(str(source)),
-                    destination=posixpath.normpath(str(destination)),
+                    source=bundle_relative(source or ""),
+                    destination=posixpath.normpath(destination or "/"),
                     line=problems.located.line(path),
                 )
             )
@@ -342,6 +404,8 @@ def _parse_file_exists_behavior(value: Any, problems: Collector) -> FileExistsBe
     if value is None:
         return None
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)  # not even looked up: the enum's own error would print the whole value
         return FileExistsBehavior(value)
     except ValueError:
         hint = ""

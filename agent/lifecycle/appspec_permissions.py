@@ -8,7 +8,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.lifecycle.appspec_yaml import Collector, Path_, did_you_mean_key, kind
+from agent.lifecycle.appspec_yaml import (
+    Collector,
+    Path_,
+    did_you_mean_key,
+    key_text,
+    kind,
+    path_too_long,
+    scalar_text,
+    shown,
+    too_big,
+)
 
 PERMISSION_TYPES: frozenset[str] = frozenset({"file", "directory"})
 _PERMISSION_KEYS = frozenset({"object", "pattern", "except", "type", "owner", "group", "mode", "acls", "context"})
@@ -74,9 +84,15 @@ def _string_list(value: Any, path: Path_, problems: Collector, what: str) -> tup
     if value is None:
         return ()
     if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
-        return tuple(str(item) for item in value)
+        texts = [scalar_text(item, (*path, index), problems, what) for index, item in enumerate(value)]
+        return None if None in texts else tuple(text for text in texts if text is not None)
     problems.error(path, f"must be a list of {what}, like [{what.split(maxsplit=1)[0]}], found {kind(value)}")
     return None
+
+
+def _text(entry: dict[Any, Any], key: str, path: Path_, problems: Collector, what: str) -> str | None:
+    value = entry.get(key)
+    return None if value is None else scalar_text(value, (*path, key), problems, what)
 
 
 def _parse_permission(entry: Any, path: Path_, problems: Collector) -> Permission | None:
@@ -84,14 +100,18 @@ def _parse_permission(entry: Any, path: Path_, problems: Collector) -> Permissio
         problems.error(path, f"must be a mapping with at least an object, found {kind(entry)}")
         return None
     errors_before = len(problems.errors)
-    obj = entry.get("object")
-    object_text = "" if obj is None else str(obj).strip()
-    if not object_text:
+    obj = _text(entry, "object", path, problems, "an absolute path")
+    object_text = "" if obj is None else obj.strip()
+    if obj is None and entry.get("object") is not None:
+        pass  # already reported
+    elif not object_text:
         problems.error((*path, "object"), "missing; name the installed file or folder the permission applies to")
     elif not object_text.startswith("/"):
-        problems.error((*path, "object"), f"{object_text!r} must be an absolute path on the host")
-    pattern = entry.get("pattern")
-    pattern_text = "**" if pattern is None else str(pattern)
+        problems.error((*path, "object"), f"{shown(object_text)} must be an absolute path on the host")
+    elif too_long := path_too_long(object_text):
+        problems.error((*path, "object"), too_long)
+    pattern = _text(entry, "pattern", path, problems, "a name pattern")
+    pattern_text = "**" if pattern is None else pattern
     excepts = _string_list(entry.get("except"), (*path, "except"), problems, "name patterns")
     types_raw = _string_list(entry.get("type"), (*path, "type"), problems, "file or directory")
     types: frozenset[str] = PERMISSION_TYPES
@@ -100,8 +120,8 @@ def _parse_permission(entry: Any, path: Path_, problems: Collector) -> Permissio
         if unknown:
             problems.error((*path, "type"), f"only file and directory are allowed, found {', '.join(unknown)}")
         types = frozenset(types_raw)
-    owner = None if entry.get("owner") is None else str(entry["owner"]).strip() or None
-    group = None if entry.get("group") is None else str(entry["group"]).strip() or None
+    owner = (_text(entry, "owner", path, problems, "a user name") or "").strip() or None
+    group = (_text(entry, "group", path, problems, "a group name") or "").strip() or None
     mode = None
     if entry.get("mode") is not None:
         mode = _parse_mode(entry["mode"], (*path, "mode"), problems)
@@ -114,9 +134,9 @@ def _parse_permission(entry: Any, path: Path_, problems: Collector) -> Permissio
     context = None
     if entry.get("context") is not None:
         context = _parse_context(entry["context"], (*path, "context"), problems)
-    for key in entry:
-        if str(key) not in _PERMISSION_KEYS:
-            problems.warn((*path, str(key)), f"unknown key, ignored{did_you_mean_key(str(key), _PERMISSION_KEYS)}")
+    for key in map(key_text, entry):
+        if key not in _PERMISSION_KEYS:
+            problems.warn((*path, key), f"unknown key, ignored{did_you_mean_key(key, _PERMISSION_KEYS)}")
     if len(problems.errors) > errors_before:
         return None
     return Permission(
@@ -135,6 +155,9 @@ def _parse_permission(entry: Any, path: Path_, problems: Collector) -> Permissio
 
 def _parse_mode(value: Any, path: Path_, problems: Collector) -> int | None:
     """Reference 1.5: `to_s`, left-padded to three digits, one to four octal digits."""
+    if too_big(value) or not isinstance(value, str | int | float) or isinstance(value, bool):
+        problems.error(path, f"must be one to four octal digits, like 644 or 2755, found {kind(value)}")
+        return None
     text = str(value)
     raw = problems.located.raw.get(path)
     if (
@@ -152,11 +175,11 @@ def _parse_mode(value: Any, path: Path_, problems: Collector) -> int | None:
         )
     text = text.rjust(3, "0")
     if len(text) > 4:
-        problems.error(path, f"{value!r} is too long: a mode has one to four octal digits, like 644 or 2755")
+        problems.error(path, f"{kind(value)} is too long: a mode has one to four octal digits, like 644 or 2755")
         return None
     bad = [c for c in text if c not in "01234567"]
     if bad:
-        problems.error(path, f"{value!r} contains {bad[0]!r}: a mode has only the digits 0-7, like 644")
+        problems.error(path, f"{kind(value)} contains {bad[0]!r}: a mode has only the digits 0-7, like 644")
         return None
     return int(text, 8)
 
@@ -177,20 +200,20 @@ def _parse_ace(text: str, path: Path_, problems: Collector) -> Ace | None:
     elif len(parts) == 3:
         kind_text, name, perms_text = parts
     else:
-        problems.error(path, f"{text!r} is not an ACL entry; write [d:]u|g|m:name:rwx, like u:deploy:rwx")
+        problems.error(path, f"{shown(text)} is not an ACL entry; write [d:]u|g|m:name:rwx, like u:deploy:rwx")
         return None
     kind = _ACE_KINDS.get(kind_text)
     if kind is None:
-        problems.error(path, f"{text!r}: {kind_text!r} is not u, g, m or o")
+        problems.error(path, f"{shown(text)}: {kind_text!r} is not u, g, m or o")
         return None
     if kind in {"user", "group"} and not name:
-        problems.error(path, f"{text!r} sets a base entry; use `mode` for the owner's and group's own bits")
+        problems.error(path, f"{shown(text)} sets a base entry; use `mode` for the owner's and group's own bits")
         return None
     if kind == "other":
-        problems.error(path, f"{text!r} sets the `other` entry; use `mode` for it")
+        problems.error(path, f"{shown(text)} sets the `other` entry; use `mode` for it")
         return None
     if kind == "mask" and name:
-        problems.error(path, f"{text!r}: a mask entry takes no name, write m::rwx")
+        problems.error(path, f"{shown(text)}: a mask entry takes no name, write m::rwx")
         return None
     if re.fullmatch(r"[0-7]", perms_text):
         bits = int(perms_text)
@@ -198,7 +221,8 @@ def _parse_ace(text: str, path: Path_, problems: Collector) -> Ace | None:
     else:
         bad = [c for c in perms_text if c not in "rwx-"]
         if bad or not perms_text:
-            problems.error(path, f"{text!r} contains {bad[0] if bad else 'nothing'!r}: use r, w, x, - or one digit")
+            found = bad[0] if bad else "nothing"
+            problems.error(path, f"{shown(text)} contains {found!r}: use r, w, x, - or one digit")
             return None
         perms = ("r" if "r" in perms_text else "-") + ("w" if "w" in perms_text else "-")
         perms += "x" if "x" in perms_text else "-"
@@ -209,25 +233,26 @@ def _parse_context(value: Any, path: Path_, problems: Collector) -> SELinuxConte
     if not isinstance(value, dict) or not value.get("type"):
         problems.error((*path, "type"), "an SELinux context needs at least `type`, like type: httpd_sys_content_t")
         return None
+    errors_before = len(problems.errors)
+    type_text = _text(value, "type", path, problems, "an SELinux type")
     # The reference agent reads the SELinux user from `name` (its docs say `user`): accept both.
-    user = value.get("name", value.get("user"))
+    user_key = "name" if "name" in value else "user"
+    user = _text(value, user_key, path, problems, "an SELinux user")
     if "user" in value and "name" not in value:
         problems.warn((*path, "user"), "CodeDeploy ignores `user` here and reads `name`; both are accepted")
     role = value.get("role")
     if role is not None:
         problems.error((*path, "role"), "SELinux roles cannot be set on files; remove `role`")
         return None
-    range_text = value.get("range")
+    range_text = _text(value, "range", path, problems, "an SELinux range like s0-s0:c0.c1023")
     if range_text is not None:
-        problem = _check_selinux_range(str(range_text))
+        problem = _check_selinux_range(range_text)
         if problem:
             problems.error((*path, "range"), problem)
             return None
-    return SELinuxContext(
-        type=str(value["type"]),
-        user=None if user is None else str(user),
-        range=None if range_text is None else str(range_text),
-    )
+    if type_text is None or len(problems.errors) > errors_before:
+        return None
+    return SELinuxContext(type=type_text, user=user, range=range_text)
 
 
 def _check_selinux_range(text: str) -> str | None:
@@ -238,7 +263,7 @@ def _check_selinux_range(text: str) -> str | None:
     low_text, dash, high_text = levels.partition("-")
     sensitivities = []
     for part in (low_text, high_text) if dash else (low_text,):
-        match = re.fullmatch(r"s(\d+)", part)
+        match = re.fullmatch(r"s([0-9]{1,9})", part)
         if not match:
             return f"invalid range part {text}: {part!r} is not a sensitivity like s0"
         sensitivities.append(int(match.group(1)))
@@ -250,7 +275,7 @@ def _check_selinux_range(text: str) -> str | None:
             first, dot, last = item.partition(".")
             numbers = []
             for part in (first, last) if dot else (first,):
-                match = re.fullmatch(r"c(\d+)", part)
+                match = re.fullmatch(r"c([0-9]{1,9})", part)
                 if not match or int(match.group(1)) > 1023:
                     return f"invalid category {part!r} in {text}: use c0 to c1023"
                 numbers.append(int(match.group(1)))
