@@ -40,6 +40,7 @@ import structlog
 
 from agent.errors import BundleError, UnsafeBundle, UsageError
 from agent.fetch import formats
+from agent.fetch.bounds import FetchBudget
 from agent.fetch.iothreads import CREATE_FLAGS, BackgroundWriter
 from agent.fetch.revision import CHUNK, FetchedBundle, remove_path
 
@@ -54,14 +55,20 @@ class ExtractLimits:
     max_entries: int = 250_000
 
 
-def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimits | None = None) -> None:
+def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimits | None = None,
+                  budget: FetchBudget | None = None) -> None:
     """Replace `archive_dir` with the bundle's contents, then unwrap a single top-level folder that holds
-    the appspec (reference 1.1). On any error the partial folder is removed."""
+    the appspec (reference 1.1). On any error the partial folder is removed. `budget` is checked at every
+    entry (a stop request or the command's deadline ends unpacking; kill -9 leaves a partial
+    `deployment-archive/`, removed before the next unpack into it)."""
     limits = limits or ExtractLimits()
     remove_path(archive_dir)
     archive_dir.mkdir(parents=True)
     started = time.monotonic()
     extractor = Extractor(archive_dir, limits)
+    extractor.budget = budget
+    if budget is not None:
+        budget.step(f"unpacking the {fetched.bundle_type} bundle {fetched.path.name}")
     try:
         if fetched.bundle_type != "directory":
             extractor.start_writer()
@@ -127,6 +134,8 @@ class Extractor:
         #: Set while unpacking an archive with many small files (see `BackgroundWriter`).
         self.writer: BackgroundWriter | None = None
         self.limits = limits
+        #: The command's fetch budget, checked at every entry (None: unbounded, as for `deploy-agent validate`).
+        self.budget: FetchBudget | None = None
         self.entries = 0
         self.written = 0
         self.regular: set[str] = set()
@@ -156,6 +165,8 @@ class Extractor:
         return "/".join(parts)
 
     def count(self, name: str, source: str) -> None:
+        if self.budget is not None:
+            self.budget.check()
         self.entries += 1
         if self.entries > self.limits.max_entries:
             raise UnsafeBundle(

@@ -8,13 +8,18 @@ A fetcher (`local`, `s3`, `git`) brings a revision's bytes into the deployment f
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
-from agent.errors import UsageError
+from agent.errors import BundleError, UsageError
 from contract.models import Revision
+
+if TYPE_CHECKING:
+    from agent.fetch.bounds import FetchBudget
 
 BundleType = Literal["zip", "tar", "tgz", "directory"]
 BUNDLE_TYPES: tuple[str, ...] = ("zip", "tar", "tgz", "directory")
@@ -48,12 +53,39 @@ def bundle_environment(revision: Revision) -> dict[str, str]:
     return {}
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, budget: FetchBudget | None = None) -> str:
+    """The file's sha256, read in chunks under `budget` (stop request, deadline, size cap). Only a regular
+    file is read (`open_regular`): a FIFO or a device (`/dev/zero`) is refused instead of read forever."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    if budget is not None:
+        budget.step(f"computing the sha256 of {path}")
+    with open_regular(path) as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
+            if budget is not None:
+                budget.advance(len(chunk))
     return digest.hexdigest()
+
+
+def not_a_bundle_file(path: Path | str, mode: int) -> BundleError:
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    return BundleError(f"{path} is {kind}; a bundle is a regular file (zip, tar, tgz) or a folder, so it was not read")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file. Opened non-blocking first, so a FIFO with no
+    writer cannot block the open itself, then checked on the open descriptor (no race with a swap)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise not_a_bundle_file(path, info.st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def detect_bundle_type(path: Path) -> BundleType:

@@ -1,40 +1,81 @@
 """A revision in S3: bucket, key, optional version id and eTag (checked). The client and the meaning of a
-failure come from contract/aws.py (shared with the S3 store), which imports boto3 on first use."""
+failure come from contract/aws.py (shared with the S3 store), which imports boto3 on first use.
+
+Bounded: the request and the body are read in a worker thread (`FetchBudget.run_watched`) while the command's
+thread checks the budget, so a stop, the command's deadline, a stall (an endpoint trickling 50 B/s) or more
+bytes than `FetchLimits.max_bytes` end the download within a fraction of a second; the connection is then shut
+down to break the worker's read. Sockets also time out per read (`READ_TIMEOUT_SECONDS`).
+
+kill -9 mid-download leaves a partial `bundle.tar` in this deployment's folder; it is never unpacked (the
+command is reported FailedAfterRestart at the next start) and goes with the folder when old revisions are pruned.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from agent.errors import BundleError, BundleNotFound, BundleUnavailable, ChecksumMismatch
-from agent.fetch.revision import CHUNK, FetchedBundle
+from agent.fetch.bounds import FetchBudget
+from agent.fetch.revision import FetchedBundle
 from contract import aws
 from contract.models import Revision
 
 log = structlog.get_logger("agent.fetch.s3")
 
+#: Each read of the body: small enough that progress and the size cap are seen often.
+READ_CHUNK = 256 << 10
+#: A socket read that gets nothing for this long fails (botocore then retries the request).
+READ_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 20.0
 
-def fetch_s3(revision: Revision, bundle_path: Path) -> FetchedBundle:
+
+def fetch_s3(revision: Revision, bundle_path: Path, budget: FetchBudget | None = None) -> FetchedBundle:
     location = revision.s3
     assert location is not None
+    budget = budget or FetchBudget.unbounded()
     where = f"s3://{location.bucket}/{location.key}" + (f" (version {location.version})" if location.version else "")
     digest = hashlib.sha256()
-    try:
+    budget.step(f"downloading {where}", network=True)
+    opened: list[Any] = []
+
+    def download(aborted: threading.Event) -> Any:
         # AWS_ENDPOINT_URL, AWS_REGION and credentials come from the environment, as boto3 reads them natively.
-        # botocore retries for us here (standard mode, 5 retries) with its default 60 s timeouts.
-        client = aws.s3_client(total_attempts=6, connect_timeout=60.0, read_timeout=60.0)
+        # botocore retries for us here (standard mode, 5 retries); the budget bounds the whole of it.
+        client = aws.s3_client(total_attempts=6, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                               read_timeout=READ_TIMEOUT_SECONDS)
         if location.version:
             response = client.get_object(Bucket=location.bucket, Key=location.key, VersionId=location.version)
         else:
             response = client.get_object(Bucket=location.bucket, Key=location.key)
+        body = response["Body"]
+        opened.append(body)
+        if aborted.is_set():
+            return response
+        budget.total = int(response.get("ContentLength") or 0) or None
         with bundle_path.open("wb") as out:
-            for chunk in response["Body"].iter_chunks(CHUNK):
+            while chunk := body.read(READ_CHUNK):
+                if aborted.is_set():
+                    break  # the watching thread has given up: write nothing more
                 digest.update(chunk)
                 out.write(chunk)
+                budget.count(len(chunk))  # the watching thread checks the cap, the stall and the deadline
+                if budget.received > budget.limits.max_bytes:
+                    break
+        return response
+
+    try:
+        response = budget.run_watched(download, abort=lambda: _shut(opened))
+        budget.advance(0)  # the size cap, for a body that ended past it
     except aws.InvalidEndpoint as exc:
         raise BundleError(f"cannot download {where}: the S3 endpoint is not usable: {exc}") from exc
+    except BundleError:
+        raise
     except Exception as exc:
         failure = aws.classify(exc)
         if failure is None:
@@ -48,6 +89,17 @@ def fetch_s3(revision: Revision, bundle_path: Path) -> FetchedBundle:
         )
     log.info("bundle.downloaded", source=where, bytes=bundle_path.stat().st_size)
     return FetchedBundle(bundle_path, location.bundle_type, digest.hexdigest())
+
+
+def _shut(opened: list[Any]) -> None:
+    """Break a read blocked on the body's socket: shut the connection down (closing it alone does not wake a
+    thread blocked in recv), then close the body."""
+    for body in opened:
+        raw = getattr(body, "_raw_stream", None)
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+        body.close()
 
 
 def _bundle_error(failure: aws.AwsFailure, where: str, *, versioned: bool) -> BundleError:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from agent.errors import AgentError, Problem, RevisionInvalid
-from agent.fetch import FetchedBundle, fetch_bundle, unpack_bundle
+from agent.fetch import FetchBudget, FetchedBundle, fetch_bundle, unpack_bundle
 from agent.lifecycle.appspec import AppSpec
 from agent.lifecycle.hooks import HookSettings, hook_environment, run_script
 from agent.lifecycle.install import plan_install
@@ -77,12 +77,17 @@ class CommandRun:
         on_event: Callable[[EventReport], None] | None,
         should_stop: Callable[[], bool] | None,
         appspec_filename: str | None,
+        *,
+        on_child: Callable[[int | None, str], None] | None = None,
     ) -> None:
         self.settings = runner.settings
         self.layout = runner.layout
         self.now = runner.now
         self.command = command
         self.should_stop = should_stop
+        #: Told each child process group the command starts (a hook, git) and None when it is gone, so the
+        #: daemon can record it and kill it after a crash (agent/daemon/orphans.py).
+        self.on_child = on_child
         self.appspec_filename = appspec_filename
         self.events = list(command.events)
         self.deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
@@ -147,14 +152,16 @@ class CommandRun:
         if DOWNLOAD_BUNDLE in self.events:
             self._early_check()
         for index, event in enumerate(self.events):
-            if self.should_stop is not None and self.should_stop():
+            # A failed early check (a stop or the deadline during the fetch included) is reported below as
+            # DownloadBundle's own failure, with its message.
+            if self.early.failure is None and self.should_stop is not None and self.should_stop():
                 done = self.events[index - 1] if index else "the start"
                 message = (f"stopped after {done}: the agent is shutting down, so the remaining events were "
                            "skipped")
                 self.reports.skip_rest(index, "not run: the agent is shutting down")
                 self.log.warning("command.stopped", after=done)
                 return self.reports.outcome(CommandStatus.FAILED, message)
-            if self.deadline is not None and time.monotonic() >= self.deadline:
+            if self.early.failure is None and self.deadline is not None and time.monotonic() >= self.deadline:
                 message = (f"the command's time limit of {self.command.timeout_seconds:g} s ran out before "
                            f"{event}")
                 self.reports.emit(index, status=EventStatus.FAILED, started_at=self.now(), ended_at=self.now(),
@@ -173,7 +180,8 @@ class CommandRun:
                           message="not run: the new revision failed its checks (see DownloadBundle)")
                 continue
             started_at = self.early.started_at if event == DOWNLOAD_BUNDLE else self.now()
-            self.reports.emit(index, status=EventStatus.IN_PROGRESS, started_at=started_at)
+            # message=None: DownloadBundle's fetch progress while it was Pending is no longer news.
+            self.reports.emit(index, status=EventStatus.IN_PROGRESS, started_at=started_at, message=None)
             self.script_log.reset_tail()
             try:
                 note = self._run_event_safely(index, event)
@@ -195,14 +203,43 @@ class CommandRun:
 
     # -- the early check
 
+    def _fetch_budget(self) -> FetchBudget:
+        """Fetch, unpack and check run under the command's time limit (or `FetchLimits.default_timeout_seconds`
+        when it has none) and stop when `should_stop` says so; progress goes to DownloadBundle's report (still
+        Pending: the events before it have not run) as its message."""
+        limits = self.settings.fetch_limits
+        deadline, seconds = self.deadline, self.command.timeout_seconds
+        if deadline is None or seconds is None:
+            seconds = limits.default_timeout_seconds
+            deadline = time.monotonic() + seconds
+        index = self.events.index(DOWNLOAD_BUNDLE)
+
+        def progress(text: str) -> None:
+            self.reports.emit(index, message=text)
+
+        def child(pid: int | None) -> None:
+            if self.on_child is not None:
+                self.on_child(pid, "git")
+
+        return FetchBudget(should_stop=self.should_stop, deadline=deadline, limit_seconds=seconds, limits=limits,
+                           on_progress=progress, on_child=child)
+
     def _early_check(self) -> None:
+        """Fetch, unpack and check the new revision before the first event. Every step is bounded by the
+        command's `FetchBudget` (agent/fetch/bounds.py); a stop or the deadline fails DownloadBundle with a
+        message naming the step, its source and how long it waited. kill -9 here: the state file says the
+        command was running with every event Pending, so the next start reports the first event
+        FailedAfterRestart and the rest Skipped, and kills a git child recorded there."""
         assert self.deployment is not None and self.group is not None
         command = self.command
         self.early.started_at = self.now()
+        budget = self._fetch_budget()
         try:
             self.group.prune_revisions(self.deployment, self.settings.max_revisions)
-            fetched = fetch_bundle(command.revision, self.deployment.path, git_cache_dir=self.layout.git_cache)
-            unpack_bundle(fetched, self.deployment.archive, self.settings.extract_limits)
+            fetched = fetch_bundle(command.revision, self.deployment.path, git_cache_dir=self.layout.git_cache,
+                                   budget=budget)
+            unpack_bundle(fetched, self.deployment.archive, self.settings.extract_limits, budget)
+            budget.step("checking the new revision")
             self.early.fetched = fetched
             check = check_revision(
                 self.deployment.archive,
@@ -301,6 +338,7 @@ class CommandRun:
                 script_log=self.script_log,
                 settings=self.hook_settings,
                 deadline=self.deadline,
+                on_spawn=self._hook_child(script.location),
             )
             if not outcome.succeeded:
                 assert outcome.error_code is not None and outcome.message is not None
@@ -314,6 +352,12 @@ class CommandRun:
         if previous:
             return f"ran {len(scripts)} script(s) of the last installed revision ({archive.parent.name})"
         return None
+
+    def _hook_child(self, location: str) -> Callable[[int | None], None] | None:
+        on_child = self.on_child
+        if on_child is None:
+            return None
+        return lambda pid: on_child(pid, f"hook {location}")
 
     def _install(self) -> str | None:
         assert self.deployment is not None and self.early.spec is not None and self.group is not None

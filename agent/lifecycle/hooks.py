@@ -26,6 +26,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,15 @@ def run_script(
     script_log: ScriptLog,
     settings: HookSettings,
     deadline: float | None = None,
+    on_spawn: Callable[[int | None], None] | None = None,
 ) -> ScriptOutcome:
     """Run one hook script to completion, timeout or failure. Never raises for the script's own faults.
 
     `deadline` (a `time.monotonic()` value) is the command's overall limit; the script gets whichever of
-    its own timeout and that limit ends first.
+    its own timeout and that limit ends first. `on_spawn(pgid)` is told the script's process group right after
+    it starts (the daemon records it, to kill it if the agent dies meanwhile) and `on_spawn(None)` after it
+    ended; kill -9 between the start and that record leaves the script running unrecorded (a window of one
+    state-file write).
     """
     started = time.monotonic()
     location = script.location
@@ -142,8 +147,14 @@ def run_script(
         timeout, limit_is_command = _time_limit(script, started, deadline)
         log.info("hook.started", script=location, timeout=script.timeout, runas=script.runas)
         process = _spawn(location, launch, archive_dir)
-        _wait(process, location=location, who=launch.who, script_log=script_log, until=started + timeout,
-              limit=_limit_text(timeout, limit_is_command), grace=settings.kill_grace_seconds)
+        if on_spawn is not None:
+            on_spawn(process.pid)
+        try:
+            _wait(process, location=location, who=launch.who, script_log=script_log, until=started + timeout,
+                  limit=_limit_text(timeout, limit_is_command), grace=settings.kill_grace_seconds)
+        finally:
+            if on_spawn is not None:
+                on_spawn(None)
     except _ScriptFault as fault:
         script_log.note(fault.message)
         log.info("hook.failed", script=location, error_code=fault.code.value, exit_code=fault.exit_code,

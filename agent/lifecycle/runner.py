@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from agent.fetch import ExtractLimits
+from agent.fetch import ExtractLimits, FetchLimits
 from agent.lifecycle.command_run import CommandRun
 from agent.lifecycle.layout import DeploymentRoot
 from agent.lifecycle.reports import CommandOutcome
@@ -53,6 +53,9 @@ class RunnerSettings:
     runas_allowed: bool = True
     #: Caps on unpacked bundles (entries, bytes): a zip bomb fails DownloadBundle instead of filling the disk.
     extract_limits: ExtractLimits = field(default_factory=ExtractLimits)
+    #: Bounds on fetching (agent/fetch/bounds.py): the budget when a command has no `timeout_seconds`
+    #: (3600 s), the download size cap, the stall rule, how often progress is reported.
+    fetch_limits: FetchLimits = field(default_factory=FetchLimits)
 
 
 
@@ -79,9 +82,14 @@ class LifecycleRunner:
         should_stop: Callable[[], bool] | None = None,
         *,
         appspec_filename: str | None = None,
+        on_child: Callable[[int | None, str], None] | None = None,
     ) -> CommandOutcome:
-        """Run every event of `command` in order and report each state change through `on_event`."""
-        run = CommandRun(self, command, on_event, should_stop, appspec_filename)
+        """Run every event of `command` in order and report each state change through `on_event`.
+
+        `should_stop` is polled between events and, during the fetch and check before the first event, every
+        fraction of a second (a stuck fetch ends at once). `on_child(pgid, what)` is told each child process
+        group (a hook, git) right after it starts and `(None, what)` once it is gone."""
+        run = CommandRun(self, command, on_event, should_stop, appspec_filename, on_child=on_child)
         return run.execute()
 
     def last_successful(self, application: str, deployment_group: str) -> InstalledRevision | None:

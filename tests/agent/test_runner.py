@@ -64,7 +64,11 @@ def test_events_run_in_codedeploy_order_and_stop_scripts_come_from_the_last_revi
 
 def test_reports_go_in_progress_then_final_in_order(sandbox: Sandbox, make_bundle, tmp_path: Path) -> None:
     outcome = sandbox.deploy(recording_bundle(make_bundle(), tmp_path / "t", "v1"))
-    sequence = [(r.name, r.status.value) for r in sandbox.reports]
+    # While the bundle is fetched and checked, DownloadBundle (still Pending) carries the step as its message.
+    progress = [r for r in sandbox.reports if r.status.value == "Pending"]
+    assert progress and all(r.name == "DownloadBundle" and r.message for r in progress)
+    assert "reading the local bundle" in (progress[0].message or "")
+    sequence = [(r.name, r.status.value) for r in sandbox.reports if r.status.value != "Pending"]
     expected = []
     for report in outcome.events:
         expected += [(report.name, "InProgress"), (report.name, "Succeeded")]
