@@ -74,6 +74,18 @@ def _failed_hosts(deployment: Deployment) -> list[str]:
     return lines
 
 
+def _partial(deployment: Deployment) -> str:
+    """For a success with failed hosts (fewer than the minimum healthy hosts allowed, so CodeDeploy counts it
+    successful too): how many, and that they are not on the revision. Empty when every host succeeded."""
+    failed = sum(1 for state in deployment.hosts.values() if state.status is HostDeploymentStatus.FAILED)
+    if not failed:
+        return ""
+    deployed = sum(1 for state in deployment.hosts.values() if state.status is not HostDeploymentStatus.SKIPPED)
+    hosts = "host" if deployed == 1 else "hosts"
+    return (f", but {failed} of {deployed} {hosts} failed and did not get it (within the minimum healthy hosts); "
+            "see docs/reconciler.md \"After a partial success\" to bring them up to date")
+
+
 def _report_finish(verdict: _Verdict, finish: FinishDeployment, ledger: RunLedger,
                    deployments: Mapping[str, Deployment]) -> None:
     """The line(s) for one deployment that ended during the run."""
@@ -81,7 +93,9 @@ def _report_finish(verdict: _Verdict, finish: FinishDeployment, ledger: RunLedge
     deployment_id = finish.deployment_id
     if finish.status is DeploymentStatus.SUCCEEDED:
         what = "rollback" if deployment.creator == "rollback" else "deployment"
-        verdict.lines.append(f"{finish.group}: {what} {deployment_id} of {finish.revision.short()} succeeded")
+        line = f"{finish.group}: {what} {deployment_id} of {finish.revision.short()} succeeded"
+        verdict.lines.append(line + _partial(deployment))
+        verdict.lines.extend(_failed_hosts(deployment))
         return
     if finish.status is DeploymentStatus.SUPERSEDED:
         verdict.lines.append(f"{finish.group}: deployment {deployment_id} superseded by a newer commit")
