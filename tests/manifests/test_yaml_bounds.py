@@ -43,7 +43,7 @@ def test_a_control_character_is_located_by_newlines() -> None:
     with pytest.raises(YamlRefused, match="U\\+0007") as refused:
         list(load_located("a: 1\nb: x\x07\n"))
     mark = refused.value.problem_mark
-    assert (mark.line + 1, mark.column + 1) == (2, 5)
+    assert mark is not None and (mark.line + 1, mark.column + 1) == (2, 5)
 
 
 def test_manifests_refuse_line_breaks_editors_do_not_show() -> None:
@@ -51,7 +51,7 @@ def test_manifests_refuse_line_breaks_editors_do_not_show() -> None:
         with pytest.raises(YamlRefused, match="line break") as refused:
             list(load_located(f"a: 1\nb: 2{odd}c: 3\n"))
         mark = refused.value.problem_mark
-        assert (mark.line + 1, mark.column + 1) == (2, 5)
+        assert mark is not None and (mark.line + 1, mark.column + 1) == (2, 5)
     assert [d.data for _, d in load_located("a: 1\r\nb: 2\r\n")] == [{"a": 1, "b": 2}]
 
 
