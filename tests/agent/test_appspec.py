@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -411,3 +412,57 @@ def test_appspec_yml_then_yaml_then_explicit_name(tmp_path) -> None:
     assert find_appspec(tmp_path, "custom.yml").name == "custom.yml"
     with pytest.raises(RevisionInvalid, match=r"no missing\.yml at the top of the revision"):
         find_appspec(tmp_path, "missing.yml")
+
+
+# Hostile input found by fuzzing (tests/fuzz/test_appspec_fuzz.py): a located problem, never a crash.
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1.0e+300", "604801", '"9999999999999999999999s"'])
+def test_non_finite_and_huge_timeouts_are_located_errors(value: str) -> None:
+    (problem,) = problems(BASE + f"hooks:\n  BeforeInstall:\n    - location: a\n      timeout: {value}\n")
+    assert problem.startswith("appspec.yml:6: hooks.BeforeInstall[0].timeout: must be ")
+
+
+def test_names_longer_than_the_os_allows_are_located_errors() -> None:
+    found = problems(BASE + f"files:\n  - source: {'s' * 300}\n    destination: /srv/{'d/' * 2100}\n"
+                     f"hooks:\n  BeforeInstall:\n    - location: scripts/{'a' * 256}\n")
+    assert found[0].startswith("appspec.yml:8: hooks.BeforeInstall[0].location: ")
+    assert "a file or folder name can be at most 255" in found[0]
+    assert found[1].startswith("appspec.yml:4: files[0].source: ") and "at most 255" in found[1]
+    assert found[2].startswith("appspec.yml:5: files[0].destination: ") and "at most 4095" in found[2]
+    assert all(len(p) < 400 for p in found), "long names are cut short in messages"
+
+
+def test_nul_characters_and_collections_in_names_are_located_errors() -> None:
+    found = problems(BASE + 'hooks:\n  BeforeInstall:\n    - location: "a\\0b"\n      runas: [root]\n'
+                     'permissions:\n  - object: /srv\n    owner: "r\\0"\n')
+    assert found == [
+        "appspec.yml:5: hooks.BeforeInstall[0].location: 'a\\x00b' contains a NUL character, which no name on a "
+        "host can hold",
+        "appspec.yml:6: hooks.BeforeInstall[0].runas: must be a user name, found a list",
+        "appspec.yml:9: permissions[0].owner: 'r\\x00' contains a NUL character, which no name on a host can hold",
+    ]
+
+
+@pytest.mark.parametrize("tagged", ["!!timestamp tomorrow", "!!int many", "!!bool maybe", "9" * 5000])
+def test_values_yaml_cannot_build_are_located_errors(tagged: str) -> None:
+    (problem,) = problems(BASE + f"hooks:\n  BeforeInstall:\n    - location: a\n      timeout: {tagged}\n")
+    assert problem.startswith("appspec.yml:6:16: not valid YAML: cannot read ")
+
+
+def test_numbers_too_wide_to_print_are_described_by_size() -> None:
+    found = problems(BASE + f"permissions:\n  - object: /srv\n    mode: 0x{'f' * 5000}\n")
+    assert found == ["appspec.yml:5: permissions[0].mode: must be one to four octal digits, like 644 or 2755, "
+                     "found a number of about 6020 digits"]
+
+
+def test_an_alias_bomb_is_refused_at_its_line() -> None:
+    rows = "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    (problem,) = problems(BASE + 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + rows)
+    assert re.match(r"appspec\.yml:\d+:\d+: not valid YAML: .*alias", problem)
+
+
+def test_an_appspec_name_the_os_refuses_is_a_problem(tmp_path) -> None:
+    with pytest.raises(RevisionInvalid) as caught:
+        find_appspec(tmp_path, "x" * 300)
+    assert "File name too long" in str(caught.value)

@@ -4,6 +4,7 @@ and messages a person can act on (observed sections 3 and 6)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,36 @@ def test_local_deploys_from_s3(s3_server, make_bundle, tmp_path: Path, monkeypat
     missing_type = run_cli("local", "-l", "s3://cli-bundles/app", *paths(tmp_path))
     assert missing_type.code == 2
     assert "pass --type zip, tar or tgz for s3://cli-bundles/app" in missing_type.err
+
+
+HOSTILE_SEEDS = Path(__file__).parents[1] / "fuzz" / "corpus" / "appspecs"
+
+
+@pytest.mark.parametrize("seed", ["timeout-inf", "long-names", "control-characters", "timestamp-groupdict",
+                                  "alias-bomb", "wrong-types"])
+def test_hostile_appspecs_fail_located_in_local_and_validate(make_bundle, tmp_path: Path, seed: str) -> None:
+    bundle = make_bundle()
+    bundle.appspec((HOSTILE_SEEDS / f"{seed}.yml").read_text())
+    bundle.script("scripts/a.sh", "exit 0\n")
+    checked = run_cli("validate", str(bundle.path), *paths(tmp_path))
+    assert checked.code == 1, checked
+    assert re.search(r"^error: appspec\.yml:\d+", checked.out, re.M), checked.out
+    assert "\x1b" not in checked.out, "control characters are escaped in the report"
+    # `local` runs the runner's early check: the deployment fails before any event, naming the line.
+    deployed = run_cli("local", "-l", str(bundle.path), *paths(tmp_path))
+    assert deployed.code == 1, deployed
+    assert "checked before anything ran" in deployed.err and "appspec.yml:" in deployed.err
+    assert not (tmp_path / "host").exists() or not any((tmp_path / "host").iterdir())
+
+
+def test_names_the_os_refuses_are_problems_or_usage_errors(make_bundle, tmp_path: Path) -> None:
+    too_long = "x" * 300
+    bundle = make_bundle()
+    bundle.appspec("version: 0.0\nos: linux\n")
+    named = run_cli("validate", str(bundle.path), "--appspec-filename", too_long, *paths(tmp_path))
+    assert named.code == 1
+    assert "cannot look for the appspec under this name: File name too long" in named.out
+    for command in (["validate", str(tmp_path / too_long)], ["local", "-l", str(tmp_path / too_long)]):
+        result = run_cli(*command)
+        assert result.code == 2, result
+        assert "File name too long" in result.err
