@@ -457,7 +457,7 @@ def test_numbers_too_wide_to_print_are_described_by_size() -> None:
 
 
 def test_an_alias_bomb_is_refused_at_its_line() -> None:
-    rows = "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    rows = "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True))
     (problem,) = problems(BASE + 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + rows)
     assert re.match(r"appspec\.yml:\d+:\d+: not valid YAML: .*alias", problem)
 
