@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 import structlog
-from pydantic import ValidationError
 
 from contract.keys import (
     COMMANDS_PREFIX,
@@ -48,6 +47,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
+from contract.store.docs import DocumentInvalid, parse_document
 from reconciler.core import Observed, State
 
 log = structlog.get_logger(__name__)
@@ -88,17 +88,12 @@ class _Table(Generic[DocumentT]):
         self.listed: dict[str, str] = {}
 
     def parse(self, stored: StoredObject) -> DocumentT | None:
+        """The document, or None (logged) when it cannot be read: too big, not JSON, too deep, another schema.
+        One bad document written by somebody else must not stop every pass."""
         try:
-            return self.model.model_validate_json(stored.data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            log.warning(
-                "observe.unreadable",
-                key=stored.key,
-                version=stored.version,
-                field=".".join(map(str, first["loc"])),
-                error=first["msg"],
-            )
+            return parse_document(stored, self.model)
+        except DocumentInvalid as exc:
+            log.warning("observe.unreadable", key=stored.key, version=stored.version, error=str(exc))
             return None
 
     def documents(self) -> Iterable[tuple[str, DocumentT]]:

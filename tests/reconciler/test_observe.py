@@ -119,6 +119,19 @@ def test_an_unreadable_agent_document_is_skipped_not_fatal(tmp_path: Path) -> No
     assert set(snapshot.observed.registrations) == {"good", "bad"}
 
 
+def test_oversized_and_deeply_nested_agent_documents_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """A hostile or broken agent must not stop every pass: a status over the read limit is never read into
+    memory, and one nested past the parser's recursion limit is skipped like any unreadable document."""
+    store = open_store(f"file://{tmp_path / 'store'}")
+    agents = ScriptedAgents(store, ["good", "huge", "deep"])
+    agents.register()
+    store.put(status_key("huge"), b'{"schemaVersion": 1, "hostId": "huge", "x": "' + b"a" * (2 << 20) + b'"}')
+    store.put(status_key("deep"), b"[" * 100_000 + b"]" * 100_000)
+    snapshot = StoreReader(store).snapshot()
+    assert set(snapshot.observed.statuses) == {"good"}
+    assert set(snapshot.observed.registrations) == {"good", "huge", "deep"}
+
+
 def test_host_id_conflicts_are_observed_for_status(tmp_path: Path) -> None:
     """Two installations on one host id show up as observed data: a registration and a status written by
     different installations, and the records agents leave when refused; resolved records and documents
