@@ -167,7 +167,7 @@ class _Walker:
             shown = node.value if isinstance(node.value, str) else ""
             shown = shown if len(shown) <= 40 else shown[:40] + "..."
             tag = node.tag.rsplit(":", 1)[-1] if node.tag.startswith("tag:yaml.org,2002:") else node.tag
-            raise YamlRefused(f"cannot read {shown!r} as {tag}: {_reason(exc)}", node.start_mark) from None
+            raise YamlRefused(f"cannot read {shown!r} as {tag}: {_reason(exc, tag)}", node.start_mark) from None
 
     def _mapping(self, node: MappingNode, path: YamlPath, depth: int) -> dict[Any, Any]:
         # YAML merge keys (`<<: *defaults`): PyYAML copies every merged pair into this node, so a chain of
@@ -235,12 +235,14 @@ def _merged_size(node: MappingNode, depth: int, walker: _Walker, sizes: dict[int
     return total
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, tag: str) -> str:
     if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
         return "a number with more than 4300 digits"
     if isinstance(exc, RecursionError):
         return "nested too deeply"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, ValueError | OverflowError) and str(exc):
+        return str(exc)
+    return f"not a valid {tag}"
 
 
 _PLAIN_COLLECTION_TAGS = frozenset({BaseResolver.DEFAULT_MAPPING_TAG, BaseResolver.DEFAULT_SEQUENCE_TAG})
