@@ -1,0 +1,1 @@
+"""Chaos tests: kill -9 and store outages during a rollout with real processes."""
