@@ -43,6 +43,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
+from agent.daemon import orphans
 from agent.daemon.claim import HostIdOwner
 from agent.daemon.commands import CommandReader
 from agent.daemon.identity import (
@@ -215,6 +216,17 @@ class Agent:
         self._owner = HostIdOwner(self.settings, self.store, self.installation, take_over=self._take_over,
                                   hostname=socket.gethostname(), log=self.log, now=self.now,
                                   monotonic=self.monotonic)
+        if state is not None and state.child is not None:
+            # A hook or git still running from before the crash: stop it before the command is reported failed
+            # and a rollback can run next to it.
+            alive = orphans.reap(state.child)
+            self.log.warning("child.reaped_after_restart", what=state.child.what, pgid=state.child.pgid,
+                             processes=alive)
+            self._state = state = state.model_copy(update={"child": None})
+            try:
+                self.local.save(state)
+            except OSError as exc:
+                self.log.warning("state.save_failed", path=str(self.local.path), error=str(exc))
         if state is not None and state.running and state.progress is not None and state.command is not None:
             command = state.command
             installed = self.runner.last_successful(command.application, command.deployment_group)
@@ -328,7 +340,8 @@ class Agent:
                       application=command.application, deployment_group=command.deployment_group,
                       revision=command.revision.short())
         try:
-            outcome = self.runner.run(command, on_event=self._on_event, should_stop=self._should_stop)
+            outcome = self.runner.run(command, on_event=self._on_event, should_stop=self._should_stop,
+                                      on_child=self._on_child)
             status, events, message, installed = outcome.status, outcome.events, outcome.message, outcome.installed
         except Exception as exc:  # a bug in the engine must fail this command, not re-run it after a restart
             self.log.exception("command.internal_error", deployment_id=command.deployment_id)
@@ -360,6 +373,19 @@ class Agent:
         with self._lock:
             if self._state.progress is not None:
                 self._update_state(progress=apply_event(self._state.progress, report))
+
+    def _on_child(self, pid: int | None, what: str) -> None:
+        """Record (or clear) the running child process group in the state file, atomically, so a restart after
+        kill -9 can kill it (agent/daemon/orphans.py). Not a change worth a status write."""
+        child = orphans.describe(pid, what) if pid is not None else None
+        with self._lock:
+            if child is None and self._state.child is None:
+                return
+            self._state = self._state.model_copy(update={"child": child})
+            try:
+                self.local.save(self._state)
+            except OSError as exc:
+                self.log.warning("state.save_failed", path=str(self.local.path), error=str(exc))
 
     def _should_stop(self) -> bool:
         return self.stop.is_set() or self._superseded_by is not None

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from agent.daemon.orphans import ChildGroup
 from contract.models import (
     CommandProgress,
     CommandStatus,
@@ -37,6 +38,9 @@ class AgentState(Document):
     running: bool = False
     #: Whether `progress` in its final form has reached the store.
     reported: bool = True
+    #: The child process group running for the command (a hook, git), recorded right after it starts and
+    #: cleared when it ends; found at start = killed before the command is reported FailedAfterRestart.
+    child: ChildGroup | None = None
 
 
 def apply_event(progress: CommandProgress, report: EventReport) -> CommandProgress:

@@ -12,6 +12,7 @@ command is reported FailedAfterRestart at the next start) and goes with the fold
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
@@ -58,7 +59,7 @@ def fetch_s3(revision: Revision, bundle_path: Path, budget: FetchBudget | None =
         if aborted.is_set():
             return response
         budget.total = int(response.get("ContentLength") or 0) or None
-        with bundle_path.open("wb") as out:
+        with body, bundle_path.open("wb") as out:
             while chunk := body.read(READ_CHUNK):
                 if aborted.is_set():
                     break  # the watching thread has given up: write nothing more
@@ -92,14 +93,19 @@ def fetch_s3(revision: Revision, bundle_path: Path, budget: FetchBudget | None =
 
 
 def _shut(opened: list[Any]) -> None:
-    """Break a read blocked on the body's socket: shut the connection down (closing it alone does not wake a
-    thread blocked in recv), then close the body."""
+    """Break a read blocked on the body's socket by shutting the connection down. Closing the body from this
+    thread would wait for the reader's lock, and closing a socket does not wake a thread blocked in recv; the
+    worker sees the error, or `aborted`, and closes the body itself."""
     for body in opened:
         raw = getattr(body, "_raw_stream", None)
-        sock = getattr(getattr(raw, "_connection", None), "sock", None)
-        if isinstance(sock, socket.socket):
-            sock.shutdown(socket.SHUT_RDWR)
-        body.close()
+        candidates = [
+            getattr(getattr(raw, "_connection", None), "sock", None),
+            getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None),
+        ]
+        for sock in candidates:
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def _bundle_error(failure: aws.AwsFailure, where: str, *, versioned: bool) -> BundleError:
