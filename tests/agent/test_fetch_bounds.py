@@ -172,7 +172,7 @@ def test_a_git_revision_still_deploys(tmp_path: Path, make_bundle) -> None:  # t
 class _S3Handler(BaseHTTPRequestHandler):
     mode = "trickle"
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(10 << 20))
         self.send_header("ETag", '"abc"')
