@@ -351,8 +351,11 @@ def test_before_install_may_clear_the_way_for_disallow(sandbox: Sandbox, make_bu
 
 
 def test_a_path_longer_than_the_file_system_allows_is_found_when_planning(bundle: Bundle, host: Path) -> None:
+    """The appspec refuses a destination no host can hold (over 4095 bytes); one that fits alone but not under
+    this agent's host root is found when planning, before anything is moved."""
     bundle.file("a")
-    destination = "/deep/" + "/".join(["d" * 200] * 21)
+    destination = "/deep/" + "/".join(["d" * 202] * 20)
+    assert len(destination) <= 4095 < len(str(host)) + len(destination)
     result = plan(bundle, host, f"version: 0.0\nos: linux\nfiles:\n  - {{source: a, destination: {destination}}}\n")
     assert result.errors and "is longer than this host's file system allows" in result.errors[0].message
     assert len(result.errors) == 1
