@@ -128,6 +128,8 @@ def make_runner(settings: AgentSettings) -> LifecycleRunner:
             host_root=settings.host_root,
             max_revisions=settings.max_revisions,
             runas_allowed=settings.runas_allowed,
+            report_tail_bytes=settings.report_output.tail_bytes,
+            report_redact=settings.report_output.redact,
         )
     )
 

@@ -119,7 +119,8 @@ class CommandRun:
                 self.deployment.script_log,
                 self.layout.deployments_log,
                 command.deployment_id,
-                self.settings.log_tail_chars,
+                self.settings.report_tail_bytes,
+                redact=self.settings.report_redact,
             )
             self.reports.attach(self.script_log, self.deployment.script_log)
         except (AgentError, OSError) as exc:
@@ -330,6 +331,7 @@ class CommandRun:
             return None
         self.script_log.event(event)
         environment = hook_environment(self.command, event, self.settings.host_root)
+        self.script_log.learn(environment)
         for script in scripts:
             outcome = run_script(
                 script,

@@ -48,7 +48,10 @@ class RunnerSettings:
     root_dir: Path  # deployment root (like /opt/codedeploy-agent/deployment-root)
     host_root: Path | None = None  # prefix for absolute appspec destinations; None = "/"
     max_revisions: int = 5
-    log_tail_chars: int = 2048
+    #: Bytes of a hook's output kept for event reports (0: none) and whether secrets are redacted from what
+    #: leaves the host (agent.yaml `reportOutput`; docs/agent.md, "What hosts publish").
+    report_tail_bytes: int = 2048
+    report_redact: bool = True
     kill_grace_seconds: float = 10.0  # SIGTERM -> SIGKILL escalation for timed-out hooks
     runas_allowed: bool = True
     #: Caps on unpacked bundles (entries, bytes): a zip bomb fails DownloadBundle instead of filling the disk.

@@ -149,7 +149,7 @@ def test_a_failing_hook_publishes_no_secret(
 
 
 def test_tail_bytes_zero_publishes_no_output(tmp_path: Path, make_bundle: Callable[[], Bundle]) -> None:
-    sandbox = make_sandbox(tmp_path, log_tail_chars=0)
+    sandbox = make_sandbox(tmp_path, report_tail_bytes=0)
     outcome = sandbox.deploy(leaky_bundle(make_bundle))
     assert statuses(outcome)["AfterInstall"] == "Failed"
     assert all(report.log_tail is None for report in outcome.events)

@@ -399,3 +399,18 @@ def test_a_misspelled_agent_variable_is_warned_about_with_the_one_it_meant(
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "settings.unknown_variable" in line)
     assert "FLEETSHIFT_AGENT_POL_INTERVAL" in warning and "FLEETSHIFT_AGENT_POLL_INTERVAL" in warning
+
+
+def test_report_output_settings_reach_the_runner(tmp_path: Path) -> None:
+    """agent.yaml's reportOutput reaches the runner (here through its variable): with tailBytes 0 no hook
+    output leaves the host, neither as a log tail nor in the failure message."""
+    from contract.store import open_store
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    quiet = AgentHost("web-1", tmp_path / "web-1", store, env={"FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTES": "0"})
+    quiet.send(make_command("web-1", 1, make_bundle(tmp_path / "broken", failing="AfterInstall")))
+    assert quiet.once().returncode == 4
+    status = quiet.status()
+    assert status is not None and status.command is not None
+    assert all(not e.log_tail for e in status.command.events), "tailBytes 0 published hook output"
+    assert "AfterInstall is broken" not in (status.command.message or "")
