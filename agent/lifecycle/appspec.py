@@ -9,14 +9,16 @@ Unlike the reference agent, which stops at the first problem and often reports i
 `parse_appspec` collects every problem with its line and field. Things CodeDeploy silently ignores or
 silently reinterprets (unknown keys, `mode: 0644`) become warnings rather than errors, so a bundle that
 deploys under CodeDeploy still deploys here.
+
+This module holds the document's structure (hooks, files, unknown keys); the checks of single values
+(version, os, timeouts, bundle paths, file_exists_behavior) are agent/lifecycle/appspec_values.py, the YAML
+reading agent/lifecycle/appspec_yaml.py, the permissions agent/lifecycle/appspec_permissions.py.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,17 @@ from typing import Any
 
 from agent.errors import Problem, RevisionInvalid
 from agent.lifecycle.appspec_permissions import PERMISSION_TYPES, Ace, Permission, SELinuxContext, parse_permissions
+from agent.lifecycle.appspec_values import (
+    DEFAULT_TIMEOUT_SECONDS,
+    MAX_TIMEOUT_SECONDS,
+    bundle_relative,
+    escapes,
+    optional_text,
+    parse_file_exists_behavior,
+    parse_os,
+    parse_timeout,
+    parse_version,
+)
 from agent.lifecycle.appspec_yaml import (
     Collector,
     Located,
@@ -33,7 +46,6 @@ from agent.lifecycle.appspec_yaml import (
     kind,
     load_yaml,
     path_too_long,
-    scalar_text,
     shown,
 )
 from agent.lifecycle.hostview import resolves_inside
@@ -42,10 +54,6 @@ from contract.models import LIFECYCLE_EVENTS, FileExistsBehavior
 #: Looked up in this order when no explicit name is given, in every phase (the reference agent accepted
 #: appspec.yaml in Install but not in hooks, ISSUE #182).
 APPSPEC_NAMES: tuple[str, ...] = ("appspec.yml", "appspec.yaml")
-DEFAULT_TIMEOUT_SECONDS = 3600
-#: The longest a script may be given: a week. Longer is surely a typo, and a deadline must stay a number the
-#: clocks and waits downstream can hold (`timeout: .inf` or `1e300` cannot be one).
-MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 #: Events the agent performs itself; scripts listed under them would never run.
 AGENT_EVENTS: frozenset[str] = frozenset({"DownloadBundle", "Install"})
 SCRIPTABLE_EVENTS: frozenset[str] = frozenset(LIFECYCLE_EVENTS) - AGENT_EVENTS
@@ -154,12 +162,12 @@ def parse_appspec(text: bytes | str, *, filename: str = "appspec.yml") -> AppSpe
         problems.error((), f"expected a mapping of keys (version, os, files, hooks ...), found {kind(data)}")
         raise RevisionInvalid(problems.errors)
 
-    version = _parse_version(data, problems)
-    os_name = _parse_os(data, problems)
+    version = parse_version(data, problems)
+    os_name = parse_os(data, problems)
     hooks = _parse_hooks(data.get("hooks"), problems)
     files = _parse_files(data.get("files"), problems)
     permissions = parse_permissions(data.get("permissions"), problems)
-    behavior = _parse_file_exists_behavior(data.get("file_exists_behavior"), problems)
+    behavior = parse_file_exists_behavior(data.get("file_exists_behavior"), problems)
     for key in map(key_text, data):
         if key not in _TOP_LEVEL_KEYS:
             hint = did_you_mean_key(key, _TOP_LEVEL_KEYS)
@@ -178,71 +186,6 @@ def parse_appspec(text: bytes | str, *, filename: str = "appspec.yml") -> AppSpe
         warnings=tuple(problems.warnings),
         hook_lines=_hook_lines(data.get("hooks"), located),
     )
-
-
-
-def _parse_version(data: dict[Any, Any], problems: Collector) -> float:
-    value = data.get("version")
-    # Ruby's `[0.0].include?(v)`: numbers equal to zero pass, the string "0.0" does not.
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
-        return float(value)
-    if value is None:
-        problems.error(("version",), "missing; write `version: 0.0`")
-    elif isinstance(value, str) and value.strip() in {"0.0", "0"}:
-        problems.error(("version",), f"must be the number 0.0, not the quoted text {value!r}: remove the quotes")
-    else:
-        problems.error(("version",), f"must be 0.0, found {kind(value)}")
-    return 0.0
-
-
-def _parse_os(data: dict[Any, Any], problems: Collector) -> str:
-    value = data.get("os")
-    if value == "linux":
-        return "linux"
-    if value is None:
-        problems.error(("os",), "missing; write `os: linux`")
-    elif value == "windows":
-        problems.error(("os",), "the bundle is for Windows (`os: windows`); this agent deploys Linux bundles")
-    elif isinstance(value, str) and value.strip().lower() == "linux":
-        problems.error(("os",), f"{value!r} is not accepted: the value is case-sensitive, write `os: linux`")
-    else:
-        problems.error(("os",), f"must be linux, found {kind(value)}")
-    return "linux"
-
-
-def _ruby_to_i(value: Any) -> int | None:
-    """The reference agent coerces timeouts with Ruby's `to_i`: "90s" -> 90, 30.5 -> 30, "foo" -> 0. None for
-    what has no whole number (a boolean, a list, `.inf`, `.nan`). Text with more digits than any timeout
-    needs is read as the number just above the limit rather than converted (Python refuses to convert more
-    than 4300 digits)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        match = re.match(r"\s*([+-]?)(\d+(?:_\d+)*)", value)
-        if not match:
-            return 0
-        digits = match.group(2).replace("_", "").lstrip("0") or "0"
-        number = int(digits) if len(digits) <= 18 else MAX_TIMEOUT_SECONDS + 1
-        return -number if match.group(1) == "-" else number
-    return None
-
-
-def _parse_timeout(raw: Any, path: Path_, problems: Collector) -> int | None:
-    coerced = _ruby_to_i(raw)
-    if coerced is None or coerced <= 0:
-        problems.error(path, f"must be a whole number of seconds above 0, found {kind(raw)}")
-        return None
-    if coerced > MAX_TIMEOUT_SECONDS:
-        shown = kind(raw) if isinstance(raw, str) or coerced > MAX_TIMEOUT_SECONDS * 1000 else f"{coerced} seconds"
-        problems.error(path, f"must be at most {MAX_TIMEOUT_SECONDS} seconds (7 days), found {shown}")
-        return None
-    if not isinstance(raw, int):
-        problems.warn(path, f"{kind(raw)} is read as {coerced} seconds (as CodeDeploy does)")
-    return coerced
 
 
 def _parse_hooks(value: Any, problems: Collector) -> dict[str, tuple[HookScript, ...]]:
@@ -292,14 +235,14 @@ def _parse_script(entry: Any, path: Path_, problems: Collector) -> HookScript | 
         return None
     ok = True
     raw_location = entry.get("location")
-    location = _optional_text(raw_location, (*path, "location"), problems, "a path in the bundle")
+    location = optional_text(raw_location, (*path, "location"), problems, "a path in the bundle")
     location_text = (location or "").strip()
     if raw_location is None or (location is not None and not location_text):
         problems.error((*path, "location"), "missing; every script needs `location: <path in the bundle>`")
         ok = False
     elif location is None:
         ok = False
-    elif _escapes(location_text):
+    elif escapes(location_text):
         problems.error((*path, "location"), f"{shown(location_text)} points outside the bundle")
         ok = False
     elif too_long := path_too_long(location_text):
@@ -307,8 +250,8 @@ def _parse_script(entry: Any, path: Path_, problems: Collector) -> HookScript | 
         ok = False
     timeout: int | None = DEFAULT_TIMEOUT_SECONDS
     if entry.get("timeout") is not None:
-        timeout = _parse_timeout(entry["timeout"], (*path, "timeout"), problems)
-    runas_text = _optional_text(entry.get("runas"), (*path, "runas"), problems, "a user name")
+        timeout = parse_timeout(entry["timeout"], (*path, "timeout"), problems)
+    runas_text = optional_text(entry.get("runas"), (*path, "runas"), problems, "a user name")
     runas = None if runas_text is None else (runas_text.strip() or None)
     if entry.get("runas") is not None and runas_text is None:
         ok = False
@@ -326,23 +269,6 @@ def _parse_script(entry: Any, path: Path_, problems: Collector) -> HookScript | 
     )
 
 
-def _optional_text(value: Any, path: Path_, problems: Collector, what: str) -> str | None:
-    """`scalar_text` for a field that may be absent: None when it is, or after a located error."""
-    return None if value is None else scalar_text(value, path, problems, what)
-
-
-def _escapes(relative: str) -> bool:
-    """True if a bundle-relative path climbs above the bundle root (a leading `/` is still relative)."""
-    normalized = posixpath.normpath(relative.lstrip("/") or ".")
-    return normalized == ".." or normalized.startswith("../")
-
-
-def bundle_relative(path: str) -> str:
-    """`/app/x` and `app/x/` -> `app/x`; `/` -> `` (the whole bundle), like `File.join(archive, source)`."""
-    normalized = posixpath.normpath("/" + path)
-    return normalized.lstrip("/")
-
-
 def _parse_files(value: Any, problems: Collector) -> list[FileMapping]:
     files: list[FileMapping] = []
     if value is None:
@@ -356,15 +282,15 @@ def _parse_files(value: Any, problems: Collector) -> list[FileMapping]:
             problems.error(path, f"must be a mapping with source and destination, found {kind(entry)}")
             continue
         raw_source, raw_destination = entry.get("source"), entry.get("destination")
-        source = _optional_text(raw_source, (*path, "source"), problems, "a path in the bundle")
-        destination = _optional_text(raw_destination, (*path, "destination"), problems, "an absolute path")
+        source = optional_text(raw_source, (*path, "source"), problems, "a path in the bundle")
+        destination = optional_text(raw_destination, (*path, "destination"), problems, "an absolute path")
         ok = source is not None and destination is not None
         if raw_source is None or source == "":
             problems.error((*path, "source"), "missing; name a file or folder in the bundle (`/` for all of it)")
             ok = False
         elif source is None:
             pass
-        elif _escapes(source):
+        elif escapes(source):
             problems.error((*path, "source"), f"{shown(source)} points outside the bundle")
             ok = False
         elif too_long := path_too_long(source):
@@ -400,22 +326,10 @@ def _parse_files(value: Any, problems: Collector) -> list[FileMapping]:
     return files
 
 
-def _parse_file_exists_behavior(value: Any, problems: Collector) -> FileExistsBehavior | None:
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)  # not even looked up: the enum's own error would print the whole value
-        return FileExistsBehavior(value)
-    except ValueError:
-        hint = ""
-        if isinstance(value, str) and value.upper() in FileExistsBehavior.__members__:
-            hint = f" (the value is case-sensitive: write {value.upper()})"
-        problems.error(("file_exists_behavior",), f"must be DISALLOW, OVERWRITE or RETAIN, found {kind(value)}{hint}")
-        return None
-
-
 __all__ = [
+    "APPSPEC_NAMES",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_TIMEOUT_SECONDS",
     "PERMISSION_TYPES",
     "Ace",
     "AppSpec",

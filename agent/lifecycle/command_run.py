@@ -1,11 +1,11 @@
 """One command while it runs: the events in order, each state change reported, one outcome at the end.
 
 `LifecycleRunner.run` (agent/lifecycle/runner.py) makes a `CommandRun` per command. The early check
-(agent/lifecycle/revision_check.py) runs first when the command includes DownloadBundle; then every event
-runs in the command's order: the agent's own (DownloadBundle, Install) here, hook scripts through
-agent/lifecycle/hooks.py, Install's files through agent/lifecycle/transaction.py. Times come from the
-runner's clock (`now`); the command's overall time limit is measured on the monotonic clock. Reports and
-the failure paragraph: agent/lifecycle/reports.py.
+(agent/lifecycle/early_check.py; its checks: agent/lifecycle/revision_check.py) runs first when the command
+includes DownloadBundle; then every event runs in the command's order: the agent's own (DownloadBundle,
+Install) here, hook scripts through agent/lifecycle/hooks.py, Install's files through
+agent/lifecycle/transaction.py. Times come from the runner's clock (`now`); the command's overall time limit
+is measured on the monotonic clock. Reports and the failure paragraph: agent/lifecycle/reports.py.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.errors import AgentError, Problem, RevisionInvalid
-from agent.fetch import FetchBudget, FetchedBundle, fetch_bundle, unpack_bundle
+from agent.errors import AgentError, RevisionInvalid
 from agent.lifecycle.appspec import AppSpec
+from agent.lifecycle.early_check import EarlyCheck, run_early_check
 from agent.lifecycle.hooks import HookSettings, hook_environment, run_script
 from agent.lifecycle.install import plan_install
 from agent.lifecycle.layout import DeploymentDir, GroupRoot
@@ -33,10 +31,8 @@ from agent.lifecycle.revision_check import (
     INSTALL,
     PreviousRevision,
     check_event_order,
-    check_revision,
     effective_behavior,
     read_previous,
-    scripts_run_before,
     uses_new_revision,
 )
 from agent.lifecycle.scriptlog import ScriptLog
@@ -55,16 +51,6 @@ if TYPE_CHECKING:
     from agent.lifecycle.runner import LifecycleRunner
 
 log = structlog.get_logger("agent.lifecycle.runner")
-
-
-@dataclass
-class _EarlyCheck:
-    fetched: FetchedBundle | None = None
-    spec: AppSpec | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    failure: EventFailed | None = None
-    warnings: list[Problem] = field(default_factory=list)
 
 
 class CommandRun:
@@ -95,7 +81,7 @@ class CommandRun:
         self.deployment: DeploymentDir | None = None
         self._previous: PreviousRevision | None = None
         self.script_log: ScriptLog | None = None
-        self.early = _EarlyCheck()
+        self.early = EarlyCheck()
         self.installed_now = False
         self.hook_settings = HookSettings(self.settings.kill_grace_seconds, self.settings.runas_allowed)
         self.log = log.bind(deployment_id=command.deployment_id, group=command.deployment_group)
@@ -151,7 +137,7 @@ class CommandRun:
     def _run_events(self) -> CommandOutcome:
         assert self.deployment is not None and self.script_log is not None
         if DOWNLOAD_BUNDLE in self.events:
-            self._early_check()
+            run_early_check(self, self.early)
         for index, event in enumerate(self.events):
             # A failed early check (a stop or the deadline during the fetch included) is reported below as
             # DownloadBundle's own failure, with its message.
@@ -201,70 +187,6 @@ class CommandRun:
         installed = self._record_success() if self.installed_now else None
         self.log.info("command.succeeded")
         return self.reports.outcome(CommandStatus.SUCCEEDED, None, installed)
-
-    # -- the early check
-
-    def _fetch_budget(self) -> FetchBudget:
-        """Fetch, unpack and check run under the command's time limit (or `FetchLimits.default_timeout_seconds`
-        when it has none) and stop when `should_stop` says so; progress goes to DownloadBundle's report (still
-        Pending: the events before it have not run) as its message."""
-        limits = self.settings.fetch_limits
-        deadline, seconds = self.deadline, self.command.timeout_seconds
-        if deadline is None or seconds is None:
-            seconds = limits.default_timeout_seconds
-            deadline = time.monotonic() + seconds
-        index = self.events.index(DOWNLOAD_BUNDLE)
-
-        def progress(text: str) -> None:
-            self.reports.emit(index, message=text)
-
-        def child(pid: int | None) -> None:
-            if self.on_child is not None:
-                self.on_child(pid, "git")
-
-        return FetchBudget(should_stop=self.should_stop, deadline=deadline, limit_seconds=seconds, limits=limits,
-                           on_progress=progress, on_child=child)
-
-    def _early_check(self) -> None:
-        """Fetch, unpack and check the new revision before the first event. Every step is bounded by the
-        command's `FetchBudget` (agent/fetch/bounds.py); a stop or the deadline fails DownloadBundle with a
-        message naming the step, its source and how long it waited. kill -9 here: the state file says the
-        command was running with every event Pending, so the next start reports the first event
-        FailedAfterRestart and the rest Skipped, and kills a git child recorded there."""
-        assert self.deployment is not None and self.group is not None
-        command = self.command
-        self.early.started_at = self.now()
-        budget = self._fetch_budget()
-        try:
-            self.group.prune_revisions(self.deployment, self.settings.max_revisions)
-            fetched = fetch_bundle(command.revision, self.deployment.path, git_cache_dir=self.layout.git_cache,
-                                   budget=budget)
-            unpack_bundle(fetched, self.deployment.archive, self.settings.extract_limits, budget)
-            budget.step("checking the new revision")
-            self.early.fetched = fetched
-            check = check_revision(
-                self.deployment.archive,
-                events=self.events,
-                appspec_filename=self.appspec_filename,
-                file_exists_behavior=command.file_exists_behavior,
-                previous_cleanup=self.group.read_cleanup(),
-                host_root=self.settings.host_root,
-                runas_allowed=self.settings.runas_allowed,
-            )
-            self.early.spec = check.spec
-            self.early.warnings = list(check.warnings)
-            for warning in check.warnings:
-                self.log.warning("revision.warning", problem=str(warning))
-            previous = self.previous_revision().spec_if_readable()
-            fatal = check.fatal(lambda event: scripts_run_before(event, self.events, check.spec, previous))
-            if fatal:
-                raise RevisionInvalid(fatal, headline="the new revision was checked before anything ran and "
-                                      "cannot be deployed")
-        except AgentError as exc:
-            self.early.failure = EventFailed(str(exc), error_code=exc.error_code)
-        except OSError as exc:
-            self.early.failure = EventFailed(f"cannot prepare the deployment folder: {exc}")
-        self.early.ended_at = self.now()
 
     # -- one event
 

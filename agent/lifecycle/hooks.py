@@ -34,7 +34,8 @@ from typing import Any
 import structlog
 
 from agent.fetch import bundle_environment
-from agent.lifecycle.appspec import HookScript, bundle_relative
+from agent.lifecycle.appspec import HookScript
+from agent.lifecycle.appspec_values import bundle_relative
 from agent.lifecycle.capture import Capture, stop_group
 from agent.lifecycle.hostview import resolves_inside
 from agent.lifecycle.scriptlog import ScriptLog

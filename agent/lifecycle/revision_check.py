@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.lifecycle.appspec import SCRIPTABLE_EVENTS, AppSpec, bundle_relative, load_appspec
+from agent.lifecycle.appspec import SCRIPTABLE_EVENTS, AppSpec, load_appspec
+from agent.lifecycle.appspec_values import bundle_relative
 from agent.lifecycle.hooks import resolve_runas
 from agent.lifecycle.install import InstallPlan, plan_install
 from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, GroupRoot
