@@ -25,43 +25,23 @@ Keys are `/`-separated relative paths; no segment may be empty, `.`, `..`, or st
 are this backend's temporary and lock files, and listing skips them).
 
 Who creates the store, and why a vanished folder is an outage, not an empty fleet: a store is a folder with
-a marker file, `DIR/.fleetshift-store` (`{"kind": "fleetshift-store", "storeId": ..., "schemaVersion": 1}`),
-written once, create-only, and never rewritten.
-
-- A writer (`open_store(url)`, the default: `deploy-agent run`, `reconcile --once`, `reconcile watch`) opening a
-  folder without a marker creates the store (writes the marker) only when the folder does not exist or holds
-  nothing but this backend's dot files. A folder holding `hosts/`, `commands/`, `deployments/`, `groups/` or
-  `leases/` is a store written by a fleetshift from before the marker: the writer adopts it by writing the
-  marker, once, and logs `store.adopted`. Any other folder is refused (`StoreError`): it is not a store.
-- Readers (`open_store(url, create=False)`: `reconcile status`, `history`, `plan`, the operator commands)
-  never write the marker: a missing or empty folder is "no store there yet" (`missing_folder()`), reads of it
-  are empty and writes raise `StoreMissing`; an unmarked store from an earlier version is read as it is.
-- Once a store object has seen the marker, every operation checks it is still there (one `stat`, after a
-  read, before and after a write), and a missing marker or folder is `StoreUnavailable`: the folder was
-  renamed away or the network share under it was unmounted, and callers wait it out as an outage. Without
-  this a vanished folder read as a fleet with no hosts and the next write re-created it as an empty store.
-  Nothing is ever created above the store folder while it is open: writes make sub-folders only.
+a marker file, `DIR/.fleetshift-store`, written once by a writer and checked by every operation afterwards;
+the rules are in `contract/store/marker.py`.
 """
 
 from __future__ import annotations
 
 import builtins
-import errno
 import fcntl
-import json
 import os
 import stat
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
-
-import structlog
 
 from contract.atomic import fsync_dir, write_atomic
 from contract.store.base import (
@@ -70,28 +50,17 @@ from contract.store.base import (
     PreconditionFailed,
     StoredObject,
     StoreError,
-    StoreMissing,
-    StoreUnavailable,
     check_key,
     read_limit,
 )
+from contract.store.marker import StoreMarker
+from contract.store.oserrors import translate as _translate
 
-log = structlog.get_logger(__name__)
-
-#: The file that makes a folder a store (see the module docstring, "Who creates the store").
-MARKER = ".fleetshift-store"
-MARKER_KIND = "fleetshift-store"
-MARKER_SCHEMA_VERSION = 1
-#: Top-level folders a store written before the marker existed has (the key prefixes of contract/keys.py).
-_STORE_FOLDERS = frozenset({"hosts", "commands", "deployments", "groups", "leases"})
-_MARKER_MAX_BYTES = 4096
 LOCK_DIR = ".locks"
 LOCK_STRIPES = 64
 TEMP_PREFIX = ".tmp-"
 #: Steps tried when the file system rounds the mtime we set (ns, then µs, ms, s, 2 s for FAT-like systems).
 _MTIME_STEPS_NS = (1, 1_000, 1_000_000, 1_000_000_000, 2_000_000_000)
-#: These mean "fix the configuration", not "try again later".
-_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
 
 
 def path_from_url(url: str) -> Path:
@@ -130,40 +99,8 @@ def missing_folder(store: object) -> Path | None:
     return None
 
 
-def _marker_id(path: Path, data: bytes) -> str:
-    """The store id in a marker file; StoreError when it is not one this fleetshift can use."""
-    try:
-        raw = json.loads(data) if len(data) <= _MARKER_MAX_BYTES else None
-    except (ValueError, RecursionError):
-        raw = None
-    if not isinstance(raw, dict) or raw.get("kind") != MARKER_KIND or not isinstance(raw.get("storeId"), str):
-        raise StoreError(f"{path} is not a fleetshift store marker; move it away if this folder is not a store")
-    version = raw.get("schemaVersion")
-    if not isinstance(version, int) or version > MARKER_SCHEMA_VERSION:
-        raise StoreError(f"the store at {path.parent} was made by a newer fleetshift (marker schemaVersion "
-                         f"{version!r}; this one knows {MARKER_SCHEMA_VERSION}): upgrade this side")
-    return str(raw["storeId"])
-
-
 def version_of(info: os.stat_result) -> str:
     return f"{info.st_mtime_ns:x}.{info.st_size:x}.{info.st_ino:x}"
-
-
-def _translate(exc: OSError, action: str, path: Path) -> StoreError:
-    """One OSError -> a StoreError saying what failed in the user's terms, keeping the OS's reason.
-
-    `action` is a verb phrase that reads after "cannot" ("write", "create the store folder")."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return StoreError(
-            f"cannot {action} {path}: {reason}; run as a user that can write the store folder "
-            "or fix its permissions"
-        )
-    if exc.errno == errno.EROFS:
-        return StoreError(f"cannot {action} {path}: {reason} (the file system is read-only)")
-    if exc.errno in _PERMANENT_ERRNOS:
-        return StoreError(f"cannot {action} {path}: {reason}; is something else in the way of the store layout?")
-    return StoreUnavailable(f"cannot {action} {path}: {reason}")
 
 
 class FileStore:
@@ -171,122 +108,47 @@ class FileStore:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         """`create=True` (writers) creates the store or adopts one from before the marker; `create=False`
-        (readers) never writes the marker (see the module docstring, "Who creates the store")."""
+        (readers) never writes the marker (see contract/store/marker.py)."""
         self.url = url
         self.root = path_from_url(url)
         self.create = create
-        #: The id in the store's marker, once this object has seen it (None: a reader of an unmarked folder).
-        self.store_id: str | None = None
-        self._marker_ident: tuple[int, int] | None = None
         self._stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._lock_fds: dict[int, int] = {}
         self._stale_lock_fds: builtins.list[int] = []
         self._lock_fds_guard = threading.Lock()
         self._pid = os.getpid()
+        self._marker = StoreMarker(
+            self.root, create=create, temp_prefix=TEMP_PREFIX, on_replaced=self._marker_replaced
+        )
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"the store path {self.root} exists but is not a folder")
         try:
-            self._open()
+            self._marker.open()
         except OSError as exc:
             raise _translate(exc, "open the store folder", self.root) from exc
 
-    def _open(self) -> None:
-        state = self.probe()
-        if state == "marked":
-            self._load_marker()
-            return
-        if not self.create:
-            return  # a reader: it never makes a folder a store
-        if state == "foreign":
-            raise StoreError(
-                f"{self.root} is not a fleetshift store: it has no {MARKER} marker and holds other files; point "
-                "the store URL at a new or empty folder (or at the store you meant)"
-            )
-        if state == "missing":
-            try:
-                self._make_dirs(self.root)
-            except OSError as exc:
-                raise _translate(exc, "create the store folder", self.root) from exc
-        payload = json.dumps({
-            "kind": MARKER_KIND,
-            "storeId": uuid.uuid4().hex,
-            "schemaVersion": MARKER_SCHEMA_VERSION,
-            "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
-            "adopted": state == "legacy",
-        }, indent=2).encode() + b"\n"
-        # Create-only (a hard link): of two writers starting on an empty folder, one marker wins and both use it.
-        wrote = write_atomic(self.root / MARKER, payload, create_only=True, mode=0o644, prefix=TEMP_PREFIX, suffix="")
-        self._load_marker()
-        if wrote and state == "legacy":
-            log.warning("store.adopted", folder=str(self.root), store_id=self.store_id,
-                        reason=f"a store written before {MARKER} markers existed: marked it as a store, once")
-        elif wrote:
-            log.info("store.created", folder=str(self.root), store_id=self.store_id)
+    @property
+    def store_id(self) -> str | None:
+        """The id in the store's marker, once this object has seen it (None: a reader of an unmarked folder)."""
+        return self._marker.store_id
 
     def probe(self) -> str:
-        """What the folder holds now: "marked" (a store), "missing", "empty" (nothing but dot files),
-        "legacy" (a store from before the marker) or "foreign" (something else)."""
-        try:
-            names = os.listdir(self.root)
-        except (FileNotFoundError, NotADirectoryError):
-            return "missing"
-        if MARKER in names:
-            return "marked"
-        visible = {name for name in names if not name.startswith(".")}
-        if not visible:
-            return "empty"
-        return "legacy" if visible & _STORE_FOLDERS else "foreign"
+        """What the folder holds now: "marked", "missing", "empty", "legacy" or "foreign" (StoreMarker.probe)."""
+        return self._marker.probe()
 
-    def _load_marker(self) -> None:
-        path = self.root / MARKER
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read(_MARKER_MAX_BYTES + 1)
-        store_id = _marker_id(path, data)
-        if self.store_id is not None and store_id != self.store_id:
-            raise StoreUnavailable(
-                f"the folder {self.root} now holds another store ({store_id}; this process opened {self.store_id}): "
-                "restart this process to use it"
-            )
-        if self._marker_ident is not None and self._marker_ident != (info.st_dev, info.st_ino):
-            # The same store, restored or remounted: lock files opened before may be other files now.
-            with self._lock_fds_guard:
-                self._stale_lock_fds.extend(self._lock_fds.values())
-                self._lock_fds = {}
-        self.store_id = store_id
-        self._marker_ident = (info.st_dev, info.st_ino)
+    def _marker_replaced(self) -> None:
+        """The same store, restored or remounted: lock files opened before may be other files now."""
+        with self._lock_fds_guard:
+            self._stale_lock_fds.extend(self._lock_fds.values())
+            self._lock_fds = {}
 
     def _check(self) -> bool:
-        """Is the store still there? True when it is marked; False for a reader of an unmarked folder (it may
-        have been created or adopted since: then it is marked from now on). A store this object saw marked
-        whose marker is gone raises StoreUnavailable: the folder was moved away or its share unmounted, and
-        reading it as empty would show a fleet with no hosts."""
-        path = self.root / MARKER
-        try:
-            if self._marker_ident is None:
-                try:
-                    self._load_marker()
-                except (FileNotFoundError, NotADirectoryError):
-                    return False
-                return True
-            info = os.stat(path)
-            if (info.st_dev, info.st_ino) != self._marker_ident:
-                self._load_marker()
-        except (FileNotFoundError, NotADirectoryError):
-            raise StoreUnavailable(
-                f"the store at {self.root} is gone: its {MARKER} marker is missing (the folder was moved or "
-                "deleted, or the share it is on is not mounted); waiting for it to come back"
-            ) from None
-        except OSError as exc:
-            raise _translate(exc, "find the store marker in", self.root) from exc
-        return True
+        """Is the store still there? (StoreMarker.check: StoreUnavailable once a marker seen has gone.)"""
+        return self._marker.check()
 
     def _writable(self) -> None:
-        """Before a write: the store is there (StoreUnavailable if it vanished), or, for a reader of an
-        unmarked folder, it is a store from before the marker (StoreMissing otherwise)."""
-        if not self._check() and self.probe() != "legacy":
-            raise StoreMissing(f"no store at {self.root}: it was opened read-only, and only the agent "
-                               "and the reconciler's apply path create it")
+        """Before a write: StoreUnavailable if the store vanished, StoreMissing for a reader's empty folder."""
+        self._marker.writable()
 
     def __repr__(self) -> str:
         return f"FileStore({self.url!r})"
@@ -443,25 +305,6 @@ class FileStore:
                 return info
             wanted = max(wanted, floor) + step
         raise StoreError("the store's file system does not keep modification times; use another folder")
-
-    def _make_dirs(self, folder: Path) -> None:
-        """mkdir -p, fsyncing each parent whose entries changed so the new folders survive a power cut."""
-        if folder.is_dir():
-            return
-        missing: list[Path] = []
-        probe = folder
-        while not probe.exists():
-            missing.append(probe)
-            if probe.parent == probe:
-                break
-            probe = probe.parent
-        for created in reversed(missing):
-            try:
-                os.mkdir(created)
-            except FileExistsError:
-                continue
-            with suppress(OSError):
-                fsync_dir(created.parent)
 
     def _make_key_dirs(self, folder: Path) -> None:
         """The folders between the store folder and a key, never the store folder itself: a write to a store

@@ -99,6 +99,24 @@ def read_lease(store: Store) -> LeaseView | None:
     return LeaseView(lease.holder, lease.expires_at, lease.acquired_at)
 
 
+def _outage_tolerated(exc: StoreError, since: float | None, store_outage: timedelta | None) -> float | None:
+    """When the store outage that `exc` belongs to began (`since`, or now for a new one), while it is still
+    waited out: `exc` is retryable and the outage is shorter than `store_outage`. None: raise `exc`."""
+    now = time.monotonic()
+    since = since or now
+    if not exc.retryable or store_outage is None or now - since >= store_outage.total_seconds():
+        return None
+    return since
+
+
+def _pause(stop: threading.Event | None, seconds: float) -> bool:
+    """Sleep for `seconds`, or until `stop` is set: True when it was (the caller gives up)."""
+    if stop is not None:
+        return stop.wait(seconds)
+    time.sleep(seconds)
+    return False
+
+
 class WriteLease:
     """This process's claim on the store's write lease."""
 
@@ -204,16 +222,12 @@ class WriteLease:
             try:
                 taken = self.try_acquire()
             except StoreError as exc:
-                now = time.monotonic()
-                outage_since = outage_since or now
-                if not exc.retryable or store_outage is None or now - outage_since >= store_outage.total_seconds():
+                outage_since = _outage_tolerated(exc, outage_since, store_outage)
+                if outage_since is None:
                     raise
                 log.warning("lease.store_unavailable", error=str(exc), retry_in=retry_every.total_seconds())
-                if stop is not None:
-                    if stop.wait(retry_every.total_seconds()):
-                        return False
-                else:
-                    time.sleep(retry_every.total_seconds())
+                if _pause(stop, retry_every.total_seconds()):
+                    return False
                 continue
             if outage_since is not None:
                 log.info("lease.store_back", after=round(time.monotonic() - outage_since, 1))
@@ -225,24 +239,26 @@ class WriteLease:
                 announced = True
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                other = self._other or read_lease(self.store)
-                raise LeaseHeld(
-                    other.holder if other else "unknown",
-                    other.expires_at if other else None,
-                    timedelta(seconds=now - started),
-                )
-            pause = retry_every.total_seconds()
-            if self._other is not None:
-                # Wake up right when the holder's lease would expire, not up to a full period later.
-                until_expiry = (self._other.expires_at - self._clock()).total_seconds()
-                pause = max(0.05, min(pause, until_expiry + 0.05))
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - now))
-            if stop is not None:
-                if stop.wait(pause):
-                    return False
-            else:
-                time.sleep(pause)
+                raise self._held_elsewhere(timedelta(seconds=now - started))
+            if _pause(stop, self._retry_pause(retry_every, deadline, now)):
+                return False
+
+    def _held_elsewhere(self, waited: timedelta) -> LeaseHeld:
+        """The error `acquire` raises when its wait ran out: who holds the lease, and until when."""
+        other = self._other or read_lease(self.store)
+        return LeaseHeld(other.holder if other else "unknown", other.expires_at if other else None, waited)
+
+    def _retry_pause(self, retry_every: timedelta, deadline: float | None, now: float) -> float:
+        """How long `acquire` sleeps before its next attempt: `retry_every`, but no later than when the
+        holder's lease would expire, and never past the deadline."""
+        pause = retry_every.total_seconds()
+        if self._other is not None:
+            # Wake up right when the holder's lease would expire, not up to a full period later.
+            until_expiry = (self._other.expires_at - self._clock()).total_seconds()
+            pause = max(0.05, min(pause, until_expiry + 0.05))
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - now))
+        return pause
 
     def renew(self) -> None:
         """Extend the lease by a full duration; LeaseLost if another process took it."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from contract.store import StoreError, StoreMissing, StoreUnavailable, open_store
-from contract.store.file import MARKER, FileStore, missing_folder
+from contract.store.file import FileStore, missing_folder
+from contract.store.marker import MARKER
 
 
 def test_a_writer_creates_a_marked_store_in_a_missing_or_empty_folder(tmp_path: Path) -> None:
