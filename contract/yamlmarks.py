@@ -10,18 +10,10 @@ The agent's appspec must mean exactly what it means under CodeDeploy, duplicate 
 same walker, and keeps every scalar's node (its text as written, quoting style and tag) for warnings such as
 an unquoted `mode: 0644` being the octal number 420.
 
-Hostile input is bounded here, once, for every reader (manifests, `deploy.yaml`, `agent.yaml`, appspecs),
-and always refused with a located `yaml.MarkedYAMLError` (`YamlRefused`), never a stray exception:
-
-- text longer than `MAX_TEXT_CHARS` (1 MiB) is refused before parsing;
-- the nodes built per stream, counting every visit through an alias and every pair a merge key (`<<`)
-  brings in, are bounded by `MAX_NODES` (100,000): an alias bomb (`&a [*b, *b, ...]` nested) is linear to
-  write and exponential to expand, and was expanded at every reference;
-- nesting, including through aliases and merge keys (a recursive anchor nests forever), by `MAX_DEPTH`
-  (100 levels), which also keeps PyYAML's recursive composer and constructor away from RecursionError;
-- characters PyYAML's reader rejects (control characters) are refused with their line and column;
-- a scalar PyYAML's constructor cannot build (`!!timestamp x`, a 5,000-digit integer, `!!binary` that is
-  not base64) is a located error at the scalar, not a ValueError or AttributeError.
+Hostile input is bounded, once for every reader (manifests, `deploy.yaml`, `agent.yaml`, appspecs), by
+`contract/yamlbounds.py` (size, node budget through aliases and merge keys, depth, characters, scalars that
+cannot be built): always refused with a located `yaml.MarkedYAMLError` (`YamlRefused`), never a stray
+exception. This module walks the nodes under those bounds and records where everything stands.
 
 Line numbers agree with editors that count `\n`: PyYAML also breaks lines at a lone `\r`, U+0085 (NEL),
 U+2028 and U+2029, which most editors show on one line. `load_located` (files people write: manifests,
@@ -46,27 +38,21 @@ from pydantic import BaseModel
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import ScannerError
 
+from contract.yamlbounds import (
+    ODD_BREAKS,
+    BoundedLoader,
+    NodeBudget,
+    YamlRefused,
+    as_text,
+    screen,
+    text_mark,
+    unbuildable,
+)
+
 YamlPath = tuple[str | int, ...]
-
-#: The longest YAML text read, in characters (1 MiB): far above any manifest, settings file or appspec.
-MAX_TEXT_CHARS = 1024 * 1024
-#: The most nodes built from one stream, counting each visit through an alias or a merge key.
-MAX_NODES = 100_000
-#: The deepest nesting of collections, counting through aliases and merge keys.
-MAX_DEPTH = 100
-
-
-class YamlRefused(yaml.MarkedYAMLError):
-    """YAML refused before or while building it: too large, too deep, too many nodes through aliases, a
-    character that cannot be read, a scalar that cannot be built. A `yaml.MarkedYAMLError`, so every reader
-    that reports syntax errors with a line and column reports these the same way; `problem` is the message."""
-
-    def __init__(self, problem: str, mark: Any) -> None:
-        super().__init__(problem=problem, problem_mark=mark)
 
 
 class YamlKeyProblem(Exception):
@@ -112,27 +98,28 @@ class _Walker:
     last of duplicate keys wins, tagged collections (`!!set`, `!!omap`, unknown tags) go to PyYAML's
     constructor, an unhashable key is PyYAML's error, and paths name keys by their text as written.
 
-    `budget` is what is left of `MAX_NODES` for the whole stream; every node visited, through an alias as
-    often as it is referenced, costs one. `lines` maps PyYAML's marks to `\n`-counted ones.
+    `budget` is what is left of `MAX_NODES` for the whole stream (`contract/yamlbounds.py`); every node
+    visited, through an alias as often as it is referenced, costs one. `lines` maps PyYAML's marks to
+    `\n`-counted ones.
     """
 
     constructor: SafeConstructor
     located: LocatedYaml
     like_safe_load: bool = False
-    budget: list[int] = field(default_factory=lambda: [MAX_NODES])
+    budget: NodeBudget = field(default_factory=NodeBudget)
     lines: _Lines | None = None
 
     def mark(self, node: Node) -> tuple[int, int]:
         return self.lines.where(node.start_mark) if self.lines else _mark(node)
 
     def build(self, node: Node, path: YamlPath, mark: tuple[int, int] | None = None, depth: int = 0) -> Any:
-        self._charge(node, depth)
+        self.budget.charge(node, depth)
         # A mapping value is located at its key: that is the line a person looks for.
         self.located.marks[path] = mark or self.mark(node)
         if isinstance(node, ScalarNode):
             self.located.scalars[path] = node
         elif self.like_safe_load and node.tag not in _PLAIN_COLLECTION_TAGS:
-            self._measure(node, depth)
+            self.budget.measure(node, depth)
             return self._construct(node)
         if isinstance(node, MappingNode):
             return self._mapping(node, path, depth)
@@ -140,39 +127,18 @@ class _Walker:
             return [self.build(item, (*path, index), None, depth + 1) for index, item in enumerate(node.value)]
         return self._construct(node)
 
-    def _charge(self, node: Node, depth: int, count: int = 1) -> None:
-        if depth > MAX_DEPTH:
-            raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep (counting through aliases)",
-                              node.start_mark)
-        self.budget[0] -= count
-        if self.budget[0] < 0:
-            raise YamlRefused(
-                f"expands to more than {MAX_NODES:,} values (aliases and merge keys count each time they are "
-                f"used); refusing a possible alias bomb", node.start_mark)
-
-    def _measure(self, node: Node, depth: int) -> None:
-        """Charge for everything under a node PyYAML's constructor will build (it recurses, so bound depth)."""
-        stack = [(child, depth + 1) for child in _children_of(node)]
-        while stack:
-            child, level = stack.pop()
-            self._charge(child, level)
-            stack.extend((grandchild, level + 1) for grandchild in _children_of(child))
-
     def _construct(self, node: Node) -> Any:
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.MarkedYAMLError:
             raise
         except (ValueError, TypeError, AttributeError, OverflowError, LookupError, RecursionError) as exc:
-            shown = node.value if isinstance(node.value, str) else ""
-            shown = shown if len(shown) <= 40 else shown[:40] + "..."
-            tag = node.tag.rsplit(":", 1)[-1] if node.tag.startswith("tag:yaml.org,2002:") else node.tag
-            raise YamlRefused(f"cannot read {shown!r} as {tag}: {_reason(exc, tag)}", node.start_mark) from None
+            raise unbuildable(node, exc) from None
 
     def _mapping(self, node: MappingNode, path: YamlPath, depth: int) -> dict[Any, Any]:
         # YAML merge keys (`<<: *defaults`): PyYAML copies every merged pair into this node, so a chain of
         # merges of merges grows exponentially before anything is built; count first, then flatten.
-        _merged_size(node, depth, self, {})
+        self.budget.merged_size(node, depth, {})
         self.constructor.flatten_mapping(node)
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -186,7 +152,7 @@ class _Walker:
 
     def _key(self, node: MappingNode, key_node: Node, path: YamlPath) -> Any:
         if self.like_safe_load:
-            self._measure(key_node, 0)
+            self.budget.measure(key_node, 0)
             key = self._construct(key_node)
             try:
                 hash(key)
@@ -203,48 +169,6 @@ class _Walker:
         return key
 
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _children_of(node: Node) -> list[Node]:
-    if isinstance(node, SequenceNode):
-        return list(node.value)
-    if isinstance(node, MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-def _merged_size(node: MappingNode, depth: int, walker: _Walker, sizes: dict[int, int]) -> int:
-    """How many pairs `node` holds once its merge keys are flattened; refuses (through `walker`'s budget
-    and depth) before PyYAML's `flatten_mapping` builds an exponential list or recurses forever."""
-    known = sizes.get(id(node))
-    if known is not None:
-        return known
-    if depth > MAX_DEPTH:
-        walker._charge(node, depth)
-    total = 0
-    for key_node, value_node in node.value:
-        if key_node.tag != _MERGE_TAG:
-            total += 1
-            continue
-        merged = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
-        total += sum(_merged_size(sub, depth + 1, walker, sizes) for sub in merged if isinstance(sub, MappingNode))
-    if total > MAX_NODES:
-        walker._charge(node, depth, total)
-    sizes[id(node)] = total
-    return total
-
-
-def _reason(exc: BaseException, tag: str) -> str:
-    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
-        return "a number with more than 4300 digits"
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    if isinstance(exc, ValueError | OverflowError) and str(exc):
-        return str(exc)
-    return f"not a valid {tag}"
-
-
 _PLAIN_COLLECTION_TAGS = frozenset({BaseResolver.DEFAULT_MAPPING_TAG, BaseResolver.DEFAULT_SEQUENCE_TAG})
 
 
@@ -257,50 +181,8 @@ _PYYAML_TAB_PROBLEM = "found character '\\t' that cannot start any token"
 TAB_PROBLEM = "a tab character (YAML indents with spaces only)"
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's pure-Python safe loader, with the composer's recursion bounded by `MAX_DEPTH` (libyaml's
-    own parser stops at 1000 levels, and our walker at `MAX_DEPTH`)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH + 1:
-                event: Any = self.peek_event()  # type: ignore[no-untyped-call]
-                raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-#: Line breaks PyYAML counts that `\n`-counting editors do not (a lone CR, NEL, LS, PS).
-_ODD_BREAKS = re.compile("\r(?!\n)|[\x85\u2028\u2029]")
+#: Every line break PyYAML counts, to map its marks to `\n`-counted ones.
 _PYYAML_BREAKS = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
-_BREAK_NAMES = {"\r": "a carriage return (CR) not followed by a line feed", "\x85": "U+0085 (NEL)",
-                "\u2028": "U+2028 (LINE SEPARATOR)", "\u2029": "U+2029 (PARAGRAPH SEPARATOR)"}
-
-
-def _text_mark(text: str, index: int) -> Mark:
-    """A mark at `index` of `text` whose line and column count `\n` only (0-based, as PyYAML's)."""
-    line_start = text.rfind("\n", 0, index) + 1
-    return Mark("<text>", index, text.count("\n", 0, index), index - line_start, None, 0)
-
-
-def _screen(text: str, *, refuse_odd_breaks: bool) -> None:
-    """Refuse, with a `\n`-counted location, what must not reach PyYAML: too much text, a character its
-    reader rejects (a ReaderError carries no line), and (for `load_located`) line breaks editors do not show."""
-    if len(text) > MAX_TEXT_CHARS:
-        raise YamlRefused(f"the text is {len(text):,} characters long; at most {MAX_TEXT_CHARS:,} are read",
-                          _text_mark(text, 0))
-    bad = Reader.NON_PRINTABLE.search(text)
-    if bad is not None:
-        raise YamlRefused(f"a control character U+{ord(bad.group()):04X} (YAML allows no control characters "
-                          f"but tab, line feed and carriage return)", _text_mark(text, bad.start()))
-    odd = _ODD_BREAKS.search(text) if refuse_odd_breaks else None
-    if odd is not None:
-        raise YamlRefused(f"{_BREAK_NAMES[odd.group()]}: YAML reads it as a line break but editors do not "
-                          f"show one; use plain line breaks (\\n or \\r\\n)", _text_mark(text, odd.start()))
 
 
 class _Lines:
@@ -358,11 +240,11 @@ def _reworded(exc: ScannerError) -> ScannerError:
 def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
     """Each non-empty document with its index in the stream. Raises `yaml.MarkedYAMLError` for syntax
     errors (a tab reads as `TAB_PROBLEM`), `yaml.constructor.ConstructorError` for bad tags,
-    `YamlRefused` (a `MarkedYAMLError`) for input beyond the bounds in this module's docstring and for a
+    `YamlRefused` (a `MarkedYAMLError`) for input beyond the bounds in `contract/yamlbounds.py` and for a
     line break editors do not show, `YamlKeyProblem` for bad keys. Lines count `\n` only."""
-    _screen(text, refuse_odd_breaks=True)
-    loader = _BoundedLoader(text)
-    budget = [MAX_NODES]
+    screen(text, refuse_odd_breaks=True)
+    loader = BoundedLoader(text)
+    budget = NodeBudget()
     try:
         for index, node in enumerate(_documents(loader)):
             if node is None:
@@ -371,7 +253,7 @@ def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
             located.data = _Walker(loader, located, budget=budget).build(node, ())
             yield index, located
     except RecursionError:  # a last resort: the bounds above should make this unreachable
-        raise YamlRefused("nested too deeply", _text_mark(text, 0)) from None
+        raise YamlRefused("nested too deeply", text_mark(text, 0)) from None
     finally:
         loader.dispose()
 
@@ -380,33 +262,19 @@ def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
 _FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _as_text(text: str | bytes) -> str | bytes:
-    """Bytes decoded as PyYAML would (UTF-16 by its BOM, else UTF-8) so they can be screened; bytes that do
-    not decode are left to PyYAML to report."""
-    if isinstance(text, str):
-        return text
-    if len(text) > 4 * MAX_TEXT_CHARS:
-        raise YamlRefused(f"the text is {len(text):,} bytes long; at most {MAX_TEXT_CHARS:,} characters are read",
-                          Mark("<bytes>", 0, 0, 0, None, 0))
-    try:
-        return text.decode("utf-16" if text[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8")
-    except UnicodeDecodeError:
-        return text
-
-
 def load_document(text: str | bytes, *, like_safe_load: bool = False, libyaml: bool = False) -> LocatedYaml | None:
     """The stream's only document, or None when it has none. Raises `yaml.MarkedYAMLError` for syntax
     errors and for a second document, `yaml.constructor.ConstructorError` for bad tags, `YamlRefused` (a
-    `MarkedYAMLError`) for input beyond the bounds in this module's docstring, `YamlKeyProblem` for bad
+    `MarkedYAMLError`) for input beyond the bounds in `contract/yamlbounds.py`, `YamlKeyProblem` for bad
     keys (unless `like_safe_load`, see `_Walker`). `libyaml` parses with libyaml when PyYAML has it
     (faster; its syntax error messages are libyaml's own). Lines and columns count `\n` only: a lone CR,
     NEL, LS or PS is kept (it means what it means to CodeDeploy) and marks are mapped."""
-    text = _as_text(text)
+    text = as_text(text)
     lines = None
     if isinstance(text, str):
-        _screen(text, refuse_odd_breaks=False)
-        lines = _Lines(text) if _ODD_BREAKS.search(text) else None
-    loader = (_FAST_LOADER if libyaml else _BoundedLoader)(text)
+        screen(text, refuse_odd_breaks=False)
+        lines = _Lines(text) if ODD_BREAKS.search(text) else None
+    loader = (_FAST_LOADER if libyaml else BoundedLoader)(text)
     try:
         try:
             node = loader.get_single_node()

@@ -18,11 +18,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
+from contract.yamlbounds import YamlRefused
 from contract.yamlmarks import (
     LocatedYaml,
     YamlKeyProblem,
     YamlPath,
-    YamlRefused,
     did_you_mean,
     known_keys,
     load_located,

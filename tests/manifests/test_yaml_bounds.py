@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.yamlmarks import MAX_NODES, YamlRefused, load_document, load_located
+from contract.yamlbounds import MAX_NODES, YamlRefused
+from contract.yamlmarks import load_document, load_located
 from reconciler.errors import ManifestErrors
 from reconciler.settings import load_settings
 
