@@ -41,7 +41,7 @@ import structlog
 from agent.errors import BundleError, UnsafeBundle, UsageError
 from agent.fetch import formats
 from agent.fetch.bounds import FetchBudget
-from agent.fetch.iothreads import CREATE_FLAGS, BackgroundWriter
+from agent.fetch.iothreads import CREATE_FLAGS, BackgroundWriter, finish_file, write_all
 from agent.fetch.revision import CHUNK, FetchedBundle, remove_path
 
 log = structlog.get_logger("agent.fetch.extract")
@@ -256,15 +256,9 @@ class Extractor:
                 budget -= len(chunk)
                 if budget < 0:
                     raise self.too_big(source)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, chunk)
             self.written = self.limits.max_bytes - budget
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, final_mode)
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
+            finish_file(fd, final_mode, mtime, owner)
         finally:
             os.close(fd)
         self.regular.add(name)

@@ -68,17 +68,28 @@ class BackgroundWriter:
         self._thread.join()
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def finish_file(fd: int, mode: int, mtime: float | None, owner: tuple[int, int] | None) -> None:
+    """Owner, then mode (chown clears set-id bits), then mtime, all through the open descriptor so nothing is
+    done through a path another entry could have replaced."""
+    if owner is not None:
+        os.fchown(fd, *owner)
+    os.fchmod(fd, mode)
+    if mtime is not None:
+        os.utime(fd, (mtime, mtime))
+
+
 def create_file(path: str, data: bytes, mode: int, mtime: float | None, owner: tuple[int, int] | None) -> None:
     fd = os.open(path, CREATE_FLAGS, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-        if mtime is not None:
-            os.utime(fd, (mtime, mtime))
+        write_all(fd, data)
+        finish_file(fd, mode, mtime, owner)
     finally:
         os.close(fd)
 
