@@ -27,6 +27,7 @@ from agent.errors import RevisionInvalid
 from agent.lifecycle.appspec import AppSpec, parse_appspec
 from contract.models import LIFECYCLE_EVENTS
 from tests.agent.conftest import run_cli
+from tests.fuzz.mutation import mutated
 
 CORPUS = Path(__file__).parent / "corpus" / "appspecs"
 SEED_FILES = sorted(CORPUS.glob("*.yml"))
@@ -103,33 +104,8 @@ def test_the_alias_bomb_is_refused_quickly_at_its_line() -> None:
 # Mutated seeds
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 6))):
-        action = draw(st.sampled_from(["insert", "delete", "flip", "splice", "duplicate"]))
-        at = draw(st.integers(0, len(data)))
-        if action == "insert":
-            data[at:at] = draw(st.sampled_from(YAML_PIECES) | st.binary(max_size=8))
-        elif action == "delete":
-            del data[at:at + draw(st.integers(1, 16))]
-        elif action == "flip" and data:
-            data[min(at, len(data) - 1)] = draw(st.integers(0, 255))
-        elif action == "splice":
-            other = draw(st.sampled_from(SEEDS))
-            start = draw(st.integers(0, len(other)))
-            data[at:at] = other[start:start + draw(st.integers(1, 200))]
-        elif action == "duplicate":
-            lines = bytes(data).splitlines(keepends=True)
-            if lines:
-                index = draw(st.integers(0, len(lines) - 1))
-                lines[index:index] = [lines[index]] * draw(st.integers(1, 20))
-                data = bytearray(b"".join(lines))
-    return bytes(data)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated() | st.binary(max_size=200) | st.text(max_size=200))
+@given(mutated(SEEDS, YAML_PIECES, min_steps=1) | st.binary(max_size=200) | st.text(max_size=200))
 def test_mutated_appspecs_parse_or_give_located_problems(content: bytes | str) -> None:
     check_parse(content)
 

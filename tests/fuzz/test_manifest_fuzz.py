@@ -22,6 +22,7 @@ from reconciler.desired.manifests import Desired
 from reconciler.desired.sources import ManifestFile
 from reconciler.errors import ManifestErrors, SettingsError
 from reconciler.settings import DeploySettings, load_settings
+from tests.fuzz.mutation import mutated
 
 CORPUS = Path(__file__).parent / "corpus" / "manifests"
 SEEDS = sorted(path.read_bytes() for path in CORPUS.glob("*.yaml"))
@@ -33,32 +34,7 @@ YAML_PIECES = [b"&a ", b"*a", b"<<: ", b"[", b"]", b"{", b"}", b"- ", b": ", b"?
                b"'", b'"', b"#", b"---\n", b"...\n", b"\n", b"  ", b"9" * 50, b"\xff", b"kind: ", b"apiVersion: "]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(0, 6))):
-        action = draw(st.sampled_from(["insert", "delete", "flip", "splice", "duplicate"]))
-        at = draw(st.integers(0, len(data)))
-        if action == "insert":
-            data[at:at] = draw(st.sampled_from(YAML_PIECES) | st.binary(max_size=8))
-        elif action == "delete":
-            del data[at:at + draw(st.integers(1, 16))]
-        elif action == "flip" and data:
-            data[min(at, len(data) - 1)] = draw(st.integers(0, 255))
-        elif action == "splice":
-            other = draw(st.sampled_from(SEEDS))
-            start = draw(st.integers(0, len(other)))
-            data[at:at] = other[start:start + draw(st.integers(1, 200))]
-        elif action == "duplicate":
-            lines = bytes(data).splitlines(keepends=True)
-            if lines:
-                index = draw(st.integers(0, len(lines) - 1))
-                lines[index:index] = [lines[index]] * draw(st.integers(1, 20))
-                data = bytearray(b"".join(lines))
-    return bytes(data)
-
-
-inputs = mutated() | st.binary(max_size=300) | st.text(max_size=300).map(lambda text: text.encode())
+inputs = mutated(SEEDS, YAML_PIECES) | st.binary(max_size=300) | st.text(max_size=300).map(lambda text: text.encode())
 
 
 def check_located(errors: ManifestErrors, content: bytes) -> None:
