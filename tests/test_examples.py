@@ -65,14 +65,14 @@ def test_every_yaml_file_in_the_examples_parses(path: Path) -> None:
 SHELL_KEYS = {"run", "script", "before_script"}
 
 
-def _shell_texts(node: Any, shell: bool = False) -> Iterator[str]:
+def shell_texts(node: Any, shell: bool = False) -> Iterator[str]:
     """The shell code of a CI file: GitHub `run:` steps, GitLab `script:` / `before_script:` lines."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _shell_texts(value, shell=key in SHELL_KEYS)
+            yield from shell_texts(value, shell=key in SHELL_KEYS)
     elif isinstance(node, list):
         for item in node:
-            yield from _shell_texts(item, shell)
+            yield from shell_texts(item, shell)
     elif isinstance(node, str) and shell:
         yield node
 
@@ -88,7 +88,7 @@ def _command_sources() -> Iterator[tuple[str, str]]:
     """(where, text) for every place in the examples that shows a command to run."""
     for path in CI_FILES:
         text = path.read_text()
-        for shell in _shell_texts(yaml.safe_load(text)):
+        for shell in shell_texts(yaml.safe_load(text)):
             yield _rel(path), shell
         comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
         for span in _code_spans(comments):
@@ -172,7 +172,7 @@ def test_flags_kept_in_shell_variables_are_real_reconcile_flags() -> None:
     options = _all_options(reconcile_parser())
     found = set()
     for path in CI_FILES:
-        for shell in _shell_texts(yaml.safe_load(path.read_text())):
+        for shell in shell_texts(yaml.safe_load(path.read_text())):
             for flag in re.findall(r"\b[a-z_]+\+?=\(?\"?(--[a-z][a-z-]*)", shell):
                 found.add(flag)
                 assert flag in options, f"{_rel(path)}: {flag} is not a reconcile option"
@@ -192,7 +192,7 @@ def test_every_ci_example_installs_fleetshift_with_the_documented_line() -> None
         assert not re.search(r"pip install fleetshift\b", text), f"{_rel(path)}: fleetshift is not on PyPI"
     for path in CI_FILES:
         text = path.read_text()
-        shells = "\n".join(_shell_texts(yaml.safe_load(text)))
+        shells = "\n".join(shell_texts(yaml.safe_load(text)))
         installs = [line for line in shells.splitlines() if "pip install" in line]
         assert installs, f"{_rel(path)} installs nothing"
         for line in installs:

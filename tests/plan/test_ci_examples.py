@@ -9,7 +9,6 @@ import re
 import shlex
 import subprocess
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,24 +20,10 @@ import yaml
 from reconciler.cli.main import build_parser
 from reconciler.plan.render import COMMENT_MARKER
 from tests.conftest import require_tool
+from tests.test_examples import shell_texts
 
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
 WORKFLOWS = sorted([*CI.glob("github/*.yml"), CI / "gitlab" / ".gitlab-ci.yml"])
-
-
-SHELL_KEYS = {"run", "script", "before_script"}
-
-
-def _shell_texts(node: Any, shell: bool = False) -> Iterator[str]:
-    """The shell code of a CI file: GitHub `run:` steps, GitLab `script:` lines."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _shell_texts(value, shell=key in SHELL_KEYS)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _shell_texts(item, shell)
-    elif isinstance(node, str) and shell:
-        yield node
 
 
 def _reconcile_commands(text: str) -> list[list[str]]:
@@ -61,7 +46,7 @@ def _reconcile_commands(text: str) -> list[list[str]]:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_ci_files_parse_and_run_real_reconcile_commands(path: Path) -> None:
     document = yaml.safe_load(path.read_text())
-    commands = [c for text in _shell_texts(document) for c in _reconcile_commands(text)]
+    commands = [c for text in shell_texts(document) for c in _reconcile_commands(text)]
     assert commands, f"{path.name} runs no reconcile command"
     parser = build_parser()
     for argv in commands:
