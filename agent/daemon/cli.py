@@ -158,10 +158,7 @@ def run_command(args: argparse.Namespace) -> int:
         with stop_on_signals() as stop, root_lock(settings.root_dir):
             agent = Agent(settings, store, make_runner(settings), stop, take_over=args.take_over)
             code = agent.run_once() if args.once else agent.run_forever()
-    except HostIdInUse as exc:
-        print(f"deploy-agent: {exc}", file=sys.stderr)
-        return ExitCode.INVALID
-    except StateError as exc:
+    except (HostIdInUse, StateError) as exc:
         print(f"deploy-agent: {exc}", file=sys.stderr)
         return ExitCode.INVALID
     except OSError as exc:
