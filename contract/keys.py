@@ -30,6 +30,14 @@ def command_key(host_id: str) -> str:
     return f"commands/{host_id}.json"
 
 
+TRAFFIC_PREFIX = "traffic/"
+
+
+def traffic_key(host_id: str) -> str:
+    """Written by the reconciler (its traffic steps for the host), read by that host's agent."""
+    return f"traffic/{host_id}.json"
+
+
 def deployment_key(deployment_id: str) -> str:
     return f"deployments/{deployment_id}.json"
 

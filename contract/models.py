@@ -36,6 +36,11 @@ LIFECYCLE_EVENTS: tuple[str, ...] = (
     "BeforeAllowTraffic",
     "AfterAllowTraffic",
 )
+#: The two events the agent runs no script for when a group has traffic control: it waits while the reconciler
+#: takes the host out of its load balancers (BlockTraffic) and puts it back (AllowTraffic), docs/traffic.md.
+BLOCK_TRAFFIC = "BlockTraffic"
+ALLOW_TRAFFIC = "AllowTraffic"
+TRAFFIC_STEPS: frozenset[str] = frozenset({BLOCK_TRAFFIC, ALLOW_TRAFFIC})
 #: Events a deployment runs when the command does not say otherwise (in-place, no load balancer).
 DEFAULT_EVENTS: tuple[str, ...] = (
     "ApplicationStop",
@@ -45,6 +50,17 @@ DEFAULT_EVENTS: tuple[str, ...] = (
     "AfterInstall",
     "ApplicationStart",
     "ValidateService",
+)
+#: Events of a group with traffic control (CodeDeploy's in-place order with a load balancer, reference §2.1).
+#: The agent runs every other event as without traffic control; at these two it waits for the reconciler.
+TRAFFIC_CONTROL_EVENTS: tuple[str, ...] = (
+    "BeforeBlockTraffic",
+    BLOCK_TRAFFIC,
+    "AfterBlockTraffic",
+    *DEFAULT_EVENTS,
+    "BeforeAllowTraffic",
+    ALLOW_TRAFFIC,
+    "AfterAllowTraffic",
 )
 #: Events whose scripts come from the last successful revision (reference §2.2).
 PREVIOUS_REVISION_EVENTS: frozenset[str] = frozenset(
@@ -171,6 +187,11 @@ class HostRegistration(Document):
     installation_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     zone: str | None = None
+    #: Where a load balancer reaches this host (agent.yaml `address`): IP targets, HAProxy servers, the
+    #: traffic command provider. None: not given.
+    address: str | None = None
+    #: The EC2 instance id (agent.yaml `instanceId`), for ELBv2 target groups of target type `instance`.
+    instance_id: str | None = None
     platform: str
     hostname: str
     agent_version: str
@@ -304,6 +325,33 @@ class HostCommand(Document):
     #: The agent fails the command itself past this, as a backstop to the reconciler's per-host timeout.
     timeout_seconds: float | None = None
     created_at: datetime
+
+
+class TrafficStepState(StrEnum):
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class HostTraffic(Document):
+    """`traffic/<host>.json`, written by the reconciler: the last traffic step it took for the host, read by the
+    agent while its command waits at BlockTraffic or AllowTraffic (docs/traffic.md).
+
+    A step belongs to one command `generation`, so the agent never takes a step recorded for an older command
+    as done for its own. `repair` marks an AllowTraffic the reconciler took on its own to put a healthy, idle
+    host back after a crash or a stop left it out of its load balancers."""
+
+    host_id: str
+    generation: int
+    deployment_id: str
+    group: str
+    step: Literal["BlockTraffic", "AllowTraffic"]
+    state: TrafficStepState
+    started_at: datetime
+    ended_at: datetime | None = None
+    #: What the load balancers said, in their own terms ("haproxy web/host-1: drained, 0 sessions, in 1.2 s").
+    message: str | None = None
+    repair: bool = False
 
 
 def group_key(application: str, deployment_group: str) -> str:

@@ -11,8 +11,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from contract.models import CommandProgress, HostConflict, HostRegistration, HostStatus
+
+
+class TargetState(StrEnum):
+    """Where one host stands in one load balancer, in words common to every provider (docs/traffic.md)."""
+
+    #: Receiving traffic and called healthy by the load balancer's own checks.
+    IN_SERVICE = "InService"
+    #: Put back (registered, ready) but not yet healthy: health checks still running or failing.
+    STARTING = "Starting"
+    #: Receives no new requests; open connections are finishing (`sessions` of them, where known).
+    DRAINING = "Draining"
+    #: Receives nothing: in maintenance, deregistered, or never registered.
+    OUT_OF_SERVICE = "OutOfService"
+    #: Could not be read; `error` says which API, which target and what it answered.
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class TargetObservation:
+    """One load balancer's view of one host, read by the shell (reconciler/traffic) and decided on by the core."""
+
+    state: TargetState
+    #: The load balancer's own words, for status and step messages ("haproxy web/host-1: DRAIN, 3 sessions").
+    detail: str
+    #: Open connections while draining, where the load balancer counts them (HAProxy's `scur`); None: unknown.
+    sessions: int | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +54,9 @@ class Observed:
     #: installation owns the host id. Not used by decisions; `status` shows them (the machine they ran on is
     #: not being deployed to, and nothing else in the store says so).
     conflicts: Mapping[str, tuple[HostConflict, ...]] = field(default_factory=dict)
+    #: Group key -> host -> one observation per load balancer of the group's `trafficControl`, in manifest
+    #: order. Read only for hosts in a traffic step or left out of rotation by one (reconciler/shell/traffic.py).
+    traffic: Mapping[str, Mapping[str, tuple[TargetObservation, ...]]] = field(default_factory=dict)
 
     def host_ids(self) -> set[str]:
         return set(self.registrations) | set(self.statuses)

@@ -17,6 +17,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from contract.durations import Duration
 from contract.models import FileExistsBehavior, Model, Revision, group_key
+from reconciler.desired.traffic_spec import TrafficControlSpec
 
 API_VERSION = "deploy/v1"
 KINDS = ("Application", "DeploymentGroup", "DeploymentConfig")
@@ -216,6 +217,10 @@ class DeploymentGroupSpec(Model):
     auto_rollback: AutoRollbackSpec = Field(default_factory=AutoRollbackSpec)
     options: GroupOptions = Field(default_factory=GroupOptions)
     suspend: bool = Field(default=False, description="No new deployments start while true.")
+    traffic_control: TrafficControlSpec | None = Field(
+        default=None,
+        description="Load balancers each host leaves while it deploys (CodeDeploy's WITH_TRAFFIC_CONTROL).",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +283,7 @@ class DesiredGroup:
     options: GroupOptions
     suspend: bool
     source: SourceRef | None = None
+    traffic: TrafficControlSpec | None = None
 
     @property
     def key(self) -> str:
@@ -323,6 +329,7 @@ class Desired:
                 options=spec.options,
                 suspend=spec.suspend,
                 source=self.sources.get(("DeploymentGroup", name)),
+                traffic=spec.traffic_control,
             )
             resolved[group.key] = group
         return resolved
