@@ -65,6 +65,13 @@ class AgentSettings(Model):
     host_id: str = Field(default_factory=default_host_id, description="This host's id in the store.")
     tags: dict[str, str] = Field(default_factory=dict, description="On-premises tags deployment groups select on.")
     zone: str | None = Field(default=None, description="Availability zone, for zone-by-zone rollouts.")
+    address: str | None = Field(
+        default=None,
+        description="Where load balancers reach this host (IP or DNS name): IP target groups, traffic commands.",
+    )
+    instance_id: str | None = Field(
+        default=None, description="This host's EC2 instance id, for target groups of target type instance."
+    )
     store: str = Field(default_factory=default_store, description="file://DIR or s3://bucket/prefix.")
     root_dir: Path = Field(default_factory=default_root_dir, description="Deployment root: bundles, logs, state.")
     host_root: Path | None = Field(default=None, description="Prefix for absolute appspec destinations.")

@@ -153,6 +153,8 @@ class HostIdOwner:
             installation_id=self.installation.installation_id,
             tags=dict(self.settings.tags),
             zone=self.settings.zone,
+            address=self.settings.address,
+            instance_id=self.settings.instance_id,
             platform=platform.system().lower(),
             hostname=self.hostname,
             agent_version=__version__,

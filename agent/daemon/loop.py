@@ -63,6 +63,7 @@ from agent.daemon.progress import (
 )
 from agent.daemon.retry import Backoff, StoreHealth
 from agent.daemon.statefile import LocalState
+from agent.daemon.traffic_gate import StoreTrafficGate
 from agent.lifecycle.runner import LifecycleRunner
 from agent.settings import AgentSettings
 from contract.clock import Monotonic, Now, utc_now
@@ -143,6 +144,9 @@ class Agent:
         self._poll_health = StoreHealth(monotonic)
         self._report_health = StoreHealth(monotonic)
         self._reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
+        self._traffic_gate = StoreTrafficGate(
+            store, self.host_id, interval=settings.busy_poll_interval.total_seconds(), stop=stop
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Entry points
@@ -341,7 +345,7 @@ class Agent:
                       revision=command.revision.short())
         try:
             outcome = self.runner.run(command, on_event=self._on_event, should_stop=self._should_stop,
-                                      on_child=self._on_child)
+                                      on_child=self._on_child, traffic_gate=self._traffic_gate)
             status, events, message, installed = outcome.status, outcome.events, outcome.message, outcome.installed
         except Exception as exc:  # a bug in the engine must fail this command, not re-run it after a restart
             self.log.exception("command.internal_error", deployment_id=command.deployment_id)

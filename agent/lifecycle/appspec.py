@@ -49,7 +49,7 @@ from agent.lifecycle.appspec_yaml import (
     shown,
 )
 from agent.lifecycle.hostview import resolves_inside
-from contract.models import LIFECYCLE_EVENTS, FileExistsBehavior
+from contract.models import LIFECYCLE_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
 
 #: Looked up in this order when no explicit name is given, in every phase (the reference agent accepted
 #: appspec.yaml in Install but not in hooks, ISSUE #182).
@@ -200,6 +200,10 @@ def _parse_hooks(value: Any, problems: Collector) -> dict[str, tuple[HookScript,
         path: Path_ = ("hooks", event)
         if event in AGENT_EVENTS:
             problems.error(path, f"{event} is performed by the agent itself; scripts cannot be attached to it")
+            continue
+        if event in TRAFFIC_STEPS:
+            problems.error(path, f"{event} is the load balancer step itself; scripts cannot be attached to it (use "
+                                 f"Before{event} or After{event})")
             continue
         if scripts is None or scripts == []:
             continue  # an empty hook is allowed and does nothing (reference 1.4, ISSUE #125)

@@ -36,9 +36,11 @@ from agent.lifecycle.revision_check import (
     uses_new_revision,
 )
 from agent.lifecycle.scriptlog import ScriptLog
+from agent.lifecycle.traffic_wait import NO_RECONCILER, TrafficGate, waiting_message
 from agent.lifecycle.transaction import execute_install, recover_interrupted_install
 from contract.models import (
     PREVIOUS_REVISION_EVENTS,
+    TRAFFIC_STEPS,
     CommandStatus,
     EventReport,
     EventStatus,
@@ -65,6 +67,7 @@ class CommandRun:
         appspec_filename: str | None,
         *,
         on_child: Callable[[int | None, str], None] | None = None,
+        traffic_gate: TrafficGate | None = None,
     ) -> None:
         self.settings = runner.settings
         self.layout = runner.layout
@@ -74,6 +77,8 @@ class CommandRun:
         #: Told each child process group the command starts (a hook, git) and None when it is gone, so the
         #: daemon can record it and kill it after a crash (agent/daemon/orphans.py).
         self.on_child = on_child
+        #: Waits for the reconciler at BlockTraffic and AllowTraffic (agent/lifecycle/traffic_wait.py).
+        self.traffic_gate = traffic_gate
         self.appspec_filename = appspec_filename
         self.events = list(command.events)
         self.deadline = time.monotonic() + command.timeout_seconds if command.timeout_seconds else None
@@ -216,10 +221,22 @@ class CommandRun:
             return None
         if event == INSTALL:
             return self._install()
+        if event in TRAFFIC_STEPS:
+            return self._traffic_step(index, event)
         if uses_new_revision(self.events, index):
             assert self.deployment is not None and self.early.spec is not None
             return self._run_scripts(event, self.early.spec, self.deployment.archive, previous=False)
         return self._run_previous_revision(event)
+
+    def _traffic_step(self, index: int, event: str) -> str | None:
+        """BlockTraffic / AllowTraffic: the reconciler changes the load balancers; this host waits for it."""
+        if self.traffic_gate is None:
+            return NO_RECONCILER
+        self.reports.emit(index, message=waiting_message(event))
+        outcome = self.traffic_gate(self.command, event, self.should_stop, self.deadline)
+        if not outcome.succeeded:
+            raise EventFailed(outcome.message)
+        return outcome.message
 
     def previous_revision(self) -> PreviousRevision:
         """The group's last installed revision, read once per command: the early check and the events that

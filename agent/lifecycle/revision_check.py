@@ -18,7 +18,7 @@ from agent.lifecycle.appspec_values import bundle_relative
 from agent.lifecycle.hooks import resolve_runas
 from agent.lifecycle.install import InstallPlan, plan_install
 from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, GroupRoot
-from contract.models import LIFECYCLE_EVENTS, PREVIOUS_REVISION_EVENTS, FileExistsBehavior
+from contract.models import LIFECYCLE_EVENTS, PREVIOUS_REVISION_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
 
 DOWNLOAD_BUNDLE = "DownloadBundle"
 INSTALL = "Install"
@@ -49,7 +49,10 @@ def effective_behavior(spec: AppSpec | None, option: FileExistsBehavior | None) 
 
 
 def uses_new_revision(events: list[str], index: int) -> bool:
-    """Previous-revision events use the new revision once DownloadBundle has run (codedeploy-local)."""
+    """Previous-revision events use the new revision once DownloadBundle has run (codedeploy-local). The
+    traffic steps run no scripts at all (the reconciler performs them), so they use neither."""
+    if events[index] in TRAFFIC_STEPS:
+        return False
     return events[index] not in PREVIOUS_REVISION_EVENTS or DOWNLOAD_BUNDLE in events[:index]
 
 
@@ -72,7 +75,7 @@ def check_revision(
     behavior = effective_behavior(spec, file_exists_behavior)
     errors = unknown_hook_problems(spec, events)
     for event in dict.fromkeys(events):
-        if event not in LIFECYCLE_EVENTS and not spec.scripts_for(event):
+        if event not in LIFECYCLE_EVENTS and event not in TRAFFIC_STEPS and not spec.scripts_for(event):
             errors.append(Problem(spec.filename, "hooks", f"the custom event {event} has no scripts in the appspec"))
     deferred: list[tuple[Problem, str]] = []
     warnings = list(spec.warnings)

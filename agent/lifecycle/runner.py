@@ -38,6 +38,7 @@ from agent.fetch import ExtractLimits, FetchLimits
 from agent.lifecycle.command_run import CommandRun
 from agent.lifecycle.layout import DeploymentRoot
 from agent.lifecycle.reports import CommandOutcome
+from agent.lifecycle.traffic_wait import TrafficGate
 from agent.lifecycle.transaction import recover_interrupted_install
 from contract.clock import utc_now
 from contract.models import EventReport, HostCommand, InstalledRevision
@@ -86,13 +87,16 @@ class LifecycleRunner:
         *,
         appspec_filename: str | None = None,
         on_child: Callable[[int | None, str], None] | None = None,
+        traffic_gate: TrafficGate | None = None,
     ) -> CommandOutcome:
         """Run every event of `command` in order and report each state change through `on_event`.
 
         `should_stop` is polled between events and, during the fetch and check before the first event, every
         fraction of a second (a stuck fetch ends at once). `on_child(pgid, what)` is told each child process
-        group (a hook, git) right after it starts and `(None, what)` once it is gone."""
-        run = CommandRun(self, command, on_event, should_stop, appspec_filename, on_child=on_child)
+        group (a hook, git) right after it starts and `(None, what)` once it is gone. `traffic_gate` waits for
+        the reconciler at BlockTraffic and AllowTraffic (None: those steps do nothing, as in `deploy-agent local`)."""
+        run = CommandRun(self, command, on_event, should_stop, appspec_filename, on_child=on_child,
+                         traffic_gate=traffic_gate)
         return run.execute()
 
     def last_successful(self, application: str, deployment_group: str) -> InstalledRevision | None:

@@ -22,13 +22,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
-from contract.keys import command_key, deployment_key, group_state_key
+from contract.keys import command_key, deployment_key, group_state_key, traffic_key
 from contract.models import (
     Deployment,
     DeploymentStatus,
     Document,
     GroupState,
     HostCommand,
+    HostTraffic,
     Model,
     Revision,
 )
@@ -266,8 +267,31 @@ class ClearStopRequest(_Action):
         return f"{self.group}: stop request cleared: {self.reason}"
 
 
+class TrafficStep(_Action):
+    """A traffic step for one host (docs/traffic.md): when `call` is set, make that call on every load balancer
+    of the group; then record the step in `traffic/<host>.json`, which the agent waiting at BlockTraffic or
+    AllowTraffic reads. The call comes first so an agent never reads "out of rotation" before the load
+    balancer was told; every call is idempotent, so a crash between the call and the write repeats the call
+    on the next pass. If a call fails, the shell writes the record as Failed with the load balancer's answer
+    instead, which fails the agent's step."""
+
+    kind: Literal["TrafficStep"] = "TrafficStep"
+    host: str
+    call: Literal["block", "finish", "allow"] | None = None
+    reason: str
+    traffic: HostTraffic
+
+    def writes(self) -> list[StoreWrite]:
+        return [StoreWrite(traffic_key(self.host), self.traffic)]
+
+    def describe(self) -> str:
+        call = f" ({self.call})" if self.call else ""
+        return f"{self.group}: {self.host} {self.traffic.step} {self.traffic.state.value}{call}: {self.reason}"
+
+
 BlockedCode = Literal[
     "NO_INSTANCES", "SUSPENDED", "QUARANTINED", "WAITING_FOR_HOSTS", "HEALTH_CONSTRAINTS", "STOPPING", "BAKING",
+    "WAITING_FOR_TRAFFIC",
 ]
 
 
@@ -299,6 +323,7 @@ Action = Annotated[
     | FinishDeployment
     | MarkGroupRemoved
     | ClearStopRequest
+    | TrafficStep
     | Blocked,
     Field(discriminator="kind"),
 ]

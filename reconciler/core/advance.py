@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from contract.models import Deployment, DeploymentStatus, GroupState, HostCommand, group_key
+from contract.models import (
+    DEFAULT_EVENTS,
+    TRAFFIC_CONTROL_EVENTS,
+    Deployment,
+    DeploymentStatus,
+    GroupState,
+    HostCommand,
+    group_key,
+)
 from reconciler.core.actions import (
     Action,
     Blocked,
@@ -205,6 +213,7 @@ def host_command(
         deployment_group=deployment.deployment_group,
         deployment_group_id=deployment_group_id(group_key(deployment.application, deployment.deployment_group)),
         revision=deployment.revision,
+        events=list(TRAFFIC_CONTROL_EVENTS if group is not None and group.traffic is not None else DEFAULT_EVENTS),
         file_exists_behavior=options.file_exists_behavior,
         ignore_application_stop_failures=options.ignore_application_stop_failures,
         is_rollback=deployment.creator == "rollback",

@@ -13,7 +13,8 @@ new group or a removed one), then:
    offline hosts, interrupted command writes, then one rollout step (`rollout.decide_step`) or its end
    (`ending.py`), with rollback (`rollback.py`) and quarantine (`quarantine.py`);
 3. with nothing in flight, decides whether a deployment starts (`start.py`): a new desired revision
-   ("user"), or hosts that lack the effective revision ("outdated" catch-up), and steps it at once.
+   ("user"), or hosts that lack the effective revision ("outdated" catch-up), and steps it at once;
+4. after all groups: the traffic steps of hosts waiting at BlockTraffic or AllowTraffic (`traffic.py`).
 What the pass knows about hosts, and what it has decided so far, is in one `PassView` (`view.py`).
 """
 
@@ -30,6 +31,7 @@ from reconciler.core.results import record_in_flight
 from reconciler.core.rollback import recover_lost_rollback
 from reconciler.core.start import start_if_due
 from reconciler.core.state import DEFAULT_SETTINGS, CoreSettings, State
+from reconciler.core.traffic import traffic_steps
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import Desired, DesiredGroup
 
@@ -65,6 +67,8 @@ def reconcile(
             actions.extend(_desired_group(view, key, group, recorded))
         elif recorded is not None:
             actions.extend(_removed_group(view, key, recorded))
+    # After every group decided: a host counted failed this pass no longer has its traffic step waited for.
+    actions.extend(traffic_steps(view))
     return actions
 
 

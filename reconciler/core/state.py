@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from contract.models import Deployment, GroupState, HostCommand, group_key
+from contract.models import Deployment, GroupState, HostCommand, HostTraffic, group_key
 
 #: The defaults of deploy.yaml's `heartbeatTimeout` and `historyLimit`, kept here so the core imports no
 #: settings (and through them the YAML loader); `reconciler.settings` can take its defaults from these.
@@ -29,11 +29,13 @@ class State:
       so loading only the in-flight ones makes every host look as if it was never deployed to.
     - `commands`: every `commands/<host>.json`, keyed by host id: the one command slot of each host, whose
       generation decides the next one and whether the host is still busy.
+    - `traffic`: every `traffic/<host>.json`, keyed by host id: the last traffic step taken for the host.
     """
 
     groups: Mapping[str, GroupState] = field(default_factory=dict)
     deployments: Mapping[str, Deployment] = field(default_factory=dict)
     commands: Mapping[str, HostCommand] = field(default_factory=dict)
+    traffic: Mapping[str, HostTraffic] = field(default_factory=dict)
 
     def with_documents(self, documents: Iterable[object]) -> State:
         """This state with these documents written over it, each replacing the one under its key, as an
@@ -42,6 +44,7 @@ class State:
         groups = dict(self.groups)
         deployments = dict(self.deployments)
         commands = dict(self.commands)
+        traffic = dict(self.traffic)
         for document in documents:
             if isinstance(document, GroupState):
                 groups[group_key(document.application, document.deployment_group)] = document
@@ -49,7 +52,9 @@ class State:
                 deployments[document.deployment_id] = document
             elif isinstance(document, HostCommand):
                 commands[document.host_id] = document
-        return State(groups=groups, deployments=deployments, commands=commands)
+            elif isinstance(document, HostTraffic):
+                traffic[document.host_id] = document
+        return State(groups=groups, deployments=deployments, commands=commands, traffic=traffic)
 
 
 class _HasCoreSettings(Protocol):

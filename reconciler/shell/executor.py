@@ -26,6 +26,10 @@ write with `WriteConflict` instead of overwriting the request; the pass stops th
 safe by the rules above) and the next pass decides again from fresh reads. The same check fences a
 reconciler that was paused past its lease: its versions are stale, so its writes fail.
 
+Traffic steps (`TrafficStep`, docs/traffic.md): the load balancer call comes first, then the record the waiting
+agent reads; a refused call writes the record as Failed with the load balancer's answer instead. Calls are
+idempotent, so a crash between the call and the write repeats the call on the next pass.
+
 Housekeeping: when a group's history drops old deployment ids (beyond `historyLimit`), their documents are
 deleted after the group document is written. A crash in between only leaves an unreferenced document.
 """
@@ -38,12 +42,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from contract.clock import Now, utc_now
 from contract.keys import COMMANDS_PREFIX, deployment_key
-from contract.models import GroupState
+from contract.models import GroupState, TrafficStepState
 from contract.store import PreconditionFailed, Store
-from reconciler.core import Action, StoreWrite
+from reconciler.core import Action, StoreWrite, TrafficStep
 from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import StoreReader
+from reconciler.shell.traffic import TrafficShell
 
 log = structlog.get_logger(__name__)
 
@@ -71,10 +77,20 @@ class Applied:
 class Executor:
     """Writes actions to the store, in order, by compare-and-swap, while the lease is held."""
 
-    def __init__(self, store: Store, lease: WriteLease, reader: StoreReader | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease: WriteLease,
+        reader: StoreReader | None = None,
+        *,
+        traffic: TrafficShell | None = None,
+        clock: Now = utc_now,
+    ) -> None:
         self.store = store
         self.lease = lease
         self.reader = reader
+        self.traffic = traffic
+        self.clock = clock
 
     def apply(
         self,
@@ -93,6 +109,9 @@ class Executor:
         current_versions = dict(versions)
         groups = dict(groups_before or {})
         for action in actions:
+            if isinstance(action, TrafficStep) and action.call is not None:
+                self.lease.ensure()
+                action = self._call(action)  # noqa: PLW2901 - the record to write is the call's outcome
             writes = action.writes()
             if not writes:
                 continue
@@ -109,6 +128,20 @@ class Executor:
         return result
 
     # ----------------------------------------------------------------------------------------------
+
+    def _call(self, action: TrafficStep) -> TrafficStep:
+        """Make the load balancer call; a refusal turns the step's record into a Failed one that says why."""
+        if self.traffic is None:
+            return action
+        error = self.traffic.call(action)
+        if error is None:
+            return action
+        step = action.traffic.step
+        message = f"{step} failed: {error}"
+        failed = action.traffic.model_copy(
+            update={"state": TrafficStepState.FAILED, "ended_at": self.clock(), "message": message}
+        )
+        return action.model_copy(update={"call": None, "reason": message, "traffic": failed})
 
     def _write(self, write: StoreWrite, versions: dict[str, str]) -> str:
         expected = versions.get(write.key)

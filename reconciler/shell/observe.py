@@ -3,7 +3,7 @@ wrote before), plus the version of every reconciler-owned document for the execu
 
 Where it sits: first step of every pass, after the manifests are loaded and before `reconcile()` decides.
 
-Cost model: a pass lists `hosts/`, `groups/`, `deployments/` and `commands/` (keys and versions only, no
+Cost model: a pass lists `hosts/`, `groups/`, `deployments/`, `commands/` and `traffic/` (keys and versions only, no
 bodies) and fetches only the objects whose version differs from the one cached from the previous pass. On a
 quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000 documents; after a heartbeat
 round it re-reads exactly the statuses that changed. Objects this process wrote itself are put straight into
@@ -33,6 +33,7 @@ from contract.keys import (
     DEPLOYMENTS_PREFIX,
     GROUPS_PREFIX,
     HOSTS_PREFIX,
+    TRAFFIC_PREFIX,
     deployment_key,
 )
 from contract.models import (
@@ -44,11 +45,13 @@ from contract.models import (
     HostConflict,
     HostRegistration,
     HostStatus,
+    HostTraffic,
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
 from contract.store.docs import DocumentInvalid, parse_document
 from reconciler.core import Observed, State
+from reconciler.core.traffic import waiting_step
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +66,8 @@ READ_WORKERS = 16
 class Snapshot:
     """One consistent-enough view of the store for one pass.
 
-    `versions` holds the version of every reconciler-owned key that exists (groups, deployments, commands);
+    `versions` holds the version of every reconciler-owned key that exists (groups, deployments, commands,
+    traffic records);
     a key missing from it did not exist when read, so the executor creates it with `put_if_absent`.
     """
 
@@ -113,6 +117,7 @@ class StoreReader:
         self._groups: _Table[GroupState] = _Table(GroupState)
         self._deployments: _Table[Deployment] = _Table(Deployment)
         self._commands: _Table[HostCommand] = _Table(HostCommand)
+        self._traffic: _Table[HostTraffic] = _Table(HostTraffic)
         self._host_fingerprints: dict[str, tuple[object, ...]] = {}
         #: How many objects the last `snapshot()` fetched (the rest came from the cache); for benchmarks.
         self.last_fetch_count = 0
@@ -194,7 +199,10 @@ class StoreReader:
         if status is None:
             return (reg, None)
         command = status.command
-        progress = (command.deployment_id, command.generation, command.status) if command else None
+        # The traffic step a command waits at: reaching BlockTraffic or AllowTraffic needs a pass at once.
+        progress = None
+        if command is not None:
+            progress = (command.deployment_id, command.generation, command.status, waiting_step(command))
         installed = tuple(sorted((k, v.deployment_id) for k, v in status.installed.items()))
         return (reg, progress, installed)
 
@@ -231,6 +239,13 @@ class StoreReader:
         }
         self._sync(self._commands, commands)
 
+        traffic = {
+            item.key: item.version
+            for item in self._list(TRAFFIC_PREFIX)
+            if item.key.count("/") == 1 and item.key.endswith(".json")
+        }
+        self._sync(self._traffic, traffic)
+
         deployments = {
             item.key: item.version
             for item in self._list(DEPLOYMENTS_PREFIX)
@@ -256,11 +271,12 @@ class StoreReader:
             doc.deployment_id: doc for _, doc in self._deployments.documents() if doc.deployment_id in wanted_ids
         }
         commands = {doc.host_id: doc for _, doc in self._commands.documents()}
-        return State(groups=groups, deployments=deployments, commands=commands)
+        traffic = {doc.host_id: doc for _, doc in self._traffic.documents()}
+        return State(groups=groups, deployments=deployments, commands=commands, traffic=traffic)
 
     def _versions(self) -> dict[str, str]:
         versions: dict[str, str] = {}
-        for table in (self._groups, self._deployments, self._commands):
+        for table in (self._groups, self._deployments, self._commands, self._traffic):
             versions.update(table.listed)
         return versions
 
@@ -289,13 +305,17 @@ class StoreReader:
             table.entries.pop(key, None)
             table.listed.pop(key, None)
 
-    def _table_for(self, key: str) -> _Table[GroupState] | _Table[Deployment] | _Table[HostCommand] | None:
+    def _table_for(
+        self, key: str
+    ) -> _Table[GroupState] | _Table[Deployment] | _Table[HostCommand] | _Table[HostTraffic] | None:
         if key.startswith(GROUPS_PREFIX):
             return self._groups
         if key.startswith(DEPLOYMENTS_PREFIX):
             return self._deployments
         if key.startswith(COMMANDS_PREFIX):
             return self._commands
+        if key.startswith(TRAFFIC_PREFIX):
+            return self._traffic
         return None
 
     def deployment(self, deployment_id: str) -> Deployment | None:

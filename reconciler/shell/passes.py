@@ -3,7 +3,8 @@
 Where it sits: between the CLI (`reconciler.cli.run`, which loads manifests, takes the lease and renders
 progress) and the pure core. A pass is:
 
-1. read the fleet and the reconciler's records from the store (`StoreReader.snapshot`, cached by version);
+1. read the fleet and the reconciler's records from the store (`StoreReader.snapshot`, cached by version),
+   and the load balancers of hosts at a traffic step (`TrafficShell.observe`);
 2. take the time, and ask `reconcile(desired, observed, state, now=...)` what to write;
 3. apply the actions in order (`Executor`), under the lease, by compare-and-swap.
 
@@ -17,6 +18,7 @@ Nothing here prints: whoever shows progress implements `PassListener` (the CLI's
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +42,12 @@ from reconciler.settings import ReconcileSettings
 from reconciler.shell.executor import Applied, Executor, WriteConflict
 from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import Snapshot, StoreReader
+from reconciler.shell.traffic import TrafficShell
 
 log = structlog.get_logger(__name__)
 
 #: Blocked reasons that end by themselves: a run that sees them is not settled yet.
-WAITING_CODES = frozenset({"WAITING_FOR_HOSTS", "BAKING", "STOPPING"})
+WAITING_CODES = frozenset({"WAITING_FOR_HOSTS", "BAKING", "STOPPING", "WAITING_FOR_TRAFFIC"})
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,15 @@ class PassRunner:
         *,
         reader: StoreReader | None = None,
         clock: Now = utc_now,
+        traffic: TrafficShell | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
         self.settings = settings
         self.core_settings = CoreSettings.from_settings(settings)
         self.reader = reader or StoreReader(store)
-        self.executor = Executor(store, lease, self.reader)
+        self.traffic = traffic or TrafficShell()
+        self.executor = Executor(store, lease, self.reader, traffic=self.traffic, clock=clock)
         self.clock = clock
         self.passes = 0
 
@@ -135,6 +140,9 @@ class PassRunner:
         started_at = self.clock()
         self.lease.ensure()
         snapshot = self.reader.snapshot()
+        # Load balancers are observed data too: read for the hosts at a traffic step, before deciding.
+        observed = self.traffic.observe(desired, snapshot.observed, snapshot.state)
+        snapshot = dataclasses.replace(snapshot, observed=observed)
         if before_decide is not None:
             before_decide(snapshot)
         now = self.clock()

@@ -1,0 +1,122 @@
+"""The shell's side of traffic control: read the load balancers for the hosts that matter this pass, and make
+the calls the core's `TrafficStep` actions ask for (docs/traffic.md).
+
+Where it sits: `PassRunner.run_pass` calls `observe` between reading the store and deciding, so the core sees
+load balancer state as observed data like everything else; the executor calls `call` for each `TrafficStep`
+with a `call`, before writing its record. Only hosts at a traffic step or left out of rotation by one are read
+(`hosts_needing_traffic`), so an idle fleet costs its load balancers nothing.
+
+Load balancer clients are built once per group and kept while the group's `trafficControl` is unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import structlog
+
+from contract.models import HostRegistration
+from reconciler.core import Observed, State, TrafficStep
+from reconciler.core.observed import TargetObservation, TargetState
+from reconciler.core.traffic import hosts_needing_traffic
+from reconciler.desired.manifests import Desired
+from reconciler.desired.traffic_spec import LoadBalancerSpec, TrafficControlSpec
+from reconciler.traffic.base import HostEndpoint, LoadBalancer, TrafficError
+from reconciler.traffic.factory import build_balancer
+
+log = structlog.get_logger(__name__)
+
+Builder = Callable[[LoadBalancerSpec], LoadBalancer]
+
+
+def endpoint(host: str, registration: HostRegistration | None) -> HostEndpoint:
+    if registration is None:
+        return HostEndpoint(host)
+    return HostEndpoint(host, address=registration.address, instance_id=registration.instance_id)
+
+
+class TrafficShell:
+    """Load balancer clients per group, the observations of a pass, and the calls of its actions."""
+
+    def __init__(self, build: Builder = build_balancer) -> None:
+        self._build = build
+        self._balancers: dict[str, tuple[TrafficControlSpec, list[LoadBalancer]]] = {}
+        self._specs: dict[str, TrafficControlSpec] = {}
+        self._registrations: Mapping[str, HostRegistration] = {}
+
+    def balancers(self, key: str, spec: TrafficControlSpec) -> list[LoadBalancer]:
+        cached = self._balancers.get(key)
+        if cached is not None and cached[0] == spec:
+            return cached[1]
+        if cached is not None:
+            for balancer in cached[1]:
+                balancer.close()
+        built = [self._build(entry) for entry in spec.load_balancers]
+        self._balancers[key] = (spec, built)
+        return built
+
+    def observe(self, desired: Desired, observed: Observed, state: State) -> Observed:
+        """`observed` with `traffic` filled for every host at a traffic step or that a step left out."""
+        self._specs = {key: group.traffic for key, group in desired.desired_groups().items() if group.traffic}
+        self._registrations = observed.registrations
+        wanted = hosts_needing_traffic(observed.statuses, state.traffic)
+        by_group: dict[str, list[str]] = {}
+        for host, key in wanted.items():
+            by_group.setdefault(key, []).append(host)
+        traffic = {key: self.read(key, hosts) for key, hosts in by_group.items() if key in self._specs}
+        return dataclasses.replace(observed, traffic=traffic)
+
+    def read(self, key: str, hosts: Iterable[str]) -> dict[str, tuple[TargetObservation, ...]]:
+        """Every load balancer of the group, asked about these hosts (one call per load balancer)."""
+        spec = self._specs[key]
+        endpoints = [endpoint(host, self._registrations.get(host)) for host in sorted(hosts)]
+        answers = [balancer.observe(endpoints) for balancer in self.balancers(key, spec)]
+        return {
+            target.host_id: tuple(answer.get(target.host_id) or _unanswered(target) for answer in answers)
+            for target in endpoints
+        }
+
+    def observe_all(self, desired: Desired, observed: Observed, members: Mapping[str, Sequence[str]]) -> dict[
+        str, dict[str, tuple[TargetObservation, ...]]
+    ]:
+        """For `reconcile status`: every member host of every group with traffic control."""
+        self._specs = {key: group.traffic for key, group in desired.desired_groups().items() if group.traffic}
+        self._registrations = observed.registrations
+        return {key: self.read(key, hosts) for key, hosts in members.items() if key in self._specs and hosts}
+
+    def call(self, action: TrafficStep) -> str | None:
+        """Make the action's call on every load balancer of its group; None when all agreed, else what each
+        that refused said (the others were still called: a half-done block is finished by the next pass)."""
+        if action.call is None:
+            return None
+        spec = self._specs.get(action.group)
+        if spec is None:
+            return f"the group {action.group} has no trafficControl to {action.call} {action.host} with"
+        target = endpoint(action.host, self._registrations.get(action.host))
+        errors: list[str] = []
+        for balancer in self.balancers(action.group, spec):
+            try:
+                done = getattr(balancer, action.call)(target)
+                log.info("traffic.call", group=action.group, host=action.host, call=action.call,
+                         balancer=balancer.name, result=done)
+            except TrafficError as exc:
+                log.warning("traffic.call_failed", group=action.group, host=action.host, call=action.call,
+                            balancer=balancer.name, error=str(exc))
+                errors.append(str(exc))
+        return "; ".join(errors) or None
+
+    def close(self) -> None:
+        for _, balancers in self._balancers.values():
+            for balancer in balancers:
+                balancer.close()
+        self._balancers.clear()
+
+
+def _unanswered(target: HostEndpoint) -> TargetObservation:
+    return TargetObservation(TargetState.UNKNOWN, f"{target.host_id}: no answer", error="the load balancer did not "
+                             f"report on {target.host_id}")
+
+
+def describe(balancers: Sequence[LoadBalancer]) -> list[str]:
+    return [balancer.name for balancer in balancers]
