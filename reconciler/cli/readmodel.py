@@ -158,10 +158,17 @@ class HostView:
     #: Installed revision == the group's last good (effective) revision.
     on_effective: bool
     last_command: LastCommand | None
+    #: Where its load balancers have it now ("in service", "draining, 3 sessions", ...); None: the group has
+    #: no traffic control.
+    traffic: str | None = None
+    #: The last traffic step the reconciler took for it ("BlockTraffic Succeeded: drained in 1.2s: ...").
+    traffic_step: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "host": self.host,
+            "traffic": self.traffic,
+            "trafficStep": self.traffic_step,
             "registered": self.registered,
             "online": self.online,
             "heartbeatAt": iso(self.heartbeat_at),
@@ -223,10 +230,13 @@ class GroupView:
     stop_request: StopRequest | None
     hosts: tuple[HostView, ...]
     updated_at: datetime | None
+    #: The group's load balancers (trafficControl), by name; empty without traffic control.
+    load_balancers: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "group": self.group,
+            "loadBalancers": list(self.load_balancers),
             "state": self.state,
             "desiredKnown": self.desired_known,
             "desiredRevision": revision_json(self.desired_revision),

@@ -19,7 +19,7 @@ from typing import Any
 from contract.clock import utc_now
 from contract.durations import format_duration
 from contract.exitcodes import ExitCode
-from contract.models import GroupState, Revision
+from contract.models import GroupState, HostTraffic, Revision
 from reconciler.cli.common import Known, no_store, open_for_reading, read_known, resolve_group, short_commit
 from reconciler.cli.readmodel import (
     DeploymentView,
@@ -33,10 +33,12 @@ from reconciler.cli.readmodel import (
     short,
 )
 from reconciler.core import MembershipIndex, is_online
+from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.desired.manifests import DesiredGroup
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import read_lease
 from reconciler.shell.observe import StoreReader
+from reconciler.shell.traffic import TrafficShell
 
 #: Text output lists at most this many hosts per group; JSON lists them all.
 HOSTS_SHOWN = 20
@@ -65,6 +67,7 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     store, missing = open_for_reading(settings)
     reader = StoreReader(store)
     context = StatusContext(read_known(settings, reader), reader, utc_now(), settings.reconcile.heartbeat_timeout)
+    context.traffic = TrafficShell()
     keys = sorted(context.known.groups)
     if args.group is not None:
         keys = [resolve_group(args.group, context.known.groups, missing)]
@@ -102,7 +105,20 @@ class StatusContext:
     reader: StoreReader
     now: datetime
     heartbeat_timeout: timedelta
+    #: Reads the load balancers of groups with traffic control (None: not shown, e.g. in tests of the text).
+    traffic: TrafficShell | None = None
     _index: MembershipIndex | None = field(default=None, repr=False)
+
+    def traffic_of(self, key: str, hosts: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The group's load balancer names and, per member, where they have it now, in a few words."""
+        group = self.desired_groups.get(key)
+        desired = self.known.desired
+        if self.traffic is None or group is None or group.traffic is None or desired is None:
+            return (), {}
+        observed = self.known.snapshot.observed
+        read = self.traffic.observe_all(desired, observed, {key: hosts}).get(key, {})
+        names = tuple(b.name for b in self.traffic.balancers(key, group.traffic))
+        return names, {host: traffic_words(found) for host, found in read.items()}
 
     @property
     def desired_groups(self) -> Mapping[str, DesiredGroup]:
@@ -161,8 +177,30 @@ def _phase(state: GroupState | None, manifest: DesiredGroup | None, *, in_flight
     return "converged" if converged else "pending"
 
 
+def traffic_words(observations: tuple[TargetObservation, ...]) -> str:
+    """One load balancer: its state; several: each, in manifest order."""
+    words = []
+    for found in observations:
+        text = found.state.value
+        if found.state is TargetState.DRAINING and found.sessions is not None:
+            text += f" ({found.sessions} sessions)"
+        if found.error:
+            text += f": {found.error}"
+        words.append(text)
+    return ", ".join(words)
+
+
+def _traffic_step(record: HostTraffic | None, key: str, now: datetime) -> str | None:
+    if record is None or record.group != key:
+        return None
+    repair = " (repair)" if record.repair else ""
+    when = ago(record.ended_at or record.started_at, now)
+    message = f": {record.message}" if record.message else ""
+    return f"{record.step}{repair} {record.state.value} {when}{message}"
+
+
 def _host_view(host_id: str, key: str, target: Revision | None, effective: Revision | None,
-               context: StatusContext) -> HostView:
+               context: StatusContext, *, traffic: str | None = None) -> HostView:
     observed = context.known.snapshot.observed
     status = observed.statuses.get(host_id)
     registration = observed.registrations.get(host_id)
@@ -178,6 +216,8 @@ def _host_view(host_id: str, key: str, target: Revision | None, effective: Revis
         up_to_date=identity is not None and target is not None and identity == target.identity(),
         on_effective=identity is not None and effective is not None and identity == effective.identity(),
         last_command=last_command(observed, host_id, key),
+        traffic=traffic,
+        traffic_step=_traffic_step(context.known.snapshot.state.traffic.get(host_id), key, context.now),
     )
 
 
@@ -198,6 +238,8 @@ def group_status(key: str, context: StatusContext) -> GroupView:
     phase = _phase(state, manifest, in_flight=in_flight, desired_known=desired is not None, held=held,
                    converged=converged)
     target = desired_revision if phase != "removed" and desired is not None else effective
+    members = context.members(key)
+    load_balancers, traffic = context.traffic_of(key, members)
     return GroupView(
         group=key,
         state=phase,
@@ -212,8 +254,9 @@ def group_status(key: str, context: StatusContext) -> GroupView:
         last_deployment=context.deployment(state.history[-1]) if state is not None and state.history else None,
         quarantined=tuple(QuarantineView.of(q) for q in quarantined),
         stop_request=state.stop_request if state else None,
-        hosts=tuple(_host_view(h, key, target, effective, context) for h in context.members(key)),
+        hosts=tuple(_host_view(h, key, target, effective, context, traffic=traffic.get(h)) for h in members),
         updated_at=state.updated_at if state else None,
+        load_balancers=load_balancers,
     )
 
 
@@ -282,6 +325,8 @@ def _print_group(group: GroupView, now: datetime) -> None:
         print(f"  last         {last.deployment_id} {last.status}{error}, ended {ago(last.ended_at, now)}")
     for held in group.quarantined:
         print(f"  quarantined  {held.revision.short()} after {held.deployment_id}: {held.reason}")
+    for balancer in group.load_balancers:
+        print(f"  traffic      {balancer}")
     _print_hosts(group)
 
 
@@ -307,7 +352,10 @@ def _print_hosts(group: GroupView) -> None:
             mark = "last good"
         else:
             mark = "outdated" if host.installed else "-"
-        print(f"    {host.host:<20} {liveness:<16} {installed:<28} {mark}{note}")
+        traffic = f"  [{host.traffic}]" if host.traffic else ""
+        print(f"    {host.host:<20} {liveness:<16} {installed:<28} {mark}{traffic}{note}")
+        if host.traffic_step and not host.traffic_step.startswith("AllowTraffic Succeeded"):
+            print(f"      traffic: {host.traffic_step}")
     if len(hosts) > HOSTS_SHOWN:
         print(f"    ... and {len(hosts) - HOSTS_SHOWN} more (--format json lists every host)")
 

@@ -182,6 +182,8 @@ def detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
         lines.append(("suspended", "yes: no deployment starts until `suspend: false`"))
     if rollout.blocked and rollout.action != "blocked":
         lines.append(("blocked", rollout.blocked))
+    for balancer in rollout.traffic:
+        lines.append(("traffic", balancer))
     if rollout.estimate:
         lines.append(("estimate", f"{estimate_text(rollout)} ({rollout.estimate.basis})"))
     return lines

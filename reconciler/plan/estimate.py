@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 
 from contract.models import Deployment, GroupState
 from reconciler.plan.model import Batch, Estimate
@@ -30,11 +31,22 @@ def batch_durations(deployments: Iterable[Deployment]) -> list[float]:
 
 
 def estimate_duration(
-    group_state: GroupState | None, deployments: Mapping[str, Deployment], batches: list[Batch]
+    group_state: GroupState | None,
+    deployments: Mapping[str, Deployment],
+    batches: list[Batch],
+    *,
+    drain: timedelta | None = None,
 ) -> Estimate | None:
-    """batches x the median batch time of the group's recent deployments, plus the bakes the engine waits."""
+    """batches x the median batch time of the group's recent deployments, plus the bakes the engine waits.
+    With traffic control (`drain`: the group's drainTimeout), the basis says how much of a batch draining may
+    take at most: past batches include the real drains, so nothing is added to a timed estimate; without
+    history, the drains count into the lower bound (a drain with no open connections ends at once, so the
+    bound says "up to")."""
     if not batches:
         return None
+    drain_note = ""
+    if drain is not None:
+        drain_note = f"; each batch waits up to {duration(drain.total_seconds())} for its hosts to drain (drainTimeout)"
     history = [deployments[i] for i in (group_state.history if group_state else []) if i in deployments]
     recent = sorted(history, key=lambda d: d.created_at)[-ESTIMATE_HISTORY:]
     durations = batch_durations(recent)
@@ -42,7 +54,8 @@ def estimate_duration(
     if not durations:
         if bakes:
             return Estimate(seconds=bakes, lower_bound=True,
-                            basis="the bake times alone; no finished deployment of this group to time batches from")
+                            basis="the bake times alone; no finished deployment of this group to time batches from"
+                            + drain_note)
         return None
     median = statistics.median(durations)
     seconds = median * len(batches) + bakes
@@ -51,4 +64,4 @@ def estimate_duration(
              f"{count(len(durations), 'batch', 'batches')} in the last {count(used, 'deployment')}")
     if bakes:
         basis += f", plus {duration(bakes)} of bake time"
-    return Estimate(seconds=round(seconds, 3), basis=basis)
+    return Estimate(seconds=round(seconds, 3), basis=basis + drain_note)

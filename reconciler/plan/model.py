@@ -120,6 +120,8 @@ class GroupRollout(PlanModel):
     simulated_status: str | None = None
     simulated_error: str | None = None
     estimate: Estimate | None = None
+    #: With trafficControl: each load balancer and how hosts map to its targets (reconciler/plan/traffic.py).
+    traffic: list[str] = []
 
 
 WarningCode = Literal[

@@ -21,6 +21,7 @@ from reconciler.plan.estimate import estimate_duration
 from reconciler.plan.inputs import Fleet, PlanOptions
 from reconciler.plan.model import Batch, GroupRollout, InFlight, PlanWarning, Quarantine
 from reconciler.plan.review import review_warnings, selector_text
+from reconciler.plan.traffic import traffic_lines
 
 RolloutAction = Literal["deploy", "remove", "settings", "blocked"]
 
@@ -203,7 +204,8 @@ def _rollout(
     entry = decision.entry
     batches = _batches(entry) if entry is not None else None
     offline, unhealthy = _host_health(key, targets, recorded, context) if context.fleet is not None else ([], [])
-    estimate = estimate_duration(recorded, context.state.deployments, batches or []) if batches else None
+    estimate = estimate_duration(recorded, context.state.deployments, batches or [],
+                                 drain=group.traffic.drain_timeout if group.traffic else None) if batches else None
     rollout = GroupRollout(
         group=key,
         action=decision.action,
@@ -231,6 +233,7 @@ def _rollout(
         simulated_status=str(entry.status) if entry is not None else None,
         simulated_error=entry.error_code if entry is not None else None,
         estimate=estimate,
+        traffic=traffic_lines(group.traffic, targets, context.observed) if group.traffic else [],
     )
     warnings = review_warnings(rollout, group, entry, preview, revision_changed=revision_changed,
                                with_fleet=context.fleet is not None, options=context.options)
