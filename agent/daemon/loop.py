@@ -144,9 +144,9 @@ class Agent:
         self._poll_health = StoreHealth(monotonic)
         self._report_health = StoreHealth(monotonic)
         self._reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
-        self._traffic_gate = StoreTrafficGate(
-            store, self.host_id, interval=settings.busy_poll_interval.total_seconds(), stop=stop
-        )
+        # While a command waits for the reconciler, poll as often as the agent is told to poll at its busiest.
+        gate_interval = min(settings.busy_poll_interval, settings.poll_interval).total_seconds()
+        self._traffic_gate = StoreTrafficGate(store, self.host_id, interval=gate_interval, stop=stop)
 
     # ----------------------------------------------------------------------------------------------
     # Entry points

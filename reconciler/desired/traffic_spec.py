@@ -67,7 +67,8 @@ class TargetGroupSpec(Model):
 
 class CommandProviderSpec(Model):
     """Any other load balancer (nginx, Consul, an F5): a program run as `<run...> ACTION HOST ADDRESS`, ACTION
-    being block, allow or status (docs/traffic.md, "The command provider")."""
+    being block, finish (optional: exit 64 or print `unsupported` when there is nothing to do), allow or
+    status (docs/traffic.md, "The command provider")."""
 
     run: Annotated[list[NonEmpty], Field(min_length=1)]
     timeout: Duration = timedelta(seconds=30)
