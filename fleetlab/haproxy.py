@@ -1,0 +1,236 @@
+"""A real HAProxy on loopback in front of a local fleet, for the demo, the tests and the benchmarks.
+
+It is the HAProxy a user runs (the system's binary, its runtime API over a unix socket), configured so that the
+load generator sees every request a deployment breaks: no retries and no redispatch, which would otherwise hide
+a dead server's failures by resending the request to another one. Health checks are fast (100 ms by default) so
+that a test or a demo does not wait seconds for a server to come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import structlog
+
+from reconciler.desired.traffic_spec import HAProxySpec
+from reconciler.traffic.base import TrafficError
+from reconciler.traffic.haproxy import HAProxyBalancer, ServerState
+
+log = structlog.get_logger(__name__)
+
+#: How long `start()` waits for the socket to answer and every server to be UP.
+START_TIMEOUT = 15.0
+#: After SIGTERM, how long before SIGKILL.
+STOP_GRACE = 5.0
+#: How much of haproxy's log an error quotes.
+LOG_TAIL = 4000
+
+
+class HAProxyError(RuntimeError):
+    """The local HAProxy is missing, would not start, or did not get its servers UP in time."""
+
+
+def haproxy_path() -> str:
+    """The haproxy binary: on PATH, or in /usr/sbin (where Debian puts it, often not on a user's PATH)."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin:/sbin")
+    if found is None:
+        raise HAProxyError("haproxy is not installed (Debian/Ubuntu: apt-get install haproxy)")
+    return found
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (whoever binds it next may race us; on loopback nobody does)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalHAProxy:
+    """`haproxy -f <workdir>/haproxy.cfg -db` as a child process, one frontend, one backend.
+
+    `servers` are (name, address, port); every one starts in state ready with health checks on `health_path`.
+    `admin_tcp_port` adds a second admin socket on 127.0.0.1 (for testing the `tcp:` form of the runtime API).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        servers: Sequence[tuple[str, str, int]],
+        *,
+        health_path: str = "/healthz",
+        backend: str = "web",
+        check_interval_ms: int = 100,
+        rise: int = 2,
+        fall: int = 1,
+        admin_tcp_port: int | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        if not servers:
+            raise ValueError("LocalHAProxy needs at least one server")
+        self.workdir = Path(workdir)
+        self.servers = list(servers)
+        self.health_path = health_path
+        self.backend = backend
+        self.check_interval_ms = check_interval_ms
+        self.rise = rise
+        self.fall = fall
+        self.admin_tcp_port = admin_tcp_port
+        self.start_timeout = start_timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.socket_path = self.workdir / "admin.sock"
+        self.runtime_api = f"unix:{self.socket_path}"
+        self.tcp_runtime_api = f"tcp:127.0.0.1:{admin_tcp_port}" if admin_tcp_port is not None else None
+        self.config_path = self.workdir / "haproxy.cfg"
+        self.log_path = self.workdir / "haproxy.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Write the config, start haproxy and wait until every server is UP. Can start again after `stop()`."""
+        if self._process is not None:
+            raise HAProxyError("this LocalHAProxy is already running")
+        binary = haproxy_path()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config())
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
+        self._process = subprocess.Popen(
+            [binary, "-f", str(self.config_path), "-db"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.info("fleetlab.haproxy.start", pid=self._process.pid, url=self.url, runtime_api=self.runtime_api)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM to haproxy's process group, SIGKILL if it lingers, and reap it. Safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.info("fleetlab.haproxy.stop", pid=process.pid, returncode=process.returncode)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- reading it --------------------------------------------------------------------------------------------
+
+    def balancer(self, *, servers: dict[str, str] | None = None, timeout: float = 5.0) -> HAProxyBalancer:
+        """The reconciler's view of this HAProxy's backend."""
+        spec = HAProxySpec(runtime_api=self.runtime_api, backend=self.backend, servers=servers or {})
+        return HAProxyBalancer(spec, timeout=timeout)
+
+    def server_states(self) -> dict[str, ServerState]:
+        """Every server of the backend as the runtime API describes it. Raises TrafficError."""
+        return self.balancer().servers()
+
+    def log_tail(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return text[-LOG_TAIL:].strip() or "(empty log)"
+
+    def config(self) -> str:
+        check = f"check inter {self.check_interval_ms} rise {self.rise} fall {self.fall}"
+        server_lines = "\n".join(
+            f"    server {name} {address}:{port} {check}" for name, address, port in self.servers
+        )
+        tcp_socket = (
+            f"    stats socket ipv4@127.0.0.1:{self.admin_tcp_port} level admin\n"
+            if self.admin_tcp_port is not None
+            else ""
+        )
+        return f"""\
+# Written by fleetlab.haproxy.LocalHAProxy: a test and demo load balancer, rewritten on every start.
+global
+    stats socket {self.socket_path} mode 600 level admin
+{tcp_socket}    stats timeout 30s
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    # No second chance for a request: a retry (or `option redispatch` sending it to another server) would hide
+    # exactly the failures a deployment without traffic control causes, and the load generator must see them.
+    retries 0
+
+frontend fe
+    bind 127.0.0.1:{self.port}
+    default_backend {self.backend}
+
+backend {self.backend}
+    balance roundrobin
+    retry-on none
+    option httpchk GET {self.health_path}
+    http-check expect status 200
+{server_lines}
+"""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        seen = "the runtime API never answered"
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise HAProxyError(
+                    f"haproxy exited with code {self._process.returncode} while starting "
+                    f"(config {self.config_path}); its log:\n{self.log_tail()}"
+                )
+            if self.socket_path.exists():
+                try:
+                    states = self.server_states()
+                except TrafficError as exc:
+                    seen = str(exc)
+                else:
+                    if len(states) == len(self.servers) and all(s.status == "UP" for s in states.values()):
+                        return
+                    seen = ", ".join(f"{name} {s.status}" for name, s in sorted(states.items()))
+            time.sleep(0.05)
+        raise HAProxyError(
+            f"haproxy did not get every server UP within {self.start_timeout:g}s (last seen: {seen}); "
+            f"its log:\n{self.log_tail()}"
+        )
