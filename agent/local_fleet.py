@@ -25,6 +25,9 @@ class LocalAgent:
     base: Path
     tags: Mapping[str, str] = field(default_factory=dict)
     zone: str | None = None
+    #: Where load balancers reach this host, and its EC2 instance id (agent.yaml `address`, `instanceId`).
+    address: str | None = None
+    instance_id: str | None = None
     #: Extra environment for the agent, which its hooks inherit (per-host ports, folders...).
     env: Mapping[str, str] = field(default_factory=dict)
     poll_interval: str = "200ms"
@@ -65,6 +68,10 @@ class LocalAgent:
             command += ["--tag", f"{key}={value}"]
         if self.zone:
             command += ["--zone", self.zone]
+        if self.address:
+            command += ["--address", self.address]
+        if self.instance_id:
+            command += ["--instance-id", self.instance_id]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=log,

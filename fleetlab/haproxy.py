@@ -74,6 +74,7 @@ class LocalHAProxy:
         fall: int = 1,
         admin_tcp_port: int | None = None,
         start_timeout: float = START_TIMEOUT,
+        wait_up: bool = True,
     ) -> None:
         if not servers:
             raise ValueError("LocalHAProxy needs at least one server")
@@ -86,6 +87,9 @@ class LocalHAProxy:
         self.fall = fall
         self.admin_tcp_port = admin_tcp_port
         self.start_timeout = start_timeout
+        #: Wait at start until every server is UP (False: only until the runtime API answers, for a fleet whose
+        #: apps are not deployed yet).
+        self.wait_up = wait_up
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.socket_path = self.workdir / "admin.sock"
@@ -226,7 +230,9 @@ backend {self.backend}
                 except TrafficError as exc:
                     seen = str(exc)
                 else:
-                    if len(states) == len(self.servers) and all(s.status == "UP" for s in states.values()):
+                    if len(states) == len(self.servers) and (
+                        not self.wait_up or all(s.status == "UP" for s in states.values())
+                    ):
                         return
                     seen = ", ".join(f"{name} {s.status}" for name, s in sorted(states.items()))
             time.sleep(0.05)

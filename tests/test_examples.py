@@ -373,7 +373,7 @@ def test_the_shared_role_policy_grants_every_hosts_agent_keys_and_nothing_else()
 
 def test_the_reconciler_writes_its_keys_and_only_reads_the_agents() -> None:
     statements = _policy("reconciler-policy.json")
-    for key in [keys.command_key("web-1"), *OTHER_KEYS]:
+    for key in [keys.command_key("web-1"), keys.traffic_key("web-1"), *OTHER_KEYS]:
         for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"):
             assert _allowed(statements, action, key), (action, key)
     for key in (keys.registration_key("web-1"), keys.status_key("web-1")):

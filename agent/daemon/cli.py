@@ -54,6 +54,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                         help="a tag deployment groups can select on (repeatable; adds to the file's tags)")
     parser.add_argument("--zone", help="availability zone, for zone-by-zone rollouts")
+    parser.add_argument("--address", help="where load balancers reach this host (IP or DNS name)")
+    parser.add_argument("--instance-id", help="this host's EC2 instance id, for instance target groups")
     parser.add_argument("--poll-interval", help="idle command poll interval, e.g. 5s")
     parser.add_argument("--heartbeat-interval", help="idle heartbeat interval, e.g. 60s")
     parser.add_argument("--take-over", action="store_true",
@@ -69,6 +71,8 @@ _FLAGS = {
     "hostRoot": "--host-root",
     "tags": "--tag",
     "zone": "--zone",
+    "address": "--address",
+    "instanceId": "--instance-id",
     "pollInterval": "--poll-interval",
     "heartbeatInterval": "--heartbeat-interval",
 }

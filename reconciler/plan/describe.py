@@ -182,7 +182,7 @@ def detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
         lines.append(("suspended", "yes: no deployment starts until `suspend: false`"))
     if rollout.blocked and rollout.action != "blocked":
         lines.append(("blocked", rollout.blocked))
-    for balancer in rollout.traffic:
+    for balancer in rollout.traffic or []:
         lines.append(("traffic", balancer))
     if rollout.estimate:
         lines.append(("estimate", f"{estimate_text(rollout)} ({rollout.estimate.basis})"))

@@ -121,7 +121,7 @@ class GroupRollout(PlanModel):
     simulated_error: str | None = None
     estimate: Estimate | None = None
     #: With trafficControl: each load balancer and how hosts map to its targets (reconciler/plan/traffic.py).
-    traffic: list[str] = []
+    traffic: list[str] | None = None
 
 
 WarningCode = Literal[

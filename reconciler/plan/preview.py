@@ -233,7 +233,7 @@ def _rollout(
         simulated_status=str(entry.status) if entry is not None else None,
         simulated_error=entry.error_code if entry is not None else None,
         estimate=estimate,
-        traffic=traffic_lines(group.traffic, targets, context.observed) if group.traffic else [],
+        traffic=traffic_lines(group.traffic, targets, context.observed) if group.traffic else None,
     )
     warnings = review_warnings(rollout, group, entry, preview, revision_changed=revision_changed,
                                with_fleet=context.fleet is not None, options=context.options)

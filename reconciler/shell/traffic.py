@@ -97,7 +97,7 @@ class TrafficShell:
         errors: list[str] = []
         for balancer in self.balancers(action.group, spec):
             try:
-                done = getattr(balancer, action.call)(target)
+                done = _method(balancer, action.call)(target)
                 log.info("traffic.call", group=action.group, host=action.host, call=action.call,
                          balancer=balancer.name, result=done)
             except TrafficError as exc:
@@ -111,6 +111,12 @@ class TrafficShell:
             for balancer in balancers:
                 balancer.close()
         self._balancers.clear()
+
+
+def _method(balancer: LoadBalancer, call: str) -> Callable[[HostEndpoint], str]:
+    """The provider method for a core's `TrafficStep.call`."""
+    methods = {"block": balancer.block, "finish": balancer.finish_block, "allow": balancer.allow}
+    return methods[call]
 
 
 def _unanswered(target: HostEndpoint) -> TargetObservation:

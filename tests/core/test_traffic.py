@@ -296,7 +296,7 @@ observations = st.builds(
     seen=st.lists(observations, min_size=2, max_size=2),
     healthy=st.booleans(),
 )
-def test_traffic_steps_never_break_the_rules(  # noqa: PLR0913 - one parameter per random input
+def test_traffic_steps_never_break_the_rules(
     step: str | None,
     command_status: CommandStatus,
     host_status: HostDeploymentStatus,
