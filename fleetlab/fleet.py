@@ -149,6 +149,8 @@ class TrafficFleet:
     haproxy: LocalHAProxy | None = None
     commits: dict[str, str] = field(default_factory=dict)
     group: str = "hello-lb"
+    #: Host id -> EC2 instance id given to its agent (`--instance-id`), for ELBv2 target groups of type instance.
+    instance_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def store_url(self) -> str:
@@ -178,8 +180,9 @@ class TrafficFleet:
         for index in range(1, self.count + 1):
             base = self.workdir / f"host-{index}"
             base.mkdir(parents=True)
-            host = Host(f"host-{index}", base, tags={"app": "hello"}, poll_interval=self.poll_interval,
-                        port=free_port())
+            host_id = f"host-{index}"
+            host = Host(host_id, base, tags={"app": "hello"}, poll_interval=self.poll_interval, port=free_port(),
+                        address="127.0.0.1", instance_id=self.instance_ids.get(host_id))
             cache = base / "cache"
             if host.host_id == self.faulty:
                 cache.write_text("not a folder\n")
@@ -205,16 +208,20 @@ class TrafficFleet:
             time.sleep(0.1)
         raise RuntimeError("agents did not register in time")
 
-    def manifest(self, version: str, *, config: str, traffic: bool, rollback: bool = True,
+    def manifest(self, version: str, *, config: str, traffic: bool | str, rollback: bool = True,
                  drain: str = "10s") -> str:
+        """The group's manifest. `traffic`: True for this fleet's HAProxy, False for none, or a string: the
+        whole `trafficControl:` block (indented two spaces, as under `spec:`), for other load balancers."""
         text = GROUP.format(name=self.group, repository=self.app_repo, commit=self.commits[version], config=config,
                             rollback="true" if rollback else "false")
-        if traffic:
+        if isinstance(traffic, str):
+            text += traffic
+        elif traffic:
             assert self.haproxy is not None
             text += TRAFFIC.format(drain=drain, runtime_api=self.haproxy.runtime_api, backend=self.haproxy.backend)
         return text
 
-    def commit(self, version: str, *, config: str = "CodeDeployDefault.OneAtATime", traffic: bool = True,
+    def commit(self, version: str, *, config: str = "CodeDeployDefault.OneAtATime", traffic: bool | str = True,
                rollback: bool = True, drain: str = "10s") -> str:
         path = self.config_repo / "manifests" / f"{self.group}.yaml"
         path.write_text(self.manifest(version, config=config, traffic=traffic, rollback=rollback, drain=drain))
