@@ -396,6 +396,9 @@ class HostDeploymentState(Model):
     dispatched_at: datetime | None = None
     finished_at: datetime | None = None
     message: str | None = None
+    #: With traffic control: how long the host was out of its load balancers (BlockTraffic's start to
+    #: AllowTraffic's end, or to the end of its command when it failed in between), as its agent reported.
+    out_of_service_seconds: float | None = None
 
 
 class MinimumHealthyHosts(Model):

@@ -70,6 +70,16 @@ def print_history(key: str, deployments: list[DeploymentView]) -> None:
             print(f"      rollback of {d.rollback_of}")
         if d.error_code or d.error_message:
             print(f"      {d.error_code or ''}{': ' if d.error_code else ''}{d.error_message or ''}")
+        if d.out_of_service:
+            print(f"      {traffic_line(d.out_of_service)}")
+
+
+def traffic_line(out_of_service: dict[str, float]) -> str:
+    """`out of rotation: 4 hosts, 1.2s each on average, longest 2.0s (host-3)`: what traffic control cost."""
+    longest = max(out_of_service, key=lambda host: (out_of_service[host], host))
+    average = sum(out_of_service.values()) / len(out_of_service)
+    return (f"out of rotation: {count(len(out_of_service), 'host')}, {average:.1f}s each on average, longest "
+            f"{out_of_service[longest]:.1f}s ({longest})")
 
 
 def history_hosts(deployment: DeploymentView) -> str:
@@ -82,4 +92,4 @@ def history_hosts(deployment: DeploymentView) -> str:
     return text + (f" ({skipped} skipped)" if skipped else "")
 
 
-__all__ = ["cmd_history", "history_hosts", "print_history", "register"]
+__all__ = ["cmd_history", "history_hosts", "print_history", "register", "traffic_line"]

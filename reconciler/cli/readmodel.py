@@ -8,7 +8,7 @@ and order are a public format (scripts read `status --format json`): change them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +72,8 @@ class DeploymentView:
     ended_at: datetime | None
     error_code: str | None
     error_message: str | None
+    #: Host -> seconds it was out of its load balancers (traffic control only).
+    out_of_service: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, deployment: Deployment, observed: Observed | None = None) -> DeploymentView:
@@ -100,6 +102,8 @@ class DeploymentView:
             ended_at=deployment.ended_at,
             error_code=deployment.error_code,
             error_message=deployment.error_message,
+            out_of_service={host: state.out_of_service_seconds for host, state in sorted(deployment.hosts.items())
+                            if state.out_of_service_seconds is not None},
         )
 
     @property
@@ -127,6 +131,7 @@ class DeploymentView:
             "seconds": self.seconds,
             "errorCode": self.error_code,
             "errorMessage": self.error_message,
+            "outOfServiceSeconds": dict(self.out_of_service),
         }
 
 

@@ -6,7 +6,15 @@ command slot is free reads the same in this pass as in the next one.
 from __future__ import annotations
 
 from contract.durations import format_duration
-from contract.models import CommandProgress, CommandStatus, Deployment, EventStatus, HostDeploymentState
+from contract.models import (
+    ALLOW_TRAFFIC,
+    BLOCK_TRAFFIC,
+    CommandProgress,
+    CommandStatus,
+    Deployment,
+    EventStatus,
+    HostDeploymentState,
+)
 from reconciler.core.rollout import FAILED, IN_PROGRESS, SUCCEEDED
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import EffectiveConfig
@@ -83,6 +91,7 @@ def _host_result(
             "status": SUCCEEDED if ok else FAILED,
             "finished_at": last.ended_at or now,
             "message": None if ok else (command_message(last) or "the command failed"),
+            "out_of_service_seconds": out_of_service(last),
         }
     if last is not None and last.generation > generation:
         message = f"the host moved on to command {last.generation} without reporting {generation}"
@@ -94,6 +103,21 @@ def _host_result(
     if not view.online(host):
         return {"status": FAILED, "finished_at": now, "message": f"{view.offline_reason(host)} while deploying"}
     return None
+
+
+def out_of_service(progress: CommandProgress) -> float | None:
+    """Seconds the host was out of its load balancers in this command: from BlockTraffic's start to
+    AllowTraffic's end, or to the command's end when it never got back (None: no traffic step started)."""
+    events = {event.name: event for event in progress.events}
+    block = events.get(BLOCK_TRAFFIC)
+    if block is None or block.started_at is None:
+        return None
+    allow = events.get(ALLOW_TRAFFIC)
+    back = allow.ended_at if allow is not None and allow.status is EventStatus.SUCCEEDED else None
+    end = back or progress.ended_at
+    if end is None:
+        return None
+    return round(max(0.0, (end - block.started_at).total_seconds()), 3)
 
 
 def command_message(progress: CommandProgress) -> str | None:

@@ -100,6 +100,11 @@ def test_three_rollouts_one_failure_and_rollback_zero_failed_requests(fleet: Tra
     assert group["loadBalancers"] and "haproxy backend web" in group["loadBalancers"][0]
     assert {h["traffic"] for h in group["hosts"]} == {"InService"}
 
+    history = fleet.reconcile("history", "hello-lb")
+    assert history.returncode == 0, history.stderr[-2000:]
+    assert "out of rotation: 4 hosts" in history.stdout, history.stdout  # each full rollout
+    assert "out of rotation: 1 host," in history.stdout, history.stdout  # v3 on host-1, and its rollback
+
 
 def test_the_same_rollout_without_traffic_control_loses_requests(fleet: TrafficFleet) -> None:
     first = fleet.deploy("v1", config=ONE, traffic=False)
