@@ -3,8 +3,8 @@ tests, `bench/bench_traffic.py` and the demo share.
 
 Each host is a real `deploy-agent run` process (agent/local_fleet.py) serving the hello app
 (examples/apps/hello) on its own loopback port; HAProxy (fleetlab/haproxy.py) has one server per host, named
-like the host id, with health checks on `/healthz`. The app repo has three versions: v2 a new greeting, v3 a
-bug that only host-1's environment triggers (ValidateService fails there). With `abrupt_stop`, ApplicationStop
+like the host id, with health checks on `/healthz`. The app repo has four versions: v2 a new greeting, v3 a
+bug that only host-1's environment triggers (ValidateService fails there), v4 the fix. With `abrupt_stop`, ApplicationStop
 kills the app with SIGKILL at once, so any request still sent to a stopping host fails: the case traffic
 control exists for.
 """
@@ -34,6 +34,15 @@ V3_SERVER_PATCH = '''
 # New in v3: a response cache on disk. The folder comes from the host's environment.
 CACHE = Path(os.environ.get("HELLO_CACHE_DIR", HOME / "cache"))
 CACHE.mkdir(parents=True, exist_ok=True)  # fails where something else already stands at that path
+'''
+
+#: v4 fixes v3: a file in the way of the configured cache folder no longer stops the service.
+V4_SERVER_FIX = '''
+# v4: a file where the configured cache folder should be is not fatal any more: use our own folder.
+CACHE = Path(os.environ.get("HELLO_CACHE_DIR", HOME / "cache"))
+if CACHE.exists() and not CACHE.is_dir():
+    CACHE = HOME / "cache"
+CACHE.mkdir(parents=True, exist_ok=True)
 '''
 
 #: ApplicationStop that gives the app no chance to finish its requests.
@@ -102,7 +111,7 @@ def free_port() -> int:
 
 
 def make_app_repo(repo: Path, *, abrupt_stop: bool = False) -> dict[str, str]:
-    """The hello app at v1, v2 and v3 (see the module docstring); returns version -> commit."""
+    """The hello app at v1, v2, v3 and v4 (v3's bug fixed; see the module docstring); returns version -> commit."""
     shutil.copytree(EXAMPLES / "apps" / "hello", repo)
     if abrupt_stop:
         (repo / "scripts" / "stop.sh").write_text(ABRUPT_STOP)
@@ -116,6 +125,9 @@ def make_app_repo(repo: Path, *, abrupt_stop: bool = False) -> dict[str, str]:
     marker = 'GREETING = (HOME / "etc" / "hello.conf").read_text().strip()\n'
     server.write_text(server.read_text().replace(marker, marker + V3_SERVER_PATCH))
     commits["v3"] = commit_all(repo, "hello v3: add a disk cache")
+    (repo / "app" / "VERSION").write_text("4\n")
+    server.write_text(server.read_text().replace(V3_SERVER_PATCH, V4_SERVER_FIX))
+    commits["v4"] = commit_all(repo, "hello v4: a file in the cache folder's way is not fatal")
     return commits
 
 

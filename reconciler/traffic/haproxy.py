@@ -282,7 +282,9 @@ class HAProxyBalancer:
             ) from exc
         except OSError as exc:
             raise TrafficError(f"haproxy runtime API {self._api}: {command}: {_os_reason(exc)}") from exc
-        log.info(
+        # Debug: every pass reads the backend while a host is at a step; the calls that change something are
+        # logged by the shell (`traffic.call`).
+        log.debug(
             "traffic.haproxy",
             api=self._api,
             command=command,

@@ -26,12 +26,22 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: the log file stays small
-        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+        if self.path != "/healthz":  # a load balancer checks several times a second
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Load balancers close health checks with a reset; that is not worth a traceback in the log.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def main() -> None:
     port = int(os.environ.get("HELLO_PORT", "8080"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = Server(("127.0.0.1", port), Handler)
     server.serve_forever()
 
 
