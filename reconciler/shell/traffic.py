@@ -71,9 +71,13 @@ class TrafficShell:
         """Every load balancer of the group, asked about these hosts (one call per load balancer)."""
         spec = self._specs[key]
         endpoints = [endpoint(host, self._registrations.get(host)) for host in sorted(hosts)]
-        answers = [balancer.observe(endpoints) for balancer in self.balancers(key, spec)]
+        balancers = self.balancers(key, spec)
+        answers = [balancer.observe(endpoints) for balancer in balancers]
         return {
-            target.host_id: tuple(answer.get(target.host_id) or _unanswered(target) for answer in answers)
+            target.host_id: tuple(
+                _naming_target(balancer, target, answer.get(target.host_id) or _unanswered(target))
+                for balancer, answer in zip(balancers, answers, strict=True)
+            )
             for target in endpoints
         }
 
@@ -117,6 +121,20 @@ def _method(balancer: LoadBalancer, call: str) -> Callable[[HostEndpoint], str]:
     """The provider method for a core's `TrafficStep.call`."""
     methods = {"block": balancer.block, "finish": balancer.finish_block, "allow": balancer.allow}
     return methods[call]
+
+
+def _naming_target(balancer: LoadBalancer, target: HostEndpoint, found: TargetObservation) -> TargetObservation:
+    """An error says which target it is about, whatever the provider put in it (an unreachable API is the same
+    answer for every host; the step that fails is one host's)."""
+    if found.error is None:
+        return found
+    try:
+        name = balancer.target_name(target)
+    except TrafficError:
+        name = target.host_id
+    if name in found.error:
+        return found
+    return dataclasses.replace(found, error=f"target {name}: {found.error}")
 
 
 def _unanswered(target: HostEndpoint) -> TargetObservation:

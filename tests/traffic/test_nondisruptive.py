@@ -183,3 +183,29 @@ def test_kill_9_of_an_agent_between_block_and_allow_leaves_it_out_until_the_roll
     events = events_of(fleet, victim.host_id)
     assert events["AllowTraffic"]["status"] == "Succeeded"  # the rollback's
     assert wait_all_in_service(fleet) == {h.host_id: TargetState.IN_SERVICE for h in fleet.hosts}
+
+
+def test_an_unreachable_load_balancer_fails_the_step_with_its_reason_and_nothing_is_stopped(
+    fleet: TrafficFleet,
+) -> None:
+    first = fleet.deploy("v1", config=ONE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert fleet.haproxy is not None
+    socket_path = fleet.haproxy.socket_path
+    fleet.haproxy.stop()
+
+    second = fleet.deploy("v2", config=ONE)
+
+    # The deployment failed by the usual rules, and so did its rollback (the load balancer is still away).
+    assert second.returncode == 4, second.stderr[-3000:]
+    events = events_of(fleet, "host-1")
+    block = events["BlockTraffic"]
+    assert block["status"] == "Failed", block
+    # Which API, which target, what it said (the OS's reason for the refused socket).
+    assert "haproxy runtime API" in block["message"] and str(socket_path) in block["message"], block["message"]
+    assert "web/host-1" in block["message"] or "host-1" in block["message"], block["message"]
+    # Nothing of the running application was touched: the events after the failed step never ran.
+    assert {events[name]["status"] for name in ("AfterBlockTraffic", "ApplicationStop", "Install")} == {"Skipped"}
+    for host in fleet.hosts:
+        assert (host.home / "VERSION").read_text().strip() == "1", host.host_id
+    assert "BlockTraffic failed" in second.stdout + second.stderr
