@@ -209,3 +209,32 @@ def test_an_unreachable_load_balancer_fails_the_step_with_its_reason_and_nothing
     for host in fleet.hosts:
         assert (host.home / "VERSION").read_text().strip() == "1", host.host_id
     assert "BlockTraffic failed" in second.stdout + second.stderr
+
+
+def test_watch_takes_the_same_steps_as_once(fleet: TrafficFleet) -> None:
+    """`reconcile watch` runs the same passes: it wakes when an agent reaches a traffic step, and looks again
+    within a second while a host drains or waits for health checks."""
+    first = fleet.deploy("v1", config=ONE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    command, env = fleet.reconcile_command("watch")
+    watch = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with LoadGenerator(fleet.url, rate=RATE) as load:
+            fleet.commit("v2", config=HALF)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                versions = {(h.home / "VERSION").read_text().strip() for h in fleet.hosts}
+                if versions == {"2"} and all(
+                    events_of(fleet, h.host_id)["AfterAllowTraffic"]["status"] == "Succeeded" for h in fleet.hosts
+                ):
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError("watch did not roll v2 out within 90 s")
+        seen = load.snapshot()
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        _, err = watch.communicate(timeout=60)
+    assert watch.returncode in (0, 143), err[-3000:]
+    assert seen.failed == 0, f"{seen.failed} of {seen.sent} requests failed: {seen.by_reason}"
+    assert wait_all_in_service(fleet) == {h.host_id: TargetState.IN_SERVICE for h in fleet.hosts}
