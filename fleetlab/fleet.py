@@ -4,9 +4,9 @@ tests, `bench/bench_traffic.py` and the demo share.
 Each host is a real `deploy-agent run` process (agent/local_fleet.py) serving the hello app
 (examples/apps/hello) on its own loopback port; HAProxy (fleetlab/haproxy.py) has one server per host, named
 like the host id, with health checks on `/healthz`. The app repo has four versions: v2 a new greeting, v3 a
-bug that only host-1's environment triggers (ValidateService fails there), v4 the fix. With `abrupt_stop`, ApplicationStop
-kills the app with SIGKILL at once, so any request still sent to a stopping host fails: the case traffic
-control exists for.
+bug that only host-1's environment triggers (ValidateService fails there), v4 the fix. With `abrupt_stop`,
+ApplicationStop kills the app with SIGKILL at once, so any request still sent to a stopping host fails: the
+case traffic control exists for.
 """
 
 from __future__ import annotations
@@ -200,8 +200,8 @@ class TrafficFleet:
                 cache.write_text("not a folder\n")
             host.env = {"HELLO_HOME": str(host.home), "HELLO_PORT": str(host.port), "HELLO_HOST": host.host_id,
                         "HELLO_RUN": str(host.run_dir), "HELLO_CACHE_DIR": str(cache)}
+            self.hosts.append(host)  # before it starts: `stop()` then reaches it whatever happens next
             host.start(self.store_url)
-            self.hosts.append(host)
         self._wait_registered()
         servers = [(h.host_id, "127.0.0.1", h.port) for h in self.hosts]
         self.haproxy = LocalHAProxy(self.workdir / "haproxy", servers, wait_up=False)

@@ -190,10 +190,17 @@ global
     stats socket {self.socket_path} mode 600 level admin
 {tcp_socket}    stats timeout 30s
     maxconn 4096
+    # Only requests that went wrong, with HAProxy's termination flags (which side ended them, and when).
+    log stdout format iso local0 info
 
 defaults
     mode http
-    timeout connect 1s
+    log global
+    option httplog
+    option dontlog-normal
+    # A connect that takes long is a busy server, not a dead one (a dead one refuses at once): 5 s lets a SYN
+    # the server's accept queue dropped be retried (Linux retransmits after 1 s).
+    timeout connect 5s
     timeout client 30s
     timeout server 30s
     timeout http-request 10s

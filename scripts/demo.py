@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.local_fleet import LocalAgent, stop_all
-from fleetlab.fleet import commit_all, free_port, git, make_app_repo
+from fleetlab.fleet import TRAFFIC, commit_all, free_port, git, make_app_repo
 from fleetlab.haproxy import HAProxyError, LocalHAProxy, haproxy_path
 from fleetlab.loadgen import LoadGenerator, LoadSnapshot
 
@@ -73,16 +73,6 @@ spec:
     fileExistsBehavior: OVERWRITE
 """
 
-#: With HAProxy: each host leaves the load balancer before it deploys and comes back once healthy.
-TRAFFIC = """\
-  trafficControl:
-    drainTimeout: 10s
-    healthyTimeout: 1m
-    loadBalancers:
-      - haproxy:
-          runtimeApi: "{runtime_api}"
-          backend: {backend}
-"""
 
 
 STORY = {
@@ -99,7 +89,8 @@ STORY = {
 def group_manifest(app_repo: Path, commit: str, haproxy: LocalHAProxy | None) -> str:
     text = GROUP.format(repository=app_repo, commit=commit)
     if haproxy is not None:
-        text += TRAFFIC.format(runtime_api=haproxy.runtime_api, backend=haproxy.backend)
+        # Each host leaves HAProxy before it deploys and comes back once healthy (docs/traffic.md).
+        text += TRAFFIC.format(drain="10s", runtime_api=haproxy.runtime_api, backend=haproxy.backend)
     return text
 
 
@@ -328,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             reasons = f" ({dict(final.by_reason)})" if final.failed else ""
             say(f"  load: {final.sent:,} requests in {final.elapsed:.0f}s ({final.achieved_rate:.0f} req/s), "
                 f"{final.ok:,} served, {final.failed:,} failed{reasons}")
+            for sample in final.samples[:5]:
+                say(f"    failed at {sample.when.isoformat(timespec='milliseconds')}: {sample.detail}")
 
         step("Summary")
         say(f"  {'host':<8} {'zone':<5} {'answers':<8}")

@@ -32,6 +32,8 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: under a load balancer a short stall would drop connections.
+    request_queue_size = 128
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Load balancers close health checks with a reset; that is not worth a traceback in the log.
