@@ -21,7 +21,7 @@ from contract.models import (
     group_key,
 )
 from reconciler.core.membership import MembershipIndex, zone_of
-from reconciler.core.observed import Observed, is_online
+from reconciler.core.observed import Observed, TargetState, is_online
 from reconciler.core.rollout import (
     FAILED,
     REVISION_CURRENT,
@@ -147,6 +147,19 @@ class PassView:
         """CodeDeploy's instance health: the last deployment to it succeeded; never deployed is unhealthy."""
         return self.online(host) and healthy_before(host, key, attempts, self.observed)
 
+    def serving_unknown(self, host: str, key: str, attempts: Mapping[str, Attempt]) -> bool:
+        """A host this group never deployed to (no attempt, nothing installed) that all of the group's load
+        balancers have in service: it serves customers, so for the minimum of healthy hosts it counts as
+        healthy. Without this, adopting a fleet that already serves behind a load balancer would take every
+        host out in the first batch (CodeDeploy's rule makes never-deployed hosts unhealthy, so free to take)."""
+        if host in attempts or not self.online(host):
+            return False
+        status = self.observed.statuses.get(host)
+        if status is not None and key in status.installed:
+            return False
+        found = self.observed.traffic.get(key, {}).get(host)
+        return found is not None and bool(found) and all(o.state is TargetState.IN_SERVICE for o in found)
+
     def facts(self, group_state: GroupState, deployment: Deployment, config: EffectiveConfig) -> dict[str, HostFacts]:
         key = group_key(group_state.application, group_state.deployment_group)
         attempts = self.attempts(group_state, exclude=deployment.deployment_id)
@@ -159,7 +172,7 @@ class PassView:
             facts[host] = HostFacts(
                 online=online,
                 free=self.slot_free(host),
-                healthy=self.prior_health(host, key, attempts),
+                healthy=self.prior_health(host, key, attempts) or self.serving_unknown(host, key, attempts),
                 revision_rank=rank,
                 zone=zone_of(host, self.observed, config.zonal) if config.zonal is not None else None,
                 offline_reason="" if online else self.offline_reason(host),

@@ -18,6 +18,7 @@ import structlog
 
 from contract.models import HostRegistration
 from reconciler.core import Observed, State, TrafficStep
+from reconciler.core.membership import group_members
 from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.core.traffic import hosts_needing_traffic
 from reconciler.desired.manifests import Desired
@@ -61,11 +62,26 @@ class TrafficShell:
         self._specs = {key: group.traffic for key, group in desired.desired_groups().items() if group.traffic}
         self._registrations = observed.registrations
         wanted = hosts_needing_traffic(observed.statuses, state.traffic)
+        wanted.update(self._never_deployed(desired, observed, wanted))
         by_group: dict[str, list[str]] = {}
         for host, key in wanted.items():
             by_group.setdefault(key, []).append(host)
         traffic = {key: self.read(key, hosts) for key, hosts in by_group.items() if key in self._specs}
         return dataclasses.replace(observed, traffic=traffic)
+
+    def _never_deployed(self, desired: Desired, observed: Observed, wanted: Mapping[str, str]) -> dict[str, str]:
+        """Members of a group with traffic control that it never deployed to: whether their load balancers
+        have them in service decides if they count as healthy (`PassView.serving_unknown`). Only until the
+        group's first deployment to them, so a fleet already adopted costs nothing here."""
+        found: dict[str, str] = {}
+        for key, group in desired.desired_groups().items():
+            if group.traffic is None:
+                continue
+            for host in group_members(group, observed):
+                status = observed.statuses.get(host)
+                if host not in wanted and host not in found and (status is None or key not in status.installed):
+                    found[host] = key
+        return found
 
     def read(self, key: str, hosts: Iterable[str]) -> dict[str, tuple[TargetObservation, ...]]:
         """Every load balancer of the group, asked about these hosts (one call per load balancer)."""

@@ -333,3 +333,25 @@ def test_traffic_steps_never_break_the_rules(
             assert all(o.state in (TargetState.OUT_OF_SERVICE, TargetState.DRAINING) for o in seen)
         if action.traffic.state is TrafficStepState.SUCCEEDED and action.traffic.step == "AllowTraffic":
             assert all(o.state is TargetState.IN_SERVICE for o in seen)
+
+
+def test_never_deployed_hosts_in_service_count_as_healthy_so_adoption_goes_one_at_a_time() -> None:
+    """A fleet that already serves behind its load balancer, adopted by a group with traffic control: CodeDeploy's
+    rule makes never-deployed hosts unhealthy (free to take all at once); in service, they count as healthy."""
+    manifests = MANIFESTS.replace("targets: {hosts: [h1, h2]}", "targets: {hosts: [h1, h2, h3, h4]}") % ""
+    first = load_files([ManifestFile("web.yaml", manifests.encode())], commit="c1")
+    hosts = ["h1", "h2", "h3", "h4"]
+    registrations = {h: HostRegistration(host_id=h, platform="linux", hostname=h, agent_version="t",
+                                         registered_at=NOW) for h in hosts}
+    statuses = {h: HostStatus(host_id=h, heartbeat_at=NOW, agent_version="t") for h in hosts}
+
+    def dispatched(observations: dict[str, tuple[TargetObservation, ...]]) -> list[str]:
+        observed = Observed(registrations=registrations, statuses=statuses, traffic={KEY: observations})
+        actions = reconcile(first, observed, State(), now=NOW)
+        return [h for a in actions if a.kind == "DispatchBatch" for h in a.hosts]  # type: ignore[attr-defined]
+
+    serving = {h: (obs(TargetState.IN_SERVICE),) for h in hosts}
+    assert dispatched(serving) == ["h1"]  # OneAtATime keeps the other three serving
+    # Nothing serving (no load balancer answer, or all out): nothing to protect, all go in the first batch.
+    assert dispatched({}) == hosts
+    assert dispatched({h: (obs(TargetState.OUT_OF_SERVICE),) for h in hosts}) == hosts
