@@ -91,14 +91,16 @@ def hosts_needing_traffic(statuses: Mapping[str, HostStatus], records: Mapping[s
 def traffic_steps(view: PassView) -> list[Action]:
     """Every traffic step this pass takes, hosts in id order."""
     actions: list[Action] = []
-    waiting: set[str] = set()
-    for host in sorted(view.observed.statuses):
-        command = view.observed.last_command(host)
-        step = waiting_step(command)
-        if command is None or step is None:
-            continue
-        waiting.add(host)
-        actions.extend(_step(view, host, command, step))
+    # Only commands in progress can wait at a step; the filter keeps a pass over a big idle fleet cheap.
+    waiting: dict[str, tuple[CommandProgress, str]] = {}
+    for host, status in view.observed.statuses.items():
+        command = status.command
+        if command is not None and command.status is CommandStatus.IN_PROGRESS:
+            step = waiting_step(command)
+            if step is not None:
+                waiting[host] = (command, step)
+    for host in sorted(waiting):
+        actions.extend(_step(view, host, *waiting[host]))
     for host in sorted(view.state.traffic):
         if host not in waiting:
             actions.extend(_repair(view, host, view.state.traffic[host]))
