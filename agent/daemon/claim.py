@@ -274,6 +274,12 @@ class HostIdOwner:
             except DocumentInvalid as exc:
                 raise HostIdInUse(f"host id {self.host_id!r}: our status was replaced by something else ({exc}); "
                                   "this agent stopped writing rather than overwrite it") from None
+            if _same_process(other, document):
+                # Written by this very process: an attempt whose answer was lost, followed by failed ones (a
+                # store that vanished mid-write and came back), so neither of the last two bytes match.
+                self.status_version = stored.version
+                self._write_status(document)
+                return
             self._status_taken(other)
         self.status_version = version
 
@@ -325,3 +331,13 @@ class HostIdOwner:
                 write_document(self.store, key, found.document.model_copy(update={"resolved_at": self.now()}))
         except StoreError as exc:
             self.log.warning("conflict.not_resolved", key=key, error=str(exc))
+
+
+def _same_process(stored: HostStatus, ours: HostStatus) -> bool:
+    """The stored status was written by the process writing `ours`: same installation and same process start
+    time (a copy of the installation on another machine, or this agent after a restart, has another)."""
+    return (
+        ours.started_at is not None
+        and stored.started_at == ours.started_at
+        and stored.installation_id == ours.installation_id
+    )
