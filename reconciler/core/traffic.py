@@ -103,7 +103,8 @@ def traffic_steps(view: PassView) -> list[Action]:
         actions.extend(_step(view, host, *waiting[host]))
     for host in sorted(view.state.traffic):
         if host not in waiting:
-            actions.extend(_repair(view, host, view.state.traffic[host]))
+            record = view.state.traffic[host]
+            actions.extend(_keep_out(view, host, record) or _repair(view, host, record))
     return actions
 
 
@@ -160,13 +161,20 @@ def _step(view: PassView, host: str, command: CommandProgress, name: str) -> lis
         started_at=current.started_at if current is not None else view.now,
     )
     step = _Step(view, key, host, base, current)
-    gone = _not_waited_for(view, host, command)
-    if gone is not None:
-        return [step.record(FAILED, gone)]
     group = view.desired_groups.get(key)
     spec = group.traffic if group is not None else None
+    gone = _not_waited_for(view, host, command)
+    if gone is not None:
+        # After `allow` was called the host may be back in rotation on a revision that failed: take it out.
+        call: _Call | None = "block" if name == ALLOW_TRAFFIC and spec is not None else None
+        return [step.record(FAILED, gone, call=call)]
     if spec is None:
-        return [step.record(SUCCEEDED, "nothing to do: the group has no trafficControl any more")]
+        # Going on would stop an application its load balancers may still send requests to (or leave a host
+        # out with nobody to put it back): the step fails, and the operator is told why.
+        what = "the group was removed from the manifests" if group is None else "trafficControl was removed"
+        consequence = ("its application was not stopped" if name == BLOCK_TRAFFIC
+                       else "put it back in its load balancers by hand")
+        return [step.record(FAILED, f"{what} while this host waited at {name}; {consequence}")]
     observations = _observations(view, key, host, spec)
     if observations is None:
         return [step.wait("reading its load balancers")]
@@ -199,6 +207,10 @@ def _block(step: _Step, spec: TrafficControlSpec, observations: Sequence[TargetO
     if states == {TargetState.OUT_OF_SERVICE}:
         return [step.record(SUCCEEDED, f"out of rotation after {step.elapsed}: {detail}")]
     if states & _SENDING:
+        if step.current is not None and now - step.base.started_at >= spec.drain_timeout:
+            note = (f"its load balancers still send it traffic {format_duration(spec.drain_timeout)} after it was "
+                    f"taken out (drainTimeout); its application was not stopped: {detail}")
+            return [step.record(FAILED, note)]
         return [step.record(IN_PROGRESS, f"draining: {detail}", call="block"), step.wait("draining")]
     open_sessions = [o.sessions for o in observations if o.state is TargetState.DRAINING]
     if all(count == 0 for count in open_sessions):
@@ -224,8 +236,9 @@ def _allow(step: _Step, spec: TrafficControlSpec, observations: Sequence[TargetO
     if states == {TargetState.IN_SERVICE}:
         return [step.record(SUCCEEDED, f"in service after {step.elapsed}: {detail}")]
     if now - step.base.started_at >= spec.healthy_timeout:
-        return [step.record(FAILED, f"not healthy {format_duration(spec.healthy_timeout)} after it was put back: "
-                                    f"{detail}")]
+        # Taken out again: a failed host must not be served to when its checks pass later.
+        return [step.record(FAILED, f"not healthy {format_duration(spec.healthy_timeout)} after it was put back, "
+                                    f"so taken out again: {detail}", call="block")]
     if states & _NOT_SENDING:
         return [step.record(IN_PROGRESS, f"putting back: {detail}", call="allow"), step.wait("health checks")]
     actions: list[Action] = []
@@ -235,7 +248,39 @@ def _allow(step: _Step, spec: TrafficControlSpec, observations: Sequence[TargetO
     return actions
 
 
-# -- the safety net ----------------------------------------------------------------------------------
+# -- the safety nets ---------------------------------------------------------------------------------
+
+
+def _keep_out(view: PassView, host: str, record: HostTraffic) -> list[Action]:
+    """A host taken out for its command, still deploying, that a load balancer has back (an HAProxy reload
+    without a server-state file forgets runtime states): out again, at once."""
+    if record.step != BLOCK_TRAFFIC or record.state is not SUCCEEDED or record.repair:
+        return []
+    command = view.observed.last_command(host)
+    if command is None or command.status is not CommandStatus.IN_PROGRESS or command.generation != record.generation:
+        return []
+    group = view.desired_groups.get(record.group)
+    if group is None or group.traffic is None:
+        return []
+    observations = _observations(view, record.group, host, group.traffic)
+    if observations is None or not {o.state for o in observations} & _SENDING:
+        return []
+    note = (f"taken out again: a load balancer had it back while it deployed (reloaded?): "
+            f"{_detail(observations)}")
+    traffic = record.model_copy(update={"message": note})
+    return [TrafficStep(group=record.group, host=host, call="block", reason=note, traffic=traffic)]
+
+
+def _untouched(view: PassView, host: str, key: str) -> bool:
+    """The host's last command, for this group, failed before ApplicationStop ran (at BlockTraffic, or while
+    waiting for it): its application was never touched, so it is as healthy as before."""
+    command = view.observed.last_command(host)
+    if command is None or command.status is not CommandStatus.FAILED:
+        return False
+    if group_key(command.application, command.deployment_group) != key:
+        return False
+    stop = next((e for e in command.events if e.name == "ApplicationStop"), None)
+    return stop is not None and stop.status in (EventStatus.PENDING, EventStatus.SKIPPED)
 
 
 def _repair(view: PassView, host: str, record: HostTraffic) -> list[Action]:
@@ -250,7 +295,8 @@ def _repair(view: PassView, host: str, record: HostTraffic) -> list[Action]:
     command = view.observed.last_command(host)
     if command is not None and command.status is CommandStatus.IN_PROGRESS:
         return []  # busy: the command's own steps decide
-    if not view.online(host) or not view.prior_health(host, key, view.attempts(group_state, exclude=None)):
+    healthy = _untouched(view, host, key) or view.prior_health(host, key, view.attempts(group_state, exclude=None))
+    if not view.online(host) or not healthy:
         return []  # a failed host stays out until a deployment to it succeeds
     now = view.now
     repairing = record.repair and record.step == ALLOW_TRAFFIC

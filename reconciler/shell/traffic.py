@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import structlog
 
-from contract.models import HostRegistration
+from contract.models import GroupState, HostRegistration, Revision
 from reconciler.core import Observed, State, TrafficStep
 from reconciler.core.membership import group_members
 from reconciler.core.observed import TargetObservation, TargetState
@@ -62,24 +62,30 @@ class TrafficShell:
         self._specs = {key: group.traffic for key, group in desired.desired_groups().items() if group.traffic}
         self._registrations = observed.registrations
         wanted = hosts_needing_traffic(observed.statuses, state.traffic)
-        wanted.update(self._never_deployed(desired, observed, wanted))
+        wanted.update(self._never_deployed(desired, observed, state, wanted))
         by_group: dict[str, list[str]] = {}
         for host, key in wanted.items():
             by_group.setdefault(key, []).append(host)
         traffic = {key: self.read(key, hosts) for key, hosts in by_group.items() if key in self._specs}
         return dataclasses.replace(observed, traffic=traffic)
 
-    def _never_deployed(self, desired: Desired, observed: Observed, wanted: Mapping[str, str]) -> dict[str, str]:
-        """Members of a group with traffic control that it never deployed to: whether their load balancers
-        have them in service decides if they count as healthy (`PassView.serving_unknown`). Only until the
-        group's first deployment to them, so a fleet already adopted costs nothing here."""
+    def _never_deployed(
+        self, desired: Desired, observed: Observed, state: State, wanted: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Members of a group with traffic control that it never deployed to, while a deployment of the group
+        is due or in flight: whether their load balancers have them in service decides if they count as
+        healthy (`PassView.serving_unknown`). Hosts that never reported, or that the group already deployed to
+        (successfully or not), are not read, so a fleet already adopted costs its load balancers nothing."""
         found: dict[str, str] = {}
         for key, group in desired.desired_groups().items():
-            if group.traffic is None:
+            recorded = state.groups.get(key)
+            if group.traffic is None or not _deploying(group.revision, recorded):
                 continue
+            tried = _attempted_hosts(recorded, state)
             for host in group_members(group, observed):
                 status = observed.statuses.get(host)
-                if host not in wanted and host not in found and (status is None or key not in status.installed):
+                if (status is not None and key not in status.installed and host not in tried
+                        and host not in wanted and host not in found):
                     found[host] = key
         return found
 
@@ -88,10 +94,10 @@ class TrafficShell:
         spec = self._specs[key]
         endpoints = [endpoint(host, self._registrations.get(host)) for host in sorted(hosts)]
         balancers = self.balancers(key, spec)
-        answers = [balancer.observe(endpoints) for balancer in balancers]
+        answers = [_observe(balancer, endpoints) for balancer in balancers]
         return {
             target.host_id: tuple(
-                _naming_target(balancer, target, answer.get(target.host_id) or _unanswered(target))
+                _naming_target(balancer, target, answer.get(target.host_id) or _unanswered(target), answer)
                 for balancer, answer in zip(balancers, answers, strict=True)
             )
             for target in endpoints
@@ -124,6 +130,10 @@ class TrafficShell:
                 log.warning("traffic.call_failed", group=action.group, host=action.host, call=action.call,
                             balancer=balancer.name, error=str(exc))
                 errors.append(str(exc))
+            except Exception as exc:  # a provider bug must fail this host's step, not the whole pass
+                log.exception("traffic.call_internal_error", group=action.group, host=action.host,
+                              call=action.call, balancer=balancer.name)
+                errors.append(f"{balancer.name}: internal error while calling {action.call}: {exc!r}")
         return "; ".join(errors) or None
 
     def close(self) -> None:
@@ -139,18 +149,41 @@ def _method(balancer: LoadBalancer, call: str) -> Callable[[HostEndpoint], str]:
     return methods[call]
 
 
-def _naming_target(balancer: LoadBalancer, target: HostEndpoint, found: TargetObservation) -> TargetObservation:
+def _observe(balancer: LoadBalancer, endpoints: Sequence[HostEndpoint]) -> dict[str, TargetObservation]:
+    """`observe`, which must not raise; if a provider does anyway (a bug, an answer it cannot parse), every host
+    it was asked about is Unknown with the reason, and the pass goes on for the other load balancers."""
+    try:
+        return balancer.observe(endpoints)
+    except Exception as exc:
+        log.exception("traffic.observe_internal_error", balancer=balancer.name)
+        error = f"{balancer.name}: internal error while reading it: {exc!r}"
+        return {e.host_id: TargetObservation(TargetState.UNKNOWN, error, error=error) for e in endpoints}
+
+
+def _naming_target(
+    balancer: LoadBalancer,
+    target: HostEndpoint,
+    found: TargetObservation,
+    answer: Mapping[str, TargetObservation],
+) -> TargetObservation:
     """An error says which target it is about, whatever the provider put in it (an unreachable API is the same
-    answer for every host; the step that fails is one host's)."""
+    answer for every host; the step that fails is one host's). When every host got the same error (the API is
+    away), the host id names it: asking the provider for target names could then cost one failing API call per
+    host (an ELBv2 target group that cannot be resolved)."""
     if found.error is None:
         return found
-    try:
-        name = balancer.target_name(target)
-    except TrafficError:
-        name = target.host_id
-    if name in found.error:
+    shared = len(answer) > 1 and all(o.error == found.error for o in answer.values())
+    name = f"{balancer.name}, host {target.host_id}" if shared else _target_name(balancer, target)
+    if target.host_id in found.error or name in found.error:
         return found
     return dataclasses.replace(found, error=f"target {name}: {found.error}")
+
+
+def _target_name(balancer: LoadBalancer, target: HostEndpoint) -> str:
+    try:
+        return balancer.target_name(target)
+    except Exception:  # the name is only for the message; the error it goes with says what is wrong
+        return target.host_id
 
 
 def _unanswered(target: HostEndpoint) -> TargetObservation:
@@ -160,3 +193,20 @@ def _unanswered(target: HostEndpoint) -> TargetObservation:
 
 def describe(balancers: Sequence[LoadBalancer]) -> list[str]:
     return [balancer.name for balancer in balancers]
+
+
+def _deploying(revision: Revision, recorded: GroupState | None) -> bool:
+    """A deployment of the group is in flight, or due (its desired revision is not its last good one)."""
+    if recorded is None or recorded.deployment_in_flight:
+        return True
+    effective = recorded.effective_revision
+    return effective is None or effective.identity() != revision.identity()
+
+
+def _attempted_hosts(recorded: GroupState | None, state: State) -> set[str]:
+    """Hosts the group's recorded deployments sent a command to."""
+    if recorded is None:
+        return set()
+    ids = [*recorded.history, *([recorded.deployment_in_flight] if recorded.deployment_in_flight else [])]
+    return {host for deployment_id in ids if (d := state.deployments.get(deployment_id)) is not None
+            for host, h in d.hosts.items() if h.generation is not None}

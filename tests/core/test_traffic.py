@@ -72,17 +72,21 @@ def obs(state: TargetState, sessions: int | None = None, error: str | None = Non
                              sessions=sessions, error=error)
 
 
-def progress(step: str | None, *, status: CommandStatus = CommandStatus.IN_PROGRESS, generation: int = 1) -> (
-    CommandProgress
-):
+def progress(step: str | None, *, status: CommandStatus = CommandStatus.IN_PROGRESS, generation: int = 1,
+             failed_at: str = "ValidateService") -> CommandProgress:
+    """A command at `step` (in progress), or finished: Succeeded, or Failed at `failed_at` (the rest Skipped)."""
     events = []
-    reached = step is None
+    if step is None and status is CommandStatus.FAILED:
+        step_status, later, reached = EventStatus.FAILED, EventStatus.SKIPPED, False
+        step = failed_at
+    else:
+        step_status, later, reached = EventStatus.IN_PROGRESS, EventStatus.PENDING, step is None
     for name in TRAFFIC_CONTROL_EVENTS:
         if name == step:
-            events.append(EventReport(name=name, status=EventStatus.IN_PROGRESS))
+            events.append(EventReport(name=name, status=step_status))
             reached = True
         else:
-            events.append(EventReport(name=name, status=EventStatus.PENDING if reached else EventStatus.SUCCEEDED))
+            events.append(EventReport(name=name, status=later if reached else EventStatus.SUCCEEDED))
     return CommandProgress(deployment_id=DEPLOYMENT, generation=generation, application="shop", deployment_group="web",
                            status=status, events=events, started_at=NOW - timedelta(seconds=30))
 
@@ -264,6 +268,43 @@ def test_a_failed_host_stays_out_of_rotation() -> None:
     assert steps(observed, state) == []
 
 
+def test_a_host_whose_command_failed_before_its_application_was_touched_is_put_back() -> None:
+    """Failed at BlockTraffic (the load balancer refused, the agent restarted while waiting): ApplicationStop
+    never ran, so the host is as healthy as before and goes back into rotation."""
+    observed, state = world(step=None, command_status=CommandStatus.FAILED, host_status=HostDeploymentStatus.FAILED,
+                            record=record("BlockTraffic", TrafficStepState.IN_PROGRESS),
+                            seen=(obs(TargetState.DRAINING, sessions=0),))
+    statuses = dict(observed.statuses)
+    statuses["h1"] = statuses["h1"].model_copy(
+        update={"command": progress(None, status=CommandStatus.FAILED, failed_at="BlockTraffic")})
+    observed = Observed(registrations=observed.registrations, statuses=statuses, traffic=observed.traffic)
+    [step] = steps(observed, state)
+    assert step.call == "allow" and step.traffic.repair
+
+
+def test_a_host_a_load_balancer_had_back_while_it_deployed_is_taken_out_again() -> None:
+    observed, state = world(step=None, record=record("BlockTraffic", TrafficStepState.SUCCEEDED),
+                            seen=(obs(TargetState.IN_SERVICE),))
+    statuses = dict(observed.statuses)
+    running = progress("ApplicationStart")
+    running = running.model_copy(update={"events": [e.model_copy(update={"status": EventStatus.IN_PROGRESS})
+                                                    if e.name == "ApplicationStart" else e for e in running.events]})
+    statuses["h1"] = statuses["h1"].model_copy(update={"command": running})
+    observed = Observed(registrations=observed.registrations, statuses=statuses, traffic=observed.traffic)
+    [step] = steps(observed, state)
+    assert step.call == "block" and "taken out again" in (step.traffic.message or "")
+
+
+def test_a_removed_traffic_control_fails_the_step_instead_of_stopping_a_host_in_rotation() -> None:
+    observed, state = world(step="BlockTraffic", seen=(obs(TargetState.IN_SERVICE),))
+    plain = MANIFESTS.split("  trafficControl:", maxsplit=1)[0]
+    without = load_files([ManifestFile("web.yaml", plain.encode())], commit="c1")
+    [step] = [a for a in reconcile(without, observed, state, now=NOW) if isinstance(a, TrafficStep)]
+    assert step.call is None and step.traffic.state is TrafficStepState.FAILED
+    assert "trafficControl was removed" in (step.traffic.message or "")
+    assert "not stopped" in (step.traffic.message or "")
+
+
 def test_only_hosts_at_a_step_or_left_out_are_read() -> None:
     observed, state = world(step="BlockTraffic")
     assert hosts_needing_traffic(observed.statuses, state.traffic) == {"h1": KEY}
@@ -308,7 +349,7 @@ def test_traffic_steps_never_break_the_rules(
     healthy: bool,
 ) -> None:
     """Whatever the inputs: a host is drained only while its agent waits at BlockTraffic for a deployment that
-    still waits for it; put back only while it waits at AllowTraffic or when it is idle and healthy; a block
+    still waits for it (or when its AllowTraffic failed); put back only while it waits at AllowTraffic or when it is idle and healthy; a block
     is recorded done only when no load balancer sends it traffic, an allow only when all call it healthy; and
     the same inputs give the same decisions."""
     if step is None and command_status is CommandStatus.IN_PROGRESS:
@@ -324,7 +365,9 @@ def test_traffic_steps_never_break_the_rules(
     waiting_for = step if host_status is HostDeploymentStatus.IN_PROGRESS else None
     for action in first:
         if action.call in ("block", "finish"):
-            assert waiting_for == "BlockTraffic"
+            # Taking out is for a host about to deploy, or for one whose AllowTraffic failed (never back on it).
+            failed_allow = step == "AllowTraffic" and action.traffic.state is TrafficStepState.FAILED
+            assert waiting_for == "BlockTraffic" or (failed_allow and action.call == "block")
         if action.call == "allow":
             assert waiting_for == "AllowTraffic" or (step is None and action.traffic.repair)
             # The repair never puts back a host whose last attempt failed (and that did not install it after).
