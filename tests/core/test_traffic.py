@@ -349,9 +349,9 @@ def test_traffic_steps_never_break_the_rules(
     healthy: bool,
 ) -> None:
     """Whatever the inputs: a host is drained only while its agent waits at BlockTraffic for a deployment that
-    still waits for it (or when its AllowTraffic failed); put back only while it waits at AllowTraffic or when it is idle and healthy; a block
-    is recorded done only when no load balancer sends it traffic, an allow only when all call it healthy; and
-    the same inputs give the same decisions."""
+    still waits for it (or when its AllowTraffic failed); put back only while it waits at AllowTraffic or when
+    it is idle and healthy; a block is recorded done only when no load balancer sends it traffic, an allow only
+    when all call it healthy; and the same inputs give the same decisions."""
     if step is None and command_status is CommandStatus.IN_PROGRESS:
         command_status = CommandStatus.SUCCEEDED
     kept = None
