@@ -21,7 +21,7 @@ from reconciler.core import Observed, State, TrafficStep
 from reconciler.core.membership import group_members
 from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.core.traffic import hosts_needing_traffic
-from reconciler.desired.manifests import Desired
+from reconciler.desired.manifests import Desired, DesiredGroup
 from reconciler.desired.traffic_spec import LoadBalancerSpec, TrafficControlSpec
 from reconciler.traffic.base import HostEndpoint, LoadBalancer, TrafficError
 from reconciler.traffic.factory import build_balancer
@@ -59,25 +59,31 @@ class TrafficShell:
 
     def observe(self, desired: Desired, observed: Observed, state: State) -> Observed:
         """`observed` with `traffic` filled for every host at a traffic step or that a step left out."""
-        self._specs = {key: group.traffic for key, group in desired.desired_groups().items() if group.traffic}
-        self._registrations = observed.registrations
+        groups = self._prepare(desired, observed)
         wanted = hosts_needing_traffic(observed.statuses, state.traffic)
-        wanted.update(self._never_deployed(desired, observed, state, wanted))
+        wanted.update(self._never_deployed(groups, observed, state, wanted))
         by_group: dict[str, list[str]] = {}
         for host, key in wanted.items():
             by_group.setdefault(key, []).append(host)
         traffic = {key: self.read(key, hosts) for key, hosts in by_group.items() if key in self._specs}
         return dataclasses.replace(observed, traffic=traffic)
 
+    def _prepare(self, desired: Desired, observed: Observed) -> Mapping[str, DesiredGroup]:
+        """What this pass's reads and calls go by: the groups' traffic specs and the hosts' registrations."""
+        groups = desired.desired_groups()
+        self._specs = {key: group.traffic for key, group in groups.items() if group.traffic}
+        self._registrations = observed.registrations
+        return groups
+
     def _never_deployed(
-        self, desired: Desired, observed: Observed, state: State, wanted: Mapping[str, str]
+        self, groups: Mapping[str, DesiredGroup], observed: Observed, state: State, wanted: Mapping[str, str]
     ) -> dict[str, str]:
         """Members of a group with traffic control that it never deployed to, while a deployment of the group
         is due or in flight: whether their load balancers have them in service decides if they count as
         healthy (`PassView.serving_unknown`). Hosts that never reported, or that the group already deployed to
         (successfully or not), are not read, so a fleet already adopted costs its load balancers nothing."""
         found: dict[str, str] = {}
-        for key, group in desired.desired_groups().items():
+        for key, group in groups.items():
             recorded = state.groups.get(key)
             if group.traffic is None or not _deploying(group.revision, recorded):
                 continue
@@ -107,8 +113,7 @@ class TrafficShell:
         str, dict[str, tuple[TargetObservation, ...]]
     ]:
         """For `reconcile status`: every member host of every group with traffic control."""
-        self._specs = {key: group.traffic for key, group in desired.desired_groups().items() if group.traffic}
-        self._registrations = observed.registrations
+        self._prepare(desired, observed)
         return {key: self.read(key, hosts) for key, hosts in members.items() if key in self._specs and hosts}
 
     def call(self, action: TrafficStep) -> str | None:
@@ -190,9 +195,6 @@ def _unanswered(target: HostEndpoint) -> TargetObservation:
     return TargetObservation(TargetState.UNKNOWN, f"{target.host_id}: no answer", error="the load balancer did not "
                              f"report on {target.host_id}")
 
-
-def describe(balancers: Sequence[LoadBalancer]) -> list[str]:
-    return [balancer.name for balancer in balancers]
 
 
 def _deploying(revision: Revision, recorded: GroupState | None) -> bool:
