@@ -38,6 +38,14 @@ def traffic_key(host_id: str) -> str:
     return f"traffic/{host_id}.json"
 
 
+ANALYSIS_PREFIX = "analysis/"
+
+
+def analysis_key(deployment_id: str) -> str:
+    """Written by the reconciler: what the gates of one deployment measured (docs/gates.md)."""
+    return f"analysis/{deployment_id}.json"
+
+
 def deployment_key(deployment_id: str) -> str:
     return f"deployments/{deployment_id}.json"
 

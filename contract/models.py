@@ -62,6 +62,10 @@ TRAFFIC_CONTROL_EVENTS: tuple[str, ...] = (
     ALLOW_TRAFFIC,
     "AfterAllowTraffic",
 )
+#: The agent's own step after ValidateService when the group has a `healthCheck` (docs/gates.md): an HTTP check
+#: of the host that must pass continuously for `minHealthyTime` before the host counts as succeeded. No script
+#: can be attached to it; it runs before BeforeAllowTraffic, so a host that is not healthy never gets traffic.
+HEALTH_CHECK = "HealthCheck"
 #: Events whose scripts come from the last successful revision (reference §2.2).
 PREVIOUS_REVISION_EVENTS: frozenset[str] = frozenset(
     {"BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"}
@@ -308,6 +312,24 @@ class HostConflict(Document):
 # Written by the reconciler: commands/<host>.json
 
 
+class HostHealthCheck(Model):
+    """The group's `healthCheck` as one host runs it (docs/gates.md): the URL already resolved for this host.
+
+    From the end of ValidateService, a GET every `interval_seconds`: failures are tolerated until the first check
+    passes (the service may still be warming up); from then on every check must pass for `min_healthy_seconds`
+    (one failure in that window fails the host: it flapped). Not healthy for `min_healthy_seconds` by
+    `healthy_deadline_seconds` after ValidateService: failed."""
+
+    url: str
+    #: A check passes when the status is one of these and, if set, the body matches `body_match` (a regex).
+    expected_status: list[int] = Field(default_factory=lambda: [200])
+    body_match: str | None = None
+    interval_seconds: float = Field(default=2.0, gt=0)
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    min_healthy_seconds: float = Field(default=10.0, ge=0)
+    healthy_deadline_seconds: float = Field(default=300.0, gt=0)
+
+
 class HostCommand(Document):
     """What one host must do next. A new `generation` (strictly increasing per host) is a new command."""
 
@@ -324,6 +346,8 @@ class HostCommand(Document):
     is_rollback: bool = False
     #: The agent fails the command itself past this, as a backstop to the reconciler's per-host timeout.
     timeout_seconds: float | None = None
+    #: Set when the group has a `healthCheck`; then `events` includes HEALTH_CHECK after ValidateService.
+    health_check: HostHealthCheck | None = None
     created_at: datetime
 
 
@@ -456,6 +480,62 @@ class GroupState(Document):
     history: list[str] = Field(default_factory=list)
     removed: bool = False
     stop_request: StopRequest | None = None
+    updated_at: datetime
+
+
+# --------------------------------------------------------------------------------------------------
+# Written by the reconciler: analysis/<deployment id>.json (docs/gates.md)
+
+
+class GateResult(StrEnum):
+    """One measurement of an analysis gate, in Argo Rollouts' words."""
+
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    #: The query could not be run, returned no data or a value that is not a number: nothing is known about
+    #: the service, so it counts apart from Failed and the gate's `onInconclusive` policy decides.
+    INCONCLUSIVE = "Inconclusive"
+
+
+class GateMeasurement(Model):
+    """One query of one gate at one checkpoint of a deployment: observed data, recorded so that a run of `count`
+    measurements spans passes (and `reconcile --once` processes)."""
+
+    gate: str
+    #: `batch-<n>`: the checkpoint after batch n (n = 0 is the canary batch when the config has a canary).
+    checkpoint: str
+    index: int = Field(ge=0)
+    due_at: datetime
+    measured_at: datetime
+    result: GateResult
+    #: The value the condition was judged on (the worst series' value); None when there was none.
+    value: float | None = None
+    #: What was measured and why it is that result, in the user's words ("error rate 0.213 is not < 0.01 on
+    #: web-1"; "the query could not be run: connection refused").
+    message: str
+    #: The query as sent (variables filled in), bounded.
+    query: str | None = None
+
+
+class AlarmCheck(Model):
+    """The last read of a group's CloudWatch alarms while its deployment ran."""
+
+    checked_at: datetime
+    state: Literal["OK", "ALARM", "ERROR"]
+    #: Names of the alarms in ALARM (state ALARM), or that could not be read (state ERROR).
+    alarms: list[str] = Field(default_factory=list)
+    message: str
+
+
+class DeploymentAnalysis(Document):
+    """Everything the gates of one deployment measured: read back as observed data by every later pass, shown by
+    `reconcile status` and `history`. One writer: the reconciler holding the lease."""
+
+    deployment_id: str
+    application: str
+    deployment_group: str
+    measurements: list[GateMeasurement] = Field(default_factory=list)
+    alarms: AlarmCheck | None = None
     updated_at: datetime
 
 
