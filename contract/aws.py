@@ -179,3 +179,14 @@ def s3_client(
         return session.client("s3", endpoint_url=endpoint or None, config=config)
     except ValueError as exc:  # botocore rejects malformed endpoint URLs with ValueError
         raise InvalidEndpoint(str(exc)) from exc
+
+
+def failure_words(exc: BaseException) -> str:
+    """AWS's code and message when it answered, else what went wrong on the way: the cause kept in a message
+    of the caller's own. Re-raises what is not an AWS failure at all: a bug must not read like AWS's answer."""
+    failure = classify(exc)
+    if failure is None:
+        raise exc
+    if failure.answered:
+        return f"{failure.code}: {failure.message}"
+    return f"{failure.kind.value}: {failure.message}"

@@ -8,11 +8,13 @@ from datetime import datetime
 
 from contract.models import (
     DEFAULT_EVENTS,
+    HEALTH_CHECK,
     TRAFFIC_CONTROL_EVENTS,
     Deployment,
     DeploymentStatus,
     GroupState,
     HostCommand,
+    HostHealthCheck,
     group_key,
 )
 from reconciler.core.actions import (
@@ -24,6 +26,7 @@ from reconciler.core.actions import (
     UpdateDeploymentStatus,
 )
 from reconciler.core.ending import finish
+from reconciler.core.gates import alarm_outcome, hold_for_gates, stop_hosts_in_flight
 from reconciler.core.identity import deployment_group_id, same_revision
 from reconciler.core.quarantine import STOPPED_ON_REQUEST, is_quarantined
 from reconciler.core.results import take_results
@@ -32,6 +35,7 @@ from reconciler.core.view import PassView
 from reconciler.desired.manifests import DesiredGroup, GroupOptions
 
 GROUP_REMOVED = "GROUP_REMOVED"
+VALIDATE_SERVICE = "ValidateService"
 
 #: The group after a step, and the actions that step took.
 Stepped = tuple[GroupState, list[Action]]
@@ -49,8 +53,19 @@ def drive(
     actions = _rewrite_interrupted(view, key, deployment, group)
     facts = view.facts(group_state, deployment, config)
     stop = stop_outcome(group_state, deployment, group)
-    canary_and_bakes = deployment.creator == "user"
-    step = decide_step(deployment, facts, config, now=view.now, canary_and_bakes=canary_and_bakes, stop=stop)
+    alarm = alarm_outcome(group, deployment, view.observed.alarms.get(key)) if stop is None else None
+    if alarm is not None:
+        deployment, stopped = stop_hosts_in_flight(deployment, alarm, view.now)
+        failed = [*failed, *stopped]
+        step = Step(outcome=alarm)
+    else:
+        canary_and_bakes = deployment.creator == "user"
+        step = decide_step(deployment, facts, config, now=view.now, canary_and_bakes=canary_and_bakes, stop=stop)
+        step = hold_for_gates(
+            step, deployment, group, config,
+            analysis=view.observed.analysis.get(deployment.deployment_id),
+            alarms=view.observed.alarms.get(key),
+        )
     if step.offline:
         deployment = _fail_offline(deployment, step.offline, facts, view.now)
         failed = [*failed, *step.offline]
@@ -134,8 +149,12 @@ def _step_actions(
     if step.dispatch:
         return [_dispatch(view, key, deployment, group, step)]
     if step.waiting is not None:
-        code = "STOPPING" if step.waiting_code == "STOPPING" else "WAITING_FOR_HOSTS"
-        return [Blocked(group=key, code=code, reason=step.waiting, deployment_id=deployment_id)]
+        return [
+            Blocked(
+                group=key, code=step.waiting_code, reason=step.waiting, deployment_id=deployment_id,
+                until=step.waiting_until,
+            )
+        ]
     return []
 
 
@@ -205,6 +224,21 @@ def host_command(
     """The command a host is given for this deployment (the same one again when a crash lost its write)."""
     options = group.options if group is not None else GroupOptions()
     config = view.config_for(deployment, group)
+    events = list(TRAFFIC_CONTROL_EVENTS if group is not None and group.traffic is not None else DEFAULT_EVENTS)
+    health_check: HostHealthCheck | None = None
+    if group is not None and group.health_check is not None:
+        spec = group.health_check
+        registration = view.observed.registrations.get(host)
+        health_check = HostHealthCheck(
+            url=spec.url_for(host, registration.address if registration is not None else None),
+            expected_status=list(spec.expected_status),
+            body_match=spec.body_match,
+            interval_seconds=spec.interval.total_seconds(),
+            timeout_seconds=spec.timeout.total_seconds(),
+            min_healthy_seconds=spec.min_healthy_time.total_seconds(),
+            healthy_deadline_seconds=spec.healthy_deadline.total_seconds(),
+        )
+        events.insert(events.index(VALIDATE_SERVICE) + 1, HEALTH_CHECK)
     return HostCommand(
         host_id=host,
         generation=generation,
@@ -213,7 +247,8 @@ def host_command(
         deployment_group=deployment.deployment_group,
         deployment_group_id=deployment_group_id(group_key(deployment.application, deployment.deployment_group)),
         revision=deployment.revision,
-        events=list(TRAFFIC_CONTROL_EVENTS if group is not None and group.traffic is not None else DEFAULT_EVENTS),
+        events=events,
+        health_check=health_check,
         file_exists_behavior=options.file_exists_behavior,
         ignore_application_stop_failures=options.ignore_application_stop_failures,
         is_rollback=deployment.creator == "rollback",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from contract.models import CommandProgress, HostConflict, HostRegistration, HostStatus
+from contract.models import AlarmCheck, CommandProgress, DeploymentAnalysis, HostConflict, HostRegistration, HostStatus
 
 
 class TargetState(StrEnum):
@@ -57,6 +57,12 @@ class Observed:
     #: Group key -> host -> one observation per load balancer of the group's `trafficControl`, in manifest
     #: order. Read only for hosts in a traffic step or left out of rotation by one (reconciler/shell/traffic.py).
     traffic: Mapping[str, Mapping[str, tuple[TargetObservation, ...]]] = field(default_factory=dict)
+    #: Deployment id -> what its analysis gates measured (`analysis/<id>.json`, recorded by the shell that took
+    #: the measurements; docs/gates.md). Read for deployments in flight whose group has gates.
+    analysis: Mapping[str, DeploymentAnalysis] = field(default_factory=dict)
+    #: Group key -> this pass's read of the group's CloudWatch alarms, for groups with a user deployment in
+    #: flight and an enabled `alarmConfiguration`.
+    alarms: Mapping[str, AlarmCheck] = field(default_factory=dict)
 
     def host_ids(self) -> set[str]:
         return set(self.registrations) | set(self.statuses)

@@ -9,7 +9,7 @@ from datetime import datetime
 from contract.models import Deployment, DeploymentStatus, GroupState, HostDeploymentState, StopRequest
 from reconciler.core.actions import StartRollback
 from reconciler.core.identity import rollback_deployment_id, same_revision
-from reconciler.core.quarantine import stopped_on_request
+from reconciler.core.quarantine import stopped_on_alarm, stopped_on_request
 from reconciler.core.rollout import PENDING, SKIPPED
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import DesiredGroup
@@ -22,6 +22,8 @@ def rollback_wanted(deployment: Deployment, group: DesiredGroup | None, request:
     auto = group.auto_rollback
     if deployment.status is DeploymentStatus.FAILED:
         return auto.enabled and "DEPLOYMENT_FAILURE" in auto.events
+    if stopped_on_alarm(deployment):
+        return auto.enabled and "DEPLOYMENT_STOP_ON_ALARM" in auto.events
     if stopped_on_request(deployment):
         return (request is not None and request.rollback) or (
             auto.enabled and "DEPLOYMENT_STOP_ON_REQUEST" in auto.events

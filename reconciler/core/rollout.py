@@ -32,10 +32,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from contract.durations import format_duration
 from contract.models import Deployment, DeploymentStatus, HostDeploymentState, HostDeploymentStatus
 from reconciler.desired.manifests import CanarySpec, EffectiveConfig, ZonalSpec
+
+if TYPE_CHECKING:
+    from reconciler.core.actions import BlockedCode
 
 PENDING = HostDeploymentStatus.PENDING
 IN_PROGRESS = HostDeploymentStatus.IN_PROGRESS
@@ -90,7 +94,9 @@ class Step:
     bake_reason: str = ""
     #: Why nothing moves although the deployment could (busy command slots, stopping while hosts finish).
     waiting: str | None = None
-    waiting_code: str = "WAITING_FOR_HOSTS"
+    waiting_code: BlockedCode = "WAITING_FOR_HOSTS"
+    #: When the wait ends by itself (the next gate measurement), if known.
+    waiting_until: datetime | None = None
 
 
 def host_sort_key(host: str) -> tuple[tuple[int, str], ...]:

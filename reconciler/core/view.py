@@ -83,10 +83,7 @@ class PassView:
         return found
 
     def config_for(self, deployment: Deployment, group: DesiredGroup | None) -> EffectiveConfig:
-        try:
-            return self.desired.effective_config(deployment.deployment_config)
-        except KeyError:
-            return group.config if group is not None else BUILTIN_CONFIGS[ONE_AT_A_TIME]
+        return deployment_config(self.desired, deployment, group)
 
     def bounded_history(self, history: list[str]) -> list[str]:
         return history[-self.settings.history_limit :]
@@ -221,3 +218,11 @@ def installed_by(observed: Observed, host: str, key: str, deployment_id: str) ->
     status = observed.statuses.get(host)
     installed = status.installed.get(key) if status is not None else None
     return installed is not None and installed.deployment_id == deployment_id
+
+
+def deployment_config(desired: Desired, deployment: Deployment, group: DesiredGroup | None) -> EffectiveConfig:
+    """The config a deployment runs under: the one it was created with, while the manifests still define it."""
+    try:
+        return desired.effective_config(deployment.deployment_config)
+    except KeyError:
+        return group.config if group is not None else BUILTIN_CONFIGS[ONE_AT_A_TIME]

@@ -155,6 +155,10 @@ def pydantic_message(error: Any, model: type[BaseModel] | None = None, reference
         return f"{error.get('input')!r} does not match the allowed pattern {ctx.get('pattern')}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        word = "at least" if kind == "too_short" else "at most"
+        return f"needs {word} {bound} item{'' if bound == 1 else 's'} (got {ctx.get('actual_length')})"
     given = error.get("input")
     if kind == "string_type" and isinstance(given, int | float) and not isinstance(given, bool):
         return f"expected text but YAML read a number ({given!r}); put the value in quotes"

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from contract.durations import Duration
 from contract.models import FileExistsBehavior, Model, Revision, group_key
+from reconciler.desired.gates_spec import AlarmConfigurationSpec, AnalysisGateSpec, HealthCheckSpec, unique_gate_names
 from reconciler.desired.traffic_spec import TrafficControlSpec
 
 API_VERSION = "deploy/v1"
@@ -198,7 +199,7 @@ class TargetsSpec(Model):
 
 class AutoRollbackSpec(Model):
     enabled: bool = False
-    events: list[Literal["DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_REQUEST"]] = Field(
+    events: list[Literal["DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_REQUEST", "DEPLOYMENT_STOP_ON_ALARM"]] = Field(
         default_factory=lambda: ["DEPLOYMENT_FAILURE"]  # type: ignore[arg-type]
     )
 
@@ -221,6 +222,20 @@ class DeploymentGroupSpec(Model):
         default=None,
         description="Load balancers each host leaves while it deploys (CodeDeploy's WITH_TRAFFIC_CONTROL).",
     )
+    health_check: HealthCheckSpec | None = Field(
+        default=None, description="An HTTP check each host must pass for minHealthyTime after ValidateService."
+    )
+    alarm_configuration: AlarmConfigurationSpec | None = Field(
+        default=None, description="CloudWatch alarms that stop the deployment when in ALARM (CodeDeploy's)."
+    )
+    analysis: list[AnalysisGateSpec] = Field(
+        default_factory=list, description="Prometheus gates measured after batches; a failed gate fails the deployment."
+    )
+
+    @field_validator("analysis")
+    @classmethod
+    def _unique_gates(cls, gates: list[AnalysisGateSpec]) -> list[AnalysisGateSpec]:
+        return unique_gate_names(gates)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,6 +299,13 @@ class DesiredGroup:
     suspend: bool
     source: SourceRef | None = None
     traffic: TrafficControlSpec | None = None
+    health_check: HealthCheckSpec | None = None
+    alarms: AlarmConfigurationSpec | None = None
+    analysis: tuple[AnalysisGateSpec, ...] = ()
+
+    @property
+    def watches_alarms(self) -> bool:
+        return self.alarms is not None and self.alarms.enabled
 
     @property
     def key(self) -> str:
@@ -330,6 +352,9 @@ class Desired:
                 suspend=spec.suspend,
                 source=self.sources.get(("DeploymentGroup", name)),
                 traffic=spec.traffic_control,
+                health_check=spec.health_check,
+                alarms=spec.alarm_configuration,
+                analysis=tuple(spec.analysis),
             )
             resolved[group.key] = group
         return resolved

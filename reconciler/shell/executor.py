@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from contract.clock import Now, utc_now
-from contract.keys import COMMANDS_PREFIX, deployment_key
+from contract.keys import COMMANDS_PREFIX, analysis_key, deployment_key
 from contract.models import GroupState, TrafficStepState
 from contract.store import PreconditionFailed, Store
 from reconciler.core import Action, StoreWrite, TrafficStep
@@ -214,6 +214,8 @@ class Executor:
             self.store.delete(doc_key)
             versions.pop(doc_key, None)
             result.deleted.append(doc_key)
+            # Its gate measurements go with it (absent for most deployments: deleting nothing is no error).
+            self.store.delete(analysis_key(deployment_id))
             if self.reader is not None:
                 self.reader.record_delete(doc_key)
             log.debug("executor.history_trimmed", group=key, deployment=deployment_id)

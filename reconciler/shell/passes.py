@@ -4,7 +4,8 @@ Where it sits: between the CLI (`reconciler.cli.run`, which loads manifests, tak
 progress) and the pure core. A pass is:
 
 1. read the fleet and the reconciler's records from the store (`StoreReader.snapshot`, cached by version),
-   and the load balancers of hosts at a traffic step (`TrafficShell.observe`);
+   the load balancers of hosts at a traffic step (`TrafficShell.observe`), and the alarms and due gate
+   measurements of deployments in flight (`GateShell.observe`, which records what it measured);
 2. take the time, and ask `reconcile(desired, observed, state, now=...)` what to write;
 3. apply the actions in order (`Executor`), under the lease, by compare-and-swap.
 
@@ -40,6 +41,7 @@ from reconciler.core import (
 from reconciler.desired.manifests import Desired
 from reconciler.settings import ReconcileSettings
 from reconciler.shell.executor import Applied, Executor, WriteConflict
+from reconciler.shell.gates import GateShell
 from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import Snapshot, StoreReader
 from reconciler.shell.traffic import TrafficShell
@@ -47,7 +49,9 @@ from reconciler.shell.traffic import TrafficShell
 log = structlog.get_logger(__name__)
 
 #: Blocked reasons that end by themselves: a run that sees them is not settled yet.
-WAITING_CODES = frozenset({"WAITING_FOR_HOSTS", "BAKING", "STOPPING", "WAITING_FOR_TRAFFIC"})
+WAITING_CODES = frozenset(
+    {"WAITING_FOR_HOSTS", "BAKING", "STOPPING", "WAITING_FOR_TRAFFIC", "WAITING_FOR_ANALYSIS", "WAITING_FOR_ALARMS"}
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class PassRunner:
         reader: StoreReader | None = None,
         clock: Now = utc_now,
         traffic: TrafficShell | None = None,
+        gates: GateShell | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -130,6 +135,7 @@ class PassRunner:
         self.core_settings = CoreSettings.from_settings(settings)
         self.reader = reader or StoreReader(store)
         self.traffic = traffic or TrafficShell()
+        self.gates = gates or GateShell(clock=clock)
         self.executor = Executor(store, lease, self.reader, traffic=self.traffic, clock=clock)
         self.clock = clock
         self.passes = 0
@@ -142,6 +148,8 @@ class PassRunner:
         snapshot = self.reader.snapshot()
         # Load balancers are observed data too: read for the hosts at a traffic step, before deciding.
         observed = self.traffic.observe(desired, snapshot.observed, snapshot.state)
+        # So are the gates: alarms read and due measurements taken (and recorded) for deployments in flight.
+        observed = self.gates.observe(self.store, desired, observed, snapshot.state)
         snapshot = dataclasses.replace(snapshot, observed=observed)
         if before_decide is not None:
             before_decide(snapshot)

@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from contract.aws import classify
+from contract.aws import classify, failure_words
 from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.desired.traffic_spec import TargetGroupSpec
 from reconciler.traffic.base import HostEndpoint, TrafficError
@@ -330,12 +330,7 @@ def _aws_words(exc: BaseException) -> str:
     Re-raises what is not an AWS failure at all: a bug here must not read like a load balancer's answer."""
     if isinstance(exc, TrafficError):
         return str(exc)
-    failure = classify(exc)
-    if failure is None:
-        raise exc
-    if failure.answered:
-        return f"{failure.code}: {failure.message}"
-    return f"{failure.kind.value}: {failure.message}"
+    return failure_words(exc)
 
 
 def _region(spec: TargetGroupSpec) -> str | None:

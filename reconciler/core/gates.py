@@ -1,0 +1,297 @@
+"""Monitoring gates in the core: analysis checkpoints after batches and the CloudWatch alarms of a deployment,
+decided from observed data (docs/gates.md).
+
+What the core sees, never fetches:
+- `Observed.analysis[deployment id]`: the gate measurements the shell took and recorded (`analysis/<id>.json`),
+  each with its checkpoint, index, due time and result;
+- `Observed.alarms[group key]`: this pass's read of the group's alarms (OK, ALARM, or ERROR when unreadable).
+
+The rules:
+- A **checkpoint** opens when a user deployment's last batch has finished and nothing is in flight:
+  `batch-<n>`, at the latest finish of that batch's hosts. Its gates are those whose `at` names `batch`, `canary`
+  (batch 0 of a config with a canary) or `final` (no host left pending). Rollbacks and catch-up deployments
+  redeploy a proven revision and are not gated, as they skip canaries and bakes.
+- Each gate takes `count` measurements: the first `initialDelay` after the checkpoint opened, each next one
+  `interval` after the later of its schedule and the previous measurement. It fails as soon as more than
+  `failureLimit` are Failed (or more than `inconclusiveLimit` Inconclusive with `onInconclusive: Fail`), and
+  passes once `count` are in without failing.
+- The gates **hold progress, not waiting**: only a step that would dispatch the next batch or declare success
+  waits for them; a bake runs meanwhile, and a failure or stop ends the deployment without them.
+- A failed gate fails the deployment (`ANALYSIS_FAILED`), so `autoRollback` on `DEPLOYMENT_FAILURE` rolls back
+  and the revision is quarantined, exactly as for a failed host.
+- An alarm in ALARM stops a user deployment at once (`ALARM_ACTIVE`, CodeDeploy's code): hosts in flight are
+  counted failed (their commands finish on their own; a rollback reaches them when their slot is free), the
+  revision is quarantined, and `DEPLOYMENT_STOP_ON_ALARM` rolls back. Alarms that cannot be read hold the rollout
+  unless `ignorePollAlarmFailure` (CodeDeploy stops instead; docs/gates.md says why holding is safer here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from contract.models import (
+    AlarmCheck,
+    Deployment,
+    DeploymentAnalysis,
+    DeploymentStatus,
+    GateMeasurement,
+    GateResult,
+)
+from reconciler.core.quarantine import ALARM_ACTIVE
+from reconciler.core.rollout import FAILED, IN_PROGRESS, PENDING, SKIPPED, SUCCEEDED, Outcome, Step, host_sort_key
+from reconciler.desired.gates_spec import AnalysisGateSpec, host_regex
+from reconciler.desired.manifests import DesiredGroup, EffectiveConfig
+
+ANALYSIS_FAILED = "ANALYSIS_FAILED"
+WAITING_FOR_ANALYSIS: Final = "WAITING_FOR_ANALYSIS"
+WAITING_FOR_ALARMS: Final = "WAITING_FOR_ALARMS"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a deployment waits for its gates: after batch `batch`, opened at `opened_at`."""
+
+    name: str
+    batch: int
+    opened_at: datetime
+    canary: bool
+    final: bool
+    gates: tuple[AnalysisGateSpec, ...]
+
+    def describe(self) -> str:
+        if self.canary:
+            return "after the canary batch"
+        if self.final:
+            return f"after the last batch (batch {self.batch + 1})"
+        return f"after batch {self.batch + 1}"
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """One gate at one checkpoint: its measurements so far and what they add up to."""
+
+    gate: AnalysisGateSpec
+    measurements: tuple[GateMeasurement, ...]
+    #: "running", "passed" or "failed".
+    verdict: str
+    message: str
+    #: When the next measurement is due (running only).
+    next_due: datetime | None = None
+
+    @property
+    def last(self) -> GateMeasurement | None:
+        return self.measurements[-1] if self.measurements else None
+
+
+@dataclass(frozen=True)
+class DueMeasurement:
+    """A measurement the shell should take now: which query, with which variables, recorded under which index."""
+
+    deployment_id: str
+    group: str
+    checkpoint: str
+    gate: AnalysisGateSpec
+    index: int
+    due_at: datetime
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+def checkpoint(deployment: Deployment, group: DesiredGroup | None, config: EffectiveConfig) -> Checkpoint | None:
+    """The open checkpoint of a deployment, if it is at one that has gates."""
+    if group is None or not group.analysis or deployment.creator != "user" or deployment.status.finished:
+        return None
+    if not deployment.batches:
+        return None
+    hosts = deployment.hosts
+    if any(state.status is IN_PROGRESS for state in hosts.values()):
+        return None
+    last = len(deployment.batches) - 1
+    ends = [hosts[h].finished_at for h in deployment.batches[last] if h in hosts]
+    known = [end for end in ends if end is not None]
+    if not known:
+        return None
+    canary = config.canary is not None and last == 0
+    final = not any(state.status is PENDING for state in hosts.values())
+    points = {"batch"} | ({"canary"} if canary else set()) | ({"final"} if final else set())
+    gates = tuple(gate for gate in group.analysis if points.intersection(gate.at))
+    if not gates:
+        return None
+    return Checkpoint(f"batch-{last}", last, max(known), canary, final, gates)
+
+
+def gate_runs(point: Checkpoint, analysis: DeploymentAnalysis | None) -> list[GateRun]:
+    return [gate_run(point, gate, analysis) for gate in point.gates]
+
+
+def gate_run(point: Checkpoint, gate: AnalysisGateSpec, analysis: DeploymentAnalysis | None) -> GateRun:
+    """What one gate's measurements at `point` add up to."""
+    seen: dict[int, GateMeasurement] = {}
+    for measurement in analysis.measurements if analysis is not None else ():
+        if measurement.checkpoint == point.name and measurement.gate == gate.name:
+            seen.setdefault(measurement.index, measurement)  # the first record of an index wins
+    taken = tuple(seen[index] for index in sorted(seen))
+    failed = [m for m in taken if m.result is GateResult.FAILED]
+    inconclusive = [m for m in taken if m.result is GateResult.INCONCLUSIVE]
+    where = f"gate {gate.name} {point.describe()}"
+    if len(failed) > gate.failure_limit:
+        message = (
+            f"{where} failed: {len(failed)} of {len(taken)} measurement(s) failed (failureLimit "
+            f"{gate.failure_limit}); {failed[-1].message}"
+        )
+        return GateRun(gate, taken, "failed", message)
+    if len(inconclusive) > gate.inconclusive_limit and gate.on_inconclusive == "Fail":
+        message = (
+            f"{where} could not be evaluated: {len(inconclusive)} inconclusive measurement(s) (inconclusiveLimit "
+            f"{gate.inconclusive_limit}, onInconclusive Fail); {inconclusive[-1].message}. This says nothing "
+            "about the service's health: the metric could not be read"
+        )
+        return GateRun(gate, taken, "failed", message)
+    if len(taken) >= gate.count:
+        note = ""
+        if len(inconclusive) > gate.inconclusive_limit:
+            note = f", {len(inconclusive)} inconclusive let through (onInconclusive Pass)"
+        shown = _shown(taken[-1])
+        return GateRun(gate, taken, "passed", f"{where} passed: {len(taken)} measurement(s){note}; last {shown}")
+    due = point.opened_at + gate.initial_delay + gate.interval * len(taken)
+    if taken:
+        due = max(due, taken[-1].measured_at + gate.interval)
+    progress = f"{len(taken)} of {gate.count} measured" + (f", last {_shown(taken[-1])}" if taken else "")
+    return GateRun(gate, taken, "running", f"{where}: {progress}", next_due=due)
+
+
+def _shown(measurement: GateMeasurement) -> str:
+    if measurement.value is None:
+        return measurement.result.value.lower()
+    return f"{measurement.value:.6g} ({measurement.result.value.lower()})"
+
+
+def due_measurements(
+    deployment: Deployment,
+    group: DesiredGroup | None,
+    config: EffectiveConfig,
+    analysis: DeploymentAnalysis | None,
+    *,
+    now: datetime,
+) -> list[DueMeasurement]:
+    """The measurements the shell takes this pass: for each running gate of the open checkpoint, its next one
+    once due. One per gate and pass, so a reconciler that was down does not take a run's samples all at once."""
+    point = checkpoint(deployment, group, config)
+    if point is None or group is None:
+        return []
+    variables = query_variables(deployment, point)
+    due: list[DueMeasurement] = []
+    for run in gate_runs(point, analysis):
+        if run.verdict == "running" and run.next_due is not None and run.next_due <= now:
+            due.append(
+                DueMeasurement(
+                    deployment_id=deployment.deployment_id,
+                    group=group.key,
+                    checkpoint=point.name,
+                    gate=run.gate,
+                    index=len(run.measurements),
+                    due_at=run.next_due,
+                    variables=variables,
+                )
+            )
+    return due
+
+
+def query_variables(deployment: Deployment, point: Checkpoint) -> dict[str, str]:
+    """The values of a query's `{{ name }}` placeholders at a checkpoint (docs/gates.md lists them)."""
+    hosts = deployment.hosts
+    batch = sorted(deployment.batches[point.batch], key=host_sort_key)
+    deployed = sorted((h for h, s in hosts.items() if s.status in (SUCCEEDED, SKIPPED)), key=host_sort_key)
+    baseline = sorted((h for h, s in hosts.items() if s.status is PENDING), key=host_sort_key)
+    return {
+        "application": deployment.application,
+        "group": deployment.deployment_group,
+        "deploymentId": deployment.deployment_id,
+        "revision": deployment.revision.short(),
+        "checkpoint": point.name,
+        "batchHosts": host_regex(batch),
+        "deployedHosts": host_regex(deployed),
+        "baselineHosts": host_regex(baseline),
+    }
+
+
+def hold_for_gates(
+    step: Step,
+    deployment: Deployment,
+    group: DesiredGroup | None,
+    config: EffectiveConfig,
+    *,
+    analysis: DeploymentAnalysis | None,
+    alarms: AlarmCheck | None,
+) -> Step:
+    """`step` as the gates allow it: unchanged unless it would make progress (dispatch a batch, or succeed)
+    while alarms cannot be read or the open checkpoint's gates have not all passed."""
+    progressing = bool(step.dispatch) or (
+        step.outcome is not None and step.outcome.status is DeploymentStatus.SUCCEEDED
+    )
+    if not progressing or group is None or deployment.creator != "user":
+        return step
+    if group.watches_alarms and alarms is not None and alarms.state == "ERROR":
+        assert group.alarms is not None
+        if not group.alarms.ignore_poll_alarm_failure:
+            reason = (
+                f"holding: the alarms could not be read ({alarms.message}); no host gets the revision "
+                "unwatched (set ignorePollAlarmFailure to go on regardless)"
+            )
+            return Step(offline=step.offline, waiting=reason, waiting_code=WAITING_FOR_ALARMS)
+    point = checkpoint(deployment, group, config)
+    if point is None:
+        return step
+    runs = gate_runs(point, analysis)
+    failed = [run for run in runs if run.verdict == "failed"]
+    if failed:
+        message = "; ".join(run.message for run in failed)
+        return Step(offline=step.offline, outcome=Outcome(DeploymentStatus.FAILED, ANALYSIS_FAILED, message))
+    running = [run for run in runs if run.verdict == "running"]
+    if not running:
+        return step
+    until = min(run.next_due for run in running if run.next_due is not None)
+    reason = "analysis: " + "; ".join(run.message for run in running)
+    return Step(offline=step.offline, waiting=reason, waiting_code=WAITING_FOR_ANALYSIS, waiting_until=until)
+
+
+def alarm_outcome(group: DesiredGroup | None, deployment: Deployment, alarms: AlarmCheck | None) -> Outcome | None:
+    """How a user deployment ends because one of its group's alarms is in ALARM (None: it does not)."""
+    if group is None or not group.watches_alarms or alarms is None or alarms.state != "ALARM":
+        return None
+    if deployment.creator != "user" or deployment.status.finished:
+        return None
+    return Outcome(DeploymentStatus.STOPPED, ALARM_ACTIVE, f"stopped on alarm: {alarms.message}")
+
+
+def stop_hosts_in_flight(deployment: Deployment, outcome: Outcome, now: datetime) -> tuple[Deployment, list[str]]:
+    """Hosts still deploying when an alarm stops the deployment count failed, with why."""
+    stopped = sorted((h for h, s in deployment.hosts.items() if s.status is IN_PROGRESS), key=host_sort_key)
+    if not stopped:
+        return deployment, []
+    hosts = dict(deployment.hosts)
+    for host in stopped:
+        message = f"the deployment {outcome.message.removeprefix('stopped ')} while this host deployed"
+        hosts[host] = hosts[host].model_copy(update={"status": FAILED, "finished_at": now, "message": message})
+    return deployment.model_copy(update={"hosts": hosts, "updated_at": now}), stopped
+
+
+__all__ = [
+    "ALARM_ACTIVE",
+    "ANALYSIS_FAILED",
+    "WAITING_FOR_ALARMS",
+    "WAITING_FOR_ANALYSIS",
+    "Checkpoint",
+    "DueMeasurement",
+    "GateRun",
+    "alarm_outcome",
+    "checkpoint",
+    "due_measurements",
+    "gate_run",
+    "gate_runs",
+    "hold_for_gates",
+    "query_variables",
+    "stop_hosts_in_flight",
+]
