@@ -4,7 +4,9 @@ tests, `bench/bench_traffic.py` and the demo share.
 Each host is a real `deploy-agent run` process (agent/local_fleet.py) serving the hello app
 (examples/apps/hello) on its own loopback port; HAProxy (fleetlab/haproxy.py) has one server per host, named
 like the host id, with health checks on `/healthz`. The app repo has four versions: v2 a new greeting, v3 a
-bug that only host-1's environment triggers (ValidateService fails there), v4 the fix. With `abrupt_stop`,
+bug that only host-1's environment triggers (ValidateService fails there), v4 the fix; and on request a fifth,
+v5, a bad revision that passes every hook but answers 20 % of `GET /` with 500 (etc/faults.conf; `/healthz`
+stays 200), which only a metric gate catches (issue 14: `/metrics`, fleetlab/prometheus.py). With `abrupt_stop`,
 ApplicationStop kills the app with SIGKILL at once, so any request still sent to a stopping host fails: the
 case traffic control exists for.
 """
@@ -44,6 +46,12 @@ if CACHE.exists() and not CACHE.is_dir():
     CACHE = HOME / "cache"
 CACHE.mkdir(parents=True, exist_ok=True)
 '''
+
+#: v5's etc/faults.conf: every 5th GET / answers 500; /healthz (ValidateService, HAProxy) still answers 200.
+V5_FAULTS = """\
+# v5: a bad revision that passes ValidateService; only its error rate (GET /metrics) shows it.
+error_rate=0.2
+"""
 
 #: ApplicationStop that gives the app no chance to finish its requests.
 ABRUPT_STOP = """#!/usr/bin/env bash
@@ -110,8 +118,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_app_repo(repo: Path, *, abrupt_stop: bool = False) -> dict[str, str]:
-    """The hello app at v1, v2, v3 and v4 (v3's bug fixed; see the module docstring); returns version -> commit."""
+def make_app_repo(repo: Path, *, abrupt_stop: bool = False, with_v5: bool = False) -> dict[str, str]:
+    """The hello app at v1 to v4, and v5 with `with_v5` (see the module docstring); returns version -> commit.
+
+    v5 is asked for, not made by default: callers that expect HEAD to be v4 (the demo's three rollouts and
+    tests/test_demo.py) keep working until they deploy v5 themselves.
+    """
     shutil.copytree(EXAMPLES / "apps" / "hello", repo)
     if abrupt_stop:
         (repo / "scripts" / "stop.sh").write_text(ABRUPT_STOP)
@@ -128,6 +140,11 @@ def make_app_repo(repo: Path, *, abrupt_stop: bool = False) -> dict[str, str]:
     (repo / "app" / "VERSION").write_text("4\n")
     server.write_text(server.read_text().replace(V3_SERVER_PATCH, V4_SERVER_FIX))
     commits["v4"] = commit_all(repo, "hello v4: a file in the cache folder's way is not fatal")
+    if not with_v5:
+        return commits
+    (repo / "app" / "VERSION").write_text("5\n")
+    (repo / "config" / "faults.conf").write_text(V5_FAULTS)
+    commits["v5"] = commit_all(repo, "hello v5: 20 % of requests answer 500, health check still 200")
     return commits
 
 
@@ -163,6 +180,8 @@ class TrafficFleet:
     group: str = "hello-lb"
     #: Host id -> EC2 instance id given to its agent (`--instance-id`), for ELBv2 target groups of type instance.
     instance_ids: dict[str, str] = field(default_factory=dict)
+    #: Also commit v5 to the app repo (the bad revision only metrics catch; see `make_app_repo`).
+    with_v5: bool = False
 
     @property
     def store_url(self) -> str:
@@ -183,7 +202,7 @@ class TrafficFleet:
 
     def start(self) -> TrafficFleet:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.commits = make_app_repo(self.app_repo, abrupt_stop=self.abrupt_stop)
+        self.commits = make_app_repo(self.app_repo, abrupt_stop=self.abrupt_stop, with_v5=self.with_v5)
         manifests = self.config_repo / "manifests"
         manifests.mkdir(parents=True)
         shutil.copy(EXAMPLES / "config-repo" / "manifests" / "application.yaml", manifests / "application.yaml")
