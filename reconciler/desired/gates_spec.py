@@ -45,6 +45,7 @@ QUERY_VARIABLES = (
     "baselineHosts",
 )
 NO_HOSTS = "__none__"
+_REGEX_SPECIAL = re.compile(r"[.^$*+?()\[\]{}|\\]")
 _QUERY_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _URL_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -344,7 +345,7 @@ def host_regex(hosts: list[str]) -> str:
     escapes doubled for the string literal."""
     if not hosts:
         return NO_HOSTS
-    return "|".join(re.escape(host).replace("\\", "\\\\") for host in hosts)
+    return "|".join(_REGEX_SPECIAL.sub(lambda m: "\\\\" + m.group(0), host) for host in hosts)
 
 
 def judge(condition: Condition, values: list[tuple[str, float]]) -> tuple[bool | None, float | None, str | None]:
