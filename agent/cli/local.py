@@ -21,11 +21,14 @@ from agent.cli.validate_report import Findings, report
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
 from agent.fetch import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
 from agent.lifecycle.appspec import parse_appspec
+from agent.lifecycle.health_check import settings_problem
 from agent.lifecycle.layout import DeploymentRoot, check_path_id
 from agent.lifecycle.revision_check import (
     DOWNLOAD_BUNDLE,
     INSTALL,
+    VALIDATE_SERVICE,
     RevisionCheck,
+    check_event_order,
     check_revision,
     previous_appspec,
     scripts_run_before,
@@ -33,12 +36,14 @@ from agent.lifecycle.revision_check import (
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings, new_local_deployment_id
 from contract.logs import configure_logging
 from contract.models import (
+    HEALTH_CHECK,
     LIFECYCLE_EVENTS,
     CommandStatus,
     EventReport,
     EventStatus,
     FileExistsBehavior,
     HostCommand,
+    HostHealthCheck,
     LocalLocation,
     Revision,
     S3Location,
@@ -76,6 +81,11 @@ def register(subparsers: Any) -> None:
                        help=f"DEPLOYMENT_GROUP_NAME for the hooks (default: {DEFAULT_GROUP_NAME})")
     local.add_argument("--application-name", "-a", metavar="NAME",
                        help="APPLICATION_NAME for the hooks (default: the bundle's absolute location)")
+    local.add_argument("--health-check", metavar="URL",
+                       help="after ValidateService, GET URL every 2 s until it has answered 200 for "
+                       "--min-healthy-time (HealthCheck; gives up after 300 s)")
+    local.add_argument("--min-healthy-time", type=float, default=10.0, metavar="SECONDS",
+                       help="with --health-check: how long every check must pass (default 10; 0: one pass is enough)")
     local.set_defaults(func=run_local)
 
     validate = subparsers.add_parser(
@@ -136,6 +146,28 @@ def parse_events(text: str | None) -> list[str]:
     if INSTALL not in events:
         events.insert(events.index(DOWNLOAD_BUNDLE) + 1, INSTALL)
     return events
+
+
+def health_check_for(events: list[str], url: str | None, min_healthy_seconds: float) -> HostHealthCheck | None:
+    """`--health-check URL`: the HealthCheck step (default timings but `--min-healthy-time`) right after
+    ValidateService, added to `events` when missing. Without a reconciler nothing else would give the step its
+    settings, so HealthCheck in `--events` needs it."""
+    if url is None:
+        if HEALTH_CHECK in events:
+            raise UsageError("HealthCheck in --events needs --health-check URL (what to check)")
+        return None
+    if not min_healthy_seconds >= 0:
+        raise UsageError(f"--min-healthy-time must be 0 or more seconds, not {min_healthy_seconds:g}")
+    check = HostHealthCheck(url=url, min_healthy_seconds=min_healthy_seconds)
+    problem = settings_problem(check)
+    if problem is not None:
+        raise UsageError(f"--health-check: {problem}")
+    if VALIDATE_SERVICE not in events:
+        raise UsageError("--health-check runs right after ValidateService; add ValidateService to --events")
+    if HEALTH_CHECK not in events:
+        events.insert(events.index(VALIDATE_SERVICE) + 1, HEALTH_CHECK)
+    check_event_order(events)
+    return check
 
 
 def parse_behavior(text: str | None) -> FileExistsBehavior | None:
@@ -212,6 +244,7 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
     _quiet_logging(args)
     try:
         events = parse_events(args.events)
+        health_check = health_check_for(events, args.health_check, args.min_healthy_time)
         behavior = parse_behavior(args.file_exists_behavior)
         revision = revision_for(args.bundle_location, args.bundle_type)
         group_id = check_path_id(args.deployment_group, "--deployment-group")
@@ -232,6 +265,7 @@ def run_local(args: argparse.Namespace, out: TextIO | None = None, err: TextIO |
         revision=revision,
         events=events,
         file_exists_behavior=behavior,
+        health_check=health_check,
         created_at=datetime.now(UTC),
     )
     host_root = args.host_root.absolute() if args.host_root else None

@@ -49,7 +49,7 @@ from agent.lifecycle.appspec_yaml import (
     shown,
 )
 from agent.lifecycle.hostview import resolves_inside
-from contract.models import LIFECYCLE_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
+from contract.models import HEALTH_CHECK, LIFECYCLE_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
 
 #: Looked up in this order when no explicit name is given, in every phase (the reference agent accepted
 #: appspec.yaml in Install but not in hooks, ISSUE #182).
@@ -57,6 +57,9 @@ APPSPEC_NAMES: tuple[str, ...] = ("appspec.yml", "appspec.yaml")
 #: Events the agent performs itself; scripts listed under them would never run.
 AGENT_EVENTS: frozenset[str] = frozenset({"DownloadBundle", "Install"})
 SCRIPTABLE_EVENTS: frozenset[str] = frozenset(LIFECYCLE_EVENTS) - AGENT_EVENTS
+#: Steps of a command that run no script of either revision: the load balancer steps the reconciler takes and
+#: the agent's HealthCheck (agent/lifecycle/traffic_wait.py, agent/lifecycle/health_check.py).
+SCRIPTLESS_STEPS: frozenset[str] = TRAFFIC_STEPS | {HEALTH_CHECK}
 
 _TOP_LEVEL_KEYS = ("version", "os", "files", "file_exists_behavior", "permissions", "hooks")
 _SCRIPT_KEYS = frozenset({"location", "timeout", "runas", "sudo"})
@@ -204,6 +207,10 @@ def _parse_hooks(value: Any, problems: Collector) -> dict[str, tuple[HookScript,
         if event in TRAFFIC_STEPS:
             problems.error(path, f"{event} is the load balancer step itself; scripts cannot be attached to it (use "
                                  f"Before{event} or After{event})")
+            continue
+        if event == HEALTH_CHECK:
+            problems.error(path, f"{event} is the agent's own check of the service; scripts cannot be attached to "
+                                 "it (use ValidateService, which runs before it, or BeforeAllowTraffic)")
             continue
         if scripts is None or scripts == []:
             continue  # an empty hook is allowed and does nothing (reference 1.4, ISSUE #125)

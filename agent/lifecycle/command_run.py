@@ -4,8 +4,10 @@
 (agent/lifecycle/early_check.py; its checks: agent/lifecycle/revision_check.py) runs first when the command
 includes DownloadBundle; then every event runs in the command's order: the agent's own (DownloadBundle,
 Install) here, hook scripts through agent/lifecycle/hooks.py, Install's files through
-agent/lifecycle/transaction.py. Times come from the runner's clock (`now`); the command's overall time limit
-is measured on the monotonic clock. Reports and the failure paragraph: agent/lifecycle/reports.py.
+agent/lifecycle/transaction.py, the waits for the reconciler's load balancer steps through
+agent/lifecycle/traffic_wait.py, the HealthCheck step through agent/lifecycle/health_check.py. Times come
+from the runner's clock (`now`); the command's overall time limit is measured on the monotonic clock. Reports
+and the failure paragraph: agent/lifecycle/reports.py.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.errors import AgentError, RevisionInvalid
+from agent.errors import AgentError, RevisionInvalid, UsageError
 from agent.lifecycle.appspec import AppSpec
 from agent.lifecycle.early_check import EarlyCheck, run_early_check
+from agent.lifecycle.health_check import MISSING_SETTINGS, run_health_check
 from agent.lifecycle.hooks import HookSettings, hook_environment, run_script
 from agent.lifecycle.install import plan_install
 from agent.lifecycle.layout import DeploymentDir, GroupRoot
@@ -39,6 +42,7 @@ from agent.lifecycle.scriptlog import ScriptLog
 from agent.lifecycle.traffic_wait import NO_RECONCILER, TrafficGate, waiting_message
 from agent.lifecycle.transaction import execute_install, recover_interrupted_install
 from contract.models import (
+    HEALTH_CHECK,
     PREVIOUS_REVISION_EVENTS,
     TRAFFIC_STEPS,
     CommandStatus,
@@ -99,6 +103,10 @@ class CommandRun:
         self.log.info("command.started", events=self.events, revision=command.revision.short())
         try:
             check_event_order(self.events)
+            if HEALTH_CHECK in self.events and command.health_check is None:
+                # Refused before anything runs rather than at the step: the revision would otherwise be
+                # installed on every host of the batch only to fail there and be rolled back.
+                raise UsageError(MISSING_SETTINGS)
             self.layout.ensure()
             self.group = self.layout.group(command.deployment_group_id)
             self.deployment = self.group.deployment(command.deployment_id)
@@ -223,6 +231,8 @@ class CommandRun:
             return self._install()
         if event in TRAFFIC_STEPS:
             return self._traffic_step(index, event)
+        if event == HEALTH_CHECK:
+            return self._health_check(index)
         if uses_new_revision(self.events, index):
             assert self.deployment is not None and self.early.spec is not None
             return self._run_scripts(event, self.early.spec, self.deployment.archive, previous=False)
@@ -234,6 +244,23 @@ class CommandRun:
             return NO_RECONCILER
         self.reports.emit(index, message=waiting_message(event))
         outcome = self.traffic_gate(self.command, event, self.should_stop, self.deadline)
+        if not outcome.succeeded:
+            raise EventFailed(outcome.message)
+        return outcome.message
+
+    def _health_check(self, index: int) -> str | None:
+        """HealthCheck: GET the service until it has stayed healthy long enough (agent/lifecycle/health_check.py).
+        Unlike the traffic steps it needs no reconciler, so `deploy-agent local` runs it too."""
+        check = self.command.health_check
+        if check is None:  # refused in `execute` already; kept so the step can never pass unchecked
+            raise EventFailed(MISSING_SETTINGS)
+        outcome = run_health_check(
+            check,
+            should_stop=self.should_stop,
+            deadline=self.deadline,
+            command_timeout=self.command.timeout_seconds,
+            on_progress=lambda text: self.reports.emit(index, message=text),
+        )
         if not outcome.succeeded:
             raise EventFailed(outcome.message)
         return outcome.message

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
-from agent.lifecycle.appspec import SCRIPTABLE_EVENTS, AppSpec, load_appspec
+from agent.lifecycle.appspec import SCRIPTABLE_EVENTS, SCRIPTLESS_STEPS, AppSpec, load_appspec
 from agent.lifecycle.appspec_values import bundle_relative
 from agent.lifecycle.hooks import resolve_runas
 from agent.lifecycle.install import InstallPlan, plan_install
 from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, GroupRoot
-from contract.models import LIFECYCLE_EVENTS, PREVIOUS_REVISION_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
+from contract.models import HEALTH_CHECK, LIFECYCLE_EVENTS, PREVIOUS_REVISION_EVENTS, FileExistsBehavior
 
 DOWNLOAD_BUNDLE = "DownloadBundle"
 INSTALL = "Install"
+VALIDATE_SERVICE = "ValidateService"
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ def effective_behavior(spec: AppSpec | None, option: FileExistsBehavior | None) 
 
 def uses_new_revision(events: list[str], index: int) -> bool:
     """Previous-revision events use the new revision once DownloadBundle has run (codedeploy-local). The
-    traffic steps run no scripts at all (the reconciler performs them), so they use neither."""
-    if events[index] in TRAFFIC_STEPS:
+    traffic steps (the reconciler performs them) and HealthCheck (the agent's own check) run no scripts at all,
+    so they use neither."""
+    if events[index] in SCRIPTLESS_STEPS:
         return False
     return events[index] not in PREVIOUS_REVISION_EVENTS or DOWNLOAD_BUNDLE in events[:index]
 
@@ -75,7 +77,7 @@ def check_revision(
     behavior = effective_behavior(spec, file_exists_behavior)
     errors = unknown_hook_problems(spec, events)
     for event in dict.fromkeys(events):
-        if event not in LIFECYCLE_EVENTS and event not in TRAFFIC_STEPS and not spec.scripts_for(event):
+        if event not in LIFECYCLE_EVENTS and event not in SCRIPTLESS_STEPS and not spec.scripts_for(event):
             errors.append(Problem(spec.filename, "hooks", f"the custom event {event} has no scripts in the appspec"))
     deferred: list[tuple[Problem, str]] = []
     warnings = list(spec.warnings)
@@ -155,10 +157,15 @@ def previous_appspec(layout: DeploymentRoot, group_id: str, appspec_filename: st
 
 def check_event_order(events: list[str]) -> None:
     """Refuse event lists that cannot work, before anything runs: every event that needs the new
-    revision must come after DownloadBundle."""
+    revision must come after DownloadBundle, and HealthCheck comes right after ValidateService (it checks the
+    service ValidateService has just vouched for, and nothing may run between them, issue 14)."""
     if not events:
         raise UsageError("the command has no lifecycle events to run")
     for index, event in enumerate(events):
+        if event == HEALTH_CHECK and (index == 0 or events[index - 1] != VALIDATE_SERVICE):
+            raise UsageError(
+                f"HealthCheck must come directly after {VALIDATE_SERVICE} in the events ({', '.join(events)})"
+            )
         if event == DOWNLOAD_BUNDLE and DOWNLOAD_BUNDLE in events[:index]:
             raise UsageError("DownloadBundle is listed twice in the command's events")
         if uses_new_revision(events, index) and event != DOWNLOAD_BUNDLE and DOWNLOAD_BUNDLE not in events[:index]:

@@ -212,11 +212,11 @@ def test_custom_appspec_filename(sandbox: Sandbox, make_bundle) -> None:
 def test_custom_events_run_when_listed(sandbox: Sandbox, make_bundle, tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     bundle = make_bundle()
-    bundle.appspec("version: 0.0\nos: linux\nhooks:\n  HealthCheck:\n    - location: h.sh\n")
+    bundle.appspec("version: 0.0\nos: linux\nhooks:\n  SmokeTest:\n    - location: h.sh\n")
     bundle.script("h.sh", f"echo $LIFECYCLE_EVENT >> {trace}\n")
-    events = ["DownloadBundle", "Install", "HealthCheck", "HealthCheck"]
+    events = ["DownloadBundle", "Install", "SmokeTest", "SmokeTest"]
     assert sandbox.deploy(bundle, events=events).status == "Succeeded"
-    assert trace.read_text().split() == ["HealthCheck", "HealthCheck"]
+    assert trace.read_text().split() == ["SmokeTest", "SmokeTest"]
     outcome = sandbox.deploy(bundle, events=["DownloadBundle", "Install", "NotInAppspec"])
     assert "the custom event NotInAppspec has no scripts in the appspec" in (outcome.message or "")
 
