@@ -318,7 +318,8 @@ class HostHealthCheck(Model):
     From the end of ValidateService, a GET every `interval_seconds`: failures are tolerated until the first check
     passes (the service may still be warming up); from then on every check must pass for `min_healthy_seconds`
     (one failure in that window fails the host: it flapped). Not healthy for `min_healthy_seconds` by
-    `healthy_deadline_seconds` after ValidateService: failed."""
+    `healthy_deadline_seconds` after ValidateService: failed. The agent's side (redirects not followed, the
+    body read up to 64 KiB, what is reported): agent/lifecycle/health_check.py and docs/agent.md."""
 
     url: str
     #: A check passes when the status is one of these and, if set, the body matches `body_match` (a regex).
