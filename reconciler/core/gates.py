@@ -39,8 +39,10 @@ from contract.models import (
     DeploymentStatus,
     GateMeasurement,
     GateResult,
+    GroupState,
 )
-from reconciler.core.quarantine import ALARM_ACTIVE
+from reconciler.core.identity import same_revision
+from reconciler.core.quarantine import ALARM_ACTIVE, is_quarantined
 from reconciler.core.rollout import FAILED, IN_PROGRESS, PENDING, SKIPPED, SUCCEEDED, Outcome, Step, host_sort_key
 from reconciler.desired.gates_spec import AnalysisGateSpec, host_regex
 from reconciler.desired.manifests import DesiredGroup, EffectiveConfig
@@ -217,6 +219,21 @@ def query_variables(deployment: Deployment, point: Checkpoint) -> dict[str, str]
     }
 
 
+def alarms_wanted(group: DesiredGroup, group_state: GroupState | None, deployment: Deployment | None) -> bool:
+    """Whether this pass must read the group's alarms: a user deployment is in flight, or one may start now (a
+    new desired revision that is not quarantined), since a deployment dispatches its first batch in the pass that
+    starts it. A quiet or quarantined group costs CloudWatch nothing."""
+    if not group.watches_alarms:
+        return False
+    if deployment is not None and not deployment.status.finished:
+        return deployment.creator == "user"
+    if group_state is None:
+        return True
+    if same_revision(group.revision, group_state.effective_revision):
+        return False
+    return group_state.desired_commit is None or is_quarantined(group_state, group.revision) is None
+
+
 def hold_for_gates(
     step: Step,
     deployment: Deployment,
@@ -287,6 +304,7 @@ __all__ = [
     "DueMeasurement",
     "GateRun",
     "alarm_outcome",
+    "alarms_wanted",
     "checkpoint",
     "due_measurements",
     "gate_run",

@@ -30,7 +30,7 @@ from contract.models import AlarmCheck, Deployment, DeploymentAnalysis, GateMeas
 from contract.store import PreconditionFailed, Store, StoreError
 from contract.store.docs import DocumentInvalid, Versioned, create_document, read_if_changed, replace_document
 from reconciler.core import Observed, State
-from reconciler.core.gates import DueMeasurement, due_measurements
+from reconciler.core.gates import DueMeasurement, alarms_wanted, due_measurements
 from reconciler.core.view import deployment_config
 from reconciler.desired.gates_spec import AlarmConfigurationSpec
 from reconciler.desired.manifests import Desired, DesiredGroup
@@ -60,27 +60,27 @@ class GateShell:
         self._records: dict[str, Versioned[DeploymentAnalysis] | None] = {}
 
     def observe(self, store: Store, desired: Desired, observed: Observed, state: State) -> Observed:
-        """`observed` with `analysis` and `alarms` filled for the groups whose user deployment is in flight."""
+        """`observed` with `analysis` and `alarms` filled for the groups whose user deployment is in flight (or,
+        for alarms, may start this pass)."""
         groups = desired.desired_groups()
         analysis: dict[str, DeploymentAnalysis] = {}
         alarms: dict[str, AlarmCheck] = {}
         watched: set[str] = set()
-        for key, group_state in state.groups.items():
-            deployment = state.deployments.get(group_state.deployment_in_flight or "")
-            group = groups.get(key)
-            if deployment is None or group is None or deployment.creator != "user" or deployment.status.finished:
+        for key, group in groups.items():
+            group_state = state.groups.get(key)
+            deployment = state.deployments.get(group_state.deployment_in_flight or "") if group_state else None
+            check = self._alarms(key, group) if alarms_wanted(group, group_state, deployment) else None
+            if check is not None:
+                alarms[key] = check
+            if deployment is None or deployment.creator != "user" or deployment.status.finished:
                 continue
-            if not group.analysis and not group.watches_alarms:
+            if not group.analysis and check is None:
                 continue
             watched.add(deployment.deployment_id)
             record = self._record(store, deployment)
             document = record.document if record is not None else None
-            check = self._alarms(key, group) if group.watches_alarms else None
-            if check is not None:
-                alarms[key] = check
-            taken = self._take_due(desired, deployment, group, document)
-            changed = taken or (check is not None and _alarms_changed(document, check))
-            if changed:
+            taken = self._take_due(desired, deployment, group, document) if group.analysis else []
+            if taken or (check is not None and _alarms_changed(document, check)):
                 document = self._save(store, deployment, record, taken, check)
             if document is not None:
                 analysis[deployment.deployment_id] = document
