@@ -3,19 +3,29 @@
 `reconcile plan` uses it to show the batches a rollout would go through ("assuming every host succeeds"),
 by running the real `reconcile()` pass after pass rather than a second copy of the batching rules; the
 property tests use it with agents that fail at random. Still pure: the clock is a value that the loop
-advances (to the end of a bake when one is running).
+advances (to the end of a bake, or to a gate's next measurement, when the engine waits for one).
+
+Monitoring gates (docs/gates.md) are assumed to pass, as hosts are assumed to succeed: at each checkpoint the
+engine opens, every due measurement is taken on time and is Successful, and no alarm fires. So the simulated
+clock moves through each gate's run (initialDelay + (count - 1) x interval) exactly as a healthy rollout would,
+and the preview says where the checkpoints were and how long the rollout waited at each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from contract.models import (
+    AlarmCheck,
     CommandProgress,
     CommandStatus,
+    DeploymentAnalysis,
     DeploymentStatus,
+    GateMeasurement,
+    GateResult,
     HostCommand,
     HostDeploymentStatus,
     InstalledRevision,
@@ -30,9 +40,11 @@ from reconciler.core.actions import (
     StartDeployment,
     StartRollback,
 )
+from reconciler.core.gates import WAITING_FOR_ANALYSIS, Checkpoint, checkpoint, due_measurements
 from reconciler.core.observed import Observed, is_online
 from reconciler.core.reconcile import reconcile
 from reconciler.core.state import DEFAULT_SETTINGS, CoreSettings, State
+from reconciler.core.view import deployment_config
 from reconciler.desired.manifests import Desired
 
 #: Decides a simulated agent's answer to a command: True = Succeeded.
@@ -106,6 +118,22 @@ class PreviewBatch:
 
 
 @dataclass
+class PreviewCheckpoint:
+    """A checkpoint the engine opened (reconciler/core/gates.py): after which batch, which gates, and how long the
+    rollout waited there for the gates alone (a bake running meanwhile is not counted twice)."""
+
+    name: str
+    #: Index of the batch it follows (0: the first).
+    batch: int
+    #: "after the canary batch", "after batch 2", "after the last batch (batch 4)".
+    where: str
+    gates: tuple[str, ...]
+    #: Simulated time from the start of the preview at which it opened.
+    opened: timedelta
+    waited: timedelta = timedelta(0)
+
+
+@dataclass
 class PreviewDeployment:
     deployment_id: str
     creator: str
@@ -114,6 +142,7 @@ class PreviewDeployment:
     hosts: list[str]
     skipped: dict[str, str]
     batches: list[PreviewBatch] = field(default_factory=list)
+    checkpoints: list[PreviewCheckpoint] = field(default_factory=list)
     status: DeploymentStatus = DeploymentStatus.IN_PROGRESS
     error_code: str | None = None
     reason: str | None = None
@@ -145,8 +174,8 @@ def preview_rollout(
     max_passes: int = 10_000,
 ) -> dict[str, RolloutPreview]:
     """Run passes until every deployment of the selected groups (default: all) has ended, with online hosts
-    succeeding at once and offline ones staying silent. Keyed by group; groups with nothing to do map to a
-    preview with no deployments."""
+    succeeding at once, offline ones staying silent, every gate measurement Successful and on time, and no alarm
+    firing. Keyed by group; groups with nothing to do map to a preview with no deployments."""
     timeout = settings.heartbeat_timeout
     alive = {h for h in observed.statuses if is_online(observed, h, now=now, heartbeat_timeout=timeout)}
     wanted = set(groups) if groups is not None else set(desired.desired_groups()) | set(state.groups)
@@ -159,16 +188,22 @@ def preview_rollout(
             previews[action.group].first_pass.append(action)
             if isinstance(action, Blocked):
                 previews[action.group].blocked.append(action)
+    analysis: dict[str, DeploymentAnalysis] = dict(observed.analysis)
     complete = False
     for _ in range(max_passes):
         _record(previews, by_id, actions, clock - now)
         state = apply_actions(state, actions)
+        _record_checkpoints(by_id, open_checkpoints(desired, state), now)
         if not any((g := state.groups.get(key)) is not None and g.deployment_in_flight for key in previews):
             complete = True
             break
         bake_ends = [a.until for a in actions if isinstance(a, Blocked) and a.until is not None]
-        clock = max(clock + tick, min(bake_ends)) if bake_ends else clock + tick
+        following = max(clock + tick, min(bake_ends)) if bake_ends else clock + tick
+        _record_gate_waits(by_id, actions, following - clock)
+        clock = following
         observed = run_agents(observed, state, now=clock, alive=alive)
+        analysis = assume_gates_pass(desired, state, analysis, now=clock)
+        observed = dataclasses.replace(observed, analysis=analysis, alarms=no_alarms(desired, now=clock))
         actions = reconcile(desired, observed, state, now=clock, settings=settings)
     for preview in previews.values():
         preview.complete = complete
@@ -218,3 +253,80 @@ def _record(
             entry.status = action.status
             entry.error_code = action.error_code
             entry.reason = action.reason
+
+
+def open_checkpoints(desired: Desired, state: State) -> dict[str, Checkpoint]:
+    """Deployment id -> the checkpoint it is at, for deployments in flight whose group has analysis gates."""
+    groups = desired.desired_groups()
+    found: dict[str, Checkpoint] = {}
+    for key, group_state in state.groups.items():
+        deployment = state.deployments.get(group_state.deployment_in_flight or "")
+        group = groups.get(key)
+        if deployment is None or group is None or not group.analysis:
+            continue
+        point = checkpoint(deployment, group, deployment_config(desired, deployment, group))
+        if point is not None:
+            found[deployment.deployment_id] = point
+    return found
+
+
+def assume_gates_pass(
+    desired: Desired, state: State, analysis: Mapping[str, DeploymentAnalysis], *, now: datetime
+) -> dict[str, DeploymentAnalysis]:
+    """`analysis` with every measurement due at `now` taken, on time and Successful: what a healthy service
+    gives the gates. Deployments with nothing due keep their record as it is."""
+    groups = desired.desired_groups()
+    records = dict(analysis)
+    for key, group_state in state.groups.items():
+        deployment = state.deployments.get(group_state.deployment_in_flight or "")
+        group = groups.get(key)
+        if deployment is None or group is None or not group.analysis:
+            continue
+        record = records.get(deployment.deployment_id)
+        config = deployment_config(desired, deployment, group)
+        due = due_measurements(deployment, group, config, record, now=now)
+        if not due:
+            continue
+        taken = [
+            GateMeasurement(gate=item.gate.name, checkpoint=item.checkpoint, index=item.index, due_at=item.due_at,
+                            measured_at=item.due_at, result=GateResult.SUCCESSFUL,
+                            message="simulated: assumed to pass")
+            for item in due
+        ]
+        records[deployment.deployment_id] = DeploymentAnalysis(
+            deployment_id=deployment.deployment_id,
+            application=deployment.application,
+            deployment_group=deployment.deployment_group,
+            measurements=[*(record.measurements if record is not None else []), *taken],
+            updated_at=now,
+        )
+    return records
+
+
+def no_alarms(desired: Desired, *, now: datetime) -> dict[str, AlarmCheck]:
+    """Every watched group's alarms read OK."""
+    return {
+        key: AlarmCheck(checked_at=now, state="OK", message="simulated: no alarm in ALARM")
+        for key, group in desired.desired_groups().items()
+        if group.watches_alarms
+    }
+
+
+def _record_checkpoints(by_id: dict[str, PreviewDeployment], points: Mapping[str, Checkpoint], now: datetime) -> None:
+    for deployment_id, point in points.items():
+        entry = by_id.get(deployment_id)
+        if entry is None or any(seen.name == point.name for seen in entry.checkpoints):
+            continue
+        entry.checkpoints.append(
+            PreviewCheckpoint(name=point.name, batch=point.batch, where=point.describe(),
+                              gates=tuple(gate.name for gate in point.gates), opened=point.opened_at - now)
+        )
+
+
+def _record_gate_waits(by_id: dict[str, PreviewDeployment], actions: list[Action], elapsed: timedelta) -> None:
+    """Time the clock moves while a deployment waits for its gates (and nothing else) counts to its checkpoint."""
+    for action in actions:
+        if isinstance(action, Blocked) and action.code == WAITING_FOR_ANALYSIS and action.deployment_id in by_id:
+            entry = by_id[action.deployment_id]
+            if entry.checkpoints:
+                entry.checkpoints[-1].waited += elapsed

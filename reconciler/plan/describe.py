@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from reconciler.plan.model import GroupRollout, ObjectChange, Plan
+from reconciler.plan.gates import batch_gates, gate_detail_lines
+from reconciler.plan.model import Batch, GroupRollout, ObjectChange, Plan
 from reconciler.plan.words import count, duration
 
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -184,9 +185,18 @@ def detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
         lines.append(("blocked", rollout.blocked))
     for balancer in rollout.traffic or []:
         lines.append(("traffic", balancer))
+    lines.extend(gate_detail_lines(rollout))
     if rollout.estimate:
         lines.append(("estimate", f"{estimate_text(rollout)} ({rollout.estimate.basis})"))
     return lines
+
+
+def batch_then(rollout: GroupRollout, batch: Batch) -> str:
+    """What the engine waits for after a batch: `bake 5m`, `gates error-rate 20s more`, both, or nothing."""
+    baking = bool(batch.bake_after_seconds)
+    parts = [f"bake {duration(batch.bake_after_seconds or 0)}"] if baking else []
+    gates = batch_gates(rollout, batch.number, baking=baking)
+    return ", ".join([*parts, gates] if gates else parts)
 
 
 def batch_label(number: int, canary: bool, zone: str | None) -> str:

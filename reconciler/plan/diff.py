@@ -40,8 +40,14 @@ def _object_fields(
     manifest: ApplicationManifest | DeploymentGroupManifest | DeploymentConfigManifest,
 ) -> dict[str, Any]:
     """The part of a document that means something: its spec, plus labels and annotations when set. The name
-    is the identity, so it is not a field; apiVersion and kind are fixed by the identity too."""
+    is the identity, so it is not a field; apiVersion and kind are fixed by the identity too. A list the
+    document leaves out (`analysis`) is not a field either: `[]` by default says nothing a reviewer wrote."""
     fields: dict[str, Any] = manifest.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    unset = set(type(manifest.spec).model_fields) - manifest.spec.model_fields_set
+    for name in unset:
+        alias = type(manifest.spec).model_fields[name].alias or name
+        if fields.get(alias) == []:
+            del fields[alias]
     metadata = {
         key: value
         for key, value in (("labels", manifest.metadata.labels), ("annotations", manifest.metadata.annotations))

@@ -8,6 +8,7 @@ import re
 from reconciler.plan.describe import (
     CHANGE_SYMBOL,
     batch_label,
+    batch_then,
     change_summary,
     detail_lines,
     fleet_line,
@@ -57,6 +58,10 @@ def _mermaid(rollout: GroupRollout) -> list[str]:
                      + (f" : {len(batch.hosts) - 20} more" if len(batch.hosts) > 20 else ""))
         if batch.bake_after_seconds:
             lines.append(f"    bake {duration(batch.bake_after_seconds)} : quiet time")
+        gates = next((point for point in rollout.gate_checkpoints or [] if point.batch == batch.number), None)
+        if gates is not None:
+            wait = f" {duration(gates.wait_seconds)}" if gates.wait_seconds >= 1 else ""
+            lines.append(f"    gates{wait} : " + " : ".join(_mermaid_text(name) for name in gates.gates))
     lines.append("```")
     return lines
 
@@ -91,7 +96,7 @@ def _md_rollout_block(rollout: GroupRollout, *, mermaid: bool) -> str:
                   "|---|---|" + ("---|" if zones else "") + "---|"]
         for batch in rollout.batches:
             label = f"{batch.number}" + (" (canary)" if batch.canary else "")
-            then = f"bake {duration(batch.bake_after_seconds)}" if batch.bake_after_seconds else ""
+            then = _md_cell(batch_then(rollout, batch))
             zone = f" {_md_cell(batch.zone or '')} |" if zones else ""
             lines.append(f"| {label} | {_md_cell(host_list(batch.hosts, 30))} |{zone} {then} |")
         if mermaid:

@@ -85,6 +85,60 @@ class Estimate(PlanModel):
     lower_bound: bool = False
 
 
+class HealthCheckPlan(PlanModel):
+    """The group's `healthCheck`: what each host GETs after ValidateService before it counts as succeeded."""
+
+    #: As written, with {address} and {hostId} still in it (each host fills in its own).
+    url: str
+    expected_status: list[int]
+    body_match: str | None = None
+    interval_seconds: float
+    min_healthy_seconds: float
+    healthy_deadline_seconds: float
+
+
+class AlarmsPlan(PlanModel):
+    """The group's `alarmConfiguration`: the CloudWatch alarms a deployment watches."""
+
+    alarms: list[str]
+    enabled: bool
+    ignore_poll_alarm_failure: bool
+    #: autoRollback has DEPLOYMENT_STOP_ON_ALARM: a deployment stopped by an alarm is rolled back.
+    rolls_back: bool
+
+
+class AnalysisGatePlan(PlanModel):
+    """One analysis gate and where this deployment meets it."""
+
+    name: str
+    address: str
+    query: str
+    success_condition: str
+    count: int
+    interval_seconds: float
+    initial_delay_seconds: float
+    failure_limit: int
+    inconclusive_limit: int
+    on_inconclusive: str
+    #: As written: canary, batch, final.
+    at: list[str]
+    #: One run when every measurement is on time: initialDelay + (count - 1) x interval.
+    run_seconds: float
+    #: The checkpoints of this deployment it runs at ("after the canary batch", ...), from the engine's dry run;
+    #: None when the plan has no batches to place them after.
+    checkpoints: list[str] | None = None
+
+
+class GateCheckpoint(PlanModel):
+    """Where the engine's dry run stopped for gates: after batch `batch`, which gates, and how long it waited for
+    them beyond any bake running meanwhile (gates and bakes overlap)."""
+
+    batch: int
+    where: str
+    gates: list[str]
+    wait_seconds: float
+
+
 class GroupRollout(PlanModel):
     """What happens to one deployment group once the head commit is applied."""
 
@@ -122,6 +176,12 @@ class GroupRollout(PlanModel):
     estimate: Estimate | None = None
     #: With trafficControl: each load balancer and how hosts map to its targets (reconciler/plan/traffic.py).
     traffic: list[str] | None = None
+    #: Monitoring gates (docs/gates.md): the hosts' health check, the alarms watched, the analysis gates and the
+    #: checkpoints where the dry run met them (reconciler/plan/gates.py).
+    health_check: HealthCheckPlan | None = None
+    alarms: AlarmsPlan | None = None
+    analysis: list[AnalysisGatePlan] | None = None
+    gate_checkpoints: list[GateCheckpoint] | None = None
 
 
 WarningCode = Literal[

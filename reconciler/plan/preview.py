@@ -18,6 +18,7 @@ from reconciler.core.view import healthy_before, last_attempts
 from reconciler.desired.manifests import BUILTIN_PREFIX, Desired, DesiredGroup
 from reconciler.plan.diff import canonical
 from reconciler.plan.estimate import estimate_duration
+from reconciler.plan.gates import alarms_plan, analysis_plans, gate_checkpoints, health_check_plan
 from reconciler.plan.inputs import Fleet, PlanOptions
 from reconciler.plan.model import Batch, GroupRollout, InFlight, PlanWarning, Quarantine
 from reconciler.plan.review import review_warnings, selector_text
@@ -59,6 +60,11 @@ def _group_signature(group: DesiredGroup) -> dict[str, Any]:
         "rollback": group.auto_rollback.model_dump(mode="json", by_alias=True),
         "options": group.options.model_dump(mode="json", by_alias=True, exclude_none=True),
         "suspend": group.suspend,
+        "gates": {
+            "healthCheck": group.health_check.model_dump(mode="json", by_alias=True) if group.health_check else None,
+            "alarms": group.alarms.model_dump(mode="json", by_alias=True) if group.alarms else None,
+            "analysis": [gate.model_dump(mode="json", by_alias=True) for gate in group.analysis],
+        },
     })
     return signature
 
@@ -71,7 +77,7 @@ def _group_changes(before: DesiredGroup, after: DesiredGroup) -> list[str]:
     old, new = _group_signature(before), _group_signature(after)
     config = after.config.name.removeprefix(BUILTIN_PREFIX)
     words = {"revision": "revision", "targets": "targets", "config": f"deployment config ({config})",
-             "rollback": "rollback policy", "options": "options", "suspend": "suspend"}
+             "rollback": "rollback policy", "options": "options", "suspend": "suspend", "gates": "monitoring gates"}
     return [label for key, label in words.items() if old[key] != new[key]]
 
 
@@ -91,12 +97,15 @@ def _offline_observed(groups: Iterable[DesiredGroup], now: datetime) -> Observed
 
 
 def _batches(entry: PreviewDeployment) -> list[Batch]:
-    """The engine's batches; a gap in simulated time between two batches is a bake (canary or zone)."""
+    """The engine's batches; a gap in simulated time between two batches is a bake (canary or zone), once the
+    time the rollout waited for analysis gates alone is taken out (reconciler/plan/gates.py shows that)."""
+    gate_waits = {point.batch: point.waited for point in entry.checkpoints}
     batches = []
     for position, batch in enumerate(entry.batches):
         bake: float | None = None
         if position + 1 < len(entry.batches):
-            gap = (entry.batches[position + 1].after - batch.after).total_seconds()
+            waited = gate_waits.get(batch.index, timedelta(0))
+            gap = (entry.batches[position + 1].after - batch.after - waited).total_seconds()
             if gap >= 0.05:
                 bake = round(gap, 1)
         batches.append(Batch(number=batch.index + 1, hosts=batch.hosts, zone=batch.zone, canary=batch.canary,
@@ -204,8 +213,13 @@ def _rollout(
     entry = decision.entry
     batches = _batches(entry) if entry is not None else None
     offline, unhealthy = _host_health(key, targets, recorded, context) if context.fleet is not None else ([], [])
-    estimate = estimate_duration(recorded, context.state.deployments, batches or [],
-                                 drain=group.traffic.drain_timeout if group.traffic else None) if batches else None
+    checkpoints = entry.checkpoints if entry is not None and batches else None
+    estimate = estimate_duration(
+        recorded, context.state.deployments, batches or [],
+        drain=group.traffic.drain_timeout if group.traffic else None,
+        gate_waits=[point.waited for point in checkpoints or []],
+        min_healthy=group.health_check.min_healthy_time if group.health_check else None,
+    ) if batches else None
     rollout = GroupRollout(
         group=key,
         action=decision.action,
@@ -234,6 +248,10 @@ def _rollout(
         simulated_error=entry.error_code if entry is not None else None,
         estimate=estimate,
         traffic=traffic_lines(group.traffic, targets, context.observed) if group.traffic else None,
+        health_check=health_check_plan(group.health_check) if group.health_check else None,
+        alarms=alarms_plan(group.alarms, group.auto_rollback) if group.alarms else None,
+        analysis=analysis_plans(group.analysis, checkpoints) if group.analysis else None,
+        gate_checkpoints=gate_checkpoints(checkpoints) if checkpoints else None,
     )
     warnings = review_warnings(rollout, group, entry, preview, revision_changed=revision_changed,
                                with_fleet=context.fleet is not None, options=context.options)

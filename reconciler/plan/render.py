@@ -17,6 +17,7 @@ from rich.text import Text
 from reconciler.plan.describe import (
     CHANGE_SYMBOL,
     batch_label,
+    batch_then,
     detail_lines,
     fleet_line,
     host_list,
@@ -27,7 +28,7 @@ from reconciler.plan.describe import (
 )
 from reconciler.plan.markdown import COMMENT_MARKER, GITHUB_COMMENT_LIMIT, render_markdown
 from reconciler.plan.model import GroupRollout, Plan
-from reconciler.plan.words import count, duration
+from reconciler.plan.words import count
 
 __all__ = [  # re-exported for the CLI: `count` (its commands say numbers with it), the Markdown renderer
     "COMMENT_MARKER",
@@ -125,9 +126,9 @@ def _text_rollout(lines: _Lines, rollout: GroupRollout) -> None:
     for label, value in detail_lines(rollout):
         line((f"{label}: ", "dim"), value, indent=6)
     for batch in rollout.batches or []:
-        bake = f"  then bake {duration(batch.bake_after_seconds)}" if batch.bake_after_seconds else ""
+        then = batch_then(rollout, batch)
         line((batch_label(batch.number, batch.canary, batch.zone) + ": ", "cyan"), host_list(batch.hosts, 20),
-             (bake, "dim"), indent=6)
+             (f"  then {then}" if then else "", "dim"), indent=6)
 
 
 

@@ -160,6 +160,34 @@ spec:
 """
 
 
+#: Monitoring gates for a group (docs/gates.md): each host's health check, two CloudWatch alarms, two analysis
+#: gates: error-rate after every batch (3 x 10s: 20s a run), latency after the last batch only (30s, then once).
+GATES = """\
+  autoRollback: {enabled: true, events: [DEPLOYMENT_FAILURE, DEPLOYMENT_STOP_ON_ALARM]}
+  healthCheck:
+    url: http://{address}:8080/healthz
+    minHealthyTime: 15s
+    healthyDeadline: 2m
+  alarmConfiguration:
+    alarms: [worker-5xx, worker-queue-age]
+  analysis:
+    - name: error-rate
+      prometheus:
+        address: http://prometheus:9090
+        query: 'sum(rate(errors{host=~"{{ batchHosts }}"}[1m])) / sum(rate(requests{host=~"{{ batchHosts }}"}[1m]))'
+      successCondition: result < 0.01
+      interval: 10s
+      count: 3
+    - name: latency
+      prometheus:
+        address: http://prometheus:9090
+        query: 'histogram_quantile(0.99, sum by (le) (rate(latency_bucket[5m])))'
+      successCondition: result <= 0.25
+      initialDelay: 30s
+      at: [final]
+"""
+
+
 def _revision_web(commit: str) -> Revision:
     return Revision.model_validate({"git": {"repository": "https://git.example.com/shop/web.git", "commit": commit}})
 
@@ -333,6 +361,11 @@ SCENARIOS: dict[str, Scenario] = {
         extra_base={"manifests/broken.yaml": "apiVersion: deploy/v1\nkind: Application\nmetadata: {name: ops}\n"
                                              "spec: {descripton: typo}\n"},
         description="main is broken; the change repairs it: compared as empty, with a warning"),
+    "gates": Scenario({
+        "manifests/worker.yaml": WORKER.replace("v2-5f1c0b", "v3-77aa01").replace(
+            "CodeDeployDefault.HalfAtATime", "CodeDeployDefault.OneAtATime") + GATES,
+    }, fleet=fleet_of_shop, description="a new revision for a group with a health check, alarms and two analysis "
+                                        "gates"),
     "store-warnings": Scenario({
         "manifests/worker.yaml": WORKER.replace("v2-5f1c0b", "v3-77aa01").replace(
             "CodeDeployDefault.HalfAtATime", "keep-three"),
