@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from contract.durations import format_duration
 from contract.exitcodes import ExitCode
 from reconciler.cli.common import no_store, open_for_reading, read_known, resolve_group, short_commit
-from reconciler.cli.readmodel import DeploymentView
+from reconciler.cli.readmodel import AnalysisView, DeploymentView
+from reconciler.cli.status import read_analysis
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.observe import StoreReader
@@ -43,21 +45,29 @@ def cmd_history(args: argparse.Namespace, settings: DeploySettings) -> int:
     if state is not None and state.deployment_in_flight and state.deployment_in_flight not in ids:
         ids.append(state.deployment_in_flight)
     deployments: list[DeploymentView] = []
+    analyses: dict[str, AnalysisView] = {}
+    group = known.desired.desired_groups().get(key) if known.desired is not None else None
     for deployment_id in reversed(ids):
         deployment = known.snapshot.state.deployments.get(deployment_id) or reader.deployment(deployment_id)
         if deployment is not None:
             deployments.append(DeploymentView.of(deployment))
+            analysis = read_analysis(reader, deployment, known.desired, group)
+            if analysis is not None:
+                analyses[deployment_id] = analysis
     if args.format == "json":
-        print(json.dumps({"group": key, "deployments": [d.to_json() for d in deployments]}, indent=2))
+        listed = [{**d.to_json(), "analysis": analyses[d.deployment_id].to_json() if d.deployment_id in analyses
+                   else None} for d in deployments]
+        print(json.dumps({"group": key, "deployments": listed}, indent=2))
         return ExitCode.OK
     if not deployments:
         print(f"{key}: no deployments yet" + (f" ({no_store(missing)})" if missing is not None else ""))
         return ExitCode.OK
-    print_history(key, deployments)
+    print_history(key, deployments, analyses)
     return ExitCode.OK
 
 
-def print_history(key: str, deployments: list[DeploymentView]) -> None:
+def print_history(key: str, deployments: list[DeploymentView],
+                  analyses: Mapping[str, AnalysisView] | None = None) -> None:
     print(f"{key}: {count(len(deployments), 'deployment')}, newest first")
     print(f"  {'deployment':<34} {'creator':<9} {'status':<10} {'revision':<24} {'commit':<12} "
           f"{'started':<20} {'took':>7}  hosts")
@@ -72,6 +82,10 @@ def print_history(key: str, deployments: list[DeploymentView]) -> None:
             print(f"      {d.error_code or ''}{': ' if d.error_code else ''}{d.error_message or ''}")
         if d.out_of_service:
             print(f"      {traffic_line(d.out_of_service)}")
+        analysis = (analyses or {}).get(d.deployment_id)
+        summary = analysis.summary() if analysis is not None else None
+        if summary:
+            print(f"      {summary}")
 
 
 def traffic_line(out_of_service: dict[str, float]) -> str:

@@ -57,8 +57,30 @@ class RolloutRow:
     running: tuple[tuple[str, str], ...] = ()
     note: str | None = None
 
+    #: Why the deployment waits this pass, in words (`blocked_words`), when it does.
+    waiting: str | None = None
+
     def counts(self) -> tuple[int, int, int, int, int]:
         return (self.succeeded, self.failed, self.in_flight, self.pending, self.batches)
+
+
+#: Blocked codes in a few words, for the live table's status column (the reason follows in full).
+BLOCKED_WORDS = {
+    "NO_INSTANCES": "no hosts",
+    "SUSPENDED": "suspended",
+    "QUARANTINED": "quarantined",
+    "WAITING_FOR_HOSTS": "waiting for hosts",
+    "HEALTH_CONSTRAINTS": "too few healthy",
+    "STOPPING": "stopping",
+    "BAKING": "baking",
+    "WAITING_FOR_TRAFFIC": "waiting for traffic",
+    "WAITING_FOR_ANALYSIS": "analysis running",
+    "WAITING_FOR_ALARMS": "alarms unreadable",
+}
+
+
+def blocked_words(code: str) -> str:
+    return BLOCKED_WORDS.get(code, code)
 
 
 def current_event(observed: Observed, host_id: str, deployment_id: str) -> str | None:
@@ -74,7 +96,8 @@ def current_event(observed: Observed, host_id: str, deployment_id: str) -> str |
     return f"after {done[-1]}" if done else "starting"
 
 
-def row_for(group: str, deployment: Deployment, observed: Observed, note: str | None = None) -> RolloutRow:
+def row_for(group: str, deployment: Deployment, observed: Observed, note: str | None = None,
+            waiting: str | None = None) -> RolloutRow:
     by_status = {status: 0 for status in HostDeploymentStatus}
     running: list[tuple[str, str]] = []
     for host_id, host in sorted(deployment.hosts.items()):
@@ -96,18 +119,20 @@ def row_for(group: str, deployment: Deployment, observed: Observed, note: str | 
         skipped=by_status[HostDeploymentStatus.SKIPPED],
         running=tuple(running),
         note=note,
+        waiting=waiting,
     )
 
 
 def rollout_rows(outcome: PassOutcome) -> list[RolloutRow]:
     """Deployments in flight after the pass, plus those that ended in it."""
     notes = {blocked.group: blocked.reason for blocked in outcome.blocked}
+    codes = {blocked.group: blocked_words(blocked.code) for blocked in outcome.blocked}
     rows: list[RolloutRow] = []
     seen: set[str] = set()
     for group, deployment_id in sorted(outcome.in_flight.items()):
         deployment = outcome.state_after.deployments.get(deployment_id)
         if deployment is not None:
-            rows.append(row_for(group, deployment, outcome.snapshot.observed, notes.get(group)))
+            rows.append(row_for(group, deployment, outcome.snapshot.observed, notes.get(group), codes.get(group)))
             seen.add(deployment_id)
     for action in outcome.applied.actions:
         if isinstance(action, FinishDeployment) and action.deployment_id not in seen:
@@ -162,7 +187,7 @@ class LogProgress:
                 pending=row.pending,
                 total=row.total,
             )
-        blocked_now = {b.group: f"{b.code}: {b.reason}" for b in outcome.blocked}
+        blocked_now = {b.group: f"{blocked_words(b.code)} ({b.code}): {b.reason}" for b in outcome.blocked}
         for group, reason in sorted(blocked_now.items()):
             if self._last_blocked.get(group) != reason:
                 log.info("rollout.blocked", group=group, reason=reason)
@@ -236,6 +261,9 @@ class LiveProgress:
         rows = rollout_rows(outcome)
         for row in rows:
             style = {"Failed": "red", "Succeeded": "green", "Stopped": "yellow"}.get(row.status, "")
+            status = row.status
+            if row.waiting and row.waiting.lower() != row.status.lower():
+                status += f" ({row.waiting})"
             now = ", ".join(f"{host}: {event}" for host, event in row.running[:4])
             if len(row.running) > 4:
                 now += f" (+{len(row.running) - 4})"
@@ -251,7 +279,7 @@ class LiveProgress:
             table.add_row(
                 row.group,
                 row.deployment_id + (f" ({row.creator})" if row.creator != "user" else ""),
-                Text(row.status, style=style),
+                Text(status, style=style),
                 str(row.batches),
                 hosts,
                 now,
@@ -259,7 +287,8 @@ class LiveProgress:
         shown = {row.group for row in rows}
         for blocked in outcome.blocked:
             if blocked.group not in shown:
-                table.add_row(blocked.group, "", Text(blocked.code, style="yellow"), "", "", blocked.reason)
+                table.add_row(blocked.group, "", Text(blocked_words(blocked.code), style="yellow"), "", "",
+                              blocked.reason)
         if not rows and not outcome.blocked:
             table.add_row("(all groups)", "", Text("converged", style="green"), "", "", "")
         return table

@@ -13,8 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from contract.models import (
+    HEALTH_CHECK,
+    AlarmCheck,
     CommandStatus,
     Deployment,
+    DeploymentAnalysis,
+    EventStatus,
+    GateMeasurement,
     HostDeploymentStatus,
     QuarantinedRevision,
     Revision,
@@ -23,6 +28,9 @@ from contract.models import (
 from reconciler.cli.common import split_group_key
 from reconciler.cli.progress import current_event
 from reconciler.core import Observed
+from reconciler.core.gates import Checkpoint, checkpoint, gate_run
+from reconciler.core.view import deployment_config
+from reconciler.desired.manifests import Desired, DesiredGroup, EffectiveConfig
 from reconciler.shell.lease import LeaseView
 from reconciler.shell.observe import identity_problems
 
@@ -149,6 +157,33 @@ class LastCommand:
 
 
 @dataclass(frozen=True)
+class HealthCheckView:
+    """The host's HealthCheck step in its last command for the group, as its agent reported it."""
+
+    status: str
+    message: str | None
+    ended_at: datetime | None
+
+    def text(self) -> str:
+        return f"HealthCheck {self.status}" + (f": {self.message}" if self.message else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "message": self.message, "endedAt": iso(self.ended_at)}
+
+
+def health_check_of(observed: Observed, host_id: str, key: str) -> HealthCheckView | None:
+    """The HealthCheck event of the host's current or last command for group `key`, once it has started."""
+    status = observed.statuses.get(host_id)
+    command = status.command if status else None
+    if command is None or command.deployment_group != split_group_key(key)[1]:
+        return None
+    for event in command.events:
+        if event.name == HEALTH_CHECK and event.status is not EventStatus.PENDING:
+            return HealthCheckView(str(event.status), event.message, event.ended_at)
+    return None
+
+
+@dataclass(frozen=True)
 class HostView:
     """One member of a group: liveness, what it has installed, how that compares with the group's revisions."""
 
@@ -168,12 +203,15 @@ class HostView:
     traffic: str | None = None
     #: The last traffic step the reconciler took for it ("BlockTraffic Succeeded: drained in 1.2s: ...").
     traffic_step: str | None = None
+    #: Its HealthCheck step (the group's `healthCheck`), once started in its last command for the group.
+    health_check: HealthCheckView | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "host": self.host,
             "traffic": self.traffic,
             "trafficStep": self.traffic_step,
+            "healthCheck": self.health_check.to_json() if self.health_check else None,
             "registered": self.registered,
             "online": self.online,
             "heartbeatAt": iso(self.heartbeat_at),
@@ -215,6 +253,184 @@ class QuarantineView:
 
 
 @dataclass(frozen=True)
+class GateView:
+    """One analysis gate at one checkpoint of a deployment: how far its run got and its last measurement."""
+
+    gate: str
+    #: `batch-<n>`, and in words: "after the canary batch", "after batch 2", "after the last batch (batch 4)".
+    checkpoint: str
+    where: str
+    #: running, passed or failed (the core's verdict over the measurements, `reconciler.core.gates.gate_run`);
+    #: None when the gate is no longer in the manifests, so its rules are unknown.
+    verdict: str | None
+    measured: int
+    count: int | None
+    last: GateMeasurement | None
+    #: Why it failed (the failed measurements, or the inconclusive ones past the limit), when it did.
+    failure: str | None = None
+
+    def text(self) -> str:
+        """`error-rate after the canary batch: 2 of 3 measured, last 0.0012 (successful)`."""
+        of = f" of {self.count}" if self.count is not None else ""
+        text = f"{self.gate} {self.where}: "
+        if self.verdict in ("passed", "failed"):
+            text += f"{self.verdict}, "
+        text += f"{self.measured}{of} measured"
+        if self.last is not None:
+            text += f", last {measurement_text(self.last)}"
+        if self.failure:
+            text += f": {self.failure}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "gate": self.gate,
+            "checkpoint": self.checkpoint,
+            "where": self.where,
+            "verdict": self.verdict,
+            "measured": self.measured,
+            "count": self.count,
+            "last": last.model_dump(mode="json", by_alias=True, exclude_none=True) if last is not None else None,
+            "failure": self.failure,
+        }
+
+
+def measurement_text(measurement: GateMeasurement) -> str:
+    """`0.0012 (successful)`; without a value, the result and why (`inconclusive: the query could not be run`)."""
+    result = measurement.result.value.lower()
+    if measurement.value is None:
+        return f"{result}: {measurement.message}"
+    return f"{measurement.value:.6g} ({result})"
+
+
+@dataclass(frozen=True)
+class AlarmView:
+    """The last read of the group's CloudWatch alarms recorded for a deployment."""
+
+    state: str
+    #: In ALARM (state ALARM) or unreadable (state ERROR).
+    alarms: tuple[str, ...]
+    checked_at: datetime
+    message: str
+    #: The alarms the group watches, from the manifests (empty when unknown).
+    watched: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, check: AlarmCheck, watched: tuple[str, ...]) -> AlarmView:
+        return cls(check.state, tuple(check.alarms), check.checked_at, check.message, watched)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "alarms": list(self.alarms), "checkedAt": iso(self.checked_at),
+                "message": self.message, "watched": list(self.watched)}
+
+
+@dataclass(frozen=True)
+class AnalysisView:
+    """What a deployment's gates measured (`analysis/<id>.json`), at its current or last checkpoint."""
+
+    deployment_id: str
+    gates: tuple[GateView, ...]
+    alarms: AlarmView | None
+    #: Every checkpoint that has measurements, in order, with each gate's verdict there: for `history`.
+    checkpoints: tuple[tuple[str, tuple[GateView, ...]], ...] = ()
+    #: Set when the record could not be read (it is then shown as that, not as "nothing measured").
+    problem: str | None = None
+
+    def summary(self) -> str | None:
+        """One line for `history`: `gates: error-rate passed at 3 checkpoints`, or where and why one failed."""
+        if self.problem:
+            return f"gates: the analysis record could not be read: {self.problem}"
+        failed = [view for _, views in self.checkpoints for view in views if view.verdict == "failed"]
+        if failed:
+            first = failed[0]
+            why = first.failure or (measurement_text(first.last) if first.last else "")
+            return f"gates: {first.gate} failed {first.where}: {why}"
+        passed: dict[str, int] = {}
+        for _, views in self.checkpoints:
+            for view in views:
+                if view.verdict == "passed":
+                    passed[view.gate] = passed.get(view.gate, 0) + 1
+        parts = [f"{gate} passed at {count} checkpoint{'s' if count != 1 else ''}" for gate, count in passed.items()]
+        running = [view.text() for view in self.gates if view.verdict not in ("passed", "failed")]
+        parts += running
+        return ("gates: " + "; ".join(parts)) if parts else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deploymentId": self.deployment_id,
+            "gates": [gate.to_json() for gate in self.gates],
+            "alarms": self.alarms.to_json() if self.alarms else None,
+            "checkpoints": [{"checkpoint": name, "gates": [g.to_json() for g in views]}
+                            for name, views in self.checkpoints],
+            "problem": self.problem,
+        }
+
+
+def analysis_view(
+    deployment: Deployment, record: DeploymentAnalysis, desired: Desired | None, group: DesiredGroup | None
+) -> AnalysisView:
+    """The gates of `deployment` as `record` has them, judged by the core's own rules (`gate_run`) against the
+    group's gates in the manifests. The checkpoint shown is the open one (the engine's `checkpoint`), else the
+    last one measured."""
+    names = sorted({m.checkpoint for m in record.measurements}, key=_checkpoint_order)
+    config = deployment_config(desired, deployment, group) if desired is not None else None
+    open_point = checkpoint(deployment, group, config) if config is not None else None
+    points = [_past_checkpoint(deployment, record, name, group, config) for name in names]
+    if open_point is not None:
+        points = [p for p in points if p.name != open_point.name] + [open_point]
+    views = [(point.name, tuple(_gate_views(point, record, group))) for point in points]
+    current = views[-1][1] if views else ()
+    watched = tuple(group.alarms.alarms) if group is not None and group.alarms is not None else ()
+    alarms = AlarmView.of(record.alarms, watched) if record.alarms is not None else None
+    return AnalysisView(deployment.deployment_id, current, alarms, tuple(views))
+
+
+def _checkpoint_order(name: str) -> int:
+    number = name.removeprefix("batch-")
+    return int(number) if number.isdigit() else -1
+
+
+def _past_checkpoint(
+    deployment: Deployment,
+    record: DeploymentAnalysis,
+    name: str,
+    group: DesiredGroup | None,
+    config: EffectiveConfig | None,
+) -> Checkpoint:
+    """A checkpoint the deployment has measurements for, rebuilt from the record: its batch, and whether it was
+    the canary's or the last one (the words of `Checkpoint.describe`)."""
+    batch = _checkpoint_order(name)
+    measured = [m for m in record.measurements if m.checkpoint == name]
+    canary = batch == 0 and config is not None and config.canary is not None
+    final = batch == len(deployment.batches) - 1 and not any(
+        state.status is HostDeploymentStatus.PENDING for state in deployment.hosts.values())
+    opened = min((m.due_at for m in measured), default=deployment.created_at)
+    specs = {gate.name: gate for gate in group.analysis} if group is not None else {}
+    gates = tuple(specs[m] for m in dict.fromkeys(m.gate for m in measured) if m in specs)
+    return Checkpoint(name, max(batch, 0), opened, canary, final, gates)
+
+
+def _gate_views(point: Checkpoint, record: DeploymentAnalysis, group: DesiredGroup | None) -> list[GateView]:
+    where = point.describe()
+    views: list[GateView] = []
+    known = {gate.name for gate in point.gates}
+    for gate in point.gates:
+        run = gate_run(point, gate, record)
+        failure = run.message.split("; ", 1)[-1] if run.verdict == "failed" else None
+        views.append(GateView(gate.name, point.name, where, run.verdict, len(run.measurements), gate.count,
+                              run.last, failure))
+    # Gates measured here that the manifests no longer have: what was measured, without a verdict.
+    for name in dict.fromkeys(m.gate for m in record.measurements if m.checkpoint == point.name):
+        if name in known:
+            continue
+        taken = {m.index: m for m in reversed(record.measurements) if m.checkpoint == point.name and m.gate == name}
+        last = taken[max(taken)] if taken else None
+        views.append(GateView(name, point.name, where, None, len(taken), None, last))
+    return views
+
+
+@dataclass(frozen=True)
 class GroupView:
     """Everything `status` says about one group."""
 
@@ -237,11 +453,14 @@ class GroupView:
     updated_at: datetime | None
     #: The group's load balancers (trafficControl), by name; empty without traffic control.
     load_balancers: tuple[str, ...] = ()
+    #: The monitoring gates of the deployment in flight, or else of the last one, when it has an analysis record.
+    analysis: AnalysisView | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "loadBalancers": list(self.load_balancers),
+            "analysis": self.analysis.to_json() if self.analysis else None,
             "state": self.state,
             "desiredKnown": self.desired_known,
             "desiredRevision": revision_json(self.desired_revision),
@@ -325,8 +544,12 @@ class StatusReport:
 
 
 __all__ = [
+    "AlarmView",
+    "AnalysisView",
     "DeploymentView",
+    "GateView",
     "GroupView",
+    "HealthCheckView",
     "HostConflictView",
     "HostView",
     "LastCommand",
@@ -334,9 +557,12 @@ __all__ = [
     "QuarantineView",
     "RunningHost",
     "StatusReport",
+    "analysis_view",
+    "health_check_of",
     "host_conflicts",
     "iso",
     "last_command",
+    "measurement_text",
     "revision_json",
     "short",
 ]

@@ -19,22 +19,28 @@ from typing import Any
 from contract.clock import utc_now
 from contract.durations import format_duration
 from contract.exitcodes import ExitCode
-from contract.models import GroupState, HostTraffic, Revision
+from contract.keys import analysis_key
+from contract.models import Deployment, DeploymentAnalysis, GroupState, HostTraffic, Revision
+from contract.store import StoreError
+from contract.store.docs import DocumentInvalid, read_document
 from reconciler.cli.common import Known, no_store, open_for_reading, read_known, resolve_group, short_commit
 from reconciler.cli.readmodel import (
+    AnalysisView,
     DeploymentView,
     GroupView,
     HostView,
     LeaseStatus,
     QuarantineView,
     StatusReport,
+    analysis_view,
+    health_check_of,
     host_conflicts,
     last_command,
     short,
 )
 from reconciler.core import MembershipIndex, is_online
 from reconciler.core.observed import TargetObservation, TargetState
-from reconciler.desired.manifests import DesiredGroup
+from reconciler.desired.manifests import Desired, DesiredGroup
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import read_lease
 from reconciler.shell.observe import StoreReader
@@ -133,6 +139,14 @@ class StatusContext:
             return None
         return DeploymentView.of(deployment, snapshot.observed if running else None)
 
+    def analysis(self, key: str, deployment_id: str) -> AnalysisView | None:
+        """What the gates of a deployment measured (`analysis/<id>.json`), or None when it has no record (no
+        gates, or none measured yet). A record that cannot be read is shown as such."""
+        deployment = self.known.snapshot.state.deployments.get(deployment_id) or self.reader.deployment(deployment_id)
+        if deployment is None:
+            return None
+        return read_analysis(self.reader, deployment, self.known.desired, self.desired_groups.get(key))
+
     def members(self, key: str) -> list[str]:
         """The group's hosts: by the core's membership rule while it is in the manifests; for a removed
         group, the hosts that still have something of it installed or were in its last deployment."""
@@ -149,6 +163,20 @@ class StatusContext:
             if last is not None:
                 found.update(last.hosts)
         return sorted(found)
+
+
+def read_analysis(
+    reader: StoreReader, deployment: Deployment, desired: Desired | None, group: DesiredGroup | None
+) -> AnalysisView | None:
+    """`analysis/<id>.json` of a deployment as `status` and `history` show it: None when there is none (no gates,
+    or nothing measured or read yet); a record that cannot be read says so instead of passing for "nothing"."""
+    try:
+        record = read_document(reader.store, analysis_key(deployment.deployment_id), DeploymentAnalysis)
+    except (DocumentInvalid, StoreError) as exc:
+        return AnalysisView(deployment.deployment_id, (), None, problem=str(exc))
+    if record is None:
+        return None
+    return analysis_view(deployment, record.document, desired, group)
 
 
 def _phase(state: GroupState | None, manifest: DesiredGroup | None, *, in_flight: DeploymentView | None,
@@ -218,6 +246,7 @@ def _host_view(host_id: str, key: str, target: Revision | None, effective: Revis
         last_command=last_command(observed, host_id, key),
         traffic=traffic,
         traffic_step=_traffic_step(context.known.snapshot.state.traffic.get(host_id), key, context.now),
+        health_check=health_check_of(observed, host_id, key),
     )
 
 
@@ -240,6 +269,8 @@ def group_status(key: str, context: StatusContext) -> GroupView:
     target = desired_revision if phase != "removed" and desired is not None else effective
     members = context.members(key)
     load_balancers, traffic = context.traffic_of(key, members)
+    last_id = state.history[-1] if state is not None and state.history else None
+    gated_id = in_flight.deployment_id if in_flight is not None else last_id
     return GroupView(
         group=key,
         state=phase,
@@ -257,6 +288,7 @@ def group_status(key: str, context: StatusContext) -> GroupView:
         hosts=tuple(_host_view(h, key, target, effective, context, traffic=traffic.get(h)) for h in members),
         updated_at=state.updated_at if state else None,
         load_balancers=load_balancers,
+        analysis=context.analysis(key, gated_id) if gated_id is not None else None,
     )
 
 
@@ -327,7 +359,23 @@ def _print_group(group: GroupView, now: datetime) -> None:
         print(f"  quarantined  {held.revision.short()} after {held.deployment_id}: {held.reason}")
     for balancer in group.load_balancers:
         print(f"  traffic      {balancer}")
+    if group.analysis is not None:
+        _print_analysis(group.analysis, now)
     _print_hosts(group)
+
+
+def _print_analysis(analysis: AnalysisView, now: datetime) -> None:
+    """Each gate's run at the current (or last) checkpoint, then the last alarm read."""
+    if analysis.problem:
+        print(f"  gates        {analysis.deployment_id}: the analysis record could not be read: {analysis.problem}")
+    for gate in analysis.gates:
+        print(f"  gate         {gate.text()}")
+    alarms = analysis.alarms
+    if alarms is not None:
+        names = f" {', '.join(alarms.alarms)}" if alarms.alarms else ""
+        watched = f" (watching {', '.join(alarms.watched)})" if alarms.watched and alarms.state == "OK" else ""
+        message = f": {alarms.message}" if alarms.state != "OK" else ""
+        print(f"  alarms       {alarms.state}{names}{watched}, checked {ago(alarms.checked_at, now)}{message}")
 
 
 def _print_hosts(group: GroupView) -> None:
@@ -356,8 +404,10 @@ def _print_hosts(group: GroupView) -> None:
         print(f"    {host.host:<20} {liveness:<16} {installed:<28} {mark}{traffic}{note}")
         if host.traffic_step and not host.traffic_step.startswith("AllowTraffic Succeeded"):
             print(f"      traffic: {host.traffic_step}")
+        if host.health_check is not None:
+            print(f"      health: {host.health_check.text()}")
     if len(hosts) > HOSTS_SHOWN:
         print(f"    ... and {len(hosts) - HOSTS_SHOWN} more (--format json lists every host)")
 
 
-__all__ = ["HOSTS_SHOWN", "StatusContext", "cmd_status", "group_status", "print_status", "register"]
+__all__ = ["HOSTS_SHOWN", "StatusContext", "cmd_status", "group_status", "print_status", "read_analysis", "register"]
