@@ -65,6 +65,7 @@ def _group_signature(group: DesiredGroup) -> dict[str, Any]:
             "alarms": group.alarms.model_dump(mode="json", by_alias=True) if group.alarms else None,
             "analysis": [gate.model_dump(mode="json", by_alias=True) for gate in group.analysis],
         },
+        "traffic": group.traffic.model_dump(mode="json", by_alias=True, exclude_none=True) if group.traffic else None,
     })
     return signature
 
@@ -77,7 +78,8 @@ def _group_changes(before: DesiredGroup, after: DesiredGroup) -> list[str]:
     old, new = _group_signature(before), _group_signature(after)
     config = after.config.name.removeprefix(BUILTIN_PREFIX)
     words = {"revision": "revision", "targets": "targets", "config": f"deployment config ({config})",
-             "rollback": "rollback policy", "options": "options", "suspend": "suspend", "gates": "monitoring gates"}
+             "rollback": "rollback policy", "options": "options", "suspend": "suspend", "gates": "monitoring gates",
+             "traffic": "traffic control"}
     return [label for key, label in words.items() if old[key] != new[key]]
 
 

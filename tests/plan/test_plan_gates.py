@@ -133,6 +133,15 @@ def test_a_change_to_the_gates_alone_is_a_settings_change(tmp_path: Path) -> Non
     assert "monitoring gates changed" in rollout.reason
 
 
+def test_a_change_to_traffic_control_alone_is_a_settings_change(tmp_path: Path) -> None:
+    traffic = ("  trafficControl:\n    loadBalancers:\n"
+               "      - haproxy: {runtimeApi: \"unix:/run/haproxy/admin.sock\", backend: web}\n")
+    plan = _plan_of(tmp_path, {"manifests/web.yaml": WEB + traffic}, store=False)
+    rollout = _rollout(plan, "shop/web")
+    assert rollout.action == "settings"
+    assert "traffic control changed" in rollout.reason
+
+
 def test_the_simulation_gets_past_checkpoints_in_the_gates_run_time() -> None:
     """The core's dry run on its own: every checkpoint measured on time and Successful, no alarm firing, so the
     rollout ends and each checkpoint holds the next batch for the gate's run time exactly."""
