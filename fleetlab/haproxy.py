@@ -9,19 +9,13 @@ that a test or a demo does not wait seconds for a server to come back.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 import structlog
 
+from fleetlab.service import LocalService, find_binary, free_port
 from reconciler.desired.traffic_spec import HAProxySpec
 from reconciler.traffic.base import TrafficError
 from reconciler.traffic.haproxy import HAProxyBalancer, ServerState
@@ -30,10 +24,6 @@ log = structlog.get_logger(__name__)
 
 #: How long `start()` waits for the socket to answer and every server to be UP.
 START_TIMEOUT = 15.0
-#: After SIGTERM, how long before SIGKILL.
-STOP_GRACE = 5.0
-#: How much of haproxy's log an error quotes.
-LOG_TAIL = 4000
 
 
 class HAProxyError(RuntimeError):
@@ -42,20 +32,13 @@ class HAProxyError(RuntimeError):
 
 def haproxy_path() -> str:
     """The haproxy binary: on PATH, or in /usr/sbin (where Debian puts it, often not on a user's PATH)."""
-    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin:/sbin")
-    if found is None:
-        raise HAProxyError("haproxy is not installed (Debian/Ubuntu: apt-get install haproxy)")
-    return found
+    return find_binary("haproxy", "/usr/sbin:/usr/local/sbin:/sbin", HAProxyError)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now (whoever binds it next may race us; on loopback nobody does)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["HAProxyError", "LocalHAProxy", "free_port", "haproxy_path"]
 
 
-class LocalHAProxy:
+class LocalHAProxy(LocalService):
     """`haproxy -f <workdir>/haproxy.cfg -db` as a child process, one frontend, one backend.
 
     `servers` are (name, address, port); every one starts in state ready with health checks on `health_path`.
@@ -78,7 +61,7 @@ class LocalHAProxy:
     ) -> None:
         if not servers:
             raise ValueError("LocalHAProxy needs at least one server")
-        self.workdir = Path(workdir)
+        super().__init__(Path(workdir), Path(workdir) / "haproxy.log")
         self.servers = list(servers)
         self.health_path = health_path
         self.backend = backend
@@ -96,24 +79,10 @@ class LocalHAProxy:
         self.runtime_api = f"unix:{self.socket_path}"
         self.tcp_runtime_api = f"tcp:127.0.0.1:{admin_tcp_port}" if admin_tcp_port is not None else None
         self.config_path = self.workdir / "haproxy.cfg"
-        self.log_path = self.workdir / "haproxy.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+
+    name = "haproxy"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         """Write the config, start haproxy and wait until every server is UP. Can start again after `stop()`."""
@@ -124,37 +93,7 @@ class LocalHAProxy:
         self.config_path.write_text(self.config())
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
-        self._process = subprocess.Popen(
-            [binary, "-f", str(self.config_path), "-db"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.info("fleetlab.haproxy.start", pid=self._process.pid, url=self.url, runtime_api=self.runtime_api)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM to haproxy's process group, SIGKILL if it lingers, and reap it. Safe to call twice."""
-        process, self._process = self._process, None
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            log.info("fleetlab.haproxy.stop", pid=process.pid, returncode=process.returncode)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.spawn([binary, "-f", str(self.config_path), "-db"], url=self.url, runtime_api=self.runtime_api)
 
     # -- reading it --------------------------------------------------------------------------------------------
 
@@ -166,13 +105,6 @@ class LocalHAProxy:
     def server_states(self) -> dict[str, ServerState]:
         """Every server of the backend as the runtime API describes it. Raises TrafficError."""
         return self.balancer().servers()
-
-    def log_tail(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return text[-LOG_TAIL:].strip() or "(empty log)"
 
     def config(self) -> str:
         check = f"check inter {self.check_interval_ms} rise {self.rise} fall {self.fall}"

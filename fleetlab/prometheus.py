@@ -15,33 +15,23 @@ Timing: it is ready to answer queries ~0.1 s after start, but lists and scrapes 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any
 
 import structlog
 
-from fleetlab.haproxy import free_port
+from fleetlab.service import LocalService, find_binary, free_port
 
 log = structlog.get_logger(__name__)
 
 #: How long `start()` waits for `/-/ready`.
 START_TIMEOUT = 15.0
-#: After SIGTERM, how long before SIGKILL (Prometheus closes its TSDB head on SIGTERM: quick for a test's data).
-STOP_GRACE = 5.0
-#: How much of Prometheus' log an error quotes.
-LOG_TAIL = 4000
 #: The most of an HTTP API answer read: a test's queries answer a few kB; more is a runaway query.
 MAX_ANSWER = 8 * 1024 * 1024
 #: Between two polls of the API while waiting.
@@ -54,13 +44,10 @@ class PrometheusError(RuntimeError):
 
 def prometheus_path() -> str:
     """The prometheus binary: on PATH, or in /usr/bin or /usr/local/bin (where packages and tarballs put it)."""
-    found = shutil.which("prometheus") or shutil.which("prometheus", path="/usr/bin:/usr/local/bin:/usr/sbin")
-    if found is None:
-        raise PrometheusError("prometheus is not installed (Debian/Ubuntu: apt-get install prometheus)")
-    return found
+    return find_binary("prometheus", "/usr/bin:/usr/local/bin:/usr/sbin", PrometheusError)
 
 
-class LocalPrometheus:
+class LocalPrometheus(LocalService):
     """`prometheus --config.file=<workdir>/prometheus.yml` as a child process, one scrape job.
 
     `targets` are (host_id, address, port); each is scraped at `http://address:port<metrics_path>` every
@@ -82,7 +69,7 @@ class LocalPrometheus:
         hosts = [host_id for host_id, _, _ in targets]
         if len(set(hosts)) != len(hosts):
             raise ValueError(f"LocalPrometheus: host ids must be unique, got {hosts}")
-        self.workdir = Path(workdir)
+        super().__init__(Path(workdir), Path(workdir) / "prometheus.log")
         self.targets = list(targets)
         self.job = job
         self.metrics_path = metrics_path
@@ -92,24 +79,10 @@ class LocalPrometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = self.workdir / "prometheus.yml"
         self.data_path = self.workdir / "data"
-        self.log_path = self.workdir / "prometheus.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+
+    name = "prometheus"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     @property
     def hosts(self) -> list[str]:
@@ -123,47 +96,17 @@ class LocalPrometheus:
         binary = prometheus_path()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config())
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
-        self._process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={self.config_path}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                f"--storage.tsdb.path={self.data_path}",
-                # A test's data: an hour is plenty, and nothing piles up in a long-lived work dir.
-                "--storage.tsdb.retention.time=1h",
-                # Errors and warnings only (a bad config, a target it cannot scrape is in /api/v1/targets).
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
-        log.info("fleetlab.prometheus.start", pid=self._process.pid, url=self.url, targets=len(self.targets))
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM to prometheus' process group, SIGKILL if it lingers, and reap it. Safe to call twice."""
-        process, self._process = self._process, None
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            log.info("fleetlab.prometheus.stop", pid=process.pid, returncode=process.returncode)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        argv = [
+            binary,
+            f"--config.file={self.config_path}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--storage.tsdb.path={self.data_path}",
+            # A test's data: an hour is plenty, and nothing piles up in a long-lived work dir.
+            "--storage.tsdb.retention.time=1h",
+            # Errors and warnings only (a bad config, a target it cannot scrape is in /api/v1/targets).
+            "--log.level=warn",
+        ]
+        self.spawn(argv, url=self.url, targets=len(self.targets))
 
     # -- reading it --------------------------------------------------------------------------------------------
 
@@ -248,13 +191,6 @@ class LocalPrometheus:
                     f"{metric} did not reach {count} sample(s) per host within {timeout:g}s: {have}{problem}"
                 )
             time.sleep(POLL)
-
-    def log_tail(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return text[-LOG_TAIL:].strip() or "(empty log)"
 
     def config(self) -> str:
         # Strings go in as JSON, which YAML reads as double-quoted scalars: a host id needs no YAML quoting rules.

@@ -157,7 +157,7 @@ INVALID: dict[str, tuple[str, str, str, str]] = {
     ),
     "empty-load-balancers": (
         "  trafficControl:\n    loadBalancers: []\n",
-        "loadBalancers", "spec.trafficControl.loadBalancers", "List should have at least 1 item",
+        "loadBalancers", "spec.trafficControl.loadBalancers", "needs at least 1 item (got 0)",
     ),
     "two-providers": (
         "  trafficControl:\n    loadBalancers:\n      - command: {run: [lbctl]}\n"
@@ -198,7 +198,7 @@ INVALID: dict[str, tuple[str, str, str, str]] = {
     ),
     "command-empty-run": (
         "  trafficControl:\n    loadBalancers:\n      - command:\n          run: []\n",
-        "run", "spec.trafficControl.loadBalancers.0.command.run", "List should have at least 1 item",
+        "run", "spec.trafficControl.loadBalancers.0.command.run", "needs at least 1 item (got 0)",
     ),
     "command-empty-program": (
         "  trafficControl:\n    loadBalancers:\n      - command:\n          run: ['']\n",
@@ -386,11 +386,14 @@ def test_plan_shows_the_load_balancers_each_hosts_target_and_the_drain_bound(tmp
 
 def test_plan_of_trafficcontrol_alone_shows_the_change_and_starts_nothing(tmp_path: Path) -> None:
     """Adding trafficControl without a new revision deploys nothing: the next deployment is the first to take
-    hosts out, and the plan says the group changed, with the drain bound, and that nothing starts."""
+    hosts out, and the plan says the group changed, with the drain bound, and that nothing starts. It shows the
+    targets the next deployment will move, so a host that cannot be mapped is seen before the merge."""
     repo, store = _shop(tmp_path, WEB + TRAFFIC)
     result = plan(tmp_path, repo, store)
     assert result.returncode == ExitCode.CHANGES, result.stderr
     assert "trafficControl: (none) -> {loadBalancers: [{targetGroup: {name: shop-web-tg" in result.stdout
     assert "drainTimeout: 40s" in result.stdout
     assert "0 deployments would start" in result.stdout
-    assert "traffic:" not in result.stdout
+    assert ("shop/web: no deployment: traffic control changed; the revision is unchanged, so no deployment starts"
+            in result.stdout)
+    assert "web-5 (no instanceId or address registered)" in result.stdout
