@@ -179,6 +179,21 @@ def read_analysis(
     return analysis_view(deployment, record.document, desired, group)
 
 
+def _gated_deployment(
+    context: StatusContext, state: GroupState | None, in_flight: DeploymentView | None
+) -> str | None:
+    """Whose gates `status` shows: the deployment in flight, or else the latest user deployment. Rollbacks and
+    catch-ups are never gated, so after a gate stopped a revision the rollback that followed would otherwise hide
+    the measured value that stopped it."""
+    if in_flight is not None:
+        return in_flight.deployment_id
+    for deployment_id in reversed(state.history if state is not None else []):
+        deployment = context.deployment(deployment_id)
+        if deployment is not None and deployment.creator == "user":
+            return deployment_id
+    return None
+
+
 def _phase(state: GroupState | None, manifest: DesiredGroup | None, *, in_flight: DeploymentView | None,
            desired_known: bool, held: bool, converged: bool) -> str:
     """The one word `status` shows for a group. When the manifests could not be read, a group missing from
@@ -269,8 +284,7 @@ def group_status(key: str, context: StatusContext) -> GroupView:
     target = desired_revision if phase != "removed" and desired is not None else effective
     members = context.members(key)
     load_balancers, traffic = context.traffic_of(key, members)
-    last_id = state.history[-1] if state is not None and state.history else None
-    gated_id = in_flight.deployment_id if in_flight is not None else last_id
+    gated_id = _gated_deployment(context, state, in_flight)
     return GroupView(
         group=key,
         state=phase,

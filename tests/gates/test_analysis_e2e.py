@@ -139,8 +139,13 @@ def test_a_bad_canary_is_caught_by_its_error_rate_rolled_back_and_quarantined(
     assert rollback["creator"] == "rollback" and rollback["status"] == "Succeeded"
     assert {h.host_id: version_served(h.port) for h in fleet.hosts} == {h.host_id: "4" for h in fleet.hosts}
     assert group["effectiveRevision"] == good["revision"]
-    # The measured value is in the --once summary, in the user's words.
+    # The measured value is in the --once summary, in the user's words, and `status` shows the gate that stopped
+    # v5 although the rollback (never gated) came after it.
     assert "error-rate" in bad.stdout and "ANALYSIS_FAILED" in bad.stdout + bad.stderr
+    status = fleet.reconcile("status")
+    gate_line = next(line for line in status.stdout.splitlines() if line.strip().startswith("gate "))
+    assert "error-rate after the canary batch: failed" in gate_line, status.stdout
+    assert f"{value:.6g}"[:4] in gate_line, gate_line
     # What the load saw: only 500s from the canary while it served v5 (HAProxy has no retry-on 500), and nothing
     # else (no connection dropped: traffic control still drained every host).
     assert set(snapshot.by_reason) <= {"500"}, snapshot.by_reason
