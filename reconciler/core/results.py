@@ -5,6 +5,8 @@ command slot is free reads the same in this pass as in the next one.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from contract.durations import format_duration
 from contract.models import (
     ALLOW_TRAFFIC,
@@ -89,7 +91,7 @@ def _host_result(
         ok = last.status is CommandStatus.SUCCEEDED
         return {
             "status": SUCCEEDED if ok else FAILED,
-            "finished_at": last.ended_at or now,
+            "finished_at": _on_our_clock(last.ended_at, host_state.dispatched_at, now),
             "message": None if ok else (command_message(last) or "the command failed"),
             "out_of_service_seconds": out_of_service(last),
         }
@@ -103,6 +105,17 @@ def _host_result(
     if not view.online(host):
         return {"status": FAILED, "finished_at": now, "message": f"{view.offline_reason(host)} while deploying"}
     return None
+
+
+def _on_our_clock(ended_at: datetime | None, dispatched_at: datetime | None, now: datetime) -> datetime:
+    """The agent's end time, kept between the dispatch and this pass. Bakes and gate checkpoints count from
+    it: an agent whose clock runs ahead must not hold a canary bake (or its first gate measurement) until the
+    reconciler's clock catches up, nor one that runs behind end a bake before it began."""
+    if ended_at is None:
+        return now
+    if dispatched_at is not None and ended_at < dispatched_at:
+        return dispatched_at
+    return min(ended_at, now)
 
 
 def out_of_service(progress: CommandProgress) -> float | None:

@@ -470,3 +470,22 @@ def test_conditions_judge_like_python_and_nan_is_inconclusive(value: float, text
     else:
         expected = eval(text.replace("result", repr(value)))  # the test's own three conditions
         assert passed is expected and shown == value
+
+
+def test_an_agent_clock_running_ahead_does_not_hold_the_checkpoint() -> None:
+    """The canary's agent reports its end ten minutes in the future (its clock is off): the checkpoint opens on
+    the reconciler's clock, so the first measurement is due at once, not ten minutes later."""
+    observed, state = fleet()
+    d = desired()
+    actions = reconcile(d, observed, state, now=T0)
+    state = apply_actions(state, actions)
+    skewed = run_agents(observed, state, now=T0 + timedelta(minutes=10), alive=HOSTS)
+    actions = reconcile(d, skewed, state, now=T0 + timedelta(seconds=5))
+    state = apply_actions(state, actions)
+    deployment = next(iter(state.deployments.values()))
+    canary = deployment.batches[0][0]
+    assert deployment.hosts[canary].finished_at == T0 + timedelta(seconds=5)
+    group = d.desired_groups()[KEY]
+    due = due_measurements(deployment, group, deployment_config(d, deployment, group), None,
+                           now=T0 + timedelta(seconds=6))
+    assert [(m.checkpoint, m.index) for m in due] == [("batch-0", 0)]
