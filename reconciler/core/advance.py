@@ -53,18 +53,21 @@ def drive(
     actions = _rewrite_interrupted(view, key, deployment, group)
     facts = view.facts(group_state, deployment, config)
     stop = stop_outcome(group_state, deployment, group)
+    canary_and_bakes = deployment.creator == "user"
+    step = decide_step(deployment, facts, config, now=view.now, canary_and_bakes=canary_and_bakes, stop=stop)
     alarm = alarm_outcome(group, deployment, view.observed.alarms.get(key)) if stop is None else None
-    if alarm is not None:
+    if alarm is not None and not (step.outcome is not None and step.outcome.status is DeploymentStatus.FAILED):
+        # An alarm stops the deployment at once; a failure decided in this same pass keeps its own ending (and
+        # the rollback DEPLOYMENT_FAILURE asks for).
         deployment, stopped = stop_hosts_in_flight(deployment, alarm, view.now)
         failed = [*failed, *stopped]
-        step = Step(outcome=alarm)
+        step = Step(offline=step.offline, outcome=alarm)
     else:
-        canary_and_bakes = deployment.creator == "user"
-        step = decide_step(deployment, facts, config, now=view.now, canary_and_bakes=canary_and_bakes, stop=stop)
         step = hold_for_gates(
             step, deployment, group, config,
             analysis=view.observed.analysis.get(deployment.deployment_id),
             alarms=view.observed.alarms.get(key),
+            now=view.now,
         )
     if step.offline:
         deployment = _fail_offline(deployment, step.offline, facts, view.now)

@@ -221,12 +221,15 @@ def query_variables(deployment: Deployment, point: Checkpoint) -> dict[str, str]
 
 def alarms_wanted(group: DesiredGroup, group_state: GroupState | None, deployment: Deployment | None) -> bool:
     """Whether this pass must read the group's alarms: a user deployment is in flight, or one may start now (a
-    new desired revision that is not quarantined), since a deployment dispatches its first batch in the pass that
-    starts it. A quiet or quarantined group costs CloudWatch nothing."""
+    new desired revision that is not quarantined, also in place of a rollback or catch-up it supersedes), since a
+    deployment dispatches its first batch in the pass that starts it. A quiet, suspended or quarantined group
+    costs CloudWatch nothing."""
     if not group.watches_alarms:
         return False
-    if deployment is not None and not deployment.status.finished:
-        return deployment.creator == "user"
+    if deployment is not None and not deployment.status.finished and deployment.creator == "user":
+        return True
+    if group.suspend:
+        return False
     if group_state is None:
         return True
     if same_revision(group.revision, group_state.effective_revision):
@@ -242,43 +245,93 @@ def hold_for_gates(
     *,
     analysis: DeploymentAnalysis | None,
     alarms: AlarmCheck | None,
+    now: datetime,
 ) -> Step:
-    """`step` as the gates allow it: unchanged unless it would make progress (dispatch a batch, or succeed)
-    while alarms cannot be read or the open checkpoint's gates have not all passed."""
-    progressing = bool(step.dispatch) or (
-        step.outcome is not None and step.outcome.status is DeploymentStatus.SUCCEEDED
-    )
-    if not progressing or group is None or deployment.creator != "user":
+    """`step` as the gates allow it.
+
+    - A gate that has failed at the open checkpoint fails the deployment now, whatever the step was doing (a
+      bake, a wait): a bad canary must not keep serving until its bake ends. A failure or stop the step already
+      decided wins (a failed host's rollback rules stay as they are).
+    - A step that would make progress (dispatch a batch, or succeed) holds while the alarms are unread or
+      unreadable (or in ALARM before any host got the revision), while the open checkpoint's gates are still
+      measuring, or while the batch before it is still in flight and gates run after every batch.
+    """
+    if group is None or deployment.creator != "user":
         return step
-    if group.watches_alarms and alarms is not None and alarms.state == "ERROR":
-        assert group.alarms is not None
-        if not group.alarms.ignore_poll_alarm_failure:
-            reason = (
-                f"holding: the alarms could not be read ({alarms.message}); no host gets the revision "
-                "unwatched (set ignorePollAlarmFailure to go on regardless)"
-            )
-            return Step(offline=step.offline, waiting=reason, waiting_code=WAITING_FOR_ALARMS)
-    point = checkpoint(deployment, group, config)
-    if point is None:
+    succeeding = step.outcome is not None and step.outcome.status is DeploymentStatus.SUCCEEDED
+    if step.outcome is not None and not succeeding:
         return step
-    runs = gate_runs(point, analysis)
+    # Hosts failed offline in this very step count as finished: the last batch may have become the final one.
+    judged = _with_offline_failed(deployment, step.offline, now)
+    point = checkpoint(judged, group, config)
+    runs = gate_runs(point, analysis) if point is not None else []
     failed = [run for run in runs if run.verdict == "failed"]
     if failed:
         message = "; ".join(run.message for run in failed)
         return Step(offline=step.offline, outcome=Outcome(DeploymentStatus.FAILED, ANALYSIS_FAILED, message))
-    running = [run for run in runs if run.verdict == "running"]
-    if not running:
+    if not (step.dispatch or succeeding):
         return step
-    until = min(run.next_due for run in running if run.next_due is not None)
-    reason = "analysis: " + "; ".join(run.message for run in running)
-    return Step(offline=step.offline, waiting=reason, waiting_code=WAITING_FOR_ANALYSIS, waiting_until=until)
+    unwatched = _alarms_hold(group, deployment, alarms)
+    if unwatched is not None:
+        return Step(offline=step.offline, waiting=unwatched, waiting_code=WAITING_FOR_ALARMS)
+    running = [run for run in runs if run.verdict == "running"]
+    if running:
+        due = min(run.next_due for run in running if run.next_due is not None)
+        reason = "analysis: " + "; ".join(run.message for run in running)
+        return Step(offline=step.offline, waiting=reason, waiting_code=WAITING_FOR_ANALYSIS, waiting_until=due)
+    if step.dispatch and _batch_in_flight(deployment, group, config):
+        reason = (
+            f"analysis: gates run after every batch, so the next one waits for batch {len(deployment.batches)} "
+            "to finish"
+        )
+        return Step(offline=step.offline, waiting=reason, waiting_code=WAITING_FOR_ANALYSIS)
+    return step
+
+
+def _with_offline_failed(deployment: Deployment, offline: list[str], now: datetime) -> Deployment:
+    if not offline:
+        return deployment
+    hosts = dict(deployment.hosts)
+    for host in offline:
+        hosts[host] = hosts[host].model_copy(update={"status": FAILED, "finished_at": now})
+    return deployment.model_copy(update={"hosts": hosts})
+
+
+def _batch_in_flight(deployment: Deployment, group: DesiredGroup, config: EffectiveConfig) -> bool:
+    """A batch is still in flight and gates run after every batch (or after this one, the canary): dispatching
+    now would skip its checkpoint."""
+    if not any(state.status is IN_PROGRESS for state in deployment.hosts.values()):
+        return False
+    canary_now = config.canary is not None and len(deployment.batches) == 1
+    return any("batch" in gate.at or (canary_now and "canary" in gate.at) for gate in group.analysis)
+
+
+def _alarms_hold(group: DesiredGroup, deployment: Deployment, alarms: AlarmCheck | None) -> str | None:
+    """Why progress waits on the alarms, if it does."""
+    if not group.watches_alarms:
+        return None
+    assert group.alarms is not None
+    if alarms is None:
+        return "holding: the alarms were not read in this pass; no host gets the revision unwatched"
+    if alarms.state == "ERROR" and not group.alarms.ignore_poll_alarm_failure:
+        return (
+            f"holding: the alarms could not be read ({alarms.message}); no host gets the revision unwatched "
+            "(set ignorePollAlarmFailure to go on regardless)"
+        )
+    if alarms.state == "ALARM" and not deployment.batches:
+        return (
+            f"holding: {alarms.message} before any host got the revision; the deployment starts when the alarm "
+            "clears (set alarmConfiguration.enabled: false to deploy while it fires)"
+        )
+    return None
 
 
 def alarm_outcome(group: DesiredGroup | None, deployment: Deployment, alarms: AlarmCheck | None) -> Outcome | None:
-    """How a user deployment ends because one of its group's alarms is in ALARM (None: it does not)."""
+    """How a user deployment ends because one of its group's alarms is in ALARM (None: it does not). Not before
+    its first batch: a revision no host has is held, not stopped and quarantined (`hold_for_gates`)."""
     if group is None or not group.watches_alarms or alarms is None or alarms.state != "ALARM":
         return None
-    if deployment.creator != "user" or deployment.status.finished:
+    if deployment.creator != "user" or deployment.status.finished or not deployment.batches:
         return None
     return Outcome(DeploymentStatus.STOPPED, ALARM_ACTIVE, f"stopped on alarm: {alarms.message}")
 
@@ -290,7 +343,7 @@ def stop_hosts_in_flight(deployment: Deployment, outcome: Outcome, now: datetime
         return deployment, []
     hosts = dict(deployment.hosts)
     for host in stopped:
-        message = f"the deployment {outcome.message.removeprefix('stopped ')} while this host deployed"
+        message = f"still deploying when the deployment was {outcome.message}"
         hosts[host] = hosts[host].model_copy(update={"status": FAILED, "finished_at": now, "message": message})
     return deployment.model_copy(update={"hosts": hosts, "updated_at": now}), stopped
 

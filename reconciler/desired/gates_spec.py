@@ -155,9 +155,12 @@ class _Parser:
         if word == RESULT:
             return word
         try:
-            return float(word)
+            number = float(word)
         except ValueError:
             raise ValueError(f"expected `result` or a number in {self.text!r}, found {word!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"compare `result` with a finite number in {self.text!r}, not {word!r}")
+        return number
 
 
 def _evaluate(tree: tuple[object, ...], result: float) -> bool:
@@ -314,6 +317,11 @@ class AnalysisGateSpec(Model):
                 f"failureLimit {self.failure_limit} can never be exceeded with count {self.count}; "
                 "it must be smaller than count"
             )
+        if self.inconclusive_limit >= self.count:
+            raise ValueError(
+                f"inconclusiveLimit {self.inconclusive_limit} would let a run of {self.count} pass with nothing "
+                "measured; it must be smaller than count"
+            )
         if self.interval <= timedelta(0):
             raise ValueError("interval must be longer than 0 s")
         return self
@@ -349,16 +357,18 @@ def host_regex(hosts: list[str]) -> str:
 
 
 def judge(condition: Condition, values: list[tuple[str, float]]) -> tuple[bool | None, float | None, str | None]:
-    """Apply a condition to every series' value. Returns (passed, the value shown, the series it came from):
-    passed None means nothing could be judged (no series, or a value that is NaN / infinite). The value shown is
-    the first series that fails, or the largest when all pass."""
+    """Apply a condition to every series' value. Returns (passed, the value shown, the series it came from).
+
+    A series that fails decides first, even when another is NaN or infinite (0/0 on a host with no traffic must
+    not hide a host at 0.5). Then passed is None (nothing can be judged) when there is no series or one that is
+    not a finite number. The value shown is the failing series', or the largest when all pass."""
     if not values:
         return None, None, None
     for label, value in values:
-        if math.isnan(value) or math.isinf(value):
-            return None, value, label
-    for label, value in values:
-        if not condition.holds(value):
+        if math.isfinite(value) and not condition.holds(value):
             return False, value, label
+    for label, value in values:
+        if not math.isfinite(value):
+            return None, value, label
     label, value = max(values, key=lambda item: item[1])
     return True, value, label

@@ -12,6 +12,7 @@ library keeps the reconciler's dependencies to those made for a job we do not wa
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import urllib.error
@@ -49,18 +50,22 @@ def query(address: str, promql: str, *, timeout: float) -> list[tuple[str, float
         raise QueryFailed(f"Prometheus at {address} could not be reached: {exc.reason}") from exc
     except TimeoutError as exc:
         raise QueryFailed(f"Prometheus at {address} did not answer within {timeout:g} s") from exc
-    except OSError as exc:
-        raise QueryFailed(f"Prometheus at {address}: {exc}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        # HTTPException: something that is not HTTP answered (a wrong port, a proxy speaking another protocol).
+        raise QueryFailed(f"Prometheus at {address}: {type(exc).__name__}: {exc}") from exc
     if len(body) > ANSWER_LIMIT:
         raise QueryFailed(f"Prometheus at {address} answered more than {ANSWER_LIMIT} bytes; narrow the query")
     try:
         answer = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise QueryFailed(f"Prometheus at {address} answered something that is not JSON: {exc}") from exc
     if not isinstance(answer, dict) or answer.get("status") != "success":
         detail = answer.get("error", answer) if isinstance(answer, dict) else answer
         raise QueryFailed(f"Prometheus at {address} refused the query: {detail}")
-    return _series(answer.get("data") or {})
+    data = answer.get("data")
+    if not isinstance(data, dict):
+        raise QueryFailed(f"Prometheus at {address} answered without a data object: {str(answer)[:200]}")
+    return _series(data)
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
@@ -81,8 +86,19 @@ def _series(data: dict[str, Any]) -> list[tuple[str, float]]:
     if kind == "scalar" and isinstance(result, list) and len(result) == 2:
         return [("scalar", _number(result[1]))]
     if kind == "vector" and isinstance(result, list):
-        return [(_labels(item.get("metric") or {}), _number(item["value"][1])) for item in result]
+        return [_sample(item) for item in result]
     raise QueryFailed(f"the query returned a {kind}; a gate needs an instant vector or a scalar")
+
+
+def _sample(item: object) -> tuple[str, float]:
+    """One series of an instant vector: `{"metric": {...}, "value": [time, "0.2"]}`."""
+    if not isinstance(item, dict):
+        raise QueryFailed(f"the query returned a series that is not an object: {str(item)[:200]}")
+    metric, value = item.get("metric"), item.get("value")
+    if not isinstance(value, list) or len(value) != 2:
+        raise QueryFailed(f"the query returned a series without a [time, value] pair: {str(item)[:200]}")
+    labels = metric if isinstance(metric, dict) else {}
+    return _labels({str(k): str(v) for k, v in labels.items()}), _number(value[1])
 
 
 def _number(text: object) -> float:

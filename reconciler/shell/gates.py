@@ -26,9 +26,16 @@ from datetime import datetime
 import structlog
 
 from contract.keys import analysis_key
-from contract.models import AlarmCheck, Deployment, DeploymentAnalysis, GateMeasurement
+from contract.models import AlarmCheck, Deployment, DeploymentAnalysis, GateMeasurement, GateResult
 from contract.store import PreconditionFailed, Store, StoreError
-from contract.store.docs import DocumentInvalid, Versioned, create_document, read_if_changed, replace_document
+from contract.store.docs import (
+    DocumentInvalid,
+    Versioned,
+    create_document,
+    read_if_changed,
+    replace_document,
+    write_document,
+)
 from reconciler.core import Observed, State
 from reconciler.core.gates import DueMeasurement, alarms_wanted, due_measurements
 from reconciler.core.view import deployment_config
@@ -58,14 +65,26 @@ class GateShell:
         self._alarm_reader = alarm_reader
         self._readers: dict[str, AlarmReader] = {}
         self._records: dict[str, Versioned[DeploymentAnalysis] | None] = {}
+        #: Deployment id -> the version of a record that could not be parsed: replaced by the next write.
+        self._broken: dict[str, str | None] = {}
+        self._before_write: Callable[[], None] | None = None
 
-    def observe(self, store: Store, desired: Desired, observed: Observed, state: State) -> Observed:
+    def observe(
+        self,
+        store: Store,
+        desired: Desired,
+        observed: Observed,
+        state: State,
+        *,
+        before_write: Callable[[], None] | None = None,
+    ) -> Observed:
         """`observed` with `analysis` and `alarms` filled for the groups whose user deployment is in flight (or,
         for alarms, may start this pass)."""
         groups = desired.desired_groups()
         analysis: dict[str, DeploymentAnalysis] = {}
         alarms: dict[str, AlarmCheck] = {}
         watched: set[str] = set()
+        self._before_write = before_write
         for key, group in groups.items():
             group_state = state.groups.get(key)
             deployment = state.deployments.get(group_state.deployment_in_flight or "") if group_state else None
@@ -93,9 +112,13 @@ class GateShell:
         try:
             record = read_if_changed(store, key, DeploymentAnalysis, known)
         except DocumentInvalid as exc:
-            # Only this reconciler writes it; a broken copy is replaced by the next write, from scratch.
+            # Only the lease holder writes it; a broken copy is replaced by the next write (over its version), and
+            # the run starts again from its first measurement.
             log.warning("gates.record_unreadable", key=key, error=str(exc))
+            self._broken[deployment.deployment_id] = exc.version
             record = None
+        else:
+            self._broken.pop(deployment.deployment_id, None)
         self._records[deployment.deployment_id] = record
         return record
 
@@ -118,7 +141,16 @@ class GateShell:
         due = due_measurements(deployment, group, config, document, now=self._clock())
         taken: list[GateMeasurement] = []
         for item in due:
-            measurement = self._measure(item)
+            try:
+                measurement = self._measure(item)
+            except Exception as exc:
+                # A bug of ours, or an answer nobody foresaw: this measurement is Inconclusive, the pass goes on.
+                log.exception("gates.measure_failed", deployment=deployment.deployment_id, gate=item.gate.name)
+                measurement = GateMeasurement(
+                    gate=item.gate.name, checkpoint=item.checkpoint, index=item.index, due_at=item.due_at,
+                    measured_at=self._clock(), result=GateResult.INCONCLUSIVE,
+                    message=f"the measurement failed inside fleetshift: {type(exc).__name__}: {exc}",
+                )
             log.info(
                 "gates.measured",
                 deployment=deployment.deployment_id,
@@ -152,11 +184,19 @@ class GateShell:
             updated_at=now,
         )
         key = analysis_key(deployment.deployment_id)
+        broken = deployment.deployment_id in self._broken
         try:
-            if record is None:
-                version = create_document(store, key, document)
-            else:
+            if self._before_write is not None:
+                self._before_write()  # still the lease holder after the queries' time
+            broken_version = self._broken.get(deployment.deployment_id)
+            if record is not None:
                 version = replace_document(store, key, document, record.version)
+            elif broken_version is not None:
+                version = replace_document(store, key, document, broken_version)
+            elif broken:
+                version = write_document(store, key, document)  # unreadable, version unknown: one writer, us
+            else:
+                version = create_document(store, key, document)
         except PreconditionFailed:
             log.warning("gates.record_conflict", key=key)
             self._records.pop(deployment.deployment_id, None)
@@ -166,6 +206,7 @@ class GateShell:
             log.warning("gates.record_failed", key=key, error=str(exc))
             return before
         self._records[deployment.deployment_id] = Versioned(document, version)
+        self._broken.pop(deployment.deployment_id, None)
         return document
 
     def _forget(self, watched: set[str], groups: Mapping[str, DesiredGroup]) -> None:

@@ -48,6 +48,10 @@ from reconciler.shell.traffic import TrafficShell
 
 log = structlog.get_logger(__name__)
 
+#: The shortest sleep for a wake-up time that has already passed (a gate measurement due now that the last pass
+#: could not record, say): the next pass comes soon, but a loop never spins on a time in the past.
+WAKE_FLOOR_SECONDS = 0.2
+
 #: Blocked reasons that end by themselves: a run that sees them is not settled yet.
 WAITING_CODES = frozenset(
     {"WAITING_FOR_HOSTS", "BAKING", "STOPPING", "WAITING_FOR_TRAFFIC", "WAITING_FOR_ANALYSIS", "WAITING_FOR_ALARMS"}
@@ -148,11 +152,15 @@ class PassRunner:
         snapshot = self.reader.snapshot()
         # Load balancers are observed data too: read for the hosts at a traffic step, before deciding.
         observed = self.traffic.observe(desired, snapshot.observed, snapshot.state)
-        # So are the gates: alarms read and due measurements taken (and recorded) for deployments in flight.
-        observed = self.gates.observe(self.store, desired, observed, snapshot.state)
         snapshot = dataclasses.replace(snapshot, observed=observed)
         if before_decide is not None:
             before_decide(snapshot)
+        # So are the gates: alarms read and due measurements taken (and recorded, still under the lease) for the
+        # deployments in flight; after a saved plan's check, so a refused plan records nothing.
+        observed = self.gates.observe(
+            self.store, desired, snapshot.observed, snapshot.state, before_write=self.lease.ensure
+        )
+        snapshot = dataclasses.replace(snapshot, observed=observed)
         now = self.clock()
         actions = reconcile(desired, snapshot.observed, snapshot.state, now=now, settings=self.core_settings)
         groups_before = {
@@ -192,4 +200,4 @@ class PassRunner:
         return outcome
 
 
-__all__ = ["WAITING_CODES", "PassListener", "PassOutcome", "PassRunner", "state_after"]
+__all__ = ["WAITING_CODES", "WAKE_FLOOR_SECONDS", "PassListener", "PassOutcome", "PassRunner", "state_after"]

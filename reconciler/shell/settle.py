@@ -20,7 +20,7 @@ from contract.exitcodes import ExitCode
 from contract.store import StoreError
 from reconciler.desired.manifests import Desired
 from reconciler.shell.observe import Snapshot
-from reconciler.shell.passes import PassOutcome, PassRunner
+from reconciler.shell.passes import WAKE_FLOOR_SECONDS, PassOutcome, PassRunner
 from reconciler.shell.summary import RunLedger, summarize, timed_out_lines
 
 log = structlog.get_logger(__name__)
@@ -107,7 +107,7 @@ def _next_pause(runner: PassRunner, outcome: PassOutcome, poll: float, deadline:
     pause = poll
     wake = outcome.wake_at()
     if wake is not None:
-        pause = min(pause, max(0.0, (wake - runner.clock()).total_seconds()))
+        pause = min(pause, max(WAKE_FLOOR_SECONDS, (wake - runner.clock()).total_seconds()))
     pause = min(pause, max(0.0, deadline - time.monotonic()))
     renew = runner.lease.renew_due()
     if renew is not None:

@@ -59,7 +59,7 @@ from reconciler.settings import DeploySettings
 from reconciler.shell.executor import WriteConflict
 from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease
 from reconciler.shell.observe import StoreReader
-from reconciler.shell.passes import PassListener, PassOutcome, PassRunner
+from reconciler.shell.passes import WAKE_FLOOR_SECONDS, PassListener, PassOutcome, PassRunner
 
 log = structlog.get_logger(__name__)
 
@@ -363,7 +363,8 @@ class Watcher:
             targets.append(time.monotonic() + max(0.0, (renew - self.runner.clock()).total_seconds()))
         wake_at = self.last.wake_at() if self.last else None
         if wake_at is not None:
-            targets.append(time.monotonic() + max(0.0, (wake_at - self.runner.clock()).total_seconds()))
+            seconds = (wake_at - self.runner.clock()).total_seconds()
+            targets.append(time.monotonic() + max(WAKE_FLOOR_SECONDS, seconds))
         pause = max(0.0, min(targets) - time.monotonic())
         if self.wake.wait(pause):
             self.wake.clear()

@@ -232,3 +232,39 @@ def test_reconcile_killed_mid_analysis_finishes_the_run_without_counting_a_measu
         host = deployment["batches"][batch][0]
         last = max(m.measured_at for m in by_checkpoint[f"batch-{batch - 1}"])
         assert datetime.fromisoformat(deployment["hosts"][host]["dispatchedAt"]) >= last
+
+
+def test_an_unreadable_record_is_replaced_and_the_run_starts_again(tmp_path: Path) -> None:
+    desired = load_files([ManifestFile("web.yaml", MANIFESTS.encode())], commit="c")
+    state, _ = world()
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    store.put(analysis_key("d-1"), b'{"not": "an analysis record"')  # cut off: not even JSON
+    clock = Clock()
+    taken: list[int] = []
+
+    def measure(due: DueMeasurement) -> GateMeasurement:
+        taken.append(due.index)
+        return measurement(due, clock.now)
+
+    shell = GateShell(clock=clock, measure_one=measure)
+    seen = shell.observe(store, desired, Observed(), state)
+    assert taken == [0] and [m.index for m in seen.analysis["d-1"].measurements] == [0]
+    clock.now += timedelta(seconds=10)
+    seen = shell.observe(store, desired, Observed(), state)
+    assert taken == [0, 1] and [m.index for m in seen.analysis["d-1"].measurements] == [0, 1]
+    stored = read_document(store, analysis_key("d-1"), DeploymentAnalysis)
+    assert stored is not None and len(stored.document.measurements) == 2
+
+
+def test_a_measurement_that_raises_is_inconclusive_and_the_pass_goes_on(tmp_path: Path) -> None:
+    desired = load_files([ManifestFile("web.yaml", MANIFESTS.encode())], commit="c")
+    state, _ = world()
+    store = FileStore(f"file://{tmp_path / 'store'}")
+
+    def broken(due: DueMeasurement) -> GateMeasurement:
+        raise KeyError("value")
+
+    seen = GateShell(clock=Clock(), measure_one=broken).observe(store, desired, Observed(), state)
+    [taken] = seen.analysis["d-1"].measurements
+    assert taken.result is GateResult.INCONCLUSIVE
+    assert taken.message == "the measurement failed inside fleetshift: KeyError: 'value'"
