@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError
 
+from contract.durations import format_duration
 from contract.yamlbounds import YamlRefused
 from contract.yamlmarks import (
     LocatedYaml,
@@ -281,6 +282,15 @@ def _cross_check(
             errors.append(err(document, ("spec", "revision"),
                               f"no revision: set spec.revision here or spec.defaultRevision on "
                               f"Application {spec.application!r}"))
+        config = configs.get(spec.deployment_config)
+        timeout = config.spec.host_timeout if config is not None else None
+        check = spec.health_check
+        if check is not None and timeout is not None and timeout <= check.healthy_deadline:
+            errors.append(err(document, ("spec", "healthCheck", "healthyDeadline"),
+                              f"healthyDeadline ({format_duration(check.healthy_deadline)}) is not shorter than "
+                              f"the hostTimeout ({format_duration(timeout)}) of DeploymentConfig "
+                              f"{spec.deployment_config!r}: a host still within its health deadline would be "
+                              "counted failed as timed out; shorten it or lengthen hostTimeout"))
     for document in failed:
         data = document.data
         spec_data = data.get("spec") if isinstance(data, dict) and data.get("kind") == "DeploymentGroup" else None
