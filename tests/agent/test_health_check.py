@@ -305,6 +305,33 @@ def test_the_commands_time_limit_ends_the_step(service: tuple[Service, str]) -> 
     assert done.clock.now == pytest.approx(1002.5)
 
 
+def test_a_get_cut_short_by_the_commands_time_limit_is_not_called_a_flap(service: tuple[Service, str]) -> None:
+    """The last GET is cut to what is left of the command's time: its failure is time running out, not the host."""
+    server, url = service
+    server.script(OK, Answer(delay=1.0))
+
+    class RealTimeClock:
+        """Real time, with the step's sleeps skipped (so the window passes at once and a GET still takes time)."""
+
+        def __init__(self) -> None:
+            self.skipped = 0.0
+
+        def __call__(self) -> float:
+            return time.monotonic() + self.skipped
+
+        def sleep(self, seconds: float) -> None:
+            self.skipped += seconds
+
+    clock = RealTimeClock()
+    check = HostHealthCheck.model_validate({"url": url, "interval_seconds": 1, "min_healthy_seconds": 5,
+                                            "timeout_seconds": 2})
+    outcome = run_health_check(check, should_stop=None, deadline=clock() + 1.2, command_timeout=1.2,
+                               on_progress=lambda text: None, clock=clock, sleep=clock.sleep)
+    assert not outcome.succeeded
+    assert outcome.message.startswith("the command's time limit of 1.2 s ran out during the health check"), outcome
+    assert "flapped" not in outcome.message
+
+
 def test_progress_is_reported_at_most_every_two_seconds(service: tuple[Service, str]) -> None:
     server, url = service
     server.script(DOWN, DOWN, OK)
