@@ -296,9 +296,11 @@ def test_rollouts_as_the_target_group_sees_them(elb_fleet: ElbFleet) -> None:
     assert one.most_out_at_once() == 1
     assert one.out_together() == [frozenset([elb.instance_of[h]]) for [h] in elb.deployments()[-1]["batches"]]
 
-    # HalfAtATime keeps half in service: never more than two out, and the first batch is two hosts at once.
+    # HalfAtATime keeps half in service: never more than two out, and the first batch is two hosts. Whether the
+    # two are out of the target group at the same moment depends on when each agent picks its command up (on a
+    # loaded machine one has finished before the other starts, seen twice in CI), so only the bound is asserted.
     half = _rollout(elb, "v1", HALF)
-    assert half.most_out_at_once() == HOSTS // 2
+    assert 1 <= half.most_out_at_once() <= HOSTS // 2
     assert len(elb.deployments()[-1]["batches"][0]) == HOSTS // 2
 
 
