@@ -106,6 +106,9 @@ def version_of(info: os.stat_result) -> str:
 class FileStore:
     """The `Store` protocol over a local folder. Safe to share between threads and between processes."""
 
+    #: A local folder: reads are fast and need no threads.
+    local = True
+
     def __init__(self, url: str, *, create: bool = True) -> None:
         """`create=True` (writers) creates the store or adopts one from before the marker; `create=False`
         (readers) never writes the marker (see contract/store/marker.py)."""

@@ -19,6 +19,9 @@ from contract.store.base import ObjectVersion, PreconditionFailed, StoredObject,
 class MemoryStore:
     """A thread-safe in-process store. Versions come from one counter, so a version never repeats."""
 
+    #: In process: reads need no threads.
+    local = True
+
     _instances = itertools.count(1)
 
     def __init__(self, url: str | None = None) -> None:

@@ -91,6 +91,9 @@ def parse_s3_url(url: str) -> tuple[str, str, dict[str, str]]:
 class S3Store:
     """The `Store` protocol over one bucket and prefix. Thread-safe (boto3 clients are)."""
 
+    #: Every read is a network round trip: readers fetch in parallel.
+    local = False
+
     def __init__(
         self,
         url: str,

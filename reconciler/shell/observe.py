@@ -49,7 +49,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
-from contract.store.docs import DocumentInvalid, parse_document
+from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
 
@@ -126,7 +126,8 @@ class StoreReader:
     # Fetching
 
     def _fetch(self, keys: list[str]) -> dict[str, StoredObject | None]:
-        if len(keys) <= PARALLEL_READS_ABOVE:
+        # Threads pay off for network round trips (S3); on a local store they only fight over locks.
+        if len(keys) <= PARALLEL_READS_ABOVE or getattr(self.store, "local", False):
             return {key: self.store.get(key) for key in keys}
         with ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="observe") as pool:
             return dict(zip(keys, pool.map(self.store.get, keys), strict=True))
@@ -144,15 +145,17 @@ class StoreReader:
             and (key not in table.entries or table.entries[key].version != version)
         ]
         changed: set[str] = set()
-        for key, stored in self._fetch(stale).items():
-            if stored is None:  # deleted between the listing and the read
-                table.entries.pop(key, None)
-                table.listed.pop(key, None)
+        fetched = self._fetch(stale)
+        with bulk_parsing():
+            for key, stored in fetched.items():
+                if stored is None:  # deleted between the listing and the read
+                    table.entries.pop(key, None)
+                    table.listed.pop(key, None)
+                    changed.add(key)
+                    continue
+                table.entries[key] = _Entry(stored.version, table.parse(stored))
+                table.listed[key] = stored.version
                 changed.add(key)
-                continue
-            table.entries[key] = _Entry(stored.version, table.parse(stored))
-            table.listed[key] = stored.version
-            changed.add(key)
         self.last_fetch_count += len(stale)
         return changed
 
