@@ -6,13 +6,13 @@ This module never restates a batching rule; if the engine changes, plans follow.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from contract.models import GroupState, HostRegistration, HostStatus, Revision
 from reconciler.core import CoreSettings, Observed, StartDeployment, State, is_online
-from reconciler.core.membership import group_members
+from reconciler.core.membership import MembershipIndex, group_members
 from reconciler.core.simulate import PreviewDeployment, RolloutPreview, preview_rollout
 from reconciler.core.view import healthy_before, last_attempts
 from reconciler.desired.manifests import BUILTIN_PREFIX, Desired, DesiredGroup
@@ -36,6 +36,11 @@ class _Context:
     fleet: Fleet | None
     now: datetime
     options: PlanOptions
+    #: One index of the hosts' tags for the whole plan: built per group it made a plan O(groups x hosts).
+    index: MembershipIndex = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", MembershipIndex(self.observed))
 
 
 #: Simulated time between passes; small, so that any gap longer than it between two batches is a bake.
@@ -203,7 +208,7 @@ def _rollout(
     recorded = context.state.groups.get(key)
     explicit_only = not group.targets.tag_sets
     known_hosts = context.fleet is not None or explicit_only
-    targets = group_members(group, context.observed) if known_hosts else None
+    targets = group_members(group, context.observed, context.index) if known_hosts else None
     revision_changed = previous is None or previous.revision.identity() != group.revision.identity()
     if context.fleet is None:
         decision = _decide_offline(previous, group, preview, explicit_only=explicit_only,

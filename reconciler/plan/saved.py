@@ -17,7 +17,7 @@ from pydantic import JsonValue, ValidationError
 from pydantic.alias_generators import to_camel
 
 from reconciler.core import Observed, State
-from reconciler.core.membership import group_members
+from reconciler.core.membership import MembershipIndex, group_members
 from reconciler.desired.manifests import Desired
 from reconciler.errors import ReconcilerError
 from reconciler.plan.diff import canonical_objects, diff_values, manifests_digest
@@ -91,7 +91,10 @@ def group_fingerprints(state: State) -> dict[str, GroupFingerprint]:
 
 
 def membership(desired: Desired, observed: Observed) -> dict[str, list[str]]:
-    return {key: sorted(group_members(group, observed)) for key, group in sorted(desired.desired_groups().items())}
+    index = MembershipIndex(observed)  # one for every group, not one per group
+    return {
+        key: sorted(group_members(group, observed, index)) for key, group in sorted(desired.desired_groups().items())
+    }
 
 
 def fingerprints(desired: Desired, observed: Observed, state: State) -> Fingerprints:
