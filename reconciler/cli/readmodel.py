@@ -28,7 +28,7 @@ from contract.models import (
 from reconciler.cli.common import split_group_key
 from reconciler.cli.progress import current_event
 from reconciler.core import Observed
-from reconciler.core.gates import Checkpoint, checkpoint, gate_run
+from reconciler.core.gates import Checkpoint, checkpoint, checkpoint_batch, gate_run
 from reconciler.core.view import deployment_config
 from reconciler.desired.manifests import Desired, DesiredGroup, EffectiveConfig
 from reconciler.shell.lease import LeaseView
@@ -373,7 +373,7 @@ def analysis_view(
     """The gates of `deployment` as `record` has them, judged by the core's own rules (`gate_run`) against the
     group's gates in the manifests. The checkpoint shown is the open one (the engine's `checkpoint`), else the
     last one measured."""
-    names = sorted({m.checkpoint for m in record.measurements}, key=_checkpoint_order)
+    names = sorted({m.checkpoint for m in record.measurements}, key=checkpoint_batch)
     config = deployment_config(desired, deployment, group) if desired is not None else None
     open_point = checkpoint(deployment, group, config) if config is not None else None
     points = [_past_checkpoint(deployment, record, name, group, config) for name in names]
@@ -386,11 +386,6 @@ def analysis_view(
     return AnalysisView(deployment.deployment_id, current, alarms, tuple(views))
 
 
-def _checkpoint_order(name: str) -> int:
-    number = name.removeprefix("batch-")
-    return int(number) if number.isdigit() else -1
-
-
 def _past_checkpoint(
     deployment: Deployment,
     record: DeploymentAnalysis,
@@ -400,7 +395,7 @@ def _past_checkpoint(
 ) -> Checkpoint:
     """A checkpoint the deployment has measurements for, rebuilt from the record: its batch, and whether it was
     the canary's or the last one (the words of `Checkpoint.describe`)."""
-    batch = _checkpoint_order(name)
+    batch = checkpoint_batch(name)
     measured = [m for m in record.measurements if m.checkpoint == name]
     canary = batch == 0 and config is not None and config.canary is not None
     final = batch == len(deployment.batches) - 1 and not any(
@@ -417,7 +412,7 @@ def _gate_views(point: Checkpoint, record: DeploymentAnalysis, group: DesiredGro
     known = {gate.name for gate in point.gates}
     for gate in point.gates:
         run = gate_run(point, gate, record)
-        failure = run.message.split("; ", 1)[-1] if run.verdict == "failed" else None
+        failure = run.cause
         views.append(GateView(gate.name, point.name, where, run.verdict, len(run.measurements), gate.count,
                               run.last, failure))
     # Gates measured here that the manifests no longer have: what was measured, without a verdict.

@@ -82,6 +82,8 @@ class GateRun:
     message: str
     #: When the next measurement is due (running only).
     next_due: datetime | None = None
+    #: Failed only: the measurement that decided it, in its own words (the end of `message`).
+    cause: str | None = None
 
     @property
     def last(self) -> GateMeasurement | None:
@@ -121,7 +123,18 @@ def checkpoint(deployment: Deployment, group: DesiredGroup | None, config: Effec
     gates = tuple(gate for gate in group.analysis if points.intersection(gate.at))
     if not gates:
         return None
-    return Checkpoint(f"batch-{last}", last, max(known), canary, final, gates)
+    return Checkpoint(checkpoint_name(last), last, max(known), canary, final, gates)
+
+
+def checkpoint_name(batch: int) -> str:
+    """The name a checkpoint is recorded under: `batch-<n>`, after batch n (0 is the canary's)."""
+    return f"batch-{batch}"
+
+
+def checkpoint_batch(name: str) -> int:
+    """The batch of a recorded checkpoint name; -1 for a name this version does not write."""
+    number = name.removeprefix("batch-")
+    return int(number) if name.startswith("batch-") and number.isdigit() else -1
 
 
 def gate_runs(point: Checkpoint, analysis: DeploymentAnalysis | None) -> list[GateRun]:
@@ -143,14 +156,17 @@ def gate_run(point: Checkpoint, gate: AnalysisGateSpec, analysis: DeploymentAnal
             f"{where} failed: {len(failed)} of {len(taken)} measurement(s) failed (failureLimit "
             f"{gate.failure_limit}); {failed[-1].message}"
         )
-        return GateRun(gate, taken, "failed", message)
+        return GateRun(gate, taken, "failed", message, cause=failed[-1].message)
     if len(inconclusive) > gate.inconclusive_limit and gate.on_inconclusive == "Fail":
+        cause = (
+            f"{inconclusive[-1].message}. This says nothing about the service's health: the metric could not be "
+            "read"
+        )
         message = (
             f"{where} could not be evaluated: {len(inconclusive)} inconclusive measurement(s) (inconclusiveLimit "
-            f"{gate.inconclusive_limit}, onInconclusive Fail); {inconclusive[-1].message}. This says nothing "
-            "about the service's health: the metric could not be read"
+            f"{gate.inconclusive_limit}, onInconclusive Fail); {cause}"
         )
-        return GateRun(gate, taken, "failed", message)
+        return GateRun(gate, taken, "failed", message, cause=cause)
     if len(taken) >= gate.count:
         note = ""
         if len(inconclusive) > gate.inconclusive_limit:
@@ -359,6 +375,8 @@ __all__ = [
     "alarm_outcome",
     "alarms_wanted",
     "checkpoint",
+    "checkpoint_batch",
+    "checkpoint_name",
     "due_measurements",
     "gate_run",
     "gate_runs",
