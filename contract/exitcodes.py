@@ -28,6 +28,9 @@ class ExitCode(IntEnum):
     LEASE_HELD = 7
     #: The store could not be reached or refused access.
     STORE_UNAVAILABLE = 8
+    #: The config commit failed `repository.verify` (unsigned, signed by a signer not allowed, or a history that
+    #: rewrites what was already applied): refused by `--once`, `watch` and `plan`; nothing was written.
+    UNVERIFIED_COMMIT = 9
     #: Interrupted by Ctrl-C outside a pass loop (the shell's convention, 128 + SIGINT).
     INTERRUPTED = 130
     #: `--once` stopped by SIGTERM/SIGINT between two passes: the current pass finished, the lease was released

@@ -46,6 +46,12 @@ def analysis_key(deployment_id: str) -> str:
     return f"analysis/{deployment_id}.json"
 
 
+CONFIG_PREFIX = "config/"
+#: Written by the reconciler: the config commit it last applied, the start of `repository.verify: strict`'s
+#: checked range (docs/trust.md).
+APPLIED_CONFIG_KEY = "config/applied.json"
+
+
 def deployment_key(deployment_id: str) -> str:
     return f"deployments/{deployment_id}.json"
 

@@ -30,6 +30,24 @@ DEFAULT_CONFIG_FILE = "deploy.yaml"
 SETTINGS_REFERENCE = "deploy.yaml.example or the README's Configuration section"
 
 
+class VerifySettings(Model):
+    """`repository.verify`: which config commits the reconciler accepts (docs/trust.md, "Verified commits")."""
+
+    mode: Literal["none", "head", "strict"] = Field(
+        default="none",
+        description="none: any commit; head: the commit deployed must carry a good signature by an allowed signer; "
+        "strict: every commit since the last applied one must, and the new commit must descend from it.",
+    )
+    allowed_signers_file: Path | None = Field(
+        default=None,
+        description="SSH signatures: git's gpg.ssh.allowedSignersFile (one `principal key` line per signer).",
+    )
+    gpg_keys_file: Path | None = Field(
+        default=None,
+        description="OpenPGP signatures: a file of public keys (armored or binary); only these keys are trusted.",
+    )
+
+
 class RepositorySettings(Model):
     url: str = Field(default=".", description="URL or local path of the config repo.")
     ref: str = Field(default="HEAD", description="Branch, tag or commit whose manifests are desired state.")
@@ -38,6 +56,7 @@ class RepositorySettings(Model):
         description="Folder inside the repo that holds the manifests; the default, the whole repository, skips "
         "hidden files and folders, CI files and deploy.yaml at the top (reconciler.desired.sources.not_a_manifest).",
     )
+    verify: VerifySettings = Field(default_factory=VerifySettings)
 
 
 class ReconcileSettings(Model):
@@ -53,6 +72,31 @@ class ReconcileSettings(Model):
     history_limit: int = Field(default=DEFAULT_HISTORY_LIMIT, ge=1, description="Deployments remembered per group.")
 
 
+class SigningSettings(Model):
+    """`signing`: the Ed25519 key the reconciler signs what agents act on with (docs/trust.md)."""
+
+    key_file: Path | None = Field(
+        default=None,
+        description="Private key (PEM PKCS#8 or OpenSSH, from `reconcile keys generate` or ssh-keygen -t ed25519); "
+        "or the key itself in FLEETSHIFT_SIGNING_KEY. Unset: documents are written unsigned.",
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="Public keys (`ssh-ed25519 AAAA...` lines) whose signatures are still accepted on what the "
+        "store holds: the previous key during a rotation.",
+    )
+
+
+class PolicySettings(Model):
+    """`policy`: rules every manifest revision must follow, checked by validate, plan and every pass."""
+
+    require_immutable_revisions: bool = Field(
+        default=False,
+        description="Every revision must name immutable content: an S3 revision a version or sha256, "
+        "a Git revision a full commit id.",
+    )
+
+
 class LoggingSettings(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -65,19 +109,31 @@ class DeploySettings(Model):
         description="file://DIR or s3://bucket/prefix; the default is the agent's default, on this machine.",
     )
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 
 _SECTIONS: dict[str, type[Model]] = {
     "repository": RepositorySettings,
     "reconcile": ReconcileSettings,
+    "signing": SigningSettings,
+    "policy": PolicySettings,
     "logging": LoggingSettings,
 }
+#: The signing key itself (PEM or OpenSSH text), for CI secret stores; never a settings key, so it cannot end
+#: up in deploy.yaml.
+SIGNING_KEY_VARIABLE = f"{ENV_PREFIX}SIGNING_KEY"
 #: Every variable the reconciler reads, and the (section, key) it sets; None for the top-level `store`.
-ENV_VARIABLES: dict[str, tuple[str, str] | None] = {f"{ENV_PREFIX}STORE": None} | {
+ENV_VARIABLES: dict[str, tuple[str, ...] | None] = {f"{ENV_PREFIX}STORE": None} | {
     f"{ENV_PREFIX}{section}_{name}".upper(): (section, info.alias or name)
     for section, model in _SECTIONS.items()
     for name, info in model.model_fields.items()
+    if not (isinstance(info.annotation, type) and issubclass(info.annotation, Model))
+    and info.annotation != list[str]
+} | {
+    f"{ENV_PREFIX}REPOSITORY_VERIFY_{name}".upper(): ("repository", "verify", info.alias or name)
+    for name, info in VerifySettings.model_fields.items()
 }
 #: The agent's variables (FLEETSHIFT_AGENT_*): the agent reads and checks them, the reconciler leaves them be.
 AGENT_ENV_PREFIX = f"{ENV_PREFIX}AGENT_"
@@ -113,7 +169,8 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[tuple[str,
     known_rests = {name.removeprefix(ENV_PREFIX): name for name in ENV_VARIABLES}
     unknown: list[tuple[str, str | None]] = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in ENV_VARIABLES or name.startswith(AGENT_ENV_PREFIX):
+        if (not name.startswith(ENV_PREFIX) or name in ENV_VARIABLES or name.startswith(AGENT_ENV_PREFIX)
+                or name == SIGNING_KEY_VARIABLE):
             continue
         rest = name.removeprefix(ENV_PREFIX)
         head, _, tail = rest.partition("_")
