@@ -379,6 +379,17 @@ class HostTraffic(Document):
     repair: bool = False
 
 
+class AppliedConfig(Document):
+    """`config/applied.json`, written by the reconciler after a pass applied a config commit: where
+    `repository.verify: strict` starts checking the next one (docs/trust.md, "Verified commits")."""
+
+    commit: str
+    ref: str
+    applied_at: datetime
+    #: The verification mode the commit passed ("none" when none was asked for).
+    verified: str = "none"
+
+
 def group_key(application: str, deployment_group: str) -> str:
     return f"{application}/{deployment_group}"
 
