@@ -3,7 +3,7 @@ with the one paragraph a person reads when it failed.
 
 This is the one place where what leaves the host is put together (the reports go to `status.json`, the
 reconciler copies them into `deployments/<id>.json` and the `reconcile --once` summary, the agent logs the
-failure paragraph), so every message is redacted here (agent/lifecycle/redact.py); the log tails come
+failure paragraph), so every message is redacted here (contract/redact.py); the log tails come
 redacted from the script log.
 """
 
@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.lifecycle.redact import Redactor
 from agent.lifecycle.scriptlog import ScriptLog
 from contract.models import CommandStatus, EventReport, EventStatus, InstalledRevision, LifecycleErrorCode
+from contract.redact import Redactor
 
 
 @dataclass(frozen=True)

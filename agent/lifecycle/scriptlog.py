@@ -1,7 +1,7 @@
 """Where hook output goes: the deployment's `logs/scripts.log`, the root's shared deployments log (rotated),
 and the tail of the current event's output for its report.
 
-Every line is redacted (agent/lifecycle/redact.py) before it is written anywhere, the host's own logs
+Every line is redacted (contract/redact.py) before it is written anywhere, the host's own logs
 included: log shippers commonly send the deployments log off the host, and these files are readable by
 more users than the agent's environment is. See docs/agent.md, "What hosts publish".
 """
@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from agent.lifecycle.redact import Redactor, StreamRedactor
+from contract.redact import Redactor, StreamRedactor
 
 #: Rotation of the shared deployments log, as the reference agent does (8 files of 64 MiB).
 _DEPLOYMENTS_LOG_MAX = 64 << 20
@@ -30,7 +30,7 @@ class ScriptLog:
 
     `redact` (agent.yaml `reportOutput.redact`) replaces secrets by `[REDACTED]`: the values of the agent's
     secret-named environment variables (and of a hook's, once `learn` got its environment) and the patterns
-    of agent/lifecycle/redact.py.
+    of contract/redact.py.
     """
 
     def __init__(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.lifecycle.redact import REDACTED, Redactor, secret_name
 from agent.lifecycle.scriptlog import ScriptLog
 from agent.local_fleet import LocalAgent
+from contract.redact import REDACTED, Redactor, secret_name
 from contract.store import open_store
 from tests.agent.conftest import Bundle, Sandbox, make_sandbox, statuses
 from tests.gitrepo import ConfigRepo

@@ -1,5 +1,9 @@
-"""Secrets out of hook output before it leaves the host: the report's log tail, the failure paragraph, the
-agent's log lines that quote them, and the host's own script logs.
+"""Secrets out of text before it is published: hook output before it leaves the host (the report's log tail,
+the failure paragraph, the agent's log lines that quote them, the host's own script logs), and again, on the
+reconciler's side, whatever a host reported before it is printed or copied into the store's records.
+
+Shared by both sides (`contract/`), so the agent and the reconciler apply the same rules: the reconciler must
+not trust that every agent redacted (`reportOutput.redact: false`, an older agent, a forged status).
 
 What is replaced by `[REDACTED]` (docs/agent.md, "What hosts publish"):
 
