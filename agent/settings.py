@@ -59,6 +59,32 @@ class ReportOutputSettings(Model):
     redact: bool = Field(default=True, description="Replace secrets in hook output and messages by [REDACTED].")
 
 
+class CommandSigningSettings(Model):
+    """`commandSigning`: the reconciler keys this agent trusts (docs/trust.md). With none, anything in the
+    store is acted on, as before signing existed."""
+
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="Public keys (`ssh-ed25519 AAAA...` lines from `reconcile keys show`) whose signatures this "
+        "agent accepts; several during a rotation. Any key set: unsigned or wrongly signed commands are refused.",
+    )
+    trusted_keys_file: Path | None = Field(
+        default=None, description="A file of more such lines (one per line, # comments), e.g. from config management."
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, value: list[str]) -> list[str]:
+        from contract.signing import SigningError, load_public_key  # cryptography only when keys are set
+
+        for index, text in enumerate(value):
+            try:
+                load_public_key(text)
+            except SigningError as exc:
+                raise ValueError(f"item {index + 1}: {exc}") from None
+        return value
+
+
 class AgentSettings(Model):
     """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
 
@@ -90,6 +116,7 @@ class AgentSettings(Model):
     )
     runas_allowed: bool = Field(default=True, description="Let appspec hooks switch user with runas.")
     report_output: ReportOutputSettings = Field(default_factory=ReportOutputSettings)
+    command_signing: CommandSigningSettings = Field(default_factory=CommandSigningSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("host_id")
@@ -138,7 +165,11 @@ class SettingsError(Exception):
 
 
 #: The sections of agent.yaml (keys holding keys): their variables are FLEETSHIFT_AGENT_<SECTION>_<KEY>.
-_SECTIONS: dict[str, type[Model]] = {"logging": LoggingSettings, "report_output": ReportOutputSettings}
+_SECTIONS: dict[str, type[Model]] = {
+    "logging": LoggingSettings,
+    "report_output": ReportOutputSettings,
+    "command_signing": CommandSigningSettings,
+}
 
 #: (flag or variable name) per settings key, for errors and for the docs.
 _ENV_FIELDS: dict[str, tuple[str, ...]] = {
@@ -175,6 +206,8 @@ def _environment_layer(environ: Mapping[str, str]) -> Layer:
             continue
         raw = environ[variable]
         value: Any = parse_tags(raw, variable) if path == ("tags",) else raw
+        if path == ("commandSigning", "trustedKeys"):  # one key per line (or comma-separated)
+            value = [line.strip() for line in raw.replace(",", "\n").splitlines() if line.strip()]
         if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",)):
             value = None
         put(values, path, value)

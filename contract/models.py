@@ -264,6 +264,21 @@ class InstalledRevision(Model):
     installed_at: datetime
 
 
+class CommandRefusal(Model):
+    """A signed document this agent would not act on (docs/trust.md): what it was and why. Nothing of its
+    content is repeated here, since none of it can be believed."""
+
+    at: datetime
+    #: The store key and the version of the object refused.
+    key: str
+    version: str
+    reason: str
+
+
+#: Refusals a status keeps (the newest); `refusedTotal` counts them all since the agent started.
+MAX_REFUSALS = 5
+
+
 class HostStatus(Document):
     host_id: str
     heartbeat_at: datetime
@@ -279,6 +294,12 @@ class HostStatus(Document):
     command: CommandProgress | None = None
     #: Seconds between heartbeats while idle, so the reconciler can judge liveness per host.
     heartbeat_interval_seconds: float = 60.0
+    #: Commands and traffic records refused since the agent started (forged, altered, replayed), newest last.
+    refusals: list[CommandRefusal] = Field(default_factory=list, max_length=MAX_REFUSALS)
+    refused_total: int = 0
+    #: Whether this agent checks signatures (agent.yaml `commandSigning`): a fleet can see which hosts still
+    #: run anything the store says.
+    verifies_signatures: bool = False
 
 
 class ConflictReason(StrEnum):

@@ -26,7 +26,9 @@ from agent.settings import (
 from contract.exitcodes import ExitCode
 from contract.logs import configure_logging
 from contract.signals import stop_on_signals
+from contract.signing import Trust
 from contract.store import StoreError, open_store
+from contract.store.sealed import seal_store
 
 log = structlog.get_logger("agent.daemon.loop")
 
@@ -138,6 +140,33 @@ def make_runner(settings: AgentSettings) -> LifecycleRunner:
     )
 
 
+def command_trust(settings: AgentSettings) -> Trust | None:
+    """The reconciler keys this agent trusts, from agent.yaml's `commandSigning` (None: none configured)."""
+    signing = settings.command_signing
+    lines = list(signing.trusted_keys)
+    if signing.trusted_keys_file is not None:
+        path = signing.trusted_keys_file
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError([f"commandSigning.trustedKeysFile: cannot read {path}: {exc}"]) from None
+        lines += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not lines:
+            raise SettingsError([f"commandSigning.trustedKeysFile: {path} holds no keys; an empty trust list would "
+                                 "run unsigned commands, so it is refused"])
+    if not lines:
+        return None
+    from contract.signing import SigningError, load_public_key
+
+    keys = []
+    for number, line in enumerate(lines, 1):
+        try:
+            keys.append(load_public_key(line))
+        except SigningError as exc:
+            raise SettingsError([f"commandSigning: key {number}: {exc}"]) from None
+    return Trust(keys)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`deploy-agent run`: the CLI layer. Renders errors as one line each and maps them to exit codes."""
     try:
@@ -154,7 +183,13 @@ def run_command(args: argparse.Namespace) -> int:
     for name in unknown_environment_variables(os.environ):
         log.warning("settings.unknown_variable", variable=name, did_you_mean=meant_variable(name))
     try:
-        store = open_store(settings.store)
+        trust = command_trust(settings)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"deploy-agent: {problem}", file=sys.stderr)
+        return ExitCode.INVALID
+    try:
+        store = seal_store(open_store(settings.store), trust=trust)
     except StoreError as exc:
         print(f"deploy-agent: store {settings.store}: {exc}", file=sys.stderr)
         return ExitCode.INVALID

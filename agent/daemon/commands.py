@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from contract.keys import command_key
 from contract.models import HostCommand
 from contract.store import Store, StoreError
-from contract.store.docs import DocumentInvalid, Versioned, parse_document
+from contract.store.docs import DocumentInvalid, DocumentRefused, Versioned, parse_document
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,11 @@ class CommandRead:
     fresh: bool
     #: A fresh version that does not parse: its bytes and why.
     unreadable: tuple[bytes, str] | None = None
+    #: The store version of `command`.
+    version: str | None = None
+    #: A fresh version whose signature does not hold (docs/trust.md): its store version and why. Nothing in
+    #: it is read, not even its generation.
+    refused: tuple[str, str] | None = None
 
 
 class CommandReader:
@@ -43,11 +48,17 @@ class CommandReader:
             try:
                 self._seen = Versioned(parse_document(stored, HostCommand), stored.version)
                 self._rejected = None
+            except DocumentRefused as exc:
+                self._seen = None
+                self._rejected = stored.version
+                return CommandRead(None, fresh=True, refused=(stored.version, exc.reason))
             except DocumentInvalid as exc:
                 self._seen = None
                 self._rejected = stored.version
                 return CommandRead(None, fresh=True, unreadable=(stored.data, str(exc)))
-        return CommandRead(self._seen.document if self._seen is not None else None, fresh)
+        if self._seen is None:
+            return CommandRead(None, fresh)
+        return CommandRead(self._seen.document, fresh, version=self._seen.version)
 
     def newer(self) -> HostCommand | None:
         """A command written since the last `read` (reporter thread), or None; store errors count as none:

@@ -70,7 +70,9 @@ from contract.clock import Monotonic, Now, utc_now
 from contract.exitcodes import ExitCode
 from contract.keys import command_key
 from contract.models import (
+    MAX_REFUSALS,
     CommandProgress,
+    CommandRefusal,
     CommandStatus,
     EventReport,
     HostCommand,
@@ -140,6 +142,12 @@ class Agent:
         self._superseded_by: HostCommand | None = None
         self._failed_reported = False
         self._commands = CommandReader(store, self.host_id)
+        #: Signatures are checked (agent.yaml `commandSigning`): then a signed command older than the last one
+        #: run is a replay, refused and reported; without signatures it is only ignored, as before.
+        self._verifying = getattr(store, "trust", None) is not None
+        #: Refused documents, newest last (at most MAX_REFUSALS), and how many since start.
+        self._refusals: list[CommandRefusal] = []
+        self._refused_total = 0
         self._busy_until = 0.0
         self._poll_health = StoreHealth(monotonic)
         self._report_health = StoreHealth(monotonic)
@@ -243,7 +251,11 @@ class Agent:
         self.log.info("agent.started", version=__version__, store=self.store.url,
                       installation_id=self.installation.installation_id,
                       root_dir=str(self.settings.root_dir), last_generation=self._state.last_generation,
-                      pending_report=not self._state.reported)
+                      pending_report=not self._state.reported, verifies_signatures=self._verifying)
+        if not self._verifying:
+            self.log.warning("signing.not_verified", hint="commandSigning.trustedKeys is empty: this agent runs "
+                             "whatever the store says, so anyone who can write the store can run programs here "
+                             "(docs/trust.md)")
         self._reporter.start()
 
     def _settled(self, progress: CommandProgress, *, source: str) -> None:
@@ -283,14 +295,20 @@ class Agent:
                 self._store_floor = floor
                 self._lock.notify_all()
         read = self._commands.read()
+        if read.refused is not None:
+            self._refuse(*read.refused)
         if read.unreadable is not None:
             self._reject_unreadable(*read.unreadable)
         if read.command is None:
             return None
-        return read.command if self._is_new(read.command, warn=read.fresh) else None
+        return read.command if self._is_new(read.command, warn=read.fresh, version=read.version) else None
 
-    def _is_new(self, command: HostCommand, *, warn: bool) -> bool:
+    def _is_new(self, command: HostCommand, *, warn: bool, version: str | None = None) -> bool:
         floor = max(self._state.last_generation, self._store_floor or 0)
+        if command.generation < floor and warn and self._verifying and version is not None:
+            # Genuinely signed, but older than what this host already ran: somebody put an old command back.
+            self._refuse(version, f"replayed: generation {command.generation} ({command.deployment_id}) is older "
+                                  f"than the last command this host ran ({floor})")
         if command.generation <= floor:
             return False
         if command.host_id != self.host_id:
@@ -311,6 +329,18 @@ class Agent:
         if command.status == CommandStatus.IN_PROGRESS and command.generation > self._state.last_generation:
             self._settled(finish_after_restart(command, None, now=self.now()), source="store")
         return command.generation
+
+    def _refuse(self, version: str, reason: str) -> None:
+        """A command that must not run (docs/trust.md): nothing runs, the generation floor does not move (the
+        document's generation cannot be believed), and the refusal goes into the next status write."""
+        key = command_key(self.host_id)
+        self.log.error("command.refused", key=key, version=version, reason=reason)
+        with self._lock:
+            self._refusals = [*self._refusals, CommandRefusal(at=self.now(), key=key, version=version,
+                                                             reason=reason)][-MAX_REFUSALS:]
+            self._refused_total += 1
+            self._changes += 1
+            self._lock.notify_all()
 
     def _reject_unreadable(self, data: bytes, reason: str) -> None:
         """A command that does not parse cannot run; if its generation can be read, report it failed so the
@@ -423,6 +453,9 @@ class Agent:
             installed=dict(self._installed),
             command=self._state.progress,
             heartbeat_interval_seconds=self.settings.heartbeat_interval.total_seconds(),
+            refusals=list(self._refusals),
+            refused_total=self._refused_total,
+            verifies_signatures=self._verifying,
         )
 
     def _next_action(self, next_heartbeat: float, retry_at: float, next_watch: float) -> str:

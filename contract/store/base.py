@@ -50,6 +50,9 @@ class StoredObject:
     #: The object's size when it was larger than `read_limit(key)` and so was not read: `data` is then empty
     #: (never valid JSON), and `contract.store.docs.parse_document` reports it as an unreadable document.
     oversize: int | None = None
+    #: Why a signed document was refused (contract/store/sealed.py): `data` is then empty, and
+    #: `contract.store.docs.parse_document` raises `DocumentRefused`.
+    refused: str | None = None
 
 
 #: Read limits per document, in bytes (see `read_limit`).

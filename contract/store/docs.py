@@ -34,6 +34,16 @@ class DocumentInvalid(StoreError):
         self.version = version
 
 
+class DocumentRefused(DocumentInvalid):
+    """A document of a signed key whose signature does not hold (docs/trust.md): not signed, signed by a key
+    not trusted, altered, or moved from another key or store. Readers treat it like an unreadable document,
+    except that nothing in it, not even its generation, is believed."""
+
+    def __init__(self, key: str, reason: str, *, version: str | None = None) -> None:
+        super().__init__(key, f"refused: {reason}", version=version)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Versioned(Generic[DocumentT]):
     """A document and the store version it was read (or written) at, for compare-and-swap."""
@@ -48,6 +58,8 @@ def parse_document(stored: StoredObject, model: type[DocumentT]) -> DocumentT:
     Every way a document can be unreadable ends as `DocumentInvalid`, never as another exception: too big to
     read (`StoredObject.oversize`, see `contract.store.base.read_limit`), not JSON, nested too deep, or not
     the model. A process must not crash, again at every start, on one bad document written by somebody else."""
+    if stored.refused is not None:
+        raise DocumentRefused(stored.key, stored.refused, version=stored.version)
     if stored.oversize is not None:
         raise DocumentInvalid(
             stored.key,

@@ -94,6 +94,7 @@ def missing_folder(store: object) -> Path | None:
 
     Readers use it to say "no store at PATH yet: nothing has been deployed there" rather than showing an
     empty fleet without a word (a mistyped path looks exactly like that)."""
+    store = getattr(store, "inner", store)  # under a SealedStore
     if isinstance(store, FileStore) and store.store_id is None and store.probe() in ("missing", "empty"):
         return store.root
     return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.store import Store, open_store
+from contract.store import Store
 from contract.store.file import missing_folder
 from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
@@ -15,6 +15,7 @@ from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.observe import Snapshot, StoreReader
+from reconciler.shell.signing import open_fleet_store
 
 
 class UnknownGroup(ReconcilerError):
@@ -29,7 +30,7 @@ def source(settings: DeploySettings, ref: str | None = None) -> GitSource:
 def open_for_reading(settings: DeploySettings) -> tuple[Store, Path | None]:
     """The store for a command that must not create it (everything but `--once` and `watch`), and the folder
     of a `file://` store that does not exist yet (nothing has been deployed there, or the path is wrong)."""
-    store = open_store(settings.store, create=False)
+    store = open_fleet_store(settings, create=False, writer=False)
     return store, missing_folder(store)
 
 

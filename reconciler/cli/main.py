@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "reconciler.cli.history",
     "reconciler.cli.operators",
     "reconciler.cli.plan",
+    "reconciler.cli.keys",
 )
 
 
@@ -79,6 +80,7 @@ def _register_validate(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
     from reconciler.desired.loader import load_folder, load_git
+    from reconciler.desired.policy import check_revision_policy
     from reconciler.desired.sources import GitSource
 
     ref_given = hasattr(args, "ref")
@@ -92,6 +94,7 @@ def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
             source = GitSource(repo, settings.repository.ref, settings.repository.path)
             desired = load_git(source)
             origin = f"{repo}@{(desired.commit or '')[:12]}"
+        check_revision_policy(desired, require_immutable_revisions=settings.policy.require_immutable_revisions)
     except ManifestErrors as exc:
         if args.format == "json":
             print(json.dumps({"valid": False, "errors": [e.to_dict() for e in exc.errors]}, indent=2))

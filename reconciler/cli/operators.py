@@ -21,7 +21,7 @@ from contract.clock import utc_now
 from contract.exitcodes import ExitCode
 from contract.keys import deployment_key, group_state_key
 from contract.models import GroupState, StopRequest
-from contract.store import PreconditionFailed, Store, open_store
+from contract.store import PreconditionFailed, Store
 from reconciler.cli.common import (
     Known,
     UnknownGroup,
@@ -36,6 +36,7 @@ from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import WriteLease, read_lease
 from reconciler.shell.observe import StoreReader
+from reconciler.shell.signing import open_fleet_store
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +116,7 @@ def update_group(store: Store, key: str, change: Callable[[GroupState], GroupSta
 
 def _open_for_writing(settings: DeploySettings, what: str, group: str) -> tuple[Store, Known, str]:
     """The existing store (never created), what it and the manifests know, and the group key `group` names."""
-    store = open_store(settings.store, create=False)
+    store = open_fleet_store(settings, create=False)
     require_store(store, what)
     known = read_known(settings, StoreReader(store))
     return store, known, resolve_group(group, known.groups)

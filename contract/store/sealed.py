@@ -1,0 +1,121 @@
+"""A store that signs what the reconciler writes and checks signatures on what is read (docs/trust.md).
+
+Where it sits: between the raw backend and everything else, on both sides. `seal_store` wraps the store a
+process opened: the reconciler passes its `Signer` (and the keys it trusts), an agent only the keys pinned in
+its agent.yaml. Code above it reads and writes plain documents and never sees an envelope.
+
+What is sealed: every key the reconciler writes and something acts on (`SEALED_PREFIXES`): commands (agents
+run them), traffic steps (an agent stops its service once BlockTraffic is recorded done), deployments and
+group records (the reconciler re-sends a deployment's revision from them, and rolls back to a group's last
+good revision: without signatures a store writer could have the reconciler sign a command of its choosing),
+analysis records (a forged "Successful" gate would let a bad canary through), and `config/applied.json` (where
+`repository.verify: strict` starts). Not sealed: what agents write (`hosts/`: agents hold no keys; a forged
+status can lie about a host but cannot make anything run, docs/trust.md says what it can do) and the lease
+(forging it only stops reconcilers, which deleting the store could do anyway).
+
+A document that fails verification is returned with `refused` set and no data, and
+`contract.store.docs.parse_document` raises `DocumentRefused` for it: every reader already treats an
+unreadable document as absent (the reconciler) or refuses to act on it (the agent), which is exactly what a
+forged one needs. Without trusted keys (signing not configured) envelopes are unwrapped unchecked and plain
+documents pass, which is how a store worked before signing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from contract.keys import (
+    ANALYSIS_PREFIX,
+    COMMANDS_PREFIX,
+    CONFIG_PREFIX,
+    DEPLOYMENTS_PREFIX,
+    GROUPS_PREFIX,
+    TRAFFIC_PREFIX,
+)
+from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
+from contract.store.base import ObjectVersion, Store, StoredObject
+
+SEALED_PREFIXES = (COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX)
+
+
+def is_sealed_key(key: str) -> bool:
+    return key.startswith(SEALED_PREFIXES)
+
+
+def store_audience(store: Store) -> str:
+    """The identity a signature binds a document to, the same whichever side computes it: an S3 store is its
+    bucket and prefix (not the endpoint or region, which differ between clients of one bucket); a file store
+    the id in its marker (so the same folder mounted at two paths is one store, and a copy made elsewhere
+    is not), or its path when it has no marker yet; any other store its URL."""
+    inner = getattr(store, "inner", store)
+    bucket = getattr(inner, "bucket", None)
+    if isinstance(bucket, str):
+        return f"s3://{bucket}/{getattr(inner, 'prefix', '')}"
+    store_id = getattr(inner, "store_id", None)
+    if isinstance(store_id, str):
+        return f"file-store:{store_id}"
+    root = getattr(inner, "root", None)
+    return f"file://{root}" if root is not None else str(inner.url)
+
+
+class SealedStore:
+    """`Store` with signatures on `SEALED_PREFIXES` (see the module docstring)."""
+
+    def __init__(self, inner: Store, *, signer: Signer | None, trust: Trust | None) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.signer = signer
+        #: None or empty: nothing is checked (envelopes are unwrapped as they are).
+        self.trust = trust if trust else None
+        self.audience = store_audience(inner)
+
+    def __repr__(self) -> str:
+        return f"SealedStore({self.inner!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        # The backend's own attributes (`local`, `store_id`, `probe`, `root`...) stay reachable.
+        return getattr(self.inner, name)
+
+    def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
+        stored = self.inner.get(key, if_version_not=if_version_not)
+        if stored is None or stored.oversize is not None or not is_sealed_key(key):
+            return stored
+        if if_version_not is not None and stored.version == if_version_not:
+            return stored  # unchanged: no body came back
+        return self.open(stored)
+
+    def open(self, stored: StoredObject) -> StoredObject:
+        """A stored object of a sealed key with its payload in place of the envelope, or `refused` set."""
+        if self.trust is None:
+            return dataclasses.replace(stored, data=unwrap(stored.data))
+        try:
+            payload, _ = open_envelope(stored.data, trust=self.trust, audience=self.audience, key=stored.key)
+        except Refused as exc:
+            return dataclasses.replace(stored, data=b"", refused=str(exc))
+        return dataclasses.replace(stored, data=payload)
+
+    def seal(self, key: str, data: bytes) -> bytes:
+        if self.signer is None or not is_sealed_key(key):
+            return data
+        return self.signer.sign(audience=self.audience, key=key, payload=data)
+
+    def put(self, key: str, data: bytes) -> str:
+        return self.inner.put(key, self.seal(key, data))
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        return self.inner.put_if_absent(key, self.seal(key, data))
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str:
+        return self.inner.put_if_version(key, self.seal(key, data), version)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str) -> list[ObjectVersion]:
+        return self.inner.list(prefix)
+
+
+def seal_store(inner: Store, *, signer: Signer | None = None, trust: Trust | None = None) -> Store:
+    """`inner` with signing and checking (see the module docstring)."""
+    return SealedStore(inner, signer=signer, trust=trust)
