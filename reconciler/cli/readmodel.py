@@ -205,6 +205,11 @@ class HostView:
     traffic_step: str | None = None
     #: Its HealthCheck step (the group's `healthCheck`), once started in its last command for the group.
     health_check: HealthCheckView | None = None
+    #: Commands its agent refused since it started (docs/trust.md): how many, and the newest reason.
+    refused_total: int = 0
+    last_refusal: str | None = None
+    #: Whether its agent checks signatures (None: not known, no status yet).
+    verifies_signatures: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +225,9 @@ class HostView:
             "upToDate": self.up_to_date,
             "onEffective": self.on_effective,
             "lastCommand": self.last_command.to_json() if self.last_command else None,
+            "refusedTotal": self.refused_total,
+            "lastRefusal": self.last_refusal,
+            "verifiesSignatures": self.verifies_signatures,
         }
 
 

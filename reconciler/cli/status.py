@@ -41,6 +41,7 @@ from reconciler.cli.readmodel import (
 from reconciler.core import MembershipIndex, is_online
 from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.desired.manifests import Desired, DesiredGroup
+from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import read_lease
 from reconciler.shell.observe import StoreReader
@@ -262,6 +263,9 @@ def _host_view(host_id: str, key: str, target: Revision | None, effective: Revis
         traffic=traffic,
         traffic_step=_traffic_step(context.known.snapshot.state.traffic.get(host_id), key, context.now),
         health_check=health_check_of(observed, host_id, key),
+        refused_total=status.refused_total if status else 0,
+        last_refusal=status.refusals[-1].reason if status and status.refusals else None,
+        verifies_signatures=status.verifies_signatures if status else None,
     )
 
 
@@ -420,6 +424,13 @@ def _print_hosts(group: GroupView) -> None:
             print(f"      traffic: {host.traffic_step}")
         if host.health_check is not None:
             print(f"      health: {host.health_check.text()}")
+        if host.refused_total:
+            print(f"      WARNING: refused {count(host.refused_total, 'command')} since its agent started (somebody "
+                  f"without the signing key wrote the store); last: {host.last_refusal}")
+    unverified = [h.host for h in hosts if h.verifies_signatures is False]
+    if unverified and len(unverified) < len(hosts):
+        names = ", ".join(unverified[:5]) + (f" and {len(unverified) - 5} more" if len(unverified) > 5 else "")
+        print(f"    note: {names} check no signatures (agent.yaml commandSigning): they run whatever the store says")
     if len(hosts) > HOSTS_SHOWN:
         print(f"    ... and {len(hosts) - HOSTS_SHOWN} more (--format json lists every host)")
 
