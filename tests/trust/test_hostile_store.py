@@ -232,3 +232,53 @@ def test_a_store_writer_without_the_key_runs_nothing_and_deployments_go_on(fleet
     shown = fleet.reconcile("status", "web")
     assert shown.returncode == 0, shown.stderr
     assert "refused 2 commands" in shown.stdout, shown.stdout
+
+
+def _restart_trusting(fleet: Fleet, *keys: str) -> None:
+    for host_id in PROTECTED:
+        host = fleet.hosts[host_id]
+        host.stop()
+        host.env["FLEETSHIFT_AGENT_COMMAND_SIGNING_TRUSTED_KEYS"] = "\n".join(keys)
+        host.start()
+    fleet.wait(lambda: all(fleet.status(h).installation_id for h in PROTECTED), "agents restarted")
+
+
+@pytest.mark.parametrize("fleet", ["file"], indirect=True)
+def test_the_key_rotates_without_downtime_and_the_old_key_is_refused_afterwards(fleet: Fleet) -> None:
+    fleet.deploy("v1")
+    old = fleet.signer
+    new_file = fleet.tmp / "signing-new.pem"
+    subprocess.run([str(BIN / "reconcile"), "keys", "generate", "--out", str(new_file)], check=True,
+                   capture_output=True)
+    new = Signer.load(new_file.read_bytes(), str(new_file))
+
+    # 1. Agents trust both keys.  2. The reconciler signs with the new one and still accepts the old one's records.
+    _restart_trusting(fleet, old.public.text, new.public.text)
+    fleet.key_file, fleet.signer = new_file, new
+    settings = fleet.tmp / "deploy.yaml"
+    settings.write_text(f"signing:\n  trustedKeys:\n    - {old.public.text}\n")
+    fleet.config.write("manifests/hello.yaml", MANIFESTS.format(path=fleet.bundles["v2"]))
+    fleet.config.commit("deploy v2")
+    result = fleet.reconcile("--config", str(settings), "--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(fleet.envelope("host-1"))["signatures"][0]["keyId"] == new.public.key_id
+
+    # 3. Re-sign what the old key signed (group record, deployments, idle hosts' commands).
+    resealed = fleet.reconcile("--config", str(settings), "keys", "reseal")
+    assert resealed.returncode == 0, resealed.stdout + resealed.stderr
+    assert "resealed" in resealed.stdout and "with " + new.public.key_id in resealed.stdout
+    for prefix in ("commands/", "groups/", "deployments/"):
+        for entry in fleet.raw.list(prefix):
+            stored = fleet.raw.get(entry.key)
+            assert stored is not None
+            assert json.loads(stored.data)["signatures"][0]["keyId"] == new.public.key_id, entry.key
+
+    # 4. The old key is dropped everywhere; deployments go on, and a command signed with the old key is refused.
+    _restart_trusting(fleet, new.public.text)
+    fleet.deploy("v3")
+    audience = store_audience(fleet.raw)
+    stale = fleet.evil_command("host-1", fleet.generation("host-1") + 50, "old-key").to_json()
+    fleet.raw.put(command_key("host-1"), old.sign(audience=audience, key=command_key("host-1"), payload=stale))
+    fleet.wait(lambda: fleet.refusals("host-1"), "host-1 to refuse the old key's command")
+    assert "does not trust" in fleet.refusals("host-1")[0] and old.public.key_id in fleet.refusals("host-1")[0]
+    assert all(fleet.evil_runs(h) == [] for h in PROTECTED)
