@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.local_fleet import LocalAgent, stop_all
+from contract.signing import unwrap
 from fleetlab.fleet import TRAFFIC, commit_all, git, make_app_repo
 from fleetlab.haproxy import HAProxyError, LocalHAProxy, free_port, haproxy_path
 from fleetlab.loadgen import LoadGenerator
@@ -248,7 +249,7 @@ class Host(LocalAgent):
         return self.host_root / "srv" / "hello"
 
 
-def start_agents(workdir: Path, store: str, count: int, faulty: str) -> list[Host]:
+def start_agents(workdir: Path, store: str, count: int, faulty: str, trusted_key: str) -> list[Host]:
     hosts = []
     for index in range(1, count + 1):
         base = workdir / f"host-{index}"
@@ -264,10 +265,41 @@ def start_agents(workdir: Path, store: str, count: int, faulty: str) -> list[Hos
             "HELLO_HOST": host.host_id,
             "HELLO_RUN": str(base / "run"),
             "HELLO_CACHE_DIR": str(cache),
+            # The reconciler's public key: this agent refuses any command not signed with it (docs/trust.md).
+            "FLEETSHIFT_AGENT_COMMAND_SIGNING_TRUSTED_KEYS": trusted_key,
         }
         host.start(store)
         hosts.append(host)
     return hosts
+
+
+def generate_key(path: Path) -> str:
+    """`reconcile keys generate`: the private key for the reconciler, the public key line for the agents."""
+    done = subprocess.run([str(BIN / "reconcile"), "keys", "generate", "--out", str(path)], capture_output=True,
+                          text=True, check=True)
+    public = next(line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("public key:"))
+    say(f"  $ reconcile keys generate --out {path.name}")
+    say(f"  public key (pinned in every agent's commandSigning.trustedKeys): {public[:40]}...")
+    return public
+
+
+def forge_command(store_dir: Path, host: Host, timeout: float = 10.0) -> str | None:
+    """Write an unsigned command for `host` straight into the store, as anyone with write access could, and wait
+    for the agent's refusal in its status. Returns the reason it gave (None: no refusal seen in time)."""
+    status_path = store_dir / "hosts" / host.host_id / "status.json"
+    generation = int(json.loads(unwrap(status_path.read_bytes())).get("command", {}).get("generation", 0)) + 100
+    forged = {"hostId": host.host_id, "generation": generation, "deploymentId": "forged-1", "application": "hello",
+              "deploymentGroup": "hello-demo", "deploymentGroupId": "dg-forged",
+              "revision": {"local": {"path": "/tmp/not-a-bundle", "bundleType": "directory"}},
+              "createdAt": "2026-01-01T00:00:00Z"}
+    (store_dir / "commands" / f"{host.host_id}.json").write_text(json.dumps(forged))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        refusals = json.loads(unwrap(status_path.read_bytes())).get("refusals") or []
+        if refusals:
+            return str(refusals[-1]["reason"])
+        time.sleep(0.1)
+    return None
 
 
 def wait_registered(store_dir: Path, hosts: list[Host], timeout: float = 20.0) -> None:
@@ -301,8 +333,9 @@ def reconcile(*args: str, config_repo: Path, store: str, check: bool = False) ->
         # On a terminal the live table shows the rollout; keep only warnings above it.
         command[1:1] = ["--log-level", "warning"]
     say(f"$ reconcile {' '.join(args)}")
-    # Re-read agent reports often: the demo's hooks take about a second.
-    env = {**os.environ, "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "250ms"}
+    # Re-read agent reports often: the demo's hooks take about a second. Sign with the demo's key.
+    env = {**os.environ, "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "250ms",
+           "FLEETSHIFT_SIGNING_KEY_FILE": str(config_repo.parent / "signing.pem")}
     return subprocess.run(command, check=check, env=env).returncode
 
 
@@ -317,7 +350,8 @@ def host_answer(host: Host) -> str:
 
 
 def store_document(store_dir: Path, key: str) -> dict[str, Any]:
-    document = json.loads((store_dir / key).read_text())
+    # Signed records are envelopes (docs/trust.md); the demo reads what is inside without checking.
+    document = json.loads(unwrap((store_dir / key).read_bytes()))
     if not isinstance(document, dict):
         raise SystemExit(f"{store_dir / key} is not a JSON object")
     return document
@@ -381,9 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     codes: dict[str, int] = {}
     requests: dict[str, tuple[int, int, dict[str, int]]] = {}
     caught = False
+    refused: str | None = None
     try:
+        step("Generating the reconciler's signing key; the agents will run only commands signed with it")
+        trusted_key = generate_key(workdir / "signing.pem")
         step("Starting " + str(args.hosts) + " agents (deploy-agent run), tags app=hello env=demo, zones a and b")
-        hosts = start_agents(workdir, store, args.hosts, faulty)
+        hosts = start_agents(workdir, store, args.hosts, faulty, trusted_key)
         wait_registered(store_dir, hosts)
         say("  " + ", ".join(f"{h.host_id} (zone {h.zone}, port {h.port})" for h in hosts))
         haproxy = start_haproxy(workdir, hosts)
@@ -416,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
                 prometheus = None
             else:
                 say(f"  Prometheus scrapes all {len(hosts)} hosts")
+
+        step("A forged command: written into the store without the key, for host-2")
+        refused = forge_command(store_dir, hosts[1])
+        say(f"  host-2 refused it and ran nothing: {refused}" if refused else "  host-2 did not report a refusal")
+        say("  (reconcile status shows it; the next rollout replaces the forged command with a signed one)")
 
         if haproxy is not None:
             step(f"Sending {args.rate:.0f} requests a second through HAProxy, from now until the end")
@@ -498,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{other_failures} dropped connections or other failed requests")
         elif haproxy is not None:
             say(f"  three rollouts under load, one failure and rollback, {other_failures} failed requests")
+        say(f"  1 forged command written into the store, refused by host-2: {refused or 'NOT refused'}")
         say(f"  total: {time.monotonic() - started:.1f}s")
         say()
         say(f"Everything is left in {workdir} for you to look at:")
@@ -514,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         # v5's 500s are the point of its step (the canary really served them until the gate failed it); any
         # other failed request, in any rollout, is a failure of the demo.
         gate_ok = caught if "v5" in codes else True
-        return 0 if codes == expected and other_failures == 0 and gate_ok else 1
+        return 0 if codes == expected and other_failures == 0 and gate_ok and refused else 1
     except KeyboardInterrupt:
         say("\ninterrupted: stopping agents and services")
         return 130

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from contract.signing import unwrap
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,8 @@ def commit_of(app_repo: Path, version: str) -> str:
 
 
 def store_doc(workdir: Path, key: str) -> dict[str, Any]:
-    return json.loads((workdir / "store" / key).read_text())  # type: ignore[no-any-return]
+    # The demo signs its records (docs/trust.md): read what is inside the envelope.
+    return json.loads(unwrap((workdir / "store" / key).read_bytes()))  # type: ignore[no-any-return]
 
 
 @pytest.mark.slow
@@ -92,6 +94,11 @@ def test_demo_rolls_out_fails_on_the_canary_and_rolls_back(tmp_path: Path) -> No
         assert version == "4"
         events = {e["name"]: e for e in status["command"]["events"]}
         assert events["AllowTraffic"]["status"] == "Succeeded", events["AllowTraffic"]
+    # The forged command: refused by host-2 for want of a signature, reported in its status, never run.
+    assert "1 forged command written into the store, refused by host-2: not signed" in output
+    host2 = json.loads((workdir / "store" / "hosts" / "host-2" / "status.json").read_text())
+    assert host2["refusedTotal"] == 1 and host2["verifiesSignatures"] is True
+    assert "forged-1" not in (workdir / "host-2" / "agent.log").read_text()  # never received, never started
     # The demo stops what it started: no agent nor Prometheus keeps running.
     leftover = subprocess.run(["pgrep", "-f", "--", f"file://{workdir}/store"], capture_output=True, check=False)
     assert leftover.returncode == 1, leftover.stdout
