@@ -66,6 +66,11 @@ spec:
           value: hello
   deploymentConfig: CodeDeployDefault.AllAtOnce
 """
+ROLLBACK = """\
+  autoRollback:
+    enabled: true
+    events: [DEPLOYMENT_FAILURE]
+"""
 
 
 @dataclass
@@ -143,6 +148,7 @@ def _fleet(tmp: Path, url: str, env: dict[str, str], raw_url: str | None = None)
     signer = Signer.load(key_file.read_bytes(), str(key_file))
     assert public == signer.public.text
     bundles = {version: make_bundle(tmp / "bundles" / version, version) for version in ("v1", "v2", "v3", "evil")}
+    bundles["broken"] = make_bundle(tmp / "bundles" / "broken", "broken", failing="ValidateService")
     hosts = {}
     for host_id in [*PROTECTED, CONTROL]:
         host_env = dict(env)
@@ -228,10 +234,31 @@ def test_a_store_writer_without_the_key_runs_nothing_and_deployments_go_on(fleet
                 } == {str(fleet.bundles["v3"])}
         deployments = {deployment for _, deployment in fleet.hosts[host_id].hook_runs()}
         assert len(deployments) == 3, f"{host_id} ran {deployments}: the three genuine deployments only"
-    # The reconciler logged what it found and did not trust.
     shown = fleet.reconcile("status", "web")
     assert shown.returncode == 0, shown.stderr
     assert "refused 2 commands" in shown.stdout, shown.stdout
+
+    # 8. The confused deputy: the group record altered so that its last good revision is the attacker's bundle,
+    # then a revision that fails everywhere. Rolling back to "the last good revision" must not mean signing a
+    # command for the attacker's bundle: the altered record is read as no record at all.
+    group_key = "groups/hello/web.json"
+    envelope = json.loads(fleet.raw.get(group_key).data)  # type: ignore[union-attr]
+    record = json.loads(base64.b64decode(envelope["payload"]))
+    record["effectiveRevision"] = {"local": {"path": str(fleet.bundles["evil"]), "bundleType": "directory"}}
+    envelope["payload"] = base64.b64encode(json.dumps(record).encode()).decode()
+    fleet.raw.put(group_key, json.dumps(envelope).encode())
+    fleet.config.write("manifests/hello.yaml", MANIFESTS.format(path=fleet.bundles["broken"]) + ROLLBACK)
+    fleet.config.commit("deploy a broken revision, with automatic rollback")
+    failed = fleet.reconcile("--once")
+    # No trusted record, so no known last good revision: the failure is not rolled back (exit 4), and above all
+    # not rolled back to the revision the altered record names.
+    assert failed.returncode == 4, failed.stdout + failed.stderr
+    assert "no rollback: the group has no" in failed.stdout, failed.stdout
+    for host_id in [*PROTECTED, CONTROL]:
+        rolled_back = [run for run in fleet.evil_runs(host_id) if run[1] != "evil-control"]
+        assert rolled_back == [], f"{host_id} was rolled back to the attacker's bundle"
+        assert all(revision.revision.local.path != str(fleet.bundles["evil"])  # type: ignore[union-attr]
+                   for revision in fleet.status(host_id).installed.values())
 
 
 def _restart_trusting(fleet: Fleet, *keys: str) -> None:
