@@ -93,7 +93,8 @@ class PolicySettings(Model):
     require_immutable_revisions: bool = Field(
         default=False,
         description="Every revision must name immutable content: an S3 revision a version or sha256, "
-        "a Git revision a full commit id.",
+        "a Git revision a full commit id, a local revision a bundle file with its sha256 "
+        "(reconciler/desired/policy.py).",
     )
 
 

@@ -152,7 +152,8 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         configured_ref=settings.repository.ref,
         store=None if args.offline else settings.store,
         options=PlanOptions(rollback_warning_hosts=args.rollback_warning_hosts,
-                            heartbeat_timeout=settings.reconcile.heartbeat_timeout),
+                            heartbeat_timeout=settings.reconcile.heartbeat_timeout,
+                            require_immutable_revisions=settings.policy.require_immutable_revisions),
     )
     try:
         result = make_plan(request, now=datetime.now(UTC))

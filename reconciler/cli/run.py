@@ -26,6 +26,7 @@ from reconciler.cli.common import short_commit, source
 from reconciler.cli.progress import progress_for
 from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
+from reconciler.desired.policy import check_revision_policy
 from reconciler.errors import ReconcilerError
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
@@ -75,6 +76,8 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
         # them by meaning, so a PR merged after this plan was made is refused instead of silently undone.
         load_saved_plan(plan_path)
     desired = load_git(source(settings, None))  # invalid manifests raise before anything is written
+    # So do revisions that deploy.yaml's policy refuses (docs/trust.md, "Pinned revisions").
+    check_revision_policy(desired, require_immutable_revisions=settings.policy.require_immutable_revisions)
     log.info("once.loaded", commit=desired.commit, groups=len(desired.groups))
     result = _run_under_lease(args, settings, desired, plan_path, started)
     if isinstance(result, int):

@@ -261,7 +261,7 @@ def _cross_check(
                               f"{first.file}:{line}"))
             continue
         seen[key] = document
-        sources[key] = SourceRef(document.file, document.where(())[0])
+        sources[key] = SourceRef(document.file, document.where(())[0], document.marks)
         if isinstance(manifest, ApplicationManifest):
             applications[manifest.metadata.name] = manifest
         elif isinstance(manifest, DeploymentGroupManifest):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Literal, Self
@@ -284,6 +285,16 @@ class SourceRef:
 
     file: str
     line: int
+    #: Line and column of every key and item in the document, by path as written (`("spec", "revision", "s3")`),
+    #: so a check made after loading (`reconciler.desired.policy`) can point at a field as the loader does.
+    marks: Mapping[tuple[str | int, ...], tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, path: tuple[str | int, ...]) -> tuple[int, int]:
+        """Line and column of `path`, or of its closest ancestor the document has (the document's own line)."""
+        probe = path
+        while probe and probe not in self.marks:
+            probe = probe[:-1]
+        return self.marks.get(probe, (self.line, 1))
 
 
 @dataclass(frozen=True)

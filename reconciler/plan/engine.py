@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from reconciler.desired.policy import revision_policy_violations
 from reconciler.errors import ManifestError
 from reconciler.plan.diff import diff_manifests
 from reconciler.plan.inputs import DEFAULT_ROLLBACK_WARNING_HOSTS, Fleet, LoadedRef, PlanOptions
@@ -66,6 +67,16 @@ def _repo_relative(error: ManifestError, folder: str) -> str:
     return str(error)
 
 
+def _with_policy(head: LoadedRef, options: PlanOptions) -> LoadedRef:
+    """The head with deploy.yaml's policy applied: its violations are the head's errors, so the plan shows them
+    located, as it shows invalid manifests, and plans nothing that `--once` would refuse to apply."""
+    if head.desired is None:
+        return head
+    violations = revision_policy_violations(head.desired,
+                                            require_immutable_revisions=options.require_immutable_revisions)
+    return replace(head, desired=None, errors=violations) if violations else head
+
+
 def compute_plan(
     base: LoadedRef,
     head: LoadedRef,
@@ -85,6 +96,7 @@ def compute_plan(
     warning, so a PR that repairs a broken main still gets a useful plan. `fleet_note` says why there is no
     fleet; `store_error` makes that a warning (the store was configured but could not be read)."""
     options = options or PlanOptions()
+    head = _with_policy(head, options)
     warnings: list[PlanWarning] = []
     base_info = RefInfo(ref=base.ref, commit=base.commit, note=base.note, valid=not base.errors,
                         errors=[_repo_relative(e, path) for e in base.errors])

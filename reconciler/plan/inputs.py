@@ -38,3 +38,6 @@ class Fleet:
 class PlanOptions:
     rollback_warning_hosts: int = DEFAULT_ROLLBACK_WARNING_HOSTS
     heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
+    #: deploy.yaml `policy.requireImmutableRevisions`: a head naming a mutable revision is planned as invalid, so
+    #: the check of a pull request fails where `--once` would refuse the merge (reconciler/desired/policy.py).
+    require_immutable_revisions: bool = False

@@ -13,11 +13,12 @@ fixed loop:
 - while anything is in flight, a pass every `pollInterval` (host timeouts, bakes ending);
 - a full resync every `resyncInterval` whatever happens (liveness is judged from heartbeat ages).
 
-Manifests are loaded once per new commit. An invalid commit is logged with every error and not applied; the
-watcher keeps reconciling the last valid commit (rollouts in flight go on) until a valid one arrives. That holds
-for hostile commits too (control characters, alias bombs, absurd nesting, unbuildable scalars): the loader and
-`contract.yamlmarks` turn every failure to read a commit into located manifest errors, and anything that still
-escapes them is refused the same way here (`watch.manifests_unreadable`), never a crash and restart loop.
+Manifests are loaded once per new commit. An invalid commit (or one that breaks deploy.yaml's `policy`) is logged
+with every error and not applied; the watcher keeps reconciling the last valid commit (rollouts in flight go on)
+until a valid one arrives. That holds for hostile commits too (control characters, alias bombs, absurd nesting,
+unbuildable scalars): the loader and `contract.yamlmarks` turn every failure to read a commit into located manifest
+errors, and anything that still escapes them is refused the same way here (`watch.manifests_unreadable`), never a
+crash and restart loop.
 
 Only the lease holder writes: a second `watch` waits as a standby until the lease is free (or expires),
 then takes over.
@@ -53,6 +54,7 @@ from contract.store import Store, StoreError
 from reconciler.desired.gitmirror import Interrupted, sync_mirror
 from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
+from reconciler.desired.policy import check_revision_policy
 from reconciler.desired.sources import GitSource, open_repository, resolve_commit
 from reconciler.errors import ManifestErrors, SourceError
 from reconciler.settings import DeploySettings
@@ -201,6 +203,8 @@ class Watcher:
             return False
         try:
             desired = load_git(GitSource(self.source.repository, commit, self.source.path), fetch=False)
+            check_revision_policy(
+                desired, require_immutable_revisions=self.settings.policy.require_immutable_revisions)
         except ManifestErrors as exc:
             self.invalid_commit = commit
             log.error(
