@@ -40,6 +40,7 @@ from reconciler.core import (
 )
 from reconciler.desired.manifests import Desired
 from reconciler.settings import ReconcileSettings
+from reconciler.shell.applied import AppliedConfigLedger
 from reconciler.shell.executor import Applied, Executor, WriteConflict
 from reconciler.shell.gates import GateShell
 from reconciler.shell.lease import WriteLease
@@ -132,6 +133,7 @@ class PassRunner:
         clock: Now = utc_now,
         traffic: TrafficShell | None = None,
         gates: GateShell | None = None,
+        applied_config: AppliedConfigLedger | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -142,6 +144,9 @@ class PassRunner:
         self.gates = gates or GateShell(clock=clock)
         self.executor = Executor(store, lease, self.reader, traffic=self.traffic, clock=clock)
         self.clock = clock
+        #: config/applied.json: the commit is checked against it before a pass writes and recorded after
+        #: (`repository.verify`, docs/trust.md); None for callers that apply no config commit (tests, tools).
+        self.applied_config = applied_config
         self.passes = 0
 
     def run_pass(self, desired: Desired, *, before_decide: Callable[[Snapshot], None] | None = None) -> PassOutcome:
@@ -149,6 +154,9 @@ class PassRunner:
         started = time.monotonic()
         started_at = self.clock()
         self.lease.ensure()
+        if self.applied_config is not None:
+            # UnverifiedCommit: the commit is refused before anything of this pass is written.
+            self.applied_config.confirm(desired.commit)
         snapshot = self.reader.snapshot()
         # Load balancers are observed data too: read for the hosts at a traffic step, before deciding.
         observed = self.traffic.observe(desired, snapshot.observed, snapshot.state)
@@ -173,6 +181,8 @@ class PassRunner:
             self.executor.apply(actions, snapshot.versions, groups_before, applied=applied)
         except WriteConflict as exc:
             conflict = exc.key
+        if self.applied_config is not None and conflict is None:
+            self.applied_config.record(desired.commit, before_write=self.lease.ensure)
         self.passes += 1
         outcome = PassOutcome(
             number=self.passes,
