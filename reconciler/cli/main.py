@@ -18,6 +18,7 @@ from typing import Any
 from contract.exitcodes import ExitCode
 from contract.logs import configure_logging
 from contract.store import InvalidStoreURL, StoreError
+from reconciler.desired.verify import UnverifiedCommit
 from reconciler.errors import ManifestErrors, ReconcilerError
 from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         description="GitOps deployments for server fleets: converge hosts to the revisions in a config repo.",
         epilog=DEFAULTS_HELP + "\n\nExit codes: 0 ok/converged, 1 invalid input, 2 plan has changes, 3 failed and "
-        "rolled back, 4 failed,\n5 timed out, 6 stale plan, 7 lease held elsewhere, 8 store unavailable.",
+        "rolled back, 4 failed,\n5 timed out, 6 stale plan, 7 lease held elsewhere, 8 store unavailable,\n9 config "
+        "commit refused by repository.verify.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--once", action="store_true", help="run passes until nothing is in flight, then exit")
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"reconcile: store {settings.store}: {exc}", file=sys.stderr)
         return ExitCode.STORE_UNAVAILABLE
+    except UnverifiedCommit as exc:
+        print(f"reconcile: {exc}\n  nothing was applied (exit {int(ExitCode.UNVERIFIED_COMMIT)}).", file=sys.stderr)
+        return ExitCode.UNVERIFIED_COMMIT
     except ReconcilerError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
         return ExitCode.INVALID

@@ -10,6 +10,8 @@ plan, prints it in the chosen format and, with `--out`, saves it with the finger
   change itself is invalid, the author fixes it;
 - 1 with `reconcile plan: cannot read the config repository: ...` (nothing on stdout): the checkout, a ref or
   git failed, the workflow is broken, not the change; likewise bad flags or settings;
+- 9 with `reconcile plan: config commit ... refused` (nothing on stdout): `repository.verify` refuses the head,
+  or in strict mode a commit the change adds (unsigned, or signed by a signer not allowed; docs/trust.md);
 - 8 (as everywhere in `reconcile`): the store could not be read. The plan is still printed, computed offline
   (hosts and batches from the selectors alone), because the diff is worth reviewing anyway; but a run that
   was asked to read the fleet and could not must not pass for a complete plan. `--offline` asks for no store.
@@ -33,6 +35,7 @@ from reconciler.core import Observed, State
 from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import Desired
 from reconciler.desired.sources import files_from_commit, open_repository
+from reconciler.desired.verify import CommitVerifier, UnverifiedCommit
 from reconciler.errors import ManifestErrors, ReconcilerError, SourceError
 from reconciler.plan.engine import (
     DEFAULT_ROLLBACK_WARNING_HOSTS,
@@ -65,7 +68,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
             "(from the store when reachable), and the warnings that matter in review."
         ),
         epilog="Exit codes: 0 no changes, 2 changes, 1 invalid input (invalid head manifests, unreadable config "
-        "repository or ref, unsaved --out), 8 the store could not be read (the plan is printed, computed offline).",
+        "repository or ref, unsaved --out), 8 the store could not be read (the plan is printed, computed offline), "
+        "9 the head (or, with repository.verify.mode strict, a commit the change adds) is refused by "
+        "repository.verify.",
     )
     parser.add_argument("--base", default=None, help="ref to compare with (default: merge base of head and the "
                         "default branch: repository.ref if it names a branch, else origin/HEAD, main, master)")
@@ -98,6 +103,9 @@ class PlanRequest:
     #: None: offline on purpose (--offline); "" means none is configured.
     store: str | None = None
     options: PlanOptions = field(default_factory=PlanOptions)
+    #: `repository.verify`: the head (and in strict mode every commit the change adds) is checked before its
+    #: manifests are read; None checks nothing.
+    verifier: CommitVerifier | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,8 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     else:
         base_ref, base_commit, base_note = default_base(repo, request.repository, head_commit, head_ref,
                                                         request.configured_ref)
+    if request.verifier is not None:
+        request.verifier.verify_change(Path(repo.git_dir), head_commit, base_commit)  # UnverifiedCommit: exit 9
     head = load_ref(request.repository, head_ref, head_commit, request.manifest_path, side="head")
     base = load_ref(request.repository, base_ref, base_commit, request.manifest_path, side="base", note=base_note)
     fleet: Fleet | None
@@ -150,6 +160,7 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         head=args.head,
         base=args.base,
         configured_ref=settings.repository.ref,
+        verifier=CommitVerifier(settings.repository.verify),
         store=None if args.offline else settings.store,
         options=PlanOptions(rollback_warning_hosts=args.rollback_warning_hosts,
                             heartbeat_timeout=settings.reconcile.heartbeat_timeout,
@@ -157,6 +168,11 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
     )
     try:
         result = make_plan(request, now=datetime.now(UTC))
+    except UnverifiedCommit as exc:
+        # Like invalid manifests, the change's own fault; said before anything is planned, nothing on stdout.
+        print(f"reconcile plan: {exc}\n  nothing was planned (exit {int(ExitCode.UNVERIFIED_COMMIT)}).",
+              file=sys.stderr)
+        return ExitCode.UNVERIFIED_COMMIT
     except SourceError as exc:
         # Not the change's fault: the checkout, a ref or git. Said apart from invalid manifests (same exit 1,
         # but nothing on stdout and this wording) so a CI log points at the workflow, not the pull request.

@@ -24,9 +24,11 @@ from contract.signals import stop_on_signals
 from contract.store import open_store
 from reconciler.cli.common import short_commit, source
 from reconciler.cli.progress import progress_for
+from reconciler.cli.verified import applied_config, verified_commit
 from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.desired.policy import check_revision_policy
+from reconciler.desired.verify import CommitVerifier
 from reconciler.errors import ReconcilerError
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
@@ -75,11 +77,14 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
         # configured ref (the branch tip after the merge), not the plan's commit: verify_saved_plan compares
         # them by meaning, so a PR merged after this plan was made is refused instead of silently undone.
         load_saved_plan(plan_path)
-    desired = load_git(source(settings, None))  # invalid manifests raise before anything is written
+    # A commit that repository.verify refuses exits 9 before its manifests are even read (docs/trust.md); the
+    # manifests are then read from exactly that commit, whatever the ref says by now.
+    verified = verified_commit(settings)
+    desired = load_git(source(settings, verified.commit), fetch=False)  # invalid manifests raise before any write
     # So do revisions that deploy.yaml's policy refuses (docs/trust.md, "Pinned revisions").
     check_revision_policy(desired, require_immutable_revisions=settings.policy.require_immutable_revisions)
     log.info("once.loaded", commit=desired.commit, groups=len(desired.groups))
-    result = _run_under_lease(args, settings, desired, plan_path, started)
+    result = _run_under_lease(args, settings, desired, plan_path, started, verifier=verified.verifier)
     if isinstance(result, int):
         return result
     elapsed = time.monotonic() - started
@@ -91,7 +96,7 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
 
 
 def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired: Desired, plan_path: Path | None,
-                     started: float) -> RunResult | int:
+                     started: float, *, verifier: CommitVerifier) -> RunResult | int:
     """Take the write lease, run passes until settled, release it. An exit code when the run could not
     happen (interrupted while waiting, the lease held or lost, a stale plan)."""
     store = open_store(settings.store)
@@ -110,7 +115,9 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
             return ExitCode.LEASE_HELD
         try:
             remaining = timeout - timedelta(seconds=time.monotonic() - started)
-            return _settle(PassRunner(store, lease, reconcile_settings), desired, args=args, settings=settings,
+            runner = PassRunner(store, lease, reconcile_settings,
+                                applied_config=applied_config(settings, store, verifier))
+            return _settle(runner, desired, args=args, settings=settings,
                            plan_path=plan_path, timeout=max(remaining, timedelta(0)), stop=stop)
         except LeaseLost as exc:
             print(f"reconcile: {exc}", file=sys.stderr)

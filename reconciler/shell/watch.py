@@ -20,6 +20,13 @@ unbuildable scalars): the loader and `contract.yamlmarks` turn every failure to 
 errors, and anything that still escapes them is refused the same way here (`watch.manifests_unreadable`), never a
 crash and restart loop.
 
+A commit that `repository.verify` refuses (docs/trust.md, "Verified commits") is treated the same way: logged
+once (`watch.commit_unverified`: the commit, its signer, git's reason, the policy), never loaded, and the last
+verified commit stays in force until a commit that passes arrives. The check runs before the manifests are read
+and again under the lease before the commit's first pass writes (`reconciler.shell.applied`); refused there
+(another reconciler applied a commit it does not descend from), the watcher stops applying it and waits for the
+next commit.
+
 Only the lease holder writes: a second `watch` waits as a standby until the lease is free (or expires),
 then takes over.
 
@@ -56,8 +63,10 @@ from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.desired.policy import check_revision_policy
 from reconciler.desired.sources import GitSource, open_repository, resolve_commit
-from reconciler.errors import ManifestErrors, SourceError
+from reconciler.desired.verify import CommitVerifier, UnverifiedCommit
+from reconciler.errors import ManifestErrors, SettingsError, SourceError
 from reconciler.settings import DeploySettings
+from reconciler.shell.applied import AppliedConfigLedger
 from reconciler.shell.executor import WriteConflict
 from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease
 from reconciler.shell.observe import StoreReader
@@ -179,8 +188,12 @@ class Watcher:
         self.lease = lease or WriteLease(store, duration=settings.reconcile.lease_duration)
         self.lease.stop_writing_on(stop)
         self.reader = StoreReader(store)
-        self.runner = PassRunner(store, self.lease, settings.reconcile, reader=self.reader)
         self.source = GitSource(settings.repository.url, settings.repository.ref, settings.repository.path)
+        # Unusable signers (a missing file, keys gpg cannot import) are a settings error here, at start-up.
+        self.applied_config = AppliedConfigLedger(store, CommitVerifier(settings.repository.verify),
+                                                  repository=self.source.repository, ref=self.source.ref)
+        self.runner = PassRunner(store, self.lease, settings.reconcile, reader=self.reader,
+                                 applied_config=self.applied_config)
         self.desired: Desired | None = None
         self.invalid_commit: str | None = None
         self.wake = threading.Event()
@@ -200,6 +213,8 @@ class Watcher:
         commit = resolve_commit(self.source.repository, self.source.ref, fetch=False)
         current = self.desired.commit if self.desired else None
         if commit in (current, self.invalid_commit):
+            return False
+        if not self._verified(commit, current):
             return False
         try:
             desired = load_git(GitSource(self.source.repository, commit, self.source.path), fetch=False)
@@ -229,13 +244,48 @@ class Watcher:
         log.info("watch.commit", commit=commit, previous=current)
         return True
 
+    def _verified(self, commit: str, current: str | None) -> bool:
+        """`repository.verify` lets `commit` be loaded. A refusal is logged once per commit (the commit is then
+        `invalid_commit`); a check that could not be made (the signers file gone, the store away) is logged and
+        made again at the next trigger."""
+        try:
+            self.applied_config.check(commit)
+        except UnverifiedCommit as exc:
+            self._refused(exc, commit, applying=current)
+            return False
+        except SettingsError as exc:
+            log.error("watch.verify_failed", commit=commit, error=str(exc), applying=current)
+            return False
+        except StoreError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("watch.verify_postponed", commit=commit, error=str(exc), applying=current)
+            return False
+        return True
+
+    def _refused(self, exc: UnverifiedCommit, commit: str, *, applying: str | None) -> None:
+        self.invalid_commit = commit
+        log.error("watch.commit_unverified", commit=commit, refused=exc.commit, signer=exc.signer, reason=exc.reason,
+                  policy=exc.policy, applying=applying, message=str(exc))
+
     # ----------------------------------------------------------------------------------------------
 
     def _pass(self, reason: str) -> None:
         if self.desired is None:
             return
         log.debug("watch.pass", reason=reason)
-        outcome = self.runner.run_pass(self.desired)
+        try:
+            outcome = self.runner.run_pass(self.desired)
+        except UnverifiedCommit as exc:
+            # Checked again under the lease and refused now: the record of applied commits changed since it was
+            # loaded (another reconciler applied one it does not descend from). Nothing of this pass was written.
+            assert self.desired.commit is not None
+            self._refused(exc, self.desired.commit, applying=None)
+            self.desired = None
+            return
+        except SettingsError as exc:
+            log.error("watch.verify_failed", commit=self.desired.commit, error=str(exc))
+            return
         self.last = outcome
         if self.progress is not None:
             self.progress.on_pass(outcome)
