@@ -59,6 +59,8 @@ VERIFY_TIMEOUT_SECONDS = 300.0
 SUBJECT_CHARACTERS = 100
 #: The largest `gpgKeysFile` read: a keyring of a few dozen keys with their signatures is well under 1 MiB.
 MAX_KEYS_FILE_BYTES = 8 * 1024 * 1024
+#: How many passed checks a verifier remembers (`watch` needs the last one or two; this bounds a long run).
+PASSED_REMEMBERED = 64
 #: How strict each mode is: a commit recorded as applied under a mode at least this strict is not checked again.
 MODE_RANK = {"none": 0, "head": 1, "strict": 2}
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -274,6 +276,8 @@ class CommitVerifier:
         self._refuse_bad(git, signatures, commit, policy, since=since)
         verification = Verification(commit, self.mode, since=since,
                                     checked=tuple(signature.commit for signature in signatures))
+        if len(self._passed) >= PASSED_REMEMBERED:
+            self._passed.clear()  # only the latest commits matter
         self._passed[cache_key] = verification
         log.info("verify.passed", commit=commit, mode=self.mode, since=since, checked=len(signatures))
         return verification
