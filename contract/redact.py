@@ -25,6 +25,17 @@ replacing every `1` in the output would make it unreadable and hide nothing.
 
 Output is redacted line by line as it arrives (`StreamRedactor` keeps the one piece of state between lines,
 "inside a private key block"), before any tail is cut, so a cut can never leave half a secret visible.
+
+For the reconciler (docs/trust.md, "Secrets in output"), two more helpers:
+
+- `public_host_text`: a message or log tail a host reported, fit for a CI log or a record in the store:
+  redacted by the patterns above and `redact_urls` (the reconciler knows none of the host's environment),
+  control characters replaced (a forged status must not move the cursor or recolour a terminal to hide
+  lines), on one line (it must not print lines that look like the reconciler's own), and at most
+  `HOST_TEXT_LIMIT` characters, cut in the middle so both what failed and where the full log is survive;
+- `redact_url` / `redact_urls`: a URL as `reconcile plan` shows it: the password of `user:password@`, a user
+  name alone in an http(s) URL (forges take a token there: `https://TOKEN@github.com/...`), and the values of
+  query parameters whose names look secret (`?token=`, `?api_key=`, `X-Amz-Signature=`) become `[REDACTED]`.
 """
 
 from __future__ import annotations
@@ -148,4 +159,90 @@ def _pieces(value: str) -> Iterable[str]:
             yield piece
 
 
-__all__ = ["REDACTED", "Redactor", "StreamRedactor", "secret_name"]
+# --------------------------------------------------------------------------------------------------
+# URLs and host text, for the reconciler
+
+
+#: Query parameter names that carry credentials besides the secret-looking ones (`secret_name`): presigned
+#: S3 URLs (`X-Amz-Signature`), Azure SAS tokens (`sig`), HTTP auth parameters.
+_SECRET_PARAMETER_WORDS = ("SIGNATURE",)
+_SECRET_PARAMETERS = frozenset({"SIG", "PASS", "PWD", "KEY", "AUTH", "AUTHORIZATION"})
+#: A URL in running text: up to whitespace, a quote, a backtick, `<`, `>` or a Markdown table's `|`.
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'`<>|]+")
+#: Control characters other than tab and newline: C0, DEL and C1 (ESC starts terminal escape sequences).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NEWLINES = re.compile(r"\r\n|[\r\n\u2028\u2029\x85]")
+#: Longest host text the reconciler prints or copies. Above what an agent with default settings sends (a
+#: failure paragraph quotes at most `reportOutput.tailBytes`, 2 KiB, of output), so it cuts only a report that
+#: was made bigger, by settings or by hand.
+HOST_TEXT_LIMIT = 3000
+_CUT_MARK = " … [{} characters cut] … "
+
+
+def _secret_parameter(name: str) -> bool:
+    upper = name.upper().replace("-", "_")
+    return (upper in _SECRET_PARAMETERS or secret_name(upper)
+            or any(word in upper for word in _SECRET_PARAMETER_WORDS))
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials replaced by `[REDACTED]`: a password, a bare user name in http(s) (a token),
+    secret-looking query values. Anything else is kept as written (placeholders such as `{address}` too)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    end = min((index for index in (rest.find(c) for c in "/?#") if index >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            userinfo = f"{user}:{REDACTED}"
+        elif scheme.lower() in ("http", "https") and user:
+            userinfo = REDACTED
+        authority = f"{userinfo}@{host}"
+    path, question, query = tail.partition("?")
+    if question:
+        query, hash_mark, fragment = query.partition("#")
+        parameters = []
+        for parameter in query.split("&"):
+            name, equals, value = parameter.partition("=")
+            parameters.append(f"{name}={REDACTED}" if equals and value and _secret_parameter(name) else parameter)
+        tail = f"{path}?{'&'.join(parameters)}{hash_mark}{fragment}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def redact_urls(text: str) -> str:
+    """Every URL in `text` through `redact_url`."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def public_host_text(text: str, *, limit: int = HOST_TEXT_LIMIT) -> str:
+    """A message or log tail that a host reported, as the reconciler may print it or copy it into a record:
+    redacted (patterns and URLs), control characters shown as `?`, lines joined with ` | `, at most `limit`
+    characters. Applied whatever the agent did: it may run with `reportOutput.redact: false`, be older than
+    redaction, or not be an agent at all (anyone who can write its `status.json`)."""
+    if not text:
+        return text
+    shown = redact_urls(Redactor().text(text))
+    shown = _CONTROL.sub("?", _NEWLINES.sub(" | ", shown.strip("\r\n")))
+    if len(shown) <= limit:
+        return shown
+    # The mark names how much was cut; sized for the longest count, so the result never exceeds `limit`.
+    cut = len(shown) - limit + len(_CUT_MARK.format(f"{len(shown):,}"))
+    head = (limit * 2) // 3
+    return shown[:head] + _CUT_MARK.format(f"{cut:,}") + shown[head + cut:]
+
+
+__all__ = [
+    "HOST_TEXT_LIMIT",
+    "REDACTED",
+    "Redactor",
+    "StreamRedactor",
+    "public_host_text",
+    "redact_url",
+    "redact_urls",
+    "secret_name",
+]

@@ -25,6 +25,7 @@ from contract.models import (
     Revision,
     StopRequest,
 )
+from contract.redact import public_host_text, redact_url, redact_urls
 from reconciler.cli.common import split_group_key
 from reconciler.cli.progress import current_event
 from reconciler.core import Observed
@@ -40,10 +41,21 @@ def iso(value: datetime | None) -> str | None:
 
 
 def revision_json(revision: Revision | None) -> dict[str, Any] | None:
+    """A revision for `--format json`, with a Git repository URL's credentials redacted (a token in
+    `https://TOKEN@host/repo.git` must not reach a CI log through `status`)."""
     if revision is None:
         return None
-    return {"short": revision.short(), "identity": revision.identity(),
-            **revision.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    data = revision.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if "git" in data:
+        data["git"]["repository"] = redact_url(data["git"]["repository"])
+    return {"short": revision.short(), "identity": redact_urls(revision.identity()), **data}
+
+
+def shown(text: str | None) -> str | None:
+    """Text that came from a host (or a record that quotes one), as `status` and `history` print it: redacted and
+    bounded whatever the agent did, since their output lands in CI logs too (docs/trust.md, "Secrets in
+    output")."""
+    return public_host_text(text) if text else text
 
 
 def short(revision: Revision | None) -> str:
@@ -109,7 +121,7 @@ class DeploymentView:
             created_at=deployment.created_at,
             ended_at=deployment.ended_at,
             error_code=deployment.error_code,
-            error_message=deployment.error_message,
+            error_message=shown(deployment.error_message),
             out_of_service={host: state.out_of_service_seconds for host, state in sorted(deployment.hosts.items())
                             if state.out_of_service_seconds is not None},
         )
@@ -179,7 +191,7 @@ def health_check_of(observed: Observed, host_id: str, key: str) -> HealthCheckVi
         return None
     for event in command.events:
         if event.name == HEALTH_CHECK and event.status is not EventStatus.PENDING:
-            return HealthCheckView(str(event.status), event.message, event.ended_at)
+            return HealthCheckView(str(event.status), shown(event.message), event.ended_at)
     return None
 
 
@@ -501,7 +513,8 @@ def host_conflicts(observed: Observed) -> tuple[HostConflictView, ...]:
     The agent that loses such a fight exits without writing the host's registration or status, so its
     conflict record is the only trace: without this warning a machine that is silently never deployed to
     looks like a healthy host."""
-    return tuple(HostConflictView(p.host_id, p.kind, p.since, p.message) for p in identity_problems(observed))
+    return tuple(HostConflictView(p.host_id, p.kind, p.since, shown(p.message) or "")
+                 for p in identity_problems(observed))
 
 
 @dataclass(frozen=True)
@@ -568,4 +581,5 @@ __all__ = [
     "measurement_text",
     "revision_json",
     "short",
+    "shown",
 ]

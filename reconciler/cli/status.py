@@ -37,6 +37,7 @@ from reconciler.cli.readmodel import (
     host_conflicts,
     last_command,
     short,
+    shown,
 )
 from reconciler.core import MembershipIndex, is_online
 from reconciler.core.observed import TargetObservation, TargetState
@@ -239,7 +240,7 @@ def _traffic_step(record: HostTraffic | None, key: str, now: datetime) -> str | 
         return None
     repair = " (repair)" if record.repair else ""
     when = ago(record.ended_at or record.started_at, now)
-    message = f": {record.message}" if record.message else ""
+    message = f": {shown(record.message)}" if record.message else ""
     return f"{record.step}{repair} {record.state.value} {when}{message}"
 
 
@@ -264,7 +265,7 @@ def _host_view(host_id: str, key: str, target: Revision | None, effective: Revis
         traffic_step=_traffic_step(context.known.snapshot.state.traffic.get(host_id), key, context.now),
         health_check=health_check_of(observed, host_id, key),
         refused_total=status.refused_total if status else 0,
-        last_refusal=status.refusals[-1].reason if status and status.refusals else None,
+        last_refusal=shown(status.refusals[-1].reason) if status and status.refusals else None,
         verifies_signatures=status.verifies_signatures if status else None,
     )
 

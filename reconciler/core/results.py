@@ -17,6 +17,7 @@ from contract.models import (
     EventStatus,
     HostDeploymentState,
 )
+from contract.redact import public_host_text
 from reconciler.core.rollout import FAILED, IN_PROGRESS, SUCCEEDED
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import EffectiveConfig
@@ -134,10 +135,14 @@ def out_of_service(progress: CommandProgress) -> float | None:
 
 
 def command_message(progress: CommandProgress) -> str | None:
+    """Why the host's command failed, in its agent's words, as the deployment record keeps them (and `status`,
+    `history` and the `--once` summary show them): redacted and bounded here whatever the agent did, since an
+    agent may publish output unredacted (`reportOutput.redact: false`), be older, or be forged
+    (`contract.redact.public_host_text`; docs/trust.md, "Secrets in output")."""
     if progress.message:
-        return progress.message
+        return public_host_text(progress.message)
     for event in progress.events:
         if event.status is EventStatus.FAILED:
             detail = event.message or (event.error_code.value if event.error_code else "failed")
-            return f"{event.name}: {detail}"
+            return public_host_text(f"{event.name}: {detail}")
     return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from contract.exitcodes import ExitCode
 from contract.models import Deployment, DeploymentStatus, GroupState, HostDeploymentStatus, QuarantinedRevision
+from contract.redact import public_host_text
 from reconciler.core import Blocked, FinishDeployment, MarkGroupRemoved, StartRollback
 from reconciler.shell.passes import PassOutcome
 
@@ -65,7 +66,8 @@ def _failed_hosts(deployment: Deployment) -> list[str]:
     CI log says what went wrong without anyone opening the store."""
     failed = [(host, state) for host, state in sorted(deployment.hosts.items())
               if state.status is HostDeploymentStatus.FAILED]
-    lines = [f"  {host} failed: {state.message or 'no details reported'}"
+    # Redacted and bounded again: a record written by an older reconciler, or by hand, was not (docs/trust.md).
+    lines = [f"  {host} failed: {public_host_text(state.message) if state.message else 'no details reported'}"
              for host, state in failed[:FAILED_HOSTS_SHOWN]]
     if len(failed) > FAILED_HOSTS_SHOWN:
         more = len(failed) - FAILED_HOSTS_SHOWN
