@@ -17,6 +17,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from contract.durations import Duration
 from contract.models import Model
+from reconciler.desired.secrets import SECRET
 
 #: CodeDeploy waits up to an hour for an instance to turn healthy behind its load balancer (reference §5.4).
 DEFAULT_HEALTHY_TIMEOUT = timedelta(hours=1)
@@ -70,7 +71,10 @@ class CommandProviderSpec(Model):
     being block, finish (optional: exit 64 or print `unsupported` when there is nothing to do), allow or
     status (docs/traffic.md, "The command provider")."""
 
-    run: Annotated[list[NonEmpty], Field(min_length=1)]
+    run: Annotated[list[NonEmpty], Field(min_length=1)] = Field(
+        description="The program and its arguments; secret: plans never show them (they may carry a token).",
+        json_schema_extra=SECRET,
+    )
     timeout: Duration = timedelta(seconds=30)
     name: NonEmpty | None = Field(default=None, description="Shown in status and plans (default: the program).")
 

@@ -4,6 +4,9 @@ It compares the validated manifests (pydantic models dumped by alias), so reorde
 comments and formatting are not changes, and an explicit default equals an omitted one. Every list in the
 manifest format is a set (tag filters are OR-ed, tag sets AND-ed, hosts and rollback events unordered), which
 is why list order is ignored. The same canonical form fingerprints the manifests of a saved plan.
+
+Changes are found on the real values and shown through `reconciler.plan.public`: a field marked secret changes
+as `(secret) -> (secret, changed)`, and no URL keeps its credentials.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from reconciler.desired.manifests import (
     Desired,
 )
 from reconciler.plan.model import KIND_ORDER, FieldChange, Kind, ObjectChange
+from reconciler.plan.public import HIDDEN_CHANGE, HIDDEN_VALUE, FieldPath, public_change, secret_field
 
 
 def canonical(value: Any) -> Any:
@@ -71,26 +75,52 @@ def _objects(desired: Desired | None) -> dict[tuple[str, str], dict[str, Any]]:
     return objects
 
 
-def diff_values(before: Any, after: Any, path: str = "") -> list[FieldChange]:
+def diff_values(before: Any, after: Any) -> list[FieldChange]:
     """Field changes between two JSON values, descending into dicts, and into lists only when items changed in
-    place (so `targets.tagSets.1.0.value: production -> prod` rather than two whole lists)."""
+    place (so `targets.tagSets.1.0.value: production -> prod` rather than two whole lists). Values as they are:
+    a plan shows them through `reconciler.plan.public` (`diff_manifests`)."""
+    return [FieldChange(path=_dotted(path), before=old, after=new) for path, old, new in _changes(before, after, ())]
+
+
+def _dotted(path: FieldPath) -> str:
+    return ".".join(map(str, path))
+
+
+def _changes(before: Any, after: Any, path: FieldPath) -> list[tuple[FieldPath, Any, Any]]:
     if canonical(before) == canonical(after):
         return []
     if isinstance(before, dict) and isinstance(after, dict):
-        changes: list[FieldChange] = []
+        changes: list[tuple[FieldPath, Any, Any]] = []
         for key in sorted(set(before) | set(after)):
-            child = f"{path}.{key}" if path else key
+            child = (*path, key)
             if key not in before or key not in after:
-                changes.append(FieldChange(path=child, before=before.get(key), after=after.get(key)))
+                changes.append((child, before.get(key), after.get(key)))
             else:
-                changes.extend(diff_values(before[key], after[key], child))
+                changes.extend(_changes(before[key], after[key], child))
         return changes
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
         moved = [i for i, (old, new) in enumerate(zip(before, after, strict=True)) if canonical(old) != canonical(new)]
         gone = Counter(_sort_key(canonical(v)) for v in before) - Counter(_sort_key(canonical(v)) for v in after)
         if len(moved) == sum(gone.values()):
-            return [change for i in moved for change in diff_values(before[i], after[i], f"{path}.{i}")]
-    return [FieldChange(path=path, before=before, after=after)]
+            return [change for i in moved for change in _changes(before[i], after[i], (*path, i))]
+    return [(path, before, after)]
+
+
+def _public_changes(kind: str, before: Any, after: Any) -> list[FieldChange]:
+    """The changes a plan shows: compared on the real values, shown without secrets (`reconciler.plan.public`)."""
+    changes = []
+    secrets_changed: set[FieldPath] = set()
+    for path, old, new in _changes(before, after, ()):
+        secret = secret_field(kind, path)
+        if secret is not None and secret != path:
+            # A change inside a secret field (one argument of a list) is shown once, as the field's.
+            if secret not in secrets_changed:
+                secrets_changed.add(secret)
+                changes.append(FieldChange(path=_dotted(secret), before=HIDDEN_VALUE, after=HIDDEN_CHANGE))
+            continue
+        shown_before, shown_after = public_change(kind, path, old, new)
+        changes.append(FieldChange(path=_dotted(path), before=shown_before, after=shown_after))
+    return changes
 
 
 def _source(desired: Desired | None, kind: str, name: str, folder: str) -> str | None:
@@ -114,12 +144,14 @@ def diff_manifests(base: Desired | None, head: Desired | None, *, folder: str = 
         if old is None:
             assert new is not None
             changes.append(ObjectChange(kind=typed_kind, name=name, change="added",
-                                        source=_source(head, kind, name, folder), fields=diff_values({}, new)))
+                                        source=_source(head, kind, name, folder),
+                                        fields=_public_changes(kind, {}, new)))
         elif new is None:
             changes.append(ObjectChange(kind=typed_kind, name=name, change="removed",
-                                        source=_source(base, kind, name, folder), fields=diff_values(old, {})))
+                                        source=_source(base, kind, name, folder),
+                                        fields=_public_changes(kind, old, {})))
         else:
-            fields = diff_values(old, new)
+            fields = _public_changes(kind, old, new)
             if fields:
                 changes.append(ObjectChange(kind=typed_kind, name=name, change="changed",
                                             source=_source(head, kind, name, folder), fields=fields))

@@ -29,6 +29,7 @@ from reconciler.plan.diff import diff_manifests
 from reconciler.plan.inputs import DEFAULT_ROLLBACK_WARNING_HOSTS, Fleet, LoadedRef, PlanOptions
 from reconciler.plan.model import Plan, PlanWarning, RefInfo
 from reconciler.plan.preview import plan_rollouts
+from reconciler.plan.public import public_plan
 from reconciler.plan.saved import (
     SavedPlan,
     SavedPlanError,
@@ -94,7 +95,8 @@ def compute_plan(
     Pure: the caller loads refs and the store and passes the clock. An invalid head yields a plan that carries
     its errors and nothing else (nothing can be planned from it); an invalid base is planned as empty, with a
     warning, so a PR that repairs a broken main still gets a useful plan. `fleet_note` says why there is no
-    fleet; `store_error` makes that a warning (the store was configured but could not be read)."""
+    fleet; `store_error` makes that a warning (the store was configured but could not be read). No URL in the
+    plan keeps its credentials, and no field marked secret its value (`reconciler.plan.public`)."""
     options = options or PlanOptions()
     head = _with_policy(head, options)
     warnings: list[PlanWarning] = []
@@ -114,7 +116,7 @@ def compute_plan(
         "computed_at": now,
     }
     if head.errors or head.desired is None:
-        return Plan(**common, has_changes=False)
+        return public_plan(Plan(**common, has_changes=False))
     if base.errors:
         warnings.append(PlanWarning(
             code="INVALID_BASE",
@@ -129,7 +131,8 @@ def compute_plan(
     rollouts, rollout_warnings = plan_rollouts(base_desired, head.desired, fleet=fleet, now=now, options=options)
     warnings.extend(rollout_warnings)
     has_changes = bool(changes) or any(r.action in ("deploy", "remove") for r in rollouts)
-    plan = Plan(**common, has_changes=has_changes, changes=changes, rollouts=rollouts, warnings=warnings)
+    plan = public_plan(Plan(**common, has_changes=has_changes, changes=changes, rollouts=rollouts,
+                            warnings=warnings))
     log.info("plan.computed", head=head.commit, base=base.commit, fleet=plan.fleet, **plan.counts(),
              warnings=len(warnings))
     return plan

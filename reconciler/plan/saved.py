@@ -23,6 +23,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.plan.diff import canonical_objects, diff_values, manifests_digest
 from reconciler.plan.inputs import Fleet
 from reconciler.plan.model import FORMAT_VERSION, Plan, PlanModel
+from reconciler.plan.public import public_objects
 from reconciler.plan.words import count
 
 log = structlog.get_logger(__name__)
@@ -55,7 +56,8 @@ class Fingerprints(PlanModel):
     head_commit: str
     #: `manifests_digest` of the head: equal digests mean the same desired state, however it is written.
     manifests_digest: str
-    #: The head's objects in canonical form, keyed `Kind/name`, so a refusal can say which fields differ.
+    #: The head's objects in canonical form, keyed `Kind/name`, so a refusal can say which fields differ. Without
+    #: secret fields' values and URL credentials (`reconciler.plan.public`): a saved plan is a CI artifact.
     manifests: dict[str, JsonValue]
     groups: dict[str, GroupFingerprint]
     #: Group key -> the ids of the hosts it targets, sorted.
@@ -103,7 +105,7 @@ def fingerprints(desired: Desired, observed: Observed, state: State) -> Fingerpr
     return Fingerprints(
         head_commit=desired.commit,
         manifests_digest=manifests_digest(desired),
-        manifests=canonical_objects(desired),
+        manifests=public_objects(canonical_objects(desired)),
         groups=group_fingerprints(state),
         membership=membership(desired, observed),
     )
@@ -165,8 +167,9 @@ def _show_value(value: Any) -> str:
 
 
 def _manifest_reasons(saved: SavedPlan, desired: Desired) -> list[str]:
-    then = saved.fingerprints.manifests
-    now = canonical_objects(desired)
+    # Both sides as plans show them: a plan saved by an older version may still hold the values themselves.
+    then = public_objects(saved.fingerprints.manifests)
+    now = public_objects(canonical_objects(desired))
     found = []
     for key in sorted(set(then) | set(now)):
         if key not in then:
@@ -189,7 +192,8 @@ def stale_reasons(saved: SavedPlan, desired: Desired, observed: Observed, state:
         # Compared by meaning, not by commit: a merge or squash commit is a new commit carrying exactly the
         # reviewed manifests, and refusing it would make every merge stale. Any other difference was never
         # reviewed.
-        detail = "; ".join(_manifest_reasons(saved, desired)) or "the manifests differ"
+        detail = "; ".join(_manifest_reasons(saved, desired)) or (
+            "a value plans do not show changed (a field marked secret, or a URL's credentials)")
         reasons.append(f"head commit: the plan was computed at {_short(then.head_commit)}; the manifests at "
                        f"{_short(desired.commit)} differ: {detail}")
     now_groups = group_fingerprints(state)
