@@ -16,6 +16,7 @@ import structlog
 from pydantic import JsonValue, ValidationError
 from pydantic.alias_generators import to_camel
 
+from contract.redact import redact_urls
 from reconciler.core import Observed, State
 from reconciler.core.membership import MembershipIndex, group_members
 from reconciler.desired.manifests import Desired
@@ -76,16 +77,19 @@ class SavedPlan(PlanModel):
 
 
 def group_fingerprints(state: State) -> dict[str, GroupFingerprint]:
+    """Revisions by identity, with a Git repository URL's credentials redacted: a saved plan is a CI artifact,
+    and a refusal prints what changed (the manifests' own digest still covers a changed token)."""
     prints = {}
     for key, group in sorted(state.groups.items()):
         in_flight = state.deployments.get(group.deployment_in_flight) if group.deployment_in_flight else None
         prints[key] = GroupFingerprint(
-            desired_revision=group.desired_revision.identity() if group.desired_revision else None,
+            desired_revision=redact_urls(group.desired_revision.identity()) if group.desired_revision else None,
             desired_commit=group.desired_commit,
-            effective_revision=group.effective_revision.identity() if group.effective_revision else None,
+            effective_revision=redact_urls(group.effective_revision.identity()) if group.effective_revision else None,
             deployment_in_flight=group.deployment_in_flight,
             in_flight_status=str(in_flight.status) if in_flight else None,
-            quarantined=sorted(f"{q.revision.identity()}@{q.source_commit or '-'}" for q in group.quarantined),
+            quarantined=sorted(f"{redact_urls(q.revision.identity())}@{q.source_commit or '-'}"
+                               for q in group.quarantined),
             removed=group.removed,
             stop_requested=group.stop_request is not None,
         )
@@ -231,7 +235,7 @@ def _show_fingerprint(value: Any) -> str:
     if value is None:
         return "none"
     text = "[" + ", ".join(value) + "]" if isinstance(value, list) else str(value)
-    return _FULL_SHA.sub(r"\1", text)
+    return _FULL_SHA.sub(r"\1", redact_urls(text))  # a plan saved by an older version kept credentials
 
 
 def verify_saved_plan(path: Path, desired: Desired, observed: Observed, state: State) -> None:

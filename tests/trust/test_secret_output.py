@@ -173,7 +173,11 @@ def test_plan_shows_no_secret_in_text_markdown_or_json(tmp_path: Path, plan_repo
 @pytest.mark.slow
 def test_saved_plan_and_stale_refusal_show_no_secret(tmp_path: Path, plan_repo: ConfigRepo) -> None:
     store_url = (tmp_path / "store").as_uri()
-    open_store(store_url)  # an empty fleet: a saved plan needs a store to fingerprint
+    # main applied once: the store records the group's revision, Git URL and all, which a saved plan fingerprints.
+    applied = reconcile("--once", "--no-wait", "--repo", str(plan_repo.path), "--ref", "main", "--path", "manifests",
+                        "--store", store_url, "--log-level", "warning", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert BASE_REPO_TOKEN in next((tmp_path / "store").rglob("web.json")).read_text()  # the store keeps it
     saved = tmp_path / "plan.json"
     result = reconcile("plan", "--repo", str(plan_repo.path), "--path", "manifests", "--store", store_url, "--base",
                        "main", "--head", "change", "--out", str(saved), "--log-level", "warning", cwd=tmp_path)
