@@ -19,7 +19,7 @@ on a poll.
 Each timing is the best of `--repeat` runs (the least disturbed by other work on the machine, as `timeit` reports),
 so ratios compare like with like. Prints one `name: value unit` line per figure on stdout; logs go to stderr.
 
-Usage: .venv/bin/python bench/bench_signing.py [--commands 10000] [--repeat 3]
+Usage: .venv/bin/python bench/bench_signing.py [--commands 10000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def bench_agent_poll(folder: Path, signer: Signer, trust: Trust, verify: float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=10_000, help="commands in the cold-read stores")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (the best is printed)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (the best is printed)")
     args = parser.parse_args()
     configure_logging("warning", stream=sys.stderr)  # store.created and the like stay off stdout
 
