@@ -207,7 +207,8 @@ def _environment_layer(environ: Mapping[str, str]) -> Layer:
         raw = environ[variable]
         value: Any = parse_tags(raw, variable) if path == ("tags",) else raw
         if path == ("commandSigning", "trustedKeys"):  # one key per line (or comma-separated)
-            value = [line.strip() for line in raw.replace(",", "\n").splitlines() if line.strip()]
+            # A comma separates keys only before the next `ssh-ed25519`: a key's comment may hold commas.
+            value = [line.strip() for line in re.split(r"\n|,(?=\s*ssh-ed25519\s)", raw) if line.strip()]
         if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",)):
             value = None
         put(values, path, value)

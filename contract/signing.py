@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,16 @@ _DOMAIN = b"fleetshift-signed/" + ENVELOPE_VERSION.encode()
 #: from a plain one never needs a JSON parse.
 _ENVELOPE_START = b'{"fleetshiftSigned":'
 _KEY_TYPE = "ssh-ed25519"
+#: At most this many signatures are looked at, and each trusted key is checked once: a forged envelope must not
+#: cost more than a few Ed25519 checks however many entries it lists.
+MAX_SIGNATURES = 8
+_MAC_LABEL = b"fleetshift-record-mac/v1"
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """An attacker-written value quoted in a refusal, cut short: reasons go into logs and statuses."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class SigningError(Exception):
@@ -92,6 +103,12 @@ class Signer:
     def __init__(self, key: Ed25519PrivateKey, comment: str = "fleetshift") -> None:
         self._key = key
         self.public = _public(key.public_key(), comment)
+        # A MAC key only the private key's holder can derive: the reconciler checks its own records with it
+        # (an HMAC, ~2 us) instead of an Ed25519 verification (~130 us), which made a cold read of 10,000
+        # commands 5x slower. Agents, which hold only the public key, check the signature.
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        self.mac_key = hmac.new(raw, _MAC_LABEL, hashlib.sha256).digest()
 
     @classmethod
     def generate(cls, comment: str = "fleetshift") -> Signer:
@@ -122,13 +139,15 @@ class Signer:
 
     def sign(self, *, audience: str, key: str, payload: bytes) -> bytes:
         """The envelope for `payload` written at `key` in the store `audience`."""
-        signature = self._key.sign(_message(audience, key, payload))
+        message = _message(audience, key, payload)
+        signature = self._key.sign(message)
         envelope: dict[str, Any] = {
             "fleetshiftSigned": ENVELOPE_VERSION,
             "audience": audience,
             "key": key,
             "payload": base64.b64encode(payload).decode(),
             "signatures": [{"keyId": self.public.key_id, "sig": base64.b64encode(signature).decode()}],
+            "mac": base64.b64encode(hmac.new(self.mac_key, message, hashlib.sha256).digest()).decode(),
         }
         return json.dumps(envelope, separators=(",", ":")).encode()
 
@@ -164,9 +183,11 @@ def _envelope(data: bytes) -> dict[str, Any]:
         raw = json.loads(data)
     except (ValueError, RecursionError):
         raise Refused("a broken signature envelope (not JSON)") from None
-    if not isinstance(raw, dict) or raw.get("fleetshiftSigned") != ENVELOPE_VERSION:
-        raise Refused(f"a signature envelope of another version ({raw.get('fleetshiftSigned')!r}): upgrade this side"
-                      if isinstance(raw, dict) else "a broken signature envelope")
+    if not isinstance(raw, dict):
+        raise Refused("a broken signature envelope")
+    if raw.get("fleetshiftSigned") != ENVELOPE_VERSION:
+        version = _shown(repr(raw.get("fleetshiftSigned")))
+        raise Refused(f"a signature envelope of another version ({version}): upgrade this side")
     return raw
 
 
@@ -181,31 +202,46 @@ def unwrap(data: bytes) -> bytes:
         return data
 
 
-def open_envelope(data: bytes, *, trust: Trust, audience: str, key: str) -> tuple[bytes, str]:
+def open_envelope(
+    data: bytes, *, trust: Trust, audience: str, key: str, mac_key: bytes | None = None
+) -> tuple[bytes, str]:
     """The payload and the id of the key that signed it; `Refused` with the reason when the document is not
-    signed, was signed by a key not trusted, was altered after signing, or was signed for another key or store."""
+    signed, was signed by a key not trusted, was altered after signing, or was signed for another key or store.
+
+    `mac_key` (the signer's own, `Signer.mac_key`): a record this signer wrote is accepted on its MAC, without an
+    Ed25519 check; anything else, including a MAC that does not match, goes through the signatures."""
     raw = _envelope(data)
     try:
         payload = base64.b64decode(raw["payload"], validate=True)
         signed_audience, signed_key = str(raw["audience"]), str(raw["key"])
-        signatures = [(str(s["keyId"]), base64.b64decode(s["sig"], validate=True)) for s in raw["signatures"]]
+        listed = raw["signatures"]
+        if not isinstance(listed, list):
+            raise TypeError(listed)
+        if len(listed) > MAX_SIGNATURES:
+            raise Refused(f"a broken signature envelope (more than {MAX_SIGNATURES} signatures)")
+        signatures = [(str(s["keyId"]), base64.b64decode(s["sig"], validate=True)) for s in listed]
+        mac = base64.b64decode(raw["mac"], validate=True) if isinstance(raw.get("mac"), str) else None
     except (KeyError, TypeError, binascii.Error):
         raise Refused("a broken signature envelope (fields missing or not base64)") from None
-    known = [(key_id, sig) for key_id, sig in signatures if key_id in trust.keys]
+    # Each trusted key once, whatever the envelope repeats.
+    known = list({key_id: sig for key_id, sig in reversed(signatures) if key_id in trust.keys}.items())
     if not known:
-        ids = ", ".join(key_id for key_id, _ in signatures) or "no signature"
+        ids = ", ".join(_shown(key_id) for key_id, _ in signatures[:3]) or "no signature"
         raise Refused(f"signed by a key this side does not trust ({ids}; trusted: {trust.describe()})")
     message = _message(signed_audience, signed_key, payload)
+    own = mac is not None and mac_key is not None and hmac.compare_digest(
+        mac, hmac.new(mac_key, message, hashlib.sha256).digest())
     for key_id, signature in known:
-        try:
-            trust.keys[key_id].key.verify(signature, message)
-        except InvalidSignature:
-            continue
+        if not own:
+            try:
+                trust.keys[key_id].key.verify(signature, message)
+            except InvalidSignature:
+                continue
         # Checked after the signature, so the values named in these messages are ones the key holder wrote.
         if signed_key != key:
-            raise Refused(f"signed for {signed_key}, not {key}: another host's document moved here")
+            raise Refused(f"signed for {_shown(signed_key)}, not {key}: another host's document moved here")
         if signed_audience != audience:
-            raise Refused(f"signed for the store {signed_audience}, not this one ({audience}): a document copied "
-                          "from another store")
+            raise Refused(f"signed for the store {_shown(signed_audience)}, not this one ({audience}): a document "
+                          "copied from another store")
         return payload, key_id
     raise Refused("the signature does not match the document: it was altered after signing")

@@ -68,7 +68,14 @@ class SealedStore:
         self.signer = signer
         #: None or empty: nothing is checked (envelopes are unwrapped as they are).
         self.trust = trust if trust else None
-        self.audience = store_audience(inner)
+        #: Records this signer wrote are checked by their MAC, not their (slower) signature.
+        self._mac_key = signer.mac_key if signer is not None else None
+
+    @property
+    def audience(self) -> str:
+        # Asked each time, not fixed at open: a file store gets its id when a writer marks it, which may happen
+        # after a reader opened it.
+        return store_audience(self.inner)
 
     def __repr__(self) -> str:
         return f"SealedStore({self.inner!r})"
@@ -90,7 +97,8 @@ class SealedStore:
         if self.trust is None:
             return dataclasses.replace(stored, data=unwrap(stored.data))
         try:
-            payload, _ = open_envelope(stored.data, trust=self.trust, audience=self.audience, key=stored.key)
+            payload, _ = open_envelope(stored.data, trust=self.trust, audience=self.audience, key=stored.key,
+                                       mac_key=self._mac_key)
         except Refused as exc:
             return dataclasses.replace(stored, data=b"", refused=str(exc))
         return dataclasses.replace(stored, data=payload)

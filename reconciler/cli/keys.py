@@ -24,6 +24,7 @@ from contract.exitcodes import ExitCode
 from contract.signing import Refused, Signer, is_envelope, open_envelope
 from contract.store import PreconditionFailed, open_store
 from contract.store.sealed import SEALED_PREFIXES, store_audience
+from reconciler.cli.common import require_store
 from reconciler.errors import ReconcilerError
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
@@ -102,7 +103,10 @@ def cmd_reseal(args: argparse.Namespace, settings: DeploySettings) -> int:
     if signer is None or trust is None:
         raise ReconcilerError("no signing key configured (signing.keyFile or FLEETSHIFT_SIGNING_KEY): nothing to "
                               "reseal with")
-    store = open_store(settings.store, create=False)
+    # Opened as a writer: a store from before markers gets its marker now, so the records are signed for the
+    # store id every other writer will check, not for its path. A missing store is not created.
+    require_store(open_store(settings.store, create=False), "reseal")
+    store = open_store(settings.store)
     audience = store_audience(store)
     resealed = current = unsigned = changed = 0
     refused: list[str] = []

@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from contract.exitcodes import ExitCode
+from contract.signing import Trust
 from contract.store import InvalidStoreURL, Store, StoreError
 from reconciler.core import Observed, State
 from reconciler.desired.loader import load_files
@@ -50,6 +51,7 @@ from reconciler.plan.engine import (
 from reconciler.plan.render import GITHUB_COMMENT_LIMIT, count, render_json, render_markdown, render_text
 from reconciler.settings import DeploySettings
 from reconciler.shell.observe import StoreReader
+from reconciler.shell.signing import store_keys
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +104,8 @@ class PlanRequest:
     configured_ref: str = "HEAD"
     #: None: offline on purpose (--offline); "" means none is configured.
     store: str | None = None
+    #: Keys whose signatures the store's records must carry (signing configured), else None: not checked.
+    trust: Trust | None = None
     options: PlanOptions = field(default_factory=PlanOptions)
     #: `repository.verify`: the head (and in strict mode every commit the change adds) is checked before its
     #: manifests are read; None checks nothing.
@@ -142,7 +146,7 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     elif not request.store:
         fleet, fleet_note = None, "no store configured"
     else:
-        fleet, fleet_note, store_error = read_fleet(request.store)
+        fleet, fleet_note, store_error = read_fleet(request.store, request.trust)
     plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
                         path=request.manifest_path, fleet_note=fleet_note, store_error=store_error,
                         options=request.options)
@@ -162,6 +166,7 @@ def run_plan(args: argparse.Namespace, settings: DeploySettings) -> int:
         configured_ref=settings.repository.ref,
         verifier=CommitVerifier(settings.repository.verify),
         store=None if args.offline else settings.store,
+        trust=None if args.offline else store_keys(settings, writer=False)[1],
         options=PlanOptions(rollback_warning_hosts=args.rollback_warning_hosts,
                             heartbeat_timeout=settings.reconcile.heartbeat_timeout,
                             require_immutable_revisions=settings.policy.require_immutable_revisions),
@@ -273,17 +278,18 @@ def load_ref(repository: str, ref: str, commit: str, manifest_path: str, *, side
 # The fleet
 
 
-def read_fleet(store_url: str) -> tuple[Fleet | None, str | None, bool]:
+def read_fleet(store_url: str, trust: Trust | None = None) -> tuple[Fleet | None, str | None, bool]:
     """The store's view, or None and why not, and whether that is an error. A store that cannot be read
     makes the plan offline (with a warning) rather than failing it: a reviewer still gets the diff and the
     selectors."""
     from contract.store import open_store
     from contract.store.file import missing_folder
+    from contract.store.sealed import seal_store
 
     try:
         # A plan only reads: it must not create a file store's folder. A missing one means nothing was ever
         # deployed from here (or the path is wrong), which the plan says.
-        store = open_store(store_url, create=False)
+        store = seal_store(open_store(store_url, create=False), trust=trust)
         if missing_folder(store) is not None:
             return None, f"store {store_url} does not exist", False
         observed, state = read_observed_and_state(store)

@@ -21,7 +21,6 @@ import structlog
 
 from contract.exitcodes import ExitCode
 from contract.signals import stop_on_signals
-from contract.store import open_store
 from reconciler.cli.common import short_commit, source
 from reconciler.cli.progress import progress_for
 from reconciler.cli.verified import applied_config, verified_commit
@@ -36,6 +35,7 @@ from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease
 from reconciler.shell.observe import Snapshot
 from reconciler.shell.passes import PassRunner
 from reconciler.shell.settle import STORE_RETRY_WINDOW, RunResult, run_until_settled
+from reconciler.shell.signing import open_fleet_store
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
     from reconciler.shell.watch import Watcher
 
-    store = open_store(settings.store)
+    store = open_fleet_store(settings)
     with stop_on_signals() as stop, progress_for(settings.logging, title="reconcile watch") as progress:
         return Watcher(store, settings, stop=stop, progress=progress).run()
 
@@ -99,7 +99,7 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
                      started: float, *, verifier: CommitVerifier) -> RunResult | int:
     """Take the write lease, run passes until settled, release it. An exit code when the run could not
     happen (interrupted while waiting, the lease held or lost, a stale plan)."""
-    store = open_store(settings.store)
+    store = open_fleet_store(settings)
     reconcile_settings = settings.reconcile
     timeout = reconcile_settings.timeout
     lease = WriteLease(store, duration=reconcile_settings.lease_duration)

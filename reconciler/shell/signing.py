@@ -66,10 +66,15 @@ def store_keys(settings: DeploySettings, *, writer: bool) -> tuple[Signer | None
     """The key to sign with (writers) and the keys whose signatures are accepted (None: nothing is checked)."""
     try:
         signer = load_signer(settings)
-    except SettingsError:
+    except SettingsError as exc:
         if writer:
             raise
         signer = None
+        if not settings.signing.trusted_keys:
+            # Say so: otherwise status and plan would show forged records as genuine without a word.
+            log.warning("signing.not_checked", error=str(exc),
+                        hint="signatures are not checked: this side cannot read the key; list its public key in "
+                        "signing.trustedKeys (`reconcile keys show`)")
     keys = trusted_keys(settings)
     if signer is not None:
         keys.insert(0, signer.public)

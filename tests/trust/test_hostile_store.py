@@ -155,7 +155,8 @@ def _fleet(tmp: Path, url: str, env: dict[str, str], raw_url: str | None = None)
         if host_id != CONTROL:
             host_env["FLEETSHIFT_AGENT_COMMAND_SIGNING_TRUSTED_KEYS"] = public
         hosts[host_id] = Host(host_id, tmp / host_id, url, env=host_env)
-    fleet = Fleet(tmp, url, open_store(raw_url or url), env, key_file, signer, hosts, ConfigRepo(tmp / "config"), bundles)
+    fleet = Fleet(tmp, url, open_store(raw_url or url), env, key_file, signer, hosts, ConfigRepo(tmp / "config"),
+                  bundles)
     try:
         for host in hosts.values():
             host.start()
@@ -200,7 +201,8 @@ def test_a_store_writer_without_the_key_runs_nothing_and_deployments_go_on(fleet
     envelope["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
     fleet.raw.put(command_key("host-3"), json.dumps(envelope).encode())
     # 4. The control host, which pins no key, runs the unsigned forgery: the attack itself works.
-    fleet.raw.put(command_key(CONTROL), fleet.evil_command(CONTROL, fleet.generation(CONTROL) + 50, "control").to_json())
+    control = fleet.evil_command(CONTROL, fleet.generation(CONTROL) + 50, "control")
+    fleet.raw.put(command_key(CONTROL), control.to_json())
 
     fleet.wait(lambda: fleet.evil_runs(CONTROL), "the unprotected control host to run the forged command")
     fleet.wait(lambda: all(fleet.refusals(h) for h in PROTECTED), "a refusal reported by every protected host")
