@@ -14,7 +14,11 @@ import re
 
 #: Added to the environment of every git command the reconciler or the agent runs: never prompt on a
 #: terminal for a user name, a password or an SSH passphrase; fail with git's own message instead.
-GIT_NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "GCM_INTERACTIVE": "never"}
+#: And never follow `refs/replace/*`: a replace ref substitutes one object for another wherever git reads it, so
+#: a pushed replace ref would make the manifests (or a bundle) read differently from the commit whose signature
+#: `repository.verify` checked (docs/trust.md). Set for every git command and every GitPython repository.
+GIT_NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "GCM_INTERACTIVE": "never",
+                 "GIT_NO_REPLACE_OBJECTS": "1"}
 
 #: Advice git prints after the real reason; it says nothing about this failure, and "and the repository
 #: exists." alone reads as if it did.

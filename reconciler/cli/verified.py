@@ -20,6 +20,7 @@ from reconciler.desired.sources import open_repository, resolve_commit
 from reconciler.desired.verify import CommitVerifier, Verification
 from reconciler.settings import DeploySettings
 from reconciler.shell.applied import AppliedConfigLedger
+from reconciler.shell.signing import require_signed_record
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,7 @@ def verified_commit(settings: DeploySettings) -> VerifiedCommit:
     The record is read without the lease; a store that cannot be read now is left to the lease and the passes,
     which check again under the lease (strict mode then checks the commit alone here, and its range there)."""
     repository = settings.repository
+    require_signed_record(settings)
     verifier = CommitVerifier(repository.verify)
     commit = resolve_commit(repository.url, repository.ref)
     if verifier.mode == "none":

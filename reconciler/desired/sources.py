@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from contract.gitmessages import git_reason
+from contract.gitmessages import GIT_NO_PROMPT, git_reason
 from reconciler.desired.gitmirror import sync_mirror
 from reconciler.errors import SourceError
 
@@ -111,7 +111,7 @@ def open_repository(repository: str, *, fetch: bool = True, stop: threading.Even
     local = Path(repository).expanduser()
     try:
         if local.exists():
-            return git.Repo(local, search_parent_directories=False)
+            return _safe(git.Repo(local, search_parent_directories=False))
     except git.exc.InvalidGitRepositoryError as exc:
         raise SourceError(
             f"{repository}: not a Git repository (give the top folder of a checkout, or a URL git can clone)"
@@ -120,7 +120,7 @@ def open_repository(repository: str, *, fetch: bool = True, stop: threading.Even
         raise SourceError(f"{repository}: no such path") from exc
     mirror = sync_mirror(repository, stop=stop or threading.Event(), fetch=fetch)
     try:
-        return git.Repo(mirror)
+        return _safe(git.Repo(mirror))
     except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError) as exc:
         # The cached mirror, not the user's URL, is broken (a disk cleanup, a hand edit).
         raise SourceError(
@@ -128,16 +128,35 @@ def open_repository(repository: str, *, fetch: bool = True, stop: threading.Even
         ) from exc
 
 
+def _safe(repo: Any) -> Any:
+    """The repository with git's environment for the reconciler: no prompts, no replace objects
+    (contract.gitmessages.GIT_NO_PROMPT), for every git process GitPython starts for it, `cat-file` included."""
+    repo.git.update_environment(**GIT_NO_PROMPT)
+    return repo
+
+
 def _commit(repo: Any, repository: str, ref: str) -> Any:
     """The commit `ref` names, or a SourceError saying what the repository does have."""
     import git
 
+    if not ref.startswith("refs/") and _ambiguous(repo, ref):
+        # git (and GitPython) would take the tag: somebody allowed to push tags, often a weaker right than pushing
+        # to a protected branch, would then decide what is deployed (docs/trust.md).
+        raise SourceError(f"{repository}: {ref!r} names both a branch and a tag; refusing to guess which one is "
+                          f"meant: set the ref to refs/heads/{ref} or refs/tags/{ref}, or delete the tag")
     try:
         return repo.commit(ref)
     except git.exc.GitCommandError as exc:
         raise SourceError(f"{repository}: no commit named {ref!r}: {git_reason(exc.stderr, exc.status)}") from exc
     except (git.exc.BadName, ValueError) as exc:
         raise SourceError(f"{repository}: no commit named {ref!r}{unknown_ref_hint(repo, exc)}") from exc
+
+
+def _ambiguous(repo: Any, ref: str) -> bool:
+    try:
+        return any(head.name == ref for head in repo.heads) and any(tag.name == ref for tag in repo.tags)
+    except (OSError, ValueError):
+        return False
 
 
 def unknown_ref_hint(repo: Any, exc: BaseException) -> str:

@@ -159,8 +159,6 @@ class Verification:
     mode: str
     since: str | None = None
     checked: tuple[str, ...] = ()
-    #: The commit was already applied under a mode at least as strict, so it was not checked again.
-    already_applied: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,11 +252,12 @@ class CommitVerifier:
             return Verification(commit, "none")
         if not _valid_object_id(commit):
             raise SourceError(f"{commit!r} is not a commit id")
-        if (applied is not None and applied.commit == commit
-                and MODE_RANK.get(applied.verified, 0) >= MODE_RANK[self.mode]):
-            return Verification(commit, self.mode, since=commit, already_applied=True)
+        # The commit to deploy is always checked, even when the store says it was applied already: the record is
+        # only as trustworthy as the store, and a forged one must not wave a commit through (docs/trust.md).
         signers = self._signers()
         since = applied.commit if self.mode == "strict" and applied is not None else None
+        if since == commit:
+            since = None
         cache_key = (commit, since, signers.digest)
         if cache_key in self._passed:
             return self._passed[cache_key]

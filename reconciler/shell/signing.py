@@ -85,3 +85,13 @@ def open_fleet_store(settings: DeploySettings, *, create: bool = True, writer: b
     """The configured store, signing what this process writes and checking what it reads."""
     signer, trust = store_keys(settings, writer=writer)
     return seal_store(open_store(settings.store, create=create), signer=signer, trust=trust)
+
+
+def require_signed_record(settings: DeploySettings) -> None:
+    """`repository.verify: strict` starts from the store's record of the last applied commit; unsigned, anyone who
+    can write the store could move that start past an unsigned commit. So strict needs the records signed
+    (docs/trust.md, "Verified commits")."""
+    if settings.repository.verify.mode == "strict" and load_signer(settings) is None:
+        raise SettingsError("repository.verify.mode: strict needs a signing key (signing.keyFile or "
+                            "FLEETSHIFT_SIGNING_KEY): it starts from the last applied commit recorded in the store, "
+                            "and only a signed record can be trusted; or use mode: head")

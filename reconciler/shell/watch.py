@@ -71,6 +71,7 @@ from reconciler.shell.executor import WriteConflict
 from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease
 from reconciler.shell.observe import StoreReader
 from reconciler.shell.passes import WAKE_FLOOR_SECONDS, PassListener, PassOutcome, PassRunner
+from reconciler.shell.signing import require_signed_record
 
 log = structlog.get_logger(__name__)
 
@@ -190,6 +191,7 @@ class Watcher:
         self.reader = StoreReader(store)
         self.source = GitSource(settings.repository.url, settings.repository.ref, settings.repository.path)
         # Unusable signers (a missing file, keys gpg cannot import) are a settings error here, at start-up.
+        require_signed_record(settings)
         self.applied_config = AppliedConfigLedger(store, CommitVerifier(settings.repository.verify),
                                                   repository=self.source.repository, ref=self.source.ref)
         self.runner = PassRunner(store, self.lease, settings.reconcile, reader=self.reader,

@@ -30,9 +30,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from contract.keys import APPLIED_CONFIG_KEY
-from contract.models import AppliedConfig
+from contract.models import AppliedConfig, GroupState
+from contract.signing import Signer as StoreSigner
 from contract.store import open_store
 from contract.store.docs import read_document, write_document
+from contract.store.sealed import seal_store
 from reconciler.cli.main import main
 from reconciler.desired.verify import CommitVerifier, UnverifiedCommit
 from reconciler.errors import SettingsError
@@ -351,10 +353,12 @@ def test_signers_rotate_and_applied_history_stays_valid(repo: Repo, keys: Keys, 
         check.verify(repo.git_dir, late_alice, applied(by_carol))
     assert refused.value.commit == late_alice and "No principal matched" in refused.value.reason
     # ... while what she signed before and was applied stays fine: a range never reaches back past the last
-    # applied commit, and a commit already applied is not checked again (a --once re-run, after a crash say).
+    # applied commit. The commit to deploy itself is always checked, even when the store records it as applied
+    # (a forged record must not wave it through), so re-deploying her last commit after she left is refused.
     repo.git("reset", "-q", "--hard", by_carol)
-    assert check.verify(repo.git_dir, by_carol, applied(by_carol)).already_applied
-    assert verifier("head", ssh=ssh).verify(repo.git_dir, by_alice, applied(by_alice)).already_applied
+    assert check.verify(repo.git_dir, by_carol, applied(by_carol)).checked == (by_carol,)
+    with pytest.raises(UnverifiedCommit):
+        verifier("head", ssh=ssh).verify(repo.git_dir, by_alice, applied(by_alice))
     next_by_carol = repo.commit("by carol, next", keys.carol)
     assert check.verify(repo.git_dir, next_by_carol, applied(by_carol)).checked == (next_by_carol,)
 
@@ -411,6 +415,12 @@ class World:
         monkeypatch.setenv("FLEETSHIFT_RECONCILE_TIMEOUT", "30s")
         monkeypatch.setenv("FLEETSHIFT_LOGGING_FORMAT", "json")
         monkeypatch.setenv("FLEETSHIFT_LOGGING_LEVEL", "warning")
+        # Strict mode trusts the store's record of the last applied commit only when it is signed.
+        self.signer = StoreSigner.generate()
+        key_file = tmp_path / "signing.pem"
+        key_file.write_bytes(self.signer.private_pem())
+        key_file.chmod(0o600)
+        monkeypatch.setenv("FLEETSHIFT_SIGNING_KEY_FILE", str(key_file))
 
     def verify(self, mode: str, ssh: Path | None = None, gpg: Path | None = None) -> None:
         self.monkeypatch.setenv("FLEETSHIFT_REPOSITORY_VERIFY_MODE", mode)
@@ -429,7 +439,7 @@ class World:
         return {item.key: item.version for item in open_store(self.store_url).list("")}
 
     def applied(self) -> AppliedConfig | None:
-        record = read_document(open_store(self.store_url), APPLIED_CONFIG_KEY, AppliedConfig)
+        record = read_document(seal_store(open_store(self.store_url)), APPLIED_CONFIG_KEY, AppliedConfig)
         return record.document if record is not None else None
 
 
@@ -451,7 +461,7 @@ def test_once_refuses_with_exit_9_names_commit_signer_and_policy_and_writes_noth
     assert world.store_keys() == {}  # not even the store's folder: refused before the lease
 
     # Signed by bob (OpenPGP), on a fleet: applied, and recorded as the start of the next range.
-    agents = ScriptedAgents(open_store(world.store_url), ["h1", "h2", "h3", "h4"])
+    agents = ScriptedAgents(seal_store(open_store(world.store_url)), ["h1", "h2", "h3", "h4"])
     agents.register()
     good = world.repo.commit("deploy v2", keys.bob)
     assert world.run("--once", "--no-wait") == 0
@@ -476,7 +486,7 @@ def test_once_refuses_with_exit_9_names_commit_signer_and_policy_and_writes_noth
     world.repo.git("reset", "-q", "--hard", good)
     world.repo.commit("deploy v4", keys.alice)
     assert world.run("--once", "--no-wait") == 0
-    write_document(open_store(world.store_url), APPLIED_CONFIG_KEY, applied(good))
+    write_document(seal_store(open_store(world.store_url), signer=world.signer), APPLIED_CONFIG_KEY, applied(good))
     latest = world.repo.commit("deploy v5", keys.bob)
     assert world.run("--once", "--no-wait") == 0
     record = world.applied()
@@ -569,3 +579,71 @@ def test_a_settings_error_is_raised_before_watch_starts(tmp_path: Path, repo: Re
     })
     with pytest.raises(SettingsError, match=r"repository\.verify\.mode: head needs"):
         Watcher(open_store(settings.store), settings, stop=threading.Event())
+
+
+# --------------------------------------------------------------------------------------------------
+# Bypasses a review found, each closed
+
+
+def test_a_forged_applied_record_does_not_wave_an_unsigned_commit_through(
+        world: World, keys: Keys, signers_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """The store's record says the commit was applied already: head mode still checks the commit itself, and so
+    does strict (whose range would be empty)."""
+    ssh, gpg = signers_files
+    unsigned = world.repo.commit("deploy, unsigned")
+    forged = AppliedConfig(commit=unsigned, ref="main", applied_at=datetime.now(UTC), verified="strict")
+    write_document(seal_store(open_store(world.store_url), signer=world.signer), APPLIED_CONFIG_KEY, forged)
+    for mode in ("head", "strict"):
+        world.verify(mode, ssh=ssh, gpg=gpg)
+        assert world.run("--once") == 9, mode
+        assert "it has no signature" in capsys.readouterr().err
+
+
+def test_strict_mode_needs_signed_records(world: World, keys: Keys, signers_files: tuple[Path, Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a signing key the record strict mode starts from could be moved by anyone who writes the store."""
+    ssh, gpg = signers_files
+    world.verify("strict", ssh=ssh, gpg=gpg)
+    world.monkeypatch.delenv("FLEETSHIFT_SIGNING_KEY_FILE")
+    world.repo.commit("deploy", keys.alice)
+    assert world.run("--once") == 1
+    err = capsys.readouterr().err
+    assert "repository.verify.mode: strict needs a signing key" in err and "Traceback" not in err
+
+
+def test_a_replace_ref_cannot_change_what_a_verified_commit_deploys(
+        world: World, keys: Keys, signers_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`git replace` substitutes an object wherever git reads it; git verifies the signed commit object, so a
+    replaced tree would deploy manifests nobody signed. fleetshift runs git with GIT_NO_REPLACE_OBJECTS."""
+    ssh, gpg = signers_files
+    world.verify("head", ssh=ssh, gpg=gpg)
+    signed = world.repo.commit("deploy, signed", keys.alice)
+    signed_tree = world.repo.git("rev-parse", f"{signed}^{{tree}}")
+    world.repo.config.write("manifests/web.yaml", group_manifest(revision=local_revision(999)))
+    world.repo.git("add", "-A")
+    evil_tree = world.repo.git("write-tree")
+    world.repo.git("checkout", "-q", "--", ".")
+    world.repo.git("reset", "-q", "--hard", signed)
+    world.repo.git("replace", signed_tree, evil_tree)
+    agents = ScriptedAgents(seal_store(open_store(world.store_url)), ["h1"])
+    agents.register()
+    assert world.run("--once", "--no-wait") == 0
+    group = read_document(seal_store(open_store(world.store_url)), "groups/hello/web.json", GroupState)
+    assert group is not None
+    desired = group.document.desired_revision
+    assert desired is not None and desired.local is not None and "999" not in desired.local.path
+
+
+def test_a_tag_named_like_the_branch_is_refused_as_ambiguous(
+        world: World, keys: Keys, signers_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """git prefers a tag to a branch of the same name: whoever may push tags would pick what is deployed."""
+    ssh, gpg = signers_files
+    world.verify("head", ssh=ssh, gpg=gpg)
+    world.repo.commit("deploy", keys.alice)
+    world.repo.git("checkout", "-q", "-b", "experiment")
+    experiment = world.repo.commit("an unreviewed experiment", keys.alice)
+    world.repo.git("checkout", "-q", "main")
+    world.repo.git("tag", "main", experiment)
+    assert world.run("--once") == 1
+    err = capsys.readouterr().err
+    assert "'main' names both a branch and a tag" in err and "refs/heads/main" in err
