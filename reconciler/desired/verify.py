@@ -397,6 +397,7 @@ class _Git:
             # wins over every config file.
             "-c", f"gpg.ssh.allowedSignersFile={allowed}",
             "-c", "gpg.program=gpg", "-c", "gpg.openpgp.program=gpg", "-c", "gpg.ssh.program=ssh-keygen",
+            "-c", "gpg.x509.program=gpgsm",
             "-c", "log.showSignature=false",
             *args,
         ]
