@@ -39,6 +39,7 @@ from reconciler.desired.manifests import (
     Desired,
     SourceRef,
 )
+from reconciler.desired.secrets import is_secret, secret_field_paths
 from reconciler.desired.sources import (
     MAX_FILE_BYTES,
     GitSource,
@@ -141,6 +142,11 @@ def pydantic_message(error: Any, model: type[BaseModel] | None = None, reference
     """
     kind = error["type"]
     ctx = error.get("ctx") or {}
+    # A field marked secret: its value never reaches an error message, which `plan` prints in pull requests
+    # (docs/trust.md, "Secrets in output").
+    if (model is not None and kind not in ("extra_forbidden", "missing", "too_short", "too_long")
+            and is_secret(tuple(error["loc"]), secret_field_paths(model))):
+        return f"{error['msg']} (value not shown: a secret field)"
     if kind == "extra_forbidden":
         loc = tuple(error["loc"])
         if model is not None and loc and isinstance(loc[-1], str):

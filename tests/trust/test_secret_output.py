@@ -20,6 +20,7 @@ from contract.redact import HOST_TEXT_LIMIT, REDACTED, public_host_text, redact_
 from contract.store import open_store
 from reconciler.desired.loader import load_files
 from reconciler.desired.sources import ManifestFile
+from reconciler.errors import ManifestErrors
 from reconciler.plan.diff import diff_manifests
 from reconciler.plan.public import HIDDEN_CHANGE, HIDDEN_VALUE
 from tests.gitrepo import ConfigRepo
@@ -260,3 +261,32 @@ def test_once_status_and_history_redact_what_a_host_reported(tmp_path: Path) -> 
         stored = store.get(item.key)
         assert stored is not None
         assert_no_host_secret(stored.data.decode(), item.key)
+
+
+@pytest.mark.parametrize("run", ['"lbctl --token tok-NEWSECRET1"', "[lbctl, --token, 73919284]"])
+def test_a_manifest_error_in_a_secret_field_does_not_quote_its_value(run: str) -> None:
+    """`plan` prints a head's manifest errors in the pull request: an error in a secret field (a string where a
+    list belongs, a number where text belongs) names the field but not what was written there."""
+    text = f"""\
+apiVersion: deploy/v1
+kind: DeploymentGroup
+metadata:
+  name: web
+spec:
+  application: hello
+  revision:
+    git:
+      repository: https://example.com/app.git
+      commit: 0123456789abcdef0123456789abcdef01234567
+  targets:
+    hosts: [a]
+  trafficControl:
+    loadBalancers:
+      - command:
+          run: {run}
+"""
+    with pytest.raises(ManifestErrors) as raised:
+        load_files([ManifestFile("web.yaml", text.encode())])
+    messages = "\n".join(str(e) for e in raised.value.errors)
+    assert "command.run" in messages and "value not shown: a secret field" in messages, messages
+    assert "NEWSECRET1" not in messages and "73919284" not in messages
