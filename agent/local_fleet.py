@@ -72,9 +72,11 @@ class LocalAgent:
             command += ["--address", self.address]
         if self.instance_id:
             command += ["--instance-id", self.instance_id]
+        # Simulated hosts never take the machine's own EC2 identity (one instance id and zone for all of them).
+        environment = {**os.environ, "FLEETSHIFT_AGENT_EC2_METADATA": "disabled", **self.env}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=log,
+                command, env=environment, stdout=subprocess.DEVNULL, stderr=log,
                 start_new_session=True,
             )
 

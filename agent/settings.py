@@ -32,6 +32,9 @@ DEFAULT_CONFIG_FILE = Path("/etc/fleetshift/agent.yaml")
 
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+#: `hostId: auto`: the instance id on EC2 (as CodeDeploy names EC2 instances), the short host name elsewhere;
+#: replaced at start-up (agent/daemon/ec2identity.py), never written to the store.
+AUTO_HOST_ID = "auto"
 
 
 def default_root_dir() -> Path:
@@ -85,10 +88,39 @@ class CommandSigningSettings(Model):
         return value
 
 
+class Ec2Settings(Model):
+    """`ec2`: whether this agent asks the EC2 instance metadata service (IMDSv2) who its host is, so an EC2
+    instance needs no identity settings (agent/daemon/ec2identity.py, docs/aws-fleet.md)."""
+
+    metadata: Literal["auto", "required", "disabled"] = Field(
+        default="auto",
+        description="auto: ask on EC2, carry on with the defaults elsewhere; required: refuse to start without "
+        "an answer; disabled: never ask.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="The metadata service; default AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254.",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        from agent.daemon.imds import endpoint_problem
+
+        problem = endpoint_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
 class AgentSettings(Model):
     """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
 
-    host_id: str = Field(default_factory=default_host_id, description="This host's id in the store.")
+    host_id: str = Field(
+        default_factory=default_host_id,
+        description=f"This host's id in the store; `{AUTO_HOST_ID}`: the EC2 instance id on EC2, the host name "
+        "elsewhere.",
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="On-premises tags deployment groups select on.")
     zone: str | None = Field(default=None, description="Availability zone, for zone-by-zone rollouts.")
     address: str | None = Field(
@@ -98,6 +130,7 @@ class AgentSettings(Model):
     instance_id: str | None = Field(
         default=None, description="This host's EC2 instance id, for target groups of target type instance."
     )
+    region: str | None = Field(default=None, description="The AWS region this host runs in (EC2: from IMDS).")
     store: str = Field(default_factory=default_store, description="file://DIR or s3://bucket/prefix.")
     root_dir: Path = Field(default_factory=default_root_dir, description="Deployment root: bundles, logs, state.")
     host_root: Path | None = Field(default=None, description="Prefix for absolute appspec destinations.")
@@ -117,6 +150,7 @@ class AgentSettings(Model):
     runas_allowed: bool = Field(default=True, description="Let appspec hooks switch user with runas.")
     report_output: ReportOutputSettings = Field(default_factory=ReportOutputSettings)
     command_signing: CommandSigningSettings = Field(default_factory=CommandSigningSettings)
+    ec2: Ec2Settings = Field(default_factory=Ec2Settings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("host_id")
@@ -169,6 +203,7 @@ _SECTIONS: dict[str, type[Model]] = {
     "logging": LoggingSettings,
     "report_output": ReportOutputSettings,
     "command_signing": CommandSigningSettings,
+    "ec2": Ec2Settings,
 }
 
 #: (flag or variable name) per settings key, for errors and for the docs.
@@ -209,7 +244,7 @@ def _environment_layer(environ: Mapping[str, str]) -> Layer:
         if path == ("commandSigning", "trustedKeys"):  # one key per line (or comma-separated)
             # A comma separates keys only before the next `ssh-ed25519`: a key's comment may hold commas.
             value = [line.strip() for line in re.split(r"\n|,(?=\s*ssh-ed25519\s)", raw) if line.strip()]
-        if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",)):
+        if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",), ("region",), ("ec2", "endpoint")):
             value = None
         put(values, path, value)
         origins[path] = variable

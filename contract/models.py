@@ -196,6 +196,10 @@ class HostRegistration(Document):
     address: str | None = None
     #: The EC2 instance id (agent.yaml `instanceId`), for ELBv2 target groups of target type `instance`.
     instance_id: str | None = None
+    #: The AWS region the host runs in (agent.yaml `region`, on EC2 from the instance metadata), so EC2 is asked
+    #: about an instance id in the right region. None: not given. A reconciler older than this field refuses
+    #: registrations that carry it: upgrade the reconciler before the agents.
+    region: str | None = None
     platform: str
     hostname: str
     agent_version: str

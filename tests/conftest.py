@@ -21,6 +21,11 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("dev", print_blob=True)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+# No test (nor any agent or boto3 client a test starts) may read the instance metadata of the machine running
+# the suite: on EC2 it would give every agent that machine's zone, address and tags. The tests of the agent on
+# EC2 point it at their own IMDSv2 server (tests/agent/test_imds*.py) and clear this for that agent.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
 
 def in_ci() -> bool:
     """CI sets CI (GitHub, GitLab and `.ci/run` all do); empty, "0" and "false" mean not CI."""

@@ -155,6 +155,7 @@ class HostIdOwner:
             zone=self.settings.zone,
             address=self.settings.address,
             instance_id=self.settings.instance_id,
+            region=self.settings.region,
             platform=platform.system().lower(),
             hostname=self.hostname,
             agent_version=__version__,

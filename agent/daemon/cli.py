@@ -11,6 +11,7 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from agent.daemon.ec2identity import IdentityError, read_platform, resolve_identity
 from agent.daemon.identity import HostIdInUse, StateError
 from agent.daemon.loop import Agent
 from agent.daemon.statefile import STATE_FILE, root_lock
@@ -40,7 +41,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Poll the store for this host's command, run it through the lifecycle hooks, and report each "
             "event. Settings: --config FILE (default /etc/fleetshift/agent.yaml if present) < "
-            "FLEETSHIFT_AGENT_* variables < flags. Exit codes: 0 ok, 1 invalid settings or host id in use "
+            "FLEETSHIFT_AGENT_* variables < flags. On EC2 the instance metadata (IMDSv2) fills in the zone, "
+            "instance id, address, region and tags left unset (ec2.metadata in agent.yaml). Exit codes: 0 ok, "
+            "1 invalid settings, instance metadata required but unavailable, or host id in use "
             "by another installation, 4 the command "
             "failed (--once), 8 store unavailable (--once)."
         ),
@@ -48,7 +51,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="agent.yaml (see agent.yaml.example)")
     parser.add_argument("--once", action="store_true",
                         help="process whatever command is pending, report it, and exit (for cron and tests)")
-    parser.add_argument("--host-id", help="this host's id in the store (default: the host name)")
+    parser.add_argument("--host-id", help="this host's id in the store (default: the host name; auto: the EC2 "
+                        "instance id on EC2, the host name elsewhere)")
     parser.add_argument("--store", help="file:///path/to/dir or s3://bucket/prefix[?endpoint=URL]")
     parser.add_argument("--root-dir", type=Path, help="deployment root (bundles, logs, the agent's state)")
     parser.add_argument("--host-root", type=Path,
@@ -58,6 +62,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--zone", help="availability zone, for zone-by-zone rollouts")
     parser.add_argument("--address", help="where load balancers reach this host (IP or DNS name)")
     parser.add_argument("--instance-id", help="this host's EC2 instance id, for instance target groups")
+    parser.add_argument("--ec2-metadata", choices=("auto", "required", "disabled"),
+                        help="ask the EC2 instance metadata service (IMDSv2) who this host is: auto (on EC2), "
+                        "required (refuse to start without it), disabled")
     parser.add_argument("--poll-interval", help="idle command poll interval, e.g. 5s")
     parser.add_argument("--heartbeat-interval", help="idle heartbeat interval, e.g. 60s")
     parser.add_argument("--take-over", action="store_true",
@@ -75,6 +82,7 @@ _FLAGS = {
     "zone": "--zone",
     "address": "--address",
     "instanceId": "--instance-id",
+    "ec2": "--ec2-metadata",
     "pollInterval": "--poll-interval",
     "heartbeatInterval": "--heartbeat-interval",
 }
@@ -89,6 +97,8 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
             for item in value or []:
                 tags.update(parse_tags(item, f"--tag {item}"))
             value = tags or None
+        if key == "ec2" and value is not None:
+            value = {"metadata": value}
         if value is not None:
             flags[key] = str(value) if isinstance(value, Path) else value
     return load_settings(args.config, flags=flags, flag_names=_FLAGS, environ=environ)
@@ -182,6 +192,11 @@ def run_command(args: argparse.Namespace) -> int:
         return ExitCode.INVALID
     for name in unknown_environment_variables(os.environ):
         log.warning("settings.unknown_variable", variable=name, did_you_mean=meant_variable(name))
+    try:
+        settings = resolve_identity(settings, os.environ, read_platform())
+    except IdentityError as exc:
+        print(f"deploy-agent: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
     try:
         trust = command_trust(settings)
     except SettingsError as exc:
