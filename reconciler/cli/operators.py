@@ -22,6 +22,7 @@ from contract.exitcodes import ExitCode
 from contract.keys import deployment_key, group_state_key
 from contract.models import GroupState, StopRequest
 from contract.store import PreconditionFailed, Store
+from contract.store.docs import DocumentInvalid, parse_document
 from reconciler.cli.common import (
     Known,
     UnknownGroup,
@@ -101,7 +102,12 @@ def update_group(store: Store, key: str, change: Callable[[GroupState], GroupSta
         stored = store.get(store_key)
         if stored is None:
             raise UnknownGroup(f"{key}: no record in the store yet (no pass has seen this group)")
-        current = GroupState.model_validate_json(stored.data)
+        try:
+            current = parse_document(stored, GroupState)
+        except DocumentInvalid as exc:
+            # A forged (refused) or damaged record: nothing to act on, and nothing of it is believed.
+            raise ReconcilerError(f"{key}: the group record cannot be used ({exc}); the next pass replaces it"
+                                  ) from None
         updated = change(current)
         if updated is None:
             return current
