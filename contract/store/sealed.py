@@ -23,6 +23,7 @@ documents pass, which is how a store worked before signing.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from contract.keys import (
@@ -44,19 +45,19 @@ def is_sealed_key(key: str) -> bool:
 
 
 def store_audience(store: Store) -> str:
-    """The identity a signature binds a document to, the same whichever side computes it: an S3 store is its
-    bucket and prefix (not the endpoint or region, which differ between clients of one bucket); a file store
-    the id in its marker (so the same folder mounted at two paths is one store, and a copy made elsewhere
-    is not), or its path when it has no marker yet; any other store its URL."""
+    """The identity a signature binds a document to, the same whichever side computes it, and taken from each
+    side's own settings, never from the store's content (a store writer could rewrite anything in it, the
+    `.fleetshift-store` marker included): an S3 store is its bucket and prefix (not the endpoint or region, which
+    differ between clients of one bucket); a file store the real path of its folder (so the folder must be
+    mounted at the same path on every machine that shares it); any other store its URL."""
     inner = getattr(store, "inner", store)
     bucket = getattr(inner, "bucket", None)
     if isinstance(bucket, str):
         return f"s3://{bucket}/{getattr(inner, 'prefix', '')}"
-    store_id = getattr(inner, "store_id", None)
-    if isinstance(store_id, str):
-        return f"file-store:{store_id}"
     root = getattr(inner, "root", None)
-    return f"file://{root}" if root is not None else str(inner.url)
+    if root is not None:
+        return f"file://{os.path.realpath(root)}"
+    return str(inner.url)
 
 
 class SealedStore:
@@ -73,8 +74,6 @@ class SealedStore:
 
     @property
     def audience(self) -> str:
-        # Asked each time, not fixed at open: a file store gets its id when a writer marks it, which may happen
-        # after a reader opened it.
         return store_audience(self.inner)
 
     def __repr__(self) -> str:

@@ -484,20 +484,20 @@ def test_the_s3_audience_is_bucket_and_prefix_not_endpoint_or_region() -> None:
     assert store_audience(seal_store(near)) == store_audience(near)
 
 
-def test_a_file_stores_audience_is_its_marker_id(tmp_path: Path) -> None:
-    """One folder reached by two paths (here a symlink, like a share mounted at two places) is one store: both
-    sides compute the same audience, and a record signed through one path verifies through the other.
+def test_a_file_stores_audience_is_its_real_path_never_the_stores_content(tmp_path: Path) -> None:
+    """One folder reached through a symlink is one store: both sides compute the same audience (the real path),
+    and a record signed through one path verifies through the other.
 
-    A copy of the folder made elsewhere keeps the marker, so it has the same id and the same audience: this is
-    intended (a restored backup is the same store, and its signed records stay valid), and it means signatures do
-    not tell a store from a copy of it. A new store in another folder has another id."""
+    The audience comes from each side's own settings, never from the store: a store writer who copies another
+    store's `.fleetshift-store` marker (and its signed commands) into this folder does not change it. A copy of
+    the folder elsewhere is another store: its records, signed for this path, are refused there."""
     folder = tmp_path / "store"
     store = open_store(f"file://{folder}")
     assert isinstance(store, FileStore)
     (tmp_path / "mount").symlink_to(folder)
     linked = open_store(f"file://{tmp_path / 'mount'}", create=False)
     audience = store_audience(store)
-    assert audience.startswith("file-store:") and audience == f"file-store:{store.store_id}"
+    assert audience == f"file://{os.path.realpath(folder)}"
     assert store_audience(linked) == audience
 
     signer = Signer.generate()
@@ -505,9 +505,13 @@ def test_a_file_stores_audience_is_its_marker_id(tmp_path: Path) -> None:
     via_link = seal_store(linked, trust=Trust([signer.public])).get(KEY)
     assert via_link is not None and via_link.refused is None and via_link.data == PAYLOAD
 
+    other = tmp_path / "other"
+    open_store(f"file://{other}")
+    (other / ".fleetshift-store").write_bytes((folder / ".fleetshift-store").read_bytes())  # the marker swapped
+    assert store_audience(open_store(f"file://{other}")) != audience
     shutil.copytree(folder, tmp_path / "copy")
-    assert store_audience(open_store(f"file://{tmp_path / 'copy'}")) == audience
-    assert store_audience(open_store(f"file://{tmp_path / 'other'}")) != audience
+    copied = seal_store(open_store(f"file://{tmp_path / 'copy'}"), trust=Trust([signer.public])).get(KEY)
+    assert copied is not None and copied.refused is not None and "another store" in copied.refused
 
 
 def test_any_other_store_is_its_url() -> None:
