@@ -356,6 +356,42 @@ class HostHealthCheck(Model):
     healthy_deadline_seconds: float = Field(default=300.0, gt=0)
 
 
+class TagMatch(Model):
+    """One of a group's tag filters, as a command carries it (the manifest's `TagFilter`, in the contract)."""
+
+    key: str | None = None
+    value: str | None = None
+    type: Literal["KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"] = "KEY_AND_VALUE"
+
+    def matches(self, tags: dict[str, str]) -> bool:
+        if self.type == "KEY_ONLY":
+            return self.key in tags
+        if self.type == "VALUE_ONLY":
+            return self.value in tags.values()
+        return self.key is not None and tags.get(self.key) == self.value
+
+
+class CommandTargets(Model):
+    """Why the reconciler counts the host in the group, for the agent to check against its own settings.
+
+    Group membership is decided from what hosts registered in the store, which agents do not sign: without this,
+    somebody who can write the store could rewrite a host's registration (its tags) into another group, and the
+    reconciler would sign that group's deployment for it (docs/trust.md, "Membership"). The agent refuses a
+    command whose targets its own host id, tags and instance id do not match."""
+
+    tag_sets: list[list[TagMatch]] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    #: The EC2 instance the reconciler deploys to when AWS decided the membership (ec2 tags, Auto Scaling).
+    instance_id: str | None = None
+
+    def admits(self, host_id: str, tags: dict[str, str], instance_id: str | None) -> bool:
+        if host_id in self.hosts:
+            return True
+        if self.instance_id is not None and instance_id == self.instance_id:
+            return True
+        return bool(self.tag_sets) and all(any(f.matches(tags) for f in tag_set) for tag_set in self.tag_sets)
+
+
 class HostCommand(Document):
     """What one host must do next. A new `generation` (strictly increasing per host) is a new command."""
 
@@ -374,6 +410,13 @@ class HostCommand(Document):
     timeout_seconds: float | None = None
     #: Set when the group has a `healthCheck`; then `events` includes HEALTH_CHECK after ValidateService.
     health_check: HostHealthCheck | None = None
+    #: Why the host is in the group (see CommandTargets); None: written by a reconciler older than this field.
+    targets: CommandTargets | None = None
+    #: For groups with trafficControl: the address and instance id the reconciler takes out of (and puts back into)
+    #: the load balancers, as registered; the agent refuses the command when they are not its own, since it is
+    #: about to stop a service that would then still be in rotation.
+    traffic_address: str | None = None
+    traffic_instance_id: str | None = None
     created_at: datetime
 
 

@@ -301,7 +301,47 @@ class Agent:
             self._reject_unreadable(*read.unreadable)
         if read.command is None:
             return None
-        return read.command if self._is_new(read.command, warn=read.fresh, version=read.version) else None
+        if not self._is_new(read.command, warn=read.fresh, version=read.version):
+            return None
+        mismatch = self._not_for_this_host(read.command)
+        if mismatch is not None:
+            self._refuse_genuine(read.command, read.version or "", mismatch)
+            return None
+        return read.command
+
+    def _not_for_this_host(self, command: HostCommand) -> str | None:
+        """Why a genuine command must not run here anyway, or None. The reconciler decides membership and traffic
+        from what hosts registered in the store, which agents do not sign; a store writer who rewrote this host's
+        registration could have the reconciler sign another group's deployment for it, or drain another address
+        before this host stops its service. The command carries what the reconciler relied on, and this host
+        checks it against its own settings (docs/trust.md, "Membership")."""
+        settings = self.settings
+        targets = command.targets
+        if targets is not None and not targets.admits(self.host_id, dict(settings.tags), settings.instance_id):
+            tags = ", ".join(f"{k}={v}" for k, v in sorted(settings.tags.items())) or "none"
+            return (f"this host is not in deployment group {command.deployment_group}: its own tags ({tags}) and id "
+                    "match none of the group's targets (was its registration in the store altered?)")
+        for what, sent, own in (("address", command.traffic_address, settings.address),
+                                ("instance id", command.traffic_instance_id, settings.instance_id)):
+            if sent is not None and sent != own:
+                return (f"the load balancers would be told to drain {what} {sent}, but this host's {what} is "
+                        f"{own or 'not set'} (was its registration in the store altered?)")
+        return None
+
+    def _refuse_genuine(self, command: HostCommand, version: str, reason: str) -> None:
+        """A genuinely signed command this host must not run: refused and reported like a forged one, and also
+        reported failed for its generation (which the signature made believable), so the reconciler stops waiting
+        for it instead of timing out."""
+        self._refuse(version, reason)
+        now = self.now()
+        progress = CommandProgress(
+            deployment_id=command.deployment_id, generation=command.generation, application=command.application,
+            deployment_group=command.deployment_group, status=CommandStatus.FAILED, started_at=now, ended_at=now,
+            message=f"refused by the agent: {reason}",
+        )
+        self._update_state(last_generation=command.generation, command=None, progress=progress, running=False,
+                           reported=False)
+        self._failed_reported = True
 
     def _is_new(self, command: HostCommand, *, warn: bool, version: str | None = None) -> bool:
         floor = max(self._state.last_generation, self._store_floor or 0)

@@ -10,11 +10,13 @@ from contract.models import (
     DEFAULT_EVENTS,
     HEALTH_CHECK,
     TRAFFIC_CONTROL_EVENTS,
+    CommandTargets,
     Deployment,
     DeploymentStatus,
     GroupState,
     HostCommand,
     HostHealthCheck,
+    TagMatch,
     group_key,
 )
 from reconciler.core.actions import (
@@ -215,6 +217,21 @@ def _dispatch(
     )
 
 
+def command_targets(group: DesiredGroup | None) -> CommandTargets | None:
+    """The group's selectors, for the agent to check that it really belongs to the group (CommandTargets). None
+    (not checked) for a group that is gone from the manifests, and for groups whose membership also comes from
+    elsewhere than the hosts' tags and ids (EC2, Auto Scaling), which the agent cannot check from its settings."""
+    if group is None:
+        return None
+    targets = group.targets
+    if any(value for name, value in targets if name not in ("tag_sets", "hosts")):
+        return None
+    return CommandTargets(
+        tag_sets=[[TagMatch(key=f.key, value=f.value, type=f.type) for f in tag_set] for tag_set in targets.tag_sets],
+        hosts=list(targets.hosts),
+    )
+
+
 def host_command(
     view: PassView,
     deployment: Deployment,
@@ -242,6 +259,8 @@ def host_command(
             healthy_deadline_seconds=spec.healthy_deadline.total_seconds(),
         )
         events.insert(events.index(VALIDATE_SERVICE) + 1, HEALTH_CHECK)
+    registration = view.observed.registrations.get(host)
+    traffic = group is not None and group.traffic is not None
     return HostCommand(
         host_id=host,
         generation=generation,
@@ -252,6 +271,9 @@ def host_command(
         revision=deployment.revision,
         events=events,
         health_check=health_check,
+        targets=command_targets(group),
+        traffic_address=registration.address if traffic and registration is not None else None,
+        traffic_instance_id=registration.instance_id if traffic and registration is not None else None,
         file_exists_behavior=options.file_exists_behavior,
         ignore_application_stop_failures=options.ignore_application_stop_failures,
         is_rollback=deployment.creator == "rollback",
