@@ -33,7 +33,7 @@ from contract.keys import command_key, status_key
 from contract.models import HostCommand, HostStatus, LocalLocation, Revision
 from contract.signing import Signer
 from contract.store import Store, open_store
-from contract.store.sealed import store_audience
+from contract.store.sealed import seal_store, store_audience
 from tests.chaos.world import Host, make_bundle
 from tests.conftest import S3Server
 from tests.gitrepo import ConfigRepo
@@ -311,3 +311,71 @@ def test_the_key_rotates_without_downtime_and_the_old_key_is_refused_afterwards(
     fleet.wait(lambda: fleet.refusals("host-1"), "host-1 to refuse the old key's command")
     assert "does not trust" in fleet.refusals("host-1")[0] and old.public.key_id in fleet.refusals("host-1")[0]
     assert all(fleet.evil_runs(h) == [] for h in PROTECTED)
+
+
+MEMBERSHIP = """\
+apiVersion: deploy/v1
+kind: Application
+metadata:
+  name: hello
+---
+apiVersion: deploy/v1
+kind: DeploymentGroup
+metadata:
+  name: web
+spec:
+  application: hello
+  revision:
+    local:
+      path: {path}
+      bundleType: directory
+  targets:
+    tagSets:
+      - - key: role
+          value: web
+  deploymentConfig: CodeDeployDefault.AllAtOnce
+"""
+
+
+def test_a_registration_rewritten_into_another_group_runs_nothing(tmp_path: Path) -> None:
+    """Registrations are written by agents and not signed. Rewriting db-1's tags in the store puts it in the web
+    group as the reconciler sees it, and the reconciler signs the web deployment for it: db-1 checks the group's
+    targets in the command against its own settings, refuses, runs nothing, and reports the command failed."""
+    url = f"file://{tmp_path / 'store'}"
+    key_file = tmp_path / "signing.pem"
+    signer = Signer.generate()
+    key_file.write_bytes(signer.private_pem())
+    bundle = make_bundle(tmp_path / "bundles" / "v1", "v1")
+    hosts = {}
+    for host_id, role in (("web-1", "web"), ("db-1", "db")):
+        env = {"FLEETSHIFT_AGENT_COMMAND_SIGNING_TRUSTED_KEYS": signer.public.text,
+               "FLEETSHIFT_AGENT_TAGS": f"role={role}"}
+        hosts[host_id] = Host(host_id, tmp_path / host_id, url, env=env)
+    fleet = Fleet(tmp_path, url, open_store(url), {}, key_file, signer, hosts, ConfigRepo(tmp_path / "config"),
+                  {"v1": bundle})
+    try:
+        for host in hosts.values():
+            host.start()
+        fleet.wait(lambda: all(fleet.raw.get(status_key(h)) is not None for h in hosts), "agents registered")
+        registration_key = "hosts/db-1/registration.json"
+        registration = json.loads(fleet.raw.get(registration_key).data)  # type: ignore[union-attr]
+        assert registration["tags"]["role"] == "db"
+        registration["tags"]["role"] = "web"
+        fleet.raw.put(registration_key, json.dumps(registration).encode())
+
+        fleet.config.write("manifests/hello.yaml", MEMBERSHIP.format(path=bundle))
+        fleet.config.commit("deploy v1 to the web hosts")
+        result = fleet.reconcile("--once")
+        # AllAtOnce tolerates any failure (minimum healthy 0): the deployment succeeds on web-1, db-1 failed.
+        assert result.returncode == 0, result.stdout + result.stderr
+        sealed = seal_store(open_store(url))
+        group = json.loads(sealed.get("groups/hello/web.json").data)  # type: ignore[union-attr]
+        deployment = json.loads(sealed.get(f"deployments/{group['history'][-1]}.json").data)  # type: ignore[union-attr]
+        assert deployment["hosts"]["db-1"]["status"] == "Failed"
+        assert "refused by the agent" in deployment["hosts"]["db-1"]["message"], deployment["hosts"]["db-1"]
+        assert hosts["db-1"].hook_runs() == [], "db-1 ran the web group's hooks"
+        assert [event for event, _ in hosts["web-1"].hook_runs()][-1] == "ValidateService"
+        assert "not in deployment group web" in fleet.refusals("db-1")[0]
+    finally:
+        for host in hosts.values():
+            host.stop()
