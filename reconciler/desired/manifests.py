@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from contract.durations import Duration
 from contract.models import FileExistsBehavior, Model, Revision, group_key
@@ -178,18 +186,85 @@ class TagFilter(Model):
         return self.key is not None and tags.get(self.key) == self.value
 
 
+#: CodeDeploy's limits: at most three tag groups in an ec2TagSet, ten filters in each, ten Auto Scaling groups.
+EC2_TAG_SET_GROUPS = 3
+EC2_TAGS_PER_GROUP = 10
+AUTO_SCALING_GROUPS = 10
+#: Auto Scaling group names: 1-255 characters, no newline (the API's pattern).
+AutoScalingGroupName = Annotated[str, StringConstraints(pattern=r"^[^\n\r]{1,255}$")]
+
+
 class TargetsSpec(Model):
+    """Which hosts a group deploys to. `tagSets` and `hosts` select registered agents (tags the agent reports, on
+    premises included); `ec2TagFilters`, `ec2TagSet` and `autoScalingGroups` select EC2 instances as AWS lists
+    them, so an instance whose agent never registered is still a member: a missing host (docs/aws-fleet.md).
+    All may be combined; a host selected by any of them is a member."""
+
     tag_sets: list[Annotated[list[TagFilter], Field(min_length=1)]] = Field(
         default_factory=list,
         description="A host matches when, in every tag set, at least one filter matches (OR within, AND across).",
     )
     hosts: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+    ec2_tag_filters: list[TagFilter] = Field(
+        default_factory=list,
+        description="EC2 instances with any of these tags (CodeDeploy's ec2TagFilters); not with ec2TagSet.",
+    )
+    ec2_tag_set: list[Annotated[list[TagFilter], Field(min_length=1, max_length=EC2_TAGS_PER_GROUP)]] = Field(
+        default_factory=list,
+        max_length=EC2_TAG_SET_GROUPS,
+        description="EC2 instances matching, in every tag group, at least one filter (CodeDeploy's ec2TagSet: "
+        "up to 3 groups of up to 10 filters).",
+    )
+    auto_scaling_groups: list[AutoScalingGroupName] = Field(
+        default_factory=list,
+        max_length=AUTO_SCALING_GROUPS,
+        description="Every instance of these Auto Scaling groups, whatever its tags (at most 10).",
+    )
+    region: str | None = Field(
+        default=None,
+        description="Region of the EC2 instances and Auto Scaling groups; default: the reconciler's AWS region.",
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, region: str | None) -> str | None:
+        if region is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
+            raise ValueError(f"expected an AWS region name such as eu-west-1 (got {region!r})")
+        return region
 
     @model_validator(mode="after")
     def _selects_something(self) -> Self:
-        if not self.tag_sets and not self.hosts:
-            raise ValueError("targets select no host: give tagSets, hosts, or both")
+        if self.ec2_tag_filters and self.ec2_tag_set:
+            # CodeDeploy refuses both in one group (InvalidEC2TagCombinationException).
+            raise ValueError("give ec2TagFilters (any tag matches) or ec2TagSet (every tag group matches), not both")
+        if self.region is not None and not self.uses_aws:
+            raise ValueError("region applies to ec2TagFilters, ec2TagSet and autoScalingGroups; remove it or add one")
+        if not (self.tag_sets or self.hosts or self.uses_aws):
+            raise ValueError(
+                "targets select no host: give tagSets, hosts, ec2TagFilters, ec2TagSet or autoScalingGroups"
+            )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_ec2(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Empty EC2 fields are left out when dumped, so plans, diffs and fingerprints of groups that name none
+        read as they did before these fields existed."""
+        data: dict[str, Any] = handler(self)
+        for name in ("ec2TagFilters", "ec2_tag_filters", "ec2TagSet", "ec2_tag_set", "autoScalingGroups",
+                     "auto_scaling_groups"):
+            if name in data and not data[name]:
+                del data[name]
+        return data
+
+    @property
+    def uses_aws(self) -> bool:
+        """Membership read from EC2 and Auto Scaling (the reconciler lists the instances each pass)."""
+        return bool(self.ec2_tag_filters or self.ec2_tag_set or self.auto_scaling_groups)
+
+    def ec2_tag_groups(self) -> list[list[TagFilter]]:
+        """ec2TagFilters as one tag group, or ec2TagSet's groups: an instance matches when every group has a
+        filter that matches (for ec2TagFilters: any filter)."""
+        return [list(self.ec2_tag_filters)] if self.ec2_tag_filters else [list(g) for g in self.ec2_tag_set]
 
     def matches(self, host_id: str, tags: dict[str, str]) -> bool:
         if host_id in self.hosts:
