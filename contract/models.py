@@ -503,6 +503,9 @@ class HostDeploymentState(Model):
     #: With traffic control: how long the host was out of its load balancers (BlockTraffic's start to
     #: AllowTraffic's end, or to the end of its command when it failed in between), as its agent reported.
     out_of_service_seconds: float | None = None
+    #: Why the host left the deployment for good (its EC2 instance terminated: scale-in). Such a host is Skipped
+    #: and no longer counted in the deployment's size, so a scale-in never fails a deployment (docs/aws-fleet.md).
+    left_group: str | None = None
 
 
 class MinimumHealthyHosts(Model):

@@ -25,8 +25,15 @@ from reconciler.core.actions import (
     writes_of,
 )
 from reconciler.core.identity import deployment_group_id, same_revision
-from reconciler.core.membership import MembershipIndex, group_members, zone_of
-from reconciler.core.observed import Observed, is_online
+from reconciler.core.membership import (
+    MembershipIndex,
+    flagged_agents,
+    gone_reason,
+    group_members,
+    missing_hosts,
+    zone_of,
+)
+from reconciler.core.observed import Ec2Instance, Ec2Membership, Observed, is_online
 from reconciler.core.quarantine import is_quarantined
 from reconciler.core.reconcile import reconcile
 from reconciler.core.simulate import (
@@ -45,6 +52,8 @@ __all__ = [
     "ClearStopRequest",
     "CoreSettings",
     "DispatchBatch",
+    "Ec2Instance",
+    "Ec2Membership",
     "FinishDeployment",
     "MarkGroupRemoved",
     "MembershipIndex",
@@ -65,9 +74,12 @@ __all__ = [
     "actions_to_json",
     "apply_actions",
     "deployment_group_id",
+    "flagged_agents",
+    "gone_reason",
     "group_members",
     "is_online",
     "is_quarantined",
+    "missing_hosts",
     "preview_rollout",
     "reconcile",
     "run_agents",

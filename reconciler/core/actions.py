@@ -179,7 +179,8 @@ class RewriteCommands(_Action):
 
 
 class RecordHostResults(_Action):
-    """Hosts finished (as reported by their agents), timed out, went offline, or left the group."""
+    """Hosts finished (as reported by their agents), timed out, went offline, or left the group: `skipped` are
+    the hosts whose EC2 instance went away (scale-in), Skipped if they had not finished, no longer counted."""
 
     kind: Literal["RecordHostResults"] = "RecordHostResults"
     deployment_id: str
@@ -194,7 +195,9 @@ class RecordHostResults(_Action):
     def describe(self) -> str:
         parts = [
             f"{label} {', '.join(hosts)}"
-            for label, hosts in (("succeeded", self.succeeded), ("failed", self.failed), ("skipped", self.skipped))
+            for label, hosts in (
+                ("succeeded", self.succeeded), ("failed", self.failed), ("left the group (scale-in)", self.skipped)
+            )
             if hosts
         ]
         return f"{self.group}: {self.deployment_id} " + "; ".join(parts)

@@ -51,7 +51,7 @@ def drive(
         # A crash came between writing the finished deployment and the group: apply the group side.
         return end(view, key, group_state, deployment, outcome=None, group=group)
     config = view.config_for(deployment, group)
-    deployment, succeeded, failed = take_results(view, deployment, config)
+    deployment, succeeded, failed, left = take_results(view, deployment, config)
     actions = _rewrite_interrupted(view, key, deployment, group)
     facts = view.facts(group_state, deployment, config)
     stop = stop_outcome(group_state, deployment, group)
@@ -74,11 +74,11 @@ def drive(
     if step.offline:
         deployment = _fail_offline(deployment, step.offline, facts, view.now)
         failed = [*failed, *step.offline]
-    if succeeded or failed:
+    if succeeded or failed or left:
         actions.append(
             RecordHostResults(
                 group=key, deployment_id=deployment.deployment_id, succeeded=succeeded, failed=failed,
-                deployment=deployment,
+                skipped=left, deployment=deployment,
             )
         )
     view.remember(deployment)

@@ -8,6 +8,7 @@ Liveness is judged here, from the heartbeat the agent wrote and the `now` the ca
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +44,82 @@ class TargetObservation:
     error: str | None = None
 
 
+#: EC2 instance states in which an instance is expected to run an agent: a member of its group.
+EXPECTED_EC2_STATES = frozenset({"pending", "running"})
+#: EC2 instance states of an instance leaving for good (scale-in, termination): never a failure.
+GONE_EC2_STATES = frozenset({"shutting-down", "terminated"})
+#: Auto Scaling lifecycle states of an instance leaving its group (prefixes: `Terminating:Wait`, ...).
+GONE_ASG_PREFIXES = ("Terminating", "Terminated", "Detaching", "Detached")
+#: Auto Scaling lifecycle states of an instance that runs nothing yet or any more (a warm pool's stopped instances).
+IDLE_ASG_PREFIXES = ("Warmed",)
+
+
+@dataclass(frozen=True)
+class Ec2Instance:
+    """One EC2 instance a group's `ec2TagFilters`/`ec2TagSet`/`autoScalingGroups` selects, as AWS listed it
+    (reconciler/fleet/ec2.py). Listed whatever its state, so that a terminated one is recognised as gone."""
+
+    instance_id: str
+    #: EC2's state name: pending, running, stopping, stopped, shutting-down, terminated.
+    state: str
+    zone: str | None = None
+    private_ip: str | None = None
+    launched_at: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    #: The Auto Scaling group it belongs to (named in the manifest), and its lifecycle state there.
+    auto_scaling_group: str | None = None
+    lifecycle_state: str | None = None
+    #: False for an instance looked up by id only (a host of a deployment in flight that the targets no longer
+    #: select): listed for its state, so a terminated one is known gone, never a member by that listing.
+    selected: bool = True
+
+    @property
+    def gone(self) -> bool:
+        """Terminating or terminated (scale-in), or leaving its Auto Scaling group."""
+        return self.state in GONE_EC2_STATES or (self.lifecycle_state or "").startswith(GONE_ASG_PREFIXES)
+
+    @property
+    def expected(self) -> bool:
+        """Expected to run an agent: pending or running, and not leaving (or parked in) its Auto Scaling group."""
+        if not self.selected or self.state not in EXPECTED_EC2_STATES or self.gone:
+            return False
+        return not (self.lifecycle_state or "").startswith(IDLE_ASG_PREFIXES)
+
+    def describe(self) -> str:
+        """`running since 2024-05-01T10:00:00+00:00 in eu-west-1a (Auto Scaling web-asg InService)`."""
+        since = f" since {self.launched_at.isoformat()}" if self.launched_at is not None and self.expected else ""
+        zone = f" in {self.zone}" if self.zone else ""
+        asg = ""
+        if self.auto_scaling_group is not None:
+            asg = f" (Auto Scaling {self.auto_scaling_group} {self.lifecycle_state or 'member'})"
+        return f"{self.state}{since}{zone}{asg}"
+
+
+@dataclass(frozen=True)
+class Ec2Membership:
+    """One group's instances as this pass read them from EC2 and Auto Scaling. With `error` set the read failed
+    and membership from AWS is unknown: the core then neither adds missing hosts nor lets any host go (docs/
+    aws-fleet.md, "When AWS cannot be read")."""
+
+    read_at: datetime
+    instances: tuple[Ec2Instance, ...] = ()
+    #: AWS's words when the read failed ("ec2 DescribeInstances: AccessDenied: ..."); None: the read is complete.
+    error: str | None = None
+    #: The region read (for messages).
+    region: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.error is None
+
+    def instance(self, instance_id: str) -> Ec2Instance | None:
+        return self._by_id.get(instance_id)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Ec2Instance]:
+        return {instance.instance_id: instance for instance in self.instances}
+
+
 @dataclass(frozen=True)
 class Observed:
     """Agents' documents keyed by host id. A host may have a registration without a status (it never
@@ -63,6 +140,9 @@ class Observed:
     #: Group key -> this pass's read of the group's CloudWatch alarms, for groups with a user deployment in
     #: flight and an enabled `alarmConfiguration`.
     alarms: Mapping[str, AlarmCheck] = field(default_factory=dict)
+    #: Group key -> this pass's read of the EC2 instances and Auto Scaling members its targets select, for groups
+    #: with `ec2TagFilters`, `ec2TagSet` or `autoScalingGroups` (reconciler/shell/fleet.py). Absent: not read.
+    ec2: Mapping[str, Ec2Membership] = field(default_factory=dict)
 
     def host_ids(self) -> set[str]:
         return set(self.registrations) | set(self.statuses)

@@ -16,14 +16,16 @@ from contract.models import (
     Deployment,
     EventStatus,
     HostDeploymentState,
+    group_key,
 )
 from contract.redact import public_host_text
-from reconciler.core.rollout import FAILED, IN_PROGRESS, SUCCEEDED
+from reconciler.core.membership import gone_reason
+from reconciler.core.rollout import FAILED, IN_PROGRESS, PENDING, SKIPPED, SUCCEEDED
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import EffectiveConfig
 
-#: A deployment with its hosts' new results, and the hosts that succeeded and failed in it this pass.
-Recorded = tuple[Deployment, list[str], list[str]]
+#: A deployment with its hosts' new results, and the hosts that succeeded, failed and left it this pass.
+Recorded = tuple[Deployment, list[str], list[str], list[str]]
 
 
 def record_in_flight(view: PassView) -> None:
@@ -59,21 +61,45 @@ def take_results(view: PassView, deployment: Deployment, config: EffectiveConfig
 
 
 def record_results(view: PassView, deployment: Deployment, config: EffectiveConfig) -> Recorded:
-    """Agents' reports for this deployment's generation, per-host timeouts, hosts gone offline."""
+    """Agents' reports for this deployment's generation, per-host timeouts, hosts gone offline, and hosts whose
+    EC2 instance went away (scale-in): those leave the deployment, Skipped, whether pending or in flight."""
     succeeded: list[str] = []
     failed: list[str] = []
+    left: list[str] = []
     updates: dict[str, HostDeploymentState] = {}
     for host, host_state in deployment.hosts.items():
-        if host_state.status is not IN_PROGRESS:
+        if host_state.status is PENDING:
+            update = _left(view, deployment, host)
+        elif host_state.status is IN_PROGRESS:
+            update = _host_result(view, deployment, host, host_state, config)
+        elif host_state.status is SUCCEEDED and host_state.left_group is None:
+            # Done, then scaled in: it keeps its success but no longer counts in N, or its silence would make it
+            # an unhealthy host that fails the rest of the deployment's health check.
+            update = _left(view, deployment, host)
+            if update is not None:
+                update = {"left_group": update["left_group"]}
+        else:
             continue
-        update = _host_result(view, deployment, host, host_state, config)
         if update is not None:
             updates[host] = host_state.model_copy(update=update)
-            (succeeded if update["status"] is SUCCEEDED else failed).append(host)
+            status = update.get("status")
+            if "left_group" in update:
+                left.append(host)
+            else:
+                (succeeded if status is SUCCEEDED else failed).append(host)
     if not updates:
-        return deployment, succeeded, failed
+        return deployment, succeeded, failed, left
     hosts = {**deployment.hosts, **updates}
-    return deployment.model_copy(update={"hosts": hosts, "updated_at": view.now}), succeeded, failed
+    return deployment.model_copy(update={"hosts": hosts, "updated_at": view.now}), succeeded, failed, left
+
+
+def _left(view: PassView, deployment: Deployment, host: str) -> dict[str, object] | None:
+    """A host whose EC2 instance is terminating or terminated (scale-in) leaves the deployment: Skipped, not
+    counted in its size, never a failure. Only on a complete EC2 read (`membership.gone_reason`)."""
+    reason = gone_reason(host, group_key(deployment.application, deployment.deployment_group), view.observed)
+    if reason is None:
+        return None
+    return {"status": SKIPPED, "finished_at": view.now, "message": reason, "left_group": reason}
 
 
 def _host_result(
@@ -99,6 +125,11 @@ def _host_result(
     if last is not None and last.generation > generation:
         message = f"the host moved on to command {last.generation} without reporting {generation}"
         return {"status": FAILED, "finished_at": now, "message": message}
+    # Before the timeout and offline rules: an instance terminated under its command (scale-in) goes silent and
+    # would otherwise count failed; it left the group instead (issue 16; CodeDeploy's Auto Scaling integration).
+    left = _left(view, deployment, host)
+    if left is not None:
+        return left
     timeout = config.host_timeout
     if timeout is not None and host_state.dispatched_at is not None and now - host_state.dispatched_at > timeout:
         message = f"timed out: no result {format_duration(timeout)} after dispatch"

@@ -129,6 +129,12 @@ def _healthy(state: HostDeploymentState, facts: HostFacts) -> bool:
     return facts.healthy
 
 
+def counted(deployment: Deployment) -> dict[str, HostDeploymentState]:
+    """The hosts a deployment's size N counts: all but those that left the group (their EC2 instance was
+    terminated mid-deployment, scale-in), which are neither healthy nor failed: simply no longer there."""
+    return {h: s for h, s in deployment.hosts.items() if s.left_group is None}
+
+
 def minimum_healthy(config: EffectiveConfig, host_count: int) -> int:
     return config.minimum_for(host_count)
 
@@ -141,11 +147,14 @@ def _zone_minimum(config: EffectiveConfig, zone_size: int) -> int:
 
 def final_outcome(deployment: Deployment, facts: Mapping[str, HostFacts], config: EffectiveConfig) -> Outcome:
     """How a deployment with nothing pending and nothing in flight ends."""
-    hosts = deployment.hosts
+    hosts = counted(deployment)
     targets = [h for h, s in hosts.items() if s.status is not SKIPPED]
     succeeded = [h for h in targets if hosts[h].status is SUCCEEDED]
     failed = [h for h in targets if hosts[h].status is FAILED]
     if not targets:
+        if len(hosts) < len(deployment.hosts):
+            return Outcome(DeploymentStatus.SUCCEEDED, None, "every other host left the group (scale-in) or already "
+                           "runs this revision")
         return Outcome(DeploymentStatus.SUCCEEDED, None, "every host already runs this revision")
     if not succeeded:
         return Outcome(
@@ -304,7 +313,7 @@ class _Budget:
     def of(
         cls, deployment: Deployment, facts: Mapping[str, HostFacts], config: EffectiveConfig, zone: str | None
     ) -> _Budget:
-        hosts = deployment.hosts
+        hosts = counted(deployment)
         minimum = minimum_healthy(config, len(hosts))
         healthy_idle = sum(1 for h, s in hosts.items() if _healthy(s, facts[h]))
         found = cls(minimum=minimum, healthy_idle=healthy_idle, budget=healthy_idle - minimum, zone=zone)
@@ -380,7 +389,7 @@ def _health_failure(
     remaining: list[str],
 ) -> Outcome:
     """Nothing in flight and the next healthy host would take the group (or its zone) below the minimum."""
-    hosts = deployment.hosts
+    hosts = counted(deployment)
     attempted = any(s.generation is not None for s in hosts.values())
     unhealthy = sorted(h for h, s in hosts.items() if not _healthy(s, facts[h]) or h in offline)
     in_zone = budget.zonal and budget.zone_budget <= 0 and budget.budget > 0

@@ -104,7 +104,8 @@ def run_agents(
                     ),
                 }
         statuses[host] = status.model_copy(update=update)
-    return Observed(registrations=observed.registrations, statuses=statuses)
+    # EC2 membership stays as read: the simulated agents answer, the instances do not change.
+    return Observed(registrations=observed.registrations, statuses=statuses, ec2=observed.ec2)
 
 
 @dataclass(frozen=True)

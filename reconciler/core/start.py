@@ -21,7 +21,7 @@ def start_if_due(view: PassView, key: str, group_state: GroupState, group: Desir
     effective = group_state.effective_revision
     wants_new = not same_revision(group.revision, effective)
     quarantine = is_quarantined(group_state, group.revision) if wants_new else None
-    member_set = view.index.members(group.targets)
+    member_set = view.index.members(group.targets, group.key)
     if wants_new and quarantine is None:
         return _start_desired(view, key, group_state, group, member_set)
     actions: list[Action] = [_quarantined(key, group, quarantine)] if quarantine is not None else []

@@ -64,7 +64,7 @@ class PassView:
         #: The highest generation each host was given, whether or not its command write happened.
         self.generation: dict[str, int] = {h: c.generation for h, c in state.commands.items()}
         #: Agents' results per deployment in flight, recorded before any group decides (`results.py`).
-        self.results: dict[str, tuple[Deployment, list[str], list[str]]] = {}
+        self.results: dict[str, tuple[Deployment, list[str], list[str], list[str]]] = {}
         #: Hosts in flight whose command write a crash lost: busy, their command is re-written this pass.
         self.unwritten: set[str] = set()
         self._online: dict[str, bool] = {}

@@ -24,7 +24,7 @@ from contract.models import (
     InstalledRevision,
     Revision,
 )
-from reconciler.core import CoreSettings, Observed, State, deployment_group_id
+from reconciler.core import CoreSettings, Ec2Instance, Ec2Membership, Observed, State, deployment_group_id
 from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import ONE_AT_A_TIME, Desired
 from reconciler.desired.sources import ManifestFile
@@ -125,6 +125,7 @@ def load_observed(data: dict[str, Any], now: datetime) -> Observed:
                 hostname=host,
                 agent_version="test",
                 registered_at=now - timedelta(days=1),
+                instance_id=raw.get("instanceId"),
             )
         heartbeat = raw.get("heartbeat", "-5s")
         if heartbeat is None:
@@ -162,7 +163,28 @@ def load_observed(data: dict[str, Any], now: datetime) -> Observed:
             command=command,
             heartbeat_interval_seconds=raw.get("heartbeatIntervalSeconds", 60.0),
         )
-    return Observed(registrations=registrations, statuses=statuses)
+    return Observed(registrations=registrations, statuses=statuses, ec2=load_ec2(data.get("ec2", {}), now))
+
+
+def load_ec2(data: dict[str, Any], now: datetime) -> dict[str, Ec2Membership]:
+    """`{"app/group": {"instances": {"i-1": {"state": "running", ...}}, "error": ..., "region": ...}}`."""
+    reads: dict[str, Ec2Membership] = {}
+    for key, raw in data.items():
+        instances = tuple(
+            Ec2Instance(
+                instance_id=instance_id,
+                state=item.get("state", "running"),
+                zone=item.get("zone"),
+                private_ip=item.get("privateIp"),
+                launched_at=when(item.get("launchedAt", "-1d"), now),
+                tags=item.get("tags", {}),
+                auto_scaling_group=item.get("autoScalingGroup"),
+                lifecycle_state=item.get("lifecycleState"),
+            )
+            for instance_id, item in raw.get("instances", {}).items()
+        )
+        reads[key] = Ec2Membership(read_at=now, instances=instances, error=raw.get("error"), region=raw.get("region"))
+    return reads
 
 
 def load_desired(text: bytes, commit: str | None) -> Desired:
