@@ -7,6 +7,7 @@ every group's recorded state, every group's host membership). `verify_saved_plan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -97,6 +98,9 @@ def group_fingerprints(state: State) -> dict[str, GroupFingerprint]:
 
 
 def membership(desired: Desired, observed: Observed) -> dict[str, list[str]]:
+    # Registered membership only: EC2 membership is read from AWS by whoever applies (a plan made without AWS
+    # credentials must not be stale for that alone), and missing hosts fail when their turn comes either way.
+    observed = dataclasses.replace(observed, ec2={})
     index = MembershipIndex(observed)  # one for every group, not one per group
     return {
         key: sorted(group_members(group, observed, index)) for key, group in sorted(desired.desired_groups().items())

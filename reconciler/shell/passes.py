@@ -4,8 +4,9 @@ Where it sits: between the CLI (`reconciler.cli.run`, which loads manifests, tak
 progress) and the pure core. A pass is:
 
 1. read the fleet and the reconciler's records from the store (`StoreReader.snapshot`, cached by version),
-   the load balancers of hosts at a traffic step (`TrafficShell.observe`), and the alarms and due gate
-   measurements of deployments in flight (`GateShell.observe`, which records what it measured);
+   the EC2 instances and Auto Scaling members of groups that name them (`FleetShell.observe`), the load
+   balancers of hosts at a traffic step (`TrafficShell.observe`), and the alarms and due gate measurements of
+   deployments in flight (`GateShell.observe`, which records what it measured);
 2. take the time, and ask `reconcile(desired, observed, state, now=...)` what to write;
 3. apply the actions in order (`Executor`), under the lease, by compare-and-swap.
 
@@ -42,6 +43,7 @@ from reconciler.desired.manifests import Desired
 from reconciler.settings import ReconcileSettings
 from reconciler.shell.applied import AppliedConfigLedger
 from reconciler.shell.executor import Applied, Executor, WriteConflict
+from reconciler.shell.fleet import FleetShell
 from reconciler.shell.gates import GateShell
 from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import Snapshot, StoreReader
@@ -133,6 +135,7 @@ class PassRunner:
         clock: Now = utc_now,
         traffic: TrafficShell | None = None,
         gates: GateShell | None = None,
+        fleet: FleetShell | None = None,
         applied_config: AppliedConfigLedger | None = None,
     ) -> None:
         self.store = store
@@ -142,6 +145,7 @@ class PassRunner:
         self.reader = reader or StoreReader(store)
         self.traffic = traffic or TrafficShell()
         self.gates = gates or GateShell(clock=clock)
+        self.fleet = fleet or FleetShell(clock=clock)
         self.executor = Executor(store, lease, self.reader, traffic=self.traffic, clock=clock)
         self.clock = clock
         #: config/applied.json: the commit is checked against it before a pass writes and recorded after
@@ -158,6 +162,10 @@ class PassRunner:
             # UnverifiedCommit: the commit is refused before anything of this pass is written.
             self.applied_config.confirm(desired.commit)
         snapshot = self.reader.snapshot()
+        # EC2 and Auto Scaling membership is observed data (issue 16): read first, so that the load balancer and
+        # gate reads below see the same members as the decision.
+        members = self.fleet.observe(desired, snapshot.observed, snapshot.state)
+        snapshot = dataclasses.replace(snapshot, observed=members)
         # Load balancers are observed data too: read for the hosts at a traffic step, before deciding.
         observed = self.traffic.observe(desired, snapshot.observed, snapshot.state)
         snapshot = dataclasses.replace(snapshot, observed=observed)

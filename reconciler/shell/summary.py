@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from contract.exitcodes import ExitCode
 from contract.models import Deployment, DeploymentStatus, GroupState, HostDeploymentStatus, QuarantinedRevision
 from contract.redact import public_host_text
-from reconciler.core import Blocked, FinishDeployment, MarkGroupRemoved, StartRollback
+from reconciler.core import Blocked, FinishDeployment, MarkGroupRemoved, MembershipIndex, StartRollback
 from reconciler.shell.passes import PassOutcome
 
 FAILED_STATUSES = frozenset({DeploymentStatus.FAILED, DeploymentStatus.STOPPED})
@@ -168,11 +168,33 @@ def summarize(ledger: RunLedger, last: PassOutcome | None) -> tuple[int, list[st
                 _report_quarantined(verdict, blocked, last, ledger, deployments)
         verdict.lines.extend(f"{blocked.group}: {blocked.code}: {blocked.reason}"
                              for blocked in last.blocked if blocked.code != "QUARANTINED")
+    warnings = aws_membership_lines(last) if last is not None else []
     if verdict.unrecovered:
-        return ExitCode.FAILED, verdict.lines
+        return ExitCode.FAILED, verdict.lines + warnings
     if verdict.rolled_back:
-        return ExitCode.FAILED_ROLLED_BACK, verdict.lines
-    return ExitCode.OK, verdict.lines or ["converged: every deployment group runs its desired revision"]
+        return ExitCode.FAILED_ROLLED_BACK, verdict.lines + warnings
+    return ExitCode.OK, (verdict.lines or ["converged: every deployment group runs its desired revision"]) + warnings
+
+
+def aws_membership_lines(last: PassOutcome) -> list[str]:
+    """Warnings about EC2 membership from the last pass's read (issue 16): groups whose instances could not be
+    listed (this run deployed to the registered agents only), and expected instances with no agent (missing)."""
+    observed = last.snapshot.observed
+    index = MembershipIndex(observed)
+    lines: list[str] = []
+    for key, read in sorted(observed.ec2.items()):
+        if read.error is not None:
+            lines.append(f"{key}: WARNING: EC2 membership unknown ({read.error}); this run went on with the "
+                         "registered agents only, and missing hosts are not known")
+            continue
+        missing = sorted(i.instance_id for i in read.instances
+                         if i.expected and index.host_for(i.instance_id) not in observed.registrations)
+        if missing:
+            shown = ", ".join(missing[:FAILED_HOSTS_SHOWN]) + (
+                f" and {len(missing) - FAILED_HOSTS_SHOWN} more" if len(missing) > FAILED_HOSTS_SHOWN else "")
+            lines.append(f"{key}: WARNING: {len(missing)} missing host(s): EC2 instance(s) with no agent registered "
+                         f"({shown}); a deployment counts each as a failed host")
+    return lines
 
 
 def timed_out_lines(ledger: RunLedger, last: PassOutcome) -> list[str]:
@@ -193,4 +215,4 @@ def timed_out_lines(ledger: RunLedger, last: PassOutcome) -> list[str]:
     return lines
 
 
-__all__ = ["FAILED_STATUSES", "RunLedger", "summarize", "timed_out_lines"]
+__all__ = ["FAILED_STATUSES", "RunLedger", "aws_membership_lines", "summarize", "timed_out_lines"]
