@@ -30,6 +30,7 @@ from reconciler.core.actions import (
 from reconciler.core.ending import finish
 from reconciler.core.gates import alarm_outcome, hold_for_gates, stop_hosts_in_flight
 from reconciler.core.identity import deployment_group_id, same_revision
+from reconciler.core.membership import instance_of
 from reconciler.core.quarantine import STOPPED_ON_REQUEST, is_quarantined
 from reconciler.core.results import take_results
 from reconciler.core.rollout import FAILED, IN_PROGRESS, HostFacts, Outcome, Step, decide_step
@@ -217,18 +218,21 @@ def _dispatch(
     )
 
 
-def command_targets(group: DesiredGroup | None) -> CommandTargets | None:
-    """The group's selectors, for the agent to check that it really belongs to the group (CommandTargets). None
-    (not checked) for a group that is gone from the manifests, and for groups whose membership also comes from
-    elsewhere than the hosts' tags and ids (EC2, Auto Scaling), which the agent cannot check from its settings."""
+def command_targets(view: PassView, host: str, group: DesiredGroup | None) -> CommandTargets | None:
+    """The group's selectors, for the agent to check that it really belongs to the group (CommandTargets); None
+    (not checked) for a group that is gone from the manifests.
+
+    For a group whose membership also comes from EC2 or Auto Scaling, the command names the instance the host is
+    a member as: the one EC2 listed for the group (the host's agent must be that instance), or, while EC2 could not
+    be read, the one its registration claims (docs/trust.md, "Gaps": then only the instance id is checked)."""
     if group is None:
         return None
     targets = group.targets
-    if any(value for name, value in targets if name not in ("tag_sets", "hosts")):
-        return None
+    instance_id = instance_of(host, view.observed) if targets.uses_aws else None
     return CommandTargets(
         tag_sets=[[TagMatch(key=f.key, value=f.value, type=f.type) for f in tag_set] for tag_set in targets.tag_sets],
         hosts=list(targets.hosts),
+        instance_id=instance_id,
     )
 
 
@@ -271,7 +275,7 @@ def host_command(
         revision=deployment.revision,
         events=events,
         health_check=health_check,
-        targets=command_targets(group),
+        targets=command_targets(view, host, group),
         traffic_address=registration.address if traffic and registration is not None else None,
         traffic_instance_id=registration.instance_id if traffic and registration is not None else None,
         file_exists_behavior=options.file_exists_behavior,
