@@ -297,6 +297,10 @@ def _cross_check(
                               f"the hostTimeout ({format_duration(timeout)}) of DeploymentConfig "
                               f"{spec.deployment_config!r}: a host still within its health deadline would be "
                               "counted failed as timed out; shorten it or lengthen hostTimeout"))
+        if spec.auto_scaling is not None and not spec.targets.auto_scaling_groups:
+            errors.append(err(document, ("spec", "autoScaling"),
+                              "autoScaling names the launch lifecycle hook of the targets' Auto Scaling groups, but "
+                              "targets name none: add spec.targets.autoScalingGroups or remove autoScaling"))
     for document in failed:
         data = document.data
         spec_data = data.get("spec") if isinstance(data, dict) and data.get("kind") == "DeploymentGroup" else None

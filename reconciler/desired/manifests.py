@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.durations import Duration
+from contract.durations import Duration, format_duration
 from contract.models import FileExistsBehavior, Model, Revision, group_key
 from reconciler.desired.gates_spec import AlarmConfigurationSpec, AnalysisGateSpec, HealthCheckSpec, unique_gate_names
 from reconciler.desired.traffic_spec import TrafficControlSpec
@@ -274,6 +274,55 @@ class TargetsSpec(Model):
         return all(any(f.matches(tags) for f in tag_set) for tag_set in self.tag_sets)
 
 
+#: Lifecycle hook names: 1-255 characters of letters, digits, `-`, `_` and `/` (the API's pattern).
+LifecycleHookName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-_/]{1,255}$")]
+#: AWS ends a lifecycle action after at most 48 hours whatever the heartbeats (its global timeout).
+LIFECYCLE_GLOBAL_TIMEOUT = timedelta(hours=48)
+#: The shortest heartbeat timeout a lifecycle hook accepts (30 s): heartbeats must come more often than that.
+LIFECYCLE_MINIMUM_HEARTBEAT = timedelta(seconds=30)
+
+
+class AutoScalingSpec(Model):
+    """The launch lifecycle hook a group honours on its `autoScalingGroups` (issue 16): an instance that Auto
+    Scaling holds in Pending:Wait for this hook is completed with CONTINUE once its agent reports the group's
+    effective revision installed and is healthy, or ABANDON when that deployment failed on it or `timeout`
+    passed since it launched; while waiting, the reconciler records a heartbeat every `heartbeat`. CodeDeploy
+    creates its own hook; here the operator creates it (docs/aws-fleet.md, "Auto Scaling lifecycle hooks")."""
+
+    lifecycle_hook: LifecycleHookName = Field(
+        description="Name of the autoscaling:EC2_INSTANCE_LAUNCHING hook on every Auto Scaling group of the targets."
+    )
+    timeout: Duration = Field(
+        default=timedelta(hours=1),
+        description="ABANDON an instance still without the effective revision this long after it launched "
+        "(default 1h, CodeDeploy's timeout for a launch deployment; at most 48h, AWS's global timeout).",
+    )
+    heartbeat: Duration = Field(
+        default=timedelta(minutes=2),
+        description="Record a heartbeat on the lifecycle action this often while waiting (default 2m); keep it "
+        "well below the hook's HeartbeatTimeout.",
+    )
+
+    @model_validator(mode="after")
+    def _sensible_times(self) -> Self:
+        if self.heartbeat < LIFECYCLE_MINIMUM_HEARTBEAT:
+            raise ValueError(
+                f"heartbeat {format_duration(self.heartbeat)} is shorter than 30s, the shortest heartbeat timeout a "
+                "lifecycle hook takes: use 30s or more"
+            )
+        if self.heartbeat >= self.timeout:
+            raise ValueError(
+                f"heartbeat ({format_duration(self.heartbeat)}) must be shorter than timeout "
+                f"({format_duration(self.timeout)}): a heartbeat is what keeps an instance waiting"
+            )
+        if self.timeout > LIFECYCLE_GLOBAL_TIMEOUT:
+            raise ValueError(
+                f"timeout {format_duration(self.timeout)} is longer than 48h, after which AWS ends any lifecycle "
+                "action with the hook's default result"
+            )
+        return self
+
+
 class AutoRollbackSpec(Model):
     enabled: bool = False
     events: list[Literal["DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_REQUEST", "DEPLOYMENT_STOP_ON_ALARM"]] = Field(
@@ -307,6 +356,11 @@ class DeploymentGroupSpec(Model):
     )
     analysis: list[AnalysisGateSpec] = Field(
         default_factory=list, description="Prometheus gates measured after batches; a failed gate fails the deployment."
+    )
+    auto_scaling: AutoScalingSpec | None = Field(
+        default=None,
+        description="The launch lifecycle hook of the targets' autoScalingGroups: new instances are held until they "
+        "run the group's effective revision, like CodeDeploy's Auto Scaling integration.",
     )
 
     @field_validator("analysis")
@@ -389,6 +443,7 @@ class DesiredGroup:
     health_check: HealthCheckSpec | None = None
     alarms: AlarmConfigurationSpec | None = None
     analysis: tuple[AnalysisGateSpec, ...] = ()
+    auto_scaling: AutoScalingSpec | None = None
 
     @property
     def watches_alarms(self) -> bool:
@@ -450,6 +505,7 @@ class Desired:
                 health_check=spec.health_check,
                 alarms=spec.alarm_configuration,
                 analysis=tuple(spec.analysis),
+                auto_scaling=spec.auto_scaling,
             )
             resolved[group.key] = group
         return resolved
