@@ -9,11 +9,13 @@ from reconciler.core.actions import (
     Action,
     Blocked,
     ClearStopRequest,
+    CompleteLifecycleAction,
     DispatchBatch,
     FinishDeployment,
     MarkGroupRemoved,
     RecordDesired,
     RecordHostResults,
+    RecordLifecycleHeartbeat,
     RewriteCommands,
     StartDeployment,
     StartRollback,
@@ -33,7 +35,7 @@ from reconciler.core.membership import (
     missing_hosts,
     zone_of,
 )
-from reconciler.core.observed import Ec2Instance, Ec2Membership, Observed, is_online
+from reconciler.core.observed import Ec2Instance, Ec2Membership, HeldLaunch, Observed, is_online
 from reconciler.core.quarantine import is_quarantined
 from reconciler.core.reconcile import reconcile
 from reconciler.core.simulate import (
@@ -50,11 +52,13 @@ __all__ = [
     "Action",
     "Blocked",
     "ClearStopRequest",
+    "CompleteLifecycleAction",
     "CoreSettings",
     "DispatchBatch",
     "Ec2Instance",
     "Ec2Membership",
     "FinishDeployment",
+    "HeldLaunch",
     "MarkGroupRemoved",
     "MembershipIndex",
     "Observed",
@@ -62,6 +66,7 @@ __all__ = [
     "PreviewDeployment",
     "RecordDesired",
     "RecordHostResults",
+    "RecordLifecycleHeartbeat",
     "RewriteCommands",
     "RolloutPreview",
     "StartDeployment",

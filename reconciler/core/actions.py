@@ -292,9 +292,61 @@ class TrafficStep(_Action):
         return f"{self.group}: {self.host} {self.traffic.step} {self.traffic.state.value}{call}: {self.reason}"
 
 
+class CompleteLifecycleAction(_Action):
+    """End the launch lifecycle action that holds a new Auto Scaling instance (docs/aws-fleet.md, "Auto Scaling
+    lifecycle hooks"): CONTINUE once its agent runs the group's effective revision and is healthy, ABANDON when
+    that deployment failed on it or the group's `autoScaling.timeout` passed. Writes nothing to the store: the shell
+    calls `autoscaling:CompleteLifecycleAction`; completing twice is answered "No active Lifecycle Action", which
+    the shell takes as done, so a crash anywhere repeats the call at most once."""
+
+    kind: Literal["CompleteLifecycleAction"] = "CompleteLifecycleAction"
+    instance_id: str
+    #: The host the instance is (its registered agent's id, else the instance id).
+    host: str
+    auto_scaling_group: str
+    lifecycle_hook: str
+    result: Literal["CONTINUE", "ABANDON"]
+    region: str | None = None
+    reason: str
+
+    def writes(self) -> list[StoreWrite]:
+        return []
+
+    def describe(self) -> str:
+        return (
+            f"{self.group}: {self.result} instance {self.instance_id} held by {self.auto_scaling_group}/"
+            f"{self.lifecycle_hook}: {self.reason}"
+        )
+
+
+class RecordLifecycleHeartbeat(_Action):
+    """Keep a held instance waiting: `autoscaling:RecordLifecycleActionHeartbeat`, so the hook's own heartbeat
+    timeout does not apply its default result (ABANDON) to a slow install. Writes nothing; a lost one is harmless."""
+
+    kind: Literal["RecordLifecycleHeartbeat"] = "RecordLifecycleHeartbeat"
+    instance_id: str
+    host: str
+    auto_scaling_group: str
+    lifecycle_hook: str
+    region: str | None = None
+    reason: str
+
+    def writes(self) -> list[StoreWrite]:
+        return []
+
+    def describe(self) -> str:
+        return (
+            f"{self.group}: heartbeat for instance {self.instance_id} held by {self.auto_scaling_group}/"
+            f"{self.lifecycle_hook}: {self.reason}"
+        )
+
+
+LifecycleCall = CompleteLifecycleAction | RecordLifecycleHeartbeat
+
+
 BlockedCode = Literal[
     "NO_INSTANCES", "SUSPENDED", "QUARANTINED", "WAITING_FOR_HOSTS", "HEALTH_CONSTRAINTS", "STOPPING", "BAKING",
-    "WAITING_FOR_TRAFFIC", "WAITING_FOR_ANALYSIS", "WAITING_FOR_ALARMS",
+    "WAITING_FOR_TRAFFIC", "WAITING_FOR_ANALYSIS", "WAITING_FOR_ALARMS", "HOLDING_LAUNCH",
 ]
 
 
@@ -327,6 +379,8 @@ Action = Annotated[
     | MarkGroupRemoved
     | ClearStopRequest
     | TrafficStep
+    | CompleteLifecycleAction
+    | RecordLifecycleHeartbeat
     | Blocked,
     Field(discriminator="kind"),
 ]

@@ -120,6 +120,27 @@ class Ec2Membership:
         return {instance.instance_id: instance for instance in self.instances}
 
 
+#: The Auto Scaling lifecycle state of an instance a launch lifecycle hook holds.
+PENDING_WAIT = "Pending:Wait"
+
+
+@dataclass(frozen=True)
+class HeldLaunch:
+    """An instance Auto Scaling holds in Pending:Wait for the launch lifecycle hook a group names
+    (`spec.autoScaling.lifecycleHook`), as the shell found it (reconciler/shell/lifecycle.py). AWS does not say
+    which hook holds an instance: one in Pending:Wait in the group's Auto Scaling groups is taken as held by the
+    group's hook (docs/aws-fleet.md, "Auto Scaling lifecycle hooks")."""
+
+    instance_id: str
+    auto_scaling_group: str
+    hook: str
+    #: When it launched (EC2's LaunchTime), which the timeout counts from; else when the shell first saw it held.
+    since: datetime | None = None
+    #: The last heartbeat the shell recorded on this lifecycle action (None: none since it started, or since the
+    #: reconciler restarted: a lost heartbeat is harmless, the next one is simply due sooner).
+    last_heartbeat: datetime | None = None
+
+
 @dataclass(frozen=True)
 class Observed:
     """Agents' documents keyed by host id. A host may have a registration without a status (it never
@@ -143,6 +164,9 @@ class Observed:
     #: Group key -> this pass's read of the EC2 instances and Auto Scaling members its targets select, for groups
     #: with `ec2TagFilters`, `ec2TagSet` or `autoScalingGroups` (reconciler/shell/fleet.py). Absent: not read.
     ec2: Mapping[str, Ec2Membership] = field(default_factory=dict)
+    #: Group key -> the instances held in Pending:Wait for the group's launch lifecycle hook, for groups with
+    #: `spec.autoScaling` whose EC2 read is complete. Absent: none held, or not read.
+    launches: Mapping[str, tuple[HeldLaunch, ...]] = field(default_factory=dict)
 
     def host_ids(self) -> set[str]:
         return set(self.registrations) | set(self.statuses)

@@ -14,7 +14,8 @@ new group or a removed one), then:
    (`ending.py`), with rollback (`rollback.py`) and quarantine (`quarantine.py`);
 3. with nothing in flight, decides whether a deployment starts (`start.py`): a new desired revision
    ("user"), or hosts that lack the effective revision ("outdated" catch-up), and steps it at once;
-4. after all groups: the traffic steps of hosts waiting at BlockTraffic or AllowTraffic (`traffic.py`).
+4. after all groups: the traffic steps of hosts waiting at BlockTraffic or AllowTraffic (`traffic.py`), then the
+   Auto Scaling lifecycle calls for new instances held at launch (`lifecycle.py`).
 What the pass knows about hosts, and what it has decided so far, is in one `PassView` (`view.py`).
 """
 
@@ -26,6 +27,7 @@ from contract.models import Deployment, GroupState
 from reconciler.core.actions import Action, ClearStopRequest, MarkGroupRemoved, RecordDesired
 from reconciler.core.advance import drive
 from reconciler.core.identity import same_revision
+from reconciler.core.lifecycle import launch_actions
 from reconciler.core.observed import Observed
 from reconciler.core.results import record_in_flight
 from reconciler.core.rollback import recover_lost_rollback
@@ -69,6 +71,8 @@ def reconcile(
             actions.extend(_removed_group(view, key, recorded))
     # After every group decided: a host counted failed this pass no longer has its traffic step waited for.
     actions.extend(traffic_steps(view))
+    # Last: a held instance is let in by what this pass decided (a catch-up that just succeeded on it).
+    actions.extend(launch_actions(view, actions))
     return actions
 
 

@@ -24,7 +24,15 @@ from contract.models import (
     InstalledRevision,
     Revision,
 )
-from reconciler.core import CoreSettings, Ec2Instance, Ec2Membership, Observed, State, deployment_group_id
+from reconciler.core import (
+    CoreSettings,
+    Ec2Instance,
+    Ec2Membership,
+    HeldLaunch,
+    Observed,
+    State,
+    deployment_group_id,
+)
 from reconciler.desired.loader import load_files
 from reconciler.desired.manifests import ONE_AT_A_TIME, Desired
 from reconciler.desired.sources import ManifestFile
@@ -163,7 +171,12 @@ def load_observed(data: dict[str, Any], now: datetime) -> Observed:
             command=command,
             heartbeat_interval_seconds=raw.get("heartbeatIntervalSeconds", 60.0),
         )
-    return Observed(registrations=registrations, statuses=statuses, ec2=load_ec2(data.get("ec2", {}), now))
+    return Observed(
+        registrations=registrations,
+        statuses=statuses,
+        ec2=load_ec2(data.get("ec2", {}), now),
+        launches=load_launches(data.get("launches", {}), now),
+    )
 
 
 def load_ec2(data: dict[str, Any], now: datetime) -> dict[str, Ec2Membership]:
@@ -185,6 +198,23 @@ def load_ec2(data: dict[str, Any], now: datetime) -> dict[str, Ec2Membership]:
         )
         reads[key] = Ec2Membership(read_at=now, instances=instances, error=raw.get("error"), region=raw.get("region"))
     return reads
+
+
+def load_launches(data: dict[str, Any], now: datetime) -> dict[str, tuple[HeldLaunch, ...]]:
+    """`{"app/group": {"i-6": {"autoScalingGroup", "hook", "since", "lastHeartbeatAt"}}}`: held in Pending:Wait."""
+    return {
+        key: tuple(
+            HeldLaunch(
+                instance_id=instance_id,
+                auto_scaling_group=item["autoScalingGroup"],
+                hook=item["hook"],
+                since=when(item["since"], now) if item.get("since") is not None else None,
+                last_heartbeat=when(item["lastHeartbeatAt"], now) if item.get("lastHeartbeatAt") else None,
+            )
+            for instance_id, item in raw.items()
+        )
+        for key, raw in data.items()
+    }
 
 
 def load_desired(text: bytes, commit: str | None) -> Desired:
