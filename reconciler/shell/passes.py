@@ -6,9 +6,11 @@ progress) and the pure core. A pass is:
 1. read the fleet and the reconciler's records from the store (`StoreReader.snapshot`, cached by version),
    the EC2 instances and Auto Scaling members of groups that name them (`FleetShell.observe`), the load
    balancers of hosts at a traffic step (`TrafficShell.observe`), and the alarms and due gate measurements of
-   deployments in flight (`GateShell.observe`, which records what it measured);
+   deployments in flight (`GateShell.observe`, which records what it measured), and the instances held at launch
+   by a group's Auto Scaling lifecycle hook (`LaunchShell.observe`);
 2. take the time, and ask `reconcile(desired, observed, state, now=...)` what to write;
-3. apply the actions in order (`Executor`), under the lease, by compare-and-swap.
+3. apply the actions in order (`Executor`), under the lease, by compare-and-swap; then make the Auto Scaling
+   lifecycle calls among them (`LaunchShell.perform`).
 
 Passes are cheap and repeatable: the core plans one safe step per pass, so a rollout is many passes a poll
 interval apart, never a long-running loop that could be cut off half-way. `reconciler.shell.settle` repeats
@@ -46,6 +48,7 @@ from reconciler.shell.executor import Applied, Executor, WriteConflict
 from reconciler.shell.fleet import FleetShell
 from reconciler.shell.gates import GateShell
 from reconciler.shell.lease import WriteLease
+from reconciler.shell.lifecycle import LaunchShell
 from reconciler.shell.observe import Snapshot, StoreReader
 from reconciler.shell.traffic import TrafficShell
 
@@ -57,7 +60,8 @@ WAKE_FLOOR_SECONDS = 0.2
 
 #: Blocked reasons that end by themselves: a run that sees them is not settled yet.
 WAITING_CODES = frozenset(
-    {"WAITING_FOR_HOSTS", "BAKING", "STOPPING", "WAITING_FOR_TRAFFIC", "WAITING_FOR_ANALYSIS", "WAITING_FOR_ALARMS"}
+    {"WAITING_FOR_HOSTS", "BAKING", "STOPPING", "WAITING_FOR_TRAFFIC", "WAITING_FOR_ANALYSIS", "WAITING_FOR_ALARMS",
+     "HOLDING_LAUNCH"}
 )
 
 
@@ -136,6 +140,7 @@ class PassRunner:
         traffic: TrafficShell | None = None,
         gates: GateShell | None = None,
         fleet: FleetShell | None = None,
+        launches: LaunchShell | None = None,
         applied_config: AppliedConfigLedger | None = None,
     ) -> None:
         self.store = store
@@ -146,6 +151,7 @@ class PassRunner:
         self.traffic = traffic or TrafficShell()
         self.gates = gates or GateShell(clock=clock)
         self.fleet = fleet or FleetShell(clock=clock)
+        self.launches = launches or LaunchShell(clock=clock)
         self.executor = Executor(store, lease, self.reader, traffic=self.traffic, clock=clock)
         self.clock = clock
         #: config/applied.json: the commit is checked against it before a pass writes and recorded after
@@ -165,6 +171,8 @@ class PassRunner:
         # EC2 and Auto Scaling membership is observed data (issue 16): read first, so that the load balancer and
         # gate reads below see the same members as the decision.
         members = self.fleet.observe(desired, snapshot.observed, snapshot.state)
+        # Instances held at launch by a group's lifecycle hook, from that same read (reconciler/shell/lifecycle.py).
+        members = self.launches.observe(desired, members)
         snapshot = dataclasses.replace(snapshot, observed=members)
         # Load balancers are observed data too: read for the hosts at a traffic step, before deciding.
         observed = self.traffic.observe(desired, snapshot.observed, snapshot.state)
@@ -189,6 +197,10 @@ class PassRunner:
             self.executor.apply(actions, snapshot.versions, groups_before, applied=applied)
         except WriteConflict as exc:
             conflict = exc.key
+        if conflict is None:
+            # The Auto Scaling lifecycle calls, after the writes they may follow from; AWS errors are logged, never
+            # raised, and the next pass decides again.
+            self.launches.perform(actions, before_call=self.lease.ensure)
         if self.applied_config is not None and conflict is None:
             self.applied_config.record(desired.commit, before_write=self.lease.ensure)
         self.passes += 1
