@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from contract.durations import Duration, format_duration
-from contract.models import FileExistsBehavior, Model, Revision, group_key
+from contract.models import FileExistsBehavior, Model, Revision, TagMatch, group_key
 from reconciler.desired.gates_spec import AlarmConfigurationSpec, AnalysisGateSpec, HealthCheckSpec, unique_gate_names
 from reconciler.desired.traffic_spec import TrafficControlSpec
 
@@ -157,12 +157,10 @@ BUILTIN_CONFIGS: dict[str, EffectiveConfig] = {
 # DeploymentGroup
 
 
-class TagFilter(Model):
-    """CodeDeploy's tag filter: KEY_ONLY matches a key with any value, VALUE_ONLY a value under any key."""
-
-    key: str | None = None
-    value: str | None = None
-    type: Literal["KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"] = "KEY_AND_VALUE"
+class TagFilter(TagMatch):
+    """CodeDeploy's tag filter: KEY_ONLY matches a key with any value, VALUE_ONLY a value under any key. The
+    matching is the contract's (`TagMatch`), so an agent checking a command's targets judges tags exactly as the
+    reconciler did; here only the manifest's rules are added."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Self:
@@ -177,13 +175,6 @@ class TagFilter(Model):
         if self.type == "KEY_AND_VALUE" and (not self.key or self.value is None):
             raise ValueError("a KEY_AND_VALUE tag filter needs both key and value")
         return self
-
-    def matches(self, tags: dict[str, str]) -> bool:
-        if self.type == "KEY_ONLY":
-            return self.key in tags
-        if self.type == "VALUE_ONLY":
-            return self.value in tags.values()
-        return self.key is not None and tags.get(self.key) == self.value
 
 
 #: CodeDeploy's limits: at most three tag groups in an ec2TagSet, ten filters in each, ten Auto Scaling groups.
