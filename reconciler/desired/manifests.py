@@ -157,10 +157,10 @@ BUILTIN_CONFIGS: dict[str, EffectiveConfig] = {
 # DeploymentGroup
 
 
+# The matching is the contract's (`TagMatch`), so an agent checking a command's targets judges tags exactly as
+# the reconciler did; the manifest adds only its rules for which fields each type needs.
 class TagFilter(TagMatch):
-    """CodeDeploy's tag filter: KEY_ONLY matches a key with any value, VALUE_ONLY a value under any key. The
-    matching is the contract's (`TagMatch`), so an agent checking a command's targets judges tags exactly as the
-    reconciler did; here only the manifest's rules are added."""
+    """CodeDeploy's tag filter: KEY_ONLY matches a key with any value, VALUE_ONLY a value under any key."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Self:
