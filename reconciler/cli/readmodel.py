@@ -30,6 +30,8 @@ from reconciler.cli.common import split_group_key
 from reconciler.cli.progress import current_event
 from reconciler.core import Observed
 from reconciler.core.gates import Checkpoint, checkpoint, checkpoint_batch, gate_run
+from reconciler.core.membership import MembershipIndex, flagged_agents, missing_hosts
+from reconciler.core.observed import Ec2Instance
 from reconciler.core.view import deployment_config
 from reconciler.desired.manifests import Desired, DesiredGroup, EffectiveConfig
 from reconciler.shell.lease import LeaseView
@@ -222,10 +224,14 @@ class HostView:
     last_refusal: str | None = None
     #: Whether its agent checks signatures (None: not known, no status yet).
     verifies_signatures: bool | None = None
+    #: A missing host (issue 16): an instance EC2 lists for the group with no agent registered; what EC2 says of
+    #: it ("running since ... in eu-west-1a"). None for every other host.
+    missing: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "host": self.host,
+            "missing": self.missing,
             "traffic": self.traffic,
             "trafficStep": self.traffic_step,
             "healthCheck": self.health_check.to_json() if self.health_check else None,
@@ -446,6 +452,72 @@ def _gate_views(point: Checkpoint, record: DeploymentAnalysis, group: DesiredGro
 
 
 @dataclass(frozen=True)
+class MissingHostView:
+    """An expected EC2 instance of the group with no agent registered (reconciler.core.membership.missing_hosts)."""
+
+    instance_id: str
+    state: str
+    zone: str | None
+    launched_at: datetime | None
+    auto_scaling_group: str | None
+    lifecycle_state: str | None
+    #: EC2's view in words: "running since 2025-03-01T11:00:00+00:00 in eu-west-1a".
+    description: str
+
+    @classmethod
+    def of(cls, instance: Ec2Instance) -> MissingHostView:
+        return cls(instance.instance_id, instance.state, instance.zone, instance.launched_at,
+                   instance.auto_scaling_group, instance.lifecycle_state, instance.describe())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instanceId": self.instance_id, "state": self.state, "zone": self.zone,
+                "launchedAt": iso(self.launched_at), "autoScalingGroup": self.auto_scaling_group,
+                "lifecycleState": self.lifecycle_state, "description": self.description}
+
+
+@dataclass(frozen=True)
+class FlaggedAgentView:
+    """A registered agent claiming an instance of the group that EC2 does not list for it (`flagged_agents`)."""
+
+    host: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Ec2View:
+    """A group's membership as EC2 and Auto Scaling list it, read by `status` the way a pass reads it (issue 16).
+    With `error` set the read failed: membership from AWS is unknown, nothing is missing or flagged for sure."""
+
+    region: str | None
+    read_at: datetime
+    #: AWS's words when the read failed; None when it is complete.
+    error: str | None
+    #: Instances expected to run an agent (pending or running, not leaving their Auto Scaling group).
+    expected: int
+    missing: tuple[MissingHostView, ...]
+    flagged: tuple[FlaggedAgentView, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"region": self.region, "readAt": iso(self.read_at), "error": self.error, "expected": self.expected,
+                "missing": [m.to_json() for m in self.missing], "flagged": [f.to_json() for f in self.flagged]}
+
+
+def ec2_view(group: DesiredGroup, observed: Observed, index: MembershipIndex | None = None) -> Ec2View | None:
+    """The group's EC2 read as `status` shows it, or None when its targets name no EC2 or Auto Scaling targets
+    (or nothing was read)."""
+    read = observed.ec2.get(group.key)
+    if read is None or not group.targets.uses_aws:
+        return None
+    expected = sum(1 for instance in read.instances if instance.expected) if read.known else 0
+    missing = tuple(MissingHostView.of(i) for i in missing_hosts(group, observed, index))
+    flagged = tuple(FlaggedAgentView(host, reason) for host, reason in flagged_agents(group, observed, index).items())
+    return Ec2View(read.region, read.read_at, read.error, expected, missing, flagged)
+
+
+@dataclass(frozen=True)
 class GroupView:
     """Everything `status` says about one group."""
 
@@ -470,10 +542,13 @@ class GroupView:
     load_balancers: tuple[str, ...] = ()
     #: The monitoring gates of the deployment in flight, or else of the last one, when it has an analysis record.
     analysis: AnalysisView | None = None
+    #: EC2 membership (issue 16), for groups with ec2TagFilters, ec2TagSet or autoScalingGroups; None otherwise.
+    ec2: Ec2View | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "group": self.group,
+            "ec2": self.ec2.to_json() if self.ec2 else None,
             "loadBalancers": list(self.load_balancers),
             "analysis": self.analysis.to_json() if self.analysis else None,
             "state": self.state,
@@ -563,6 +638,8 @@ __all__ = [
     "AlarmView",
     "AnalysisView",
     "DeploymentView",
+    "Ec2View",
+    "FlaggedAgentView",
     "GateView",
     "GroupView",
     "HealthCheckView",
@@ -570,10 +647,12 @@ __all__ = [
     "HostView",
     "LastCommand",
     "LeaseStatus",
+    "MissingHostView",
     "QuarantineView",
     "RunningHost",
     "StatusReport",
     "analysis_view",
+    "ec2_view",
     "health_check_of",
     "host_conflicts",
     "iso",

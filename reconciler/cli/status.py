@@ -1,14 +1,17 @@
 """`reconcile status [GROUP] [--format json]`: desired vs effective revision, deployment in flight, quarantine
 and hosts, per group.
 
-Where it sits: the CLI layer. Reads only: the store's records (`StoreReader`) and the manifests when they can be
-read (a broken config repo must not hide the store's records). Builds the typed read model of
-`reconciler.cli.readmodel`, prints it as text here or as JSON through its `to_json`.
+Where it sits: the CLI layer. Reads only: the store's records (`StoreReader`), the manifests when they can be
+read (a broken config repo must not hide the store's records) and, for groups whose targets name EC2 or Auto
+Scaling, the instances AWS lists for them (`read_memberships`, the reader every pass uses: missing hosts, flagged
+agents, or the read's error in AWS's words; issue 16). Builds the typed read model of `reconciler.cli.readmodel`,
+prints it as text here or as JSON through its `to_json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping
@@ -27,12 +30,14 @@ from reconciler.cli.common import Known, no_store, open_for_reading, read_known,
 from reconciler.cli.readmodel import (
     AnalysisView,
     DeploymentView,
+    Ec2View,
     GroupView,
     HostView,
     LeaseStatus,
     QuarantineView,
     StatusReport,
     analysis_view,
+    ec2_view,
     health_check_of,
     host_conflicts,
     last_command,
@@ -44,6 +49,7 @@ from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.desired.manifests import Desired, DesiredGroup
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
+from reconciler.shell.fleet import read_memberships
 from reconciler.shell.lease import read_lease
 from reconciler.shell.observe import StoreReader
 from reconciler.shell.traffic import TrafficShell
@@ -74,7 +80,9 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     are unknown, so a script must not take the output for a complete answer."""
     store, missing = open_for_reading(settings)
     reader = StoreReader(store)
-    context = StatusContext(read_known(settings, reader), reader, utc_now(), settings.reconcile.heartbeat_timeout)
+    now = utc_now()
+    context = StatusContext(with_ec2(read_known(settings, reader), now), reader, now,
+                            settings.reconcile.heartbeat_timeout)
     context.traffic = TrafficShell()
     keys = sorted(context.known.groups)
     if args.group is not None:
@@ -99,6 +107,18 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
         print(f"reconcile: the manifests could not be read: {problem}; the groups listed are the store's "
               f"records, their desired revisions are unknown", file=sys.stderr)
     return ExitCode.INVALID if problem else ExitCode.OK
+
+
+def with_ec2(known: Known, now: datetime) -> Known:
+    """`known` with the EC2 membership of every group whose targets name EC2 or Auto Scaling, read once as a pass
+    reads it (credentials and region from the AWS chain or the group's `region`). A read that fails is kept as
+    an unknown membership in AWS's words, which `status` shows as a warning: it never fails the command."""
+    desired = known.desired
+    if desired is None or not any(group.targets.uses_aws for group in desired.desired_groups().values()):
+        return known
+    snapshot = known.snapshot
+    observed = read_memberships(desired, snapshot.observed, now, snapshot.state)
+    return dataclasses.replace(known, snapshot=dataclasses.replace(snapshot, observed=observed))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,15 +169,20 @@ class StatusContext:
             return None
         return read_analysis(self.reader, deployment, self.known.desired, self.desired_groups.get(key))
 
+    @property
+    def index(self) -> MembershipIndex:
+        if self._index is None:
+            self._index = MembershipIndex(self.known.snapshot.observed)
+        return self._index
+
     def members(self, key: str) -> list[str]:
-        """The group's hosts: by the core's membership rule while it is in the manifests; for a removed
-        group, the hosts that still have something of it installed or were in its last deployment."""
+        """The group's hosts: by the core's membership rule while it is in the manifests (with its EC2 members,
+        missing hosts included, when EC2 was read); for a removed group, the hosts that still have something of
+        it installed or were in its last deployment."""
         observed = self.known.snapshot.observed
         group = self.desired_groups.get(key)
         if group is not None:
-            if self._index is None:
-                self._index = MembershipIndex(observed)
-            return sorted(self._index.members(group.targets))
+            return sorted(self.index.members(group.targets, group.key))
         found = {h for h, status in observed.statuses.items() if key in status.installed}
         state = self.known.snapshot.state.groups.get(key)
         if state is not None and state.history:
@@ -245,7 +270,7 @@ def _traffic_step(record: HostTraffic | None, key: str, now: datetime) -> str | 
 
 
 def _host_view(host_id: str, key: str, target: Revision | None, effective: Revision | None,
-               context: StatusContext, *, traffic: str | None = None) -> HostView:
+               context: StatusContext, *, traffic: str | None = None, missing: str | None = None) -> HostView:
     observed = context.known.snapshot.observed
     status = observed.statuses.get(host_id)
     registration = observed.registrations.get(host_id)
@@ -267,6 +292,7 @@ def _host_view(host_id: str, key: str, target: Revision | None, effective: Revis
         refused_total=status.refused_total if status else 0,
         last_refusal=shown(status.refusals[-1].reason) if status and status.refusals else None,
         verifies_signatures=status.verifies_signatures if status else None,
+        missing=missing,
     )
 
 
@@ -290,6 +316,8 @@ def group_status(key: str, context: StatusContext) -> GroupView:
     members = context.members(key)
     load_balancers, traffic = context.traffic_of(key, members)
     gated_id = _gated_deployment(context, state, in_flight)
+    ec2 = ec2_view(manifest, context.known.snapshot.observed, context.index) if manifest is not None else None
+    missing = {m.instance_id: m.description for m in ec2.missing} if ec2 is not None else {}
     return GroupView(
         group=key,
         state=phase,
@@ -304,10 +332,12 @@ def group_status(key: str, context: StatusContext) -> GroupView:
         last_deployment=context.deployment(state.history[-1]) if state is not None and state.history else None,
         quarantined=tuple(QuarantineView.of(q) for q in quarantined),
         stop_request=state.stop_request if state else None,
-        hosts=tuple(_host_view(h, key, target, effective, context, traffic=traffic.get(h)) for h in members),
+        hosts=tuple(_host_view(h, key, target, effective, context, traffic=traffic.get(h), missing=missing.get(h))
+                    for h in members),
         updated_at=state.updated_at if state else None,
         load_balancers=load_balancers,
         analysis=context.analysis(key, gated_id) if gated_id is not None else None,
+        ec2=ec2,
     )
 
 
@@ -380,7 +410,28 @@ def _print_group(group: GroupView, now: datetime) -> None:
         print(f"  traffic      {balancer}")
     if group.analysis is not None:
         _print_analysis(group.analysis, now)
+    if group.ec2 is not None:
+        _print_ec2(group.ec2)
     _print_hosts(group)
+
+
+def _print_ec2(ec2: Ec2View) -> None:
+    """What EC2 lists for the group: how many instances, which have no agent, which agents claim an instance it
+    does not list; or why it could not be read."""
+    region = f" in {ec2.region}" if ec2.region else ""
+    if ec2.error is not None:
+        print(f"  WARNING: EC2 membership unknown{region} ({ec2.error}); the hosts below are the registered agents "
+              f"that claim an instance, missing hosts are not known")
+    else:
+        missing = f", {len(ec2.missing)} missing (no agent registered)" if ec2.missing else ", none missing"
+        print(f"  ec2          {count(ec2.expected, 'instance')} expected{region}{missing}")
+        for host in ec2.missing[:HOSTS_SHOWN]:
+            print(f"    {host.instance_id:<20} missing: no agent registered (EC2: {host.description}); a deployment "
+                  f"counts it as a failed host")
+        if len(ec2.missing) > HOSTS_SHOWN:
+            print(f"    ... and {len(ec2.missing) - HOSTS_SHOWN} more missing (--format json lists every one)")
+    for flagged in ec2.flagged:
+        print(f"  WARNING: agent {flagged.host} {flagged.reason}")
 
 
 def _print_analysis(analysis: AnalysisView, now: datetime) -> None:
@@ -409,6 +460,8 @@ def _print_hosts(group: GroupView) -> None:
     for host in hosts[:HOSTS_SHOWN]:
         installed = host.installed.short() if host.installed else "nothing installed"
         liveness = "online" if host.online else ("offline" if host.registered else "never registered")
+        if host.missing is not None:
+            liveness = "missing"
         note = ""
         if host.last_command:
             event = f" ({host.last_command.event})" if host.last_command.event else ""
@@ -436,4 +489,13 @@ def _print_hosts(group: GroupView) -> None:
         print(f"    ... and {len(hosts) - HOSTS_SHOWN} more (--format json lists every host)")
 
 
-__all__ = ["HOSTS_SHOWN", "StatusContext", "cmd_status", "group_status", "print_status", "read_analysis", "register"]
+__all__ = [
+    "HOSTS_SHOWN",
+    "StatusContext",
+    "cmd_status",
+    "group_status",
+    "print_status",
+    "read_analysis",
+    "register",
+    "with_ec2",
+]
