@@ -20,6 +20,7 @@ plan, prints it in the chosen format and, with `--out`, saves it with the finger
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from reconciler.plan.engine import (
 )
 from reconciler.plan.render import GITHUB_COMMENT_LIMIT, count, render_json, render_markdown, render_text
 from reconciler.settings import DeploySettings
+from reconciler.shell.fleet import read_memberships
 from reconciler.shell.observe import StoreReader
 from reconciler.shell.signing import store_keys
 
@@ -147,6 +149,8 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
         fleet, fleet_note = None, "no store configured"
     else:
         fleet, fleet_note, store_error = read_fleet(request.store, request.trust)
+    if fleet is not None and head.desired is not None:
+        fleet = read_ec2(fleet, head.desired, now)
     plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
                         path=request.manifest_path, fleet_note=fleet_note, store_error=store_error,
                         options=request.options)
@@ -299,6 +303,15 @@ def read_fleet(store_url: str, trust: Trust | None = None) -> tuple[Fleet | None
         log.warning("plan.store_unreadable", store=store_url, error=str(exc))
         return None, f"store {store_url} could not be read: {exc}", True
     return Fleet(store=store_url, observed=observed, state=state), None, False
+
+
+def read_ec2(fleet: Fleet, desired: Desired, now: datetime) -> Fleet:
+    """The fleet with the EC2 membership of the head's groups with EC2 or Auto Scaling targets, read as a pass
+    reads it (issue 16), so the plan lists their missing hosts. A read that fails (no credentials, access denied)
+    is an unknown membership the plan warns about (EC2_NOT_READ), never a failed plan."""
+    if not any(group.targets.uses_aws for group in desired.desired_groups().values()):
+        return fleet
+    return dataclasses.replace(fleet, observed=read_memberships(desired, fleet.observed, now, fleet.state))
 
 
 def read_observed_and_state(store: Store) -> tuple[Observed, State]:

@@ -174,6 +174,7 @@ def detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
                                  f"failed when its turn comes)"))
     if rollout.unhealthy_hosts:
         lines.append(("unhealthy", host_list(rollout.unhealthy_hosts)))
+    lines.extend(_ec2_lines(rollout))
     for quarantine in rollout.quarantined:
         lines.append(("quarantined", f"{quarantine.revision} ({quarantine.deployment_id}: {quarantine.reason})"))
     if rollout.in_flight:
@@ -188,6 +189,23 @@ def detail_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
     lines.extend(gate_detail_lines(rollout))
     if rollout.estimate:
         lines.append(("estimate", f"{estimate_text(rollout)} ({rollout.estimate.basis})"))
+    return lines
+
+
+def _ec2_lines(rollout: GroupRollout) -> list[tuple[str, str]]:
+    """EC2 membership (issue 16): what EC2 lists, each missing host, or why it was not read."""
+    ec2 = rollout.ec2
+    if ec2 is None:
+        return []
+    region = f" in {ec2.region}" if ec2.region else ""
+    if not ec2.read:
+        return [("ec2", f"EC2 membership not read{region}: {ec2.error}")]
+    lines = [("ec2", f"{count(ec2.expected or 0, 'instance')} expected{region}, "
+                     f"{len(ec2.missing) or 'none'} missing")]
+    for missing in ec2.missing[:12]:
+        lines.append(("missing", f"{missing.instance_id}: no agent registered (EC2: {missing.description})"))
+    if len(ec2.missing) > 12:
+        lines.append(("missing", f"and {len(ec2.missing) - 12} more"))
     return lines
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 from contract.models import Revision
@@ -139,6 +139,30 @@ class GateCheckpoint(PlanModel):
     wait_seconds: float
 
 
+class MissingHost(PlanModel):
+    """An instance EC2 lists for the group with no agent registered: a deployment counts it failed at its turn."""
+
+    instance_id: str
+    #: What EC2 says of it: "running since 2025-03-01T11:00:00+00:00 in eu-west-1a".
+    description: str
+
+
+class Ec2Plan(PlanModel):
+    """EC2 membership of a group whose targets name ec2TagFilters, ec2TagSet or autoScalingGroups (issue 16)."""
+
+    #: False offline (no store to match instances with agents) or when AWS could not be read (`error` says why).
+    read: bool
+    region: str | None = None
+    error: str | None = None
+    #: Instances expected to run an agent (pending or running, not leaving their Auto Scaling group), when read.
+    expected: int | None = None
+    missing: list[MissingHost] = []
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class GroupRollout(PlanModel):
     """What happens to one deployment group once the head commit is applied."""
 
@@ -182,6 +206,9 @@ class GroupRollout(PlanModel):
     alarms: AlarmsPlan | None = None
     analysis: list[AnalysisGatePlan] | None = None
     gate_checkpoints: list[GateCheckpoint] | None = None
+    #: EC2 membership (missing hosts, or why it was not read); left out of the JSON for groups without EC2 targets,
+    #: so their plans read exactly as before.
+    ec2: Ec2Plan | None = Field(default=None, exclude_if=_absent)
 
 
 WarningCode = Literal[
@@ -194,6 +221,8 @@ WarningCode = Literal[
     "ROLLBACK_DISABLED",
     "QUARANTINED",
     "SUSPENDED",
+    "MISSING_HOSTS",
+    "EC2_NOT_READ",
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from contract.models import GroupState, HostRegistration, HostStatus, Revision
 from reconciler.core import CoreSettings, Observed, StartDeployment, State, is_online
-from reconciler.core.membership import MembershipIndex, group_members
+from reconciler.core.membership import MembershipIndex, group_members, missing_hosts
 from reconciler.core.simulate import PreviewDeployment, RolloutPreview, preview_rollout
 from reconciler.core.view import healthy_before, last_attempts
 from reconciler.desired.manifests import BUILTIN_PREFIX, Desired, DesiredGroup
@@ -20,7 +20,7 @@ from reconciler.plan.diff import canonical
 from reconciler.plan.estimate import estimate_duration
 from reconciler.plan.gates import alarms_plan, analysis_plans, gate_checkpoints, health_check_plan
 from reconciler.plan.inputs import Fleet, PlanOptions
-from reconciler.plan.model import Batch, GroupRollout, InFlight, PlanWarning, Quarantine
+from reconciler.plan.model import Batch, Ec2Plan, GroupRollout, InFlight, MissingHost, PlanWarning, Quarantine
 from reconciler.plan.review import review_warnings, selector_text
 from reconciler.plan.traffic import traffic_lines
 
@@ -206,7 +206,8 @@ def _rollout(
     from_change: bool,
 ) -> tuple[GroupRollout, list[PlanWarning]]:
     recorded = context.state.groups.get(key)
-    explicit_only = not group.targets.tag_sets
+    # EC2 members are unknowable offline too: only groups that list every host by id get hosts and batches.
+    explicit_only = not group.targets.tag_sets and not group.targets.uses_aws
     known_hosts = context.fleet is not None or explicit_only
     targets = group_members(group, context.observed, context.index) if known_hosts else None
     revision_changed = previous is None or previous.revision.identity() != group.revision.identity()
@@ -259,6 +260,7 @@ def _rollout(
         alarms=alarms_plan(group.alarms, group.auto_rollback) if group.alarms else None,
         analysis=analysis_plans(group.analysis, checkpoints) if group.analysis else None,
         gate_checkpoints=gate_checkpoints(checkpoints) if checkpoints else None,
+        ec2=_ec2_plan(group, context),
     )
     warnings = review_warnings(rollout, group, entry, preview, revision_changed=revision_changed,
                                with_fleet=context.fleet is not None, options=context.options)
@@ -316,6 +318,23 @@ def _settings_reason(previous: DesiredGroup | None, group: DesiredGroup, *, revi
     changed = _group_changes(previous, group) if previous else []
     return (f"{', '.join(changed) or 'settings'} changed; the revision is unchanged, so no deployment "
             f"starts and the next deployment uses the new settings")
+
+
+def _ec2_plan(group: DesiredGroup, context: _Context) -> Ec2Plan | None:
+    """The group's EC2 membership as the CLI read it into the fleet (issue 16): its missing hosts, or why it was
+    not read. None for groups without EC2 or Auto Scaling targets."""
+    if not group.targets.uses_aws:
+        return None
+    if context.fleet is None:
+        return Ec2Plan(read=False, error="offline: without the store, instances cannot be matched with agents")
+    read = context.observed.ec2.get(group.key)
+    if read is None:
+        return Ec2Plan(read=False, error="not read")
+    if not read.known:
+        return Ec2Plan(read=False, region=read.region, error=read.error)
+    missing = missing_hosts(group, context.observed, context.index)
+    return Ec2Plan(read=True, region=read.region, expected=sum(1 for i in read.instances if i.expected),
+                   missing=[MissingHost(instance_id=i.instance_id, description=i.describe()) for i in missing])
 
 
 def _in_flight(recorded: GroupState | None, state: State) -> InFlight | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from contract.models import DeploymentStatus, Revision
 from reconciler.core.simulate import PreviewDeployment, RolloutPreview
-from reconciler.desired.manifests import DesiredGroup, TargetsSpec
+from reconciler.desired.manifests import DesiredGroup, TagFilter, TargetsSpec
 from reconciler.plan.inputs import PlanOptions
 from reconciler.plan.model import GroupRollout, PlanWarning, WarningCode
+from reconciler.plan.words import count
 
 
 def selector_text(targets: TargetsSpec) -> str:
@@ -24,10 +25,36 @@ def selector_text(targets: TargetsSpec) -> str:
         joined = " or ".join(alternatives)
         parts.append(f"({joined})" if len(alternatives) > 1 and len(targets.tag_sets) > 1 else joined)
     text = " and ".join(parts)
+    aws = _aws_selector_text(targets)
+    if aws:
+        text = f"{text}; {aws}" if text else aws
     if targets.hosts:
         listed = "hosts " + ", ".join(sorted(targets.hosts))
         text = f"{text}; plus {listed}" if text else listed
     return text
+
+
+def _aws_selector_text(targets: TargetsSpec) -> str:
+    """`EC2 tags app=shop or canary=*; Auto Scaling web-asg in eu-west-1`; empty without EC2 targets."""
+    parts = []
+    groups = targets.ec2_tag_groups()
+    if groups:
+        words = [" or ".join(_filter_text(f) for f in group) for group in groups]
+        if len(words) > 1:
+            words = [f"({w})" if " or " in w else w for w in words]
+        parts.append("EC2 tags " + " and ".join(words))
+    if targets.auto_scaling_groups:
+        parts.append("Auto Scaling " + ", ".join(targets.auto_scaling_groups))
+    text = "; ".join(parts)
+    return f"{text} in {targets.region}" if text and targets.region else text
+
+
+def _filter_text(tag_filter: TagFilter) -> str:
+    if tag_filter.type == "KEY_ONLY":
+        return f"{tag_filter.key}=*"
+    if tag_filter.type == "VALUE_ONLY":
+        return f"*={tag_filter.value}"
+    return f"{tag_filter.key}={tag_filter.value}"
 
 
 def is_pinned(revision: Revision) -> bool:
@@ -35,6 +62,14 @@ def is_pinned(revision: Revision) -> bool:
     if revision.sha256 or revision.git is not None:
         return True
     return revision.s3 is not None and bool(revision.s3.version or revision.s3.e_tag)
+
+
+#: A MISSING_HOSTS warning names at most this many instances (the JSON's `ec2.missing` lists them all).
+MISSING_SHOWN = 10
+
+
+def _has(number: int) -> str:
+    return "has" if number == 1 else "have"
 
 
 def review_warnings(
@@ -60,6 +95,16 @@ def review_warnings(
     if entry is not None and entry.status is DeploymentStatus.FAILED:
         warn("MINIMUM_HEALTHY_UNMET",
              f"even if every online host succeeds, this deployment fails: {entry.error_code}: {entry.reason}")
+    ec2 = rollout.ec2
+    if ec2 is not None and ec2.missing:
+        listed = "; ".join(f"{m.instance_id} ({m.description})" for m in ec2.missing[:MISSING_SHOWN])
+        more = f"; and {len(ec2.missing) - MISSING_SHOWN} more" if len(ec2.missing) > MISSING_SHOWN else ""
+        warn("MISSING_HOSTS",
+             f"{count(len(ec2.missing), 'EC2 instance')} the group selects {_has(len(ec2.missing))} no agent "
+             f"registered (missing): {listed}{more}; a deployment counts each as a failed host when its turn comes")
+    elif ec2 is not None and not ec2.read:
+        warn("EC2_NOT_READ", f"EC2 membership not read ({ec2.error}): missing hosts are not known, the hosts shown "
+                             f"are the registered agents that claim an instance")
     if revision_changed and action in ("deploy", "blocked") and not is_pinned(group.revision):
         warn("UNPINNED_REVISION",
              f"{group.revision.short()} is not pinned (no sha256, S3 version or eTag): the bytes deployed can "
