@@ -57,6 +57,8 @@ class Host:
     base: Path
     store_url: str
     env: dict[str, str] = field(default_factory=dict)
+    #: More `deploy-agent run` options (`--instance-id i-...`).
+    args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -107,7 +109,7 @@ class Host:
         command = [str(BIN / "deploy-agent"), "--log-format", "json", "run", "--host-id", self.host_id,
                    "--store", self.store_url, "--root-dir", str(self.base / "root"),
                    "--host-root", str(self.base / "hostroot"), "--poll-interval", "100ms",
-                   "--tag", "app=hello"]
+                   "--tag", "app=hello", *self.args]
         with self.agent_log.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log,
                                             start_new_session=True)
