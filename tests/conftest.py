@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import structlog
 from hypothesis import settings as hypothesis_settings
 
 # CI runs the property tests on a fixed set of examples so a red build always means a change broke
@@ -100,3 +101,15 @@ def s3_server() -> Iterator[S3Server]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Every test starts from structlog's defaults. `reconcile`/`deploy-agent` run in-process configure structlog
+    for the stderr of the moment (which pytest closes after the test) and with a filtering level (`--log-level
+    error` drops every warning); left behind, later tests would write to a closed file, or their `capture_logs`
+    would see nothing. Which tests share a process depends on pytest-xdist's scheduling, so each test resets."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
@@ -72,15 +71,6 @@ def host_command(host_id: str = "web-1", generation: int = 7) -> HostCommand:
 
 
 PAYLOAD = host_command().to_json()
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """`reconcile` (run in-process below) points structlog at the stderr of the moment, which pytest closes after
-    the test; later events must not be written to a closed file (as in tests/reconciler/conftest.py)."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="module")
