@@ -29,10 +29,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.local_fleet import LocalAgent, stop_all
+from contract.models import HostCommand, LocalLocation, Revision
 from contract.signing import unwrap
 from fleetlab.fleet import TRAFFIC, commit_all, git, make_app_repo
 from fleetlab.haproxy import HAProxyError, LocalHAProxy, free_port, haproxy_path
@@ -288,11 +290,11 @@ def forge_command(store_dir: Path, host: Host, timeout: float = 10.0) -> str | N
     for the agent's refusal in its status. Returns the reason it gave (None: no refusal seen in time)."""
     status_path = store_dir / "hosts" / host.host_id / "status.json"
     generation = int(json.loads(unwrap(status_path.read_bytes())).get("command", {}).get("generation", 0)) + 100
-    forged = {"hostId": host.host_id, "generation": generation, "deploymentId": "forged-1", "application": "hello",
-              "deploymentGroup": "hello-demo", "deploymentGroupId": "dg-forged",
-              "revision": {"local": {"path": "/tmp/not-a-bundle", "bundleType": "directory"}},
-              "createdAt": "2026-01-01T00:00:00Z"}
-    (store_dir / "commands" / f"{host.host_id}.json").write_text(json.dumps(forged))
+    forged = HostCommand(host_id=host.host_id, generation=generation, deployment_id="forged-1", application="hello",
+                         deployment_group="hello-demo", deployment_group_id="dg-forged",
+                         revision=Revision(local=LocalLocation(path="/tmp/not-a-bundle", bundle_type="directory")),
+                         created_at=datetime.now(UTC))
+    (store_dir / "commands" / f"{host.host_id}.json").write_bytes(forged.to_json())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         refusals = json.loads(unwrap(status_path.read_bytes())).get("refusals") or []

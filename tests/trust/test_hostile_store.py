@@ -313,28 +313,8 @@ def test_the_key_rotates_without_downtime_and_the_old_key_is_refused_afterwards(
     assert all(fleet.evil_runs(h) == [] for h in PROTECTED)
 
 
-MEMBERSHIP = """\
-apiVersion: deploy/v1
-kind: Application
-metadata:
-  name: hello
----
-apiVersion: deploy/v1
-kind: DeploymentGroup
-metadata:
-  name: web
-spec:
-  application: hello
-  revision:
-    local:
-      path: {path}
-      bundleType: directory
-  targets:
-    tagSets:
-      - - key: role
-          value: web
-  deploymentConfig: CodeDeployDefault.AllAtOnce
-"""
+#: The same group, selecting hosts by role instead of app.
+MEMBERSHIP = MANIFESTS.replace("key: app\n          value: hello", "key: role\n          value: web")
 
 
 def test_a_registration_rewritten_into_another_group_runs_nothing(tmp_path: Path) -> None:
