@@ -52,6 +52,11 @@ CONFIG_PREFIX = "config/"
 APPLIED_CONFIG_KEY = "config/applied.json"
 
 
+EVENTS_PREFIX = "events/"
+#: Written by the reconciler: events that belong to no deployment (docs/events.md).
+FLEET_EVENTS_KEY = "events/fleet.json"
+
+
 def deployment_key(deployment_id: str) -> str:
     return f"deployments/{deployment_id}.json"
 

@@ -508,6 +508,69 @@ class HostDeploymentState(Model):
     left_group: str | None = None
 
 
+class EventSeverity(StrEnum):
+    """How much an on-call engineer should care, lowest first (notifications filter on `minSeverity`)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(EventSeverity).index(self)
+
+
+class EventType(StrEnum):
+    """Every kind of event in the stream (docs/events.md has the table). The names are a public interface:
+    notification triggers and users' tooling match on them, so one is never renamed or removed."""
+
+    DEPLOYMENT_STARTED = "deployment.started"
+    ROLLBACK_STARTED = "rollback.started"
+    BATCH_STARTED = "batch.started"
+    HOST_SUCCEEDED = "host.succeeded"
+    HOST_FAILED = "host.failed"
+    HOST_LEFT = "host.left"
+    HOST_MISSING = "host.missing"
+    GATE_PASSED = "gate.passed"
+    GATE_FAILED = "gate.failed"
+    GATE_INCONCLUSIVE = "gate.inconclusive"
+    DEPLOYMENT_BAKING = "deployment.baking"
+    DEPLOYMENT_SUCCEEDED = "deployment.succeeded"
+    DEPLOYMENT_FAILED = "deployment.failed"
+    DEPLOYMENT_STOPPED = "deployment.stopped"
+    DEPLOYMENT_SUPERSEDED = "deployment.superseded"
+    ROLLBACK_SUCCEEDED = "rollback.succeeded"
+    ROLLBACK_FAILED = "rollback.failed"
+    REVISION_QUARANTINED = "revision.quarantined"
+    COMMAND_REFUSED = "command.refused"
+
+
+class RecordedEvent(Model):
+    """One event as the reconciler records it, inside the document whose change it reports (the deployment's own
+    record, or the fleet event log): written by the same compare-and-swap as that change, so it exists exactly
+    when the change does (docs/events.md, "Exactly once"). What the document already says (group, revision,
+    commit) is not repeated here; `reconcile events` and notifications add it back."""
+
+    #: 1, 2, 3 … within its document, never reused: the event's id is `<document id>.<seq>`.
+    seq: int = Field(ge=1)
+    type: EventType
+    severity: EventSeverity
+    #: When the reconciler recorded it (the pass's time).
+    at: datetime
+    host: str | None = None
+    #: For `batch.started`: the batch's hosts.
+    hosts: list[str] | None = None
+    #: 0-based batch index, for batch and host events.
+    batch: int | None = None
+    gate: str | None = None
+    checkpoint: str | None = None
+    #: When what it reports happened, where that differs from `at` (a host's end as its agent reported it, a
+    #: gate's measurement time, a refusal's time on the host).
+    occurred_at: datetime | None = None
+    message: str
+
+
 class MinimumHealthyHosts(Model):
     type: Literal["HOST_COUNT", "FLEET_PERCENT"]
     value: int = Field(ge=0)
@@ -532,6 +595,8 @@ class Deployment(Document):
     ended_at: datetime | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: What happened to this deployment, in order, each written with the change it reports (docs/events.md).
+    events: list[RecordedEvent] = Field(default_factory=list)
 
 
 class QuarantinedRevision(Model):
@@ -626,3 +691,24 @@ class Lease(Document):
     holder: str
     acquired_at: datetime
     expires_at: datetime
+
+
+# --------------------------------------------------------------------------------------------------
+# Written by the reconciler: events/fleet.json (docs/events.md)
+
+#: How many events the fleet event log keeps; older ones are dropped (a notification that fell further behind
+#: reports how many it missed).
+FLEET_EVENTS_KEPT = 500
+
+
+class FleetEventLog(Document):
+    """Events that belong to no deployment (a host that refused a command): the one log of them, bounded to the
+    last `FLEET_EVENTS_KEPT`. One writer: the reconciler holding the lease, by compare-and-swap."""
+
+    #: The seq of the last event ever recorded (events keep their seq when older ones are dropped).
+    last_seq: int = 0
+    events: list[RecordedEvent] = Field(default_factory=list)
+    #: Host -> the time of the newest refusal already recorded as an event: a refusal is recorded once, although
+    #: the host keeps reporting its last few refusals in every status.
+    refusals_seen: dict[str, datetime] = Field(default_factory=dict)
+    updated_at: datetime

@@ -9,9 +9,10 @@ run them), traffic steps (an agent stops its service once BlockTraffic is record
 group records (the reconciler re-sends a deployment's revision from them, and rolls back to a group's last
 good revision: without signatures a store writer could have the reconciler sign a command of its choosing),
 analysis records (a forged "Successful" gate would let a bad canary through), and `config/applied.json` (where
-`repository.verify: strict` starts). Not sealed: what agents write (`hosts/`: agents hold no keys; a forged
-status can lie about a host but cannot make anything run, docs/trust.md says what it can do) and the lease
-(forging it only stops reconcilers, which deleting the store could do anyway).
+`repository.verify: strict` starts), the fleet event log and notification cursors (`events/`: a forged one
+could hide a refused command or replay notifications). Not sealed: what agents write (`hosts/`: agents hold no
+keys; a forged status can lie about a host but cannot make anything run, docs/trust.md says what it can do) and
+the lease (forging it only stops reconcilers, which deleting the store could do anyway).
 
 A document that fails verification is returned with `refused` set and no data, and
 `contract.store.docs.parse_document` raises `DocumentRefused` for it: every reader already treats an
@@ -31,13 +32,16 @@ from contract.keys import (
     COMMANDS_PREFIX,
     CONFIG_PREFIX,
     DEPLOYMENTS_PREFIX,
+    EVENTS_PREFIX,
     GROUPS_PREFIX,
     TRAFFIC_PREFIX,
 )
 from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
 from contract.store.base import ObjectVersion, Store, StoredObject
 
-SEALED_PREFIXES = (COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX)
+SEALED_PREFIXES = (
+    COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX
+)
 
 
 def is_sealed_key(key: str) -> bool:

@@ -22,11 +22,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
-from contract.keys import command_key, deployment_key, group_state_key, traffic_key
+from contract.keys import FLEET_EVENTS_KEY, command_key, deployment_key, group_state_key, traffic_key
 from contract.models import (
     Deployment,
     DeploymentStatus,
     Document,
+    FleetEventLog,
     GroupState,
     HostCommand,
     HostTraffic,
@@ -341,6 +342,24 @@ class RecordLifecycleHeartbeat(_Action):
         )
 
 
+class RecordFleetEvents(_Action):
+    """Record events that belong to no deployment (hosts that refused a command) in the fleet event log,
+    `events/fleet.json` (reconciler/core/events.py). `group` is "fleet"."""
+
+    kind: Literal["RecordFleetEvents"] = "RecordFleetEvents"
+    #: How many events this write adds.
+    events: int
+    log: FleetEventLog
+
+    def writes(self) -> list[StoreWrite]:
+        return [StoreWrite(FLEET_EVENTS_KEY, self.log)]
+
+    def describe(self) -> str:
+        return f"fleet: {self.events} event(s) recorded: " + "; ".join(
+            event.message for event in self.log.events[-self.events:]
+        )
+
+
 LifecycleCall = CompleteLifecycleAction | RecordLifecycleHeartbeat
 
 
@@ -381,6 +400,7 @@ Action = Annotated[
     | TrafficStep
     | CompleteLifecycleAction
     | RecordLifecycleHeartbeat
+    | RecordFleetEvents
     | Blocked,
     Field(discriminator="kind"),
 ]

@@ -15,7 +15,8 @@ new group or a removed one), then:
 3. with nothing in flight, decides whether a deployment starts (`start.py`): a new desired revision
    ("user"), or hosts that lack the effective revision ("outdated" catch-up), and steps it at once;
 4. after all groups: the traffic steps of hosts waiting at BlockTraffic or AllowTraffic (`traffic.py`), then the
-   Auto Scaling lifecycle calls for new instances held at launch (`lifecycle.py`).
+   Auto Scaling lifecycle calls for new instances held at launch (`lifecycle.py`);
+5. last, the events of every deployment write, recorded in the document written (`events.py`).
 What the pass knows about hosts, and what it has decided so far, is in one `PassView` (`view.py`).
 """
 
@@ -26,6 +27,7 @@ from datetime import datetime
 from contract.models import Deployment, GroupState
 from reconciler.core.actions import Action, ClearStopRequest, MarkGroupRemoved, RecordDesired
 from reconciler.core.advance import drive
+from reconciler.core.events import record_events
 from reconciler.core.identity import same_revision
 from reconciler.core.lifecycle import launch_actions
 from reconciler.core.observed import Observed
@@ -73,7 +75,8 @@ def reconcile(
     actions.extend(traffic_steps(view))
     # Last: a held instance is let in by what this pass decided (a catch-up that just succeeded on it).
     actions.extend(launch_actions(view, actions))
-    return actions
+    # What the writes mean, recorded in the documents they write (events.py): decided last, from the documents.
+    return record_events(actions, state, observed, now)
 
 
 def _desired_group(view: PassView, key: str, group: DesiredGroup, recorded: GroupState | None) -> list[Action]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from contract.models import Deployment, GroupState, HostCommand, HostTraffic, group_key
+from contract.models import Deployment, FleetEventLog, GroupState, HostCommand, HostTraffic, group_key
 
 #: The defaults of deploy.yaml's `heartbeatTimeout` and `historyLimit`, kept here so the core imports no
 #: settings (and through them the YAML loader); `reconciler.settings` can take its defaults from these.
@@ -30,12 +30,14 @@ class State:
     - `commands`: every `commands/<host>.json`, keyed by host id: the one command slot of each host, whose
       generation decides the next one and whether the host is still busy.
     - `traffic`: every `traffic/<host>.json`, keyed by host id: the last traffic step taken for the host.
+    - `fleet_events`: `events/fleet.json`, the log of events that belong to no deployment (None: none yet).
     """
 
     groups: Mapping[str, GroupState] = field(default_factory=dict)
     deployments: Mapping[str, Deployment] = field(default_factory=dict)
     commands: Mapping[str, HostCommand] = field(default_factory=dict)
     traffic: Mapping[str, HostTraffic] = field(default_factory=dict)
+    fleet_events: FleetEventLog | None = None
 
     def with_documents(self, documents: Iterable[object]) -> State:
         """This state with these documents written over it, each replacing the one under its key, as an
@@ -45,6 +47,7 @@ class State:
         deployments = dict(self.deployments)
         commands = dict(self.commands)
         traffic = dict(self.traffic)
+        fleet_events = self.fleet_events
         for document in documents:
             if isinstance(document, GroupState):
                 groups[group_key(document.application, document.deployment_group)] = document
@@ -54,7 +57,11 @@ class State:
                 commands[document.host_id] = document
             elif isinstance(document, HostTraffic):
                 traffic[document.host_id] = document
-        return State(groups=groups, deployments=deployments, commands=commands, traffic=traffic)
+            elif isinstance(document, FleetEventLog):
+                fleet_events = document
+        return State(
+            groups=groups, deployments=deployments, commands=commands, traffic=traffic, fleet_events=fleet_events
+        )
 
 
 class _HasCoreSettings(Protocol):

@@ -3,9 +3,9 @@ wrote before), plus the version of every reconciler-owned document for the execu
 
 Where it sits: first step of every pass, after the manifests are loaded and before `reconcile()` decides.
 
-Cost model: a pass lists `hosts/`, `groups/`, `deployments/`, `commands/` and `traffic/` (keys and versions only, no
-bodies) and fetches only the objects whose version differs from the one cached from the previous pass. On a
-quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000 documents; after a heartbeat
+Cost model: a pass lists `hosts/`, `groups/`, `deployments/`, `commands/`, `traffic/` and `events/fleet.json`
+(keys and versions only, no bodies) and fetches only the objects whose version differs from the one cached from
+the previous pass. On a quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000 documents; after a heartbeat
 round it re-reads exactly the statuses that changed. Objects this process wrote itself are put straight into
 the cache by the executor, so they are never read back. Cold reads (the first pass) run in parallel.
 
@@ -31,6 +31,7 @@ import structlog
 from contract.keys import (
     COMMANDS_PREFIX,
     DEPLOYMENTS_PREFIX,
+    FLEET_EVENTS_KEY,
     GROUPS_PREFIX,
     HOSTS_PREFIX,
     TRAFFIC_PREFIX,
@@ -40,6 +41,7 @@ from contract.models import (
     ConflictReason,
     Deployment,
     Document,
+    FleetEventLog,
     GroupState,
     HostCommand,
     HostConflict,
@@ -106,6 +108,12 @@ class _Table(Generic[DocumentT]):
                 yield key, entry.document
 
 
+#: A table of the reconciler's own records.
+_RecordTable = (
+    _Table[GroupState] | _Table[Deployment] | _Table[HostCommand] | _Table[HostTraffic] | _Table[FleetEventLog]
+)
+
+
 class StoreReader:
     """Reads the store for passes, `status` and the watch loop, re-reading only what changed."""
 
@@ -118,6 +126,7 @@ class StoreReader:
         self._deployments: _Table[Deployment] = _Table(Deployment)
         self._commands: _Table[HostCommand] = _Table(HostCommand)
         self._traffic: _Table[HostTraffic] = _Table(HostTraffic)
+        self._fleet_events: _Table[FleetEventLog] = _Table(FleetEventLog)
         self._host_fingerprints: dict[str, tuple[object, ...]] = {}
         #: How many objects the last `snapshot()` fetched (the rest came from the cache); for benchmarks.
         self.last_fetch_count = 0
@@ -249,6 +258,10 @@ class StoreReader:
         }
         self._sync(self._traffic, traffic)
 
+        # Listed by its full key, so the notification cursors beside it under `events/` are not listed.
+        fleet_events = {item.key: item.version for item in self._list(FLEET_EVENTS_KEY) if item.key == FLEET_EVENTS_KEY}
+        self._sync(self._fleet_events, fleet_events)
+
         deployments = {
             item.key: item.version
             for item in self._list(DEPLOYMENTS_PREFIX)
@@ -275,11 +288,14 @@ class StoreReader:
         }
         commands = {doc.host_id: doc for _, doc in self._commands.documents()}
         traffic = {doc.host_id: doc for _, doc in self._traffic.documents()}
-        return State(groups=groups, deployments=deployments, commands=commands, traffic=traffic)
+        fleet_events = next((doc for _, doc in self._fleet_events.documents()), None)
+        return State(
+            groups=groups, deployments=deployments, commands=commands, traffic=traffic, fleet_events=fleet_events
+        )
 
     def _versions(self) -> dict[str, str]:
         versions: dict[str, str] = {}
-        for table in (self._groups, self._deployments, self._commands, self._traffic):
+        for table in (self._groups, self._deployments, self._commands, self._traffic, self._fleet_events):
             versions.update(table.listed)
         return versions
 
@@ -308,9 +324,7 @@ class StoreReader:
             table.entries.pop(key, None)
             table.listed.pop(key, None)
 
-    def _table_for(
-        self, key: str
-    ) -> _Table[GroupState] | _Table[Deployment] | _Table[HostCommand] | _Table[HostTraffic] | None:
+    def _table_for(self, key: str) -> _RecordTable | None:
         if key.startswith(GROUPS_PREFIX):
             return self._groups
         if key.startswith(DEPLOYMENTS_PREFIX):
@@ -319,6 +333,8 @@ class StoreReader:
             return self._commands
         if key.startswith(TRAFFIC_PREFIX):
             return self._traffic
+        if key == FLEET_EVENTS_KEY:
+            return self._fleet_events
         return None
 
     def deployment(self, deployment_id: str) -> Deployment | None:

@@ -15,6 +15,8 @@ from contract.models import (
     CommandProgress,
     CommandStatus,
     Deployment,
+    DeploymentStatus,
+    EventType,
     HostCommand,
     HostDeploymentStatus,
     HostRegistration,
@@ -271,6 +273,7 @@ class World:
                     f"pass {self.passes}: not idempotent, second pass wants {[a.describe() for a in extra]}"
                 )
         self.check_state()
+        self.check_events(before)
         for key, group_state in self.state.groups.items():
             # Only what was written counts: a crash may have lost a quarantine decision (and the next pass
             # then re-decides it), which is not a redeploy of a quarantined revision.
@@ -346,6 +349,43 @@ class World:
                         f"{key}: {deployment_id} is {deployment.status} but {group_state.deployment_in_flight} "
                         "is in flight"
                     )
+
+    def check_events(self, before: State) -> None:
+        """The event stream is exactly once, whatever prefix of a pass's writes a crash kept: a deployment's
+        recorded events are only ever appended to (never rewritten, renumbered or dropped), and at every moment
+        they say exactly what its record says: one start, one result per finished host, one end once it ended,
+        matching its status."""
+        ends = {
+            EventType.DEPLOYMENT_SUCCEEDED: DeploymentStatus.SUCCEEDED,
+            EventType.ROLLBACK_SUCCEEDED: DeploymentStatus.SUCCEEDED,
+            EventType.DEPLOYMENT_FAILED: DeploymentStatus.FAILED, EventType.ROLLBACK_FAILED: DeploymentStatus.FAILED,
+            EventType.DEPLOYMENT_STOPPED: DeploymentStatus.STOPPED,
+            EventType.DEPLOYMENT_SUPERSEDED: DeploymentStatus.SUPERSEDED,
+        }
+        for deployment_id, deployment in self.state.deployments.items():
+            events = deployment.events
+            old = before.deployments.get(deployment_id)
+            if old is not None and events[: len(old.events)] != old.events:
+                self.violations.append(f"{deployment_id}: recorded events were rewritten")
+            if [e.seq for e in events] != list(range(1, len(events) + 1)):
+                self.violations.append(f"{deployment_id}: event numbers {[e.seq for e in events]}")
+            starts = [e for e in events if e.type in (EventType.DEPLOYMENT_STARTED, EventType.ROLLBACK_STARTED)]
+            if len(starts) != 1 or events[0] is not starts[0]:
+                self.violations.append(f"{deployment_id}: {len(starts)} start events, first {events[:1]}")
+            results = [(e.host, e.type) for e in events if e.type in (EventType.HOST_SUCCEEDED, EventType.HOST_FAILED)]
+            outcome = {
+                HostDeploymentStatus.SUCCEEDED: EventType.HOST_SUCCEEDED,
+                HostDeploymentStatus.FAILED: EventType.HOST_FAILED,
+            }
+            finished = sorted(
+                (host, outcome[state.status]) for host, state in deployment.hosts.items() if state.status in outcome
+            )
+            if sorted(results) != finished:
+                self.violations.append(f"{deployment_id}: host result events {sorted(results)} but hosts {finished}")
+            ended = [ends[e.type] for e in events if e.type in ends]
+            expected = [deployment.status] if deployment.status.finished else []
+            if ended != expected:
+                self.violations.append(f"{deployment_id}: end events {ended} but status {deployment.status}")
 
     def in_flight(self) -> list[str]:
         return [k for k, g in self.state.groups.items() if g.deployment_in_flight]
