@@ -74,7 +74,7 @@ class Event(Model):
 
 def from_deployment(deployment: Deployment) -> list[Event]:
     """Every event recorded in one deployment's document, with the deployment's context."""
-    context = {
+    context: dict[str, object] = {
         "source": deployment.deployment_id,
         "application": deployment.application,
         "deployment_group": deployment.deployment_group,
