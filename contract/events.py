@@ -29,7 +29,7 @@ from contract.models import (
 )
 
 #: Bumped only for a change a consumer could break on; new optional fields do not bump it.
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION: Literal[1] = 1
 
 #: The `source` of events that belong to no deployment.
 FLEET_SOURCE = "fleet"
