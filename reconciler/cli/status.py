@@ -46,6 +46,7 @@ from reconciler.cli.readmodel import (
 )
 from reconciler.core import MembershipIndex, is_online
 from reconciler.core.observed import TargetObservation, TargetState
+from reconciler.core.phase import group_phase
 from reconciler.desired.manifests import Desired, DesiredGroup
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
@@ -221,32 +222,6 @@ def _gated_deployment(
     return None
 
 
-def _phase(state: GroupState | None, manifest: DesiredGroup | None, *, in_flight: DeploymentView | None,
-           desired_known: bool, held: bool, converged: bool) -> str:
-    """The one word `status` shows for a group. When the manifests could not be read, a group missing from
-    them is not "removed": nobody knows. Only the store's own word (a pass marked it removed) or what is in
-    flight can be said."""
-    if manifest is None and not desired_known:
-        if state is not None and state.removed:
-            return "removed"
-        if in_flight is None:
-            return "unknown"
-    elif manifest is None:
-        return "removed"
-    elif state is None:
-        return "new"
-    if in_flight is not None:
-        if state is not None and state.stop_request is not None:
-            return "stopping"
-        return "rolling back" if in_flight.creator == "rollback" else "deploying"
-    assert manifest is not None
-    if held:
-        return "quarantined"
-    if manifest.suspend:
-        return "suspended"
-    return "converged" if converged else "pending"
-
-
 def traffic_words(observations: tuple[TargetObservation, ...]) -> str:
     """One load balancer: its state; several: each, in manifest order."""
     words = []
@@ -307,11 +282,8 @@ def group_status(key: str, context: StatusContext) -> GroupView:
     if state is not None and state.deployment_in_flight:
         in_flight = context.deployment(state.deployment_in_flight, running=True)
     quarantined = state.quarantined if state else []
-    desired_id = desired_revision.identity() if desired_revision else None
-    held = any(q.revision.identity() == desired_id for q in quarantined)
-    converged = effective is not None and desired_id == effective.identity()
-    phase = _phase(state, manifest, in_flight=in_flight, desired_known=desired is not None, held=held,
-                   converged=converged)
+    phase = group_phase(state, manifest, in_flight_creator=in_flight.creator if in_flight else None,
+                        desired_known=desired is not None)
     target = desired_revision if phase != "removed" and desired is not None else effective
     members = context.members(key)
     load_balancers, traffic = context.traffic_of(key, members)
