@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from contract.durations import Duration
 from contract.layers import KeyPath, Layer, Layers, given, put
@@ -98,6 +98,60 @@ class PolicySettings(Model):
     )
 
 
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`127.0.0.1:9464`, `[::1]:9464`, `:9464` for every interface) as (host, port); ValueError
+    saying what is wrong otherwise. Port 0 asks the system for a free port (the one chosen is logged)."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:9464, or :9464 for every interface)")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range (0-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, like [::1]:9464")
+    return host or "0.0.0.0", port  # noqa: S104 - ":PORT" means every interface, as the user asked
+
+
+class MetricsSettings(Model):
+    """`metrics`: Prometheus metrics of the reconciler (docs/metrics.md). Flags override each key."""
+
+    address: str | None = Field(
+        default=None,
+        description="reconcile watch: serve /metrics on HOST:PORT (flag --metrics-address). Unset: not served.",
+    )
+    textfile: Path | None = Field(
+        default=None,
+        description="reconcile --once: write the metrics to this file (node-exporter's textfile collector, name it "
+        "*.prom), atomically, after every pass and at the end (flag --metrics-textfile).",
+    )
+    push_url: str | None = Field(
+        default=None,
+        description="reconcile --once: push the metrics at the end to this Pushgateway-compatible URL, job "
+        "fleetshift_reconcile (flag --metrics-push-url). A failed push is a warning.",
+    )
+    host_series: bool = Field(
+        default=True,
+        description="Export one series per host (fleetshift_host_up, fleetshift_host_on_desired_revision); turn "
+        "off for very large fleets, the per-group counts stay.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen_address(value)
+        return value
+
+    @field_validator("push_url")
+    @classmethod
+    def _push_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL (for example http://pushgateway:9091)")
+        return value
+
+
 class LoggingSettings(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -112,6 +166,7 @@ class DeploySettings(Model):
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 
@@ -120,6 +175,7 @@ _SECTIONS: dict[str, type[Model]] = {
     "reconcile": ReconcileSettings,
     "signing": SigningSettings,
     "policy": PolicySettings,
+    "metrics": MetricsSettings,
     "logging": LoggingSettings,
 }
 #: The signing key itself (PEM or OpenSSH text), for CI secret stores; never a settings key, so it cannot end
@@ -250,5 +306,8 @@ FLAG_NAMES = {
     "reconcile.timeout": "--timeout",
     "logging.level": "--log-level",
     "logging.format": "--log-format",
+    "metrics.address": "--metrics-address",
+    "metrics.textfile": "--metrics-textfile",
+    "metrics.pushUrl": "--metrics-push-url",
 }
 

@@ -60,6 +60,9 @@ def settings_from_args(args: argparse.Namespace) -> DeploySettings:
     }
     if getattr(args, "timeout", None):
         flags["reconcile"] = {"timeout": args.timeout}
+    flags["metrics"] = {"address": getattr(args, "metrics_address", None),
+                        "textfile": getattr(args, "metrics_textfile", None),
+                        "pushUrl": getattr(args, "metrics_push_url", None)}
     return load_settings(getattr(args, "config", None), flags=flags)
 
 
@@ -145,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", default=None, help="with --once: give up after this long (e.g. 30m)")
     parser.add_argument("--no-wait", action="store_true", help="with --once: one pass, do not wait for rollouts")
     parser.add_argument("--plan", type=Path, default=None, help="with --once: apply exactly this saved plan")
+    parser.add_argument("--metrics-textfile", default=None, metavar="PATH",
+                        help="with --once: write metrics for node-exporter's textfile collector (docs/metrics.md)")
+    parser.add_argument("--metrics-push-url", default=None, metavar="URL",
+                        help="with --once: push metrics to a Pushgateway at the end (job fleetshift_reconcile)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_validate(sub, parent)
     for name in SUBCOMMAND_MODULES:

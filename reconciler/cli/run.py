@@ -4,6 +4,11 @@ Where it sits: the CLI layer over the shell. `--once` loads the manifests (inval
 written), takes the write lease, runs `reconciler.shell.settle.run_until_settled` with progress from
 `reconciler.cli.progress`, and prints the verdict and summary lines; `watch` hands the same progress to
 `reconciler.shell.watch.Watcher`. Every function returns an exit code from `reconciler.exitcodes`.
+
+Metrics (docs/metrics.md, `reconciler.shell.metrics`): `watch --metrics-address` serves `/metrics` from the start
+(an address it cannot listen on is exit 1 before anything else happens); `--once --metrics-textfile` writes a
+node-exporter textfile after every pass and at the end, `--metrics-push-url` pushes to a Pushgateway at the end,
+whatever the run came to, and neither can change the exit code.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import structlog
 
 from contract.exitcodes import ExitCode
+from contract.redact import redact_url
 from contract.signals import stop_on_signals
 from reconciler.cli.common import short_commit, source
 from reconciler.cli.progress import progress_for
@@ -28,12 +34,19 @@ from reconciler.desired.loader import load_git
 from reconciler.desired.manifests import Desired
 from reconciler.desired.policy import check_revision_policy
 from reconciler.desired.verify import CommitVerifier
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, SettingsError
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease
+from reconciler.shell.metrics import (
+    PUSH_JOB,
+    MeteredPassRunner,
+    MetricsServeError,
+    ReconcilerMetrics,
+    commit_times,
+)
 from reconciler.shell.observe import Snapshot
-from reconciler.shell.passes import PassRunner
+from reconciler.shell.passes import PassOutcome, PassRunner
 from reconciler.shell.settle import STORE_RETRY_WINDOW, RunResult, run_until_settled
 from reconciler.shell.signing import open_fleet_store
 
@@ -51,6 +64,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         "a full pass runs every reconcile.resyncInterval. A second watcher waits as a standby for the write "
         "lease. SIGTERM or Ctrl-C finishes the current pass, releases the lease and exits 0.",
     )
+    watch.add_argument("--metrics-address", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics (docs/metrics.md); "
+                       "overrides metrics.address")
     watch.set_defaults(func=cmd_watch)
 
 
@@ -58,8 +74,74 @@ def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
     from reconciler.shell.watch import Watcher
 
     store = open_fleet_store(settings)
-    with stop_on_signals() as stop, progress_for(settings.logging, title="reconcile watch") as progress:
-        return Watcher(store, settings, stop=stop, progress=progress).run()
+    metrics = server = None
+    if settings.metrics.address is not None:
+        metrics = new_metrics(settings)
+        store = metrics.instrument(store)
+        try:
+            server = metrics.serve(settings.metrics.address)
+        except MetricsServeError as exc:
+            print(f"reconcile: {exc} (--metrics-address or metrics.address)", file=sys.stderr)
+            return ExitCode.INVALID
+    try:
+        with stop_on_signals() as stop, progress_for(settings.logging, title="reconcile watch") as progress:
+            return Watcher(store, settings, stop=stop, progress=progress, metrics=metrics).run()
+    finally:
+        if server is not None:
+            server.close()
+
+
+def new_metrics(settings: DeploySettings) -> ReconcilerMetrics:
+    """The reconciler's metrics for these settings: liveness judged as the passes judge it, committer times read
+    from the config repository the passes read."""
+    return ReconcilerMetrics(heartbeat_timeout=settings.reconcile.heartbeat_timeout,
+                             host_series=settings.metrics.host_series,
+                             commit_time=commit_times(settings.repository.url))
+
+
+class OnceMetrics:
+    """`reconcile --once` with `--metrics-textfile` or `--metrics-push-url`: the textfile after every pass and at
+    the end, the push at the end. Neither ever changes the run's exit code: a failure is a warning (a CI job must
+    not fail because a Pushgateway is down)."""
+
+    def __init__(self, metrics: ReconcilerMetrics, textfile: Path | None, push_url: str | None) -> None:
+        self.metrics = metrics
+        self.textfile = textfile
+        self.push_url = push_url
+
+    @classmethod
+    def of(cls, settings: DeploySettings) -> OnceMetrics | None:
+        """None without a textfile or push URL. A textfile whose folder does not exist is a user mistake found
+        before anything runs (SettingsError, exit 1), not a warning after every pass."""
+        textfile, push_url = settings.metrics.textfile, settings.metrics.push_url
+        if textfile is None and push_url is None:
+            return None
+        if textfile is not None and not textfile.parent.is_dir():
+            raise SettingsError(f"metrics textfile {textfile}: the folder {textfile.parent} does not exist; create "
+                                "it or name another file (--metrics-textfile or metrics.textfile)")
+        return cls(new_metrics(settings), textfile, push_url)
+
+    def after_pass(self, outcome: PassOutcome) -> None:
+        self.metrics.on_pass(outcome)
+        self._write()
+
+    def finish(self) -> None:
+        self._write()
+        if self.push_url is not None:
+            try:
+                self.metrics.push(self.push_url)
+            except OSError as exc:
+                log.warning("metrics.push_failed", url=redact_url(self.push_url), error=str(exc) or type(exc).__name__)
+            else:
+                log.info("metrics.pushed", url=redact_url(self.push_url), job=PUSH_JOB)
+
+    def _write(self) -> None:
+        if self.textfile is None:
+            return
+        try:
+            self.metrics.write_textfile(self.textfile)
+        except OSError as exc:
+            log.warning("metrics.textfile_failed", path=str(self.textfile), error=str(exc))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,6 +151,16 @@ def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
 def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
     """`reconcile --once [--timeout D] [--no-wait] [--plan plan.json]`."""
     started = time.monotonic()
+    once_metrics = OnceMetrics.of(settings)
+    try:
+        return _run_once(args, settings, started, once_metrics)
+    finally:
+        if once_metrics is not None:
+            once_metrics.finish()
+
+
+def _run_once(args: argparse.Namespace, settings: DeploySettings, started: float,
+              once_metrics: OnceMetrics | None) -> int:
     plan_path: Path | None = getattr(args, "plan", None)
     if plan_path is not None:
         from reconciler.plan.engine import load_saved_plan
@@ -84,7 +176,8 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
     # So do revisions that deploy.yaml's policy refuses (docs/trust.md, "Pinned revisions").
     check_revision_policy(desired, require_immutable_revisions=settings.policy.require_immutable_revisions)
     log.info("once.loaded", commit=desired.commit, groups=len(desired.groups))
-    result = _run_under_lease(args, settings, desired, plan_path, started, verifier=verified.verifier)
+    result = _run_under_lease(args, settings, desired, plan_path, started, verifier=verified.verifier,
+                              once_metrics=once_metrics)
     if isinstance(result, int):
         return result
     elapsed = time.monotonic() - started
@@ -96,13 +189,18 @@ def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
 
 
 def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired: Desired, plan_path: Path | None,
-                     started: float, *, verifier: CommitVerifier) -> RunResult | int:
+                     started: float, *, verifier: CommitVerifier, once_metrics: OnceMetrics | None) -> RunResult | int:
     """Take the write lease, run passes until settled, release it. An exit code when the run could not
     happen (interrupted while waiting, the lease held or lost, a stale plan)."""
+    metrics = once_metrics.metrics if once_metrics is not None else None
     store = open_fleet_store(settings)
+    if metrics is not None:
+        store = metrics.instrument(store)
     reconcile_settings = settings.reconcile
     timeout = reconcile_settings.timeout
     lease = WriteLease(store, duration=reconcile_settings.lease_duration)
+    if metrics is not None:
+        metrics.watch_lease(lease)
     with stop_on_signals() as stop:
         try:
             # Store outages while taking the lease are waited out like those during passes (same window).
@@ -115,10 +213,10 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
             return ExitCode.LEASE_HELD
         try:
             remaining = timeout - timedelta(seconds=time.monotonic() - started)
-            runner = PassRunner(store, lease, reconcile_settings,
-                                applied_config=applied_config(settings, store, verifier))
-            return _settle(runner, desired, args=args, settings=settings,
-                           plan_path=plan_path, timeout=max(remaining, timedelta(0)), stop=stop)
+            runner = MeteredPassRunner(store, lease, reconcile_settings,
+                                       applied_config=applied_config(settings, store, verifier), metrics=metrics)
+            return _settle(runner, desired, args=args, settings=settings, plan_path=plan_path,
+                           timeout=max(remaining, timedelta(0)), stop=stop, once_metrics=once_metrics)
         except LeaseLost as exc:
             print(f"reconcile: {exc}", file=sys.stderr)
             return ExitCode.LEASE_HELD
@@ -134,15 +232,22 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
 
 
 def _settle(runner: PassRunner, desired: Desired, *, args: argparse.Namespace, settings: DeploySettings,
-            plan_path: Path | None, timeout: timedelta, stop: threading.Event) -> RunResult:
+            plan_path: Path | None, timeout: timedelta, stop: threading.Event,
+            once_metrics: OnceMetrics | None) -> RunResult:
     verify = _plan_verifier(plan_path, desired) if plan_path is not None else None
     with progress_for(settings.logging) as progress:
+
+        def on_pass(outcome: PassOutcome) -> None:
+            progress.on_pass(outcome)
+            if once_metrics is not None:
+                once_metrics.after_pass(outcome)
+
         return run_until_settled(
             runner,
             desired,
             timeout=timeout,
             no_wait=bool(getattr(args, "no_wait", False)),
-            on_pass=progress.on_pass,
+            on_pass=on_pass,
             before_first_decide=verify,
             stop=stop,
         )
@@ -174,4 +279,4 @@ def _plan_verifier(plan_path: Path, desired: Desired) -> Callable[[Snapshot], No
     return verify
 
 
-__all__ = ["cmd_watch", "register", "run_once"]
+__all__ = ["OnceMetrics", "cmd_watch", "new_metrics", "register", "run_once"]

@@ -79,6 +79,8 @@ class PassOutcome:
     applied: Applied
     #: The records as they are after this pass's writes (the snapshot with the writes laid over it).
     state_after: State
+    #: The manifests this pass decided from (listeners that describe groups need their targets and revisions).
+    desired: Desired
     #: Set when a write lost a compare-and-swap: the pass stopped there and the next one re-reads.
     conflict: str | None = None
 
@@ -214,6 +216,7 @@ class PassRunner:
             actions=list(actions),
             applied=applied,
             state_after=state_after(snapshot.state, applied),
+            desired=desired,
             conflict=conflict,
         )
         log.debug(

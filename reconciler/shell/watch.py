@@ -30,6 +30,10 @@ next commit.
 Only the lease holder writes: a second `watch` waits as a standby until the lease is free (or expires),
 then takes over.
 
+With metrics on (`--metrics-address`, docs/metrics.md), every pass is handed to `ReconcilerMetrics` after the
+progress display, and passes that raise are counted by the runner (`MeteredPassRunner`); a standby exports
+`fleetshift_lease_held 0` and no pass time, which is how a dashboard tells the two apart.
+
 Stopping (SIGTERM, SIGINT) is prompt whatever the loop is doing, and exits 0 after releasing the lease:
 
 - the signal sets the stop event and wakes the loop through `contract.signals` (a relay thread, never
@@ -69,6 +73,7 @@ from reconciler.settings import DeploySettings
 from reconciler.shell.applied import AppliedConfigLedger
 from reconciler.shell.executor import WriteConflict
 from reconciler.shell.lease import LeaseLost, StopWriting, WriteLease
+from reconciler.shell.metrics import MeteredPassRunner, ReconcilerMetrics
 from reconciler.shell.observe import StoreReader
 from reconciler.shell.passes import WAKE_FLOOR_SECONDS, PassListener, PassOutcome, PassRunner
 from reconciler.shell.signing import require_signed_record
@@ -181,21 +186,26 @@ class Watcher:
         stop: threading.Event,
         progress: PassListener | None = None,
         lease: WriteLease | None = None,
+        metrics: ReconcilerMetrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.stop = stop
         self.progress = progress
+        #: Told about every pass after `progress`, and counts the passes that raise (docs/metrics.md).
+        self.metrics = metrics
         self.lease = lease or WriteLease(store, duration=settings.reconcile.lease_duration)
         self.lease.stop_writing_on(stop)
+        if metrics is not None:
+            metrics.watch_lease(self.lease)
         self.reader = StoreReader(store)
         self.source = GitSource(settings.repository.url, settings.repository.ref, settings.repository.path)
         # Unusable signers (a missing file, keys gpg cannot import) are a settings error here, at start-up.
         require_signed_record(settings)
         self.applied_config = AppliedConfigLedger(store, CommitVerifier(settings.repository.verify),
                                                   repository=self.source.repository, ref=self.source.ref)
-        self.runner = PassRunner(store, self.lease, settings.reconcile, reader=self.reader,
-                                 applied_config=self.applied_config)
+        self.runner: PassRunner = MeteredPassRunner(store, self.lease, settings.reconcile, reader=self.reader,
+                                                    applied_config=self.applied_config, metrics=metrics)
         self.desired: Desired | None = None
         self.invalid_commit: str | None = None
         self.wake = threading.Event()
@@ -291,6 +301,8 @@ class Watcher:
         self.last = outcome
         if self.progress is not None:
             self.progress.on_pass(outcome)
+        if self.metrics is not None:
+            self.metrics.on_pass(outcome)
 
     def _in_flight(self) -> bool:
         return self.last is not None and (
@@ -427,8 +439,8 @@ class Watcher:
 
 
 def run_watch(store: Store, settings: DeploySettings, *, stop: threading.Event,
-              progress: PassListener | None) -> int:
-    return Watcher(store, settings, stop=stop, progress=progress).run()
+              progress: PassListener | None, metrics: ReconcilerMetrics | None = None) -> int:
+    return Watcher(store, settings, stop=stop, progress=progress, metrics=metrics).run()
 
 
 __all__ = ["RefWatcher", "Watcher", "is_ref_change", "local_git_dirs", "run_watch"]
