@@ -49,6 +49,8 @@ class Event(Model):
     severity: EventSeverity
     #: When the reconciler recorded it.
     at: datetime
+    #: Its place among the events recorded by the same pass (they share `at`).
+    order: int = Field(default=0, ge=0)
     #: When it happened where that differs (a host's end as its agent reported it, a gate's measurement).
     occurred_at: datetime | None = None
     application: str | None = None
@@ -99,5 +101,5 @@ def _event(recorded: RecordedEvent, context: dict[str, object]) -> Event:
 
 
 def in_order(events: Iterable[Event]) -> list[Event]:
-    """Oldest first, by recording time; within one source by number (several events share a pass's time)."""
-    return sorted(events, key=lambda event: (event.at, event.source, event.seq))
+    """Oldest first: by recording time, then in the order their pass decided them."""
+    return sorted(events, key=lambda event: (event.at, event.order, event.source, event.seq))

@@ -558,6 +558,9 @@ class RecordedEvent(Model):
     severity: EventSeverity
     #: When the reconciler recorded it (the pass's time).
     at: datetime
+    #: Its place among the events the same pass recorded (0, 1, 2 … across every document of the pass), so events
+    #: that share `at` sort in the order the pass decided them: a deployment's failure before its rollback's start.
+    order: int = Field(default=0, ge=0)
     host: str | None = None
     #: For `batch.started`: the batch's hosts.
     hosts: list[str] | None = None

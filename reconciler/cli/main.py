@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = (
     "reconciler.cli.run",
     "reconciler.cli.status",
     "reconciler.cli.history",
+    "reconciler.cli.events",
     "reconciler.cli.operators",
     "reconciler.cli.plan",
     "reconciler.cli.keys",

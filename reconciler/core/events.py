@@ -91,6 +91,7 @@ def record_events(actions: list[Action], state: State, observed: Observed, now: 
     `RecordFleetEvents` at the end when a host reported a refusal not yet recorded."""
     latest: dict[str, Deployment] = {}
     out: list[Action] = []
+    order = 0
     for decided in actions:
         action = decided
         deployment = getattr(action, "deployment", None)
@@ -99,12 +100,13 @@ def record_events(actions: list[Action], state: State, observed: Observed, now: 
             drafts = _deployment_changes(before, deployment, action, observed)
             recorded = list(before.events) if before is not None else []
             if drafts or deployment.events != recorded:
-                numbered = _numbered(recorded[-1].seq if recorded else 0, drafts, now)
+                numbered = _numbered(recorded[-1].seq if recorded else 0, drafts, now, order)
+                order += len(numbered)
                 deployment = deployment.model_copy(update={"events": [*recorded, *numbered]})
                 action = action.model_copy(update={"deployment": deployment})
             latest[deployment.deployment_id] = deployment
         out.append(action)
-    fleet = fleet_events(state.fleet_events, observed, now)
+    fleet = fleet_events(state.fleet_events, observed, now, order)
     if fleet is not None:
         out.append(fleet)
     return out
@@ -120,10 +122,17 @@ class _Draft:
         self.fields = fields
 
 
-def _numbered(last_seq: int, drafts: Sequence[_Draft], now: datetime) -> list[RecordedEvent]:
+def _numbered(last_seq: int, drafts: Sequence[_Draft], now: datetime, order: int) -> list[RecordedEvent]:
     return [
         RecordedEvent.model_validate(
-            {"seq": last_seq + offset, "type": draft.type, "severity": SEVERITY[draft.type], "at": now, **draft.fields}
+            {
+                "seq": last_seq + offset,
+                "type": draft.type,
+                "severity": SEVERITY[draft.type],
+                "at": now,
+                "order": order + offset - 1,
+                **draft.fields,
+            }
         )
         for offset, draft in enumerate(drafts, start=1)
     ]
@@ -244,14 +253,13 @@ def _batches(before: Deployment | None, after: Deployment) -> Iterable[_Draft]:
         if previous is not None and previous.dispatched_at is not None:
             continue
         started.setdefault(state.batch, []).append(host)
-    total = len(after.batches)
     for batch in sorted(started):
         hosts = started[batch]
         yield _Draft(
             EventType.BATCH_STARTED,
             batch=batch,
             hosts=hosts,
-            message=f"batch {batch + 1} of {total}: {after.revision.short()} to {', '.join(hosts)}",
+            message=f"batch {batch + 1}: {after.revision.short()} to {', '.join(hosts)}",
         )
 
 
@@ -268,7 +276,9 @@ def _ended_message(after: Deployment) -> str:
     return f"{what}{code}{reason} (hosts: {summary})"
 
 
-def fleet_events(log: FleetEventLog | None, observed: Observed, now: datetime) -> RecordFleetEvents | None:
+def fleet_events(
+    log: FleetEventLog | None, observed: Observed, now: datetime, order: int = 0
+) -> RecordFleetEvents | None:
     """Refusals reported by agents and not yet recorded (each host reports its last few, with their times)."""
     seen = dict(log.refusals_seen) if log is not None else {}
     drafts: list[tuple[datetime, str, _Draft]] = []
@@ -294,7 +304,7 @@ def fleet_events(log: FleetEventLog | None, observed: Observed, now: datetime) -
         return None
     recorded = list(log.events) if log is not None else []
     ordered = [draft for _, _, draft in sorted(drafts, key=lambda item: (item[0], item[1]))]
-    events = _numbered(log.last_seq if log is not None else 0, ordered, now)
+    events = _numbered(log.last_seq if log is not None else 0, ordered, now, order)
     kept = [*recorded, *events][-FLEET_EVENTS_KEPT:]
     document = FleetEventLog(last_seq=events[-1].seq, events=kept, refusals_seen=seen, updated_at=now)
     return RecordFleetEvents(group="fleet", events=len(events), log=document)

@@ -299,6 +299,13 @@ class StoreReader:
             versions.update(table.listed)
         return versions
 
+    def records(self) -> State:
+        """Only the reconciler's own records (groups, the deployments they name, commands, traffic steps, the fleet
+        event log), re-reading what changed: what `reconcile events` needs, without reading every host."""
+        self.last_fetch_count = 0
+        self._sync_records()
+        return self._state()
+
     def snapshot(self) -> Snapshot:
         """Everything a pass needs, re-reading only changed objects."""
         self.last_fetch_count = 0

@@ -17,7 +17,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -221,11 +223,34 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             stop_host(host)
 
 
+def events_json(fleet: Fleet, *args: str) -> list[dict[str, object]]:
+    result = subprocess.run(
+        [str(BIN / "reconcile"), "events", "--store", fleet.store_url, "--format", "json", *args],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def by_type(events: list[dict[str, object]], deployment_id: str) -> dict[str, list[object]]:
+    """Event type -> the hosts (or batches, or None) of a deployment's events, in order."""
+    found: dict[str, list[object]] = {}
+    for event in events:
+        if event.get("deploymentId") == deployment_id:
+            found.setdefault(str(event["type"]), []).append(event.get("host", event.get("batch")))
+    return found
+
+
 def test_rollout_failure_rollback_and_kill_9_with_real_agents(fleet: Fleet) -> None:
     fleet.commit("v1")
     code, out = fleet.once("v1")
     assert code == 0, out
     assert set(fleet.answers().values()) == {"1"}
+    # Another terminal: `reconcile events --follow` shows everything from here on as it is recorded.
+    follow = subprocess.Popen(
+        [str(BIN / "reconcile"), "events", "--follow", "--interval", "200ms", "--format", "json",
+         "--store", fleet.store_url, "--since", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
 
     fleet.commit("v2")
     code, out = fleet.once("v2")
@@ -275,3 +300,33 @@ def test_rollout_failure_rollback_and_kill_9_with_real_agents(fleet: Fleet) -> N
     fleet.assert_nothing_ran_twice()
     for host in fleet.hosts:
         assert host.runs.count(in_flight or "") == 1, (host.host_id, host.runs)
+    assert in_flight is not None
+
+    # The event stream: every change recorded exactly once, the kill -9 of v4's first run included.
+    recorded = events_json(fleet)
+    ids = [str(event["id"]) for event in recorded]
+    assert len(ids) == len(set(ids))
+    v4 = by_type(recorded, in_flight)
+    assert v4["deployment.started"] == [None]
+    assert sorted(map(str, v4["host.succeeded"])) == HOSTS  # one per host, although a run was killed half-way
+    assert v4["batch.started"] == list(range(len(fleet.deployment(in_flight).batches)))
+    assert v4["deployment.succeeded"] == [None]
+    assert "host.failed" not in v4 and "deployment.failed" not in v4
+    v3_id = fleet.group().history[-3]
+    v3 = by_type(recorded, v3_id)
+    assert v3["host.failed"] == [BAD_HOST]
+    assert v3["deployment.failed"] == [None] and v3["revision.quarantined"] == [None]
+    rollback = next(e for e in recorded if e["type"] == "rollback.started")
+    assert rollback["rollbackOf"] == v3_id
+    assert by_type(recorded, str(rollback["deploymentId"]))["rollback.succeeded"] == [None]
+
+    # What --follow printed live is the same stream, each event once, in recording order.
+    time.sleep(0.5)
+    os.killpg(follow.pid, signal.SIGINT)
+    streamed, errors = follow.communicate(timeout=10)
+    assert follow.returncode == 0, errors
+    live = [json.loads(line) for line in streamed.splitlines()]
+    live_ids = [str(event["id"]) for event in live]
+    assert len(live_ids) == len(set(live_ids))
+    v2_and_later = [event_id for event_id in ids if not event_id.startswith(fleet.group().history[0] + ".")]
+    assert live_ids and set(live_ids) == set(v2_and_later), (live_ids, v2_and_later)
