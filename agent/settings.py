@@ -113,6 +113,61 @@ class Ec2Settings(Model):
         return value
 
 
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (every IPv4 interface, as node_exporter writes it) as (host, port);
+    the host is "" for `:PORT`. Raises ValueError saying what to write. Names are resolved only when the agent
+    binds, so a typo in a host name is a start-up error there, with the resolver's words."""
+    example = "write HOST:PORT, e.g. 127.0.0.1:9720 (or :9720 for every interface, [::1]:9720 for IPv6)"
+    host, colon, port_text = text.strip().rpartition(":")
+    if not colon or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not an address to listen on: {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host or ":" not in host:
+            raise ValueError(f"{text!r} is not an address to listen on: brackets hold an IPv6 address; {example}")
+    elif ":" in host or "[" in host or "]" in host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} is not an address to listen on: put an IPv6 address in brackets; {example}")
+    return host, int(port_text)
+
+
+class MetricsSettings(Model):
+    """`metrics`: the agent's own Prometheus metrics (agent/metrics.py, docs/agent.md "Metrics"), served over
+    HTTP, written to a node_exporter textfile, or both. Off unless one is set: a host that does not scrape its
+    agent loads no Prometheus code."""
+
+    address: str | None = Field(
+        default=None, description="Serve /metrics here (HOST:PORT, e.g. 127.0.0.1:9720); unset: no HTTP server."
+    )
+    textfile: Path | None = Field(
+        default=None,
+        description="Write the metrics to this file (ending in .prom) for node_exporter's textfile collector.",
+    )
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address_is_host_port(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            # `address: 9720` (a port alone) is a number in YAML, and YAML 1.1 reads `1:20` as the number 80.
+            raise ValueError(f"{value} is a number, not an address to listen on: write HOST:PORT in quotes, e.g. "
+                             "'127.0.0.1:9720' (or ':9720' for every interface)")
+        if isinstance(value, str):
+            parse_listen_address(value)
+        return value
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile_is_prom(cls, value: Path | None) -> Path | None:
+        # node_exporter's textfile collector reads only *.prom files: any other name would be written and ignored.
+        if value is not None and value.suffix != ".prom":
+            raise ValueError(f"{str(value)!r} must end in .prom: node_exporter's textfile collector reads only "
+                             "*.prom files")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None or self.textfile is not None
+
+
 class AgentSettings(Model):
     """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
 
@@ -151,6 +206,7 @@ class AgentSettings(Model):
     report_output: ReportOutputSettings = Field(default_factory=ReportOutputSettings)
     command_signing: CommandSigningSettings = Field(default_factory=CommandSigningSettings)
     ec2: Ec2Settings = Field(default_factory=Ec2Settings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("host_id")
@@ -204,6 +260,7 @@ _SECTIONS: dict[str, type[Model]] = {
     "report_output": ReportOutputSettings,
     "command_signing": CommandSigningSettings,
     "ec2": Ec2Settings,
+    "metrics": MetricsSettings,
 }
 
 #: (flag or variable name) per settings key, for errors and for the docs.
@@ -244,7 +301,8 @@ def _environment_layer(environ: Mapping[str, str]) -> Layer:
         if path == ("commandSigning", "trustedKeys"):  # one key per line (or comma-separated)
             # A comma separates keys only before the next `ssh-ed25519`: a key's comment may hold commas.
             value = [line.strip() for line in re.split(r"\n|,(?=\s*ssh-ed25519\s)", raw) if line.strip()]
-        if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",), ("region",), ("ec2", "endpoint")):
+        if raw == "" and path in (("hostRoot",), ("logDir",), ("zone",), ("region",), ("ec2", "endpoint"),
+                                     ("metrics", "address"), ("metrics", "textfile")):
             value = None
         put(values, path, value)
         origins[path] = variable

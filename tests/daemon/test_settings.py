@@ -18,6 +18,7 @@ from agent.settings import (
     SettingsError,
     load_settings,
     meant_variable,
+    parse_listen_address,
     state_dir,
     unknown_environment_variables,
 )
@@ -211,3 +212,63 @@ def test_report_output_defaults_file_environment_and_typos(tmp_path: Path) -> No
     with pytest.raises(SettingsError, match=r"reportOutput.tailBytes: Input should be greater than or equal to 0"):
         load_settings(config, environ={})
     assert meant_variable("FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTE") == "FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTES"
+
+
+def test_metrics_are_off_by_default_and_set_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    assert not load_settings(None, environ={}).metrics.enabled
+    example = load_settings(EXAMPLE, environ={}).metrics
+    assert (example.address, example.textfile, example.enabled) == (None, None, False)
+    assert "\n  address:" in EXAMPLE.read_text() and "\n  textfile:" in EXAMPLE.read_text()
+
+    config = tmp_path / "agent.yaml"
+    config.write_text("metrics:\n  address: 127.0.0.1:9720\n  textfile: /var/lib/node_exporter/textfile/a.prom\n")
+    metrics = load_settings(config, environ={}).metrics
+    assert metrics.address == "127.0.0.1:9720" and metrics.textfile == Path("/var/lib/node_exporter/textfile/a.prom")
+    overridden = load_settings(config, environ={"FLEETSHIFT_AGENT_METRICS_ADDRESS": "[::1]:9721",
+                                                "FLEETSHIFT_AGENT_METRICS_TEXTFILE": ""}).metrics
+    assert (overridden.address, overridden.textfile) == ("[::1]:9721", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("address: 9720", "9720 is a number, not an address to listen on: write HOST:PORT in quotes, e.g. "
+                          "'127.0.0.1:9720' (or ':9720' for every interface)"),
+        ("address: '9720'", "'9720' is not an address to listen on: write HOST:PORT, e.g. 127.0.0.1:9720 (or "
+                            ":9720 for every interface, [::1]:9720 for IPv6)"),
+        ("address: localhost:http", "'localhost:http' is not an address to listen on"),
+        ("address: 127.0.0.1:70000", "'127.0.0.1:70000' is not an address to listen on"),
+        ("address: 127.0.0.1:0", "'127.0.0.1:0' is not an address to listen on"),
+        ("address: ::1:9720", "'::1:9720' is not an address to listen on: put an IPv6 address in brackets"),
+        ("address: '[]:9720'", "'[]:9720' is not an address to listen on: brackets hold an IPv6 address"),
+        ("textfile: /tmp/agent.txt", "'/tmp/agent.txt' must end in .prom: node_exporter's textfile collector reads "
+                                     "only *.prom files"),
+        ("adress: 127.0.0.1:9720", "unknown key; did you mean `address`?"),
+    ],
+)
+def test_metrics_errors_name_file_line_and_field(tmp_path: Path, text: str, problem: str) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"hostId: web-1\nmetrics:\n  {text}\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    field = text.split(":", 1)[0]
+    [message] = raised.value.problems
+    assert message.startswith(f"{config}:3:3: metrics.{field}: {problem}"), message
+
+
+def test_metrics_errors_from_the_environment_name_the_variable() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(None, environ={"FLEETSHIFT_AGENT_METRICS_ADDRESS": "everywhere"})
+    assert raised.value.problems == [
+        "FLEETSHIFT_AGENT_METRICS_ADDRESS: 'everywhere' is not an address to listen on: write HOST:PORT, e.g. "
+        "127.0.0.1:9720 (or :9720 for every interface, [::1]:9720 for IPv6)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9720", ("127.0.0.1", 9720)), (":9720", ("", 9720)), ("[::1]:1", ("::1", 1)),
+     ("agent.example.com:65535", ("agent.example.com", 65535))],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(text) == expected
