@@ -11,11 +11,13 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from agent import __version__
 from agent.daemon.ec2identity import IdentityError, read_platform, resolve_identity
 from agent.daemon.identity import HostIdInUse, StateError
 from agent.daemon.loop import Agent
 from agent.daemon.statefile import STATE_FILE, root_lock
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
+from agent.metrics import MetricsUnavailable, open_metrics
 from agent.settings import (
     AgentSettings,
     SettingsError,
@@ -43,8 +45,8 @@ def register(subparsers: Any) -> None:
             "event. Settings: --config FILE (default /etc/fleetshift/agent.yaml if present) < "
             "FLEETSHIFT_AGENT_* variables < flags. On EC2 the instance metadata (IMDSv2) fills in the zone, "
             "instance id, address, region and tags left unset (ec2.metadata in agent.yaml). Exit codes: 0 ok, "
-            "1 invalid settings, instance metadata required but unavailable, or host id in use "
-            "by another installation, 4 the command "
+            "1 invalid settings, instance metadata required but unavailable, metrics address or textfile "
+            "unusable, or host id in use by another installation, 4 the command "
             "failed (--once), 8 store unavailable (--once)."
         ),
     )
@@ -209,8 +211,13 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"deploy-agent: store {settings.store}: {exc}", file=sys.stderr)
         return ExitCode.INVALID
     try:
+        metrics = open_metrics(settings, version=__version__)
+    except MetricsUnavailable as exc:
+        print(f"deploy-agent: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
+    try:
         with stop_on_signals() as stop, root_lock(settings.root_dir):
-            agent = Agent(settings, store, make_runner(settings), stop, take_over=args.take_over)
+            agent = Agent(settings, store, make_runner(settings), stop, take_over=args.take_over, metrics=metrics)
             code = agent.run_once() if args.once else agent.run_forever()
     except (HostIdInUse, StateError) as exc:
         print(f"deploy-agent: {exc}", file=sys.stderr)
@@ -218,6 +225,8 @@ def run_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"deploy-agent: cannot use the deployment root {settings.root_dir}: {exc}", file=sys.stderr)
         return ExitCode.INVALID
+    finally:
+        metrics.close()
     if code == ExitCode.STORE_UNAVAILABLE:
         print(f"deploy-agent: the store {settings.store} is unavailable; unreported results are kept in "
               f"{settings.root_dir / STATE_FILE} and sent on the next run", file=sys.stderr)

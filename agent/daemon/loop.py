@@ -5,7 +5,8 @@ writes `commands/<host>.json`; this loop notices a new generation with a conditi
 to the runner, and writes every lifecycle event's progress into `hosts/<host>/status.json` as it happens,
 ending with the revision now installed per deployment group. Its neighbours: agent/daemon/cli.py (the command
 line), progress.py (the pure bookkeeping), statefile.py (the state file and the root lock), claim.py (owning
-the host id), identity.py (this installation's identity), retry.py (store outages), clock.py (the clocks).
+the host id), identity.py (this installation's identity), retry.py (store outages), clock.py (the clocks),
+agent/metrics.py (what it counts for Prometheus, when agent.yaml asks).
 
 Two threads, one writer each:
 
@@ -65,6 +66,7 @@ from agent.daemon.retry import Backoff, StoreHealth
 from agent.daemon.statefile import LocalState
 from agent.daemon.traffic_gate import StoreTrafficGate
 from agent.lifecycle.runner import LifecycleRunner
+from agent.metrics import AgentMetrics
 from agent.settings import AgentSettings
 from contract.clock import Monotonic, Now, utc_now
 from contract.exitcodes import ExitCode
@@ -105,11 +107,13 @@ class Agent:
         *,
         take_over: bool = False,
         installation: Installation | None = None,
+        metrics: AgentMetrics | None = None,
         now: Now = utc_now,
         monotonic: Monotonic = time.monotonic,
     ) -> None:
         """`now` is the clock for times written to the store and compared with other machines' (heartbeats);
-        `monotonic` schedules polls, heartbeats and the flush at shutdown, and must advance."""
+        `monotonic` schedules polls, heartbeats and the flush at shutdown, and must advance. `metrics`: where
+        polls, events, commands, refusals and failed writes are counted (agent/metrics.py); none by default."""
         self.settings = settings
         self.store = store
         self.runner = runner
@@ -117,6 +121,7 @@ class Agent:
         self.host_id = settings.host_id
         self.now = now
         self.monotonic = monotonic
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.local = LocalState(settings.root_dir)
         self.log = log.bind(host_id=self.host_id)
         #: Guards everything below; the reporter waits on it for changes.
@@ -168,9 +173,13 @@ class Agent:
                     command = self._poll()
                 except StoreError as exc:
                     self._poll_health.failed(exc, "reading the command")
+                    self.metrics.poll_failed()
+                    self.metrics.flush()
                     self.stop.wait(backoff.next())
                     continue
                 self._poll_health.succeeded()
+                self.metrics.poll_succeeded(self.now())
+                self.metrics.flush()
                 backoff.reset()
                 if command is not None:
                     self._execute(command)
@@ -190,8 +199,10 @@ class Agent:
             raise
         except StoreError as exc:
             self.log.error("store.unavailable", doing="reading the command", error=str(exc))
+            self.metrics.poll_failed()
             self._shutdown(0.0)
             return ExitCode.STORE_UNAVAILABLE
+        self.metrics.poll_succeeded(self.now())
         if command is not None:
             self._execute(command)
         if not self._shutdown(self.settings.report_timeout.total_seconds()):
@@ -245,7 +256,7 @@ class Agent:
             progress = finish_after_restart(state.progress, installed, now=self.now())
             if progress.status == CommandStatus.SUCCEEDED and installed is not None:
                 self._installed[group_key(installed.application, installed.deployment_group)] = installed
-            self._settled(progress, source="state file")
+            self._settled(state.progress, progress, source="state file")
         elif not self._state.reported and self._state.progress is not None:
             self._failed_reported = self._state.progress.status == CommandStatus.FAILED
         self.log.info("agent.started", version=__version__, store=self.store.url,
@@ -258,7 +269,10 @@ class Agent:
                              "(docs/trust.md)")
         self._reporter.start()
 
-    def _settled(self, progress: CommandProgress, *, source: str) -> None:
+    def _settled(self, cut_off: CommandProgress, progress: CommandProgress, *, source: str) -> None:
+        """`progress` is the report for `cut_off`, a command found running after a crash."""
+        self.metrics.events_settled(cut_off, progress)
+        self.metrics.command_finished(progress.status)
         self._update_state(last_generation=max(self._state.last_generation, progress.generation),
                            progress=progress, running=False, reported=False)
         self._failed_reported = self._failed_reported or progress.status == CommandStatus.FAILED
@@ -279,6 +293,7 @@ class Agent:
             self._abandon = True
             self._lock.notify_all()
         self._reporter.join(timeout=1.0)  # a daemon thread: a store call still in flight dies with the process
+        self.metrics.flush(force=True)
         self.log.info("agent.stopped", all_reported=flushed)
         return flushed
 
@@ -367,7 +382,7 @@ class Agent:
         if command is None:
             return 0
         if command.status == CommandStatus.IN_PROGRESS and command.generation > self._state.last_generation:
-            self._settled(finish_after_restart(command, None, now=self.now()), source="store")
+            self._settled(command, finish_after_restart(command, None, now=self.now()), source="store")
         return command.generation
 
     def _refuse(self, version: str, reason: str) -> None:
@@ -379,6 +394,7 @@ class Agent:
             self._refusals = [*self._refusals, CommandRefusal(at=self.now(), key=key, version=version,
                                                              reason=reason)][-MAX_REFUSALS:]
             self._refused_total += 1
+            self.metrics.command_refused()
             self._changes += 1
             self._lock.notify_all()
 
@@ -410,6 +426,7 @@ class Agent:
         # cannot be written, the command does not run: exactly once cannot be promised without it.
         self._update_state(last_generation=command.generation, command=command, progress=progress, running=True,
                            reported=False, strict=True)
+        self.metrics.command_started()
         self.log.info("command.received", deployment_id=command.deployment_id, generation=command.generation,
                       application=command.application, deployment_group=command.deployment_group,
                       revision=command.revision.short())
@@ -420,11 +437,13 @@ class Agent:
         except Exception as exc:  # a bug in the engine must fail this command, not re-run it after a restart
             self.log.exception("command.internal_error", deployment_id=command.deployment_id)
             message = f"internal error in the agent: {exc!r}"
+            cut_off = self._state.progress or progress
             failed = fail_unfinished(
-                self._state.progress or progress, now=self.now(), error_code=LifecycleErrorCode.UNKNOWN_ERROR,
+                cut_off, now=self.now(), error_code=LifecycleErrorCode.UNKNOWN_ERROR,
                 event_message=message, skip_message="not run: internal error in the agent",
                 command_message=lambda event: f"{event} failed: {message}",
             )
+            self.metrics.events_settled(cut_off, failed)
             status, events, installed = CommandStatus.FAILED, failed.events, None
         with self._lock:
             current = self._state.progress or progress
@@ -438,12 +457,14 @@ class Agent:
                 self._installed[group_key(installed.application, installed.deployment_group)] = installed
             self._update_state(progress=final, running=False, reported=False)
         self._failed_reported = self._failed_reported or status == CommandStatus.FAILED
+        self.metrics.command_finished(status)
         self._busy_until = self.monotonic() + BUSY_WINDOW.total_seconds()
         self.log.info("command.finished", deployment_id=command.deployment_id, generation=command.generation,
                       status=status.value, message=final.message)
         return status
 
     def _on_event(self, report: EventReport) -> None:
+        self.metrics.event_reported(report)
         with self._lock:
             if self._state.progress is not None:
                 self._update_state(progress=apply_event(self._state.progress, report))
@@ -542,13 +563,17 @@ class Agent:
                 return
             except StoreError as exc:
                 self._report_health.failed(exc, "writing the status")
+                self.metrics.store_write_failed()
+                self.metrics.flush()
                 retry_at = self.monotonic() + backoff.next()
                 continue
             except Exception:  # a bug here must not silence the host for good: log it and keep trying
                 self.log.exception("reporter.error")
+                self.metrics.store_write_failed()
                 retry_at = self.monotonic() + backoff.next()
                 continue
             self._report_health.succeeded()
+            self.metrics.flush()
             backoff.reset()
             retry_at = 0.0
             next_heartbeat = self.monotonic() + heartbeat
