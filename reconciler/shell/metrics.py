@@ -43,6 +43,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler, st
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from contract.atomic import write_atomic
+from contract.exposition import WithoutCreated
 from contract.models import Deployment, DeploymentStatus, HostDeploymentStatus
 from contract.store import Store
 from contract.store.instrumented import OPERATIONS, instrument_store
@@ -332,6 +333,8 @@ class ReconcilerMetrics:
         self.host_series = host_series
         self.commit_time = commit_time
         self.registry = CollectorRegistry()
+        #: What leaves the process: the registry without prometheus_client's `_created` series.
+        self.exported = WithoutCreated(self.registry)
         self.last_pass: PassOutcome | None = None
         self._lease: WriteLease | None = None
         self._groups_seen: set[tuple[str, str]] = set()
@@ -468,14 +471,14 @@ class ReconcilerMetrics:
 
     def exposition(self) -> bytes:
         """The text format, as `/metrics` serves it."""
-        return generate_latest(self.registry)
+        return generate_latest(self.exported)
 
     def serve(self, address: str) -> MetricsServer:
         """Serve `/metrics` on `address` (HOST:PORT) from a daemon thread. MetricsServeError when it cannot (the
         port in use, an address this machine does not have), with the system's words."""
         host, port = parse_listen_address(address)
         try:
-            server, thread = start_http_server(port, addr=host, registry=self.registry)
+            server, thread = start_http_server(port, addr=host, registry=self.exported)
         except OSError as exc:
             raise MetricsServeError(address, _os_words(exc)) from None
         # The port it really listens on: the one asked for, or the system's choice for port 0.
@@ -505,7 +508,7 @@ class ReconcilerMetrics:
 
             handler = with_basic_auth
             url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        push_to_gateway(url, job=PUSH_JOB, registry=self.registry, timeout=PUSH_TIMEOUT_SECONDS, handler=handler)
+        push_to_gateway(url, job=PUSH_JOB, registry=self.exported, timeout=PUSH_TIMEOUT_SECONDS, handler=handler)
 
 
 @dataclass
@@ -592,14 +595,13 @@ def commit_times(repository: str, *, limit: int = 256) -> CommitTime:
     return committed
 
 
-def metric_names(registry: CollectorRegistry) -> set[str]:
-    """Every sample name `registry` can export (`fleetshift_deployments_total`, `..._bucket`, `..._count`...), from
-    its collectors' descriptions: what a dashboard's queries may use."""
+def metric_names(metrics: ReconcilerMetrics) -> set[str]:
+    """Every series name the reconciler can export (`fleetshift_deployments_total`, `..._bucket`, `..._count`...),
+    whether or not it has samples yet: what a dashboard's queries and the alerts may use."""
     names: set[str] = set()
-    for family in registry.collect():
-        names.add(family.name)
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
-        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    for family in metrics.exported.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
     return names
 
 

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -509,3 +511,22 @@ def test_deploy_yaml_example_documents_every_metrics_key() -> None:
     text = example.read_text()
     for name, info in type(settings.metrics).model_fields.items():
         assert f"  {info.alias or name}:" in text, f"metrics.{info.alias or name} is not documented"
+
+
+def test_served_over_http_without_created_series_and_a_name_filter_works() -> None:
+    metrics = ReconcilerMetrics(heartbeat_timeout=timedelta(minutes=3))
+    metrics.count_event("deployment.started", "info")
+    server = metrics.serve("127.0.0.1:0")
+    try:
+        assert server.address.startswith("127.0.0.1:") and not server.address.endswith(":0")
+        with urllib.request.urlopen(f"http://{server.address}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert 'fleetshift_events_total{severity="info",type="deployment.started"} 1.0' in body
+        assert "_created" not in body  # prometheus_client's creation-time series are not exported
+        assert "fleetshift_lease_held 0.0" in body
+        query = urllib.parse.urlencode({"name[]": "fleetshift_passes_total"})
+        with urllib.request.urlopen(f"http://{server.address}/metrics?{query}", timeout=5) as response:
+            names = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        assert names == {"fleetshift_passes"}
+    finally:
+        server.close()
