@@ -63,6 +63,7 @@ class LocalPrometheus(LocalService):
         metrics_path: str = "/metrics",
         scrape_interval: str = "1s",
         start_timeout: float = START_TIMEOUT,
+        extra_jobs: Sequence[tuple[str, Sequence[tuple[str, str, int]]]] = (),
     ) -> None:
         if not targets:
             raise ValueError("LocalPrometheus needs at least one target")
@@ -75,6 +76,8 @@ class LocalPrometheus(LocalService):
         self.metrics_path = metrics_path
         self.scrape_interval = scrape_interval
         self.start_timeout = start_timeout
+        #: More jobs on `/metrics`, each (job name, targets like `targets`): the demo's agents and reconciler.
+        self.extra_jobs = [(name, list(job_targets)) for name, job_targets in extra_jobs]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = self.workdir / "prometheus.yml"
@@ -194,9 +197,20 @@ class LocalPrometheus(LocalService):
 
     def config(self) -> str:
         # Strings go in as JSON, which YAML reads as double-quoted scalars: a host id needs no YAML quoting rules.
-        static = "\n".join(
-            f"      - targets: [{json.dumps(f'{address}:{port}')}]\n        labels: {{host: {json.dumps(host_id)}}}"
-            for host_id, address, port in self.targets
+        def static(targets: Sequence[tuple[str, str, int]]) -> str:
+            return "\n".join(
+                f"      - targets: [{json.dumps(f'{address}:{port}')}]\n        labels: {{host: {json.dumps(host_id)}}}"
+                for host_id, address, port in targets
+            )
+
+        extra = "".join(
+            f"""  - job_name: {json.dumps(name)}
+    metrics_path: "/metrics"
+    static_configs:
+{static(targets)}
+"""
+            for name, targets in self.extra_jobs
+            if targets
         )
         interval = json.dumps(self.scrape_interval)
         return f"""\
@@ -211,8 +225,8 @@ scrape_configs:
   - job_name: {json.dumps(self.job)}
     metrics_path: {json.dumps(self.metrics_path)}
     static_configs:
-{static}
-"""
+{static(self.targets)}
+{extra}"""
 
     # -- internals ---------------------------------------------------------------------------------------------
 

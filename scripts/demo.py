@@ -171,23 +171,114 @@ def start_haproxy(workdir: Path, hosts: list[Host]) -> LocalHAProxy | None:
     return haproxy
 
 
-def start_prometheus(workdir: Path, hosts: list[Host]) -> LocalPrometheus | None:
+def start_prometheus(workdir: Path, hosts: list[Host], reconciler_port: int) -> LocalPrometheus | None:
     """Prometheus scraping every host's /metrics each second, or None (said in one line) when it is not installed.
-    Started early: it lists its targets only ~5 s after it starts (fleetlab/prometheus.py), time v1 takes anyway."""
+    Started early: it lists its targets only ~5 s after it starts (fleetlab/prometheus.py), time v1 takes anyway.
+    It also scrapes fleetshift itself: each agent's own metrics (job fleetshift-agent) and the reconciler's
+    (job fleetshift-reconcile, served by the `reconcile watch` the demo starts at the end)."""
     try:
         prometheus_path()
     except PrometheusError:
         say("  Prometheus is not installed (apt-get install prometheus, or ./scripts/demo as root installs it): "
             "skipping v5, the bad revision only a metric gate catches")
         return None
-    prometheus = LocalPrometheus(workdir / "prometheus", [(h.host_id, "127.0.0.1", h.port) for h in hosts])
+    prometheus = LocalPrometheus(
+        workdir / "prometheus",
+        [(h.host_id, "127.0.0.1", h.port) for h in hosts],
+        extra_jobs=[
+            ("fleetshift-agent", [(h.host_id, "127.0.0.1", h.metrics_port) for h in hosts]),
+            ("fleetshift-reconcile", [("reconciler", "127.0.0.1", reconciler_port)]),
+        ],
+    )
     try:
         prometheus.start()
     except PrometheusError as exc:
         say(f"  Prometheus would not start ({exc}): skipping v5, the bad revision only a metric gate catches")
         return None
-    say(f"  Prometheus at {prometheus.url}: scrapes every host's /metrics each second, label host=<host id>")
+    say(f"  Prometheus at {prometheus.url}: scrapes every host's /metrics each second, label host=<host id>, and "
+        "fleetshift's own metrics (every agent's, and the reconciler's)")
     return prometheus
+
+
+# --------------------------------------------------------------------------------------------------
+# Observability: the event stream and fleetshift's own metrics (docs/events.md, docs/metrics.md)
+
+
+def follow_events(workdir: Path, store: str) -> subprocess.Popen[bytes]:
+    """`reconcile events --follow --format json` for the whole demo, as an on-call engineer's second terminal or a
+    log shipper would run it: every event, once, as passes record it."""
+    return subprocess.Popen(
+        [str(BIN / "reconcile"), "events", "--follow", "--interval", "250ms", "--format", "json", "--store", store],
+        stdout=(workdir / "events.jsonl").open("wb"), stderr=(workdir / "events-follow.log").open("wb"),
+        start_new_session=True,
+    )
+
+
+def stop_follow(follow: subprocess.Popen[bytes]) -> None:
+    if follow.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(follow.pid, signal.SIGINT)
+        try:
+            follow.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            follow.kill()
+            follow.wait()
+
+
+def show_events(workdir: Path, config_repo: Path, store: str) -> dict[str, int]:
+    """What `--follow` streamed, by type, and the warnings and worse as `reconcile events` prints them."""
+    streamed = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines() if line.strip()]
+    by_type: dict[str, int] = {}
+    for event in streamed:
+        by_type[event["type"]] = by_type.get(event["type"], 0) + 1
+    ids = [event["id"] for event in streamed]
+    say(f"  `reconcile events --follow` streamed {len(streamed)} events live ({len(set(ids))} distinct ids) into "
+        f"{workdir / 'events.jsonl'}:")
+    say("    " + ", ".join(f"{kind} x{n}" for kind, n in sorted(by_type.items())))
+    reconcile("events", "--min-severity", "warning", config_repo=config_repo, store=store)
+    return by_type
+
+
+def show_metrics(workdir: Path, config_repo: Path, store: str, prometheus: LocalPrometheus, port: int) -> bool:
+    """Start `reconcile watch --metrics-address` (the fleet is converged: it only reads), let the real Prometheus
+    scrape it and the agents, and show what PromQL answers. True when both were scraped."""
+    command = [str(BIN / "reconcile"), "--repo", str(config_repo), "--ref", "main", "--path", "manifests",
+               "--store", store, "--log-format", "json", "watch", "--metrics-address", f"127.0.0.1:{port}"]
+    env = {**os.environ, "FLEETSHIFT_SIGNING_KEY_FILE": str(config_repo.parent / "signing.pem")}
+    say(f"$ reconcile watch --metrics-address 127.0.0.1:{port}   (in the background; Prometheus scrapes it)")
+    watch = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=(workdir / "reconcile-watch.log").open("wb"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        hosts: dict[str, float] = {}
+        while time.monotonic() < deadline and not hosts.get("online"):
+            time.sleep(0.5)
+            with contextlib.suppress(PrometheusError):
+                hosts = prometheus.values("sum by (state) (fleetshift_group_hosts)", by="state")
+        if not hosts.get("online"):
+            say("  Prometheus did not scrape the reconciler in 30 s (see reconcile-watch.log)")
+            return False
+        queries = [
+            ("sum by (state) (fleetshift_group_hosts)", "state", "hosts of hello-demo by state"),
+            ("sum by (group) (fleetshift_group_quarantined_revisions)", "group", "quarantined revisions"),
+            ("sum by (outcome) (fleetshift_agent_commands_total)", "outcome", "commands the agents ran, by outcome"),
+            ("sum by (outcome) (fleetshift_agent_lifecycle_events_total)", "outcome", "lifecycle events, by outcome"),
+            ("sum by (host) (fleetshift_agent_command_refusals_total) > 0", "host", "commands refused"),
+        ]
+        for promql, label, what in queries:
+            found = prometheus.values(promql, by=label)
+            shown = ", ".join(f"{key or '-'}={value:g}" for key, value in sorted(found.items())) or "none"
+            say(f"  {what}: {shown}")
+            say(f"      PromQL: {promql}")
+        return True
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(watch.pid, signal.SIGTERM)
+        try:
+            watch.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            watch.wait()
 
 
 def errors_by_host(prometheus: LocalPrometheus, seconds: float) -> dict[str, int]:
@@ -245,6 +336,8 @@ class Host(LocalAgent):
     """A simulated host running the hello service on its own loopback port."""
 
     port: int = 0
+    #: Where the agent serves its own metrics (agent.yaml `metrics.address`, docs/agent.md "Metrics").
+    metrics_port: int = 0
 
     @property
     def home(self) -> Path:
@@ -258,7 +351,7 @@ def start_agents(workdir: Path, store: str, count: int, faulty: str, trusted_key
         base.mkdir(parents=True)
         cache = base / "cache"
         host = Host(f"host-{index}", base, tags={"app": "hello", "env": "demo"},
-                    zone="a" if index <= (count + 1) // 2 else "b", port=free_port())
+                    zone="a" if index <= (count + 1) // 2 else "b", port=free_port(), metrics_port=free_port())
         if host.host_id == faulty:
             cache.write_text("not a folder\n")  # the "bad disk": v3's cache folder cannot be created here
         host.env = {
@@ -269,6 +362,7 @@ def start_agents(workdir: Path, store: str, count: int, faulty: str, trusted_key
             "HELLO_CACHE_DIR": str(cache),
             # The reconciler's public key: this agent refuses any command not signed with it (docs/trust.md).
             "FLEETSHIFT_AGENT_COMMAND_SIGNING_TRUSTED_KEYS": trusted_key,
+            "FLEETSHIFT_AGENT_METRICS_ADDRESS": f"127.0.0.1:{host.metrics_port}",
         }
         host.start(store)
         hosts.append(host)
@@ -418,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     requests: dict[str, tuple[int, int, dict[str, int]]] = {}
     caught = False
     refused: str | None = None
+    follow: subprocess.Popen[bytes] | None = None
+    events_seen: dict[str, int] = {}
+    scraped = False
+    reconciler_metrics_port = free_port()
     try:
         step("Generating the reconciler's signing key; the agents will run only commands signed with it")
         trusted_key = generate_key(workdir / "signing.pem")
@@ -425,9 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         hosts = start_agents(workdir, store, args.hosts, faulty, trusted_key)
         wait_registered(store_dir, hosts)
         say("  " + ", ".join(f"{h.host_id} (zone {h.zone}, port {h.port})" for h in hosts))
+        follow = follow_events(workdir, store)
+        say("  $ reconcile events --follow --format json > events.jsonl   (in the background, until the end)")
         haproxy = start_haproxy(workdir, hosts)
         if haproxy is not None:
-            prometheus = start_prometheus(workdir, hosts)
+            prometheus = start_prometheus(workdir, hosts, reconciler_metrics_port)
 
         step("Creating an app repo (hello v1 to v5) and a config repo from examples/config-repo")
         commits = make_app_repo(workdir / "app-repo", with_v5=True)
@@ -525,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
             for sample in [s for s in final.samples if s.reason != "500"][:5]:
                 say(f"    failed at {sample.when.isoformat(timespec='milliseconds')}: {sample.detail}")
 
+        step("What an on-call engineer saw: the event stream")
+        stop_follow(follow)
+        events_seen = show_events(workdir, config_repo, store)
+        if prometheus is not None:
+            step("fleetshift's own metrics, scraped by the real Prometheus")
+            scraped = show_metrics(workdir, config_repo, store, prometheus, reconciler_metrics_port)
+
         step("Summary")
         say(f"  {'host':<8} {'zone':<5} {'answers':<8}")
         for host in hosts:
@@ -543,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
         elif haproxy is not None:
             say(f"  three rollouts under load, one failure and rollback, {other_failures} failed requests")
         say(f"  1 forged command written into the store, refused by host-2: {refused or 'NOT refused'}")
+        say(f"  events: {sum(events_seen.values())} streamed live, {events_seen.get('deployment.failed', 0)} "
+            f"deployment.failed, {events_seen.get('rollback.succeeded', 0)} rollback.succeeded, "
+            f"{events_seen.get('command.refused', 0)} command.refused")
         say(f"  total: {time.monotonic() - started:.1f}s")
         say()
         say(f"Everything is left in {workdir} for you to look at:")
@@ -559,11 +669,17 @@ def main(argv: list[str] | None = None) -> int:
         # v5's 500s are the point of its step (the canary really served them until the gate failed it); any
         # other failed request, in any rollout, is a failure of the demo.
         gate_ok = caught if "v5" in codes else True
-        return 0 if codes == expected and other_failures == 0 and gate_ok and refused else 1
+        failures = sum(1 for code in expected.values() if code == 3)
+        events_ok = events_seen.get("deployment.failed", 0) == failures and events_seen.get("command.refused", 0) == 1
+        metrics_ok = scraped or prometheus is None
+        ok = codes == expected and other_failures == 0 and gate_ok and refused and events_ok and metrics_ok
+        return 0 if ok else 1
     except KeyboardInterrupt:
         say("\ninterrupted: stopping agents and services")
         return 130
     finally:
+        if follow is not None:
+            stop_follow(follow)
         if ticker is not None:
             ticker.stop()
         if load is not None:

@@ -99,6 +99,22 @@ def test_demo_rolls_out_fails_on_the_canary_and_rolls_back(tmp_path: Path) -> No
     host2 = json.loads((workdir / "store" / "hosts" / "host-2" / "status.json").read_text())
     assert host2["refusedTotal"] == 1 and host2["verifiesSignatures"] is True
     assert "forged-1" not in (workdir / "host-2" / "agent.log").read_text()  # never received, never started
+    # The event stream, followed live for the whole demo: each event once, the story's failures and the refusal in it.
+    streamed = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
+    assert len({e["id"] for e in streamed}) == len(streamed)
+    kinds = [e["type"] for e in streamed]
+    assert kinds.count("deployment.failed") == 2 and kinds.count("rollback.succeeded") == 2
+    assert kinds.count("command.refused") == 1 and kinds.count("revision.quarantined") == 2
+    assert [e["host"] for e in streamed if e["type"] == "host.failed"] == ["host-1"]  # v3's hook, on the canary
+    assert kinds.count("gate.failed") == 1 and kinds.count("gate.passed") == 4
+    assert "events: " in output and "2 deployment.failed, 2 rollback.succeeded, 1 command.refused" in output
+    assert re.search(r"ERROR +fleet +command.refused +host-2 refused commands/host-2.json", output)
+    # fleetshift's own metrics, as the real Prometheus scraped them from `reconcile watch` and the agents.
+    assert "hosts of hello-demo by state: " in output and "on_effective_revision=6, online=6" in output
+    assert "quarantined revisions: hello-demo=1" in output
+    agent_commands = re.search(r"commands the agents ran, by outcome: Failed=(\d+), Succeeded=(\d+)", output)
+    assert agent_commands is not None and agent_commands.group(1) == "1", output[-3000:]
+    assert "commands refused: host-2=1" in output
     # The demo stops what it started: no agent nor Prometheus keeps running.
     leftover = subprocess.run(["pgrep", "-f", "--", f"file://{workdir}/store"], capture_output=True, check=False)
     assert leftover.returncode == 1, leftover.stdout

@@ -192,13 +192,19 @@ class _Printer:
         print(text_line(event), flush=True)
 
 
+#: The most of a message one text line shows (a failed hook's output can run to kilobytes); JSON keeps it all.
+TEXT_MESSAGE_LIMIT = 400
+
+
 def text_line(event: Event) -> str:
     """`2026-11-28 10:01:02  ERROR    hello/web  d-68df7714e9d9  deployment.failed  app@bc893b7 failed [...]`."""
     at = event.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     where = event.group or "fleet"
     source = event.deployment_id or ""
-    return (f"{at}  {event.severity.value.upper():<8} {where:<24} {source:<20} {event.type.value:<22} "
-            f"{public_host_text(event.message)}")
+    message = public_host_text(event.message)
+    if len(message) > TEXT_MESSAGE_LIMIT:
+        message = message[: TEXT_MESSAGE_LIMIT - 1] + "…"
+    return f"{at}  {event.severity.value.upper():<8} {where:<24} {source:<20} {event.type.value:<22} {message}"
 
 
 __all__ = ["EventFilter", "cmd_events", "parse_since", "recorded_events", "register", "text_line"]
