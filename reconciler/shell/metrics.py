@@ -395,6 +395,12 @@ class ReconcilerMetrics:
             self._batches_ended(outcome.snapshot.state.deployments.get(deployment_id), after)
         self.last_pass = outcome
 
+    def forget_view(self) -> None:
+        """Stop describing the fleet (a `watch` that lost the lease): another reconciler does now, and a dashboard
+        summing over reconcilers must count each group once, not once more from a standby's last view. The
+        counters stay; the group, host and last-pass series come back with this reconciler's next pass."""
+        self.last_pass = None
+
     def count_pass_error(self) -> None:
         """A pass raised before it could report an outcome (`MeteredPassRunner` calls this)."""
         self.passes.labels(result="error").inc()

@@ -346,6 +346,8 @@ class Watcher:
                 except LeaseLost as exc:
                     log.error("watch.lease_lost", error=str(exc))
                     self.last = None
+                    if self.metrics is not None:
+                        self.metrics.forget_view()
                 except StoreError as exc:
                     if not exc.retryable:
                         raise

@@ -530,3 +530,15 @@ def test_served_over_http_without_created_series_and_a_name_filter_works() -> No
         assert names == {"fleetshift_passes"}
     finally:
         server.close()
+
+
+def test_a_reconciler_that_lost_the_lease_stops_describing_the_fleet_but_keeps_its_counters() -> None:
+    metrics = ReconcilerMetrics(heartbeat_timeout=timedelta(minutes=3))
+    observed, state = fleet()
+    metrics.on_pass(outcome_of(desired(MANIFESTS), observed, state))
+    assert series(samples(metrics), "fleetshift_group_info") != []
+    metrics.forget_view()  # what `watch` does on LeaseLost: the new leader describes the fleet now
+    found = samples(metrics)
+    assert series(found, "fleetshift_group_info") == [] and series(found, "fleetshift_host_up") == []
+    assert series(found, "fleetshift_last_pass_timestamp_seconds") == []
+    assert value(found, "fleetshift_passes_total", result="ok") == 1
