@@ -4,7 +4,8 @@
 and runs it through the same `LifecycleRunner` the daemon uses, with no reconciler and no store. `validate`
 runs only the checks: appspec, scripts, users, and the install plan with its conflicts, changing nothing.
 
-This module only parses options and renders; the engine never prints. Exit codes: 0 success / valid,
+This module turns the options into a command and renders what the engine reports (the engine never prints);
+the flags themselves are declared in agent/cli/parser.py. Exit codes: 0 success / valid,
 1 the deployment failed / the bundle is invalid, 2 the command line is wrong.
 """
 
@@ -15,8 +16,9 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from agent.cli.parser import default_root_dir, register_local_commands
 from agent.cli.validate_report import Findings, report
 from agent.errors import AgentError, Problem, RevisionInvalid, UsageError
 from agent.fetch import BUNDLE_TYPES, ExtractLimits, FetchedBundle, detect_bundle_type, unpack_bundle
@@ -48,77 +50,16 @@ from contract.models import (
     Revision,
     S3Location,
 )
-from contract.paths import state_dir
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-DEFAULT_GROUP_ID = "default-local-deployment-group"
-DEFAULT_GROUP_NAME = "LocalFleet"
 _BEFORE_DOWNLOAD = ("BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop")
 _BEFORE_INSTALL = (*_BEFORE_DOWNLOAD, "DownloadBundle", "BeforeInstall")
 
-
-def default_root_dir() -> Path:
-    """Root: /var/lib/fleetshift/deployment-root. Anyone else: under $XDG_STATE_HOME (or ~/.local/state)."""
-    return state_dir() / "deployment-root"
-
-
-def register(subparsers: Any) -> None:
-    local = subparsers.add_parser(
-        "local",
-        help="deploy a bundle on this machine, like codedeploy-local",
-        description="Run a CodeDeploy-style bundle's lifecycle on this machine with no reconciler: the same "
-        "engine as the agent daemon. Exit 0 on success, 1 if the deployment failed, 2 for bad options.",
-    )
-    local.add_argument("--bundle-location", "-l", default=".", metavar="PATH",
-                       help="bundle folder or zip/tar/tgz file, or s3://bucket/key (default: current folder)")
-    local.add_argument("--type", "-t", dest="bundle_type", metavar="TYPE",
-                       help="zip, tar, tgz or directory (default: detected from the bundle)")
-    _common_deploy_options(local)
-    local.add_argument("--deployment-group-name", "-d", default=DEFAULT_GROUP_NAME, metavar="NAME",
-                       help=f"DEPLOYMENT_GROUP_NAME for the hooks (default: {DEFAULT_GROUP_NAME})")
-    local.add_argument("--application-name", "-a", metavar="NAME",
-                       help="APPLICATION_NAME for the hooks (default: the bundle's absolute location)")
-    local.add_argument("--health-check", metavar="URL",
-                       help="after ValidateService, GET URL every 2 s until it has answered 200 for "
-                       "--min-healthy-time (HealthCheck; gives up after 300 s)")
-    local.add_argument("--min-healthy-time", type=float, default=10.0, metavar="SECONDS",
-                       help="with --health-check: how long every check must pass (default 10; 0: one pass is enough)")
-    local.set_defaults(func=run_local)
-
-    validate = subparsers.add_parser(
-        "validate",
-        help="check a bundle or an appspec without running anything",
-        description="Check an appspec, or a whole bundle: appspec, scripts, users, and the install plan "
-        "(files to copy, and what each file_exists_behavior does with files already there). Changes nothing. "
-        "Exit 0 if it would deploy, 1 if not, 2 for bad options.",
-    )
-    validate.add_argument("path", metavar="PATH", help="a bundle (folder, zip, tar, tgz) or an appspec file")
-    validate.add_argument("--type", "-t", dest="bundle_type", metavar="TYPE",
-                          help="zip, tar, tgz or directory (default: detected)")
-    _common_deploy_options(validate)
-    validate.add_argument("--format", choices=("text", "json"), default="text", help="output format (text)")
-    validate.set_defaults(func=run_validate)
-
-
-def _common_deploy_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--deployment-group", "-g", default=DEFAULT_GROUP_ID, metavar="ID",
-                        help=f"deployment group id: the folder under the root, and whose files are cleaned up "
-                        f"(default: {DEFAULT_GROUP_ID})")
-    parser.add_argument("--file-exists-behavior", metavar="BEHAVIOR",
-                        help="DISALLOW, OVERWRITE or RETAIN for files already at a destination (default DISALLOW; "
-                        "the appspec's own file_exists_behavior wins)")
-    parser.add_argument("--events", "-e", metavar="A,B,...",
-                        help="lifecycle events to run instead of all of them; DownloadBundle and Install are added "
-                        "when missing")
-    parser.add_argument("--appspec-filename", metavar="NAME",
-                        help="appspec file name in the bundle (default: appspec.yml, then appspec.yaml)")
-    parser.add_argument("--root-dir", type=Path, metavar="DIR",
-                        help=f"deployment root (default: {default_root_dir()})")
-    parser.add_argument("--host-root", type=Path, metavar="DIR",
-                        help="prefix for absolute destinations: /srv/app lands in DIR/srv/app (default: /)")
+#: The parser lives in agent/cli/parser.py, so `deploy-agent --help` loads none of this module.
+register = register_local_commands
 
 
 # --------------------------------------------------------------------------------------------------
