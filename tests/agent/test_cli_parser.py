@@ -3,6 +3,7 @@ interpreter's start), and every sub-command still reaches its code."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -45,8 +46,8 @@ def test_help_is_printed_by_the_installed_program() -> None:
 def test_every_sub_command_names_a_function_that_exists() -> None:
     """The entry points are strings until a sub-command runs: a renamed function must fail here, not on a host."""
     parser = build_parser()
-    actions = [action for action in parser._actions if action.dest == "command"]
-    commands = actions[0].choices
+    actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    commands: dict[str, argparse.ArgumentParser] = actions[0].choices
     assert set(commands) == {"local", "validate", "run"}
     for name, sub in commands.items():
         entry = sub.get_default("func")
