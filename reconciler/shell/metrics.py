@@ -44,7 +44,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from contract.atomic import write_atomic
 from contract.exposition import WithoutCreated
-from contract.models import Deployment, DeploymentStatus, HostDeploymentStatus
+from contract.models import Deployment, DeploymentStatus, FleetEventLog, HostDeploymentStatus, RecordedEvent
 from contract.store import Store
 from contract.store.instrumented import OPERATIONS, instrument_store
 from reconciler.core import DispatchBatch, FinishDeployment, MembershipIndex, group_members, missing_hosts
@@ -392,7 +392,13 @@ class ReconcilerMetrics:
             if isinstance(write.document, Deployment):
                 written[write.document.deployment_id] = write.document
         for deployment_id, after in written.items():
-            self._batches_ended(outcome.snapshot.state.deployments.get(deployment_id), after)
+            before = outcome.snapshot.state.deployments.get(deployment_id)
+            self._batches_ended(before, after)
+            self._count_new_events(after.events, before.events[-1].seq if before and before.events else 0)
+        for write in outcome.applied.writes:
+            if isinstance(write.document, FleetEventLog):
+                seen = outcome.snapshot.state.fleet_events
+                self._count_new_events(write.document.events, seen.last_seq if seen is not None else 0)
         self.last_pass = outcome
 
     def forget_view(self) -> None:
@@ -408,6 +414,12 @@ class ReconcilerMetrics:
     def count_event(self, type: str, severity: str) -> None:
         """One event recorded in the event stream (`fleetshift_events_total{type,severity}`)."""
         self.events.labels(type=type, severity=severity).inc()
+
+    def _count_new_events(self, events: list[RecordedEvent], after_seq: int) -> None:
+        """The events a pass recorded in one document it wrote: those numbered past the stored document's last."""
+        for event in events:
+            if event.seq > after_seq:
+                self.count_event(event.type.value, event.severity.value)
 
     def count_notification(self, notification: str, provider: str, result: str) -> None:
         """One notification attempt (`fleetshift_notifications_total{notification,provider,result}`)."""

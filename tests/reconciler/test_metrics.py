@@ -49,7 +49,7 @@ from reconciler.settings import ReconcileSettings, load_settings, parse_listen_a
 from reconciler.shell.executor import Applied
 from reconciler.shell.lease import WriteLease
 from reconciler.shell.metrics import HOST_STATES, MeteredPassRunner, ReconcilerMetrics
-from reconciler.shell.observe import Snapshot
+from reconciler.shell.observe import Snapshot, StoreReader
 from reconciler.shell.passes import PassOutcome
 from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision, settings_overrides
 
@@ -395,6 +395,19 @@ def test_a_failed_deployment_its_rollback_and_the_quarantine(tmp_path: Path) -> 
     assert value(found, "fleetshift_group_hosts", **web, state="on_desired_revision") == 0
     info = series(found, "fleetshift_group_info")
     assert [(i["desired_revision"], i["effective_revision"]) for i in info] == [("bundles/v2.zip", "bundles/v1.zip")]
+    # Every event the passes recorded is counted once: the counter equals the events in the records.
+    recorded: dict[tuple[str, str], float] = {}
+    for deployment in StoreReader(rollout.raw).records().deployments.values():
+        for event in deployment.events:
+            key = (event.type.value, event.severity.value)
+            recorded[key] = recorded.get(key, 0) + 1
+    counted = {
+        (dict(labels)["type"], dict(labels)["severity"]): count
+        for (name, labels), count in found.items()
+        if name == "fleetshift_events_total" and count
+    }
+    assert counted == recorded
+    assert counted[("deployment.failed", "error")] == 1 and counted[("rollback.succeeded", "warning")] == 1
 
 
 def test_a_pass_that_loses_a_compare_and_swap_counts_as_a_conflict(tmp_path: Path) -> None:
