@@ -8,29 +8,38 @@ The desired state, the core and the shell never print; this module and the modul
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.exitcodes import ExitCode
-from contract.logs import configure_logging
-from contract.store import InvalidStoreURL, StoreError
-from reconciler.desired.verify import UnverifiedCommit
-from reconciler.errors import ManifestErrors, ReconcilerError
-from reconciler.settings import DeploySettings, load_settings, unknown_environment_variables
 
-#: Modules that add sub-commands (each has `register(sub, parent)`), in the order `reconcile --help` lists them.
-SUBCOMMAND_MODULES = (
-    "reconciler.cli.run",
-    "reconciler.cli.status",
-    "reconciler.cli.history",
-    "reconciler.cli.events",
-    "reconciler.cli.operators",
-    "reconciler.cli.plan",
-    "reconciler.cli.keys",
+if TYPE_CHECKING:
+    from reconciler.settings import DeploySettings
+
+# Start-up: only the standard library and the exit codes are imported at the top, so `reconcile --help` (and a
+# mistyped command) answer at once; a command imports what it needs when it runs, and the parser imports only the
+# module of the sub-command given (tests/reconciler/test_cli_startup.py checks both).
+
+#: Every sub-command, in the order `reconcile --help` lists them: (name, the module whose `register(sub, parent)`
+#: adds it, the one line `reconcile --help` shows, which must be the module's own `help=`; a test checks that).
+SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("validate", "reconciler.cli.main", "check manifests (a folder, or a repo at --ref) without touching the store"),
+    ("watch", "reconciler.cli.run", "run continuously: react to commits and agent reports until SIGTERM"),
+    ("status", "reconciler.cli.status",
+     "desired vs effective revision, deployment in flight, quarantine and hosts, per group"),
+    ("history", "reconciler.cli.history", "a group's deployments, newest first"),
+    ("events", "reconciler.cli.events",
+     "what happened: deployments, batches, host results, gates, rollbacks, refused commands"),
+    ("retry", "reconciler.cli.operators", "clear a group's quarantined revisions so the next pass deploys again"),
+    ("stop", "reconciler.cli.operators", "stop a group's deployment in flight (optionally rolling back)"),
+    ("forget", "reconciler.cli.operators", "delete the records of a group removed from the manifests"),
+    ("plan", "reconciler.cli.plan", "show what merging a change would do: semantic diff, hosts, batches, warnings"),
+    ("keys", "reconciler.cli.keys", "the signing key: generate, show, reseal"),
 )
 
 
@@ -50,6 +59,8 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> DeploySettings:
+    from reconciler.settings import load_settings
+
     flags: dict[str, Any] = {
         "store": getattr(args, "store", None),
         "repository": {
@@ -71,7 +82,7 @@ def settings_from_args(args: argparse.Namespace) -> DeploySettings:
 # validate
 
 
-def _register_validate(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
         "validate",
         parents=[parent],
@@ -87,6 +98,7 @@ def run_validate(args: argparse.Namespace, settings: DeploySettings) -> int:
     from reconciler.desired.loader import load_folder, load_git
     from reconciler.desired.policy import check_revision_policy
     from reconciler.desired.sources import GitSource
+    from reconciler.errors import ManifestErrors
 
     ref_given = hasattr(args, "ref")
     target = args.target
@@ -132,9 +144,10 @@ the top (the settings file) unless it has an apiVersion: or kind: line. Any othe
 valid manifest; keep manifests in their own folder (--path manifests) when the repository holds more."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The parser. `command="*"` (the default): every sub-command's full parser, importing every CLI module.
+    Another name: that sub-command's full parser and one-line stand-ins for the others; None: stand-ins only,
+    which is all `reconcile --help` needs."""
     parent = common_options()
     parser = argparse.ArgumentParser(
         prog="reconcile",
@@ -154,10 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-push-url", default=None, metavar="URL",
                         help="with --once: push metrics to a Pushgateway at the end (job fleetshift_reconcile)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _register_validate(sub, parent)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub, parent)
+    registered: set[str] = set()
+    for name, module, summary in SUBCOMMANDS:
+        if module in registered:
+            continue  # the module added this one with the one before it
+        if command in ("*", name) or (command is not None and _module_of(command) == module):
+            registered.add(module)
+            importlib.import_module(module).register(sub, parent)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def _module_of(command: str) -> str | None:
+    return next((module for name, module, _ in SUBCOMMANDS if name == command), None)
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command `argv` names, found with the stand-in parser (which knows every option before it); None for
+    `--once` or none. `--help` at the top prints the help here, having imported nothing else."""
+    known, _ = build_parser(None).parse_known_args(argv)
+    command = getattr(known, "command", None)
+    return command if isinstance(command, str) else None
 
 
 def warn_unknown_variables(environ: Mapping[str, str]) -> None:
@@ -167,17 +198,25 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> None:
     rule for "looks like a setting" (see `unknown_environment_variables`) leaves CI and test variables out.
     Printed once per command, before the settings are read, so it shows even when they turn out invalid.
     """
+    from reconciler.settings import unknown_environment_variables
+
     for name, meant in unknown_environment_variables(environ):
         hint = f"did you mean {meant}?" if meant else "deploy.yaml.example lists every setting's variable"
         print(f"reconcile: warning: {name} is not a setting and is ignored; {hint}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if args.command is None and not args.once:
         parser.print_help(sys.stderr)
         return ExitCode.INVALID
+    from contract.logs import configure_logging
+    from contract.store import InvalidStoreURL, StoreError
+    from reconciler.desired.verify import UnverifiedCommit
+    from reconciler.errors import ManifestErrors, ReconcilerError
+
     warn_unknown_variables(os.environ)
     try:
         settings = settings_from_args(args)
