@@ -158,8 +158,10 @@ def gone_reason(host_id: str, group_key: str, observed: Observed) -> str | None:
     leaving its Auto Scaling group (scale-in), as this pass read it. None when it has not, or when EC2 membership
     is unknown (a failed read never makes a host go)."""
     read = observed.ec2.get(group_key)
+    if read is None or not read.known:  # first: most groups have no EC2 read, and this runs per host per pass
+        return None
     instance_id = instance_of(host_id, observed)
-    if read is None or not read.known or instance_id is None:
+    if instance_id is None:
         return None
     instance = read.instance(instance_id)
     if instance is None or not instance.gone:

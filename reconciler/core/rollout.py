@@ -27,6 +27,7 @@ already proved itself, so they keep the minimum and zone rules but skip canary a
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -99,8 +100,13 @@ class Step:
     waiting_until: datetime | None = None
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def host_sort_key(host: str) -> tuple[tuple[int, str], ...]:
-    """Natural order, so web-2 comes before web-10 in batches and messages."""
+    """Natural order, so web-2 comes before web-10 in batches and messages.
+
+    Cached (a pure function of the id): every pass sorts the same hosts again, and `plan`'s dry run sorts
+    them at every simulated tick, 50,000 regex splits for a 10,000-host plan (issue 18). Bounded, so a
+    long-running `watch` over a churning fleet keeps at most 262,144 keys."""
     return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", host) if part)
 
 

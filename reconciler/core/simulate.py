@@ -63,16 +63,22 @@ def run_agents(
     now: datetime,
     alive: Collection[str],
     outcome: Outcome | None = None,
+    heartbeat_timeout: timedelta | None = None,
 ) -> Observed:
     """Every host in `alive` heartbeats at `now` and runs its command if it has a new generation (or finishes
     the one it reported running), at once, with the answer `outcome` gives (success when None). Other hosts
-    stay silent."""
+    stay silent.
+
+    With `heartbeat_timeout`, a host whose command does not move keeps its last heartbeat while that still
+    makes it online at `now`: a pass reads a heartbeat only to tell online from offline (and to say since when
+    a host is offline), so every pass decides exactly as if it had heartbeat, and a tick copies only the
+    statuses it changes. `preview_rollout` runs thousands of ticks over large fleets; copying every live host's
+    status at each one was a third of the dry run of a 10,000-host plan (issue 18)."""
     statuses = dict(observed.statuses)
     for host in alive:
         status = statuses.get(host)
         if status is None:
             continue
-        update: dict[str, object] = {"heartbeat_at": now}
         command = state.commands.get(host)
         last = status.command
         # A command not started yet, or the one running right now: both finish at this tick.
@@ -80,6 +86,7 @@ def run_agents(
         if command is not None and (
             last is None or last.generation < command.generation or (running and last.generation == command.generation)
         ):
+            update: dict[str, object] = {"heartbeat_at": now}
             ok = outcome(command) if outcome is not None else True
             update["command"] = CommandProgress(
                 deployment_id=command.deployment_id,
@@ -103,7 +110,9 @@ def run_agents(
                         installed_at=now,
                     ),
                 }
-        statuses[host] = status.model_copy(update=update)
+            statuses[host] = status.model_copy(update=update)
+        elif heartbeat_timeout is None or not is_online(observed, host, now=now, heartbeat_timeout=heartbeat_timeout):
+            statuses[host] = status.model_copy(update={"heartbeat_at": now})
     # EC2 membership stays as read: the simulated agents answer, the instances do not change.
     return Observed(registrations=observed.registrations, statuses=statuses, ec2=observed.ec2)
 
@@ -202,7 +211,7 @@ def preview_rollout(
         following = max(clock + tick, min(bake_ends)) if bake_ends else clock + tick
         _record_gate_waits(by_id, actions, following - clock)
         clock = following
-        observed = run_agents(observed, state, now=clock, alive=alive)
+        observed = run_agents(observed, state, now=clock, alive=alive, heartbeat_timeout=timeout)
         analysis = assume_gates_pass(desired, state, analysis, now=clock)
         observed = dataclasses.replace(observed, analysis=analysis, alarms=no_alarms(desired, now=clock))
         actions = reconcile(desired, observed, state, now=clock, settings=settings)

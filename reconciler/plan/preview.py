@@ -5,7 +5,9 @@ This module never restates a batching rule; if the engine changes, plans follow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -131,6 +133,22 @@ def _pick_deployment(preview: RolloutPreview, revision: Revision | None) -> Prev
     return preview.deployments[0]
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """CPython's cyclic garbage collector paused while the engine's dry run runs.
+
+    Why: every simulated tick builds statuses, deployments and commands that stay alive until the plan is made,
+    so the collector ran again and again over the whole fleet and found nothing to free: 40 % of a 10,000-host
+    plan (issue 18). What the dry run builds holds no reference cycles; collecting resumes afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def plan_rollouts(
     base: Desired | None,
     head: Desired,
@@ -140,6 +158,18 @@ def plan_rollouts(
     options: PlanOptions,
 ) -> tuple[list[GroupRollout], list[PlanWarning]]:
     """One `GroupRollout` per group the change touches or the store has work for, and review warnings."""
+    with _collector_paused():
+        return _plan_rollouts(base, head, fleet=fleet, now=now, options=options)
+
+
+def _plan_rollouts(
+    base: Desired | None,
+    head: Desired,
+    *,
+    fleet: Fleet | None,
+    now: datetime,
+    options: PlanOptions,
+) -> tuple[list[GroupRollout], list[PlanWarning]]:
     before = base.desired_groups() if base is not None else {}
     after = head.desired_groups()
     settings = CoreSettings(heartbeat_timeout=options.heartbeat_timeout)
