@@ -32,11 +32,12 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography is imported where keys are used, not here: an agent without trusted keys only unwraps envelopes
+# (`unwrap`), and loading OpenSSL's bindings for that cost it 7 MiB of its idle memory (issue 18).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ENVELOPE_VERSION = "v1"
 _DOMAIN = b"fleetshift-signed/" + ENVELOPE_VERSION.encode()
@@ -75,6 +76,8 @@ class PublicKey:
 
 
 def _public(key: Ed25519PublicKey, comment: str = "") -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     blob = base64.b64decode(line.split()[1])
     key_id = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
@@ -88,6 +91,10 @@ def load_public_key(text: str) -> PublicKey:
         shown = text.strip()[:40]
         raise SigningError(f"{shown!r} is not an Ed25519 public key: write the `ssh-ed25519 AAAA...` line that "
                            "`reconcile keys show` prints")
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -101,6 +108,8 @@ class Signer:
     """A private key, ready to sign envelopes."""
 
     def __init__(self, key: Ed25519PrivateKey, comment: str = "fleetshift") -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self._key = key
         self.public = _public(key.public_key(), comment)
         # A MAC key only the private key's holder can derive: the reconciler checks its own records with it
@@ -112,12 +121,18 @@ class Signer:
 
     @classmethod
     def generate(cls, comment: str = "fleetshift") -> Signer:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate(), comment)
 
     @classmethod
     def load(cls, data: bytes, source: str) -> Signer:
         """A PEM (PKCS#8) or OpenSSH private key without a passphrase; `source` names where it came from for
         errors (a file, an environment variable)."""
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         loaders = (serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data
                    else serialization.load_pem_private_key)
         try:
@@ -133,6 +148,8 @@ class Signer:
         return cls(key)
 
     def private_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -229,6 +246,8 @@ def open_envelope(
         ids = ", ".join(_shown(key_id) for key_id, _ in signatures[:3]) or "no signature"
         raise Refused(f"signed by a key this side does not trust ({ids}; trusted: {trust.describe()})")
     message = _message(signed_audience, signed_key, payload)
+    from cryptography.exceptions import InvalidSignature
+
     own = mac is not None and mac_key is not None and hmac.compare_digest(
         mac, hmac.new(mac_key, message, hashlib.sha256).digest())
     for key_id, signature in known:

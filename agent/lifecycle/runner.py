@@ -33,15 +33,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.fetch import ExtractLimits, FetchLimits
-from agent.lifecycle.command_run import CommandRun
 from agent.lifecycle.layout import DeploymentRoot
-from agent.lifecycle.reports import CommandOutcome
-from agent.lifecycle.traffic_wait import TrafficGate
-from agent.lifecycle.transaction import recover_interrupted_install
 from contract.clock import utc_now
 from contract.models import EventReport, HostCommand, InstalledRevision
+
+if TYPE_CHECKING:
+    from agent.lifecycle.reports import CommandOutcome
+    from agent.lifecycle.traffic_wait import TrafficGate
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class LifecycleRunner:
         fraction of a second (a stuck fetch ends at once). `on_child(pgid, what)` is told each child process
         group (a hook, git) right after it starts and `(None, what)` once it is gone. `traffic_gate` waits for
         the reconciler at BlockTraffic and AllowTraffic (None: those steps do nothing, as in `deploy-agent local`)."""
+        # The engine (appspec, hooks, install, health check) is imported on the first command, not at start: an
+        # idle agent does not keep it in memory (issue 18).
+        from agent.lifecycle.command_run import CommandRun
+
         run = CommandRun(self, command, on_event, should_stop, appspec_filename, on_child=on_child,
                          traffic_gate=traffic_gate)
         return run.execute()
@@ -109,12 +114,16 @@ class LifecycleRunner:
         recovered: list[str] = []
         if not self.layout.instructions.is_dir():
             return recovered
-        for journal in sorted(self.layout.instructions.glob("*-install-journal")):
-            group_id = journal.name.removesuffix("-install-journal")
-            if recover_interrupted_install(self.layout, group_id):
-                recovered.append(group_id)
+        journals = sorted(self.layout.instructions.glob("*-install-journal"))
+        if journals:  # the transaction code is loaded only when there is something to undo
+            from agent.lifecycle.transaction import recover_interrupted_install
+
+            for journal in journals:
+                group_id = journal.name.removesuffix("-install-journal")
+                if recover_interrupted_install(self.layout, group_id):
+                    recovered.append(group_id)
         return recovered
 
 
-#: The runner's API, and the checks agent/cli/local.py imports from here (they live in revision_check.py).
-__all__ = ["CommandOutcome", "LifecycleRunner", "RunnerSettings", "new_local_deployment_id"]
+#: The runner's API (the checks agent/cli/local.py uses live in revision_check.py).
+__all__ = ["LifecycleRunner", "RunnerSettings", "new_local_deployment_id"]

@@ -46,3 +46,28 @@ def test_prometheus_client_is_loaded_only_when_metrics_are_configured(tmp_path: 
     assert not textfile.exists()
     assert "prometheus_client" in loaded_after(start.format(textfile=str(textfile)), ("prometheus_client",))
     assert textfile.read_text().startswith("# HELP fleetshift_agent_info")
+
+
+@pytest.mark.slow
+def test_an_idle_agent_loads_no_engine_rich_or_cryptography(tmp_path: Path) -> None:
+    """What an agent with nothing to do keeps in memory (issue 18: 45 MiB each): a real `deploy-agent run --once`
+    on a file store with no command loads neither the deployment engine (imported on the first command), nor
+    rich (structlog draws tracebacks with it, the agent logs JSON), nor cryptography (no trusted keys), nor boto3
+    (not an S3 store)."""
+    probe = (
+        "import contextlib, io, os\n"
+        "os.environ['FLEETSHIFT_AGENT_EC2_METADATA'] = 'disabled'\n"
+        "from agent.cli.main import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    code = main(['run', '--once', '--host-id', 'idle-1', '--store', 'file://{tmp_path}/store',\n"
+        f"                 '--root-dir', '{tmp_path}/root'])\n"
+        "assert code == 0, code\n"
+    )
+    roots = ("rich", "pygments", "cryptography", "boto3", "botocore", "agent")
+    loaded = loaded_after(probe, roots)
+    assert "agent.daemon.loop" in loaded  # the probe really ran the agent
+    assert (tmp_path / "store" / "hosts" / "idle-1" / "status.json").is_file()
+    heavy = [name for name in loaded if name.split(".")[0] != "agent"]
+    engine = [name for name in loaded if name.startswith(("agent.lifecycle.command_run", "agent.lifecycle.install",
+                                                          "agent.lifecycle.hooks", "agent.lifecycle.appspec"))]
+    assert heavy == [] and engine == []
