@@ -237,13 +237,25 @@ def _reworded(exc: ScannerError) -> ScannerError:
     return ScannerError(problem=TAB_PROBLEM, problem_mark=exc.problem_mark)
 
 
+#: libyaml's safe loader, when PyYAML was built with it (its wheels are): the same nodes and marks for the YAML
+#: people write, read about ten times faster (issue 18: the pure loader was a third of a 10,000-host plan).
+_LIBYAML: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
+
+
 def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
     """Each non-empty document with its index in the stream. Raises `yaml.MarkedYAMLError` for syntax
     errors (a tab reads as `TAB_PROBLEM`), `yaml.constructor.ConstructorError` for bad tags,
     `YamlRefused` (a `MarkedYAMLError`) for input beyond the bounds in `contract/yamlbounds.py` and for a
-    line break editors do not show, `YamlKeyProblem` for bad keys. Lines count `\n` only."""
+    line break editors do not show, `YamlKeyProblem` for bad keys. Lines count `\n` only.
+
+    Parsed with libyaml when it can be (`_with_libyaml`), else, and for every error, with PyYAML's pure loader,
+    so what a file means and every message about it are the pure loader's."""
     screen(text, refuse_odd_breaks=True)
-    loader = BoundedLoader(text)
+    documents = _with_libyaml(text)
+    yield from documents if documents is not None else _located(BoundedLoader(text), text)
+
+
+def _located(loader: yaml.SafeLoader, text: str) -> Iterator[tuple[int, LocatedYaml]]:
     budget = NodeBudget()
     try:
         for index, node in enumerate(_documents(loader)):
@@ -258,8 +270,35 @@ def load_located(text: str) -> Iterator[tuple[int, LocatedYaml]]:
         loader.dispose()
 
 
-#: libyaml's loader when PyYAML was built with it: same YAML 1.1 results, several times faster.
-_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Text libyaml reads differently from PyYAML's pure loader, found by running both on mutated and random YAML
+#: (tests/manifests/test_yaml_libyaml.py): a tab (libyaml takes some PyYAML refuses), a byte order mark (libyaml
+#: skips it where PyYAML keeps it, which moves columns), `?` (libyaml takes `{a?b: c}`), `!` (a bare `!` tag is
+#: '' to libyaml, None to PyYAML), `%` (directives: each checks versions its own way), and a block scalar's `|`
+#: or `>` followed by `#` with no space (libyaml takes it as a comment).
+_PURE_ONLY = re.compile("[\t\ufeff?!%]|[|>][-+0-9]*#")
+
+
+def _with_libyaml(text: str) -> list[tuple[int, LocatedYaml]] | None:
+    """Every document of `text` read with libyaml, or None: no libyaml, text it may read differently, or any
+    failure at all, which the pure loader then reports in its own words (libyaml's messages and marks differ,
+    and the bounds raise from the node walk, which both share). Read whole before any document is yielded, so
+    a failure in a later document never repeats the earlier ones."""
+    # Without a final line break libyaml puts the end of the stream on a line of its own, so an empty document
+    # there would be located a line lower.
+    if _LIBYAML is None or not text.endswith("\n") or _PURE_ONLY.search(text):
+        return None
+    try:
+        documents = list(_located(_LIBYAML(text), text))
+    except Exception:  # every failure is the pure loader's to report
+        return None
+    for _, located in documents:
+        for node in located.scalars.values():
+            node.style = node.style or None  # libyaml says '' for a plain scalar, PyYAML None
+    return documents
+
+
+#: For appspecs, libyaml when PyYAML was built with it: same YAML 1.1 results, several times faster.
+_FAST_LOADER: Any = _LIBYAML or yaml.SafeLoader
 
 
 def load_document(text: str | bytes, *, like_safe_load: bool = False, libyaml: bool = False) -> LocatedYaml | None:
