@@ -30,7 +30,8 @@ def test_check_detects_drift(tmp_path: Path) -> None:
 
 def test_combined_schema_is_discriminated_by_kind() -> None:
     combined = json.loads(generate()["manifest.json"])
-    assert set(combined["discriminator"]["mapping"]) == {"Application", "DeploymentGroup", "DeploymentConfig"}
+    assert set(combined["discriminator"]["mapping"]) == {"Application", "DeploymentGroup", "DeploymentConfig",
+                                                       "Notification"}
     group = combined["$defs"]["DeploymentGroupSpec"]
     assert group["additionalProperties"] is False
     assert {"application", "targets", "revision", "deploymentConfig", "autoRollback"} <= set(group["properties"])

@@ -37,6 +37,7 @@ from reconciler.desired.manifests import (
     DeploymentConfigManifest,
     DeploymentGroupManifest,
     Desired,
+    NotificationManifest,
     SourceRef,
 )
 from reconciler.desired.secrets import is_secret, secret_field_paths
@@ -251,6 +252,7 @@ def _cross_check(
     applications: dict[str, ApplicationManifest] = {}
     groups: dict[str, DeploymentGroupManifest] = {}
     configs: dict[str, DeploymentConfigManifest] = {}
+    notifications: dict[str, NotificationManifest] = {}
     sources: dict[tuple[str, str], SourceRef] = {}
 
     def err(document: _Document, path: Path_, message: str) -> ManifestError:
@@ -272,6 +274,8 @@ def _cross_check(
             applications[manifest.metadata.name] = manifest
         elif isinstance(manifest, DeploymentGroupManifest):
             groups[manifest.metadata.name] = manifest
+        elif isinstance(manifest, NotificationManifest):
+            notifications[manifest.metadata.name] = manifest
         else:
             configs[manifest.metadata.name] = manifest
 
@@ -309,7 +313,8 @@ def _cross_check(
                 document, spec_data.get("application"), spec_data.get("deploymentConfig"), known, err))
     if errors:
         return None, errors
-    return Desired(commit=None, applications=applications, groups=groups, configs=configs, sources=sources), []
+    return Desired(commit=None, applications=applications, groups=groups, configs=configs, sources=sources,
+                   notifications=notifications), []
 
 
 def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> Desired:
@@ -337,6 +342,7 @@ def load_files(files: Iterable[ManifestFile], *, commit: str | None = None) -> D
         groups=desired.groups,
         configs=desired.configs,
         sources=desired.sources,
+        notifications=desired.notifications,
     )
 
 

@@ -28,10 +28,11 @@ from pydantic import (
 from contract.durations import Duration, format_duration
 from contract.models import FileExistsBehavior, Model, Revision, TagMatch, group_key
 from reconciler.desired.gates_spec import AlarmConfigurationSpec, AnalysisGateSpec, HealthCheckSpec, unique_gate_names
+from reconciler.desired.notification_spec import NotificationSpec
 from reconciler.desired.traffic_spec import TrafficControlSpec
 
 API_VERSION = "deploy/v1"
-KINDS = ("Application", "DeploymentGroup", "DeploymentConfig")
+KINDS = ("Application", "DeploymentGroup", "DeploymentConfig", "Notification")
 
 #: Names become store keys (`groups/<app>/<group>.json`) and directory names on hosts, so keep them tame.
 ResourceName = Annotated[
@@ -391,11 +392,21 @@ class DeploymentConfigManifest(Model):
         return self
 
 
-Manifest = ApplicationManifest | DeploymentGroupManifest | DeploymentConfigManifest
+class NotificationManifest(Model):
+    """Who hears about which events, and how (`reconciler.desired.notification_spec`, docs/notifications.md)."""
+
+    api_version: Literal["deploy/v1"]
+    kind: Literal["Notification"]
+    metadata: Metadata
+    spec: NotificationSpec
+
+
+Manifest = ApplicationManifest | DeploymentGroupManifest | DeploymentConfigManifest | NotificationManifest
 MANIFEST_MODELS: dict[str, type[Model]] = {
     "Application": ApplicationManifest,
     "DeploymentGroup": DeploymentGroupManifest,
     "DeploymentConfig": DeploymentConfigManifest,
+    "Notification": NotificationManifest,
 }
 
 
@@ -454,6 +465,8 @@ class Desired:
     groups: dict[str, DeploymentGroupManifest] = field(default_factory=dict)
     configs: dict[str, DeploymentConfigManifest] = field(default_factory=dict)
     sources: dict[tuple[str, str], SourceRef] = field(default_factory=dict)
+    #: Who hears about the event stream (reconciler/notify delivers them; nothing in a pass reads them).
+    notifications: dict[str, NotificationManifest] = field(default_factory=dict)
 
     def effective_config(self, name: str) -> EffectiveConfig:
         if name in BUILTIN_CONFIGS:
@@ -502,8 +515,12 @@ class Desired:
         return resolved
 
     def summary(self) -> dict[str, int]:
-        return {
+        counts = {
             "applications": len(self.applications),
             "deploymentGroups": len(self.groups),
             "deploymentConfigs": len(self.configs),
         }
+        # Only when there are any, so `validate --format json` reads as before for repos without notifications.
+        if self.notifications:
+            counts["notifications"] = len(self.notifications)
+        return counts

@@ -20,6 +20,7 @@ from reconciler.desired.manifests import (
     DeploymentConfigManifest,
     DeploymentGroupManifest,
     Manifest,
+    NotificationManifest,
 )
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -40,8 +41,10 @@ def generate() -> dict[str, str]:
                                         "deploymentgroup.json", "fleetshift DeploymentGroup"),
         "deploymentconfig.json": _finish(DeploymentConfigManifest.model_json_schema(by_alias=True),
                                          "deploymentconfig.json", "fleetshift DeploymentConfig"),
+        "notification.json": _finish(NotificationManifest.model_json_schema(by_alias=True), "notification.json",
+                                     "fleetshift Notification"),
     }
-    # Discriminated by `kind`, so an editor reports errors against the right kind instead of all three.
+    # Discriminated by `kind`, so an editor reports errors against the right kind instead of all of them.
     combined = TypeAdapter(Annotated[Manifest, Field(discriminator="kind")]).json_schema(by_alias=True)
     out["manifest.json"] = _finish(combined, "manifest.json", "fleetshift manifest (any kind)")
     return {name: json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in out.items()}

@@ -22,6 +22,7 @@ from reconciler.desired.manifests import (
     DeploymentConfigManifest,
     DeploymentGroupManifest,
     Desired,
+    NotificationManifest,
 )
 from reconciler.plan.model import KIND_ORDER, FieldChange, Kind, ObjectChange
 from reconciler.plan.public import HIDDEN_CHANGE, HIDDEN_VALUE, FieldPath, public_change, secret_field
@@ -41,7 +42,7 @@ def _sort_key(value: Any) -> str:
 
 
 def _object_fields(
-    manifest: ApplicationManifest | DeploymentGroupManifest | DeploymentConfigManifest,
+    manifest: ApplicationManifest | DeploymentGroupManifest | DeploymentConfigManifest | NotificationManifest,
 ) -> dict[str, Any]:
     """The part of a document that means something: its spec, plus labels and annotations when set. The name
     is the identity, so it is not a field; apiVersion and kind are fixed by the identity too. A list the
@@ -72,6 +73,8 @@ def _objects(desired: Desired | None) -> dict[tuple[str, str], dict[str, Any]]:
         objects[("DeploymentConfig", config_name)] = _object_fields(config)
     for group_name, group in desired.groups.items():
         objects[("DeploymentGroup", group_name)] = _object_fields(group)
+    for notification_name, notification in desired.notifications.items():
+        objects[("Notification", notification_name)] = _object_fields(notification)
     return objects
 
 

@@ -13,8 +13,8 @@ from contract.models import Revision
 
 FORMAT_VERSION = 1
 
-Kind = Literal["Application", "DeploymentGroup", "DeploymentConfig"]
-KIND_ORDER: dict[str, int] = {"Application": 0, "DeploymentConfig": 1, "DeploymentGroup": 2}
+Kind = Literal["Application", "DeploymentGroup", "DeploymentConfig", "Notification"]
+KIND_ORDER: dict[str, int] = {"Application": 0, "DeploymentConfig": 1, "DeploymentGroup": 2, "Notification": 3}
 
 
 class PlanModel(BaseModel):

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from contract.redact import redact_urls
 from reconciler.desired.manifests import ApplicationSpec, DeploymentConfigSpec, DeploymentGroupSpec
+from reconciler.desired.notification_spec import NotificationSpec
 from reconciler.desired.secrets import SecretPath, is_secret, leads_to_secret, secret_field_paths
 from reconciler.plan.model import Plan
 
@@ -35,6 +36,7 @@ _SPEC_MODELS: dict[str, type[BaseModel]] = {
     "Application": ApplicationSpec,
     "DeploymentGroup": DeploymentGroupSpec,
     "DeploymentConfig": DeploymentConfigSpec,
+    "Notification": NotificationSpec,
 }
 
 FieldPath = tuple[str | int, ...]
