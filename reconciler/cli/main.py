@@ -166,6 +166,9 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
                         help="with --once: write metrics for node-exporter's textfile collector (docs/metrics.md)")
     parser.add_argument("--metrics-push-url", default=None, metavar="URL",
                         help="with --once: push metrics to a Pushgateway at the end (job fleetshift_reconcile)")
+    parser.add_argument("--notify-timeout", default=None, metavar="DURATION",
+                        help="with --once: wait this long after the last pass for notifications to go out "
+                        "(default 30s; what is left goes out on the next run)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()
     for name, module, summary in SUBCOMMANDS:

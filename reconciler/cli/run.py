@@ -9,11 +9,17 @@ Metrics (docs/metrics.md, `reconciler.shell.metrics`): `watch --metrics-address`
 (an address it cannot listen on is exit 1 before anything else happens); `--once --metrics-textfile` writes a
 node-exporter textfile after every pass and at the end, `--metrics-push-url` pushes to a Pushgateway at the end,
 whatever the run came to, and neither can change the exit code.
+
+Notifications (docs/notifications.md, `reconciler.notify`): both commands hand every pass to a `Notifier`, which
+delivers in the background under the lease. `--once` then waits up to `--notify-timeout` (30s) for what its passes
+recorded to go out, renewing the lease meanwhile, and says how many events are left if any (the next run sends
+them: the cursors are in the store); the exit code is the rollout's, whatever the notifications did.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -24,9 +30,11 @@ from typing import Any
 
 import structlog
 
+from contract.durations import parse_duration
 from contract.exitcodes import ExitCode
 from contract.redact import redact_url
 from contract.signals import stop_on_signals
+from contract.store import StoreError
 from reconciler.cli.common import short_commit, source
 from reconciler.cli.progress import progress_for
 from reconciler.cli.verified import applied_config, verified_commit
@@ -35,9 +43,10 @@ from reconciler.desired.manifests import Desired
 from reconciler.desired.policy import check_revision_policy
 from reconciler.desired.verify import CommitVerifier
 from reconciler.errors import ReconcilerError, SettingsError
+from reconciler.notify.deliver import Notifier
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
-from reconciler.shell.lease import LeaseHeld, LeaseLost, WriteLease
+from reconciler.shell.lease import LeaseHeld, LeaseLost, StopWriting, WriteLease
 from reconciler.shell.metrics import (
     PUSH_JOB,
     MeteredPassRunner,
@@ -149,18 +158,23 @@ class OnceMetrics:
 
 
 def run_once(args: argparse.Namespace, settings: DeploySettings) -> int:
-    """`reconcile --once [--timeout D] [--no-wait] [--plan plan.json]`."""
+    """`reconcile --once [--timeout D] [--no-wait] [--plan plan.json] [--notify-timeout D]`."""
     started = time.monotonic()
+    try:
+        notify_timeout = parse_duration(getattr(args, "notify_timeout", None) or NOTIFY_TIMEOUT)
+    except ValueError as exc:
+        print(f"reconcile: --notify-timeout: {exc}", file=sys.stderr)
+        return ExitCode.INVALID
     once_metrics = OnceMetrics.of(settings)
     try:
-        return _run_once(args, settings, started, once_metrics)
+        return _run_once(args, settings, started, once_metrics, notify_timeout)
     finally:
         if once_metrics is not None:
             once_metrics.finish()
 
 
 def _run_once(args: argparse.Namespace, settings: DeploySettings, started: float,
-              once_metrics: OnceMetrics | None) -> int:
+              once_metrics: OnceMetrics | None, notify_timeout: timedelta) -> int:
     plan_path: Path | None = getattr(args, "plan", None)
     if plan_path is not None:
         from reconciler.plan.engine import load_saved_plan
@@ -177,7 +191,7 @@ def _run_once(args: argparse.Namespace, settings: DeploySettings, started: float
     check_revision_policy(desired, require_immutable_revisions=settings.policy.require_immutable_revisions)
     log.info("once.loaded", commit=desired.commit, groups=len(desired.groups))
     result = _run_under_lease(args, settings, desired, plan_path, started, verifier=verified.verifier,
-                              once_metrics=once_metrics)
+                              once_metrics=once_metrics, notify_timeout=notify_timeout)
     if isinstance(result, int):
         return result
     elapsed = time.monotonic() - started
@@ -189,7 +203,8 @@ def _run_once(args: argparse.Namespace, settings: DeploySettings, started: float
 
 
 def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired: Desired, plan_path: Path | None,
-                     started: float, *, verifier: CommitVerifier, once_metrics: OnceMetrics | None) -> RunResult | int:
+                     started: float, *, verifier: CommitVerifier, once_metrics: OnceMetrics | None,
+                     notify_timeout: timedelta) -> RunResult | int:
     """Take the write lease, run passes until settled, release it. An exit code when the run could not
     happen (interrupted while waiting, the lease held or lost, a stale plan)."""
     metrics = once_metrics.metrics if once_metrics is not None else None
@@ -215,8 +230,15 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
             remaining = timeout - timedelta(seconds=time.monotonic() - started)
             runner = MeteredPassRunner(store, lease, reconcile_settings,
                                        applied_config=applied_config(settings, store, verifier), metrics=metrics)
-            return _settle(runner, desired, args=args, settings=settings, plan_path=plan_path,
-                           timeout=max(remaining, timedelta(0)), stop=stop, once_metrics=once_metrics)
+            notifier = Notifier(store, may_deliver=lambda: lease.held,
+                                on_result=metrics.count_notification if metrics is not None else None)
+            try:
+                result = _settle(runner, desired, args=args, settings=settings, plan_path=plan_path,
+                                 timeout=max(remaining, timedelta(0)), stop=stop, once_metrics=once_metrics,
+                                 notifier=notifier)
+                return _with_notifications(result, notifier, notify_timeout, lease, stop)
+            finally:
+                notifier.close()
         except LeaseLost as exc:
             print(f"reconcile: {exc}", file=sys.stderr)
             return ExitCode.LEASE_HELD
@@ -233,12 +255,13 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
 
 def _settle(runner: PassRunner, desired: Desired, *, args: argparse.Namespace, settings: DeploySettings,
             plan_path: Path | None, timeout: timedelta, stop: threading.Event,
-            once_metrics: OnceMetrics | None) -> RunResult:
+            once_metrics: OnceMetrics | None, notifier: Notifier) -> RunResult:
     verify = _plan_verifier(plan_path, desired) if plan_path is not None else None
     with progress_for(settings.logging) as progress:
 
         def on_pass(outcome: PassOutcome) -> None:
             progress.on_pass(outcome)
+            notifier.on_pass(outcome)
             if once_metrics is not None:
                 once_metrics.after_pass(outcome)
 
@@ -251,6 +274,38 @@ def _settle(runner: PassRunner, desired: Desired, *, args: argparse.Namespace, s
             before_first_decide=verify,
             stop=stop,
         )
+
+
+#: How long `--once` waits for its notifications after the last pass, unless `--notify-timeout` says otherwise.
+NOTIFY_TIMEOUT = "30s"
+
+
+def _with_notifications(result: RunResult, notifier: Notifier, timeout: timedelta, lease: WriteLease,
+                        stop: threading.Event) -> RunResult:
+    """`result`, after waiting up to `timeout` for the notifications of its passes (still holding the lease, so
+    still allowed to deliver); with a summary line when some are left. Never changes the exit code."""
+    if stop.is_set():
+        return result
+
+    def keep_lease() -> None:
+        if stop.is_set():
+            raise StopWriting("stopping: no further notifications")
+        lease.ensure()
+
+    try:
+        drained = notifier.drain(timeout, tick=keep_lease)
+    except (LeaseLost, StopWriting, StoreError) as exc:
+        log.warning("once.notifications_interrupted", error=str(exc))
+        return result
+    if drained.done:
+        return result
+    left = ", ".join(f"{name}: {n}" if n else f"{name}: a request in flight"
+                     for name, n in sorted(drained.left.items()))
+    log.warning("once.notifications_left", events=drained.total, notifications=sorted(drained.left),
+                waited=timeout.total_seconds())
+    line = (f"notifications: {count(drained.total, 'event')} not sent within --notify-timeout "
+            f"({left}); the next run sends them")
+    return dataclasses.replace(result, lines=[*result.lines, line])
 
 
 def _verdict(result: RunResult) -> str:

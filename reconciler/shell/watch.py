@@ -34,6 +34,10 @@ With metrics on (`--metrics-address`, docs/metrics.md), every pass is handed to 
 progress display, and passes that raise are counted by the runner (`MeteredPassRunner`); a standby exports
 `fleetshift_lease_held 0` and no pass time, which is how a dashboard tells the two apart.
 
+Notifications (docs/notifications.md): every pass goes to a `reconciler.notify.Notifier` too, which delivers in
+its own threads while this process holds the lease (a standby runs no passes and sends nothing) and is closed on
+the way out without waiting for a provider: what it had not sent, the next holder sends from the cursors.
+
 Stopping (SIGTERM, SIGINT) is prompt whatever the loop is doing, and exits 0 after releasing the lease:
 
 - the signal sets the stop event and wakes the loop through `contract.signals` (a relay thread, never
@@ -69,6 +73,7 @@ from reconciler.desired.policy import check_revision_policy
 from reconciler.desired.sources import GitSource, open_repository, resolve_commit
 from reconciler.desired.verify import CommitVerifier, UnverifiedCommit
 from reconciler.errors import ManifestErrors, SettingsError, SourceError
+from reconciler.notify.deliver import Notifier
 from reconciler.settings import DeploySettings
 from reconciler.shell.applied import AppliedConfigLedger
 from reconciler.shell.executor import WriteConflict
@@ -206,6 +211,9 @@ class Watcher:
                                                   repository=self.source.repository, ref=self.source.ref)
         self.runner: PassRunner = MeteredPassRunner(store, self.lease, settings.reconcile, reader=self.reader,
                                                     applied_config=self.applied_config, metrics=metrics)
+        #: Delivers what the passes record, in the background, only while this process holds the lease.
+        self.notifier = Notifier(store, may_deliver=lambda: self.lease.held,
+                                 on_result=metrics.count_notification if metrics is not None else None)
         self.desired: Desired | None = None
         self.invalid_commit: str | None = None
         self.wake = threading.Event()
@@ -301,6 +309,7 @@ class Watcher:
         self.last = outcome
         if self.progress is not None:
             self.progress.on_pass(outcome)
+        self.notifier.on_pass(outcome)
         if self.metrics is not None:
             self.metrics.on_pass(outcome)
 
@@ -355,6 +364,7 @@ class Watcher:
                     log.warning("watch.store_unavailable", error=str(exc))
                     self.stop.wait(self.settings.reconcile.poll_interval.total_seconds())
         finally:
+            self.notifier.close()
             self.lease.release()
             self.wake.set()
             log.info("watch.stopped", passes=self.runner.passes)
