@@ -8,6 +8,7 @@ server on a loopback port, a real client over a real socket).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -25,6 +26,8 @@ class Request:
     headers: dict[str, str]
     body: bytes
     at: float
+    #: The status it was answered with.
+    status: int = 0
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -54,8 +57,9 @@ class Receiver:
 
     def answer(self, request: Request) -> Reply:
         with self.lock:
-            self.requests.append(request)
-            return self.script.pop(0) if self.script else self.default
+            reply = self.script.pop(0) if self.script else self.default
+            self.requests.append(dataclasses.replace(request, status=reply.status))
+            return reply
 
     def paths(self) -> list[str]:
         with self.lock:

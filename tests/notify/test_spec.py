@@ -181,3 +181,12 @@ def test_status_context_template_is_filled_from_the_event() -> None:
     event = from_deployment(deployment("d-1", [EventType.DEPLOYMENT_STARTED], group="shop/web"))[0]
     assert fill("fleetshift/{group}", event) == "fleetshift/shop/web"
     assert fill("{application}-{deploymentGroup}@{deploymentId}", event) == "shop-web@d-1"
+
+
+def test_the_example_notifications_are_valid() -> None:
+    from reconciler.desired.loader import load_folder
+
+    desired = load_folder(Path(__file__).resolve().parents[2] / "examples" / "notifications")
+    assert {name: m.spec.provider for name, m in desired.notifications.items()} == {
+        "oncall-slack": "slack", "audit-webhook": "webhook", "github-status": "githubStatus",
+        "gitlab-status": "gitlabStatus", "alerts-sns": "sns"}
