@@ -16,6 +16,14 @@ So a reconciler killed after a provider accepted an event and before this write 
 a restart, with the same id; killed at any other point, it sends nothing twice (docs/notifications.md,
 "Exactly once").
 
+Bounded: entries of deployments that left every group's history are pruned, and entries of deployments that
+finished over an hour ago with every event handled are folded into one time, `compactedBefore` (`compacted`):
+an event of a deployment the cursor has no entry for counts as handled when it was recorded before that time. So
+the document holds the deployments of the last hour, not every group's whole history (20,000 entries were 430 KiB,
+near the 1 MiB an `events/` document may have). Why an hour: events are recorded with the pass's time, and a
+deployment's next event cannot be recorded earlier than that unless two reconcilers' clocks disagree by more,
+which the lease already rules out (docs/design.md: reconciler machines need NTP).
+
 A new notification, or one whose triggers changed, starts "from now" (as Argo CD's notifications do): its cursor
 is created with every event already recorded counted as handled, so adding a Slack channel does not replay
 months of history into it. Entries of deployments that left every group's history are pruned, which bounds the
@@ -26,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import Field
 
@@ -63,6 +71,8 @@ class NotificationCursor(Document):
     updated_at: datetime
     #: Source (deployment id, or "fleet") -> the highest seq handled (delivered or given up).
     handled: dict[str, int] = Field(default_factory=dict)
+    #: Events of a source with no entry in `handled`, recorded before this time, count as handled (`compacted`).
+    compacted_before: datetime | None = None
     head: HeadAttempt | None = None
     delivered_total: int = 0
     #: Events given up after their last attempt or a permanent refusal.
@@ -105,9 +115,11 @@ def recorded_heads(state: State) -> dict[str, int]:
 
 
 def fresh(name: str, spec: NotificationSpec, baseline: State, now: datetime) -> NotificationCursor:
-    """A cursor starting from now: every event in `baseline` handled."""
-    return NotificationCursor(name=name, provider=spec.provider, triggers=trigger_digest(spec), created_at=now,
-                              updated_at=now, handled=recorded_heads(baseline))
+    """A cursor starting from now: every event in `baseline` handled (folded at once where it can be, so a new
+    cursor is small however long the histories are)."""
+    cursor = NotificationCursor(name=name, provider=spec.provider, triggers=trigger_digest(spec), created_at=now,
+                                updated_at=now, handled=recorded_heads(baseline))
+    return compacted(cursor, baseline, [], now)
 
 
 def restarted(cursor: NotificationCursor, spec: NotificationSpec, baseline: State, now: datetime
@@ -116,8 +128,9 @@ def restarted(cursor: NotificationCursor, spec: NotificationSpec, baseline: Stat
     heads = recorded_heads(baseline)
     handled = {source: max(seq, heads.get(source, 0)) for source, seq in cursor.handled.items()}
     handled.update({source: seq for source, seq in heads.items() if source not in handled})
-    return cursor.model_copy(update={"provider": spec.provider, "triggers": trigger_digest(spec), "handled": handled,
-                                     "head": None, "updated_at": now})
+    restarted = cursor.model_copy(update={"provider": spec.provider, "triggers": trigger_digest(spec),
+                                          "handled": handled, "head": None, "updated_at": now})
+    return compacted(restarted, baseline, [], now)
 
 
 def _handled(cursor: NotificationCursor, event: Event) -> dict[str, int]:
@@ -152,6 +165,41 @@ def abandoned(cursor: NotificationCursor, event: Event, now: datetime, error: st
         "last_error": error, "last_error_at": now, "last_error_event": event.id, "last_failed_at": now,
         "last_failed_event": event.id, "updated_at": now,
     })
+
+
+#: How old a finished deployment's last event must be before its entry is folded into `compacted_before`.
+COMPACT_AFTER = timedelta(hours=1)
+
+
+def is_handled(cursor: NotificationCursor, source: str, seq: int, at: datetime) -> bool:
+    """Whether the event `<source>.<seq>` recorded at `at` was handled: by the source's entry, or, without one, by
+    `compacted_before`."""
+    seen = cursor.handled.get(source)
+    if seen is not None:
+        return seq <= seen
+    return cursor.compacted_before is not None and at < cursor.compacted_before
+
+
+def compacted(cursor: NotificationCursor, state: State, pending: Iterable[Event], now: datetime
+              ) -> NotificationCursor:
+    """Entries of deployments that finished, with every event handled, and whose last event is older than
+    `COMPACT_AFTER` folded into `compacted_before`. The time never passes a pending event of a source without an
+    entry (it would count as handled), and never goes back."""
+    horizon = now - COMPACT_AFTER
+    for event in pending:
+        if event.source not in cursor.handled:
+            horizon = min(horizon, event.at)
+    if cursor.compacted_before is not None:
+        horizon = max(horizon, cursor.compacted_before)
+    folded = {
+        source for source, seq in cursor.handled.items()
+        if (deployment := state.deployments.get(source)) is not None and deployment.status.finished
+        and deployment.events and deployment.events[-1].seq <= seq and deployment.events[-1].at < horizon
+    }
+    if not folded:
+        return cursor  # the time moves only with entries folded into it: no write for nothing
+    handled = {source: seq for source, seq in cursor.handled.items() if source not in folded}
+    return cursor.model_copy(update={"handled": handled, "compacted_before": horizon})
 
 
 def live_sources(state: State) -> set[str]:
@@ -196,9 +244,11 @@ __all__ = [
     "abandoned",
     "attempts_so_far",
     "caught_up",
+    "compacted",
     "cursor_key",
     "delivered",
     "fresh",
+    "is_handled",
     "live_sources",
     "pruned",
     "recorded_heads",

@@ -190,12 +190,16 @@ class NotificationWorker:
         """Send what is pending in `state`, as far as possible now. Returns when to come back (the head event's
         next attempt), or None when nothing waits on time. Raises StoreError when the store failed it."""
         self.due = None
-        if not self.may_deliver():
+        if self.stopping.is_set() or not self.may_deliver():
             return None
         try:
             cursor = self._prepared(state)
             pending = pending_events(self.spec, cursor, state)
             self.pending = len(pending)
+            folded = cursors.compacted(cursor, state, pending, self.clock())
+            if folded is not cursor:
+                self._save(folded)
+                cursor = folded
             if cursor.head is not None and all(event.id != cursor.head.event_id for event in pending):
                 cursor = cursor.model_copy(update={"head": None})  # its event is gone (pruned) or filtered out now
             for event in pending:
@@ -312,7 +316,8 @@ class NotificationWorker:
         return self._cursor.document if self._cursor is not None else None
 
     def _create(self, cursor: NotificationCursor) -> None:
-        if not self.may_deliver():
+        # Not for a notification being removed (its cursor is being deleted) nor without the lease.
+        if self.stopping.is_set() or not self.may_deliver():
             raise _Conflict
         try:
             version = create_document(self.store, self.key, cursor)

@@ -119,3 +119,40 @@ def test_a_gap_in_the_bounded_fleet_log_is_skipped_and_counted() -> None:
 
 def test_the_cursor_key_is_under_events() -> None:
     assert cursors.cursor_key("oncall-slack") == "events/notifications/oncall-slack.json"
+
+
+def test_finished_deployments_an_hour_old_are_folded_into_one_time() -> None:
+    from contract.models import DeploymentStatus
+
+    old = deployment("d-old", [S.DEPLOYMENT_STARTED, S.DEPLOYMENT_SUCCEEDED], status=DeploymentStatus.SUCCEEDED)
+    running = deployment("d-run", [S.DEPLOYMENT_STARTED], group="shop/api")
+    recent = deployment("d-new", [S.DEPLOYMENT_STARTED, S.DEPLOYMENT_SUCCEEDED], group="shop/db",
+                        start=T0 + timedelta(hours=2), status=DeploymentStatus.SUCCEEDED)
+    records = state(old, running, recent)
+    cursor = cursors.fresh("n", spec(), records, T0)
+    now = T0 + timedelta(hours=2, minutes=30)
+    folded = cursors.compacted(cursor, records, [], now)
+    assert folded.handled == {"d-run": 1, "d-new": 2}, "only the finished one whose last event is over an hour old"
+    assert folded.compacted_before == now - cursors.COMPACT_AFTER
+    assert pending_events(spec(), folded, records) == [], "folding changes nothing that is pending"
+    # A new deployment appears with its events after the folding time: all of them are pending.
+    later = deployment("d-later", [S.DEPLOYMENT_STARTED], group="blog/web", start=now)
+    assert ids(pending_events(spec(), folded, state(old, running, recent, later))) == ["d-later.1"]
+    # Nothing to fold: the same cursor (no write).
+    assert cursors.compacted(folded, records, [], now) is folded
+
+
+def test_folding_never_passes_a_pending_event_without_an_entry() -> None:
+    from contract.models import DeploymentStatus
+
+    old = deployment("d-old", [S.DEPLOYMENT_STARTED, S.DEPLOYMENT_SUCCEEDED], status=DeploymentStatus.SUCCEEDED)
+    unsent = deployment("d-unsent", [S.DEPLOYMENT_STARTED, S.DEPLOYMENT_FAILED], group="shop/api",
+                        start=T0 + timedelta(minutes=10), status=DeploymentStatus.FAILED)
+    cursor = cursors.fresh("n", spec(), state(old), T0)  # d-unsent came after: no entry, both events pending
+    records = state(old, unsent)
+    pending = pending_events(spec(), cursor, records)
+    assert ids(pending) == ["d-unsent.1", "d-unsent.2"]
+    folded = cursors.compacted(cursor, records, pending, T0 + timedelta(hours=5))
+    assert "d-old" not in folded.handled
+    assert folded.compacted_before is not None and folded.compacted_before <= pending[0].at
+    assert ids(pending_events(spec(), folded, records)) == ["d-unsent.1", "d-unsent.2"]
