@@ -44,6 +44,11 @@ def generate() -> dict[str, str]:
         "notification.json": _finish(NotificationManifest.model_json_schema(by_alias=True), "notification.json",
                                      "fleetshift Notification"),
     }
+    # What `reconcile events --format json` prints and webhooks receive (docs/events.md): the shape as serialised.
+    from contract.events import Event
+
+    out["event.json"] = _finish(Event.model_json_schema(by_alias=True, mode="serialization"), "event.json",
+                                "fleetshift event")
     # Discriminated by `kind`, so an editor reports errors against the right kind instead of all of them.
     combined = TypeAdapter(Annotated[Manifest, Field(discriminator="kind")]).json_schema(by_alias=True)
     out["manifest.json"] = _finish(combined, "manifest.json", "fleetshift manifest (any kind)")

@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from contract.events import Event
@@ -58,7 +59,11 @@ def events(store_url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tu
 def test_json_lines_tell_the_whole_story(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = events(store_url, capsys, "--format", "json")
     assert code == 0
-    listed = [Event.model_validate(json.loads(line)) for line in out.splitlines()]
+    lines = [json.loads(line) for line in out.splitlines()]
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "event.json").read_text())
+    for line in lines:  # every printed event is valid against the published schema
+        jsonschema.validate(line, schema)
+    listed = [Event.model_validate(line) for line in lines]
     kinds = [(e.type.value, e.host) for e in listed if e.creator == "user" and "v2" in (e.revision_label or "")]
     assert kinds[0] == ("deployment.started", None)
     assert ("host.succeeded", "web-1") in kinds
