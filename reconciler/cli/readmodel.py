@@ -34,6 +34,7 @@ from reconciler.core.membership import MembershipIndex, flagged_agents, missing_
 from reconciler.core.observed import Ec2Instance
 from reconciler.core.view import deployment_config
 from reconciler.desired.manifests import Desired, DesiredGroup, EffectiveConfig
+from reconciler.notify.health import NotificationHealth
 from reconciler.shell.lease import LeaseView
 from reconciler.shell.observe import identity_problems
 
@@ -609,6 +610,43 @@ class LeaseStatus:
 
 
 @dataclass(frozen=True)
+class NotificationView:
+    """One notification's delivery health (docs/notifications.md, "Health"), from its cursor in the store."""
+
+    name: str
+    provider: str
+    configured: bool
+    healthy: bool
+    delivered: int
+    failed: int
+    retrying: bool
+    pending: int | None
+    last_delivered_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    unreadable: str | None
+
+    @classmethod
+    def of(cls, health: NotificationHealth) -> NotificationView:
+        return cls(
+            name=health.name, provider=health.provider, configured=health.configured, healthy=health.healthy,
+            delivered=health.delivered, failed=health.failed, retrying=health.retrying, pending=health.pending,
+            last_delivered_at=health.last_delivered_at,
+            # A provider's answer is outside text: bounded and redacted like a host's.
+            last_error=shown(health.last_error), last_error_at=health.last_error_at,
+            unreadable=shown(health.unreadable),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "provider": self.provider, "configured": self.configured, "healthy": self.healthy,
+            "delivered": self.delivered, "failed": self.failed, "retrying": self.retrying, "pending": self.pending,
+            "lastDeliveredAt": iso(self.last_delivered_at), "lastError": self.last_error,
+            "lastErrorAt": iso(self.last_error_at), "unreadable": self.unreadable,
+        }
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """The whole `status` answer: the store, the reconciler holding the lease, and every group asked for."""
 
@@ -621,6 +659,7 @@ class StatusReport:
     manifests_problem: str | None
     lease: LeaseStatus | None
     groups: tuple[GroupView, ...]
+    notifications: tuple[NotificationView, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -631,6 +670,7 @@ class StatusReport:
             "manifestsProblem": self.manifests_problem,
             "lease": self.lease.to_json() if self.lease else None,
             "groups": [group.to_json() for group in self.groups],
+            "notifications": [notification.to_json() for notification in self.notifications],
         }
 
 
@@ -648,6 +688,7 @@ __all__ = [
     "LastCommand",
     "LeaseStatus",
     "MissingHostView",
+    "NotificationView",
     "QuarantineView",
     "RunningHost",
     "StatusReport",

@@ -24,7 +24,7 @@ from contract.durations import format_duration
 from contract.exitcodes import ExitCode
 from contract.keys import analysis_key
 from contract.models import Deployment, DeploymentAnalysis, GroupState, HostTraffic, Revision
-from contract.store import StoreError
+from contract.store import Store, StoreError
 from contract.store.docs import DocumentInvalid, read_document
 from reconciler.cli.common import Known, no_store, open_for_reading, read_known, resolve_group, short_commit
 from reconciler.cli.readmodel import (
@@ -34,6 +34,7 @@ from reconciler.cli.readmodel import (
     GroupView,
     HostView,
     LeaseStatus,
+    NotificationView,
     QuarantineView,
     StatusReport,
     analysis_view,
@@ -48,6 +49,7 @@ from reconciler.core import MembershipIndex, is_online
 from reconciler.core.observed import TargetObservation, TargetState
 from reconciler.core.phase import group_phase
 from reconciler.desired.manifests import Desired, DesiredGroup
+from reconciler.notify.health import read_health
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.fleet import read_memberships
@@ -97,6 +99,7 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
         manifests_problem=context.known.problem,
         lease=LeaseStatus.of(lease, context.now) if lease else None,
         groups=tuple(group_status(key, context) for key in keys),
+        notifications=notification_views(store, context) if args.group is None else (),
     )
     problem = context.known.problem
     if args.format == "json":
@@ -108,6 +111,12 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
         print(f"reconcile: the manifests could not be read: {problem}; the groups listed are the store's "
               f"records, their desired revisions are unknown", file=sys.stderr)
     return ExitCode.INVALID if problem else ExitCode.OK
+
+
+def notification_views(store: Store, context: StatusContext) -> tuple[NotificationView, ...]:
+    """Every notification's health; one that cannot be read is shown as such, never fails `status`."""
+    known = context.known
+    return tuple(NotificationView.of(h) for h in read_health(store, known.desired, known.snapshot.state))
 
 
 def with_ec2(known: Known, now: datetime) -> Known:
@@ -350,6 +359,32 @@ def print_status(report: StatusReport, now: datetime) -> None:
     for group in report.groups:
         print()
         _print_group(group, now)
+    if report.notifications:
+        print()
+        print("notifications")
+        for notification in report.notifications:
+            print(f"  {notification_line(notification, now)}")
+
+
+def notification_line(view: NotificationView, now: datetime) -> str:
+    """`oncall  slack  ok: 12 delivered, last 2m ago` or `... FAILING: retrying, 3 given up; last error ...`."""
+    parts = [f"{view.delivered} delivered" + (f", last {ago(view.last_delivered_at, now)}"
+                                              if view.last_delivered_at else "")]
+    if view.failed:
+        parts.append(f"{view.failed} given up")
+    if view.pending:
+        parts.append(f"{view.pending} pending")
+    if view.retrying:
+        parts.append("retrying")
+    state = "ok" if view.healthy else "FAILING"
+    if not view.configured:
+        state = "removed from the manifests"
+    line = f"{view.name:<24} {view.provider:<13} {state}: " + ", ".join(parts)
+    if view.unreadable:
+        line += f"; cursor unreadable: {view.unreadable}"
+    elif view.last_error and not view.healthy:
+        line += f"; last error {ago(view.last_error_at, now)}: {view.last_error}"
+    return line
 
 
 def _print_group(group: GroupView, now: datetime) -> None:

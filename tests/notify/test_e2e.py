@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -151,6 +153,15 @@ class World:
             code = process.wait(timeout=150)
             out = process.process.stdout.read().decode() if process.process.stdout else ""
             return code, out, time.monotonic() - started, process
+        finally:
+            process.stop()
+
+    def status(self, *args: str) -> str:
+        """`reconcile status` as an operator runs it (what it says about the notifications)."""
+        process = self.reconcile(f"status{len(args)}", "status", *args)
+        try:
+            assert process.wait(timeout=60) == 0
+            return process.process.stdout.read().decode() if process.process.stdout else ""
         finally:
             process.stop()
 
@@ -294,6 +305,14 @@ def test_notifications_exactly_once_across_kill_9_failure_and_outage(world: Worl
         assert health[name].retrying and not health[name].healthy
         assert (health[name].last_error or "").startswith("HTTP 503")
     assert world.statuses(v4) == []
+    # What `reconcile status` tells the operator meanwhile, in text and JSON.
+    shown = {item["name"]: item for item in json.loads(world.status("--format", "json"))["notifications"]}
+    assert shown["audit-hook"]["provider"] == "webhook" and shown["audit-hook"]["retrying"] is True
+    assert shown["audit-hook"]["healthy"] is False and shown["audit-hook"]["lastError"].startswith("HTTP 503")
+    assert shown["audit-hook"]["pending"] > 0 and shown["commit-status"]["healthy"] is False
+    text = world.status()
+    assert re.search(r"^  audit-hook +webhook +FAILING: \d+ delivered.*retrying; last error .* ago: HTTP 503", text,
+                     re.M), text
 
     # The services are back: the next run (nothing to deploy) sends what was left, once.
     world.server.default = Reply(200)
@@ -304,4 +323,5 @@ def test_notifications_exactly_once_across_kill_9_failure_and_outage(world: Worl
     assert world.statuses(v4)[0] == "pending" and world.statuses(v4)[-1] == "success"
     health = {item.name: item for item in read_health(world.store)}
     assert all(item.healthy for item in health.values())
+    assert re.search(r"^  commit-status +githubStatus +ok: \d+ delivered, last .* ago$", world.status(), re.M)
     check_auth(world.server)
