@@ -11,8 +11,14 @@ With `--ansible PATH` (an `ansible-playbook` executable; found on PATH or in $AN
 same work is timed with Ansible for comparison: a 50-host inventory with `ansible_connection=local`,
 `serial: 1`, no fact gathering, a play that unpacks the same 100 files (one archive) and runs the same five scripts.
 
+`--agent-poll default` and `--reconcile-poll default` leave each program's own intervals alone (the agent's
+10 s idle and 1 s busy polls, the reconciler's 1 s poll): the "default settings" row of issue 18. The agent's
+side of each host's turn is printed too: from the reconciler's command write (the command file's mtime) to the
+agent's `command.received` log line, the median and the worst over the timed rollout's hosts.
+
 Prints `name: value unit` lines. Usage:
-    .venv/bin/python bench/bench_rollout.py [--hosts 50] [--agent-poll 100ms] [--reconcile-poll 100ms]
+    .venv/bin/python bench/bench_rollout.py [--hosts 50] [--agent-poll 100ms|default]
+        [--reconcile-poll 100ms|default] [--runs 1]
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,18 +69,35 @@ def start_agents(workdir: Path, store_url: str, count: int, poll: str) -> list[L
     agents = []
     for index in range(count):
         host = f"host-{index:02d}"
-        # The agent polls at its busy interval while a command runs and for a minute after; every host has just
-        # run v1 when v2 starts, so that interval, not the idle one, decides how fast a host picks up v2.
-        agent = LocalAgent(host, workdir / "hosts" / host, tags={"app": "hello"}, poll_interval=poll,
-                           env={"FLEETSHIFT_AGENT_BUSY_POLL_INTERVAL": poll})
-        agent.start(store_url, log_level="warning")
+        if poll == "default":
+            agent = LocalAgent(host, workdir / "hosts" / host, tags={"app": "hello"}, poll_interval="10s")
+        else:
+            # The agent polls at its busy interval while a command runs and for a minute after; every host has
+            # just run v1 when v2 starts, so that interval, not the idle one, decides how fast a host picks up v2.
+            agent = LocalAgent(host, workdir / "hosts" / host, tags={"app": "hello"}, poll_interval=poll,
+                               env={"FLEETSHIFT_AGENT_BUSY_POLL_INTERVAL": poll})
+        agent.start(store_url, log_level="info")
         agents.append(agent)
     return agents
 
 
+def pickup_delays(agents: list[LocalAgent], store_root: Path) -> list[float]:
+    """For each host: seconds from its latest command's write (the command file's mtime, which the file store
+    stamps at the write) to the agent's latest `command.received` log line."""
+    delays = []
+    for agent in agents:
+        written = (store_root / "commands" / f"{agent.host_id}.json").stat().st_mtime
+        received = [line for line in agent.log.read_text().splitlines() if '"command.received"' in line]
+        if received:
+            stamp = json.loads(received[-1])["timestamp"].replace("Z", "+00:00")
+            delays.append(datetime.fromisoformat(stamp).timestamp() - written)
+    return delays
+
+
 def reconcile(config: Config, store_url: str, poll: str) -> tuple[int, float]:
-    env = {**os.environ, "FLEETSHIFT_RECONCILE_POLL_INTERVAL": poll, "FLEETSHIFT_LOGGING_LEVEL": "warning",
-           "FLEETSHIFT_RECONCILE_TIMEOUT": "20m"}
+    env = {**os.environ, "FLEETSHIFT_LOGGING_LEVEL": "warning", "FLEETSHIFT_RECONCILE_TIMEOUT": "20m"}
+    if poll != "default":
+        env["FLEETSHIFT_RECONCILE_POLL_INTERVAL"] = poll
     started = time.monotonic()
     done = subprocess.run([str(BIN / "reconcile"), *config.args(), "--store", store_url, "--once"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
@@ -122,14 +147,17 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=50)
     parser.add_argument("--agent-poll", default="100ms")
     parser.add_argument("--reconcile-poll", default="100ms")
+    parser.add_argument("--runs", type=int, default=1, help="timed OneAtATime rollouts (v2, v3, v2, ...)")
     parser.add_argument("--ansible", default=os.environ.get("ANSIBLE_PLAYBOOK") or shutil.which("ansible-playbook"))
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     store_url = f"file://{workdir / 'store'}"
     store = open_store(store_url)
-    bundles = {version: make_bundle(workdir / f"bundle-v{version}", version) for version in (1, 2)}
+    bundles = {version: make_bundle(workdir / f"bundle-v{version}", version) for version in (1, 2, 3)}
     config = Config(workdir / "config")
     agents = start_agents(workdir, store_url, args.hosts, args.agent_poll)
+    totals: list[float] = []
+    delays: list[float] = []
     try:
         deadline = time.monotonic() + 60
         while len([i for i in store.list("hosts/") if i.key.endswith("/status.json")]) < args.hosts:
@@ -140,17 +168,26 @@ def main() -> int:
         code, first = reconcile(config, store_url, args.reconcile_poll)
         if code != 0:
             raise SystemExit(f"the v1 rollout failed (exit {code})")
-        config.set_group(group_manifest(revision=directory_revision(bundles[2])), message="v2")
-        code, total = reconcile(config, store_url, args.reconcile_poll)
-        if code != 0:
-            raise SystemExit(f"the v2 rollout failed (exit {code})")
+        for run in range(args.runs):
+            version = 2 + run % 2
+            config.set_group(group_manifest(revision=directory_revision(bundles[version])), message=f"v{version}")
+            code, total = reconcile(config, store_url, args.reconcile_poll)
+            if code != 0:
+                raise SystemExit(f"the v{version} rollout failed (exit {code})")
+            totals.append(total)
+            delays += pickup_delays(agents, workdir / "store")
     finally:
         stop_all(agents)
+    total = statistics.median(totals)
     print(f"rollout_first_all_at_once_{args.hosts}_hosts: {first:.2f} s (new hosts are all unhealthy, so "
           f"OneAtATime sends them all at once)")
-    print(f"rollout_one_at_a_time_{args.hosts}_hosts_total: {total:.2f} s")
+    print(f"rollout_one_at_a_time_{args.hosts}_hosts_total: {total:.2f} s (median of {len(totals)})")
     print(f"rollout_one_at_a_time_per_host: {total / args.hosts:.3f} s (reconcile poll {args.reconcile_poll}, "
           f"agent poll {args.agent_poll})")
+    if delays:
+        print(f"rollout_command_to_agent_median: {statistics.median(delays) * 1000:.0f} ms (command write to "
+              "the agent's command.received)")
+        print(f"rollout_command_to_agent_max: {max(delays) * 1000:.0f} ms")
     if args.ansible:
         ansible = run_ansible(args.ansible, workdir, args.hosts, bundles[2])
         print(f"ansible_serial_1_{args.hosts}_hosts_total: {ansible:.2f} s")

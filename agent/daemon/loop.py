@@ -10,7 +10,9 @@ agent/metrics.py (what it counts for Prometheus, when agent.yaml asks).
 
 Two threads, one writer each:
 
-- the **main thread** polls the command and runs it (the runner is synchronous);
+- the **main thread** polls the command and runs it (the runner is synchronous). Between polls it waits for a
+  change of the command key on a file store (command_watch.py), and elsewhere paces its polls by whether a
+  deployment of one of its groups is in flight (rollout_signal.py; `_idle_wait`);
 - the **reporter thread** owns every store write (registration, status, heartbeats). Progress is handed over
   as a change counter, so a slow or unreachable store never stalls a hook, and several events that happen
   during one store round trip are written once, newest state first. While a command runs, the reporter also
@@ -39,13 +41,14 @@ import socket
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent import __version__
 from agent.daemon import orphans
 from agent.daemon.claim import HostIdOwner
+from agent.daemon.command_watch import CommandWatch, watch_for
 from agent.daemon.commands import CommandReader
 from agent.daemon.identity import (
     HostIdInUse,
@@ -63,9 +66,9 @@ from agent.daemon.progress import (
     unreadable_command,
 )
 from agent.daemon.retry import Backoff, StoreHealth
+from agent.daemon.rollout_signal import RolloutSignal
 from agent.daemon.statefile import LocalState
 from agent.daemon.traffic_gate import StoreTrafficGate
-from agent.lifecycle.runner import LifecycleRunner
 from agent.metrics import AgentMetrics
 from agent.settings import AgentSettings
 from contract.clock import Monotonic, Now, utc_now
@@ -84,6 +87,9 @@ from contract.models import (
     group_key,
 )
 from contract.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from agent.lifecycle.runner import LifecycleRunner
 
 log = structlog.get_logger("agent.daemon.loop")
 
@@ -154,6 +160,11 @@ class Agent:
         self._refusals: list[CommandRefusal] = []
         self._refused_total = 0
         self._busy_until = 0.0
+        #: On a file store, wakes the idle loop when the command key changes (created in `run_forever`).
+        self._command_watch: CommandWatch | None = None
+        #: Elsewhere, whether a deployment is in flight in one of this host's groups, and when to look again.
+        self._rollout = RolloutSignal(store)
+        self._next_signal_read = 0.0
         self._poll_health = StoreHealth(monotonic)
         self._report_health = StoreHealth(monotonic)
         self._reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
@@ -166,6 +177,7 @@ class Agent:
 
     def run_forever(self) -> ExitCode:
         self._start()
+        self._command_watch = watch_for(self.store, self.host_id, self.stop)
         backoff = Backoff()
         try:
             while not self.stop.is_set():
@@ -184,7 +196,7 @@ class Agent:
                 if command is not None:
                     self._execute(command)
                     continue  # look again at once: a newer command may be waiting
-                self.stop.wait(self._poll_interval())
+                self._idle_wait()
         finally:
             self._shutdown(self.settings.report_timeout.total_seconds())
         self._raise_conflict()
@@ -229,6 +241,8 @@ class Agent:
         if restored:
             self.log.warning("install.recovered_after_crash", deployment_groups=restored)
         self._installed = self.runner.layout.installed_revisions()
+        for installed_revision in self._installed.values():
+            self._rollout.track(installed_revision.application, installed_revision.deployment_group)
         self._state = state or AgentState(host_id=self.host_id)
         if self._installation is None:
             self._installation, warning = load_installation(self.settings.root_dir, machine=machine_fingerprint())
@@ -301,6 +315,36 @@ class Agent:
         busy = self.monotonic() < self._busy_until
         interval = self.settings.busy_poll_interval if busy else self.settings.poll_interval
         return interval.total_seconds()
+
+    def _idle_wait(self) -> None:
+        """Wait until the command is worth reading again (docs/agent.md, "How fast a host sees its command").
+
+        - A file store: until the command key changes (agent/daemon/command_watch.py), at most a poll interval.
+        - Just after a command of its own: the busy interval (a rollback or the next deployment often follows).
+        - A deployment in flight in one of its groups (agent/daemon/rollout_signal.py): the busy interval, and
+          the group records re-read every poll interval to see the rollout end.
+        - Otherwise, idle: every other poll interval reads a group record instead of the command, so an idle
+          host still sends one GET per poll interval, and a rollout is noticed as soon as before."""
+        if self._command_watch is not None:
+            self._command_watch.wait(self._poll_interval())
+            return
+        idle = self.settings.poll_interval.total_seconds()
+        busy = self.settings.busy_poll_interval.total_seconds()
+        signal = self._rollout
+        if self.monotonic() < self._busy_until or not signal.usable:
+            self.stop.wait(self._poll_interval())
+            return
+        if signal.in_flight:
+            self.stop.wait(min(busy, idle))
+            if self.monotonic() >= self._next_signal_read:
+                self._next_signal_read = self.monotonic() + idle
+                signal.read_next()
+            return
+        if self.stop.wait(idle):
+            return
+        self._next_signal_read = self.monotonic() + idle
+        if not signal.read_next():
+            self.stop.wait(idle)
 
     def _poll(self) -> HostCommand | None:
         """A command to run now, or None. A conditional read: an unchanged command moves no body."""
@@ -427,6 +471,7 @@ class Agent:
         self._update_state(last_generation=command.generation, command=command, progress=progress, running=True,
                            reported=False, strict=True)
         self.metrics.command_started()
+        self._rollout.track(command.application, command.deployment_group)
         self.log.info("command.received", deployment_id=command.deployment_id, generation=command.generation,
                       application=command.application, deployment_group=command.deployment_group,
                       revision=command.revision.short())

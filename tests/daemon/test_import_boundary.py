@@ -1,6 +1,8 @@
 """The agent must not need the reconciler's Git or file-watching code (docs/design.md, "Dependency boundary"):
-a host runs `deploy-agent` without GitPython or watchfiles loaded. prometheus_client is loaded only when
-agent.yaml asks for metrics (agent/metrics.py): a host that does not scrape its agent does not pay for it."""
+starting `deploy-agent` loads neither GitPython nor watchfiles. watchfiles is loaded later, and only by an agent
+on a file store, to watch its own command key (agent/daemon/command_watch.py); an agent on S3 never loads it.
+prometheus_client is loaded only when agent.yaml asks for metrics (agent/metrics.py): a host that does not
+scrape its agent does not pay for it."""
 
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-_LOADED = "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {roots!r})))\n"
+_LOADED = "print('\\nloaded:', json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {roots!r})))\n"
 
 
 def loaded_after(probe: str, roots: tuple[str, ...]) -> list[str]:
     """The modules under `roots` that a fresh interpreter has loaded after running `probe`."""
     code = "import json, sys\n" + probe + _LOADED.format(roots=roots)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    loaded: list[str] = json.loads(result.stdout)
+    # The last line: a log line of a thread (which may lack its newline) can come before it.
+    loaded: list[str] = json.loads(result.stdout.rsplit("\nloaded:", 1)[1])
     return loaded
 
 
@@ -71,3 +74,23 @@ def test_an_idle_agent_loads_no_engine_rich_or_cryptography(tmp_path: Path) -> N
     engine = [name for name in loaded if name.startswith(("agent.lifecycle.command_run", "agent.lifecycle.install",
                                                           "agent.lifecycle.hooks", "agent.lifecycle.appspec"))]
     assert heavy == [] and engine == []
+
+
+@pytest.mark.slow
+def test_watchfiles_is_loaded_only_to_watch_a_file_stores_command_key(tmp_path: Path) -> None:
+    probe = (
+        "import threading, time\n"
+        "from agent.daemon.command_watch import watch_for\n"
+        "from contract.store import open_store\n"
+        "stop = threading.Event()\n"
+        "assert watch_for(open_store('s3://bucket/fleet?endpoint=http://127.0.0.1:9'), 'web-1', stop) is None\n"
+        "assert 'watchfiles' not in sys.modules\n"
+        "{file_store}"
+        "stop.set()\n"
+    )
+    assert loaded_after(probe.format(file_store=""), ("watchfiles",)) == []
+    on_file = (
+        f"watch = watch_for(open_store('file://{tmp_path}/store'), 'web-1', stop)\n"
+        "assert watch is not None and watch.watching.wait(15)\n"
+    )
+    assert "watchfiles" in loaded_after(probe.format(file_store=on_file), ("watchfiles",))
