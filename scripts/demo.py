@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
+import http.server
 import json
 import os
 import shutil
@@ -134,13 +137,30 @@ def group_manifest(app_repo: Path, commit: str, haproxy: LocalHAProxy | None, ga
     return text
 
 
-def make_config_repo(workdir: Path, app_repo: Path, commit: str, haproxy: LocalHAProxy | None) -> Path:
+#: The demo's on-call webhook (docs/notifications.md): every event, signed with a secret the reconciler reads from
+#: its environment, never from the config repo.
+NOTIFICATION = """\
+apiVersion: deploy/v1
+kind: Notification
+metadata:
+  name: demo-webhook
+spec:
+  webhook:
+    url: {url}
+    secretFrom: {{env: DEMO_WEBHOOK_SECRET}}
+"""
+WEBHOOK_SECRET = "demo-secret-" + os.urandom(8).hex()
+
+
+def make_config_repo(workdir: Path, app_repo: Path, commit: str, haproxy: LocalHAProxy | None,
+                     webhook_url: str) -> Path:
     repo = workdir / "config-repo"
     manifests = repo / "manifests"
     manifests.mkdir(parents=True)
     for name in ("application.yaml", "deployment-configs.yaml"):
         shutil.copy(EXAMPLES / "config-repo" / "manifests" / name, manifests / name)
     (manifests / "hello-demo.yaml").write_text(group_manifest(app_repo, commit, haproxy))
+    (manifests / "notifications.yaml").write_text(NOTIFICATION.format(url=webhook_url))
     git(repo, "init", "-q", "-b", "main")
     commit_all(repo, "deploy hello v1")
     return repo
@@ -204,6 +224,38 @@ def start_prometheus(workdir: Path, hosts: list[Host], reconciler_port: int) -> 
 # Observability: the event stream and fleetshift's own metrics (docs/events.md, docs/metrics.md)
 
 
+class WebhookReceiver:
+    """The on-call side of the demo's webhook: checks every request's HMAC signature, keeps each event's id."""
+
+    def __init__(self) -> None:
+        received: list[str] = []
+        bad: list[str] = []
+        self.received, self.bad = received, bad
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(expected, self.headers.get("X-Fleetshift-Signature-256", "")):
+                    bad.append(self.headers.get("X-Fleetshift-Delivery", "?"))
+                    self.send_response(401)
+                else:
+                    received.append(json.loads(body)["id"])
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fleetshift"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def follow_events(workdir: Path, store: str) -> subprocess.Popen[bytes]:
     """`reconcile events --follow --format json` for the whole demo, as an on-call engineer's second terminal or a
     log shipper would run it: every event, once, as passes record it."""
@@ -225,8 +277,9 @@ def stop_follow(follow: subprocess.Popen[bytes]) -> None:
             follow.wait()
 
 
-def show_events(workdir: Path, config_repo: Path, store: str) -> dict[str, int]:
-    """What `--follow` streamed, by type, and the warnings and worse as `reconcile events` prints them."""
+def show_events(workdir: Path, config_repo: Path, store: str, webhook: WebhookReceiver) -> tuple[dict[str, int], bool]:
+    """What `--follow` streamed, by type, what the webhook received, and the warnings and worse as
+    `reconcile events` prints them."""
     streamed = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines() if line.strip()]
     by_type: dict[str, int] = {}
     for event in streamed:
@@ -235,8 +288,11 @@ def show_events(workdir: Path, config_repo: Path, store: str) -> dict[str, int]:
     say(f"  `reconcile events --follow` streamed {len(streamed)} events live ({len(set(ids))} distinct ids) into "
         f"{workdir / 'events.jsonl'}:")
     say("    " + ", ".join(f"{kind} x{n}" for kind, n in sorted(by_type.items())))
+    same = sorted(webhook.received) == sorted(ids)
+    say(f"  the demo-webhook notification delivered {len(webhook.received)} events ({len(set(webhook.received))} "
+        f"distinct ids, every signature valid: {not webhook.bad}); the same events as the stream: {same}")
     reconcile("events", "--min-severity", "warning", config_repo=config_repo, store=store)
-    return by_type
+    return by_type, same and not webhook.bad and len(set(webhook.received)) == len(webhook.received)
 
 
 def show_metrics(workdir: Path, config_repo: Path, store: str, prometheus: LocalPrometheus, port: int) -> bool:
@@ -244,7 +300,8 @@ def show_metrics(workdir: Path, config_repo: Path, store: str, prometheus: Local
     scrape it and the agents, and show what PromQL answers. True when both were scraped."""
     command = [str(BIN / "reconcile"), "--repo", str(config_repo), "--ref", "main", "--path", "manifests",
                "--store", store, "--log-format", "json", "watch", "--metrics-address", f"127.0.0.1:{port}"]
-    env = {**os.environ, "FLEETSHIFT_SIGNING_KEY_FILE": str(config_repo.parent / "signing.pem")}
+    env = {**os.environ, "FLEETSHIFT_SIGNING_KEY_FILE": str(config_repo.parent / "signing.pem"),
+           "DEMO_WEBHOOK_SECRET": WEBHOOK_SECRET}
     say(f"$ reconcile watch --metrics-address 127.0.0.1:{port}   (in the background; Prometheus scrapes it)")
     watch = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=(workdir / "reconcile-watch.log").open("wb"), start_new_session=True)
@@ -431,7 +488,8 @@ def reconcile(*args: str, config_repo: Path, store: str, check: bool = False) ->
     say(f"$ reconcile {' '.join(args)}")
     # Re-read agent reports often: the demo's hooks take about a second. Sign with the demo's key.
     env = {**os.environ, "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "250ms",
-           "FLEETSHIFT_SIGNING_KEY_FILE": str(config_repo.parent / "signing.pem")}
+           "FLEETSHIFT_SIGNING_KEY_FILE": str(config_repo.parent / "signing.pem"),
+           "DEMO_WEBHOOK_SECRET": WEBHOOK_SECRET}
     return subprocess.run(command, check=check, env=env).returncode
 
 
@@ -514,8 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     refused: str | None = None
     follow: subprocess.Popen[bytes] | None = None
     events_seen: dict[str, int] = {}
+    webhook_ok = False
     scraped = False
     reconciler_metrics_port = free_port()
+    webhook = WebhookReceiver()
     try:
         step("Generating the reconciler's signing key; the agents will run only commands signed with it")
         trusted_key = generate_key(workdir / "signing.pem")
@@ -531,11 +591,12 @@ def main(argv: list[str] | None = None) -> int:
 
         step("Creating an app repo (hello v1 to v5) and a config repo from examples/config-repo")
         commits = make_app_repo(workdir / "app-repo", with_v5=True)
-        config_repo = make_config_repo(workdir, workdir / "app-repo", commits["v1"], haproxy)
+        config_repo = make_config_repo(workdir, workdir / "app-repo", commits["v1"], haproxy, webhook.url)
         for name, sha in commits.items():
             say(f"  app {name}: {sha[:12]}")
         if haproxy is not None:
             say("  the group has trafficControl: each host leaves HAProxy before it deploys, comes back when healthy")
+        say(f"  a Notification sends every event to a webhook at {webhook.url}, signed (HMAC-SHA256)")
 
         step("Installing v1 on every host (before any traffic)")
         say(f"  {STORY['v1']}")
@@ -627,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
 
         step("What an on-call engineer saw: the event stream")
         stop_follow(follow)
-        events_seen = show_events(workdir, config_repo, store)
+        events_seen, webhook_ok = show_events(workdir, config_repo, store, webhook)
         if prometheus is not None:
             step("fleetshift's own metrics, scraped by the real Prometheus")
             scraped = show_metrics(workdir, config_repo, store, prometheus, reconciler_metrics_port)
@@ -652,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  1 forged command written into the store, refused by host-2: {refused or 'NOT refused'}")
         say(f"  events: {sum(events_seen.values())} streamed live, {events_seen.get('deployment.failed', 0)} "
             f"deployment.failed, {events_seen.get('rollback.succeeded', 0)} rollback.succeeded, "
-            f"{events_seen.get('command.refused', 0)} command.refused")
+            f"{events_seen.get('command.refused', 0)} command.refused; the webhook got each once: {webhook_ok}")
         say(f"  total: {time.monotonic() - started:.1f}s")
         say()
         say(f"Everything is left in {workdir} for you to look at:")
@@ -670,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         # other failed request, in any rollout, is a failure of the demo.
         gate_ok = caught if "v5" in codes else True
         failures = sum(1 for code in expected.values() if code == 3)
-        events_ok = events_seen.get("deployment.failed", 0) == failures and events_seen.get("command.refused", 0) == 1
+        events_ok = (events_seen.get("deployment.failed", 0) == failures and events_seen.get("command.refused", 0) == 1
+                     and webhook_ok)
         metrics_ok = scraped or prometheus is None
         ok = codes == expected and other_failures == 0 and gate_ok and refused and events_ok and metrics_ok
         return 0 if ok else 1
@@ -678,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         say("\ninterrupted: stopping agents and services")
         return 130
     finally:
+        webhook.stop()
         if follow is not None:
             stop_follow(follow)
         if ticker is not None:
