@@ -110,7 +110,8 @@ def test_demo_rolls_out_fails_on_the_canary_and_rolls_back(tmp_path: Path) -> No
     assert "events: " in output and "2 deployment.failed, 2 rollback.succeeded, 1 command.refused" in output
     # The demo's webhook notification got every event of the stream once, each with a valid HMAC signature.
     assert "the webhook got each once: True" in output
-    assert re.search(rf"delivered {len(streamed)} events \({len(streamed)} distinct ids, every signature valid: True\); "
+    n = len(streamed)
+    assert re.search(rf"delivered {n} events \({n} distinct ids, every signature valid: True\); "
                      r"the same events as the stream: True", output)
     assert re.search(r"ERROR +fleet +command.refused +host-2 refused commands/host-2.json", output)
     # fleetshift's own metrics, as the real Prometheus scraped them from `reconcile watch` and the agents.
