@@ -77,7 +77,7 @@ def test_the_example_manifests_are_read_by_libyaml() -> None:
     assert all(libyaml_reads(path.read_text()) for path in manifests)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(content=mutated(SEEDS, PIECES, min_steps=1) | st.lists(st.sampled_from([*PIECES, b"a", b"1", b" "]),
                                                                max_size=30).map(b"".join))
 def test_mutated_and_random_yaml_reads_as_with_the_pure_loader(content: bytes) -> None:
