@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import errno
 import grp
+import io
 import os
 import posixpath
 import pwd
 import re
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +264,30 @@ class Extractor:
         finally:
             os.close(fd)
         self.regular.add(name)
+
+    def write_member(self, name: str, read: Callable[[], bytes], *, size: int, mode: int | None, mtime: float | None,
+                     source: str) -> None:
+        """Write one regular file of `size` bytes (at most `CHUNK`) that `read()` returns, checked and complete:
+        on the writer thread when there is one (see `BackgroundWriter.submit`), else here."""
+        if self.writer is None:
+            self.write_file(name, io.BytesIO(read()), mode=mode, mtime=mtime, owner=None, source=source, size=size)
+            return
+        if name in self.made_dirs:
+            raise UnsafeBundle(f"{source}: entry {name!r} is both a folder and a file in the bundle")
+        self.ensure_parent(name)
+        self.symlinks.pop(name, None)
+        if self.written + size > self.limits.max_bytes:
+            raise self.too_big(source)
+        self.written += size
+        final_mode = mode if mode is not None else 0o666 & ~self.umask
+        self.writer.submit(f"{self.target_text}/{name}", read, final_mode, mtime, None)
+        self.regular.add(name)
+
+    def cancel_writer(self) -> None:
+        """After a failure: drop what the writer thread has queued, and stop it."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.cancel()
 
     def hard_link(self, name: str, link_target_raw: str, source: str) -> None:
         if self.writer is not None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import tarfile
 import time
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
 
 from agent.errors import BundleError, UnsafeBundle
 from agent.fetch.iothreads import GzipDamaged, ThreadedGunzip
+from agent.fetch.revision import CHUNK
 
 if TYPE_CHECKING:
     from agent.fetch.extract import Extractor
@@ -25,7 +28,7 @@ def extract_zip(extractor: Extractor, path: Path) -> None:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise BundleError(f"{source} is not a readable zip archive: {exc}") from exc
-    with archive:
+    with archive, path.open("rb") as raw:
         infos = archive.infolist()
         if len(infos) > extractor.limits.max_entries:
             raise UnsafeBundle(
@@ -34,8 +37,15 @@ def extract_zip(extractor: Extractor, path: Path) -> None:
         if sum(info.file_size for info in infos) > extractor.limits.max_bytes:
             raise extractor.too_big(source)
         try:
-            for info in infos:
-                _zip_entry(extractor, archive, info, source)
+            reader = _MemberReader(raw.fileno(), source)
+            try:
+                for info in infos:
+                    _zip_entry(extractor, archive, reader, info, source)
+                if extractor.writer is not None:
+                    extractor.writer.drain()  # queued members read from `raw`: done before it is closed
+            except BaseException:
+                extractor.cancel_writer()
+                raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
             raise BundleError(f"{source} is damaged or uses an unsupported feature: {exc}") from exc
         except RuntimeError as exc:  # zipfile reports encrypted entries this way
@@ -43,7 +53,74 @@ def extract_zip(extractor: Extractor, path: Path) -> None:
 
 
 
-def _zip_entry(extractor: Extractor, archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> None:
+class _MemberReader:
+    """Reads a small stored or deflated zip member with two `pread`s and one `zlib` call.
+
+    Why not `ZipFile.open` for every member: its shared-file bookkeeping (a seek and a `tell` around each read,
+    under a lock) and per-member objects cost more than the inflating itself on a bundle of 10,000 small files
+    (issue 18). The central directory is still zipfile's; only the member's bytes are read here, with the same
+    checks `ZipFile.open` makes: the local header's signature, the size the central directory declares (the
+    output is capped there, so a lying entry cannot inflate past it), the stream's end, and the CRC-32. Larger
+    members and other compression methods go through `ZipFile.open` (streamed, never whole in memory)."""
+
+    def __init__(self, fd: int, source: str) -> None:
+        self.fd = fd
+        self.source = source
+
+    def handles(self, info: zipfile.ZipInfo) -> bool:
+        return (info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+                and info.file_size <= CHUNK and info.compress_size <= CHUNK)
+
+    def read(self, info: zipfile.ZipInfo, name: str) -> bytes:
+        size = _LOCAL_HEADER.size
+        header = os.pread(self.fd, size + _NAME_GUESS, info.header_offset)
+        if len(header) < size:
+            raise BundleError(f"{self.source}: entry {name!r} is cut short; the bundle is truncated")
+        signature, flags, name_length, extra_length = _LOCAL_HEADER.unpack_from(header)
+        if signature != _LOCAL_SIGNATURE:
+            raise BundleError(f"{self.source}: entry {name!r} has no valid local header; the zip is damaged")
+        raw_name = header[size:size + name_length]
+        if len(raw_name) < name_length:
+            raw_name += os.pread(self.fd, name_length - len(raw_name), info.header_offset + size + len(raw_name))
+        # The name before the data must be the central directory's, as `ZipFile.open` insists.
+        local_name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        if local_name != info.orig_filename:
+            raise BundleError(f"{self.source}: entry {name!r} is named {local_name!r} in its local header; the "
+                              "zip is damaged or forged")
+        start = info.header_offset + size + name_length + extra_length
+        packed = os.pread(self.fd, info.compress_size, start)
+        if len(packed) != info.compress_size:
+            raise BundleError(f"{self.source}: entry {name!r} is cut short; the bundle is truncated")
+        if info.compress_type == zipfile.ZIP_STORED:
+            data = packed
+        else:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                data = inflater.decompress(packed, info.file_size + 1)
+            except zlib.error as exc:
+                raise BundleError(f"{self.source}: entry {name!r} does not inflate: {exc}") from exc
+            if not inflater.eof and len(data) <= info.file_size:
+                data += inflater.flush()
+            if not inflater.eof:
+                raise BundleError(f"{self.source}: entry {name!r} is larger than its header says, or damaged")
+        if len(data) != info.file_size:
+            raise BundleError(f"{self.source}: entry {name!r} is {len(data)} bytes, not the {info.file_size} its "
+                              "header says; the zip is damaged")
+        if zlib.crc32(data) != info.CRC:
+            raise BundleError(f"{self.source}: entry {name!r} fails its CRC check; the zip is damaged")
+        return data
+
+
+#: A zip local file header: signature, version (skipped), flags, then (skipped) method, time, date, CRC and
+#: sizes, then the lengths of the name and the extra field that come before the data.
+_LOCAL_HEADER = struct.Struct("<I2xH18xHH")
+_LOCAL_SIGNATURE = 0x04034B50
+#: Bytes of name read with the header, so most members need no third read.
+_NAME_GUESS = 256
+
+
+def _zip_entry(extractor: Extractor, archive: zipfile.ZipFile, reader: _MemberReader, info: zipfile.ZipInfo,
+               source: str) -> None:
     name = extractor.safe_name(info.filename, source=source)
     if name is None:
         return
@@ -64,6 +141,10 @@ def _zip_entry(extractor: Extractor, archive: zipfile.ZipFile, info: zipfile.Zip
         extractor.symlink(name, archive.read(info).decode("utf-8", "surrogateescape"), source)
     else:
         mode = unix_mode & 0o777 if unix_mode & 0o777 else None
+        if reader.handles(info):
+            extractor.write_member(name, partial(reader.read, info, name), size=info.file_size, mode=mode,
+                                   mtime=mtime, source=source)
+            return
         with archive.open(info) as stream:
             extractor.write_file(name, stream, mode=mode, mtime=mtime, owner=None, source=source, size=info.file_size)
 

@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 import zlib
+from collections.abc import Callable
 from contextlib import suppress
 from typing import IO
 
@@ -32,27 +33,41 @@ class BackgroundWriter:
     _QUEUE_FILES = 64
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[tuple[str, bytes, int, float | None, tuple[int, int] | None] | None] = (
-            queue.Queue(self._QUEUE_FILES)
-        )
+        self._jobs: queue.Queue[tuple[str, bytes | Callable[[], bytes], int, float | None,
+                                      tuple[int, int] | None] | None] = queue.Queue(self._QUEUE_FILES)
         self._error: BaseException | None = None
+        #: Set by `cancel`: queued files are dropped, not written.
+        self._cancelled = False
         self._thread = threading.Thread(target=self._work, name="bundle-writer", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
-                if self._error is None:
-                    create_file(*job)
+                if self._error is None and not self._cancelled:
+                    path, data, mode, mtime, owner = job
+                    create_file(path, data() if callable(data) else data, mode, mtime, owner)
             except BaseException as exc:
                 self._error = exc
             finally:
                 self._jobs.task_done()
         self._jobs.task_done()
 
-    def submit(self, path: str, data: bytes, mode: int, mtime: float | None, owner: tuple[int, int] | None) -> None:
+    def submit(self, path: str, data: bytes | Callable[[], bytes], mode: int, mtime: float | None,
+               owner: tuple[int, int] | None) -> None:
+        """Queue a file. `data` may be a function that makes the bytes (reads and inflates a zip member): it
+        runs on this thread, so inflating (zlib releases the GIL) overlaps with the main thread's parsing. Its
+        errors come back like a write's, from the next `submit`, `check` or `drain`."""
         self.check()
         self._jobs.put((path, data, mode, mtime, owner))
+
+    def cancel(self) -> None:
+        """Drop whatever is queued and wait for the file being written, then stop: after a failure, before the
+        source the queued jobs read from (an open archive) is closed."""
+        self._cancelled = True
+        with suppress(BaseException):
+            self._jobs.join()
+        self.close()
 
     def check(self) -> None:
         if self._error is not None:

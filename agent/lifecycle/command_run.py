@@ -92,6 +92,9 @@ class CommandRun:
         self.script_log: ScriptLog | None = None
         self.early = EarlyCheck()
         self.installed_now = False
+        #: Something ran on the host since the early check (a script, a wait for the load balancers): what the
+        #: check's install plan saw may have changed, so Install plans again.
+        self.touched_since_check = False
         self.hook_settings = HookSettings(self.settings.kill_grace_seconds, self.settings.runas_allowed)
         self.log = log.bind(deployment_id=command.deployment_id, group=command.deployment_group)
         self.reports = EventReports(self.events, on_event, self.now, self.log)
@@ -242,6 +245,7 @@ class CommandRun:
         """BlockTraffic / AllowTraffic: the reconciler changes the load balancers; this host waits for it."""
         if self.traffic_gate is None:
             return NO_RECONCILER
+        self.touched_since_check = True
         self.reports.emit(index, message=waiting_message(event))
         outcome = self.traffic_gate(self.command, event, self.should_stop, self.deadline)
         if not outcome.succeeded:
@@ -251,6 +255,7 @@ class CommandRun:
     def _health_check(self, index: int) -> str | None:
         """HealthCheck: GET the service until it has stayed healthy long enough (agent/lifecycle/health_check.py).
         Unlike the traffic steps it needs no reconciler, so `deploy-agent local` runs it too."""
+        self.touched_since_check = True
         check = self.command.health_check
         if check is None:  # refused in `execute` already; kept so the step can never pass unchecked
             raise EventFailed(MISSING_SETTINGS)
@@ -295,6 +300,7 @@ class CommandRun:
         scripts = spec.scripts_for(event)
         if not scripts:
             return None
+        self.touched_since_check = True
         self.script_log.event(event)
         environment = hook_environment(self.command, event, self.settings.host_root)
         self.script_log.learn(environment)
@@ -330,15 +336,20 @@ class CommandRun:
     def _install(self) -> str | None:
         assert self.deployment is not None and self.early.spec is not None and self.group is not None
         group = self.group
-        behavior = effective_behavior(self.early.spec, self.command.file_exists_behavior)
-        # Planned again now: BeforeInstall may have removed files in the way or created users.
-        plan = plan_install(
-            self.early.spec,
-            self.deployment.archive,
-            behavior=behavior,
-            previous_cleanup=group.read_cleanup(),
-            host_root=self.settings.host_root,
-        )
+        plan = self.early.plan
+        if plan is None or plan.all_problems() or self.touched_since_check:
+            # Planned again now: a script (BeforeInstall, ApplicationStop) may have removed files in the way,
+            # created users or changed the bundle, and a wait for the load balancers leaves the host to others
+            # for a while. Otherwise the check's plan is current: it was made moments ago from the same appspec,
+            # bundle and cleanup list, and the transaction still refuses to create over anything that appeared.
+            behavior = effective_behavior(self.early.spec, self.command.file_exists_behavior)
+            plan = plan_install(
+                self.early.spec,
+                self.deployment.archive,
+                behavior=behavior,
+                previous_cleanup=group.read_cleanup(),
+                host_root=self.settings.host_root,
+            )
         problems = plan.all_problems()
         if problems:
             detail = "; ".join(str(p) for p in problems)

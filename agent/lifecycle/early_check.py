@@ -18,6 +18,7 @@ from agent.fetch import FetchBudget, FetchedBundle, fetch_bundle, unpack_bundle
 from agent.lifecycle.appspec import AppSpec
 from agent.lifecycle.reports import EventFailed
 from agent.lifecycle.revision_check import DOWNLOAD_BUNDLE, check_revision, scripts_run_before
+from agent.lifecycle.steps import InstallPlan
 
 if TYPE_CHECKING:
     from agent.lifecycle.command_run import CommandRun
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 class EarlyCheck:
     fetched: FetchedBundle | None = None
     spec: AppSpec | None = None
+    #: The install plan made by the check: Install carries it out as it is when nothing ran in between
+    #: (`CommandRun.touched_since_check`), instead of planning a second time (issue 18: 1.2 s for 10,000 files).
+    plan: InstallPlan | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
     failure: EventFailed | None = None
@@ -82,6 +86,7 @@ def run_early_check(run: CommandRun, early: EarlyCheck) -> None:
             runas_allowed=run.settings.runas_allowed,
         )
         early.spec = check.spec
+        early.plan = check.plan
         early.warnings = list(check.warnings)
         for warning in check.warnings:
             run.log.warning("revision.warning", problem=str(warning))

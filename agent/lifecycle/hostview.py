@@ -20,15 +20,15 @@ Kind = Literal["missing", "file", "dir", "symlink", "other"]
 class FileSystemView(Protocol):
     """Read-only questions the planner asks about the host (and the unpacked bundle)."""
 
-    def kind(self, path: Path) -> Kind:
+    def kind(self, path: Path | str) -> Kind:
         """What is at `path` itself, not following a final symlink."""
         ...
 
-    def is_dir(self, path: Path) -> bool:
+    def is_dir(self, path: Path | str) -> bool:
         """True for a folder or a symlink to one (an admin's `/var/www -> /data/www` is a folder)."""
         ...
 
-    def children(self, path: Path) -> list[str]:
+    def children(self, path: Path | str) -> list[str]:
         ...
 
     def tool_exists(self, name: str) -> bool:
@@ -47,7 +47,7 @@ class DiskView:
     def __init__(self, removed: frozenset[str] = frozenset()) -> None:
         self.removed = removed
 
-    def kind(self, path: Path) -> Kind:
+    def kind(self, path: Path | str) -> Kind:
         if str(path) in self.removed:
             return "missing"
         try:
@@ -64,7 +64,7 @@ class DiskView:
             return "file"
         return "other"
 
-    def is_dir(self, path: Path) -> bool:
+    def is_dir(self, path: Path | str) -> bool:
         if str(path) in self.removed:
             return False
         try:
@@ -72,7 +72,7 @@ class DiskView:
         except OSError:
             return False
 
-    def children(self, path: Path) -> list[str]:
+    def children(self, path: Path | str) -> list[str]:
         try:
             return sorted(os.listdir(path))
         except OSError:

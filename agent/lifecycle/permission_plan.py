@@ -17,8 +17,8 @@ from agent.lifecycle.steps import Copy, SetPermissions
 if TYPE_CHECKING:
     from agent.lifecycle.install import Planner
 
-#: An installed path: (target, is a folder, is a symlink).
-_Target = tuple[Path, bool, bool]
+#: An installed path: (target, is a folder, is a symlink); strings, like the planner's (agent/lifecycle/install.py).
+_Target = tuple[str, bool, bool]
 
 #: Tool -> (what needs it, the appspec key, the package that has it on Debian/Ubuntu and RHEL alike).
 _PERMISSION_TOOLS: dict[str, tuple[str, str, str]] = {
@@ -31,7 +31,7 @@ _PERMISSION_TOOLS: dict[str, tuple[str, str, str]] = {
 def plan_permissions(planner: Planner) -> None:
     """Add a `SetPermissions` step for every installed path an entry reaches, in appspec order."""
     targets = _installed_targets(planner)
-    assigned: dict[Path, int] = {}
+    assigned: dict[str, int] = {}
     tool_users: dict[str, list[int]] = {}
     for index, permission in enumerate(planner.spec.permissions):
         where = planner.where(permission.line)
@@ -53,13 +53,13 @@ def plan_permissions(planner: Planner) -> None:
                 )
                 continue
             assigned[target] = index
-            planner.permission_steps.append(SetPermissions(target, is_dir, is_link, permission))
+            planner.permission_steps.append(SetPermissions(Path(target), is_dir, is_link, permission))
     _check_tools(planner, tool_users)
 
 
 def _installed_targets(planner: Planner) -> list[_Target]:
     return [
-        (step.target, False, step.symlink) if isinstance(step, Copy) else (step.target, True, False)
+        (step.target_path, False, step.symlink) if isinstance(step, Copy) else (step.target_path, True, False)
         for step in planner.steps
     ]
 
@@ -76,7 +76,7 @@ def _matched_targets(
 ) -> list[_Target]:
     """The installed paths the entry reaches: its object itself when that is an installed file, else what
     the revision installs below the object folder that `type`, `pattern` and `except` let through."""
-    obj = planner.host_path(permission.object)
+    obj = str(planner.host_path(permission.object))
     if obj in planner.copy_targets:
         return _file_object(planner, permission, obj, where, field_name)
     if not planner.exists_as_dir(obj):
@@ -85,13 +85,14 @@ def _matched_targets(
                     "nor an existing folder, so this entry changes nothing")
         )
         return []
+    below = obj if obj.endswith("/") else obj + "/"
     matched = []
     for target, is_dir, is_link in targets:
-        if obj not in target.parents:
+        if not target.startswith(below):
             continue
         if ("directory" if is_dir else "file") not in permission.types:
             continue
-        relative = target.relative_to(obj).as_posix()
+        relative = target[len(below):]
         if permission.pattern != "**" and not _simple_glob(permission.pattern, relative):
             continue
         if any(_simple_glob(pattern, relative) for pattern in permission.excepts):
@@ -100,7 +101,7 @@ def _matched_targets(
     return matched
 
 
-def _file_object(planner: Planner, permission: Permission, obj: Path, where: str, field_name: str) -> list[_Target]:
+def _file_object(planner: Planner, permission: Permission, obj: str, where: str, field_name: str) -> list[_Target]:
     if "file" not in permission.types:
         return []
     if permission.pattern != "**":

@@ -48,6 +48,16 @@ class _Journal:
         self.handle.write(json.dumps(entry) + "\n")
         self.handle.flush()
 
+    def write_move(self, path: str, backup: str) -> None:
+        """`write(op="move_aside", path=path, backup=backup)`, the same line, without the general encoder."""
+        self.handle.write(f'{{"op": "move_aside", "path": {json.dumps(path)}, "backup": {json.dumps(backup)}}}\n')
+        self.handle.flush()
+
+    def write_path(self, op: str, path: str) -> None:
+        """`write(op=op, path=path)`, the same line, without the general encoder: one per installed file."""
+        self.handle.write(f'{{"op": "{op}", "path": {json.dumps(path)}}}\n')
+        self.handle.flush()
+
     def close(self) -> None:
         self.handle.close()
 
@@ -95,13 +105,14 @@ def _undo(journal_path: Path) -> None:
                 log.error("install.undo_failed", op=op, path=str(path), error=str(exc))
 
 
-def _move(source: Path, destination: Path) -> None:
+def _move(source: Path | str, destination: Path | str) -> None:
     """rename(2), or copy-then-delete when the two sit on different file systems."""
     try:
         os.rename(source, destination)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
+        source, destination = Path(source), Path(destination)
         if source.is_symlink():
             os.symlink(os.readlink(source), destination)
         else:
@@ -205,6 +216,7 @@ class _Execution:
         shutil.rmtree(backup_dir, ignore_errors=True)
         backup_dir.mkdir(parents=True)
         self.backup_dir = backup_dir
+        self.backup_text = str(backup_dir)
         self.journal = _Journal(journal_path)
         self.result = InstallResult()
         self.backups = 0
@@ -215,57 +227,64 @@ class _Execution:
     def run(self, plan: InstallPlan, cleanup: TextIO) -> None:
         self.remove_previous(plan)
         for step in plan.steps:
+            target = step.target_path
             if isinstance(step, MakeDir):
-                self.journal.write(op="create_dir", path=str(step.target))
-                os.mkdir(step.target)
-                cleanup.write(f"{step.target}\n")
+                self.journal.write_path("create_dir", target)
+                os.mkdir(target)
+                cleanup.write(f"{target}\n")
             else:
                 if step.overwrite:
-                    self.move_aside(step.target)
+                    self.move_aside(Path(target))
                 # Recorded before the copy, like the reference agent, so a half-done copy is cleaned up too.
-                cleanup.write(f"{step.target}\n")
-                self.journal.write(op="create_file", path=str(step.target))
+                cleanup.write(f"{target}\n")
+                self.journal.write_path("create_file", target)
                 _copy(step)
-            self.result.created.append(str(step.target))
+            self.result.created.append(target)
         for permission_step in plan.permissions:
             _apply_permissions(permission_step, self.journal, cleanup)
 
     def remove_previous(self, plan: InstallPlan) -> None:
         for removal in plan.removals:
-            path = Path(removal.path)
-            if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path = removal.path
+            try:
+                info = os.lstat(path)  # one look: a link or a file is moved aside, a folder removed if empty
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not stat.S_ISDIR(info.st_mode):
                 self.move_aside(path)
-            elif path.is_dir():
-                info = path.stat()
-                self.journal.write(
-                    op="remove_dir", path=str(path), mode=stat.S_IMODE(info.st_mode), uid=info.st_uid,
-                    gid=info.st_gid,
-                )
-                try:
-                    os.rmdir(path)
-                    self.result.removed += 1
-                except OSError as exc:
-                    if exc.errno not in {errno.ENOTEMPTY, errno.EEXIST}:
-                        raise
-                    self.result.kept_dirs += 1  # not empty: kept, as the reference agent does
+                continue
+            self.journal.write(
+                op="remove_dir", path=path, mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid,
+            )
+            try:
+                os.rmdir(path)
+                self.result.removed += 1
+            except OSError as exc:
+                if exc.errno not in {errno.ENOTEMPTY, errno.EEXIST}:
+                    raise
+                self.result.kept_dirs += 1  # not empty: kept, as the reference agent does
 
-    def move_aside(self, path: Path) -> None:
+    def move_aside(self, path: Path | str) -> None:
         self.backups += 1
-        backup = self.backup_dir / f"{self.backups:07d}"
-        self.journal.write(op="move_aside", path=str(path), backup=str(backup))
+        backup = f"{self.backup_text}/{self.backups:07d}"
+        self.journal.write_move(str(path), backup)
         _move(path, backup)
         self.result.removed += 1
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_AS_ROOT = os.geteuid() == 0
+
+
 def _copy(step: Copy) -> None:
     """`FileUtils.copy(preserve: true)`: content, mode, owner (as root) and times; a link stays a link."""
+    source_path, target_path = step.source_path, step.target_path
     if step.symlink:
-        os.symlink(os.readlink(step.source), step.target)
+        os.symlink(os.readlink(source_path), target_path)
         return
-    info = os.stat(step.source)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    with open(step.source, "rb") as source:
-        fd = os.open(step.target, flags, 0o600)
+    with open(source_path, "rb") as source:
+        info = os.fstat(source.fileno())
+        fd = os.open(target_path, _CREATE, 0o600)
         try:
             remaining = info.st_size
             offset = 0
@@ -275,12 +294,12 @@ def _copy(step: Copy) -> None:
                     break
                 offset += sent
                 remaining -= sent
-            if os.geteuid() == 0:
+            if _AS_ROOT:
                 os.fchown(fd, info.st_uid, info.st_gid)
             os.fchmod(fd, stat.S_IMODE(info.st_mode))
+            os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
         finally:
             os.close(fd)
-    os.utime(step.target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
 
 
 def _apply_permissions(step: SetPermissions, journal: _Journal, cleanup: TextIO) -> None:
@@ -334,9 +353,9 @@ def _instructions_json(plan: InstallPlan) -> str:
     instructions: list[dict[str, object]] = []
     for step in plan.steps:
         if isinstance(step, MakeDir):
-            instructions.append({"type": "mkdir", "directory": str(step.target)})
+            instructions.append({"type": "mkdir", "directory": step.target_path})
         else:
-            instructions.append({"type": "copy", "source": str(step.source), "destination": str(step.target)})
+            instructions.append({"type": "copy", "source": step.source_path, "destination": step.target_path})
     for permission_step in plan.permissions:
         permission = permission_step.permission
         if permission.owner or permission.group:
@@ -352,4 +371,21 @@ def _instructions_json(plan: InstallPlan) -> str:
             instructions.append({"type": "semanage", "file": str(permission_step.target),
                                  "context": {"user": permission.context.user, "type": permission.context.type,
                                              "range": permission.context.range}})
-    return json.dumps({"instructions": instructions}, indent=1) + "\n"
+    return _indented_json(instructions)
+
+
+def _indented_json(instructions: list[dict[str, object]]) -> str:
+    """`json.dumps({"instructions": instructions}, indent=1) + "\\n"`, byte for byte. With `indent` the standard
+    library encodes in pure Python (a quarter of a second for 10,000 files); here every string goes through the C
+    encoder and the indentation is written once per field."""
+    quote = json.dumps
+    parts = []
+    for instruction in instructions:
+        if all(isinstance(value, str) for value in instruction.values()):
+            fields = ",\n".join(f"   {quote(key)}: {quote(value)}" for key, value in instruction.items())
+            parts.append(f"  {{\n{fields}\n  }}")
+        else:
+            parts.append("\n".join("  " + line for line in json.dumps(instruction, indent=1).split("\n")))
+    if not parts:
+        return '{\n "instructions": []\n}\n'
+    return '{\n "instructions": [\n' + ",\n".join(parts) + "\n ]\n}\n"
