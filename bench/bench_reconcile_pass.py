@@ -1,4 +1,4 @@
-"""One pure `reconcile()` pass over a large fleet: time and memory.
+"""One pure `reconcile()` pass over a large fleet: time and memory; and `reconcile --once` as a whole process.
 
 A synthetic fleet: `--groups` deployment groups of `--hosts-per-group` hosts each (selected by a tag), every
 host also carrying a couple of unrelated tags; `--in-flight` groups have a deployment in flight (a new
@@ -10,14 +10,25 @@ times and the best time is printed, plus the tracemalloc peak of one more pass.
 Targets (issue 5): 10,000 hosts / 1,000 groups / 50 in flight under 0.5 s and 300 MB. The default run also
 does 100,000 hosts / 10,000 groups / 500 in flight to show how it grows.
 
+With `--curve`, the scaling curve of `reconcile --once` instead (issue 18: 10,000 hosts under 1 s, 100,000 under
+8 s): the whole process (interpreter start, imports, manifests from a real Git repo, the fleet from a real file
+store, the lease, one pass, the summary) over a converged fleet of 100, 1,000 and 10,000 hosts in groups of 50
+(100,000 with `--large`), median wall time and the process's CPU time, milliseconds per host, and the fixed
+and per-host parts of a least-squares line through the points.
+
     .venv/bin/python bench/bench_reconcile_pass.py [--groups N --hosts-per-group N --in-flight N] [--rounds 3]
+    .venv/bin/python bench/bench_reconcile_pass.py --curve [--large] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
@@ -25,6 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_plan import (  # the same config repo and fleet as the plan's curve
+    BIN,
+    CURVE_GROUP_SIZE,
+    LIVE_HEARTBEAT_INTERVAL,
+    config_repo,
+    fleet_documents,
+    process_env,
+    write_fleet,
+)
+from contract.logs import configure_logging
 from contract.models import (
     CommandProgress,
     CommandStatus,
@@ -186,13 +207,69 @@ def measure(label: str, groups: int, per_group: int, in_flight: int, rounds: int
     print(f"{label}_pass_peak_memory: {peak / 1e6:.1f} MB")
 
 
+def once_point(root: Path, hosts: int, rounds: int) -> tuple[float, float]:
+    """`reconcile --once` over a converged fleet of `hosts` hosts: (median wall seconds, CPU seconds per run)."""
+    groups = max(1, hosts // CURVE_GROUP_SIZE)
+    repo = config_repo(root / "config", groups)
+    store_url = f"file://{root / 'store'}"
+    write_fleet(store_url, *fleet_documents(groups, CURVE_GROUP_SIZE, now=datetime.now(UTC),
+                                            heartbeat_interval=LIVE_HEARTBEAT_INTERVAL))
+    command = [str(BIN / "reconcile"), "--repo", str(repo.path), "--ref", "main", "--path", "manifests",
+               "--store", store_url, "--once"]
+
+    def run() -> None:
+        done = subprocess.run(command, cwd=root, env=process_env(), capture_output=True, check=False)
+        assert done.returncode == 0 and b"converged" in done.stdout, (done.stdout + done.stderr).decode()[-2000:]
+
+    run()  # the first run records the applied commit; a converged fleet's passes after it are what is measured
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / rounds
+    return statistics.median(samples), cpu
+
+
+def once_curve(sizes: tuple[int, ...], rounds: int) -> None:
+    points = []
+    for hosts in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, cpu = once_point(Path(tmp), hosts, rounds if hosts < 100_000 else 1)
+        points.append((hosts, wall))
+        print(f"once_process_{hosts}_hosts: {wall:.3f} s")
+        print(f"once_process_cpu_{hosts}_hosts: {cpu:.3f} s")
+        print(f"once_process_{hosts}_hosts_per_host: {wall / hosts * 1000:.3f} ms", flush=True)
+    slope, fixed = least_squares(points)
+    print(f"once_process_fixed: {fixed:.3f} s")
+    print(f"once_process_per_host_slope: {slope * 1000:.4f} ms")
+
+
+def least_squares(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Slope and intercept of the line through (hosts, seconds): a flat slope across the sizes is linear growth."""
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    return slope, mean_y - slope * mean_x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int)
     parser.add_argument("--hosts-per-group", type=int, default=10)
     parser.add_argument("--in-flight", type=int)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--curve", action="store_true",
+                        help="`reconcile --once`, whole process, converged: 100, 1,000 and 10,000 hosts")
+    parser.add_argument("--large", action="store_true", help="with --curve: 100,000 hosts too (minutes)")
     args = parser.parse_args()
+    if args.curve:
+        configure_logging("warning", json_lines=True)
+        once_curve((100, 1_000, 10_000, *((100_000,) if args.large else ())), args.rounds)
+        return
     if args.groups:
         in_flight = args.in_flight if args.in_flight is not None else max(1, args.groups // 20)
         measure("custom", args.groups, args.hosts_per_group, in_flight, args.rounds)
