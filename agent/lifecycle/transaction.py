@@ -15,9 +15,10 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 
@@ -27,6 +28,9 @@ from agent.lifecycle.layout import DeploymentDir, DeploymentRoot
 from agent.lifecycle.steps import SEMANAGE_PREFIX, Copy, InstallPlan, MakeDir, SetPermissions
 
 log = structlog.get_logger("agent.lifecycle.transaction")
+
+#: A JSON string as `json.dumps` writes it (ASCII, escaped), without `dumps`'s per-call set-up.
+_quote = cast(Callable[[object], str], json.encoder.encode_basestring_ascii)
 
 
 @dataclass
@@ -50,12 +54,12 @@ class _Journal:
 
     def write_move(self, path: str, backup: str) -> None:
         """`write(op="move_aside", path=path, backup=backup)`, the same line, without the general encoder."""
-        self.handle.write(f'{{"op": "move_aside", "path": {json.dumps(path)}, "backup": {json.dumps(backup)}}}\n')
+        self.handle.write(f'{{"op": "move_aside", "path": {_quote(path)}, "backup": {_quote(backup)}}}\n')
         self.handle.flush()
 
     def write_path(self, op: str, path: str) -> None:
         """`write(op=op, path=path)`, the same line, without the general encoder: one per installed file."""
-        self.handle.write(f'{{"op": "{op}", "path": {json.dumps(path)}}}\n')
+        self.handle.write(f'{{"op": "{op}", "path": {_quote(path)}}}\n')
         self.handle.flush()
 
     def close(self) -> None:
@@ -378,10 +382,16 @@ def _indented_json(instructions: list[dict[str, object]]) -> str:
     """`json.dumps({"instructions": instructions}, indent=1) + "\\n"`, byte for byte. With `indent` the standard
     library encodes in pure Python (a quarter of a second for 10,000 files); here every string goes through the C
     encoder and the indentation is written once per field."""
-    quote = json.dumps
+    quote = _quote
     parts = []
     for instruction in instructions:
-        if all(isinstance(value, str) for value in instruction.values()):
+        kind = instruction.get("type")
+        if kind == "copy" and len(instruction) == 3:
+            parts.append(f'  {{\n   "type": "copy",\n   "source": {quote(instruction["source"])},\n   "destination": '
+                         f'{quote(instruction["destination"])}\n  }}')
+        elif kind == "mkdir" and len(instruction) == 2:
+            parts.append(f'  {{\n   "type": "mkdir",\n   "directory": {quote(instruction["directory"])}\n  }}')
+        elif all(isinstance(value, str) for value in instruction.values()):
             fields = ",\n".join(f"   {quote(key)}: {quote(value)}" for key, value in instruction.items())
             parts.append(f"  {{\n{fields}\n  }}")
         else:
