@@ -9,7 +9,12 @@ How it maps the `Store` protocol onto S3, and why:
   `If-Match: <etag>` for replace-if-unchanged; S3 answers 412 when the condition fails.
 - `get(if_version_not=...)` sends `If-None-Match: <etag>`; S3 answers 304 with no body, so an idle agent's
   poll moves a few hundred bytes of headers, not the document.
-- Listing is `ListObjectsV2`, page by page, keys and ETags only.
+- Listing is `ListObjectsV2`, keys and ETags only. The first listing of a prefix goes page by page; later
+  ones ask for the key ranges between keys the previous one saw all at once (`ListObjectsV2`'s
+  `StartAfter`), so listing 20,000 host keys costs about one round trip, not twenty (issue 18).
+- GETs and listing pages after the first of each are sent by `contract/store/s3wire.py` (signed with
+  botocore's signer, through the client's own connection pool) instead of a full boto3 call, which costs
+  about five times the CPU: a cold pass over a big fleet is CPU-bound on these (issue 18).
 - Throttling (503 SlowDown, 429), 5xx, conflicting concurrent conditional writes (409) and dropped
   connections are retried here with capped, jittered exponential backoff, then surface as
   `StoreUnavailable` so callers back off for longer. botocore's own retries are switched off so there is
@@ -27,10 +32,12 @@ How it maps the `Store` protocol onto S3, and why:
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -46,6 +53,7 @@ from contract.store.base import (
     check_key,
     read_limit,
 )
+from contract.store.s3wire import DELEGATE, ListedPage, Wire
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -53,8 +61,19 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+#: (full key, ETag) pairs, as listed.
+_Listed = list[tuple[str, str]]
 
 _QUERY_PARAMS = ("endpoint", "region")
+#: A listing remembers every this-many-th key as the end of a range for the next listing of the prefix: S3's
+#: page, so listing in ranges costs no more requests than page by page. A range that gained keys since takes
+#: one more page, once: the listing that does so draws new ranges.
+SPLIT_EVERY = 1000
+#: Ranges of one listing requested at once.
+LIST_WORKERS = 16
+#: Connections kept to S3: the reconciler's parallel reads (`READ_WORKERS` in reconciler/shell/observe.py) and
+#: listings together.
+POOL_CONNECTIONS = 160
 
 
 class BucketNotFound(StoreError):
@@ -111,6 +130,10 @@ class S3Store:
         self.backoff_base = backoff_base_seconds
         self.backoff_cap = backoff_cap_seconds
         self._client = self._make_client(params.get("region"), connect_timeout_seconds, read_timeout_seconds)
+        self._wire = Wire(self._client, self.bucket)
+        self._lock = threading.Lock()
+        #: Per full prefix, the keys that end the ranges its next listing asks for at once (see `list`).
+        self._splits: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
@@ -118,14 +141,14 @@ class S3Store:
     def _make_client(self, region: str | None, connect_timeout: float, read_timeout: float) -> S3Client:
         try:
             # botocore's retries off (total_attempts=1): `_retrying` is the one retry policy. The reconciler
-            # reads changed statuses with up to 16 threads, hence the pool of 32 connections.
+            # reads and lists with many threads at once (`POOL_CONNECTIONS`).
             return aws.s3_client(
                 endpoint=self.endpoint,
                 region=region,
                 total_attempts=1,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                max_pool_connections=32,
+                max_pool_connections=POOL_CONNECTIONS,
             )
         except aws.InvalidEndpoint as exc:
             raise StoreError(f"invalid S3 endpoint for store {self.url!r}: {exc}") from exc
@@ -141,34 +164,43 @@ class S3Store:
 
     def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
         full = self._full(key)
+        limit = read_limit(key)
 
         def attempt() -> StoredObject | None:
-            extra: dict[str, Any] = {"IfNoneMatch": if_version_not} if if_version_not is not None else {}
-            try:
-                response = self._client.get_object(Bucket=self.bucket, Key=full, **extra)
-            except Exception as exc:
-                failure = aws.classify(exc)
-                if failure is not None and failure.answered:
-                    if failure.kind is aws.Kind.NOT_MODIFIED and if_version_not is not None:
-                        return StoredObject(key, b"", if_version_not)
-                    if failure.code in ("NoSuchKey", "404") and failure.status == 404:
-                        return None
-                raise
-            body = response["Body"]
-            version = str(response["ETag"])
-            limit = read_limit(key)
-            size = int(response.get("ContentLength") or 0)
-            try:
-                # Checked before reading a byte, and the read itself is bounded too (a server may not say the
-                # length): a huge object is closed unread (see `read_limit`).
-                data = b"" if size > limit else body.read(limit + 1)
-            finally:
-                body.close()
-            if size > limit or len(data) > limit:
-                return StoredObject(key, b"", version, oversize=max(size, len(data)))
-            return StoredObject(key, data, version)
+            if self._wire.ready("GetObject"):
+                found = self._wire.get_object(key, full, if_version_not=if_version_not, limit=limit)
+                if found is not DELEGATE:
+                    return cast("StoredObject | None", found)
+            return self._botocore_get(key, full, if_version_not, limit)
 
         return self._retrying("get", key, attempt)
+
+    def _botocore_get(self, key: str, full: str, if_version_not: str | None, limit: int) -> StoredObject | None:
+        """A GET through boto3's full call: the first of a process (it shows `s3wire` how to send the rest), and
+        any answer `s3wire` hands back (redirects)."""
+        extra: dict[str, Any] = {"IfNoneMatch": if_version_not} if if_version_not is not None else {}
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=full, **extra)
+        except Exception as exc:
+            failure = aws.classify(exc)
+            if failure is not None and failure.answered:
+                if failure.kind is aws.Kind.NOT_MODIFIED and if_version_not is not None:
+                    return StoredObject(key, b"", if_version_not)
+                if failure.code in ("NoSuchKey", "404") and failure.status == 404:
+                    return None
+            raise
+        body = response["Body"]
+        version = str(response["ETag"])
+        size = int(response.get("ContentLength") or 0)
+        try:
+            # Checked before reading a byte, and the read itself is bounded too (a server may not say the
+            # length): a huge object is closed unread (see `read_limit`).
+            data = b"" if size > limit else body.read(limit + 1)
+        finally:
+            body.close()
+        if size > limit or len(data) > limit:
+            return StoredObject(key, b"", version, oversize=max(size, len(data)))
+        return StoredObject(key, data, version)
 
     def put(self, key: str, data: bytes) -> str:
         full = self._full(key)
@@ -199,21 +231,56 @@ class S3Store:
         self._retrying("delete", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
     def list(self, prefix: str) -> list[ObjectVersion]:
+        """Every key under `prefix`, in key order. The first listing of a prefix in a process goes page by page
+        (each page names where the next starts); later ones list the key ranges between the keys the previous
+        listing saw every `SPLIT_EVERY` keys, all at once (see `_split`), so a 20-page listing costs about one
+        page's round trip instead of twenty."""
         full_prefix = self.prefix + prefix
-        found: list[ObjectVersion] = []
+        with self._lock:
+            bounds = self._splits.get(full_prefix, [])
+        ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+        if len(ranges) == 1:
+            found = self._list_range(prefix, full_prefix, None, None)
+        else:
+            with ThreadPoolExecutor(max_workers=min(LIST_WORKERS, len(ranges)), thread_name_prefix="s3-list") as pool:
+                parts = list(pool.map(lambda bound: self._list_range(prefix, full_prefix, *bound), ranges))
+            found = [item for part in parts for item in part]
+        with self._lock:
+            self._splits[full_prefix] = [found[end - 1][0] for end in range(SPLIT_EVERY, len(found), SPLIT_EVERY)]
+        strip = len(self.prefix)
+        return [ObjectVersion(key[strip:], version) for key, version in found]
+
+    def _list_range(self, prefix: str, full_prefix: str, after: str | None, until: str | None) -> _Listed:
+        """The keys in (`after`, `until`] (open ends: None), page by page. A range whose keys grew since the
+        listing that drew it takes one more page; keys past `until` belong to the next range and are dropped."""
+        found: _Listed = []
         token: str | None = None
         while True:
-            arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
-            if token:
-                arguments["ContinuationToken"] = token
-            page = self._retrying("list", prefix, partial(self._client.list_objects_v2, **arguments))
-            for item in page.get("Contents", []):
-                found.append(ObjectVersion(item["Key"][len(self.prefix) :], str(item["ETag"])))
-            if not page.get("IsTruncated"):
-                break
-            token = page.get("NextContinuationToken")
-        found.sort(key=lambda item: item.key)
-        return found
+            page = self._retrying("list", prefix, partial(self._list_page, full_prefix, after, token))
+            for key, version in page.items:
+                if until is not None and key > until:
+                    return found
+                found.append((key, version))
+            if not page.truncated or not page.items or (until is not None and page.items[-1][0] >= until):
+                return found
+            token = page.next_token
+
+    def _list_page(self, full_prefix: str, after: str | None, token: str | None) -> ListedPage:
+        if self._wire.ready("ListObjectsV2"):
+            page = self._wire.list_page(full_prefix, start_after=after, token=token)
+            if page is not DELEGATE:
+                return cast(ListedPage, page)
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        if token is not None:
+            arguments["ContinuationToken"] = token
+        elif after is not None:
+            arguments["StartAfter"] = after
+        answer = self._client.list_objects_v2(**arguments)
+        return ListedPage(
+            [(item["Key"], str(item["ETag"])) for item in answer.get("Contents", [])],
+            bool(answer.get("IsTruncated")),
+            answer.get("NextContinuationToken"),
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Retries and error translation

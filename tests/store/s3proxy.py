@@ -8,6 +8,7 @@ ways, so botocore's signing, conditional headers and error parsing are all exerc
 from __future__ import annotations
 
 import http.client
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,13 +40,19 @@ class Exchange:
 
 
 class S3Proxy:
-    def __init__(self, upstream: str, *, port: int = 0) -> None:
+    def __init__(self, upstream: str, *, port: int = 0, tls: ssl.SSLContext | None = None,
+                 close_after_reply: bool = False) -> None:
         """`port`: listen on this port (0: any free one). A test that needs an endpoint that is down, then
-        up, points a store at a free port and starts the proxy on it later."""
+        up, points a store at a free port and starts the proxy on it later. `tls`: serve HTTPS with this server
+        context. `close_after_reply`: close every connection after its answer without saying so (no
+        `Connection: close`), as a server dropping idle kept-alive connections does."""
+        self.tls = tls
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
         self.exchanges: list[Exchange] = []
+        #: Connections clients opened (kept-alive ones carry several exchanges).
+        self.connections = 0
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         proxy = self
@@ -56,19 +63,28 @@ class S3Proxy:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
+            def setup(self) -> None:
+                with proxy._lock:
+                    proxy.connections += 1
+                super().setup()
+
             def _handle(self) -> None:
                 proxy._serve(self)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.close_after_reply = close_after_reply
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> S3Proxy:
         self._thread.start()
@@ -97,8 +113,11 @@ class S3Proxy:
         return None
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
+        if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+            body = _read_chunked(handler)  # botocore streams uploads over HTTPS with a checksum trailer
+        else:
+            length = int(handler.headers.get("Content-Length") or 0)
+            body = handler.rfile.read(length) if length else b""
         request_bytes = len(handler.requestline) + 2 + len(bytes(handler.headers)) + len(body)
         fault = self._next_fault(handler.command)
         if fault is not None and fault.after_forwarding:
@@ -150,6 +169,20 @@ class S3Proxy:
         handler.end_headers()
         if payload:
             handler.wfile.write(payload)
+        if self.close_after_reply:
+            handler.close_connection = True
+
+
+def _read_chunked(handler: BaseHTTPRequestHandler) -> bytes:
+    body = bytearray()
+    while True:
+        size = int(handler.rfile.readline().split(b";")[0], 16)
+        if size == 0:
+            while handler.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return bytes(body)
+        body += handler.rfile.read(size)
+        handler.rfile.readline()
 
 
 @contextmanager
