@@ -5,9 +5,11 @@ Where it sits: first step of every pass, after the manifests are loaded and befo
 
 Cost model: a pass lists `hosts/`, `groups/`, `deployments/`, `commands/`, `traffic/` and `events/fleet.json`
 (keys and versions only, no bodies) and fetches only the objects whose version differs from the one cached from
-the previous pass. On a quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000 documents; after a heartbeat
-round it re-reads exactly the statuses that changed. Objects this process wrote itself are put straight into
-the cache by the executor, so they are never read back. Cold reads (the first pass) run in parallel.
+the previous pass. On a quiet 10,000-host fleet a pass therefore moves a few listing pages, not 20,000
+documents; after a heartbeat round it re-reads exactly the statuses that changed. Objects this process wrote
+itself are put straight into the cache by the executor, so they are never read back. On a remote store (S3)
+the listings run at once and the reads of every kind of document go out as one parallel batch, so a pass
+waits for about two listing round trips and one batch of reads (issue 18); a local store is read serially.
 
 Host identity: each agent installation stamps its registration and status with its `installationId`, and
 an installation that could not use its host id (another owns it) leaves `hosts/<id>/conflicts/<installation>.json`.
@@ -24,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -59,9 +61,13 @@ log = structlog.get_logger(__name__)
 
 DocumentT = TypeVar("DocumentT", bound=Document)
 
-#: Reads run in parallel above this many changed objects (a cold start, a heartbeat round on a big fleet).
-PARALLEL_READS_ABOVE = 8
-READ_WORKERS = 16
+#: Reads from a remote store (S3) at once. Each is mostly a wait for the network (a 20 ms round trip plus S3's own
+#: 10-20 ms) against about 0.35 ms of this process's CPU (contract/store/s3wire.py): 128 at once keep a cold pass
+#: over 10,000 hosts (31,000 documents) near its CPU bound of ~11 s instead of a latency bound of ~17 s at 64
+#: (issue 18). A local store is read serially: threads there only fight over locks.
+READ_WORKERS = 128
+#: What a pass lists besides `hosts/`: the reconciler's own records.
+_RECORD_PREFIXES = (GROUPS_PREFIX, COMMANDS_PREFIX, TRAFFIC_PREFIX, FLEET_EVENTS_KEY, DEPLOYMENTS_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,16 @@ class _Table(Generic[DocumentT]):
                 yield key, entry.document
 
 
+@dataclass(frozen=True)
+class _Sync(Generic[DocumentT]):
+    """One table to bring up to date with a listing (see `StoreReader._sync_all`)."""
+
+    table: _Table[DocumentT]
+    listed: Mapping[str, str]
+    #: Only these keys are read (None: every key listed).
+    wanted: set[str] | None = None
+
+
 #: A table of the reconciler's own records.
 _RecordTable = (
     _Table[GroupState] | _Table[Deployment] | _Table[HostCommand] | _Table[HostTraffic] | _Table[FleetEventLog]
@@ -119,6 +135,8 @@ class StoreReader:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: A store on this machine (`FileStore.local`): read serially, list one prefix after another.
+        self._local = bool(getattr(store, "local", False))
         self._registrations: _Table[HostRegistration] = _Table(HostRegistration)
         self._statuses: _Table[HostStatus] = _Table(HostStatus)
         self._conflicts: _Table[HostConflict] = _Table(HostConflict)
@@ -136,49 +154,69 @@ class StoreReader:
 
     def _fetch(self, keys: list[str]) -> dict[str, StoredObject | None]:
         # Threads pay off for network round trips (S3); on a local store they only fight over locks.
-        if len(keys) <= PARALLEL_READS_ABOVE or getattr(self.store, "local", False):
+        if self._local or len(keys) <= 1:
             return {key: self.store.get(key) for key in keys}
-        with ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="observe") as pool:
+        with ThreadPoolExecutor(max_workers=min(READ_WORKERS, len(keys)), thread_name_prefix="observe") as pool:
             return dict(zip(keys, pool.map(self.store.get, keys), strict=True))
 
     def _sync(self, table: _Table[DocumentT], listed: Mapping[str, str], wanted: set[str] | None = None) -> set[str]:
         """Bring `table` up to date with a listing; fetch only keys whose version changed (and, when `wanted`
         is given, only those keys). Returns the keys whose document changed."""
-        table.listed = dict(listed)
-        for gone in set(table.entries) - set(listed):
-            del table.entries[gone]
-        stale = [
-            key
-            for key, version in listed.items()
-            if (wanted is None or key in wanted)
-            and (key not in table.entries or table.entries[key].version != version)
-        ]
+        return self._sync_all([_Sync(table, listed, wanted)])
+
+    def _sync_all(self, syncs: list[_Sync[Any]]) -> set[str]:
+        """`_sync` for several tables, with one read of every stale key of all of them: on S3 a pass then waits for
+        one batch of parallel GETs, not one per kind of document."""
+        stale: list[tuple[_Sync[Any], list[str]]] = []
+        for sync in syncs:
+            table = sync.table
+            table.listed = dict(sync.listed)
+            for gone in set(table.entries) - set(sync.listed):
+                del table.entries[gone]
+            stale.append((sync, [
+                key
+                for key, version in sync.listed.items()
+                if (sync.wanted is None or key in sync.wanted)
+                and (key not in table.entries or table.entries[key].version != version)
+            ]))
+        fetched = self._fetch([key for _, keys in stale for key in keys])
         changed: set[str] = set()
-        fetched = self._fetch(stale)
         with bulk_parsing():
-            for key, stored in fetched.items():
-                if stored is None:  # deleted between the listing and the read
-                    table.entries.pop(key, None)
-                    table.listed.pop(key, None)
+            for sync, keys in stale:
+                table = sync.table
+                for key in keys:
+                    stored = fetched[key]
+                    if stored is None:  # deleted between the listing and the read
+                        table.entries.pop(key, None)
+                        table.listed.pop(key, None)
+                        changed.add(key)
+                        continue
+                    table.entries[key] = _Entry(stored.version, table.parse(stored))
+                    table.listed[key] = stored.version
                     changed.add(key)
-                    continue
-                table.entries[key] = _Entry(stored.version, table.parse(stored))
-                table.listed[key] = stored.version
-                changed.add(key)
-        self.last_fetch_count += len(stale)
+                self.last_fetch_count += len(keys)
         return changed
 
     def _list(self, prefix: str) -> list[ObjectVersion]:
         return self.store.list(prefix)
 
+    def _list_all(self, prefixes: Iterable[str]) -> dict[str, list[ObjectVersion]]:
+        """Several listings; on a remote store all at once (each is at least a round trip, and S3 lists a big
+        prefix in ranges at once too, see contract/store/s3.py)."""
+        wanted = list(prefixes)
+        if self._local or len(wanted) <= 1:
+            return {prefix: self._list(prefix) for prefix in wanted}
+        with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="observe-list") as pool:
+            return dict(zip(wanted, pool.map(self._list, wanted), strict=True))
+
     # ----------------------------------------------------------------------------------------------
     # Hosts
 
-    def _sync_hosts(self) -> set[str]:
+    def _sync_hosts(self, listing: list[ObjectVersion] | None = None) -> set[str]:
         registrations: dict[str, str] = {}
         statuses: dict[str, str] = {}
         conflicts: dict[str, str] = {}
-        for item in self._list(HOSTS_PREFIX):
+        for item in self._list(HOSTS_PREFIX) if listing is None else listing:
             parts = item.key.split("/")
             if len(parts) == 4 and parts[2] == "conflicts" and parts[3].endswith(".json"):
                 conflicts[item.key] = item.version
@@ -188,9 +226,12 @@ class StoreReader:
                 registrations[item.key] = item.version
             elif parts[2] == "status.json":
                 statuses[item.key] = item.version
-        self._sync(self._conflicts, conflicts)  # shown by `status`, never a reason for a pass
-        changed = self._sync(self._registrations, registrations) | self._sync(self._statuses, statuses)
-        return {key.split("/")[1] for key in changed}
+        changed = self._sync_all([
+            _Sync(self._conflicts, conflicts),  # shown by `status`, never a reason for a pass
+            _Sync(self._registrations, registrations),
+            _Sync(self._statuses, statuses),
+        ])
+        return {key.split("/")[1] for key in changed if key.count("/") == 2}  # conflict records are deeper
 
     def _observed(self) -> Observed:
         conflicts: dict[str, list[HostConflict]] = {}
@@ -237,34 +278,34 @@ class StoreReader:
     # ----------------------------------------------------------------------------------------------
     # The reconciler's own records
 
-    def _sync_records(self) -> None:
+    def _sync_records(self, listings: Mapping[str, list[ObjectVersion]] | None = None) -> None:
+        listed = dict(listings) if listings is not None else self._list_all(_RECORD_PREFIXES)
         groups: dict[str, str] = {}
-        for item in self._list(GROUPS_PREFIX):
+        for item in listed[GROUPS_PREFIX]:
             if item.key.count("/") == 2 and item.key.endswith(".json"):
                 groups[item.key] = item.version
-        self._sync(self._groups, groups)
-
         commands = {
             item.key: item.version
-            for item in self._list(COMMANDS_PREFIX)
+            for item in listed[COMMANDS_PREFIX]
             if item.key.count("/") == 1 and item.key.endswith(".json")
         }
-        self._sync(self._commands, commands)
-
         traffic = {
             item.key: item.version
-            for item in self._list(TRAFFIC_PREFIX)
+            for item in listed[TRAFFIC_PREFIX]
             if item.key.count("/") == 1 and item.key.endswith(".json")
         }
-        self._sync(self._traffic, traffic)
-
         # Listed by its full key, so the notification cursors beside it under `events/` are not listed.
-        fleet_events = {item.key: item.version for item in self._list(FLEET_EVENTS_KEY) if item.key == FLEET_EVENTS_KEY}
-        self._sync(self._fleet_events, fleet_events)
+        fleet_events = {item.key: item.version for item in listed[FLEET_EVENTS_KEY] if item.key == FLEET_EVENTS_KEY}
+        self._sync_all([
+            _Sync(self._groups, groups),
+            _Sync(self._commands, commands),
+            _Sync(self._traffic, traffic),
+            _Sync(self._fleet_events, fleet_events),
+        ])
 
         deployments = {
             item.key: item.version
-            for item in self._list(DEPLOYMENTS_PREFIX)
+            for item in listed[DEPLOYMENTS_PREFIX]
             if item.key.count("/") == 1 and item.key.endswith(".json")
         }
         # Only the deployments a group still names are read: finished ones outside every history are kept
@@ -309,9 +350,10 @@ class StoreReader:
     def snapshot(self) -> Snapshot:
         """Everything a pass needs, re-reading only changed objects."""
         self.last_fetch_count = 0
-        self._sync_hosts()
+        listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
+        self._sync_hosts(listings[HOSTS_PREFIX])
         self._host_fingerprints = self._host_fingerprints_now()
-        self._sync_records()
+        self._sync_records(listings)
         return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
 
     # ----------------------------------------------------------------------------------------------
