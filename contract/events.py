@@ -27,6 +27,7 @@ from contract.models import (
     Revision,
     group_key,
 )
+from contract.redact import redact_url, redact_urls
 
 #: Bumped only for a change a consumer could break on; new optional fields do not bump it.
 EVENT_SCHEMA_VERSION: Literal[1] = 1
@@ -84,11 +85,19 @@ def from_deployment(deployment: Deployment) -> list[Event]:
         "deployment_id": deployment.deployment_id,
         "creator": deployment.creator,
         "rollback_of": deployment.rollback_of,
-        "revision": deployment.revision,
-        "revision_label": deployment.revision.short(),
+        # A token in a Git repository URL (`https://TOKEN@host/repo.git`) must not reach a webhook or a log.
+        "revision": _public(deployment.revision),
+        "revision_label": redact_urls(deployment.revision.short()),
         "commit": deployment.source_commit,
     }
     return [_event(recorded, context) for recorded in deployment.events]
+
+
+def _public(revision: Revision) -> Revision:
+    if revision.git is None:
+        return revision
+    git = revision.git.model_copy(update={"repository": redact_url(revision.git.repository)})
+    return revision.model_copy(update={"git": git})
 
 
 def from_fleet_log(log: FleetEventLog) -> list[Event]:

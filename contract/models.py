@@ -711,7 +711,10 @@ class FleetEventLog(Document):
     #: The seq of the last event ever recorded (events keep their seq when older ones are dropped).
     last_seq: int = 0
     events: list[RecordedEvent] = Field(default_factory=list)
-    #: Host -> the time of the newest refusal already recorded as an event: a refusal is recorded once, although
-    #: the host keeps reporting its last few refusals in every status.
-    refusals_seen: dict[str, datetime] = Field(default_factory=dict)
+    #: Host -> the refusals it reports now that are already recorded (`<at>|<key>|<version>` each, at most its last
+    #: `MAX_REFUSALS`): a refusal is recorded once, although the host keeps reporting its last few in every status.
+    #: Keyed on the refusal itself, not on the host's clock, which may jump back. Hosts that report none are dropped.
+    refusals_seen: dict[str, list[str]] = Field(default_factory=dict)
+    #: Host -> its `refusedTotal` when last read: more refusals than it lists between two reads are counted.
+    refused_totals: dict[str, int] = Field(default_factory=dict)
     updated_at: datetime

@@ -60,7 +60,7 @@ SMALL_DOCUMENT_LIMIT = 1024 * 1024
 LARGE_DOCUMENT_LIMIT = 32 * 1024 * 1024
 #: The reconciler's documents that grow with the fleet: a deployment holds one entry per host of its group,
 #: a group record its history, an analysis record a measurement per gate, batch and count.
-_LARGE_PREFIXES = ("deployments/", "groups/", "analysis/")
+_LARGE_PREFIXES = ("deployments/", "groups/", "analysis/", "events/")
 
 
 def read_limit(key: str) -> int:

@@ -355,9 +355,8 @@ class RecordFleetEvents(_Action):
         return [StoreWrite(FLEET_EVENTS_KEY, self.log)]
 
     def describe(self) -> str:
-        return f"fleet: {self.events} event(s) recorded: " + "; ".join(
-            event.message for event in self.log.events[-self.events:]
-        )
+        text = "; ".join(event.message for event in self.log.events[-self.events:])
+        return f"fleet: {self.events} event(s) recorded: " + (text if len(text) <= 1000 else text[:999] + "…")
 
 
 LifecycleCall = CompleteLifecycleAction | RecordLifecycleHeartbeat

@@ -33,6 +33,7 @@ from contract.models import (
     HostDeploymentStatus,
     RecordedEvent,
 )
+from contract.redact import public_host_text
 from reconciler.core.actions import (
     Action,
     FinishDeployment,
@@ -97,7 +98,10 @@ def record_events(actions: list[Action], state: State, observed: Observed, now: 
         deployment = getattr(action, "deployment", None)
         if isinstance(deployment, Deployment):
             before = latest.get(deployment.deployment_id) or state.deployments.get(deployment.deployment_id)
-            drafts = _deployment_changes(before, deployment, action, observed)
+            stored = state.deployments.get(deployment.deployment_id)
+            # Recorded by a version without events: what it had measured by its last write is old news.
+            legacy_until = stored.updated_at if stored is not None and not stored.events else None
+            drafts = _deployment_changes(before, deployment, action, observed, legacy_until)
             recorded = list(before.events) if before is not None else []
             if drafts or deployment.events != recorded:
                 numbered = _numbered(recorded[-1].seq if recorded else 0, drafts, now, order)
@@ -106,7 +110,9 @@ def record_events(actions: list[Action], state: State, observed: Observed, now: 
                 action = action.model_copy(update={"deployment": deployment})
             latest[deployment.deployment_id] = deployment
         out.append(action)
-    fleet = fleet_events(state.fleet_events, observed, now, order)
+    # An unreadable fleet log is never rewritten from scratch (its numbers would start again at 1): the shell has
+    # logged it, and refusals wait until it is readable or removed.
+    fleet = None if state.fleet_events_unreadable else fleet_events(state.fleet_events, observed, now, order)
     if fleet is not None:
         out.append(fleet)
     return out
@@ -139,14 +145,14 @@ def _numbered(last_seq: int, drafts: Sequence[_Draft], now: datetime, order: int
 
 
 def _deployment_changes(
-    before: Deployment | None, after: Deployment, action: Action, observed: Observed
+    before: Deployment | None, after: Deployment, action: Action, observed: Observed, legacy_until: datetime | None
 ) -> list[_Draft]:
     drafts: list[_Draft] = []
     rollback = after.creator == "rollback"
     if before is None:
         drafts.append(_started(after, action))
         drafts.extend(_missing(after, observed))
-    drafts.extend(_gates(before, after, observed))
+    drafts.extend(_gates(before, after, observed, legacy_until))
     drafts.extend(_host_results(before, after))
     drafts.extend(_batches(before, after))
     status_before = before.status if before is not None else DeploymentStatus.CREATED
@@ -154,13 +160,17 @@ def _deployment_changes(
         if after.status == DeploymentStatus.BAKING:
             drafts.append(_Draft(EventType.DEPLOYMENT_BAKING, message=_reason(action) or "baking"))
         elif after.status.finished:
-            drafts.append(_Draft(_ENDED[(rollback, after.status)], message=_ended_message(after)))
-    if isinstance(action, FinishDeployment) and action.quarantined:
+            drafts.append(_Draft(_ENDED[(rollback, after.status)], message=_host_words(_ended_message(after), 1000)))
+    already = before is not None and any(e.type is EventType.REVISION_QUARANTINED for e in before.events)
+    if isinstance(action, FinishDeployment) and action.quarantined and not already:
         drafts.append(
             _Draft(
                 EventType.REVISION_QUARANTINED,
-                message=f"{after.revision.short()} is quarantined: it is not deployed again until the manifests "
-                f"change ({action.reason})",
+                message=_host_words(
+                    f"{after.revision.short()} is quarantined: it is not deployed again until the manifests "
+                    f"change ({action.reason})",
+                    1000,
+                ),
             )
         )
     return drafts
@@ -174,6 +184,7 @@ def _reason(action: Action) -> str | None:
 def _started(after: Deployment, action: Action) -> _Draft:
     hosts = [host for host, state in after.hosts.items() if state.status != HostDeploymentStatus.SKIPPED]
     reason = _reason(action)
+    reason = _host_words(reason, 1000) if reason else None
     if isinstance(action, StartRollback) or after.creator == "rollback":
         text = f"rolling back {after.rollback_of or 'a failed deployment'} to {after.revision.short()} on "
         return _Draft(EventType.ROLLBACK_STARTED, message=text + _count(hosts) + (f": {reason}" if reason else ""))
@@ -197,7 +208,9 @@ def _missing(after: Deployment, observed: Observed) -> Iterable[_Draft]:
         yield _Draft(EventType.HOST_MISSING, host=host, message=f"{host}: no agent has registered as this host")
 
 
-def _gates(before: Deployment | None, after: Deployment, observed: Observed) -> Iterable[_Draft]:
+def _gates(
+    before: Deployment | None, after: Deployment, observed: Observed, legacy_until: datetime | None
+) -> Iterable[_Draft]:
     """Each gate measurement once, when the first deployment write after it is made (the write that acts on it)."""
     analysis = observed.analysis.get(after.deployment_id)
     if analysis is None:
@@ -210,13 +223,17 @@ def _gates(before: Deployment | None, after: Deployment, observed: Observed) -> 
     for measurement in analysis.measurements:
         if (measurement.gate, measurement.checkpoint, measurement.measured_at) in seen:
             continue
+        if legacy_until is not None and measurement.measured_at <= legacy_until:
+            continue
         yield _Draft(
             _GATE_EVENT[measurement.result],
             gate=measurement.gate,
             checkpoint=measurement.checkpoint,
             occurred_at=measurement.measured_at,
-            message=f"gate {measurement.gate} at {measurement.checkpoint} (measurement {measurement.index + 1}): "
-            f"{measurement.result.value}: {measurement.message}",
+            message=_host_words(
+                f"gate {measurement.gate} at {measurement.checkpoint} (measurement {measurement.index + 1}): "
+                f"{measurement.result.value}: {measurement.message}"
+            ),
         )
 
 
@@ -239,7 +256,8 @@ def _host_results(before: Deployment | None, after: Deployment) -> Iterable[_Dra
             kind, text = EventType.HOST_FAILED, "failed"
         else:
             kind, text = EventType.HOST_LEFT, f"left the group ({state.left_group})"
-        message = f"{host} {text}" + (f": {state.message}" if state.message and kind != EventType.HOST_LEFT else "")
+        detail = f": {state.message}" if state.message and kind != EventType.HOST_LEFT else ""
+        message = _host_words(f"{host} {text}{detail}")
         yield _Draft(kind, host=host, batch=state.batch, occurred_at=state.finished_at, message=message)
 
 
@@ -276,35 +294,63 @@ def _ended_message(after: Deployment) -> str:
     return f"{what}{code}{reason} (hosts: {summary})"
 
 
+#: The most of a host's words one event keeps (the deployment record keeps its own, longer copy): a 10,000-host
+#: failure must not double the record's size (the deployment document's read limit is 32 MiB).
+EVENT_TEXT_LIMIT = 300
+
+
+def _host_words(text: str, limit: int = EVENT_TEXT_LIMIT) -> str:
+    return public_host_text(text, limit=limit)
+
+
 def fleet_events(
     log: FleetEventLog | None, observed: Observed, now: datetime, order: int = 0
 ) -> RecordFleetEvents | None:
-    """Refusals reported by agents and not yet recorded (each host reports its last few, with their times)."""
+    """Refusals reported by agents and not yet recorded (each host reports its last few). A refusal is known by
+    its time, key and version as the host reported them, so a host clock that jumps back loses nothing; more
+    refusals than a host lists between two reads become one event saying how many were not seen."""
     seen = dict(log.refusals_seen) if log is not None else {}
+    totals = dict(log.refused_totals) if log is not None else {}
     drafts: list[tuple[datetime, str, _Draft]] = []
+    now_seen: dict[str, list[str]] = {}
+    now_totals: dict[str, int] = {}
     for host in sorted(observed.statuses):
         status = observed.statuses[host]
+        if status.refused_total:
+            now_totals[host] = status.refused_total
         if not status.refusals:
             continue
-        newest_seen = seen.get(host)
-        newest = newest_seen
+        known = set(seen.get(host, ()))
+        prints = []
+        new = 0
         for refusal in status.refusals:
-            if newest_seen is not None and refusal.at <= newest_seen:
+            fingerprint = f"{refusal.at.isoformat()}|{refusal.key}|{refusal.version}"
+            prints.append(fingerprint)
+            if fingerprint in known:
                 continue
+            new += 1
             drafts.append((refusal.at, host, _Draft(
                 EventType.COMMAND_REFUSED,
                 host=host,
                 occurred_at=refusal.at,
-                message=f"{host} refused {refusal.key} (version {refusal.version}): {refusal.reason}",
+                message=_host_words(f"{host} refused {refusal.key} (version {refusal.version}): {refusal.reason}"),
             )))
-            newest = refusal.at if newest is None else max(newest, refusal.at)
-        if newest is not None:
-            seen[host] = newest
+        now_seen[host] = prints
+        unseen = status.refused_total - totals.get(host, 0) - new
+        if host in totals and unseen > 0:
+            drafts.append((now, host, _Draft(
+                EventType.COMMAND_REFUSED,
+                host=host,
+                message=f"{host} refused {unseen} more command(s) than it still lists (it keeps its last "
+                f"{len(status.refusals)}); its agent log has each",
+            )))
     if not drafts:
         return None
     recorded = list(log.events) if log is not None else []
     ordered = [draft for _, _, draft in sorted(drafts, key=lambda item: (item[0], item[1]))]
     events = _numbered(log.last_seq if log is not None else 0, ordered, now, order)
     kept = [*recorded, *events][-FLEET_EVENTS_KEPT:]
-    document = FleetEventLog(last_seq=events[-1].seq, events=kept, refusals_seen=seen, updated_at=now)
+    document = FleetEventLog(
+        last_seq=events[-1].seq, events=kept, refusals_seen=now_seen, refused_totals=now_totals, updated_at=now
+    )
     return RecordFleetEvents(group="fleet", events=len(events), log=document)

@@ -38,6 +38,8 @@ class State:
     commands: Mapping[str, HostCommand] = field(default_factory=dict)
     traffic: Mapping[str, HostTraffic] = field(default_factory=dict)
     fleet_events: FleetEventLog | None = None
+    #: `events/fleet.json` exists but could not be read (corrupt, forged, too big): never overwritten by a pass.
+    fleet_events_unreadable: bool = False
 
     def with_documents(self, documents: Iterable[object]) -> State:
         """This state with these documents written over it, each replacing the one under its key, as an
@@ -60,7 +62,8 @@ class State:
             elif isinstance(document, FleetEventLog):
                 fleet_events = document
         return State(
-            groups=groups, deployments=deployments, commands=commands, traffic=traffic, fleet_events=fleet_events
+            groups=groups, deployments=deployments, commands=commands, traffic=traffic, fleet_events=fleet_events,
+            fleet_events_unreadable=self.fleet_events_unreadable and fleet_events is self.fleet_events,
         )
 
 

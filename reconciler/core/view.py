@@ -86,7 +86,10 @@ class PassView:
         return deployment_config(self.desired, deployment, group)
 
     def bounded_history(self, history: list[str]) -> list[str]:
-        return history[-self.settings.history_limit :]
+        """The last `history_limit` ids, and never fewer than two: a failed deployment ends in the same pass its
+        rollback starts, and dropping it then would delete its record before anyone read its end (its events,
+        docs/events.md) with `historyLimit: 1`."""
+        return history[-max(self.settings.history_limit, 2) :]
 
     # Hosts -----------------------------------------------------------------------------------------
 

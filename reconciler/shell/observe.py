@@ -330,8 +330,10 @@ class StoreReader:
         commands = {doc.host_id: doc for _, doc in self._commands.documents()}
         traffic = {doc.host_id: doc for _, doc in self._traffic.documents()}
         fleet_events = next((doc for _, doc in self._fleet_events.documents()), None)
+        unreadable = fleet_events is None and FLEET_EVENTS_KEY in self._fleet_events.listed
         return State(
-            groups=groups, deployments=deployments, commands=commands, traffic=traffic, fleet_events=fleet_events
+            groups=groups, deployments=deployments, commands=commands, traffic=traffic, fleet_events=fleet_events,
+            fleet_events_unreadable=unreadable,
         )
 
     def _versions(self) -> dict[str, str]:
