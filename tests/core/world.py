@@ -382,6 +382,9 @@ class World:
             )
             if sorted(results) != finished:
                 self.violations.append(f"{deployment_id}: host result events {sorted(results)} but hosts {finished}")
+            quarantined = [e for e in events if e.type is EventType.REVISION_QUARANTINED]
+            if len(quarantined) > 1:
+                self.violations.append(f"{deployment_id}: {len(quarantined)} revision.quarantined events")
             ended = [ends[e.type] for e in events if e.type in ends]
             expected = [deployment.status] if deployment.status.finished else []
             if ended != expected:
