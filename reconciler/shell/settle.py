@@ -17,6 +17,8 @@ from datetime import timedelta
 import structlog
 
 from contract.exitcodes import ExitCode
+from contract.keys import status_key
+from contract.models import HostDeploymentStatus
 from contract.store import StoreError
 from reconciler.desired.manifests import Desired
 from reconciler.shell.observe import Snapshot
@@ -96,9 +98,54 @@ def run_until_settled(
             continue  # re-read now: the documents that changed are fresher than anything we would wait for
         if outcome.wrote and not outcome.in_flight and not outcome.waiting:
             continue  # something just changed and nothing waits on agents: confirm at once
-        if _pause(stop, _next_pause(runner, outcome, poll, deadline)):
+        if _pause_for_reports(runner, outcome, _next_pause(runner, outcome, poll, deadline), stop):
             break
     return _result(runner, ledger, last, no_wait=no_wait, stop=stop)
+
+
+#: How often `--once` looks at the reports of the hosts it waits for, on a local store (issue 18: a OneAtATime
+#: rollout used to spend a whole poll interval per host between the host's result and the next dispatch).
+REPORT_CHECK_SECONDS = 0.05
+#: Above this many hosts in flight, the poll interval alone paces the passes (a batch that large ends slower than
+#: the interval anyway).
+REPORT_CHECK_HOSTS = 200
+
+
+def _pause_for_reports(runner: PassRunner, outcome: PassOutcome, seconds: float, stop: threading.Event | None) -> bool:
+    """Wait `seconds` (True when stopped), ending early when a host the pass waits for writes its status. Only on a
+    local store, where checking is a `stat` per host; on S3 each check would be a billed request, so the poll
+    interval paces the passes there."""
+    store = runner.reader.store
+    waiting = _hosts_in_flight(outcome)
+    if not getattr(store, "local", False) or not waiting or len(waiting) > REPORT_CHECK_HOSTS:
+        return _pause(stop, seconds)
+    end = time.monotonic() + seconds
+    seen: dict[str, str | None] = {}
+    for key in waiting:
+        found = store.get(key)
+        seen[key] = found.version if found is not None else None
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        if _pause(stop, min(REPORT_CHECK_SECONDS, left)):
+            return True
+        for key, version in seen.items():
+            found = store.get(key, if_version_not=version) if version is not None else store.get(key)
+            if found is not None and found.version != version:
+                return False
+
+
+def _hosts_in_flight(outcome: PassOutcome) -> list[str]:
+    """The status keys of hosts dispatched and not finished in the deployments in flight."""
+    keys: list[str] = []
+    for deployment_id in outcome.in_flight.values():
+        deployment = outcome.state_after.deployments.get(deployment_id)
+        if deployment is None:
+            continue
+        keys.extend(status_key(host) for host, state in deployment.hosts.items()
+                    if state.status is HostDeploymentStatus.IN_PROGRESS)
+    return keys
 
 
 def _next_pause(runner: PassRunner, outcome: PassOutcome, poll: float, deadline: float) -> float:
