@@ -37,10 +37,10 @@ from tests.gitrepo import ConfigRepo
 from tests.notify.receiver import Receiver, Reply, receiver
 from tests.reconciler.procs import Reconciler, wait_for
 from tests.reconciler.test_e2e import Host, free_port, stop_host
+from tests.reconciler.test_e2e import make_app_repo as make_hello_repo
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ["host-1", "host-2", "host-3"]
 BAD_HOST = "host-2"
 TOKEN = "ghp_e2eTokenForTheStatusApi"
@@ -97,27 +97,11 @@ spec:
 """
 
 SLOW_AND_COUNTED = '\necho "$DEPLOYMENT_ID" >> "${HELLO_RUNS:?}"\nsleep "${HELLO_HOOK_SECONDS:-0}"\n'
-BAD_VALIDATE = 'if [[ -n "${HELLO_BAD_HOST:-}" ]]; then log "v3 cannot run on this host"; exit 1; fi\n'
 
 
 def make_app_repo(path: Path) -> dict[str, str]:
-    repo = ConfigRepo(path)
-    repo.copy_tree(ROOT / "examples" / "apps" / "hello")
-    before_install = path / "scripts" / "before_install.sh"
-    before_install.write_text(before_install.read_text() + SLOW_AND_COUNTED)
-    commits = {"v1": repo.commit("hello v1")}
-    (path / "app" / "VERSION").write_text("2\n")
-    commits["v2"] = repo.commit("hello v2")
-    validate = path / "scripts" / "validate.sh"
-    good = validate.read_text()
-    marker = 'source "$(dirname "$0")/common.sh"\n'
-    validate.write_text(good.replace(marker, marker + BAD_VALIDATE))
-    (path / "app" / "VERSION").write_text("3\n")
-    commits["v3"] = repo.commit("hello v3: broken on one host")
-    validate.write_text(good)
-    (path / "app" / "VERSION").write_text("4\n")
-    commits["v4"] = repo.commit("hello v4")
-    return commits
+    """hello v1 to v4 as the reconciler's end-to-end test builds it, with hooks that can be slowed down."""
+    return make_hello_repo(path, SLOW_AND_COUNTED)[1]
 
 
 @dataclass

@@ -92,11 +92,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_app_repo(path: Path) -> tuple[ConfigRepo, dict[str, str]]:
+def make_app_repo(path: Path, before_install_extra: str = RUNS_HOOK) -> tuple[ConfigRepo, dict[str, str]]:
+    """hello v1 to v4 (v3's ValidateService fails where HELLO_BAD_HOST is set); `before_install_extra` is appended
+    to BeforeInstall (by default: each host counts the deployments it ran)."""
     repo = ConfigRepo(path)
     repo.copy_tree(ROOT / "examples" / "apps" / "hello")
     before_install = path / "scripts" / "before_install.sh"
-    before_install.write_text(before_install.read_text() + RUNS_HOOK)
+    before_install.write_text(before_install.read_text() + before_install_extra)
     commits = {"v1": repo.commit("hello v1")}
     (path / "app" / "VERSION").write_text("2\n")
     commits["v2"] = repo.commit("hello v2")
