@@ -120,20 +120,24 @@ def _pause_for_reports(runner: PassRunner, outcome: PassOutcome, seconds: float,
     if not getattr(store, "local", False) or not waiting or len(waiting) > REPORT_CHECK_HOSTS:
         return _pause(stop, seconds)
     end = time.monotonic() + seconds
-    seen: dict[str, str | None] = {}
-    for key in waiting:
-        found = store.get(key)
-        seen[key] = found.version if found is not None else None
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return False
-        if _pause(stop, min(REPORT_CHECK_SECONDS, left)):
-            return True
-        for key, version in seen.items():
-            found = store.get(key, if_version_not=version) if version is not None else store.get(key)
-            if found is not None and found.version != version:
+    try:
+        seen: dict[str, str | None] = {}
+        for key in waiting:
+            found = store.get(key)
+            seen[key] = found.version if found is not None else None
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
                 return False
+            if _pause(stop, min(REPORT_CHECK_SECONDS, left)):
+                return True
+            for key, version in seen.items():
+                found = store.get(key, if_version_not=version) if version is not None else store.get(key)
+                if found is not None and found.version != version:
+                    return False
+    except StoreError:
+        # The store went away meanwhile: the next pass meets it and handles it as an outage (retried, logged).
+        return _pause(stop, max(0.0, end - time.monotonic()))
 
 
 def _hosts_in_flight(outcome: PassOutcome) -> list[str]:
