@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 from contract.events import Event
 from contract.redact import REDACTED, public_host_text
+from reconciler.notify.credentials import SecretMissing
 
 #: How much of a provider's answer is kept in logs, the cursor and `reconcile status`.
 DETAIL_LIMIT = 300
@@ -41,6 +42,12 @@ class Attempt:
     @classmethod
     def failed(cls, detail: str) -> Attempt:
         return cls("failed", detail)
+
+    @classmethod
+    def secret_missing(cls, exc: SecretMissing) -> Attempt:
+        """A secret that could not be read: retried when it may appear (a file), given up when it cannot (an
+        environment variable of this running process)."""
+        return cls.retry(str(exc)) if exc.retryable else cls.failed(str(exc))
 
 
 class Provider(Protocol):

@@ -64,7 +64,7 @@ class GitHubStatusProvider:
         try:
             token = read_secret(self.spec.token_from)
         except SecretMissing as exc:
-            return Attempt.retry(str(exc)) if exc.retryable else Attempt.failed(str(exc))
+            return Attempt.secret_missing(exc)
         url, body = self.request(event)
         headers = {
             "Authorization": f"Bearer {token}",

@@ -62,7 +62,7 @@ class GitLabStatusProvider:
         try:
             token = read_secret(self.spec.token_from)
         except SecretMissing as exc:
-            return Attempt.retry(str(exc)) if exc.retryable else Attempt.failed(str(exc))
+            return Attempt.secret_missing(exc)
         url, body = self.request(event)
         headers = {"PRIVATE-TOKEN": token, "Content-Type": "application/json"}
         answer = self.poster.post(url, json.dumps(body).encode(), headers, secrets=[token])

@@ -35,7 +35,7 @@ class SlackProvider:
         try:
             url = read_secret(self.spec.url_from)
         except SecretMissing as exc:
-            return Attempt.retry(str(exc)) if exc.retryable else Attempt.failed(str(exc))
+            return Attempt.secret_missing(exc)
         if not url.startswith(("http://", "https://")):
             return Attempt.failed(f"the Slack URL read from {self.spec.url_from.describe()} is not an http(s) URL")
         secrets = url_secrets(url)

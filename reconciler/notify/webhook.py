@@ -57,7 +57,7 @@ class WebhookProvider:
             if self.spec.secret_from is not None:
                 headers[SIGNATURE_HEADER] = signature(_secret(self.spec.secret_from, secrets), body)
         except SecretMissing as exc:
-            return Attempt.retry(str(exc)) if exc.retryable else Attempt.failed(str(exc))
+            return Attempt.secret_missing(exc)
         if not url.startswith(("http://", "https://")):
             return Attempt.failed("the URL read from " + _where(self.spec.url_from) + " is not an http(s) URL")
         answer = self.poster.post(url, body, headers, secrets=secrets)
