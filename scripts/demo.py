@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import hashlib
 import hmac
-import http.server
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ from fleetlab.fleet import TRAFFIC, commit_all, git, make_app_repo
 from fleetlab.haproxy import HAProxyError, LocalHAProxy, free_port, haproxy_path
 from fleetlab.loadgen import LoadGenerator
 from fleetlab.prometheus import LocalPrometheus, PrometheusError, prometheus_path
+from fleetlab.receiver import Receiver, receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -224,36 +224,17 @@ def start_prometheus(workdir: Path, hosts: list[Host], reconciler_port: int) -> 
 # Observability: the event stream and fleetshift's own metrics (docs/events.md, docs/metrics.md)
 
 
-class WebhookReceiver:
-    """The on-call side of the demo's webhook: checks every request's HMAC signature, keeps each event's id."""
-
-    def __init__(self) -> None:
-        received: list[str] = []
-        bad: list[str] = []
-        self.received, self.bad = received, bad
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-                if not hmac.compare_digest(expected, self.headers.get("X-Fleetshift-Signature-256", "")):
-                    bad.append(self.headers.get("X-Fleetshift-Delivery", "?"))
-                    self.send_response(401)
-                else:
-                    received.append(json.loads(body)["id"])
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fleetshift"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def signed_ids(webhook: Receiver) -> tuple[list[str], list[str]]:
+    """The event ids the webhook received with a valid HMAC-SHA256 signature, and the deliveries without one."""
+    good: list[str] = []
+    bad: list[str] = []
+    for request in webhook.received():
+        expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(expected, request.header("X-Fleetshift-Signature-256") or ""):
+            good.append(request.json()["id"])
+        else:
+            bad.append(request.header("X-Fleetshift-Delivery") or "?")
+    return good, bad
 
 
 def follow_events(workdir: Path, store: str) -> subprocess.Popen[bytes]:
@@ -277,7 +258,7 @@ def stop_follow(follow: subprocess.Popen[bytes]) -> None:
             follow.wait()
 
 
-def show_events(workdir: Path, config_repo: Path, store: str, webhook: WebhookReceiver) -> tuple[dict[str, int], bool]:
+def show_events(workdir: Path, config_repo: Path, store: str, webhook: Receiver) -> tuple[dict[str, int], bool]:
     """What `--follow` streamed, by type, what the webhook received, and the warnings and worse as
     `reconcile events` prints them."""
     streamed = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines() if line.strip()]
@@ -288,11 +269,12 @@ def show_events(workdir: Path, config_repo: Path, store: str, webhook: WebhookRe
     say(f"  `reconcile events --follow` streamed {len(streamed)} events live ({len(set(ids))} distinct ids) into "
         f"{workdir / 'events.jsonl'}:")
     say("    " + ", ".join(f"{kind} x{n}" for kind, n in sorted(by_type.items())))
-    same = sorted(webhook.received) == sorted(ids)
-    say(f"  the demo-webhook notification delivered {len(webhook.received)} events ({len(set(webhook.received))} "
-        f"distinct ids, every signature valid: {not webhook.bad}); the same events as the stream: {same}")
+    received, bad = signed_ids(webhook)
+    same = sorted(received) == sorted(ids)
+    say(f"  the demo-webhook notification delivered {len(received)} events ({len(set(received))} "
+        f"distinct ids, every signature valid: {not bad}); the same events as the stream: {same}")
     reconcile("events", "--min-severity", "warning", config_repo=config_repo, store=store)
-    return by_type, same and not webhook.bad and len(set(webhook.received)) == len(webhook.received)
+    return by_type, same and not bad and len(set(received)) == len(received)
 
 
 def show_metrics(workdir: Path, config_repo: Path, store: str, prometheus: LocalPrometheus, port: int) -> bool:
@@ -575,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     webhook_ok = False
     scraped = False
     reconciler_metrics_port = free_port()
-    webhook = WebhookReceiver()
+    services = contextlib.ExitStack()
+    webhook = services.enter_context(receiver())
     try:
         step("Generating the reconciler's signing key; the agents will run only commands signed with it")
         trusted_key = generate_key(workdir / "signing.pem")
@@ -740,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         say("\ninterrupted: stopping agents and services")
         return 130
     finally:
-        webhook.stop()
+        services.close()
         if follow is not None:
             stop_follow(follow)
         if ticker is not None:

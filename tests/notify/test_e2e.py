@@ -32,9 +32,9 @@ from contract.events import Event, from_deployment, in_order
 from contract.keys import group_state_key
 from contract.models import Deployment, GroupState, HostDeploymentStatus
 from contract.store import Store, open_store
+from fleetlab.receiver import Receiver, Reply, receiver
 from reconciler.notify.health import read_health
 from tests.gitrepo import ConfigRepo
-from tests.notify.receiver import Receiver, Reply, receiver
 from tests.reconciler.procs import Reconciler, wait_for
 from tests.reconciler.test_e2e import Host, free_port, stop_host
 from tests.reconciler.test_e2e import make_app_repo as make_hello_repo

@@ -17,12 +17,12 @@ import pytest
 from contract.models import EventType
 from contract.store import Store, open_store
 from contract.store.docs import read_document
+from fleetlab.receiver import Receiver, Reply, receiver
 from reconciler.core.state import State
 from reconciler.desired.manifests import Desired, NotificationManifest
 from reconciler.notify.cursor import NotificationCursor, cursor_key
 from reconciler.notify.deliver import NotificationWorker, Notifier
 from reconciler.notify.health import read_health
-from tests.notify.receiver import Receiver, Reply, receiver
 from tests.notify.records import deployment, state, with_events
 from tests.notify.test_providers import FakeClock
 

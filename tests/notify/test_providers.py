@@ -19,11 +19,11 @@ from contract.events import from_deployment
 from contract.models import EventType
 from contract.store import MemoryStore
 from contract.store.docs import read_document
+from fleetlab.receiver import Receiver, Reply, receiver
 from reconciler.core.state import State
 from reconciler.desired.manifests import NotificationManifest
 from reconciler.notify.cursor import NotificationCursor, cursor_key
 from reconciler.notify.deliver import NotificationWorker, Result
-from tests.notify.receiver import Receiver, Reply, receiver
 from tests.notify.records import COMMIT, T0, deployment, state
 
 S = EventType

@@ -15,7 +15,7 @@ from contract.events import from_deployment, in_order
 from contract.keys import group_state_key
 from contract.models import Deployment, GroupState
 from contract.store import Store, open_store
-from tests.notify.receiver import Receiver, receiver
+from fleetlab.receiver import Receiver, receiver
 from tests.reconciler.fleet import APPLICATION, Config, ScriptedAgents, group_manifest, local_revision
 from tests.reconciler.procs import Reconciler, wait_for
 

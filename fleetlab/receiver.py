@@ -1,6 +1,7 @@
 """A small HTTP server standing in for a webhook receiver, Slack, GitHub's and GitLab's status APIs: it records
 every request (method, path, headers, body) and answers from a script, so tests can assert the exact request
-shape and auth headers, and play outages (500, 429 with Retry-After, 400) without mocking the client.
+shape and auth headers, and play outages (500, 429 with Retry-After, 400) without mocking the client. The demo's
+on-call webhook is one too.
 
 No real server exists for these in the test environment; this is the smallest honest stand-in (a real HTTP
 server on a loopback port, a real client over a real socket).
