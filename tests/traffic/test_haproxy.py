@@ -301,7 +301,11 @@ def test_load_generator_sustains_the_rate_and_counts_a_killed_server(make_fleet:
         time.sleep(2.0)
         steady = load.snapshot()
         fleet.apps["host-2"].kill()  # no traffic control: HAProxy keeps sending it requests until a check fails
-        time.sleep(0.5)
+        # Until the first request fails (half a second unless the machine is loaded; CI once saw none in 0.5 s).
+        deadline = time.monotonic() + 5
+        while load.snapshot().failed == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
     final = load.snapshot()
     assert steady.achieved_rate >= 195, steady  # 200 planned: request k is due at k / 200 s
     assert steady.sent >= 390 and steady.failed == 0, steady
