@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 
 from contract.models import SCHEMA_VERSION, Document
 from contract.store.base import Store, StoredObject, StoreError, read_limit
+from contract.store.bulk import get_many
 
 DocumentT = TypeVar("DocumentT", bound=Document)
 
@@ -187,11 +187,8 @@ class DocumentCache(Generic[DocumentT]):
         changed = [key for key, version in listed.items() if self._known_version(key) != version]
         self.last_fetched = 0
         updated: list[str] = []
-        if workers > 1 and len(changed) > workers:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                fetched = list(pool.map(self.store.get, changed))
-        else:
-            fetched = [self.store.get(key) for key in changed]
+        found = get_many(self.store, changed, workers=workers)
+        fetched = [found[key] for key in changed]
         with bulk_parsing():
             for key, stored in zip(changed, fetched, strict=True):
                 self.last_fetched += 1

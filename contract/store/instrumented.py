@@ -16,10 +16,11 @@ a fixed set, so a label made from them stays bounded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from contract.store.base import ObjectVersion, PreconditionFailed, Store, StoredObject, StoreError
+from contract.store.bulk import get_many
 
 #: Every operation name `observe` can be called with.
 OPERATIONS = ("get", "put", "put_if_absent", "put_if_version", "delete", "list")
@@ -60,6 +61,19 @@ class InstrumentedStore:
 
     def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
         return self._counted("get", lambda: self.inner.get(key, if_version_not=if_version_not))
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, StoredObject | None]:
+        """The backend's batch read (contract/store/bulk.py), counted as one `get` per key."""
+        try:
+            found = get_many(self.inner, keys)
+        except PreconditionFailed:
+            raise
+        except StoreError:
+            self._observe("get", True)
+            raise
+        for _ in keys:
+            self._observe("get", False)
+        return found
 
     def put(self, key: str, data: bytes) -> str:
         return self._counted("put", lambda: self.inner.put(key, data))

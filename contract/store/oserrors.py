@@ -16,7 +16,7 @@ from contract.store.base import StoreError, StoreUnavailable
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
 
 
-def translate(exc: OSError, action: str, path: Path) -> StoreError:
+def translate(exc: OSError, action: str, path: Path | str) -> StoreError:
     """One OSError -> a StoreError saying what failed in the user's terms, keeping the OS's reason.
 
     `action` is a verb phrase that reads after "cannot" ("write", "create the store folder")."""

@@ -71,7 +71,7 @@ _QUERY_PARAMS = ("endpoint", "region")
 SPLIT_EVERY = 1000
 #: Ranges of one listing requested at once.
 LIST_WORKERS = 16
-#: Connections kept to S3: the reconciler's parallel reads (`READ_WORKERS` in reconciler/shell/observe.py) and
+#: Connections kept to S3: the reconciler's parallel reads (`READ_WORKERS` in contract/store/bulk.py) and
 #: listings together.
 POOL_CONNECTIONS = 160
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from contract.keys import (
@@ -38,6 +39,7 @@ from contract.keys import (
 )
 from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
 from contract.store.base import ObjectVersion, Store, StoredObject
+from contract.store.bulk import get_many
 
 SEALED_PREFIXES = (
     COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX
@@ -94,6 +96,14 @@ class SealedStore:
         if if_version_not is not None and stored.version == if_version_not:
             return stored  # unchanged: no body came back
         return self.open(stored)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, StoredObject | None]:
+        """`get` of every key, read by the backend's own batch read (contract/store/bulk.py)."""
+        found = get_many(self.inner, keys)
+        for key, stored in found.items():
+            if stored is not None and stored.oversize is None and is_sealed_key(key):
+                found[key] = self.open(stored)
+        return found
 
     def open(self, stored: StoredObject) -> StoredObject:
         """A stored object of a sealed key with its payload in place of the envelope, or `refused` set."""

@@ -53,6 +53,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
+from contract.store.bulk import get_many
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
@@ -61,11 +62,6 @@ log = structlog.get_logger(__name__)
 
 DocumentT = TypeVar("DocumentT", bound=Document)
 
-#: Reads from a remote store (S3) at once. Each is mostly a wait for the network (a 20 ms round trip plus S3's own
-#: 10-20 ms) against about 0.35 ms of this process's CPU (contract/store/s3wire.py): 128 at once keep a cold pass
-#: over 10,000 hosts (31,000 documents) near its CPU bound of ~11 s instead of a latency bound of ~17 s at 64
-#: (issue 18). A local store is read serially: threads there only fight over locks.
-READ_WORKERS = 128
 #: What a pass lists besides `hosts/`: the reconciler's own records.
 _RECORD_PREFIXES = (GROUPS_PREFIX, COMMANDS_PREFIX, TRAFFIC_PREFIX, FLEET_EVENTS_KEY, DEPLOYMENTS_PREFIX)
 
@@ -145,7 +141,8 @@ class StoreReader:
         self._commands: _Table[HostCommand] = _Table(HostCommand)
         self._traffic: _Table[HostTraffic] = _Table(HostTraffic)
         self._fleet_events: _Table[FleetEventLog] = _Table(FleetEventLog)
-        self._host_fingerprints: dict[str, tuple[object, ...]] = {}
+        #: Each host's `_fingerprint` as of the last snapshot or poll (None: not computed since the snapshot).
+        self._host_fingerprints: dict[str, tuple[object, ...]] | None = {}
         #: How many objects the last `snapshot()` fetched (the rest came from the cache); for benchmarks.
         self.last_fetch_count = 0
 
@@ -153,11 +150,8 @@ class StoreReader:
     # Fetching
 
     def _fetch(self, keys: list[str]) -> dict[str, StoredObject | None]:
-        # Threads pay off for network round trips (S3); on a local store they only fight over locks.
-        if self._local or len(keys) <= 1:
-            return {key: self.store.get(key) for key in keys}
-        with ThreadPoolExecutor(max_workers=min(READ_WORKERS, len(keys)), thread_name_prefix="observe") as pool:
-            return dict(zip(keys, pool.map(self.store.get, keys), strict=True))
+        # The store's own batch read: the file store's at system-call speed, threads for S3's round trips.
+        return get_many(self.store, keys)
 
     def _sync(self, table: _Table[DocumentT], listed: Mapping[str, str], wanted: set[str] | None = None) -> set[str]:
         """Bring `table` up to date with a listing; fetch only keys whose version changed (and, when `wanted`
@@ -269,6 +263,8 @@ class StoreReader:
     def poll_hosts(self) -> bool:
         """For `watch`: re-read changed agent documents; True when a change can matter to a decision (a
         command finished or started, a host joined, left or changed tags), False for heartbeats only."""
+        if self._host_fingerprints is None:  # as of the last snapshot, whose documents the tables still hold
+            self._host_fingerprints = self._host_fingerprints_now()
         self._sync_hosts()
         current = self._host_fingerprints_now()
         relevant = current != self._host_fingerprints
@@ -354,7 +350,9 @@ class StoreReader:
         self.last_fetch_count = 0
         listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
         self._sync_hosts(listings[HOSTS_PREFIX])
-        self._host_fingerprints = self._host_fingerprints_now()
+        # What `poll_hosts` compares against, computed there on first use: `--once` never polls, and a
+        # fingerprint of each of 10,000 hosts costs a tenth of a second.
+        self._host_fingerprints = None
         self._sync_records(listings)
         return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
 

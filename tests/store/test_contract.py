@@ -14,6 +14,8 @@ from contract.store import (
     StoreError,
     open_store,
 )
+from contract.store.base import SMALL_DOCUMENT_LIMIT
+from contract.store.bulk import get_many
 from contract.store.file import FileStore
 from contract.store.s3 import S3Store
 
@@ -173,3 +175,21 @@ def test_compare_and_swap_from_threads_has_one_winner(store: Store) -> None:
 def test_open_store_refuses_unknown_schemes() -> None:
     with pytest.raises(StoreError, match=r"use file:///path/to/dir or s3://bucket/prefix"):
         open_store("ftp://example.com/store")
+
+
+def test_a_batch_read_returns_what_one_get_at_a_time_returns(store: Store) -> None:
+    """`get_many` (contract/store/bulk.py): the file store's own batch read, threads on S3; the same answers,
+    absent keys, empty and oversized objects included."""
+    keys = [f"hosts/web-{n}/status.json" for n in range(40)]
+    for n, key in enumerate(keys):
+        store.put(key, b"x" * n)
+    store.put("commands/big.json", b"y" * (SMALL_DOCUMENT_LIMIT + 1))
+    wanted = [*keys, "hosts/nobody/status.json", "commands/big.json"]
+    found = get_many(store, wanted)
+    assert list(found) == wanted
+    assert found == {key: store.get(key) for key in wanted}
+    assert found["hosts/nobody/status.json"] is None
+    big = found["commands/big.json"]
+    assert big is not None and big.data == b"" and big.oversize == SMALL_DOCUMENT_LIMIT + 1
+    with pytest.raises(StoreError, match="invalid store key"):
+        get_many(store, ["hosts/a/status.json", "hosts/../escape"])

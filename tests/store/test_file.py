@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from contract.store import InvalidStoreURL, StoreError, StoreMissing, StoreUnavailable, open_store
-from contract.store.file import FileStore, _translate, missing_folder, path_from_url
+from contract.store import InvalidStoreURL, StoredObject, StoreError, StoreMissing, StoreUnavailable, open_store
+from contract.store.bulk import get_many
+from contract.store.file import FileStore, _read_to_end, _translate, missing_folder, path_from_url
+from contract.store.instrumented import instrument_store
+from contract.store.sealed import seal_store
 
 
 def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +181,69 @@ def test_every_os_failure_message_reads_as_cannot_verb(tmp_path: Path) -> None:
         store.delete("hosts/a/status.json")
     assert str(raised.value).startswith(f"cannot delete {tmp_path / 'store' / 'hosts/a/status.json'}: ")
     assert "ing " not in str(raised.value).split(":", 1)[0]
+
+
+def test_a_read_goes_on_past_a_short_read_and_past_a_file_that_grew() -> None:
+    """`_read_to_end` reads the size `fstat` gave plus one byte: a pipe stands in for a file system that answers
+    in pieces, and a size smaller than the data for a file edited in place after its `fstat`."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"abc")
+        os.close(write_end)
+        assert _read_to_end(read_end, 10, 100) == b"abc"  # short first read, then the end
+    finally:
+        os.close(read_end)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"0123456789")
+        os.close(write_end)
+        assert _read_to_end(read_end, 4, 100) == b"0123456789"  # "grew": read on to the end
+    finally:
+        os.close(read_end)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"x" * 50)
+        os.close(write_end)
+        assert len(_read_to_end(read_end, 4, 20)) == 21  # stops just past the limit: the caller calls it oversize
+    finally:
+        os.close(read_end)
+
+
+def test_a_batch_read_checks_that_the_store_is_still_there(tmp_path: Path) -> None:
+    """One marker check for the whole batch, after it: a folder moved away mid-batch is an outage, not a fleet
+    whose every document is absent."""
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    store.put("hosts/a/status.json", b"{}")
+    assert store.get_many(["hosts/a/status.json"])["hosts/a/status.json"] is not None
+    (tmp_path / "store").rename(tmp_path / "moved")
+    with pytest.raises(StoreUnavailable, match="is gone"):
+        store.get_many(["hosts/a/status.json", "hosts/b/status.json"])
+
+
+def test_wrappers_read_a_batch_as_they_read_one_key(tmp_path: Path) -> None:
+    """The signing wrapper unseals, the metrics wrapper counts a `get` per key, and a wrapper that only forwards
+    unknown attributes keeps its own `get` (its batch is read one key at a time, never past it)."""
+    inner = FileStore(f"file://{tmp_path / 'store'}")
+    sealed = seal_store(inner, signer=None, trust=None)
+    sealed.put("commands/web-1.json", b'{"a": 1}')
+    inner.put("commands/forged.json", b"not an envelope")
+    counted: list[tuple[str, bool]] = []
+    instrumented = instrument_store(sealed, lambda operation, failed: counted.append((operation, failed)))
+    found = get_many(instrumented, ["commands/web-1.json", "hosts/x/status.json"])
+    assert found == {"commands/web-1.json": sealed.get("commands/web-1.json"), "hosts/x/status.json": None}
+    assert counted == [("get", False), ("get", False)]
+
+    class Forwarding:
+        def __init__(self, inner: FileStore) -> None:
+            self.inner, self.url, self.reads = inner, inner.url, 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
+            self.reads += 1
+            return self.inner.get(key, if_version_not=if_version_not)
+
+    forwarding = Forwarding(inner)
+    get_many(forwarding, ["commands/web-1.json", "commands/forged.json"])  # type: ignore[arg-type]
+    assert forwarding.reads == 2

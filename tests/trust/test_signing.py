@@ -46,6 +46,7 @@ from contract.signing import (
     unwrap,
 )
 from contract.store import MemoryStore, Store, StoredObject, open_store
+from contract.store.bulk import get_many
 from contract.store.docs import DocumentInvalid, DocumentRefused, parse_document
 from contract.store.file import FileStore
 from contract.store.s3 import S3Store
@@ -995,3 +996,22 @@ def test_a_comma_in_a_keys_comment_does_not_split_it(tmp_path: Path) -> None:
     value = f"{first.public.text.split(' fleetshift')[0]} reconciler, prod,{second.public.text}"
     settings = load_agent_settings(None, environ={"FLEETSHIFT_AGENT_COMMAND_SIGNING_TRUSTED_KEYS": value})
     assert len(settings.command_signing.trusted_keys) == 2
+
+
+def test_a_batch_read_checks_every_sealed_key_as_one_read_does(sealed: Sealed, attacker: Signer) -> None:
+    """The reconciler's snapshot reads the store in batches (contract/store/bulk.py): each sealed key is still
+    checked, a forged or unsigned one comes back refused, and the keys agents write pass as they are."""
+    good = sealed.writer.put(KEY, PAYLOAD)
+    sealed.inner.put(traffic_key("web-1"), attacker.sign(audience=sealed.writer.audience, key=traffic_key("web-1"),
+                                                         payload=PAYLOAD))
+    sealed.inner.put(group_state_key("hello", "web"), PAYLOAD)  # not signed at all
+    status = sealed.inner.put(status_key("web-1"), PAYLOAD)
+    keys = [KEY, traffic_key("web-1"), group_state_key("hello", "web"), status_key("web-1"), "commands/nobody.json"]
+    found = get_many(sealed.reader, keys)
+    assert found == {key: sealed.reader.get(key) for key in keys}
+    assert found[KEY] == StoredObject(KEY, PAYLOAD, good)
+    forged, unsigned = found[traffic_key("web-1")], found[group_state_key("hello", "web")]
+    assert forged is not None and forged.refused and forged.data == b""
+    assert unsigned is not None and unsigned.refused and unsigned.data == b""
+    assert found[status_key("web-1")] == StoredObject(status_key("web-1"), PAYLOAD, status)
+    assert found["commands/nobody.json"] is None
