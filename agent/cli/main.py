@@ -12,23 +12,9 @@ import sys
 
 from agent.cli.parser import build_parser
 from contract.exitcodes import ExitCode
+from contract.startup import import_structlog_without_rich
 
 __all__ = ["build_parser", "main"]
-
-
-def import_structlog_without_rich() -> None:
-    """Load structlog without the rich library it picks up when rich is installed (the reconciler depends on
-    rich, so it usually is): structlog uses rich only to draw exceptions on a terminal, and the agent, which
-    runs as a service logging JSON, would keep ~5 MiB of rich and pygments in memory for it (issue 18).
-    structlog treats rich as optional and falls back to plain tracebacks; the block lasts only while structlog
-    loads, so rich stays importable for anyone else. Does nothing if structlog is already loaded (tests)."""
-    if "structlog" in sys.modules or "rich" in sys.modules:
-        return
-    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail: the documented idiom
-    try:
-        import structlog  # noqa: F401
-    finally:
-        del sys.modules["rich"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.exitcodes import ExitCode
+from contract.startup import import_structlog_without_rich
 
 if TYPE_CHECKING:
     from reconciler.settings import DeploySettings
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None and not args.once:
         parser.print_help(sys.stderr)
         return ExitCode.INVALID
+    import_structlog_without_rich()
     from contract.logs import configure_logging
     from contract.store import InvalidStoreURL, StoreError
     from reconciler.desired.verify import UnverifiedCommit

@@ -18,7 +18,7 @@ from tests.daemon.test_import_boundary import loaded_after
 #: the logging stack.
 HEAVY = ("structlog", "pydantic", "rich", "yaml", "boto3", "botocore", "cryptography", "agent", "contract")
 ALLOWED = {"agent", "agent.cli", "agent.cli.main", "agent.cli.parser", "agent.daemon", "agent.daemon.flags",
-           "contract", "contract.paths", "contract.exitcodes"}
+           "contract", "contract.paths", "contract.exitcodes", "contract.startup"}
 
 
 @pytest.mark.slow
