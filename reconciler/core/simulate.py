@@ -192,6 +192,8 @@ def preview_rollout(
     previews = {key: RolloutPreview(group=key) for key in sorted(wanted)}
     by_id: dict[str, PreviewDeployment] = {}
     clock = now
+    # The first pass is exactly the one `--once` would run now, events included; the passes after it only move
+    # the simulated rollout on, and record no events (a fifth of the dry run's time at 10,000 hosts, issue 18).
     actions = reconcile(desired, observed, state, now=clock, settings=settings)
     for action in actions:
         if action.group in previews:
@@ -214,7 +216,7 @@ def preview_rollout(
         observed = run_agents(observed, state, now=clock, alive=alive, heartbeat_timeout=timeout)
         analysis = assume_gates_pass(desired, state, analysis, now=clock)
         observed = dataclasses.replace(observed, analysis=analysis, alarms=no_alarms(desired, now=clock))
-        actions = reconcile(desired, observed, state, now=clock, settings=settings)
+        actions = reconcile(desired, observed, state, now=clock, settings=settings, events=False)
     for preview in previews.values():
         preview.complete = complete
     return previews
