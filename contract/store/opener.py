@@ -1,13 +1,12 @@
 """`open_store(url)`: the one place that knows every backend and picks one from the URL scheme.
 
-Importing it loads no boto3: the S3 backend imports it on first use.
+Importing it loads no boto3, nor the S3 backend: `open_store` imports that for an `s3://` URL.
 """
 
 from __future__ import annotations
 
 from contract.store.base import InvalidStoreURL, Store
 from contract.store.file import FileStore
-from contract.store.s3 import S3Store
 
 
 def open_store(url: str, *, create: bool = True) -> Store:
@@ -20,5 +19,7 @@ def open_store(url: str, *, create: bool = True) -> Store:
     if url.startswith("file://"):
         return FileStore(url, create=create)
     if url.startswith("s3://"):
+        from contract.store.s3 import S3Store  # botocore's signer and urllib3: not for a file store's run
+
         return S3Store(url)
     raise InvalidStoreURL(f"unsupported store URL {url!r}: use file:///path/to/dir or s3://bucket/prefix")

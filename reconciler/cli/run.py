@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,17 +47,13 @@ from reconciler.notify.deliver import Notifier
 from reconciler.plan.words import count
 from reconciler.settings import DeploySettings
 from reconciler.shell.lease import LeaseHeld, LeaseLost, StopWriting, WriteLease
-from reconciler.shell.metrics import (
-    PUSH_JOB,
-    MeteredPassRunner,
-    MetricsServeError,
-    ReconcilerMetrics,
-    commit_times,
-)
 from reconciler.shell.observe import Snapshot
-from reconciler.shell.passes import PassOutcome, PassRunner
+from reconciler.shell.passes import MeteredPassRunner, PassOutcome, PassRunner
 from reconciler.shell.settle import STORE_RETRY_WINDOW, RunResult, run_until_settled
 from reconciler.shell.signing import open_fleet_store
+
+if TYPE_CHECKING:  # loaded when metrics are on: prometheus_client is ~30 ms of every run (issue 18)
+    from reconciler.shell.metrics import ReconcilerMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +76,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
+    from reconciler.shell.metrics import MetricsServeError
     from reconciler.shell.watch import Watcher
 
     store = open_fleet_store(settings)
@@ -103,6 +100,8 @@ def cmd_watch(args: argparse.Namespace, settings: DeploySettings) -> int:
 def new_metrics(settings: DeploySettings) -> ReconcilerMetrics:
     """The reconciler's metrics for these settings: liveness judged as the passes judge it, committer times read
     from the config repository the passes read."""
+    from reconciler.shell.metrics import ReconcilerMetrics, commit_times
+
     return ReconcilerMetrics(heartbeat_timeout=settings.reconcile.heartbeat_timeout,
                              host_series=settings.metrics.host_series,
                              commit_time=commit_times(settings.repository.url))
@@ -142,6 +141,8 @@ class OnceMetrics:
             except OSError as exc:
                 log.warning("metrics.push_failed", url=redact_url(self.push_url), error=str(exc) or type(exc).__name__)
             else:
+                from reconciler.shell.metrics import PUSH_JOB
+
                 log.info("metrics.pushed", url=redact_url(self.push_url), job=PUSH_JOB)
 
     def _write(self) -> None:

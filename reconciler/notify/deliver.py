@@ -50,12 +50,6 @@ from reconciler.notify import cursor as cursors
 from reconciler.notify.attempt import Attempt, Provider
 from reconciler.notify.cursor import NotificationCursor, cursor_key
 from reconciler.notify.feed import fleet_log_start, pending_events
-from reconciler.notify.github import GitHubStatusProvider
-from reconciler.notify.gitlab import GitLabStatusProvider
-from reconciler.notify.http import HttpPoster
-from reconciler.notify.slack import SlackProvider
-from reconciler.notify.sns import SnsProvider
-from reconciler.notify.webhook import WebhookProvider
 
 log = structlog.get_logger(__name__)
 
@@ -91,17 +85,32 @@ class PassView(Protocol):
 
 
 def make_provider(spec: NotificationSpec, *, clock: Now = utc_now) -> Provider:
-    """The provider a spec names, with its own connection pool and the spec's timeout."""
+    """The provider a spec names, with its own connection pool and the spec's timeout.
+
+    Each provider's module (and urllib3, boto3) is imported here, when a notification needs it: every `reconcile`
+    run hands its passes to a `Notifier`, and most config repos define no notification (issue 18)."""
     if spec.sns is not None:
+        from reconciler.notify.sns import SnsProvider
+
         return SnsProvider(spec.sns, spec.timeout)
+    from reconciler.notify.http import HttpPoster
+
     poster = HttpPoster(spec.timeout, clock=clock)
     if spec.webhook is not None:
+        from reconciler.notify.webhook import WebhookProvider
+
         return WebhookProvider(spec.webhook, poster)
     if spec.slack is not None:
+        from reconciler.notify.slack import SlackProvider
+
         return SlackProvider(spec.slack, poster)
     if spec.github_status is not None:
+        from reconciler.notify.github import GitHubStatusProvider
+
         return GitHubStatusProvider(spec.github_status, poster)
     assert spec.gitlab_status is not None, "a spec has exactly one provider"
+    from reconciler.notify.gitlab import GitLabStatusProvider
+
     return GitLabStatusProvider(spec.gitlab_status, poster)
 
 

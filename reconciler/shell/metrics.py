@@ -53,9 +53,8 @@ from reconciler.core.phase import GROUP_PHASES, group_phase
 from reconciler.core.view import installed_by, last_attempts
 from reconciler.desired.manifests import Desired
 from reconciler.settings import parse_listen_address
-from reconciler.shell.lease import StopWriting, WriteLease
-from reconciler.shell.observe import Snapshot
-from reconciler.shell.passes import PassOutcome, PassRunner
+from reconciler.shell.lease import WriteLease
+from reconciler.shell.passes import MeteredPassRunner, PassOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -563,26 +562,6 @@ def _os_words(exc: OSError) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-class MeteredPassRunner(PassRunner):
-    """A `PassRunner` that counts the passes that raise as `fleetshift_passes_total{result="error"}` (a pass that
-    returns is counted by `ReconcilerMetrics.on_pass`). A stop request ending a pass (`StopWriting`) is not an
-    error. With `metrics=None` it is a plain `PassRunner`."""
-
-    def __init__(self, *args: Any, metrics: ReconcilerMetrics | None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.metrics = metrics
-
-    def run_pass(self, desired: Desired, *, before_decide: Callable[[Snapshot], None] | None = None) -> PassOutcome:
-        try:
-            return super().run_pass(desired, before_decide=before_decide)
-        except StopWriting:
-            raise
-        except Exception:
-            if self.metrics is not None:
-                self.metrics.count_pass_error()
-            raise
 
 
 def commit_times(repository: str, *, limit: int = 256) -> CommitTime:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -47,7 +47,7 @@ from reconciler.shell.applied import AppliedConfigLedger
 from reconciler.shell.executor import Applied, Executor, WriteConflict
 from reconciler.shell.fleet import FleetShell
 from reconciler.shell.gates import GateShell
-from reconciler.shell.lease import WriteLease
+from reconciler.shell.lease import StopWriting, WriteLease
 from reconciler.shell.lifecycle import LaunchShell
 from reconciler.shell.observe import Snapshot, StoreReader
 from reconciler.shell.traffic import TrafficShell
@@ -233,4 +233,40 @@ class PassRunner:
         return outcome
 
 
-__all__ = ["WAITING_CODES", "WAKE_FLOOR_SECONDS", "PassListener", "PassOutcome", "PassRunner", "state_after"]
+class PassErrorCounter(Protocol):
+    """What `MeteredPassRunner` tells about a pass that raised (`ReconcilerMetrics` in reconciler/shell/metrics.py,
+    which this module does not import: prometheus_client is loaded only when metrics are on)."""
+
+    def count_pass_error(self) -> None: ...
+
+
+class MeteredPassRunner(PassRunner):
+    """A `PassRunner` that counts the passes that raise as `fleetshift_passes_total{result="error"}` (a pass that
+    returns is counted by `ReconcilerMetrics.on_pass`). A stop request ending a pass (`StopWriting`) is not an
+    error. With `metrics=None` it is a plain `PassRunner`."""
+
+    def __init__(self, *args: Any, metrics: PassErrorCounter | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics = metrics
+
+    def run_pass(self, desired: Desired, *, before_decide: Callable[[Snapshot], None] | None = None) -> PassOutcome:
+        try:
+            return super().run_pass(desired, before_decide=before_decide)
+        except StopWriting:
+            raise
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.count_pass_error()
+            raise
+
+
+__all__ = [
+    "WAITING_CODES",
+    "WAKE_FLOOR_SECONDS",
+    "MeteredPassRunner",
+    "PassErrorCounter",
+    "PassListener",
+    "PassOutcome",
+    "PassRunner",
+    "state_after",
+]
