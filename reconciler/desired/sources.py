@@ -207,9 +207,11 @@ def files_from_commit(
     files: list[ManifestFile] = []
     for item in _walk(tree):
         name = PurePosixPath(item.path).relative_to(sub).as_posix() if str(sub) != "." else item.path
-        size = int(item.size)
-        file = ManifestFile(name, b"", oversize=size) if size > MAX_FILE_BYTES else ManifestFile(
-            name, item.data_stream.read())
+        # One round trip to git's cat-file per file: the stream carries the size (asking `item.size` first was a
+        # second one). An oversize stream is left unread; GitPython drains it on its own.
+        stream = item.data_stream
+        size = int(stream.size)
+        file = ManifestFile(name, b"", oversize=size) if size > MAX_FILE_BYTES else ManifestFile(name, stream.read())
         if not_a_manifest(name, file.content) is None:
             files.append(file)
     return str(commit.hexsha), files
