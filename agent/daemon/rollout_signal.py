@@ -26,8 +26,8 @@ import structlog
 from contract.keys import group_state_key
 from contract.models import GroupState
 from contract.store import Store, StoreError
+from contract.store.base import AccessDenied
 from contract.store.docs import DocumentInvalid, parse_document
-from contract.store.s3 import AccessDenied
 
 log = structlog.get_logger("agent.daemon.rollout_signal")
 

@@ -36,6 +36,11 @@ class InvalidStoreURL(StoreError):
     """The store URL itself is wrong: a user mistake to fix, not an outage to wait out."""
 
 
+class AccessDenied(StoreError):
+    """The credentials in use may not perform this operation on the store's bucket or prefix (raised by the S3
+    backend; here so that code reacting to it, such as an agent's rollout signal, need not load that backend)."""
+
+
 class NotModified(StoreError):
     """Raised internally by backends for conditional reads; `get` turns it into returning the same object."""
 

@@ -44,6 +44,7 @@ import structlog
 
 from contract import aws
 from contract.store.base import (
+    AccessDenied,
     InvalidStoreURL,
     ObjectVersion,
     PreconditionFailed,
@@ -78,10 +79,6 @@ POOL_CONNECTIONS = 160
 
 class BucketNotFound(StoreError):
     """The store's bucket does not exist (or the endpoint points at the wrong server)."""
-
-
-class AccessDenied(StoreError):
-    """The credentials in use may not perform this operation on the store's bucket or prefix."""
 
 
 class CredentialsError(StoreError):
