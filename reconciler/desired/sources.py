@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from contract.gitmessages import GIT_NO_PROMPT, git_reason
+from reconciler.desired import gitcli
 from reconciler.desired.gitmirror import sync_mirror
 from reconciler.errors import SourceError
 
@@ -181,9 +182,24 @@ def unknown_ref_hint(repo: Any, exc: BaseException) -> str:
     return f" (not a branch, tag or commit of it; branches: {some(branches)}; tags: {some(tags)})"
 
 
+def _git_dir(repository: str, *, fetch: bool) -> Path | None:
+    """The git directory the fast path (`reconciler.desired.gitcli`) reads: a local repository's, or the mirror of
+    a remote one, brought up to date here when `fetch` (so the GitPython path after it must not fetch again).
+    None: not a repository the fast path can find; the GitPython path says why."""
+    local = Path(repository).expanduser()
+    if local.exists():
+        return gitcli.local_git_dir(repository)
+    return sync_mirror(repository, stop=threading.Event(), fetch=fetch)
+
+
 def resolve_commit(repository: str, ref: str, *, fetch: bool = True) -> str:
     """The full SHA `ref` names in `repository` (a branch, tag, short or full SHA)."""
-    repo = open_repository(repository, fetch=fetch)
+    git_dir = _git_dir(repository, fetch=fetch)
+    if git_dir is not None:
+        found = gitcli.resolve(git_dir, ref)
+        if found is not None:
+            return found
+    repo = open_repository(repository, fetch=False if git_dir is not None else fetch)
     return str(_commit(repo, repository, ref).hexsha)
 
 
@@ -191,8 +207,21 @@ def files_from_commit(
     repository: str, ref: str, path: str = ".", *, fetch: bool = True
 ) -> tuple[str, list[ManifestFile]]:
     """Manifest files from the commit's tree (never the working tree) and the resolved SHA; files that are
-    plainly not manifests are skipped (`not_a_manifest`)."""
+    plainly not manifests are skipped (`not_a_manifest`).
 
+    Read by the git program (`reconciler.desired.gitcli`) when that just works; through GitPython otherwise, which
+    is also where every error is worded."""
+    git_dir = _git_dir(repository, fetch=fetch)
+    if git_dir is not None:
+        commit = gitcli.resolve(git_dir, ref)
+        found = gitcli.tree_files(git_dir, commit, path, YAML_SUFFIXES, MAX_FILE_BYTES) if commit else None
+        if commit is not None and found is not None:
+            files = [ManifestFile(item.name, item.content, oversize=item.oversize) for item in found]
+            return commit, [file for file in files if not_a_manifest(file.name, file.content) is None]
+    return _files_from_commit(repository, ref, path, fetch=False if git_dir is not None else fetch)
+
+
+def _files_from_commit(repository: str, ref: str, path: str, *, fetch: bool) -> tuple[str, list[ManifestFile]]:
     repo = open_repository(repository, fetch=fetch)
     commit = _commit(repo, repository, ref)
     tree = commit.tree
@@ -207,11 +236,9 @@ def files_from_commit(
     files: list[ManifestFile] = []
     for item in _walk(tree):
         name = PurePosixPath(item.path).relative_to(sub).as_posix() if str(sub) != "." else item.path
-        # One round trip to git's cat-file per file: the stream carries the size (asking `item.size` first was a
-        # second one). An oversize stream is left unread; GitPython drains it on its own.
-        stream = item.data_stream
-        size = int(stream.size)
-        file = ManifestFile(name, b"", oversize=size) if size > MAX_FILE_BYTES else ManifestFile(name, stream.read())
+        size = int(item.size)  # asked first: an oversize file's stream is never opened (an unread one breaks GitPython)
+        file = ManifestFile(name, b"", oversize=size) if size > MAX_FILE_BYTES else ManifestFile(
+            name, item.data_stream.read())
         if not_a_manifest(name, file.content) is None:
             files.append(file)
     return str(commit.hexsha), files

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from contract.gitmessages import git_reason
+from reconciler.desired import gitcli, sources
 from reconciler.desired.loader import load_folder, load_git
-from reconciler.desired.sources import GitSource, not_a_manifest, resolve_commit
+from reconciler.desired.sources import MAX_FILE_BYTES, GitSource, not_a_manifest, resolve_commit
 from reconciler.errors import ManifestErrors, SourceError
 from tests.gitrepo import ConfigRepo
 
@@ -202,3 +203,54 @@ def test_a_file_given_by_name_is_always_read(tmp_path: Path) -> None:
 )
 def test_not_a_manifest(name: str, reason: str | None) -> None:
     assert not_a_manifest(name, DEPLOY_YAML.encode()) == reason
+
+
+def test_the_git_program_and_gitpython_read_a_commit_alike(config_repo: ConfigRepo, tmp_path: Path) -> None:
+    """The fast path (reconciler/desired/gitcli.py, the git program) and the GitPython path it falls back to read
+    the same files at the same commit, whatever the tree holds: nested and hidden folders, non-YAML files, a
+    symlink, a file over the size limit, a sub-folder, refs of every kind. Where the fast path gives up (a ref
+    naming both a branch and a tag, a missing folder, a folder that is not a repository) the GitPython path's
+    error is what the user sees."""
+    config_repo.write("deploy/app.yaml", APP.format(name="hello"))
+    config_repo.write("deploy/nested/deeper/web.yml", GROUP.format(commit=V1))
+    config_repo.write("deploy/.hidden/x.yaml", "not: read")
+    config_repo.write("deploy/README.md", "# not yaml")
+    config_repo.write("deploy/big.yaml", b"a: " + b"x" * (MAX_FILE_BYTES + 10))
+    config_repo.write("deploy/same.yaml", APP.format(name="hello"))  # same blob as app.yaml
+    (config_repo.path / "deploy/link.yaml").symlink_to("app.yaml")
+    config_repo.write("deploy.yaml", "store: file:///tmp/x\n")
+    first = config_repo.commit("v1")
+    config_repo.repo.create_tag("v1", message="annotated")
+    config_repo.write("deploy/app.yaml", APP.format(name="other"))
+    config_repo.commit("v2")
+    repository = str(config_repo.path)
+    git_dir = gitcli.local_git_dir(repository)
+    assert git_dir is not None
+    for ref in ("main", "v1", "refs/tags/v1", first[:10], "HEAD~1", first):
+        fast = sources.files_from_commit(repository, ref, "deploy")
+        slow = sources._files_from_commit(repository, ref, "deploy", fetch=False)
+        assert gitcli.resolve(git_dir, ref) == fast[0] == slow[0] == sources.resolve_commit(repository, ref)
+        assert sorted(fast[1], key=lambda f: f.name) == sorted(slow[1], key=lambda f: f.name), ref
+    names = {file.name: file for file in sources.files_from_commit(repository, "main", "deploy")[1]}
+    assert set(names) == {"app.yaml", "nested/deeper/web.yml", "big.yaml", "same.yaml", "link.yaml"}
+    assert names["big.yaml"].oversize == MAX_FILE_BYTES + 13 and names["big.yaml"].content == b""
+    assert names["link.yaml"].content == b"app.yaml"  # a symlink is stored as its target, in both paths
+    whole = sources.files_from_commit(repository, "main", ".")[1]
+    assert {file.name for file in whole} == {f"deploy/{name}" for name in names}  # deploy.yaml: settings
+
+    config_repo.repo.create_head("v1")  # now a branch and a tag
+    assert gitcli.resolve(git_dir, "v1") is None
+    with pytest.raises(SourceError, match="names both a branch and a tag"):
+        sources.files_from_commit(repository, "v1", "deploy")
+    assert gitcli.tree_files(git_dir, first, "nowhere", (".yaml",), MAX_FILE_BYTES) is None
+    with pytest.raises(SourceError, match="no folder 'nowhere'"):
+        sources.files_from_commit(repository, "main", "nowhere")
+    with pytest.raises(SourceError, match="no commit named 'nope'"):
+        sources.resolve_commit(repository, "nope")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert gitcli.local_git_dir(str(plain)) is None
+    inside = config_repo.path / "deploy"  # a folder inside a repository is not that repository
+    assert gitcli.local_git_dir(str(inside)) is None
+    with pytest.raises(SourceError, match="not a Git repository"):
+        sources.resolve_commit(str(inside), "main")
