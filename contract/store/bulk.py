@@ -42,4 +42,18 @@ def get_many(store: Store, keys: Sequence[str], *, workers: int = READ_WORKERS) 
         return dict(zip(keys, pool.map(store.get, keys), strict=True))
 
 
-__all__ = ["READ_WORKERS", "get_many"]
+def read_prefix(store: Store, prefix: str) -> list[StoredObject]:
+    """Every object under `prefix`, read, sorted by key: what a listing then a `get_many` of every key listed
+    returns (objects deleted in between left out). The file store reads each file once and takes its version from
+    the open file, skipping the listing's `stat` of every file: for a cold read of a whole prefix (the first pass
+    of `reconcile --once` over 20,000 host documents) that is a quarter of the work."""
+    own = getattr(type(store), "read_prefix", None)
+    if own is not None:
+        read: list[StoredObject] = own(store, prefix)
+        return read
+    listed = store.list(prefix)
+    found = get_many(store, [item.key for item in listed])
+    return [stored for stored in (found[item.key] for item in listed) if stored is not None]
+
+
+__all__ = ["READ_WORKERS", "get_many", "read_prefix"]

@@ -191,6 +191,41 @@ class FileStore:
         self._check()
         return found
 
+    def read_prefix(self, prefix: str) -> builtins.list[StoredObject]:
+        """Every object under `prefix`, read, sorted by key (contract/store/bulk.py): one walk of the folders
+        without a `stat` of each file (the version comes from the open file), then one read of each."""
+        folder_part, _, name_start = prefix.rpartition("/")
+        if folder_part:
+            check_key(folder_part)
+        folder = os.path.join(self.root, folder_part) if folder_part else os.fspath(self.root)
+        key_base = f"{folder_part}/" if folder_part else ""
+        files: builtins.list[tuple[str, str]] = []
+        try:
+            self._walk_names(folder, key_base, name_start, files)
+        except OSError as exc:
+            raise _translate(exc, "list", folder) from exc
+        files.sort()
+        found = [self._read(path, key, None) for key, path in files]
+        self._check()  # after the reads: nothing found in a folder that vanished is an outage
+        return [stored for stored in found if stored is not None]
+
+    @staticmethod
+    def _walk_names(folder: str, key_base: str, name_start: str, found: builtins.list[tuple[str, str]]) -> None:
+        """(key, path) of every file under `folder`, as `_walk` finds them but without their `stat`."""
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or not name.startswith(name_start):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    FileStore._walk_names(entry.path, f"{key_base}{name}/", "", found)
+                elif entry.is_file(follow_symlinks=False):
+                    found.append((key_base + name, entry.path))
+
     def _read(self, path: str, key: str, if_version_not: str | None) -> StoredObject | None:
         limit = read_limit(key)
         try:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from contract.store.base import ObjectVersion, PreconditionFailed, Store, StoredObject, StoreError
-from contract.store.bulk import get_many
+from contract.store.bulk import get_many, read_prefix
 
 #: Every operation name `observe` can be called with.
 OPERATIONS = ("get", "put", "put_if_absent", "put_if_version", "delete", "list")
@@ -72,6 +72,14 @@ class InstrumentedStore:
             self._observe("get", True)
             raise
         for _ in keys:
+            self._observe("get", False)
+        return found
+
+    def read_prefix(self, prefix: str) -> list[StoredObject]:
+        """The backend's read of a whole prefix (contract/store/bulk.py), counted as a `list` and a `get` per
+        object read."""
+        found = self._counted("list", lambda: read_prefix(self.inner, prefix))
+        for _ in found:
             self._observe("get", False)
         return found
 

@@ -39,7 +39,7 @@ from contract.keys import (
 )
 from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
 from contract.store.base import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many
+from contract.store.bulk import get_many, read_prefix
 
 SEALED_PREFIXES = (
     COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX
@@ -104,6 +104,13 @@ class SealedStore:
             if stored is not None and stored.oversize is None and is_sealed_key(key):
                 found[key] = self.open(stored)
         return found
+
+    def read_prefix(self, prefix: str) -> list[StoredObject]:
+        """Every object under `prefix`, read by the backend's own way (contract/store/bulk.py), checked as `get`."""
+        return [
+            self.open(stored) if stored.oversize is None and is_sealed_key(stored.key) else stored
+            for stored in read_prefix(self.inner, prefix)
+        ]
 
     def open(self, stored: StoredObject) -> StoredObject:
         """A stored object of a sealed key with its payload in place of the envelope, or `refused` set."""

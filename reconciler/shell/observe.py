@@ -53,7 +53,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many
+from contract.store.bulk import get_many, read_prefix
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
@@ -206,26 +206,45 @@ class StoreReader:
     # ----------------------------------------------------------------------------------------------
     # Hosts
 
+    def _host_table(self, key: str) -> _Table[HostRegistration] | _Table[HostStatus] | _Table[HostConflict] | None:
+        """The table an agent's document under `hosts/` belongs in, None for anything else there."""
+        parts = key.split("/")
+        if len(parts) == 4 and parts[2] == "conflicts" and parts[3].endswith(".json"):
+            return self._conflicts  # shown by `status`, never a reason for a pass
+        if len(parts) != 3:
+            return None
+        if parts[2] == "registration.json":
+            return self._registrations
+        if parts[2] == "status.json":
+            return self._statuses
+        return None
+
     def _sync_hosts(self, listing: list[ObjectVersion] | None = None) -> set[str]:
-        registrations: dict[str, str] = {}
-        statuses: dict[str, str] = {}
-        conflicts: dict[str, str] = {}
+        listed: dict[_Table[Any], dict[str, str]] = {self._conflicts: {}, self._registrations: {}, self._statuses: {}}
         for item in self._list(HOSTS_PREFIX) if listing is None else listing:
-            parts = item.key.split("/")
-            if len(parts) == 4 and parts[2] == "conflicts" and parts[3].endswith(".json"):
-                conflicts[item.key] = item.version
-            if len(parts) != 3:
-                continue
-            if parts[2] == "registration.json":
-                registrations[item.key] = item.version
-            elif parts[2] == "status.json":
-                statuses[item.key] = item.version
-        changed = self._sync_all([
-            _Sync(self._conflicts, conflicts),  # shown by `status`, never a reason for a pass
-            _Sync(self._registrations, registrations),
-            _Sync(self._statuses, statuses),
-        ])
+            table = self._host_table(item.key)
+            if table is not None:
+                listed[table][item.key] = item.version
+        changed = self._sync_all([_Sync(table, versions) for table, versions in listed.items()])
         return {key.split("/")[1] for key in changed if key.count("/") == 2}  # conflict records are deeper
+
+    def _hosts_cold(self) -> bool:
+        """Nothing of `hosts/` read yet, from a store on this machine: the first snapshot of `--once`, `plan` or
+        `status`, which reads the whole prefix at once (`read_prefix`) instead of listing it and then reading
+        every key it listed. Not on S3, whose listings run at once with the others (`_list_all`)."""
+        return self._local and not any(table.listed for table in (self._conflicts, self._registrations,
+                                                                   self._statuses))
+
+    def _load_hosts(self) -> None:
+        """Every agent document under `hosts/`, read whole (see `_hosts_cold`)."""
+        found = read_prefix(self.store, HOSTS_PREFIX)
+        with bulk_parsing():
+            for stored in found:
+                table = self._host_table(stored.key)
+                if table is not None:
+                    table.entries[stored.key] = _Entry(stored.version, table.parse(stored))  # type: ignore[arg-type]
+                    table.listed[stored.key] = stored.version
+                    self.last_fetch_count += 1
 
     def _observed(self) -> Observed:
         conflicts: dict[str, list[HostConflict]] = {}
@@ -348,8 +367,12 @@ class StoreReader:
     def snapshot(self) -> Snapshot:
         """Everything a pass needs, re-reading only changed objects."""
         self.last_fetch_count = 0
-        listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
-        self._sync_hosts(listings[HOSTS_PREFIX])
+        if self._hosts_cold():
+            self._load_hosts()
+            listings = self._list_all(_RECORD_PREFIXES)
+        else:
+            listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
+            self._sync_hosts(listings[HOSTS_PREFIX])
         # What `poll_hosts` compares against, computed there on first use: `--once` never polls, and a
         # fingerprint of each of 10,000 hosts costs a tenth of a second.
         self._host_fingerprints = None

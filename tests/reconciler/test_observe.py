@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from contract.keys import status_key
 from contract.store import ObjectVersion, Store, StoredObject, open_store
 from reconciler.settings import ReconcileSettings
@@ -177,3 +179,44 @@ def test_host_id_conflicts_are_observed_for_status(tmp_path: Path) -> None:
                                           "web-1-vm owns this host id; that machine gets no deployments")
     assert "registration by installation c3 on web-2-vm but status by installation d4" in problems[1].message
     assert problems[0].since == now
+
+
+def test_a_cold_read_of_a_local_store_sees_what_listing_then_reading_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first snapshot of a process on a file store reads `hosts/` whole (`read_prefix`, one read per file and
+    no listing `stat`): the same registrations, statuses, conflicts, skipped documents and versions as the listing
+    path that S3 and every later snapshot take; and the snapshot after it re-reads only what changed."""
+    from contract.keys import conflict_key
+    from contract.store.file import FileStore
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    agents = ScriptedAgents(store, [f"h{i:02}" for i in range(12)])
+    agents.register()
+    store.put(status_key("h03"), b"not json")
+    store.put("hosts/h04/notes.txt", b"a stray file")
+    store.put(conflict_key("h05", "other"), b'{"schemaVersion": 1}')
+    whole_reads: list[str] = []
+    real = FileStore.read_prefix
+
+    def counted(self: FileStore, prefix: str) -> list[StoredObject]:
+        whole_reads.append(prefix)
+        return real(self, prefix)
+
+    monkeypatch.setattr(FileStore, "read_prefix", counted)
+    cold_reader = StoreReader(store)
+    cold = cold_reader.snapshot()
+    assert whole_reads == ["hosts/"]
+    listing_reader = StoreReader(store)
+    listing_reader._local = False  # the S3 way: list, then read every key listed
+    listed = listing_reader.snapshot()
+    assert whole_reads == ["hosts/"]
+    assert cold == listed
+    assert len(cold.observed.registrations) == 12 and "h03" not in cold.observed.statuses
+
+    agents.heartbeat()
+    again = cold_reader.snapshot()
+    assert whole_reads == ["hosts/"]  # warm now: listings, and only the statuses that moved
+    assert cold_reader.last_fetch_count == 12  # the twelve statuses; no registration, no conflict record
+    assert "h03" in again.observed.statuses  # its agent wrote a good status over the bad one
+    assert again.observed.statuses["h01"].heartbeat_at > cold.observed.statuses["h01"].heartbeat_at

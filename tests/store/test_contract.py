@@ -15,7 +15,7 @@ from contract.store import (
     open_store,
 )
 from contract.store.base import SMALL_DOCUMENT_LIMIT
-from contract.store.bulk import get_many
+from contract.store.bulk import get_many, read_prefix
 from contract.store.file import FileStore
 from contract.store.s3 import S3Store
 
@@ -193,3 +193,18 @@ def test_a_batch_read_returns_what_one_get_at_a_time_returns(store: Store) -> No
     assert big is not None and big.data == b"" and big.oversize == SMALL_DOCUMENT_LIMIT + 1
     with pytest.raises(StoreError, match="invalid store key"):
         get_many(store, ["hosts/a/status.json", "hosts/../escape"])
+
+
+def test_reading_a_whole_prefix_is_listing_then_reading_every_key(store: Store) -> None:
+    """`read_prefix` (contract/store/bulk.py): the file store walks and reads each file once, S3 lists then
+    reads; both return what a listing followed by a read of every key listed returns, sorted by key."""
+    for name in ("b", "a", "c/d"):
+        store.put(f"hosts/{name}/status.json", name.encode())
+    store.put("hosts-other/x.json", b"not under the prefix")
+    store.put("commands/big.json", b"y" * (SMALL_DOCUMENT_LIMIT + 1))
+    found = read_prefix(store, "hosts/")
+    assert [stored.key for stored in found] == [item.key for item in store.list("hosts/")]
+    assert found == [store.get(item.key) for item in store.list("hosts/")]
+    [big] = read_prefix(store, "commands/")
+    assert big.oversize == SMALL_DOCUMENT_LIMIT + 1 and big.data == b""
+    assert read_prefix(store, "nothing/") == []
