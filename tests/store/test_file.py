@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from contract.store import InvalidStoreURL, StoredObject, StoreError, StoreMissing, StoreUnavailable, open_store
-from contract.store.bulk import get_many
+from contract.store.bulk import get_many, read_prefix
 from contract.store.file import FileStore, _read_to_end, _translate, missing_folder, path_from_url
 from contract.store.instrumented import instrument_store
 from contract.store.sealed import seal_store
@@ -232,6 +232,10 @@ def test_wrappers_read_a_batch_as_they_read_one_key(tmp_path: Path) -> None:
     found = get_many(instrumented, ["commands/web-1.json", "hosts/x/status.json"])
     assert found == {"commands/web-1.json": sealed.get("commands/web-1.json"), "hosts/x/status.json": None}
     assert counted == [("get", False), ("get", False)]
+    counted.clear()
+    expected = [sealed.get("commands/forged.json"), sealed.get("commands/web-1.json")]
+    assert read_prefix(instrumented, "commands/") == expected
+    assert counted == [("list", False), ("get", False), ("get", False)]
 
     class Forwarding:
         def __init__(self, inner: FileStore) -> None:
