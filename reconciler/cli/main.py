@@ -211,7 +211,10 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command_in(argv))
+    command = _command_in(argv)
+    if command is not None:  # its module is imported to build its parser, and imports structlog: without rich
+        import_structlog_without_rich()
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None and not args.once:
         parser.print_help(sys.stderr)

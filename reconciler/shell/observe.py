@@ -9,7 +9,10 @@ the previous pass. On a quiet 10,000-host fleet a pass therefore moves a few lis
 documents; after a heartbeat round it re-reads exactly the statuses that changed. Objects this process wrote
 itself are put straight into the cache by the executor, so they are never read back. On a remote store (S3)
 the listings run at once and the reads of every kind of document go out as one parallel batch, so a pass
-waits for about two listing round trips and one batch of reads (issue 18); a local store is read serially.
+waits for about two listing round trips and one batch of reads (issue 18). A local store is read without
+threads, by its own batch read (`contract.store.bulk.get_many`: one marker check per batch, each file read at
+its size); and a process's first snapshot of it reads `hosts/` whole (`read_prefix`), one read per file with
+no listing `stat`, which is what the first pass of every `reconcile --once` and `plan` does.
 
 Host identity: each agent installation stamps its registration and status with its `installationId`, and
 an installation that could not use its host id (another owns it) leaves `hosts/<id>/conflicts/<installation>.json`.
