@@ -38,7 +38,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote
@@ -201,30 +201,13 @@ class FileStore:
         key_base = f"{folder_part}/" if folder_part else ""
         files: builtins.list[tuple[str, str]] = []
         try:
-            self._walk_names(folder, key_base, name_start, files)
+            self._walk(folder, key_base, name_start, lambda key, entry: files.append((key, entry.path)))
         except OSError as exc:
             raise _translate(exc, "list", folder) from exc
         files.sort()
         found = [self._read(path, key, None) for key, path in files]
         self._check()  # after the reads: nothing found in a folder that vanished is an outage
         return [stored for stored in found if stored is not None]
-
-    @staticmethod
-    def _walk_names(folder: str, key_base: str, name_start: str, found: builtins.list[tuple[str, str]]) -> None:
-        """(key, path) of every file under `folder`, as `_walk` finds them but without their `stat`."""
-        try:
-            entries = os.scandir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith(".") or not name.startswith(name_start):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    FileStore._walk_names(entry.path, f"{key_base}{name}/", "", found)
-                elif entry.is_file(follow_symlinks=False):
-                    found.append((key_base + name, entry.path))
 
     def _read(self, path: str, key: str, if_version_not: str | None) -> StoredObject | None:
         limit = read_limit(key)
@@ -261,17 +244,28 @@ class FileStore:
         folder = self.root / folder_part if folder_part else self.root
         key_base = f"{folder_part}/" if folder_part else ""
         found: list[ObjectVersion] = []
+
+        def listed(key: str, entry: os.DirEntry[str]) -> None:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                return  # deleted between readdir and stat
+            found.append(ObjectVersion(key, version_of(info)))
+
         try:
-            self._walk(folder, key_base, name_start, found)
+            self._walk(folder, key_base, name_start, listed)
         except OSError as exc:
             raise _translate(exc, "list", folder) from exc
         self._check()  # after the listing: an empty one from a folder that vanished is an outage
         found.sort(key=lambda item: item.key)
         return found
 
+    @staticmethod
     def _walk(
-        self, folder: Path | str, key_base: str, name_start: str, found: builtins.list[ObjectVersion]
+        folder: Path | str, key_base: str, name_start: str, visit: Callable[[str, os.DirEntry[str]], None]
     ) -> None:
+        """`visit(key, entry)` for every file under `folder` whose name at the top starts with `name_start`,
+        skipping dot files (this backend's temporary and lock files) and whatever is neither file nor folder."""
         try:
             entries = os.scandir(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -282,13 +276,9 @@ class FileStore:
                 if name.startswith(".") or not name.startswith(name_start):
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    self._walk(entry.path, f"{key_base}{name}/", "", found)
+                    FileStore._walk(entry.path, f"{key_base}{name}/", "", visit)
                 elif entry.is_file(follow_symlinks=False):
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # deleted between readdir and stat
-                    found.append(ObjectVersion(key_base + name, version_of(info)))
+                    visit(key_base + name, entry)
 
     # ----------------------------------------------------------------------------------------------
     # Writes: under the key's stripe lock
