@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -247,10 +248,12 @@ def test_rollout_failure_rollback_and_kill_9_with_real_agents(fleet: Fleet) -> N
     code, out = fleet.once("v1")
     assert code == 0, out
     assert set(fleet.answers().values()) == {"1"}
-    # Another terminal: `reconcile events --follow` shows everything from here on as it is recorded.
+    # Another terminal: `reconcile events --follow` shows everything from here on as it is recorded. From a time
+    # taken now, not `--since 1s`: a command that starts in less than a second would also show v1's last events.
+    since = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     follow = subprocess.Popen(
         [str(BIN / "reconcile"), "events", "--follow", "--interval", "200ms", "--format", "json",
-         "--store", fleet.store_url, "--since", "1s"],
+         "--store", fleet.store_url, "--since", since],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
 
