@@ -11,6 +11,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import structlog
@@ -82,12 +83,41 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _moto_with_atomic_writes(port: int) -> Any:
+    """moto's threaded server, with requests that can write handled one at a time.
+
+    Why: moto checks a PUT's If-Match / If-None-Match and then writes, without a lock, so two conditional PUTs racing
+    in two threads can both win. S3 makes each conditional write atomic, and the store's compare-and-swap rests on
+    that (tests/store/test_concurrency.py races processes for it; on a loaded machine moto let two of them win).
+    Reads stay concurrent."""
+    import threading
+
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    class AtomicWritesMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            writes = threading.Lock()
+
+            def serve(environ: dict[str, Any], start_response: Any) -> Any:
+                if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                    return app(environ, start_response)
+                with writes:
+                    return list(app(environ, start_response))  # the whole answer made inside the lock
+
+            self._server = make_server(self._ip_address, self._port, serve, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return AtomicWritesMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    from moto.server import ThreadedMotoServer
-
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = _moto_with_atomic_writes(port)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
