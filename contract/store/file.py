@@ -191,9 +191,12 @@ class FileStore:
         self._check()
         return found
 
-    def read_prefix(self, prefix: str) -> builtins.list[StoredObject]:
-        """Every object under `prefix`, read, sorted by key (contract/store/bulk.py): one walk of the folders
-        without a `stat` of each file (the version comes from the open file), then one read of each."""
+    def read_prefix(
+        self, prefix: str, keep: Callable[[str], bool] = lambda key: True
+    ) -> builtins.list[StoredObject]:
+        """Every object under `prefix` that `keep` accepts, read, sorted by key (contract/store/bulk.py): one walk
+        of the folders without a `stat` of each file (the version comes from the open file), then one read of each
+        file kept."""
         folder_part, _, name_start = prefix.rpartition("/")
         if folder_part:
             check_key(folder_part)
@@ -201,7 +204,8 @@ class FileStore:
         key_base = f"{folder_part}/" if folder_part else ""
         files: builtins.list[tuple[str, str]] = []
         try:
-            self._walk(folder, key_base, name_start, lambda key, entry: files.append((key, entry.path)))
+            self._walk(folder, key_base, name_start,
+                       lambda key, entry: files.append((key, entry.path)) if keep(key) else None)
         except OSError as exc:
             raise _translate(exc, "list", folder) from exc
         files.sort()

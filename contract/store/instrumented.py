@@ -75,10 +75,10 @@ class InstrumentedStore:
             self._observe("get", False)
         return found
 
-    def read_prefix(self, prefix: str) -> list[StoredObject]:
+    def read_prefix(self, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
         """The backend's read of a whole prefix (contract/store/bulk.py), counted as a `list` and a `get` per
         object read."""
-        found = self._counted("list", lambda: read_prefix(self.inner, prefix))
+        found = self._counted("list", lambda: read_prefix(self.inner, prefix, keep))
         for _ in found:
             self._observe("get", False)
         return found

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from contract.keys import (
@@ -105,11 +105,12 @@ class SealedStore:
                 found[key] = self.open(stored)
         return found
 
-    def read_prefix(self, prefix: str) -> list[StoredObject]:
-        """Every object under `prefix`, read by the backend's own way (contract/store/bulk.py), checked as `get`."""
+    def read_prefix(self, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
+        """Every object under `prefix` that `keep` accepts, read by the backend's own way (contract/store/bulk.py),
+        checked as `get`."""
         return [
             self.open(stored) if stored.oversize is None and is_sealed_key(stored.key) else stored
-            for stored in read_prefix(self.inner, prefix)
+            for stored in read_prefix(self.inner, prefix, keep)
         ]
 
     def open(self, stored: StoredObject) -> StoredObject:

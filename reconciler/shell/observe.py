@@ -240,7 +240,8 @@ class StoreReader:
 
     def _load_hosts(self) -> None:
         """Every agent document under `hosts/`, read whole (see `_hosts_cold`)."""
-        found = read_prefix(self.store, HOSTS_PREFIX)
+        # Only what `_host_table` knows is read: anything else an agent leaves under hosts/ is never loaded.
+        found = read_prefix(self.store, HOSTS_PREFIX, keep=lambda key: self._host_table(key) is not None)
         with bulk_parsing():
             for stored in found:
                 table = self._host_table(stored.key)

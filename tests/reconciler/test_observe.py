@@ -3,6 +3,7 @@ a change that needs a pass, and one unreadable document does not stop the fleet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -199,9 +200,9 @@ def test_a_cold_read_of_a_local_store_sees_what_listing_then_reading_sees(
     whole_reads: list[str] = []
     real = FileStore.read_prefix
 
-    def counted(self: FileStore, prefix: str) -> list[StoredObject]:
+    def counted(self: FileStore, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
         whole_reads.append(prefix)
-        return real(self, prefix)
+        return real(self, prefix, keep)
 
     monkeypatch.setattr(FileStore, "read_prefix", counted)
     cold_reader = StoreReader(store)
@@ -220,3 +221,28 @@ def test_a_cold_read_of_a_local_store_sees_what_listing_then_reading_sees(
     assert cold_reader.last_fetch_count == 12  # the twelve statuses; no registration, no conflict record
     assert "h03" in again.observed.statuses  # its agent wrote a good status over the bad one
     assert again.observed.statuses["h01"].heartbeat_at > cold.observed.statuses["h01"].heartbeat_at
+
+
+def test_a_cold_read_never_loads_files_an_agent_left_beside_its_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone who can write hosts/ can leave files there; the whole-prefix read keeps only the registration, the
+    status and conflict records, by name, before reading: forty 1 MiB files beside a status cost nothing."""
+    from contract.store.file import FileStore
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    ScriptedAgents(store, ["web-1"]).register()
+    for n in range(40):
+        store.put(f"hosts/web-1/junk-{n}.json", b"x" * (1 << 20))
+    read: list[str] = []
+    real = FileStore._read
+
+    def counted(self: FileStore, path: str, key: str, if_version_not: str | None) -> StoredObject | None:
+        read.append(key)
+        return real(self, path, key, if_version_not)
+
+    monkeypatch.setattr(FileStore, "_read", counted)
+    snapshot = StoreReader(store).snapshot()
+    assert set(snapshot.observed.statuses) == {"web-1"}
+    assert not [key for key in read if "junk" in key]
+    assert {"hosts/web-1/registration.json", "hosts/web-1/status.json"} <= set(read)

@@ -208,3 +208,12 @@ def test_reading_a_whole_prefix_is_listing_then_reading_every_key(store: Store) 
     [big] = read_prefix(store, "commands/")
     assert big.oversize == SMALL_DOCUMENT_LIMIT + 1 and big.data == b""
     assert read_prefix(store, "nothing/") == []
+
+
+def test_a_whole_prefix_read_reads_only_the_keys_kept(store: Store) -> None:
+    """`keep` is asked before reading: what it refuses is never fetched (nor returned)."""
+    store.put("hosts/a/status.json", b"a")
+    store.put("hosts/a/junk.bin", b"x" * 1000)
+    assert [stored.key for stored in read_prefix(store, "hosts/", keep=lambda key: key.endswith(".json"))] == [
+        "hosts/a/status.json"
+    ]
