@@ -86,6 +86,8 @@ def tree_files(git_dir: Path, commit: str, path: str, suffixes: tuple[str, ...],
     its bytes (none when it is larger than `limit`); None when `path` is not a folder of the commit or git failed.
     Names are relative to `path`."""
     sub = PurePosixPath(path.strip("/") or ".")
+    if ".." in sub.parts:
+        return None  # git would normalise `m/../other` and list `other/`: the GitPython path refuses it
     args = ["--literal-pathspecs", "ls-tree", "-r", "-z", "--long", "--full-tree", commit]
     if str(sub) != ".":
         args += ["--", f"{sub}/"]
@@ -104,7 +106,10 @@ def tree_files(git_dir: Path, commit: str, path: str, suffixes: tuple[str, ...],
         full = raw_name.decode("utf-8", "surrogateescape")
         if kind != "blob" or PurePosixPath(full).suffix not in suffixes:
             continue
-        name = full if str(sub) == "." else PurePosixPath(full).relative_to(sub).as_posix()
+        try:
+            name = full if str(sub) == "." else PurePosixPath(full).relative_to(sub).as_posix()
+        except ValueError:
+            return None  # git listed something outside the folder asked for: let the GitPython path decide
         entries.append((name, sha, int(size)))
     if not entries and str(sub) != ".":
         return None  # no such folder (git has no empty folders), or nothing in it: the GitPython path says which

@@ -245,6 +245,9 @@ def test_the_git_program_and_gitpython_read_a_commit_alike(config_repo: ConfigRe
     assert gitcli.tree_files(git_dir, first, "nowhere", (".yaml",), MAX_FILE_BYTES) is None
     with pytest.raises(SourceError, match="no folder 'nowhere'"):
         sources.files_from_commit(repository, "main", "nowhere")
+    assert gitcli.tree_files(git_dir, first, "deploy/../deploy", (".yaml",), MAX_FILE_BYTES) is None
+    with pytest.raises(SourceError, match="no folder"):  # git would have normalised it; GitPython refuses it
+        sources.files_from_commit(repository, "main", "deploy/nested/../nested")
     with pytest.raises(SourceError, match="no commit named 'nope'"):
         sources.resolve_commit(repository, "nope")
     plain = tmp_path / "plain"
