@@ -226,11 +226,18 @@ def public_host_text(text: str, *, limit: int = HOST_TEXT_LIMIT) -> str:
     characters. Applied whatever the agent did: it may run with `reportOutput.redact: false`, be older than
     redaction, or not be an agent at all (anyone who can write its `status.json`).
 
-    Remembered for the last thousand texts (at most a few MiB): a pass over a 10,000-host batch sees the same few
-    messages ("Succeeded", one hook's failure) thousands of times, and the patterns cost ~30 µs a text (issue 18)."""
+    Remembered for the last thousand texts of up to 8 KiB (at most 8 MiB; a host can report a message of any length,
+    and a long one is worked out each time): a pass over a 10,000-host batch sees the same few messages
+    ("Succeeded", one hook's failure) thousands of times, and the patterns cost ~30 µs a text (issue 18)."""
     if not text:
         return text
+    if len(text) > _REMEMBERED_TEXT:
+        return _public_host_text.__wrapped__(text, limit)
     return _public_host_text(text, limit)
+
+
+#: The longest host text `public_host_text` remembers (characters).
+_REMEMBERED_TEXT = 8 * 1024
 
 
 @lru_cache(maxsize=1024)

@@ -120,6 +120,21 @@ def test_host_text_is_redacted_flattened_and_bounded() -> None:
     assert "characters cut" in bounded
 
 
+def test_host_texts_are_remembered_only_when_short() -> None:
+    """`public_host_text` remembers short texts (a batch repeats the same few) but never holds a long one: a host
+    can report a message of any length, and a thousand of those kept would be gigabytes."""
+    from contract.redact import _public_host_text
+
+    _public_host_text.cache_clear()
+    short = "token=abc Succeeded"
+    assert public_host_text(short) == public_host_text(short) == f"token={REDACTED} Succeeded"
+    assert _public_host_text.cache_info().hits == 1
+    huge = "password=hunter22 " + "y" * (1 << 20)
+    first = public_host_text(huge)
+    assert first == public_host_text(huge) and first.startswith(f"password={REDACTED} ")
+    assert _public_host_text.cache_info().currsize == 1  # only the short text
+
+
 def test_a_secret_field_changed_or_added_shows_no_value() -> None:
     def desired(*files: tuple[str, str]):  # type: ignore[no-untyped-def]
         return load_files([ManifestFile(name, text.encode()) for name, text in files])
