@@ -23,6 +23,7 @@ Nothing here prints: whoever shows progress implements `PassListener` (the CLI's
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class PassRunner:
         self.settings = settings
         self.core_settings = CoreSettings.from_settings(settings)
         self.reader = reader or StoreReader(store)
+        self.reader.freeze_cold_reads = True  # thawed at the end of every pass (`run_pass`)
         self.traffic = traffic or TrafficShell()
         self.gates = gates or GateShell(clock=clock)
         self.fleet = fleet or FleetShell(clock=clock)
@@ -163,6 +165,12 @@ class PassRunner:
 
     def run_pass(self, desired: Desired, *, before_decide: Callable[[Snapshot], None] | None = None) -> PassOutcome:
         """One pass. `before_decide` sees the snapshot first and may refuse by raising (a stale saved plan)."""
+        try:
+            return self._run_pass(desired, before_decide)
+        finally:
+            gc.unfreeze()  # what a cold read froze (`StoreReader.freeze_cold_reads`) is the collector's again
+
+    def _run_pass(self, desired: Desired, before_decide: Callable[[Snapshot], None] | None) -> PassOutcome:
         started = time.monotonic()
         started_at = self.clock()
         self.lease.ensure()

@@ -246,3 +246,38 @@ def test_a_cold_read_never_loads_files_an_agent_left_beside_its_documents(
     assert set(snapshot.observed.statuses) == {"web-1"}
     assert not [key for key in read if "junk" in key]
     assert {"hosts/web-1/registration.json", "hosts/web-1/status.json"} <= set(read)
+
+
+def test_a_pass_freezes_what_its_cold_read_loaded_and_thaws_it_when_it_ends(tmp_path: Path) -> None:
+    """A pass's first read of a local store moves the fleet out of the collector's sight (`gc.freeze`, so its
+    full collections do not walk every document again) and the pass gives it back when it ends, whatever the end:
+    nothing stays frozen, so nothing that dies later in a reference cycle is kept. A reader on its own (`status`,
+    `plan`) never freezes."""
+    import gc
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest())
+    ScriptedAgents(store, ["h1", "h2"]).register()
+    StoreReader(store).snapshot()
+    assert gc.get_freeze_count() == 0
+
+    settings = ReconcileSettings.model_validate(settings_overrides())
+    lease = WriteLease(store, duration=settings.lease_duration)
+    assert lease.try_acquire()
+    frozen_during: list[int] = []
+
+    def look(_: object) -> None:
+        frozen_during.append(gc.get_freeze_count())
+
+    runner = PassRunner(store, lease, settings)
+    runner.run_pass(config.desired(), before_decide=look)
+    assert frozen_during[0] > 0 and gc.get_freeze_count() == 0
+
+    def refuse(_: object) -> None:
+        raise RuntimeError("a stale plan")
+
+    cold = PassRunner(store, lease, settings)
+    with pytest.raises(RuntimeError, match="stale plan"):
+        cold.run_pass(config.desired(), before_decide=refuse)
+    assert gc.get_freeze_count() == 0
