@@ -151,7 +151,7 @@ class StoreReader:
         self.last_fetch_count = 0
         #: After a cold read of `hosts/`, move everything alive (the fleet just read, the modules) out of the
         #: collector's sight with `gc.freeze()`: each full collection of the pass would otherwise walk every
-        #: document again, ~1 s each at 100,000 hosts (issue 18: 9.6 s -> 7.6 s for a whole `--once`). Only for a
+        #: document again, ~1 s each at 100,000 hosts (issue 18: 9.6-11.4 s -> 7.2-10 s, a whole `--once`). Only for a
         #: caller that calls `gc.unfreeze()` when its pass ends (`PassRunner`): frozen objects that die in a
         #: reference cycle are not collected until then.
         self.freeze_cold_reads = False
