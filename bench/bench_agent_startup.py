@@ -24,18 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_startup import timed
 from bench_store_status import moto_server
 
 BIN = Path(sys.executable).parent
-
-
-def timed_runs(command: list[str], runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -78,8 +70,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     args = parser.parse_args()
-    bare = timed_runs([sys.executable, "-c", "pass"], args.runs)
-    helps = timed_runs([str(BIN / "deploy-agent"), "--help"], args.runs)
+    bare = timed([sys.executable, "-c", "pass"], args.runs)
+    helps = timed([str(BIN / "deploy-agent"), "--help"], args.runs)
     print(f"python_bare_best: {min(bare) * 1000:.0f} ms")
     print(f"agent_help_best: {min(helps) * 1000:.0f} ms")
     print(f"agent_help_median: {statistics.median(helps) * 1000:.0f} ms")
