@@ -91,27 +91,26 @@ class SealedStore:
 
     def get(self, key: str, *, if_version_not: str | None = None) -> StoredObject | None:
         stored = self.inner.get(key, if_version_not=if_version_not)
-        if stored is None or stored.oversize is not None or not is_sealed_key(key):
-            return stored
-        if if_version_not is not None and stored.version == if_version_not:
-            return stored  # unchanged: no body came back
-        return self.open(stored)
+        if stored is None or (if_version_not is not None and stored.version == if_version_not):
+            return stored  # absent, or unchanged: no body came back
+        return self._checked(stored)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, StoredObject | None]:
         """`get` of every key, read by the backend's own batch read (contract/store/bulk.py)."""
-        found = get_many(self.inner, keys)
-        for key, stored in found.items():
-            if stored is not None and stored.oversize is None and is_sealed_key(key):
-                found[key] = self.open(stored)
-        return found
+        return {key: None if stored is None else self._checked(stored)
+                for key, stored in get_many(self.inner, keys).items()}
 
     def read_prefix(self, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
         """Every object under `prefix` that `keep` accepts, read by the backend's own way (contract/store/bulk.py),
         checked as `get`."""
-        return [
-            self.open(stored) if stored.oversize is None and is_sealed_key(stored.key) else stored
-            for stored in read_prefix(self.inner, prefix, keep)
-        ]
+        return [self._checked(stored) for stored in read_prefix(self.inner, prefix, keep)]
+
+    def _checked(self, stored: StoredObject) -> StoredObject:
+        """A read object as this store returns it: a sealed key's envelope opened (`open`), anything else, and an
+        object too big to have been read, as it is."""
+        if stored.oversize is not None or not is_sealed_key(stored.key):
+            return stored
+        return self.open(stored)
 
     def open(self, stored: StoredObject) -> StoredObject:
         """A stored object of a sealed key with its payload in place of the envelope, or `refused` set."""
