@@ -18,24 +18,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from contract.gitmessages import GIT_NO_PROMPT
+from reconciler.desired.sources import ManifestFile
 
 #: A local git command that takes longer than this is not "the fast path" any more: the GitPython path runs
 #: instead (and says what went wrong if something did).
 LOCAL_GIT_TIMEOUT_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class TreeFile:
-    """One file of a commit's tree under the manifests folder: its path there, and its bytes or its size."""
-
-    name: str
-    content: bytes
-    #: The size, when it is larger than the limit given and so was not read.
-    oversize: int | None = None
 
 
 def local_git_dir(repository: str) -> Path | None:
@@ -81,7 +71,9 @@ def resolve(git_dir: Path, ref: str) -> str | None:
     return commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else None
 
 
-def tree_files(git_dir: Path, commit: str, path: str, suffixes: tuple[str, ...], limit: int) -> list[TreeFile] | None:
+def tree_files(
+    git_dir: Path, commit: str, path: str, suffixes: tuple[str, ...], limit: int
+) -> list[ManifestFile] | None:
     """Every blob under the folder `path` of `commit` whose name ends with one of `suffixes`, in tree order, with
     its bytes (none when it is larger than `limit`); None when `path` is not a folder of the commit or git failed.
     Names are relative to `path`."""
@@ -118,7 +110,7 @@ def tree_files(git_dir: Path, commit: str, path: str, suffixes: tuple[str, ...],
     if contents is None:
         return None
     return [
-        TreeFile(name, b"", oversize=size) if size > limit else TreeFile(name, contents[sha])
+        ManifestFile(name, b"", oversize=size) if size > limit else ManifestFile(name, contents[sha])
         for name, sha, size in entries
     ]
 
@@ -144,4 +136,4 @@ def _cat_blobs(git_dir: Path, shas: list[str]) -> dict[str, bytes] | None:
     return found
 
 
-__all__ = ["LOCAL_GIT_TIMEOUT_SECONDS", "TreeFile", "local_git_dir", "resolve", "tree_files"]
+__all__ = ["LOCAL_GIT_TIMEOUT_SECONDS", "local_git_dir", "resolve", "tree_files"]

@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from contract.gitmessages import GIT_NO_PROMPT, git_reason
-from reconciler.desired import gitcli
 from reconciler.desired.gitmirror import sync_mirror
 from reconciler.errors import SourceError
 
@@ -186,6 +185,8 @@ def _git_dir(repository: str, *, fetch: bool) -> Path | None:
     """The git directory the fast path (`reconciler.desired.gitcli`) reads: a local repository's, or the mirror of
     a remote one, brought up to date here when `fetch` (so the GitPython path after it must not fetch again).
     None: not a repository the fast path can find; the GitPython path says why."""
+    from reconciler.desired import gitcli  # it reads into this module's `ManifestFile`
+
     local = Path(repository).expanduser()
     if local.exists():
         return gitcli.local_git_dir(repository)
@@ -194,6 +195,8 @@ def _git_dir(repository: str, *, fetch: bool) -> Path | None:
 
 def resolve_commit(repository: str, ref: str, *, fetch: bool = True) -> str:
     """The full SHA `ref` names in `repository` (a branch, tag, short or full SHA)."""
+    from reconciler.desired import gitcli
+
     git_dir = _git_dir(repository, fetch=fetch)
     if git_dir is not None:
         found = gitcli.resolve(git_dir, ref)
@@ -211,13 +214,14 @@ def files_from_commit(
 
     Read by the git program (`reconciler.desired.gitcli`) when that just works; through GitPython otherwise, which
     is also where every error is worded."""
+    from reconciler.desired import gitcli
+
     git_dir = _git_dir(repository, fetch=fetch)
     if git_dir is not None:
         commit = gitcli.resolve(git_dir, ref)
         found = gitcli.tree_files(git_dir, commit, path, YAML_SUFFIXES, MAX_FILE_BYTES) if commit else None
         if commit is not None and found is not None:
-            files = [ManifestFile(item.name, item.content, oversize=item.oversize) for item in found]
-            return commit, [file for file in files if not_a_manifest(file.name, file.content) is None]
+            return commit, [file for file in found if not_a_manifest(file.name, file.content) is None]
     return _files_from_commit(repository, ref, path, fetch=False if git_dir is not None else fetch)
 
 
