@@ -180,6 +180,8 @@ def aws_membership_lines(last: PassOutcome) -> list[str]:
     """Warnings about EC2 membership from the last pass's read (issue 16): groups whose instances could not be
     listed (this run deployed to the registered agents only), and expected instances with no agent (missing)."""
     observed = last.snapshot.observed
+    if not observed.ec2:
+        return []  # no group reads EC2: no index of every registered host to build (issue 18)
     index = MembershipIndex(observed)
     lines: list[str] = []
     for key, read in sorted(observed.ec2.items()):
