@@ -249,15 +249,24 @@ class StoreReader:
         """Every agent document under `hosts/`, read whole (see `_hosts_cold`)."""
         if self.freeze_cold_reads:
             gc.collect()  # cheap before the fleet is in memory, and nothing dead gets frozen below
+        # Only what `_host_table` knows is read: anything else an agent leaves under hosts/ is never loaded. Each
+        # key is classified once, as the walk meets it.
+        tables: dict[str, _Table[Any]] = {}
+
+        def keep(key: str) -> bool:
+            table = self._host_table(key)
+            if table is None:
+                return False
+            tables[key] = table
+            return True
+
         with bulk_parsing():
-            # Only what `_host_table` knows is read: anything else an agent leaves under hosts/ is never loaded.
-            found = read_prefix(self.store, HOSTS_PREFIX, keep=lambda key: self._host_table(key) is not None)
+            found = read_prefix(self.store, HOSTS_PREFIX, keep=keep)
             for stored in found:
-                table = self._host_table(stored.key)
-                if table is not None:
-                    table.entries[stored.key] = _Entry(stored.version, table.parse(stored))  # type: ignore[arg-type]
-                    table.listed[stored.key] = stored.version
-                    self.last_fetch_count += 1
+                table = tables[stored.key]
+                table.entries[stored.key] = _Entry(stored.version, table.parse(stored))
+                table.listed[stored.key] = stored.version
+            self.last_fetch_count += len(found)
             if self.freeze_cold_reads:
                 gc.freeze()  # see `freeze_cold_reads`
 
