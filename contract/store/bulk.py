@@ -42,21 +42,35 @@ def get_many(store: Store, keys: Sequence[str], *, workers: int = READ_WORKERS) 
         return dict(zip(keys, pool.map(store.get, keys), strict=True))
 
 
-def read_prefix(store: Store, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
-    """Every object under `prefix` whose key `keep` accepts, read, sorted by key: what a listing then a `get_many`
-    of every key kept returns (objects deleted in between left out). `keep` is asked before anything is read: a
-    writer of the prefix must not make a reader load files it has no use for (1 MiB each, by the thousand).
+def read_folders(
+    store: Store,
+    prefix: str,
+    names: Sequence[str],
+    subfolders: Sequence[str] = (),
+    keep: Callable[[str], bool] = lambda key: True,
+) -> list[StoredObject]:
+    """For every folder directly under `prefix` (`hosts/`: every host), its objects named in `names` and every
+    object directly in its `subfolders`, that `keep` accepts, read, sorted by key: what a listing of `prefix` then a
+    `get_many` of those keys returns (objects deleted in between left out). `keep` is asked before anything is
+    read: a writer of the prefix must not make a reader load files it has no use for (1 MiB each, by the thousand).
 
-    The file store reads each file once and takes its version from the open file, skipping the listing's `stat` of
-    every file: for a cold read of a whole prefix (the first pass of `reconcile --once` over 20,000 host documents)
-    that is a quarter of the work."""
-    own = getattr(type(store), "read_prefix", None)
+    The file store opens the named files by name, listing only `prefix` itself and the subfolders that exist, and
+    takes each version from the open file: for the first pass of `reconcile --once` over 20,000 host documents
+    that skips the listing's `stat` of every file and a listing of every host's folder. Other stores list."""
+    own = getattr(type(store), "read_folders", None)
     if own is not None:
-        read: list[StoredObject] = own(store, prefix, keep)
+        read: list[StoredObject] = own(store, prefix, names, subfolders, keep)
         return read
-    listed = [item for item in store.list(prefix) if keep(item.key)]
+    wanted_names, wanted_folders = set(names), set(subfolders)
+
+    def wanted(key: str) -> bool:
+        parts = key[len(prefix):].split("/")
+        shaped = (len(parts) == 2 and parts[1] in wanted_names) or (len(parts) == 3 and parts[1] in wanted_folders)
+        return shaped and keep(key)
+
+    listed = [item for item in store.list(prefix) if wanted(item.key)]
     found = get_many(store, [item.key for item in listed])
     return [stored for stored in (found[item.key] for item in listed) if stored is not None]
 
 
-__all__ = ["READ_WORKERS", "get_many", "read_prefix"]
+__all__ = ["READ_WORKERS", "get_many", "read_folders"]

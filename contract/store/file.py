@@ -32,6 +32,7 @@ the rules are in `contract/store/marker.py`.
 from __future__ import annotations
 
 import builtins
+import errno
 import fcntl
 import os
 import stat
@@ -118,6 +119,13 @@ def _read_to_end(fd: int, size: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+#: How a key's file is opened for reading.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+#: How `read_folders` opens a file by name, having not listed it: not through a symbolic link, and without waiting
+#: for a writer should it be a named pipe (either is then left out, as a listing leaves it out).
+_NAMED_FLAGS = _READ_FLAGS | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
 def version_of(info: os.stat_result) -> str:
     return f"{info.st_mtime_ns:x}.{info.st_size:x}.{info.st_ino:x}"
 
@@ -191,39 +199,78 @@ class FileStore:
         self._check()
         return found
 
-    def read_prefix(
-        self, prefix: str, keep: Callable[[str], bool] = lambda key: True
+    def read_folders(
+        self,
+        prefix: str,
+        names: Sequence[str],
+        subfolders: Sequence[str] = (),
+        keep: Callable[[str], bool] = lambda key: True,
     ) -> builtins.list[StoredObject]:
-        """Every object under `prefix` that `keep` accepts, read, sorted by key (contract/store/bulk.py): one walk
-        of the folders without a `stat` of each file (the version comes from the open file), then one read of each
-        file kept."""
-        folder_part, _, name_start = prefix.rpartition("/")
+        """For every folder directly under `prefix`, its files named in `names` and the files directly in its
+        `subfolders`, that `keep` accepts, read and sorted by key (contract/store/bulk.py). Named files are opened by
+        name, without listing their folder: on a cold read of `hosts/` that is a `scandir` of each host's folder saved,
+        a quarter of the read's system calls (issue 18). Dot files, symbolic links and what is not a regular file are
+        left out, as `list` leaves them out."""
+        folder_part = prefix.rstrip("/")
         if folder_part:
             check_key(folder_part)
-        folder = os.path.join(self.root, folder_part) if folder_part else os.fspath(self.root)
-        key_base = f"{folder_part}/" if folder_part else ""
-        files: builtins.list[tuple[str, str]] = []
+        base = os.path.join(self.root, folder_part) if folder_part else os.fspath(self.root)
         try:
-            self._walk(folder, key_base, name_start,
-                       lambda key, entry: files.append((key, entry.path)) if keep(key) else None)
+            with os.scandir(base) as entries:
+                # Sorted as their keys sort: a folder's keys all start with its name and a slash.
+                folders = sorted((entry.name for entry in entries
+                                  if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)),
+                                 key=lambda name: f"{name}/")
+        except (FileNotFoundError, NotADirectoryError):
+            folders = []
+        except OSError as exc:
+            raise _translate(exc, "list", base) from exc
+        # What each folder holds that is wanted, in key order: a subfolder as its name and a slash.
+        wanted = sorted([*names, *(f"{name}/" for name in subfolders)])
+        key_prefix = f"{folder_part}/" if folder_part else ""
+        found: builtins.list[StoredObject] = []
+        for folder in folders:
+            key_base = f"{key_prefix}{folder}/"
+            path_base = f"{base}/{folder}/"
+            for name in wanted:
+                if name.endswith("/"):
+                    found.extend(self._read_folder(path_base + name, key_base + name, keep))
+                elif keep(key_base + name):
+                    stored = self._read(path_base + name, key_base + name, None, _NAMED_FLAGS)
+                    if stored is not None:
+                        found.append(stored)
+        self._check()  # after the reads: nothing found in a folder that vanished is an outage
+        return found
+
+    def _read_folder(self, folder: str, key_base: str, keep: Callable[[str], bool]) -> builtins.list[StoredObject]:
+        """The files directly in `folder` that `keep` accepts, read, sorted by key; none when it does not exist."""
+        try:
+            with os.scandir(folder) as entries:
+                files = sorted((key_base + entry.name, entry.path) for entry in entries
+                               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+                               and keep(key_base + entry.name))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
         except OSError as exc:
             raise _translate(exc, "list", folder) from exc
-        files.sort()
-        found = [self._read(path, key, None) for key, path in files]
-        self._check()  # after the reads: nothing found in a folder that vanished is an outage
-        return [stored for stored in found if stored is not None]
+        read = (self._read(path, key, None) for key, path in files)
+        return [stored for stored in read if stored is not None]
 
-    def _read(self, path: str, key: str, if_version_not: str | None) -> StoredObject | None:
+    def _read(
+        self, path: str, key: str, if_version_not: str | None, flags: int = _READ_FLAGS
+    ) -> StoredObject | None:
         limit = read_limit(key)
         try:
             if if_version_not is not None:
                 current = version_of(os.stat(path))
                 if current == if_version_not:
                     return StoredObject(key, b"", current)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, flags)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
+            if flags & os.O_NOFOLLOW and exc.errno in (errno.ELOOP, errno.ENXIO):
+                return None  # opened by name: a symbolic link or a socket, which a listing leaves out too
             raise _translate(exc, "read", path) from exc
         try:
             # The version of the very file we read: a rename after the stat above cannot mismatch them.

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from contract.store.base import ObjectVersion, PreconditionFailed, Store, StoredObject, StoreError
-from contract.store.bulk import get_many, read_prefix
+from contract.store.bulk import get_many, read_folders
 
 #: Every operation name `observe` can be called with.
 OPERATIONS = ("get", "put", "put_if_absent", "put_if_version", "delete", "list")
@@ -75,10 +75,16 @@ class InstrumentedStore:
             self._observe("get", False)
         return found
 
-    def read_prefix(self, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
-        """The backend's read of a whole prefix (contract/store/bulk.py), counted as a `list` and a `get` per
-        object read."""
-        found = self._counted("list", lambda: read_prefix(self.inner, prefix, keep))
+    def read_folders(
+        self,
+        prefix: str,
+        names: Sequence[str],
+        subfolders: Sequence[str] = (),
+        keep: Callable[[str], bool] = lambda key: True,
+    ) -> list[StoredObject]:
+        """The backend's read of the objects `bulk.read_folders` names, counted as a `list` and a `get` per object
+        read."""
+        found = self._counted("list", lambda: read_folders(self.inner, prefix, names, subfolders, keep))
         for _ in found:
             self._observe("get", False)
         return found

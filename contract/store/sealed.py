@@ -39,7 +39,7 @@ from contract.keys import (
 )
 from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
 from contract.store.base import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, read_prefix
+from contract.store.bulk import get_many, read_folders
 
 SEALED_PREFIXES = (
     COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX
@@ -100,10 +100,15 @@ class SealedStore:
         return {key: None if stored is None else self._checked(stored)
                 for key, stored in get_many(self.inner, keys).items()}
 
-    def read_prefix(self, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
-        """Every object under `prefix` that `keep` accepts, read by the backend's own way (contract/store/bulk.py),
-        checked as `get`."""
-        return [self._checked(stored) for stored in read_prefix(self.inner, prefix, keep)]
+    def read_folders(
+        self,
+        prefix: str,
+        names: Sequence[str],
+        subfolders: Sequence[str] = (),
+        keep: Callable[[str], bool] = lambda key: True,
+    ) -> list[StoredObject]:
+        """The objects `bulk.read_folders` names, read by the backend's own way, checked as `get`."""
+        return [self._checked(stored) for stored in read_folders(self.inner, prefix, names, subfolders, keep)]
 
     def _checked(self, stored: StoredObject) -> StoredObject:
         """A read object as this store returns it: a sealed key's envelope opened (`open`), anything else, and an

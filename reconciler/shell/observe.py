@@ -11,8 +11,9 @@ itself are put straight into the cache by the executor, so they are never read b
 the listings run at once and the reads of every kind of document go out as one parallel batch, so a pass
 waits for about two listing round trips and one batch of reads (issue 18). A local store is read without
 threads, by its own batch read (`contract.store.bulk.get_many`: one marker check per batch, each file read at
-its size); and a process's first snapshot of it reads `hosts/` whole (`read_prefix`), one read per file with
-no listing `stat`, which is what the first pass of every `reconcile --once` and `plan` does.
+its size); and a process's first snapshot of it reads `hosts/` whole (`read_folders`), opening each agent's
+documents by name with no listing of its folder and no `stat`, which is what the first pass of every
+`reconcile --once` and `plan` does.
 
 Host identity: each agent installation stamps its registration and status with its `installationId`, and
 an installation that could not use its host id (another owns it) leaves `hosts/<id>/conflicts/<installation>.json`.
@@ -57,7 +58,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, read_prefix
+from contract.store.bulk import get_many, read_folders
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
@@ -65,6 +66,12 @@ from reconciler.core.traffic import waiting_step
 log = structlog.get_logger(__name__)
 
 DocumentT = TypeVar("DocumentT", bound=Document)
+
+#: An agent's documents in its folder under `hosts/`: what `_host_table` recognises, and what a cold read opens by
+#: name (`read_folders`).
+_REGISTRATION_NAME = "registration.json"
+_STATUS_NAME = "status.json"
+_CONFLICTS_FOLDER = "conflicts"
 
 #: What a pass lists besides `hosts/`: the reconciler's own records.
 _RECORD_PREFIXES = (GROUPS_PREFIX, COMMANDS_PREFIX, TRAFFIC_PREFIX, FLEET_EVENTS_KEY, DEPLOYMENTS_PREFIX)
@@ -219,13 +226,13 @@ class StoreReader:
     def _host_table(self, key: str) -> _Table[HostRegistration] | _Table[HostStatus] | _Table[HostConflict] | None:
         """The table an agent's document under `hosts/` belongs in, None for anything else there."""
         parts = key.split("/")
-        if len(parts) == 4 and parts[2] == "conflicts" and parts[3].endswith(".json"):
+        if len(parts) == 4 and parts[2] == _CONFLICTS_FOLDER and parts[3].endswith(".json"):
             return self._conflicts  # shown by `status`, never a reason for a pass
         if len(parts) != 3:
             return None
-        if parts[2] == "registration.json":
+        if parts[2] == _REGISTRATION_NAME:
             return self._registrations
-        if parts[2] == "status.json":
+        if parts[2] == _STATUS_NAME:
             return self._statuses
         return None
 
@@ -240,7 +247,7 @@ class StoreReader:
 
     def _hosts_cold(self) -> bool:
         """Nothing of `hosts/` read yet, from a store on this machine: the first snapshot of `--once`, `plan` or
-        `status`, which reads the whole prefix at once (`read_prefix`) instead of listing it and then reading
+        `status`, which reads the whole prefix at once (`read_folders`) instead of listing it and then reading
         every key it listed. Not on S3, whose listings run at once with the others (`_list_all`)."""
         return self._local and not any(table.listed for table in (self._conflicts, self._registrations,
                                                                    self._statuses))
@@ -261,7 +268,8 @@ class StoreReader:
             return True
 
         with bulk_parsing():
-            found = read_prefix(self.store, HOSTS_PREFIX, keep=keep)
+            found = read_folders(self.store, HOSTS_PREFIX, (_REGISTRATION_NAME, _STATUS_NAME), (_CONFLICTS_FOLDER,),
+                                 keep=keep)
             for stored in found:
                 table = tables[stored.key]
                 table.entries[stored.key] = _Entry(stored.version, table.parse(stored))

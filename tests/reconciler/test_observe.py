@@ -3,8 +3,8 @@ a change that needs a pass, and one unreadable document does not stop the fleet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,9 +185,10 @@ def test_host_id_conflicts_are_observed_for_status(tmp_path: Path) -> None:
 def test_a_cold_read_of_a_local_store_sees_what_listing_then_reading_sees(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first snapshot of a process on a file store reads `hosts/` whole (`read_prefix`, one read per file and
-    no listing `stat`): the same registrations, statuses, conflicts, skipped documents and versions as the listing
-    path that S3 and every later snapshot take; and the snapshot after it re-reads only what changed."""
+    """The first snapshot of a process on a file store reads `hosts/` whole (`read_folders`: each agent's documents
+    opened by name, no listing of its folder, no `stat`): the same registrations, statuses, conflicts, skipped
+    documents and versions as the listing path that S3 and every later snapshot take; and the snapshot after it
+    re-reads only what changed."""
     from contract.keys import conflict_key
     from contract.store.file import FileStore
 
@@ -198,13 +199,13 @@ def test_a_cold_read_of_a_local_store_sees_what_listing_then_reading_sees(
     store.put("hosts/h04/notes.txt", b"a stray file")
     store.put(conflict_key("h05", "other"), b'{"schemaVersion": 1}')
     whole_reads: list[str] = []
-    real = FileStore.read_prefix
+    real = FileStore.read_folders
 
-    def counted(self: FileStore, prefix: str, keep: Callable[[str], bool] = lambda key: True) -> list[StoredObject]:
+    def counted(self: FileStore, prefix: str, *args: Any, **kwargs: Any) -> list[StoredObject]:
         whole_reads.append(prefix)
-        return real(self, prefix, keep)
+        return real(self, prefix, *args, **kwargs)
 
-    monkeypatch.setattr(FileStore, "read_prefix", counted)
+    monkeypatch.setattr(FileStore, "read_folders", counted)
     cold_reader = StoreReader(store)
     cold = cold_reader.snapshot()
     assert whole_reads == ["hosts/"]
@@ -237,9 +238,9 @@ def test_a_cold_read_never_loads_files_an_agent_left_beside_its_documents(
     read: list[str] = []
     real = FileStore._read
 
-    def counted(self: FileStore, path: str, key: str, if_version_not: str | None) -> StoredObject | None:
+    def counted(self: FileStore, path: str, key: str, *args: Any) -> StoredObject | None:
         read.append(key)
-        return real(self, path, key, if_version_not)
+        return real(self, path, key, *args)
 
     monkeypatch.setattr(FileStore, "_read", counted)
     snapshot = StoreReader(store).snapshot()

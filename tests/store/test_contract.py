@@ -15,7 +15,7 @@ from contract.store import (
     open_store,
 )
 from contract.store.base import SMALL_DOCUMENT_LIMIT
-from contract.store.bulk import get_many, read_prefix
+from contract.store.bulk import get_many, read_folders
 from contract.store.file import FileStore
 from contract.store.s3 import S3Store
 
@@ -195,25 +195,44 @@ def test_a_batch_read_returns_what_one_get_at_a_time_returns(store: Store) -> No
         get_many(store, ["hosts/a/status.json", "hosts/../escape"])
 
 
-def test_reading_a_whole_prefix_is_listing_then_reading_every_key(store: Store) -> None:
-    """`read_prefix` (contract/store/bulk.py): the file store walks and reads each file once, S3 lists then
-    reads; both return what a listing followed by a read of every key listed returns, sorted by key."""
-    for name in ("b", "a", "c/d"):
+def test_reading_folders_is_listing_then_reading_the_keys_they_name(store: Store) -> None:
+    """`read_folders` (contract/store/bulk.py): the file store opens the named files by name, S3 lists then reads;
+    both return what a listing followed by a read of every key of that shape returns, sorted by key: the named
+    files directly in each folder under the prefix, and the files directly in the named subfolders."""
+    for name in ("b", "a", "a-b", "c"):
         store.put(f"hosts/{name}/status.json", name.encode())
-    store.put("hosts-other/x.json", b"not under the prefix")
-    store.put("commands/big.json", b"y" * (SMALL_DOCUMENT_LIMIT + 1))
-    found = read_prefix(store, "hosts/")
-    assert [stored.key for stored in found] == [item.key for item in store.list("hosts/")]
-    assert found == [store.get(item.key) for item in store.list("hosts/")]
-    [big] = read_prefix(store, "commands/")
+    store.put("hosts/a/registration.json", b"r")
+    store.put("hosts/a/conflicts/i1.json", b"c1")
+    store.put("hosts/a/conflicts/i0.json", b"c0")
+    store.put("hosts/b/notes.txt", b"not named")
+    store.put("hosts/c/deeper/status.json", b"too deep")
+    store.put("hosts/c/conflicts/deeper/x.json", b"too deep")
+    store.put("hosts/status.json", b"not in a folder")
+    store.put("hosts-other/x/status.json", b"not under the prefix")
+    store.put("hosts/big/status.json", b"y" * (SMALL_DOCUMENT_LIMIT + 1))
+    found = read_folders(store, "hosts/", ["status.json", "registration.json"], ["conflicts"])
+    expected = [
+        "hosts/a-b/status.json", "hosts/a/conflicts/i0.json", "hosts/a/conflicts/i1.json", "hosts/a/registration.json",
+        "hosts/a/status.json", "hosts/b/status.json", "hosts/big/status.json", "hosts/c/status.json",
+    ]
+    assert [stored.key for stored in found] == expected
+    assert found == [store.get(key) for key in expected]
+    big = found[expected.index("hosts/big/status.json")]
     assert big.oversize == SMALL_DOCUMENT_LIMIT + 1 and big.data == b""
-    assert read_prefix(store, "nothing/") == []
+    assert read_folders(store, "nothing/", ["status.json"]) == []
 
 
-def test_a_whole_prefix_read_reads_only_the_keys_kept(store: Store) -> None:
+def test_reading_folders_reads_only_the_keys_kept(store: Store) -> None:
     """`keep` is asked before reading: what it refuses is never fetched (nor returned)."""
     store.put("hosts/a/status.json", b"a")
-    store.put("hosts/a/junk.bin", b"x" * 1000)
-    assert [stored.key for stored in read_prefix(store, "hosts/", keep=lambda key: key.endswith(".json"))] == [
-        "hosts/a/status.json"
-    ]
+    store.put("hosts/a/conflicts/junk.bin", b"x" * 1000)
+    store.put("hosts/a/conflicts/i1.json", b"c")
+    asked: list[str] = []
+
+    def keep(key: str) -> bool:
+        asked.append(key)
+        return key.endswith(".json")
+
+    found = read_folders(store, "hosts/", ["status.json"], ["conflicts"], keep=keep)
+    assert [stored.key for stored in found] == ["hosts/a/conflicts/i1.json", "hosts/a/status.json"]
+    assert "hosts/a/conflicts/junk.bin" in asked

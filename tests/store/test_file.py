@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from contract.store import InvalidStoreURL, StoredObject, StoreError, StoreMissing, StoreUnavailable, open_store
-from contract.store.bulk import get_many, read_prefix
+from contract.store.bulk import get_many, read_folders
 from contract.store.file import FileStore, _read_to_end, _translate, missing_folder, path_from_url
 from contract.store.instrumented import instrument_store
 from contract.store.sealed import seal_store
@@ -233,8 +233,11 @@ def test_wrappers_read_a_batch_as_they_read_one_key(tmp_path: Path) -> None:
     assert found == {"commands/web-1.json": sealed.get("commands/web-1.json"), "hosts/x/status.json": None}
     assert counted == [("get", False), ("get", False)]
     counted.clear()
-    expected = [sealed.get("commands/forged.json"), sealed.get("commands/web-1.json")]
-    assert read_prefix(instrumented, "commands/") == expected
+    sealed.put("groups/hello/web.json", b'{"a": 2}')
+    inner.put("groups/other/web.json", b"not an envelope")
+    expected = [sealed.get("groups/hello/web.json"), sealed.get("groups/other/web.json")]
+    assert expected[0] is not None and expected[0].data == b'{"a": 2}'  # unsealed, as `get` returns it
+    assert read_folders(instrumented, "groups/", ["web.json"]) == expected
     assert counted == [("list", False), ("get", False), ("get", False)]
 
     class Forwarding:
@@ -251,3 +254,42 @@ def test_wrappers_read_a_batch_as_they_read_one_key(tmp_path: Path) -> None:
     forwarding = Forwarding(inner)
     get_many(forwarding, ["commands/web-1.json", "commands/forged.json"])  # type: ignore[arg-type]
     assert forwarding.reads == 2
+
+
+def test_reading_folders_by_name_leaves_out_what_a_listing_leaves_out(tmp_path: Path) -> None:
+    """The file store's `read_folders` opens each named file without listing its folder; whatever sits under
+    `hosts/` instead of a plain file (a symbolic link, a named pipe, a socket, a folder, a dot file, a host folder
+    that is a link) it must leave out exactly as a listing does, and a named pipe must not hang the read."""
+    import socket
+
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    store.put("hosts/a/status.json", b"a")
+    store.put("hosts/a/registration.json", b"ra")
+    store.put("hosts/a/conflicts/i1.json", b"c")
+    store.put("hosts/b/registration.json", b"rb")
+    hosts = tmp_path / "store" / "hosts"
+    (hosts / "b" / "status.json").symlink_to(hosts / "a" / "status.json")
+    (hosts / "c").mkdir()
+    os.mkfifo(hosts / "c" / "status.json")
+    (hosts / "c" / "registration.json").mkdir()
+    (hosts / "d").mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(hosts / "d" / "status.json"))
+    (hosts / "e").symlink_to(hosts / "a")
+    (hosts / ".hidden").mkdir()
+    (hosts / ".hidden" / "status.json").write_bytes(b"dot folder")
+    (hosts / "a" / "conflicts" / ".i2.json").write_bytes(b"dot file")
+    (hosts / "a" / "conflicts" / "i3.json").symlink_to(hosts / "a" / "conflicts" / "i1.json")
+    (hosts / "f").mkdir()
+    (hosts / "f" / "conflicts").write_bytes(b"a file where a folder is named")
+    try:
+        found = read_folders(store, "hosts/", ["registration.json", "status.json"], ["conflicts"])
+    finally:
+        listener.close()
+    listed = [item.key for item in store.list("hosts/")]
+    shaped = [key for key in listed
+              if (key.count("/") == 2 and key.endswith(("/registration.json", "/status.json"))) or "/conflicts/" in key]
+    assert [stored.key for stored in found] == shaped == [
+        "hosts/a/conflicts/i1.json", "hosts/a/registration.json", "hosts/a/status.json", "hosts/b/registration.json",
+    ]
+    assert found == [store.get(key) for key in shaped]

@@ -46,7 +46,7 @@ from contract.signing import (
     unwrap,
 )
 from contract.store import MemoryStore, Store, StoredObject, open_store
-from contract.store.bulk import get_many, read_prefix
+from contract.store.bulk import get_many, read_folders
 from contract.store.docs import DocumentInvalid, DocumentRefused, parse_document
 from contract.store.file import FileStore
 from contract.store.s3 import S3Store
@@ -1015,5 +1015,10 @@ def test_a_batch_read_checks_every_sealed_key_as_one_read_does(sealed: Sealed, a
     assert unsigned is not None and unsigned.refused and unsigned.data == b""
     assert found[status_key("web-1")] == StoredObject(status_key("web-1"), PAYLOAD, status)
     assert found["commands/nobody.json"] is None
-    for prefix in ("commands/", "traffic/", "groups/", "hosts/"):  # and a whole prefix, read at once
-        assert read_prefix(sealed.reader, prefix) == [sealed.reader.get(item.key) for item in sealed.inner.list(prefix)]
+    # And a folder-by-folder read at once: a group record (sealed, unsigned here) and a status (an agent's, as is).
+    for prefix, name in (("groups/", "web.json"), ("hosts/", "status.json")):
+        assert read_folders(sealed.reader, prefix, [name]) == [
+            sealed.reader.get(item.key) for item in sealed.inner.list(prefix) if item.key.endswith(f"/{name}")
+        ]
+    [unsigned_again] = read_folders(sealed.reader, "groups/", ["web.json"])
+    assert unsigned_again.refused and unsigned_again.data == b""
