@@ -57,6 +57,7 @@ def read_folders(
     The file store opens the named files by name, listing only `prefix` itself and the subfolders that exist, and
     takes each version from the open file: for the first pass of `reconcile --once` over 20,000 host documents
     that skips the listing's `stat` of every file and a listing of every host's folder. Other stores list."""
+    _check_folder_read(prefix, [*names, *subfolders])
     own = getattr(type(store), "read_folders", None)
     if own is not None:
         read: list[StoredObject] = own(store, prefix, names, subfolders, keep)
@@ -71,6 +72,16 @@ def read_folders(
     listed = [item for item in store.list(prefix) if wanted(item.key)]
     found = get_many(store, [item.key for item in listed])
     return [stored for stored in (found[item.key] for item in listed) if stored is not None]
+
+
+def _check_folder_read(prefix: str, names: Sequence[str]) -> None:
+    """A caller's mistake, refused the same way whatever the store: `prefix` is a folder (`hosts/`, or "" for the
+    top), and each name one plain name (no slash, no leading dot: dot files are the file store's own)."""
+    if prefix and (not prefix.endswith("/") or "//" in prefix or prefix.startswith("/")):
+        raise ValueError(f"read_folders: the prefix must be a folder ending with one slash, not {prefix!r}")
+    for name in names:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"read_folders: {name!r} is not a plain file or folder name")
 
 
 __all__ = ["READ_WORKERS", "get_many", "read_folders"]

@@ -124,6 +124,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 #: How `read_folders` opens a file by name, having not listed it: not through a symbolic link, and without waiting
 #: for a writer should it be a named pipe (either is then left out, as a listing leaves it out).
 _NAMED_FLAGS = _READ_FLAGS | os.O_NOFOLLOW | os.O_NONBLOCK
+#: What `O_NOFOLLOW` gives for a symbolic link: ELOOP on Linux, EMLINK on FreeBSD.
+_NOT_FOLLOWED = frozenset({errno.ELOOP, errno.EMLINK})
+#: What opening a socket gives: ENXIO on Linux, EOPNOTSUPP on macOS.
+_NOT_OPENED = frozenset({errno.ENXIO, errno.EOPNOTSUPP})
 
 
 def version_of(info: os.stat_result) -> str:
@@ -207,10 +211,11 @@ class FileStore:
         keep: Callable[[str], bool] = lambda key: True,
     ) -> builtins.list[StoredObject]:
         """For every folder directly under `prefix`, its files named in `names` and the files directly in its
-        `subfolders`, that `keep` accepts, read and sorted by key (contract/store/bulk.py). Named files are opened by
-        name, without listing their folder: on a cold read of `hosts/` that is a `scandir` of each host's folder saved,
-        a quarter of the read's system calls (issue 18). Dot files, symbolic links and what is not a regular file are
-        left out, as `list` leaves them out."""
+        `subfolders`, that `keep` accepts, read and sorted by key (contract/store/bulk.py, which checks the
+        arguments). Named files are opened by name, without listing their folder: on a cold read of `hosts/` that is
+        a `scandir` of each host's folder saved, a quarter of the read's system calls (issue 18). Dot files, symbolic
+        links and what is not a regular file are left out, as `list` leaves them out, but a host folder the reader
+        may search and not list is read here where `list` fails (the next, listing pass says so)."""
         folder_part = prefix.rstrip("/")
         if folder_part:
             check_key(folder_part)
@@ -226,7 +231,7 @@ class FileStore:
         except OSError as exc:
             raise _translate(exc, "list", base) from exc
         # What each folder holds that is wanted, in key order: a subfolder as its name and a slash.
-        wanted = sorted([*names, *(f"{name}/" for name in subfolders)])
+        wanted = sorted({*names, *(f"{name}/" for name in subfolders)})
         key_prefix = f"{folder_part}/" if folder_part else ""
         found: builtins.list[StoredObject] = []
         for folder in folders:
@@ -234,46 +239,96 @@ class FileStore:
             path_base = f"{base}/{folder}/"
             for name in wanted:
                 if name.endswith("/"):
-                    found.extend(self._read_folder(path_base + name, key_base + name, keep))
+                    # No slash after the name: a link there must be opened as the link, not resolved.
+                    found.extend(self._read_folder(path_base + name[:-1], key_base + name, keep))
                 elif keep(key_base + name):
-                    stored = self._read(path_base + name, key_base + name, None, _NAMED_FLAGS)
+                    stored = self._read_named(path_base + name, key_base + name)
                     if stored is not None:
                         found.append(stored)
         self._check()  # after the reads: nothing found in a folder that vanished is an outage
         return found
 
     def _read_folder(self, folder: str, key_base: str, keep: Callable[[str], bool]) -> builtins.list[StoredObject]:
-        """The files directly in `folder` that `keep` accepts, read, sorted by key; none when it does not exist."""
+        """The files directly in `folder` that `keep` accepts, read, sorted by key; none when it does not exist or is
+        not a folder (a symbolic link to one included: a listing does not follow it, and neither does this)."""
         try:
-            with os.scandir(folder) as entries:
-                files = sorted((key_base + entry.name, entry.path) for entry in entries
-                               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
-                               and keep(key_base + entry.name))
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
+            if exc.errno in _NOT_FOLLOWED:
+                return []
             raise _translate(exc, "list", folder) from exc
-        read = (self._read(path, key, None) for key, path in files)
-        return [stored for stored in read if stored is not None]
+        try:
+            with os.scandir(folder_fd) as entries:
+                files = sorted(entry.name for entry in entries
+                               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+                               and keep(key_base + entry.name))
+            # Opened inside the folder just listed, so a link put in its place meanwhile is not followed either.
+            read = (self._read_named(name, key_base + name, folder_fd, shown=f"{folder}/{name}") for name in files)
+            return [stored for stored in read if stored is not None]
+        except OSError as exc:
+            raise _translate(exc, "list", folder) from exc
+        finally:
+            os.close(folder_fd)
 
-    def _read(
-        self, path: str, key: str, if_version_not: str | None, flags: int = _READ_FLAGS
-    ) -> StoredObject | None:
-        limit = read_limit(key)
+    def _read(self, path: str, key: str, if_version_not: str | None) -> StoredObject | None:
         try:
             if if_version_not is not None:
                 current = version_of(os.stat(path))
                 if current == if_version_not:
                     return StoredObject(key, b"", current)
-            fd = os.open(path, flags)
+            fd = os.open(path, _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            if flags & os.O_NOFOLLOW and exc.errno in (errno.ELOOP, errno.ENXIO):
-                return None  # opened by name: a symbolic link or a socket, which a listing leaves out too
             raise _translate(exc, "read", path) from exc
+        return self._read_open(fd, path, key)
+
+    def _read_named(
+        self, path: str, key: str, dir_fd: int | None = None, *, shown: str | None = None
+    ) -> StoredObject | None:
+        """A file opened by name, not listed first (`read_folders`): absent when it is a symbolic link, a socket or
+        anything but a regular file, without waiting on a named pipe (which is opened, though never read: a writer
+        blocked opening it goes on and finds no reader). `shown` is its path in messages when `path` is relative to
+        `dir_fd`."""
         try:
-            # The version of the very file we read: a rename after the stat above cannot mismatch them.
+            fd = os.open(path, _NAMED_FLAGS, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno in _NOT_FOLLOWED or exc.errno in _NOT_OPENED:
+                return None  # a symbolic link or a socket, which a listing leaves out too
+            if exc.errno != errno.EAGAIN:
+                raise _translate(exc, "read", shown or path) from exc
+            # A lease (a file server's oplock or delegation) on a regular file refused the non-blocking open: wait for
+            # its holder to let go, as `get` does.
+            leased = self._open_leased(path, dir_fd, shown or path)
+            if leased is None:
+                return None
+            fd = leased
+        return self._read_open(fd, shown or path, key)
+
+    @staticmethod
+    def _open_leased(path: str, dir_fd: int | None, shown: str) -> int | None:
+        """The blocking open of a regular file under a lease; None when it is no regular file (any more)."""
+        try:
+            if not stat.S_ISREG(os.lstat(path, dir_fd=dir_fd).st_mode):
+                return None
+            return os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno in _NOT_FOLLOWED:
+                return None
+            raise _translate(exc, "read", shown) from exc
+
+    @staticmethod
+    def _read_open(fd: int, path: str, key: str) -> StoredObject | None:
+        """The object in the open file `fd` (closed here), None unless it is a regular file."""
+        limit = read_limit(key)
+        try:
+            # The version of the very file we read: a rename after a stat cannot mismatch them.
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 return None

@@ -236,13 +236,13 @@ def test_a_cold_read_never_loads_files_an_agent_left_beside_its_documents(
     for n in range(40):
         store.put(f"hosts/web-1/junk-{n}.json", b"x" * (1 << 20))
     read: list[str] = []
-    real = FileStore._read
+    real = FileStore._read_open
 
-    def counted(self: FileStore, path: str, key: str, *args: Any) -> StoredObject | None:
+    def counted(fd: int, path: str, key: str) -> StoredObject | None:
         read.append(key)
-        return real(self, path, key, *args)
+        return real(fd, path, key)
 
-    monkeypatch.setattr(FileStore, "_read", counted)
+    monkeypatch.setattr(FileStore, "_read_open", staticmethod(counted))
     snapshot = StoreReader(store).snapshot()
     assert set(snapshot.observed.statuses) == {"web-1"}
     assert not [key for key in read if "junk" in key]

@@ -282,6 +282,13 @@ def test_reading_folders_by_name_leaves_out_what_a_listing_leaves_out(tmp_path: 
     (hosts / "a" / "conflicts" / "i3.json").symlink_to(hosts / "a" / "conflicts" / "i1.json")
     (hosts / "f").mkdir()
     (hosts / "f" / "conflicts").write_bytes(b"a file where a folder is named")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_bytes(b"not the store's")
+    (hosts / "g").mkdir()
+    (hosts / "g" / "conflicts").symlink_to(outside)  # a link to a folder out of the store: never followed
+    (hosts / "h").mkdir()
+    (hosts / "h" / "conflicts").symlink_to("conflicts")  # a link to itself: no error, nothing read
     try:
         found = read_folders(store, "hosts/", ["registration.json", "status.json"], ["conflicts"])
     finally:
@@ -293,3 +300,54 @@ def test_reading_folders_by_name_leaves_out_what_a_listing_leaves_out(tmp_path: 
         "hosts/a/conflicts/i1.json", "hosts/a/registration.json", "hosts/a/status.json", "hosts/b/registration.json",
     ]
     assert found == [store.get(key) for key in shaped]
+
+
+def test_a_file_held_under_a_lease_is_waited_for_not_an_outage(tmp_path: Path) -> None:
+    """A file server (Samba's kernel oplocks, knfsd's delegations) can hold a lease on a file: opening it without
+    blocking then fails at once. `read_folders` waits for the lease's holder to let go, as `get` does, instead of
+    reporting the store unavailable."""
+    import fcntl
+    import signal
+    import time
+
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    store.put("hosts/a/status.json", b"{}")
+    path = tmp_path / "store" / "hosts" / "a" / "status.json"
+    ready_read, ready_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the lease holder: a write lease, let go a second after being asked to
+        try:
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
+            fd = os.open(path, os.O_RDWR)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+            os.write(ready_write, b"x")
+            time.sleep(1)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        except OSError as exc:
+            os.write(ready_write, f"no lease: {exc}".encode())
+        finally:
+            os._exit(0)
+    try:
+        ready = os.read(ready_read, 200)
+        assert ready == b"x", ready.decode()  # the kernel gave the holder its lease (fs.leases-enable)
+        started = time.monotonic()
+        found = read_folders(store, "hosts/", ["status.json"])
+        assert [stored.key for stored in found] == ["hosts/a/status.json"] and found[0].data == b"{}"
+        assert time.monotonic() - started >= 0.5  # it waited for the holder
+    finally:
+        os.waitpid(child, 0)
+        os.close(ready_read)
+        os.close(ready_write)
+
+
+@pytest.mark.parametrize(("prefix", "names"), [
+    ("hosts", ["status.json"]), ("hosts//", ["status.json"]), ("/hosts/", ["status.json"]),
+    ("hosts/", ["a/status.json"]), ("hosts/", [".partial"]), ("hosts/", [""]),
+])
+def test_reading_folders_refuses_what_is_not_a_folder_and_plain_names(
+    tmp_path: Path, prefix: str, names: list[str]
+) -> None:
+    """A caller's mistake is refused the same way by every store, before anything is read."""
+    store = FileStore(f"file://{tmp_path / 'store'}")
+    with pytest.raises(ValueError, match="read_folders"):
+        read_folders(store, prefix, names)
