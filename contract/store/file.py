@@ -251,6 +251,10 @@ class FileStore:
     def _read_folder(self, folder: str, key_base: str, keep: Callable[[str], bool]) -> builtins.list[StoredObject]:
         """The files directly in `folder` that `keep` accepts, read, sorted by key; none when it does not exist or is
         not a folder (a symbolic link to one included: a listing does not follow it, and neither does this)."""
+        if not os.access(folder, os.F_OK):
+            # The usual answer for a host's conflicts/, given without an exception: a third of the cost of a failed
+            # open, ten thousand times per cold read. (Followed, a link may say yes; it is then refused below.)
+            return []
         try:
             folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
