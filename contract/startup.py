@@ -1,22 +1,48 @@
 """What both command-line programs do first, before anything imports structlog (issue 18).
 
-Kept free of imports beyond `sys`: it must run before the modules it is about are loaded.
+Kept free of imports beyond the standard library's smallest modules: it must run before the modules it is about
+are loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+import types
+from typing import Any
+
+
+class _Deferred(types.ModuleType):
+    """Stands in `sys.modules` for a standard module that is imported early but used late, or never.
+
+    structlog imports `asyncio` at the top of the modules that hold its `async` logging methods, and uses it only
+    inside them, which neither program calls. Loading `asyncio` there also loads `ssl`, `socket`, `selectors`,
+    `concurrent.futures` and more: ~20 ms of every `reconcile` and `deploy-agent` start and ~2.6 MiB of every idle
+    agent. This stand-in answers `import asyncio` (the import system asks it for nothing but `__spec__`, which a
+    module has) and becomes the real module on first use: the first attribute it lacks (a function, a class, or
+    `__path__` when a submodule is imported) imports the real `asyncio`, puts it back in `sys.modules` and copies
+    its names here, so whoever holds the stand-in finds the real names from then on."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]  # the real import below must not find the stand-in
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
 
 
 def import_structlog_without_rich() -> None:
     """Load structlog without the rich library it picks up when rich is installed (the reconciler depends on rich,
-    so it usually is). structlog uses rich only to draw exceptions on a terminal, yet importing it loads rich and
-    pygments: ~150 ms of every `reconcile` run and ~5 MiB of every agent's memory. structlog treats rich as
-    optional and falls back to plain tracebacks; the block lasts only while structlog loads, so rich stays
-    importable for anyone else (the reconciler's live progress table, `reconcile plan`'s renderer). Does nothing
-    if structlog is already loaded (tests, or a program that imported it first)."""
+    so it usually is), and with `asyncio` deferred (`_Deferred`). structlog uses rich only to draw exceptions on a
+    terminal, yet importing it loads rich and pygments: ~150 ms of every `reconcile` run and ~5 MiB of every agent's
+    memory. structlog treats rich as optional and falls back to plain tracebacks; the block lasts only while
+    structlog loads, so rich stays importable for anyone else (the reconciler's live progress table, `reconcile
+    plan`'s renderer). Does nothing if structlog is already loaded (tests, or a program that imported it first), and
+    defers `asyncio` only if it is not loaded yet."""
     if "structlog" in sys.modules or "rich" in sys.modules:
         return
+    if "asyncio" not in sys.modules:
+        sys.modules["asyncio"] = _Deferred("asyncio")
     sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail: the documented idiom
     try:
         import structlog  # noqa: F401

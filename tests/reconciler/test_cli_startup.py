@@ -55,3 +55,31 @@ def test_each_subcommand_parses_with_its_own_module(name: str) -> None:
         return str(action.choices[name].format_help())
 
     assert command_help(build_parser(name)) == command_help(build_parser("*"))
+
+
+def test_structlog_is_loaded_with_asyncio_deferred_until_something_uses_it() -> None:
+    """Both programs load structlog first (`contract/startup.py`): without rich, and with `asyncio` (and the `ssl`
+    and sockets it brings) left unloaded until something uses it. Whoever then imports `asyncio`, a submodule of it,
+    or calls structlog's `async` logging methods gets the real module."""
+    code = (
+        "import sys\n"
+        "from contract.startup import import_structlog_without_rich\n"
+        "import_structlog_without_rich()\n"
+        "assert 'structlog' in sys.modules\n"
+        "assert 'rich' not in sys.modules and 'ssl' not in sys.modules and 'asyncio.events' not in sys.modules\n"
+        "import asyncio\n"
+        "assert 'asyncio.events' not in sys.modules  # importing it is not using it\n"
+        "import structlog\n"
+        "structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stdout))\n"
+        "async def main():\n"
+        "    await structlog.get_logger().ainfo('from.async')\n"
+        "    import asyncio.subprocess\n"
+        "    return await asyncio.sleep(0, result='slept')\n"
+        "print(asyncio.run(main()))\n"
+        "import asyncio as again\n"
+        "assert again is sys.modules['asyncio'] and type(again).__name__ == 'module'\n"
+        "assert again.run is asyncio.run and 'ssl' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "from.async" in done.stdout and done.stdout.strip().endswith("slept")
