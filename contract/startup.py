@@ -16,16 +16,13 @@ class _Deferred(types.ModuleType):
     """Stands in `sys.modules` for a standard module that is imported early but used late, or never.
 
     structlog imports `asyncio` at the top of the modules that hold its `async` logging methods, and uses it only
-    inside them, which neither program calls. Loading `asyncio` there also loads `ssl`, `socket`, `selectors`,
-    `concurrent.futures` and more: ~20 ms of every `reconcile` and `deploy-agent` start and ~2.6 MiB of every idle
-    agent. This stand-in answers `import asyncio` (the import system asks it for nothing but `__spec__`, which a
-    module has) and becomes the real module on first use: the first attribute it lacks (a function, a class, or
-    `__path__` when a submodule is imported) imports the real `asyncio`, puts it back in `sys.modules` and copies
-    its names here, so whoever holds the stand-in finds the real names from then on."""
+    inside them, which neither program calls. Loading `asyncio` there costs ~10-20 ms of every `reconcile` and
+    `deploy-agent` start and ~2 MiB of every idle agent. The stand-in is in `sys.modules` only while structlog is
+    imported, so structlog's modules hold it and nobody else ever sees it (anyone importing `asyncio` later gets
+    the real module, submodules and all). Its first attribute lookup imports the real `asyncio` and copies its
+    names here, so structlog finds the real names from then on."""
 
     def __getattr__(self, name: str) -> Any:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]  # the real import below must not find the stand-in
         real = importlib.import_module(self.__name__)
         self.__dict__.update(real.__dict__)
         return getattr(real, name)
@@ -41,13 +38,16 @@ def import_structlog_without_rich() -> None:
     defers `asyncio` only if it is not loaded yet."""
     if "structlog" in sys.modules or "rich" in sys.modules:
         return
-    if "asyncio" not in sys.modules:
-        sys.modules["asyncio"] = _Deferred("asyncio")
+    stand_in = _Deferred("asyncio") if "asyncio" not in sys.modules else None
+    if stand_in is not None:
+        sys.modules["asyncio"] = stand_in
     sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail: the documented idiom
     try:
         import structlog  # noqa: F401
     finally:
         del sys.modules["rich"]
+        if stand_in is not None and sys.modules.get("asyncio") is stand_in:
+            del sys.modules["asyncio"]  # structlog holds it; everyone else imports the real module
 
 
 __all__ = ["import_structlog_without_rich"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from contract.store.base import Store, StoredObject
+from contract.store.base import Store, StoredObject, StoreError, check_key
 
 #: Reads from a remote store (S3) at once. Each is mostly a wait for the network (a 20 ms round trip plus S3's own
 #: 10-20 ms) against about 0.35 ms of this process's CPU (contract/store/s3wire.py): 128 at once keep a cold pass
@@ -75,13 +75,24 @@ def read_folders(
 
 
 def _check_folder_read(prefix: str, names: Sequence[str]) -> None:
-    """A caller's mistake, refused the same way whatever the store: `prefix` is a folder (`hosts/`, or "" for the
-    top), and each name one plain name (no slash, no leading dot: dot files are the file store's own)."""
-    if prefix and (not prefix.endswith("/") or "//" in prefix or prefix.startswith("/")):
+    """A caller's mistake, refused the same way whatever the store, before anything is read: `prefix` is a folder
+    whose every part is a valid key's (`hosts/`, or "" for the top), and each name one plain name (no slash, no
+    leading dot: dot files are the file store's own)."""
+    if isinstance(names, str):
+        raise ValueError(f"read_folders: names are a sequence of names, not the string {names!r}")
+    if prefix and (not prefix.endswith("/") or not _plain_key(prefix[:-1])):
         raise ValueError(f"read_folders: the prefix must be a folder ending with one slash, not {prefix!r}")
     for name in names:
-        if not name or "/" in name or name.startswith("."):
+        if "/" in name or not _plain_key(name):
             raise ValueError(f"read_folders: {name!r} is not a plain file or folder name")
+
+
+def _plain_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except StoreError:
+        return False
+    return True
 
 
 __all__ = ["READ_WORKERS", "get_many", "read_folders"]

@@ -126,8 +126,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _NAMED_FLAGS = _READ_FLAGS | os.O_NOFOLLOW | os.O_NONBLOCK
 #: What `O_NOFOLLOW` gives for a symbolic link: ELOOP on Linux, EMLINK on FreeBSD.
 _NOT_FOLLOWED = frozenset({errno.ELOOP, errno.EMLINK})
-#: What opening a socket gives: ENXIO on Linux, EOPNOTSUPP on macOS.
-_NOT_OPENED = frozenset({errno.ENXIO, errno.EOPNOTSUPP})
+#: What opening a socket gives (on Linux).
+_NOT_OPENED = frozenset({errno.ENXIO})
+#: How long a read by name waits for a lease's holder: past the kernel's own default limit (45 s).
+_LEASE_WAIT = 60.0
 
 
 def version_of(info: os.stat_result) -> str:
@@ -251,9 +253,10 @@ class FileStore:
     def _read_folder(self, folder: str, key_base: str, keep: Callable[[str], bool]) -> builtins.list[StoredObject]:
         """The files directly in `folder` that `keep` accepts, read, sorted by key; none when it does not exist or is
         not a folder (a symbolic link to one included: a listing does not follow it, and neither does this)."""
-        if not os.access(folder, os.F_OK):
+        if not os.access(folder, os.F_OK, effective_ids=True):
             # The usual answer for a host's conflicts/, given without an exception: a third of the cost of a failed
-            # open, ten thousand times per cold read. (Followed, a link may say yes; it is then refused below.)
+            # open, ten thousand times per cold read. With the ids (and capabilities) `open` uses, not the real ones.
+            # (Followed, a link may say yes; it is then refused below.)
             return []
         try:
             folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -315,17 +318,21 @@ class FileStore:
 
     @staticmethod
     def _open_leased(path: str, dir_fd: int | None, shown: str) -> int | None:
-        """The blocking open of a regular file under a lease; None when it is no regular file (any more)."""
-        try:
-            if not stat.S_ISREG(os.lstat(path, dir_fd=dir_fd).st_mode):
+        """The open of a file under a lease, once its holder lets go (each refused open asks it to): tried again without
+        blocking, so that a named pipe put there meanwhile cannot hang the read either, until the kernel breaks the
+        lease itself (`/proc/sys/fs/lease-break-time`, 45 s by default). None when it is no longer a file."""
+        deadline = time.monotonic() + _LEASE_WAIT
+        while True:
+            time.sleep(0.01)
+            try:
+                return os.open(path, _NAMED_FLAGS, dir_fd=dir_fd)
+            except (FileNotFoundError, NotADirectoryError):
                 return None
-            return os.open(path, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            if exc.errno in _NOT_FOLLOWED:
-                return None
-            raise _translate(exc, "read", shown) from exc
+            except OSError as exc:
+                if exc.errno in _NOT_FOLLOWED or exc.errno in _NOT_OPENED:
+                    return None
+                if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
+                    raise _translate(exc, "read", shown) from exc
 
     @staticmethod
     def _read_open(fd: int, path: str, key: str) -> StoredObject | None:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from contract.store import InvalidStoreURL, StoredObject, StoreError, StoreMissing, StoreUnavailable, open_store
+from contract.store import (
+    InvalidStoreURL,
+    MemoryStore,
+    StoredObject,
+    StoreError,
+    StoreMissing,
+    StoreUnavailable,
+    open_store,
+)
 from contract.store.bulk import get_many, read_folders
 from contract.store.file import FileStore, _read_to_end, _translate, missing_folder, path_from_url
 from contract.store.instrumented import instrument_store
@@ -341,13 +349,14 @@ def test_a_file_held_under_a_lease_is_waited_for_not_an_outage(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("prefix", "names"), [
-    ("hosts", ["status.json"]), ("hosts//", ["status.json"]), ("/hosts/", ["status.json"]),
-    ("hosts/", ["a/status.json"]), ("hosts/", [".partial"]), ("hosts/", [""]),
+    ("hosts", ["status.json"]), ("hosts//", ["status.json"]), ("/hosts/", ["status.json"]), ("../", ["status.json"]),
+    (".x/", ["status.json"]), ("hosts/./", ["status.json"]), ("hosts/", ["a/status.json"]), ("hosts/", [".partial"]),
+    ("hosts/", [""]), ("hosts/", ["status\0.json"]), ("hosts/", "status.json"),
 ])
 def test_reading_folders_refuses_what_is_not_a_folder_and_plain_names(
     tmp_path: Path, prefix: str, names: list[str]
 ) -> None:
     """A caller's mistake is refused the same way by every store, before anything is read."""
-    store = FileStore(f"file://{tmp_path / 'store'}")
-    with pytest.raises(ValueError, match="read_folders"):
-        read_folders(store, prefix, names)
+    for store in (FileStore(f"file://{tmp_path / 'store'}"), MemoryStore()):
+        with pytest.raises(ValueError, match="read_folders"):
+            read_folders(store, prefix, names)
