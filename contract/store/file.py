@@ -299,40 +299,29 @@ class FileStore:
         anything but a regular file, without waiting on a named pipe (which is opened, though never read: a writer
         blocked opening it goes on and finds no reader). `shown` is its path in messages when `path` is relative to
         `dir_fd`."""
-        try:
-            fd = os.open(path, _NAMED_FLAGS, dir_fd=dir_fd)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            if exc.errno in _NOT_FOLLOWED or exc.errno in _NOT_OPENED:
-                return None  # a symbolic link or a socket, which a listing leaves out too
-            if exc.errno != errno.EAGAIN:
-                raise _translate(exc, "read", shown or path) from exc
-            # A lease (a file server's oplock or delegation) on a regular file refused the non-blocking open: wait for
-            # its holder to let go, as `get` does.
-            leased = self._open_leased(path, dir_fd, shown or path)
-            if leased is None:
-                return None
-            fd = leased
-        return self._read_open(fd, shown or path, key)
+        fd = self._open_named(path, dir_fd, shown or path)
+        return None if fd is None else self._read_open(fd, shown or path, key)
 
     @staticmethod
-    def _open_leased(path: str, dir_fd: int | None, shown: str) -> int | None:
-        """The open of a file under a lease, once its holder lets go (each refused open asks it to): tried again without
-        blocking, so that a named pipe put there meanwhile cannot hang the read either, until the kernel breaks the
-        lease itself (`/proc/sys/fs/lease-break-time`, 45 s by default). None when it is no longer a file."""
-        deadline = time.monotonic() + _LEASE_WAIT
+    def _open_named(path: str, dir_fd: int | None, shown: str) -> int | None:
+        """`path` opened with `_NAMED_FLAGS`, or None when it is absent, a link or a socket. A file under a lease (a
+        file server's oplock or delegation) refuses a non-blocking open, and each refusal asks the holder to let go:
+        it is tried again until it opens, as `get`'s blocking open waits, or until the kernel would have broken the
+        lease itself (`/proc/sys/fs/lease-break-time`, 45 s by default). Never blocking, so a named pipe put there
+        meanwhile cannot hang the read."""
+        deadline: float | None = None
         while True:
-            time.sleep(0.01)
             try:
                 return os.open(path, _NAMED_FLAGS, dir_fd=dir_fd)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as exc:
                 if exc.errno in _NOT_FOLLOWED or exc.errno in _NOT_OPENED:
-                    return None
+                    return None  # a symbolic link or a socket, which a listing leaves out too
+                deadline = deadline or time.monotonic() + _LEASE_WAIT
                 if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
                     raise _translate(exc, "read", shown) from exc
+            time.sleep(0.01)
 
     @staticmethod
     def _read_open(fd: int, path: str, key: str) -> StoredObject | None:
