@@ -7,22 +7,26 @@ COMMANDS_PREFIX = "commands/"
 DEPLOYMENTS_PREFIX = "deployments/"
 GROUPS_PREFIX = "groups/"
 LEASE_KEY = "leases/reconciler.json"
+#: What each host's folder under `hosts/` holds: its agent's two documents and a folder of conflict records.
+REGISTRATION_NAME = "registration.json"
+STATUS_NAME = "status.json"
+CONFLICTS_FOLDER = "conflicts"
 
 
 def registration_key(host_id: str) -> str:
     """Written by that host's agent."""
-    return f"hosts/{host_id}/registration.json"
+    return f"{HOSTS_PREFIX}{host_id}/{REGISTRATION_NAME}"
 
 
 def status_key(host_id: str) -> str:
     """Written by that host's agent."""
-    return f"hosts/{host_id}/status.json"
+    return f"{HOSTS_PREFIX}{host_id}/{STATUS_NAME}"
 
 
 def conflict_key(host_id: str, installation_id: str) -> str:
     """Written by one agent installation that was refused `host_id` (one key per installation, so two losers
     never write the same object)."""
-    return f"hosts/{host_id}/conflicts/{installation_id}.json"
+    return f"{HOSTS_PREFIX}{host_id}/{CONFLICTS_FOLDER}/{installation_id}.json"
 
 
 def command_key(host_id: str) -> str:

@@ -37,10 +37,13 @@ import structlog
 
 from contract.keys import (
     COMMANDS_PREFIX,
+    CONFLICTS_FOLDER,
     DEPLOYMENTS_PREFIX,
     FLEET_EVENTS_KEY,
     GROUPS_PREFIX,
     HOSTS_PREFIX,
+    REGISTRATION_NAME,
+    STATUS_NAME,
     TRAFFIC_PREFIX,
     deployment_key,
 )
@@ -66,12 +69,6 @@ from reconciler.core.traffic import waiting_step
 log = structlog.get_logger(__name__)
 
 DocumentT = TypeVar("DocumentT", bound=Document)
-
-#: An agent's documents in its folder under `hosts/`: what `_host_table` recognises, and what a cold read opens by
-#: name (`read_folders`).
-_REGISTRATION_NAME = "registration.json"
-_STATUS_NAME = "status.json"
-_CONFLICTS_FOLDER = "conflicts"
 
 #: What a pass lists besides `hosts/`: the reconciler's own records.
 _RECORD_PREFIXES = (GROUPS_PREFIX, COMMANDS_PREFIX, TRAFFIC_PREFIX, FLEET_EVENTS_KEY, DEPLOYMENTS_PREFIX)
@@ -226,13 +223,13 @@ class StoreReader:
     def _host_table(self, key: str) -> _Table[HostRegistration] | _Table[HostStatus] | _Table[HostConflict] | None:
         """The table an agent's document under `hosts/` belongs in, None for anything else there."""
         parts = key.split("/")
-        if len(parts) == 4 and parts[2] == _CONFLICTS_FOLDER and parts[3].endswith(".json"):
+        if len(parts) == 4 and parts[2] == CONFLICTS_FOLDER and parts[3].endswith(".json"):
             return self._conflicts  # shown by `status`, never a reason for a pass
         if len(parts) != 3:
             return None
-        if parts[2] == _REGISTRATION_NAME:
+        if parts[2] == REGISTRATION_NAME:
             return self._registrations
-        if parts[2] == _STATUS_NAME:
+        if parts[2] == STATUS_NAME:
             return self._statuses
         return None
 
@@ -268,7 +265,7 @@ class StoreReader:
             return True
 
         with bulk_parsing():
-            found = read_folders(self.store, HOSTS_PREFIX, (_REGISTRATION_NAME, _STATUS_NAME), (_CONFLICTS_FOLDER,),
+            found = read_folders(self.store, HOSTS_PREFIX, (REGISTRATION_NAME, STATUS_NAME), (CONFLICTS_FOLDER,),
                                  keep=keep)
             for stored in found:
                 table = tables[stored.key]
