@@ -264,16 +264,15 @@ class StoreReader:
             tables[key] = table
             return True
 
-        with bulk_parsing():
-            found = read_folders(self.store, HOSTS_PREFIX, (REGISTRATION_NAME, STATUS_NAME), (CONFLICTS_FOLDER,),
-                                 keep=keep)
-            for stored in found:
-                table = tables[stored.key]
-                table.entries[stored.key] = _Entry(stored.version, table.parse(stored))
-                table.listed[stored.key] = stored.version
-            self.last_fetch_count += len(found)
-            if self.freeze_cold_reads:
-                gc.freeze()  # see `freeze_cold_reads`
+        # Called by `snapshot` only, which already reads with the collector paused (`bulk_parsing`).
+        found = read_folders(self.store, HOSTS_PREFIX, (REGISTRATION_NAME, STATUS_NAME), (CONFLICTS_FOLDER,), keep=keep)
+        for stored in found:
+            table = tables[stored.key]
+            table.entries[stored.key] = _Entry(stored.version, table.parse(stored))
+            table.listed[stored.key] = stored.version
+        self.last_fetch_count += len(found)
+        if self.freeze_cold_reads:
+            gc.freeze()  # see `freeze_cold_reads`
 
     def _observed(self) -> Observed:
         conflicts: dict[str, list[HostConflict]] = {}
