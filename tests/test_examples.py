@@ -325,7 +325,7 @@ def _host_keys(host_id: str) -> list[str]:
 
 OTHER_KEYS = [
     keys.deployment_key("d-1"), keys.group_state_key("hello", "hello-prod"), keys.analysis_key("d-1"), keys.LEASE_KEY,
-    keys.APPLIED_CONFIG_KEY,
+    keys.APPLIED_CONFIG_KEY, keys.FLEET_EVENTS_KEY, "events/notifications/slack.json", keys.WARM_START_KEY,
 ]
 AGENT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket")
 
