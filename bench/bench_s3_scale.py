@@ -13,6 +13,9 @@ as `reconcile` builds it. Figures, each a `name: value unit` line:
   30 s, with the agents' default 5-minute heartbeat);
 - watch poll: `poll_hosts()`, which `reconcile watch` runs every `pollInterval` (1 s) on a quiet fleet, after a
   second's heartbeats;
+- warm-start cache (reconciler/shell/warmstart.py): its write after the cold pass (one PUT) and its size; then,
+  after every status was rewritten (the next CI run, a heartbeat interval later), a new process's cold pass
+  from it (`cold_pass_from_warm_start`): only the statuses and what changed are read;
 
 each with its wall time, the client's CPU time (all threads), moto's CPU time, and the requests by kind
 (GET, LIST, PUT) the proxy counted, with what they cost on S3 (us-east-1: GET $0.0004 and PUT/LIST $0.005 per
@@ -513,6 +516,7 @@ def run(hosts: int, rtt_ms: float, *, cold: bool) -> None:
     with servers(hosts, rtt_ms) as running:
         url = f"s3://{BUCKET}/{PREFIX}?endpoint=http://127.0.0.1:{running.proxy_port}"
         reader = StoreReader(open_store(url))
+        reader.writes_warm_start = True  # as the lease holder's reader (`PassRunner`): it leaves the cache
         name = f"s3_{hosts}_hosts"
         if cold:
             result = measured(running, reader.snapshot)
@@ -523,6 +527,11 @@ def run(hosts: int, rtt_ms: float, *, cold: bool) -> None:
             report(f"{name}_cold_pass", result)
         else:
             reader.snapshot()  # the cold pass, not reported: the warm figures below need a warm reader
+        written: list[bool] = []
+        result = measured(running, lambda: written.append(reader.save_warm_start(written_at=datetime.now(UTC))))
+        assert written == [True], "the first cold read left no warm-start cache"
+        report(f"{name}_warm_start_write", result)
+        print(f"{name}_warm_start_size: {warm_start_size(url) / 1e6:.2f} MB")
         quiet = measured(running, reader.snapshot)
         report(f"{name}_warm_pass_quiet", quiet)
 
@@ -534,8 +543,28 @@ def run(hosts: int, rtt_ms: float, *, cold: bool) -> None:
         poll = measured(running, reader.poll_hosts)
         report(f"{name}_watch_poll", poll)
 
+        if cold:
+            # The next `reconcile --once` (CI), a heartbeat interval or more later: every status rewritten since.
+            running.heartbeat(1.0, 3)
+            fresh = StoreReader(open_store(url))
+            result = measured(running, fresh.snapshot)
+            assert fresh.warm_start_misses == 0, fresh.warm_start_misses  # nothing cacheable changed meanwhile
+            assert fresh.warm_start_hits >= 2 * hosts, fresh.warm_start_hits  # registrations and commands at least
+            assert len(fresh.snapshot().observed.statuses) == hosts
+            report(f"{name}_cold_pass_from_warm_start", result)
+            print(f"{name}_cold_pass_from_warm_start_documents_from_cache: {fresh.warm_start_hits} documents")
+
         hour(name, hosts, quiet, poll)
         fleet_rollout(hosts, quiet)
+
+
+def warm_start_size(url: str) -> int:
+    from contract.keys import WARM_START_KEY
+    from contract.store import open_store
+
+    stored = open_store(url).get(WARM_START_KEY)
+    assert stored is not None
+    return len(stored.data)
 
 
 def hour(name: str, hosts: int, quiet: Measured, poll: Measured) -> None:

@@ -61,6 +61,13 @@ EVENTS_PREFIX = "events/"
 FLEET_EVENTS_KEY = "events/fleet.json"
 
 
+CACHE_PREFIX = "cache/"
+#: Written by the reconciler that holds the lease: the documents its last cold read of a remote store fetched that
+#: seldom change, with their versions, so the next process's first pass reads only what changed since
+#: (reconciler/shell/warmstart.py). Only a hint: an entry is used only where a fresh listing shows the same version.
+WARM_START_KEY = "cache/warm-start.json.gz"
+
+
 def deployment_key(deployment_id: str) -> str:
     return f"deployments/{deployment_id}.json"
 

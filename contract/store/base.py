@@ -64,8 +64,9 @@ class StoredObject:
 SMALL_DOCUMENT_LIMIT = 1024 * 1024
 LARGE_DOCUMENT_LIMIT = 32 * 1024 * 1024
 #: The reconciler's documents that grow with the fleet: a deployment holds one entry per host of its group,
-#: a group record its history, an analysis record a measurement per gate, batch and count.
-_LARGE_PREFIXES = ("deployments/", "groups/", "analysis/", "events/")
+#: a group record its history, an analysis record a measurement per gate, batch and count; the warm-start cache
+#: (reconciler/shell/warmstart.py) a compressed copy of the fleet's slow-changing documents (1-2 MB at 10,000 hosts).
+_LARGE_PREFIXES = ("deployments/", "groups/", "analysis/", "events/", "cache/")
 
 
 def read_limit(key: str) -> int:

@@ -10,7 +10,8 @@ group records (the reconciler re-sends a deployment's revision from them, and ro
 good revision: without signatures a store writer could have the reconciler sign a command of its choosing),
 analysis records (a forged "Successful" gate would let a bad canary through), and `config/applied.json` (where
 `repository.verify: strict` starts), the fleet event log and notification cursors (`events/`: a forged one
-could hide a refused command or replay notifications). Not sealed: what agents write (`hosts/`: agents hold no
+could hide a refused command or replay notifications), and the warm-start cache (`cache/`: it stands in for reads of
+all of these). Not sealed: what agents write (`hosts/`: agents hold no
 keys; a forged status can lie about a host but cannot make anything run, docs/trust.md says what it can do) and
 the lease (forging it only stops reconcilers, which deleting the store could do anyway).
 
@@ -30,6 +31,7 @@ from typing import Any
 
 from contract.keys import (
     ANALYSIS_PREFIX,
+    CACHE_PREFIX,
     COMMANDS_PREFIX,
     CONFIG_PREFIX,
     DEPLOYMENTS_PREFIX,
@@ -42,7 +44,8 @@ from contract.store.base import ObjectVersion, Store, StoredObject
 from contract.store.bulk import get_many, read_folders
 
 SEALED_PREFIXES = (
-    COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX
+    COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX,
+    CACHE_PREFIX,
 )
 
 

@@ -65,6 +65,7 @@ from contract.store.bulk import get_many, read_folders
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
+from reconciler.shell import warmstart
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +160,17 @@ class StoreReader:
         #: caller that calls `gc.unfreeze()` when its pass ends (`PassRunner`): frozen objects that die in a
         #: reference cycle are not collected until then.
         self.freeze_cold_reads = False
+        #: Remote stores: the warm-start cache's entries (reconciler/shell/warmstart.py), loaded by this process's
+        #: first snapshot and dropped after it.
+        self._warm: dict[str, warmstart.Cached] = {}
+        self._snapshots_taken = 0
+        #: Set by the lease holder (`PassRunner`) before its first snapshot: keep what that snapshot read of the
+        #: cacheable documents, for `save_warm_start`.
+        self.writes_warm_start = False
+        self._warm_read: dict[str, warmstart.Cached] | None = None
+        #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.
+        self.warm_start_hits = 0
+        self.warm_start_misses = 0
 
     # ----------------------------------------------------------------------------------------------
     # Fetching
@@ -187,7 +199,17 @@ class StoreReader:
                 if (sync.wanted is None or key in sync.wanted)
                 and (key not in table.entries or table.entries[key].version != version)
             ]))
-        fetched = self._fetch([key for _, keys in stale for key in keys])
+        # What the warm-start cache holds at the very version listed is taken from it instead of read.
+        seeded: dict[str, StoredObject | None] = {}
+        if self._warm:
+            for sync, keys in stale:
+                for key in keys:
+                    cached = self._warm.get(key)
+                    if cached is not None and cached.version == sync.listed[key]:
+                        seeded[key] = StoredObject(key, cached.data, cached.version)
+        fetched = self._fetch([key for _, keys in stale for key in keys if key not in seeded])
+        self._note_cold_reads(fetched, seeded)
+        fetched.update(seeded)
         changed: set[str] = set()
         with bulk_parsing():
             for sync, keys in stale:
@@ -203,7 +225,23 @@ class StoreReader:
                     table.listed[key] = stored.version
                     changed.add(key)
                 self.last_fetch_count += len(keys)
+        self.last_fetch_count -= len(seeded)
         return changed
+
+    def _note_cold_reads(self, fetched: Mapping[str, StoredObject | None], seeded: Mapping[str, StoredObject | None]
+                         ) -> None:
+        """During the first snapshot: count what the cache saved, and keep what a new cache would hold."""
+        if self._snapshots_taken:
+            return
+        self.warm_start_hits += len(seeded)
+        self.warm_start_misses += sum(1 for key in fetched if warmstart.cacheable(key))
+        if self._warm_read is None:
+            return
+        for found in (fetched, seeded):
+            for key, stored in found.items():
+                if stored is not None and stored.refused is None and stored.oversize is None \
+                        and warmstart.cacheable(key):
+                    self._warm_read[key] = warmstart.Cached(stored.version, stored.data)
 
     def _list(self, prefix: str) -> list[ObjectVersion]:
         return self.store.list(prefix)
@@ -399,9 +437,26 @@ class StoreReader:
             return self._snapshot()
 
     def _snapshot(self) -> Snapshot:
+        try:
+            return self._read_snapshot()
+        finally:
+            self._snapshots_taken += 1
+            self._warm = {}  # only a first snapshot reads cold
+
+    def _read_snapshot(self) -> Snapshot:
         if self._hosts_cold():
             self._load_hosts()
             listings = self._list_all(_RECORD_PREFIXES)
+        elif not self._local and not self._snapshots_taken:
+            # A remote store's first snapshot: the warm-start cache is read beside the listings (one more request
+            # in the same round trip), then stands in for every document it holds unchanged.
+            if self.writes_warm_start:
+                self._warm_read = {}
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-warm-start") as pool:
+                warm = pool.submit(warmstart.load, self.store)
+                listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
+                self._warm = warm.result()
+            self._sync_hosts(listings[HOSTS_PREFIX])
         else:
             listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
             self._sync_hosts(listings[HOSTS_PREFIX])
@@ -409,7 +464,19 @@ class StoreReader:
         # fingerprint of each of 10,000 hosts costs a tenth of a second.
         self._host_fingerprints = None
         self._sync_records(listings)
+        if self.warm_start_hits or self.warm_start_misses:
+            log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
         return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
+
+    def save_warm_start(self, *, written_at: datetime) -> bool:
+        """After the lease holder's first pass: leave a new warm-start cache when the first snapshot fetched enough
+        cacheable documents to make one worth its PUT (`warmstart.should_write`). Once per process; True when
+        written. Not a decision, so not under the lease's check: every entry is checked against a listing when
+        used, whoever wrote it."""
+        entries, self._warm_read = self._warm_read, None
+        if not entries or not warmstart.should_write(self.warm_start_hits, self.warm_start_misses):
+            return False
+        return warmstart.save(self.store, entries, written_at=written_at)
 
     # ----------------------------------------------------------------------------------------------
     # Kept in step by the executor and the operator commands

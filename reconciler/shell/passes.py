@@ -152,6 +152,7 @@ class PassRunner:
         self.core_settings = CoreSettings.from_settings(settings)
         self.reader = reader or StoreReader(store)
         self.reader.freeze_cold_reads = True  # thawed at the end of every pass (`run_pass`)
+        self.reader.writes_warm_start = True  # a remote store's next cold read starts from this one's (`warmstart`)
         self.traffic = traffic or TrafficShell()
         self.gates = gates or GateShell(clock=clock)
         self.fleet = fleet or FleetShell(clock=clock)
@@ -214,6 +215,9 @@ class PassRunner:
         if self.applied_config is not None and conflict is None:
             self.applied_config.record(desired.commit, before_write=self.lease.ensure)
         self.passes += 1
+        if self.passes == 1:
+            # After the pass's own writes, so a new cache never delays them; what they changed is read next time.
+            self.reader.save_warm_start(written_at=self.clock())
         outcome = PassOutcome(
             number=self.passes,
             commit=desired.commit,

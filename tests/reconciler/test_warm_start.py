@@ -1,0 +1,301 @@
+"""The warm-start cache (reconciler/shell/warmstart.py), on S3 over real HTTP (moto's server behind a counting
+proxy): a later process's first snapshot takes unchanged documents from it instead of GETting them, a changed
+document is read all the same, and a cache that is broken, forged or cannot be written costs only speed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from structlog.testing import capture_logs
+
+from contract.keys import WARM_START_KEY, command_key, registration_key, status_key
+from contract.models import HostRegistration
+from contract.signing import Signer, Trust
+from contract.store import Store, open_store
+from contract.store.base import AccessDenied
+from contract.store.sealed import seal_store
+from reconciler.cli.main import main
+from reconciler.shell import warmstart
+from reconciler.shell.observe import StoreReader
+from tests.conftest import S3Server
+from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
+from tests.store.conftest import s3_url
+from tests.store.s3proxy import S3Proxy, running_proxy
+
+HOSTS = 60  # more than `warmstart.REWRITE_MIN` documents of each kind, so a cold read leaves a cache
+
+# ------------------------------------------------------------------------------------------------
+# The format, alone
+
+
+def _entries(count: int = 3) -> dict[str, warmstart.Cached]:
+    return {registration_key(f"h{i}"): warmstart.Cached(f'"etag-{i}"', b'{"hostId": "h%d"}' % i)
+            for i in range(count)}
+
+
+def test_a_cache_round_trips_and_is_gzip_json_people_can_read() -> None:
+    entries = _entries()
+    data = warmstart.encode(entries, written_at=datetime(2026, 11, 28, tzinfo=UTC))
+    assert warmstart.decode(data) == entries
+    shown = json.loads(gzip.decompress(data))
+    assert shown["format"] == warmstart.FORMAT and shown["writtenAt"].startswith("2026-11-28")
+
+
+def test_a_cache_never_stands_in_for_a_status_or_the_event_log() -> None:
+    """A store writer could put any key in a cache: only `cacheable` ones are taken from it."""
+    entries = {**_entries(1), status_key("h0"): warmstart.Cached('"e"', b"{}"),
+               "events/fleet.json": warmstart.Cached('"e"', b"{}")}
+    assert set(warmstart.decode(warmstart.encode(entries, written_at=datetime.now(UTC)))) == {registration_key("h0")}
+    assert warmstart.cacheable(command_key("h0")) and warmstart.cacheable("hosts/h0/conflicts/i-1.json")
+    assert not warmstart.cacheable("hosts/h0/notes.json") and not warmstart.cacheable(WARM_START_KEY)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"not gzip", "not gzip data"),
+    (warmstart.encode(_entries(), written_at=datetime.now(UTC))[:-12], "truncated"),
+    (gzip.compress(b"[1, 2"), "not JSON"),
+    (gzip.compress(b'{"format": 99, "entries": []}'), "format 99"),
+    (gzip.compress(b'{"format": 1, "entries": [["k", "v"]]}'), "an entry that is not"),
+    (gzip.compress(b'{"format": 1}'), "no list of entries"),
+], ids=["not-gzip", "truncated", "not-json", "other-format", "bad-entry", "no-entries"])
+def test_a_broken_cache_is_refused_with_the_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(warmstart.WarmStartInvalid, match=reason):
+        warmstart.decode(data)
+
+
+def test_a_cache_that_decompresses_past_the_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warmstart, "MAX_UNCOMPRESSED", 1000)
+    bomb = gzip.compress(b'{"format": 1, "entries": [' + b" " * 5000 + b"]}")
+    with pytest.raises(warmstart.WarmStartInvalid, match="more than 1000 bytes"):
+        warmstart.decode(bomb)
+
+
+def test_a_new_cache_is_written_only_when_the_old_one_missed_enough() -> None:
+    assert warmstart.should_write(0, warmstart.REWRITE_MIN + 1)
+    assert not warmstart.should_write(0, warmstart.REWRITE_MIN)  # a small fleet reads fast without one
+    assert not warmstart.should_write(20_000, 52)  # one deployment's commands since: read them, keep the cache
+    assert warmstart.should_write(20_000, 1_200)
+
+
+# ------------------------------------------------------------------------------------------------
+# On S3
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[S3Proxy]:
+    with running_proxy(s3_server.endpoint_url) as running:
+        yield running
+
+
+@pytest.fixture
+def store_url(s3_server: S3Server, proxy: S3Proxy) -> str:
+    bucket = f"warm-{secrets.token_hex(4)}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    return s3_url(s3_server, bucket, endpoint=proxy.endpoint_url)
+
+
+def _gets(proxy: S3Proxy) -> list[str]:
+    return [exchange.path.split("?")[0] for exchange in proxy.exchanges if exchange.method == "GET"
+            and "list-type" not in exchange.path]
+
+
+def _puts(proxy: S3Proxy) -> list[str]:
+    return [exchange.path for exchange in proxy.exchanges if exchange.method == "PUT"]
+
+
+def _once(config: Config, store_url: str, agents: ScriptedAgents) -> int:
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.wait(0.02):
+            agents.answer()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        return main([*config.args(), "--store", store_url, "--once"])
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_the_next_once_reads_only_statuses_and_what_changed(
+    store_url: str, proxy: S3Proxy, tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    monkeypatch.setenv("FLEETSHIFT_RECONCILE_POLL_INTERVAL", "20ms")
+    monkeypatch.setenv("FLEETSHIFT_RECONCILE_HEARTBEAT_TIMEOUT", "60s")
+    monkeypatch.setenv("FLEETSHIFT_LOGGING_FORMAT", "json")
+    store = open_store(store_url)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    agents = ScriptedAgents(store, hosts)
+    agents.register()
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    assert _once(config, store_url, agents) == 0  # rolls out; its first pass read 60 registrations: a cache
+    assert store.get(WARM_START_KEY) is not None
+    assert _once(config, store_url, agents) == 0  # converged; read 60 new commands: a new cache
+    capsys.readouterr()
+    assert main([*config.args(), "--store", store_url, "status", "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+
+    agents.heartbeat()  # every status rewritten, as by the time of the next CI run
+    proxy.clear()
+    capsys.readouterr()
+    # Converged: no agent needs to answer (their polls would be counted too).
+    assert main([*config.args(), "--store", store_url, "--once"]) == 0
+    logs = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    gets = _gets(proxy)
+    assert not [path for path in gets if path.endswith("/registration.json") or "/commands/" in path
+                or "/deployments/" in path or "/groups/" in path], gets
+    assert sum(path.endswith("/status.json") for path in gets) == HOSTS  # what churns is read as always
+    assert sum(path.endswith("/" + WARM_START_KEY) for path in gets) == 1
+    assert not [path for path in _puts(proxy) if WARM_START_KEY in path]  # nothing new to cache
+    (read,) = [entry for entry in logs if entry["event"] == "warm_start.read"]
+    assert read["fetched"] == 0 and read["from_cache"] >= 2 * HOSTS + 2
+
+    capsys.readouterr()
+    assert main([*config.args(), "--store", store_url, "status", "--format", "json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    store.delete(WARM_START_KEY)  # the same question answered by reading every document
+    assert main([*config.args(), "--store", store_url, "status", "--format", "json"]) == 0
+    assert after["groups"] == json.loads(capsys.readouterr().out)["groups"]
+    assert [group["state"] for group in before["groups"]] == ["converged"]
+
+
+@pytest.fixture
+def fleet(store_url: str) -> tuple[Store, list[str]]:
+    """60 hosts' registrations and statuses, and a cache of them left by a first reader."""
+    store = open_store(store_url)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    ScriptedAgents(store, hosts).register()
+    first = StoreReader(store)
+    first.writes_warm_start = True
+    first.snapshot()
+    assert first.save_warm_start(written_at=datetime.now(UTC))
+    return store, hosts
+
+
+def test_a_document_changed_since_the_cache_is_read_not_taken_from_it(fleet: tuple[Store, list[str]],
+                                                                     proxy: S3Proxy) -> None:
+    store, hosts = fleet
+    changed = HostRegistration(host_id=hosts[7], tags={"app": "hello", "rack": "r9"}, platform="linux",
+                               hostname=hosts[7], agent_version="test", registered_at=datetime.now(UTC))
+    store.put(registration_key(hosts[7]), changed.to_json())
+    proxy.clear()
+    reader = StoreReader(store)
+    snapshot = reader.snapshot()
+    assert snapshot.observed.registrations[hosts[7]].tags == {"app": "hello", "rack": "r9"}
+    assert snapshot.observed.registrations[hosts[8]].tags == {"app": "hello"}  # from the cache
+    assert [path for path in _gets(proxy) if path.endswith("/registration.json")] == [
+        path for path in _gets(proxy) if f"/{registration_key(hosts[7])}" in path]
+    assert (reader.warm_start_hits, reader.warm_start_misses) == (HOSTS - 1, 1)
+
+
+def test_a_deleted_document_is_not_resurrected_by_the_cache(fleet: tuple[Store, list[str]]) -> None:
+    store, hosts = fleet
+    store.delete(registration_key(hosts[3]))
+    snapshot = StoreReader(store).snapshot()
+    assert hosts[3] not in snapshot.observed.registrations and len(snapshot.observed.registrations) == HOSTS - 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a cache"])
+def test_a_broken_cache_is_ignored_and_everything_read(fleet: tuple[Store, list[str]], damage: str) -> None:
+    store, _ = fleet
+    stored = store.get(WARM_START_KEY)
+    assert stored is not None
+    store.put(WARM_START_KEY, stored.data[: len(stored.data) // 2] if damage == "truncated" else b"{}")
+    reader = StoreReader(store)
+    with capture_logs() as logs:
+        snapshot = reader.snapshot()
+    assert len(snapshot.observed.registrations) == HOSTS
+    assert (reader.warm_start_hits, reader.warm_start_misses) == (0, HOSTS)
+    assert [entry["event"] for entry in logs if entry["event"].startswith("warm_start.")] == [
+        "warm_start.ignored", "warm_start.read"]
+
+
+def test_with_signing_only_a_cache_the_reconciler_sealed_is_used(store_url: str) -> None:
+    """A store writer without the key cannot make the reconciler take a document from a cache: a plain or
+    foreign-signed one is refused like a forged command would be."""
+    raw = open_store(store_url)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    ScriptedAgents(raw, hosts).register()
+    signer = Signer.generate("reconciler")
+    sealed = seal_store(raw, signer=signer, trust=Trust([signer.public]))
+    writer = StoreReader(sealed)
+    writer.writes_warm_start = True
+    writer.snapshot()
+    assert writer.save_warm_start(written_at=datetime.now(UTC))
+    stored = raw.get(WARM_START_KEY)
+    assert stored is not None and stored.data.startswith(b'{"fleetshiftSigned"')
+
+    reader = StoreReader(sealed)
+    reader.snapshot()
+    assert reader.warm_start_hits == HOSTS
+
+    # The same entries with a forged registration, written by someone without the reconciler's key.
+    entries = warmstart.decode(sealed.get(WARM_START_KEY).data)  # type: ignore[union-attr]
+    victim = registration_key(hosts[0])
+    forged = json.loads(entries[victim].data)
+    forged["tags"] = {"app": "forged"}
+    entries[victim] = warmstart.Cached(entries[victim].version, json.dumps(forged).encode())
+    for forger in (raw, seal_store(raw, signer=Signer.generate("attacker"))):
+        forger.put(WARM_START_KEY, warmstart.encode(entries, written_at=datetime.now(UTC)))
+        reader = StoreReader(sealed)
+        with capture_logs() as logs:
+            snapshot = reader.snapshot()
+        assert snapshot.observed.registrations[hosts[0]].tags == {"app": "hello"}
+        assert (reader.warm_start_hits, reader.warm_start_misses) == (0, HOSTS)
+        (ignored,) = [entry for entry in logs if entry["event"] == "warm_start.ignored"]
+        assert "signature" in ignored["reason"]
+
+
+class _NoCacheWrites:
+    """The S3 store as a reconciler sees it when its IAM policy has no `cache/` (a policy from before the cache)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: bytes) -> str:
+        if key.startswith("cache/"):
+            raise AccessDenied(f"Access Denied (AccessDenied) writing {key}")
+        return self.inner.put(key, data)
+
+
+def test_a_cache_that_cannot_be_written_is_logged_and_costs_nothing_else(store_url: str) -> None:
+    store = open_store(store_url)
+    ScriptedAgents(store, [f"h{i:02d}" for i in range(HOSTS)]).register()
+    reader = StoreReader(_NoCacheWrites(store))  # type: ignore[arg-type]
+    reader.writes_warm_start = True
+    reader.snapshot()
+    with capture_logs() as logs:
+        assert not reader.save_warm_start(written_at=datetime.now(UTC))
+    (warning,) = logs
+    assert warning["event"] == "warm_start.not_written" and "AccessDenied" in warning["error"]
+    assert store.get(WARM_START_KEY) is None
+    assert not reader.save_warm_start(written_at=datetime.now(UTC))  # once per process
+
+
+def test_a_file_store_neither_reads_nor_writes_one(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    store = open_store(f"file://{tmp_path}/store")
+    ScriptedAgents(store, [f"h{i:02d}" for i in range(HOSTS)]).register()
+    reader = StoreReader(store)
+    reader.writes_warm_start = True
+    reader.snapshot()
+    assert not reader.save_warm_start(written_at=datetime.now(UTC))
+    assert store.get(WARM_START_KEY) is None
