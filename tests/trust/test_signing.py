@@ -346,7 +346,7 @@ def test_an_rsa_blob_under_the_ed25519_label_is_refused() -> None:
 
 SEALED_KEYS = [command_key("web-1"), traffic_key("web-1"), "deployments/d-000000007.json",
                group_state_key("hello", "web"), "analysis/d-000000007.json", "config/applied.json",
-               "events/fleet.json", "events/notifications/oncall.json"]
+               "events/fleet.json", "events/notifications/oncall.json", "cache/warm-start.json.gz"]
 PLAIN_KEYS = [status_key("web-1"), "hosts/web-1/registration.json", "leases/reconciler.json"]
 
 
