@@ -7,7 +7,7 @@ decide on one thing: `retryable`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
@@ -58,6 +58,11 @@ class StoredObject:
     #: Why a signed document was refused (contract/store/sealed.py): `data` is then empty, and
     #: `contract.store.docs.parse_document` raises `DocumentRefused`.
     refused: str | None = None
+    #: The bytes as the backend holds them, where a wrapper replaced `data` (a sealed key's envelope, opened or
+    #: refused): what the warm-start cache keeps, so that each entry is checked again when it is used
+    #: (`contract.store.bulk.open_raw`), against the keys trusted then. Bookkeeping, not part of what was read:
+    #: left out of comparisons.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 #: Read limits per document, in bytes (see `read_limit`).

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from contract.store.base import ObjectVersion, PreconditionFailed, Store, StoredObject, StoreError
-from contract.store.bulk import get_many, read_folders
+from contract.store.bulk import get_many, open_raw, read_folders
 
 #: Every operation name `observe` can be called with.
 OPERATIONS = ("get", "put", "put_if_absent", "put_if_version", "delete", "list")
@@ -88,6 +88,10 @@ class InstrumentedStore:
         for _ in found:
             self._observe("get", False)
         return found
+
+    def open_raw(self, objects: Sequence[StoredObject]) -> list[StoredObject]:
+        """`bulk.open_raw` through the wrapped store; not counted: nothing is asked of the store."""
+        return open_raw(self.inner, objects)
 
     def put(self, key: str, data: bytes) -> str:
         return self._counted("put", lambda: self.inner.put(key, data))

@@ -41,7 +41,7 @@ from contract.keys import (
 )
 from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
 from contract.store.base import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, read_folders
+from contract.store.bulk import get_many, open_raw, read_folders
 
 SEALED_PREFIXES = (
     COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX,
@@ -123,13 +123,17 @@ class SealedStore:
     def open(self, stored: StoredObject) -> StoredObject:
         """A stored object of a sealed key with its payload in place of the envelope, or `refused` set."""
         if self.trust is None:
-            return dataclasses.replace(stored, data=unwrap(stored.data))
+            return dataclasses.replace(stored, data=unwrap(stored.data), raw=stored.data)
         try:
             payload, _ = open_envelope(stored.data, trust=self.trust, audience=self.audience, key=stored.key,
                                        mac_key=self._mac_key)
         except Refused as exc:
-            return dataclasses.replace(stored, data=b"", refused=str(exc))
-        return dataclasses.replace(stored, data=payload)
+            return dataclasses.replace(stored, data=b"", refused=str(exc), raw=stored.data)
+        return dataclasses.replace(stored, data=payload, raw=stored.data)
+
+    def open_raw(self, objects: Sequence[StoredObject]) -> list[StoredObject]:
+        """Objects read earlier as the backend holds them (`raw`), each checked now as `get` would check it."""
+        return [self._checked(stored) for stored in open_raw(self.inner, objects)]
 
     def seal(self, key: str, data: bytes) -> bytes:
         if self.signer is None or not is_sealed_key(key):

@@ -61,7 +61,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, read_folders
+from contract.store.bulk import get_many, open_raw, read_folders
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
@@ -171,6 +171,8 @@ class StoreReader:
         #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.
         self.warm_start_hits = 0
         self.warm_start_misses = 0
+        #: True only while a remote store's first snapshot reads: what `_note_cold_reads` counts and keeps.
+        self._cold_remote_read = False
 
     # ----------------------------------------------------------------------------------------------
     # Fetching
@@ -199,14 +201,16 @@ class StoreReader:
                 if (sync.wanted is None or key in sync.wanted)
                 and (key not in table.entries or table.entries[key].version != version)
             ]))
-        # What the warm-start cache holds at the very version listed is taken from it instead of read.
-        seeded: dict[str, StoredObject | None] = {}
+        # What the warm-start cache holds at the very version listed is taken from it instead of read, and checked
+        # as a read would be (a signed record's envelope against the keys trusted now).
+        cached: list[StoredObject] = []
         if self._warm:
             for sync, keys in stale:
                 for key in keys:
-                    cached = self._warm.get(key)
-                    if cached is not None and cached.version == sync.listed[key]:
-                        seeded[key] = StoredObject(key, cached.data, cached.version)
+                    entry = self._warm.get(key)
+                    if entry is not None and entry.version == sync.listed[key]:
+                        cached.append(StoredObject(key, entry.data, entry.version))
+        seeded: dict[str, StoredObject | None] = {stored.key: stored for stored in open_raw(self.store, cached)}
         fetched = self._fetch([key for _, keys in stale for key in keys if key not in seeded])
         self._note_cold_reads(fetched, seeded)
         fetched.update(seeded)
@@ -230,18 +234,21 @@ class StoreReader:
 
     def _note_cold_reads(self, fetched: Mapping[str, StoredObject | None], seeded: Mapping[str, StoredObject | None]
                          ) -> None:
-        """During the first snapshot: count what the cache saved, and keep what a new cache would hold."""
-        if self._snapshots_taken:
+        """During a remote store's first snapshot: count what the cache saved and what it would have saved, and
+        keep what a new cache would hold (the bytes as the backend holds them, refused records included: used
+        from the cache they are refused again, as a GET of them would be)."""
+        if not self._cold_remote_read:
             return
         self.warm_start_hits += len(seeded)
-        self.warm_start_misses += sum(1 for key in fetched if warmstart.cacheable(key))
-        if self._warm_read is None:
-            return
         for found in (fetched, seeded):
             for key, stored in found.items():
-                if stored is not None and stored.refused is None and stored.oversize is None \
-                        and warmstart.cacheable(key):
-                    self._warm_read[key] = warmstart.Cached(stored.version, stored.data)
+                if stored is None or stored.oversize is not None or not warmstart.cacheable(key):
+                    continue
+                if found is fetched:
+                    self.warm_start_misses += 1
+                if self._warm_read is not None:
+                    self._warm_read[key] = warmstart.Cached(
+                        stored.version, stored.raw if stored.raw is not None else stored.data)
 
     def _list(self, prefix: str) -> list[ObjectVersion]:
         return self.store.list(prefix)
@@ -447,25 +454,40 @@ class StoreReader:
         if self._hosts_cold():
             self._load_hosts()
             listings = self._list_all(_RECORD_PREFIXES)
-        elif not self._local and not self._snapshots_taken:
-            # A remote store's first snapshot: the warm-start cache is read beside the listings (one more request
-            # in the same round trip), then stands in for every document it holds unchanged.
+        elif self._remote_cold():
+            # A remote store's first read: the warm-start cache is read beside the listings (one more request in
+            # the same round trip), then stands in for every document it holds unchanged.
             if self.writes_warm_start:
                 self._warm_read = {}
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-warm-start") as pool:
                 warm = pool.submit(warmstart.load, self.store)
                 listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
                 self._warm = warm.result()
-            self._sync_hosts(listings[HOSTS_PREFIX])
+            self._cold_remote_read = True
+            try:
+                self._sync_hosts(listings[HOSTS_PREFIX])
+                self._sync_records(listings)
+            finally:
+                self._cold_remote_read = False
+            log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
+            return self._finish_snapshot()
         else:
             listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
             self._sync_hosts(listings[HOSTS_PREFIX])
+        self._sync_records(listings)
+        return self._finish_snapshot()
+
+    def _remote_cold(self) -> bool:
+        """Nothing read yet from a remote store (not even by `poll_hosts` or `records`): the one read the warm-start
+        cache is for, and the only one whose documents a new cache is made of."""
+        tables = (self._registrations, self._statuses, self._conflicts, self._groups, self._deployments,
+                  self._commands, self._traffic, self._fleet_events)
+        return not self._local and not self._snapshots_taken and not any(table.listed for table in tables)
+
+    def _finish_snapshot(self) -> Snapshot:
         # What `poll_hosts` compares against, computed there on first use: `--once` never polls, and a
         # fingerprint of each of 10,000 hosts costs a tenth of a second.
         self._host_fingerprints = None
-        self._sync_records(listings)
-        if self.warm_start_hits or self.warm_start_misses:
-            log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
         return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
 
     def save_warm_start(self, *, written_at: datetime) -> bool:
@@ -477,6 +499,11 @@ class StoreReader:
         if not entries or not warmstart.should_write(self.warm_start_hits, self.warm_start_misses):
             return False
         return warmstart.save(self.store, entries, written_at=written_at)
+
+    def discard_warm_start(self) -> None:
+        """Let go of what a new cache would have held (a first pass that failed): a standby `watch` must not keep
+        the fleet's documents twice for hours."""
+        self._warm_read = None
 
     # ----------------------------------------------------------------------------------------------
     # Kept in step by the executor and the operator commands

@@ -170,6 +170,7 @@ class PassRunner:
             return self._run_pass(desired, before_decide)
         finally:
             gc.unfreeze()  # what a cold read froze (`StoreReader.freeze_cold_reads`) is the collector's again
+            self.reader.discard_warm_start()  # written by the first pass that completes, or never
 
     def _run_pass(self, desired: Desired, before_decide: Callable[[Snapshot], None] | None) -> PassOutcome:
         started = time.monotonic()

@@ -7,19 +7,21 @@ last process read them: registrations (written when an agent starts), commands, 
 group records (written when something happens), conflict records. Only the statuses churn: every agent rewrites
 its own at each heartbeat (5 minutes by default), so a CI run finds them all new and they are not cached.
 
-What: `cache/warm-start.json.gz` (`contract.keys.WARM_START_KEY`), one gzip-compressed JSON document holding, for
-each of those documents, its key, the version its listing showed and its bytes as read (after any signature
-check). The lease holder writes it after its first pass when that pass's cold read fetched more than
-`REWRITE_MIN` of them and more than `REWRITE_SHARE` of all (so not on every run: it is ~1.5 MB at 10,000 hosts,
-one PUT). The next process's first snapshot loads it beside its listings and takes an entry in place of a GET
-only where the listing shows the very same version (an S3 ETag changes with every write); everything else is
-read as before. So the cache may be missing, old, deleted or unreadable at any time: a stale entry costs one GET,
-never a wrong document, and a cache that cannot be used costs what a cold read cost before it existed.
+What: `cache/warm-start.json.gz` (`contract.keys.WARM_START_KEY`), gzip-compressed JSON lines: a header, then
+for each of those documents its key, the version its listing showed and its bytes as the backend holds them (a
+signed record's envelope, not its payload). The lease holder writes it after its first pass when that pass's
+cold read fetched more than `REWRITE_MIN` of them and more than `REWRITE_SHARE` of all (so not on every run: it
+is ~1 MB at 10,000 hosts unsigned, one PUT). The next process's first snapshot loads it beside its listings and
+takes an entry in place of a GET only where the listing shows the very same version; everything else is read as
+before. An S3 ETag is a digest of the object's bytes (or, for an encrypted object, new at every write), so the
+same ETag means the same bytes a GET would return. So the cache may be missing, old, deleted or unreadable at
+any time: a stale entry costs one GET, never a wrong document, and a cache that cannot be used costs what a cold
+read cost before it existed.
 
-Trust: with signing configured it is sealed like the records it stands in for (`cache/` is one of
-`contract.store.sealed.SEALED_PREFIXES`): an entry for a command is only used from a cache that carries the
-reconciler's signature, as the command itself did. A cache that fails the check is ignored (logged) and every
-document is read and checked one by one. Without signing it is trusted as much as any record is.
+Trust: every entry goes through the same checks a GET's answer would (`contract.store.bulk.open_raw`): a signed
+record's envelope is verified against the keys trusted now, so a key taken out of `trustedKeys` stops counting
+for cached records as it does for stored ones. The cache itself is sealed too (`cache/` is one of
+`contract.store.sealed.SEALED_PREFIXES`): one that fails the check is ignored (logged) and every document read.
 
 Crash safety: one PUT, which S3 applies whole or not at all, so a kill -9 before, during or after it leaves the
 previous cache or the new one, either usable; a store without atomic writes that left it truncated gets it
@@ -49,6 +51,7 @@ from contract.keys import (
     WARM_START_KEY,
 )
 from contract.store import Store, StoreError
+from contract.store.base import read_limit
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +61,11 @@ REWRITE_MIN = 50
 #: ...and more than this share of them: after one 50-host deployment the next run reads those 52 documents
 #: (commands, deployment, group record) rather than rewrite a cache of 20,000.
 REWRITE_SHARE = 0.05
-#: The most a cache may decompress to (a store writer's gzip bomb must not take the reconciler to gigabytes):
-#: ten times what 100,000 hosts need.
-MAX_UNCOMPRESSED = 1024 * 1024 * 1024
+#: The most a cache may decompress to, so that a store writer's gzip bomb costs a log line: about what a
+#: 100,000-host fleet's cache holds with signed records (unsigned, ~120 MB). Read a piece at a time, so the
+#: process holds the entries, not the text as well.
+MAX_UNCOMPRESSED = 256 * 1024 * 1024
+_PIECE = 1024 * 1024
 #: Fast and still about a tenth of the JSON: the write is at most once per process.
 _COMPRESS_LEVEL = 1
 
@@ -71,7 +76,7 @@ class WarmStartInvalid(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Cached:
-    """One document's bytes as read, and the version they were read at."""
+    """One document's bytes as the backend holds them, and the version they were read at."""
 
     version: str
     data: bytes
@@ -95,49 +100,85 @@ def should_write(hits: int, misses: int) -> bool:
 
 
 def encode(entries: Mapping[str, Cached], *, written_at: datetime) -> bytes:
-    """The cache's bytes. Documents that are not UTF-8 text (none of ours) are left out: they are read as before."""
-    listed: list[list[str]] = []
+    """The cache's bytes, compressed a line at a time (a 100,000-host cache is never one string in memory).
+    Documents that are not UTF-8 text (none of ours) are left out: they are read as before."""
+    compressor = zlib.compressobj(_COMPRESS_LEVEL, wbits=31)  # 31: the gzip format, so `zcat` shows it
+    header = {"format": FORMAT, "writtenAt": written_at.isoformat()}
+    parts = [compressor.compress(json.dumps(header, separators=(",", ":")).encode() + b"\n")]
     for key in sorted(entries):
         entry = entries[key]
         try:
-            listed.append([key, entry.version, entry.data.decode()])
+            line = json.dumps([key, entry.version, entry.data.decode()], separators=(",", ":"))
         except UnicodeDecodeError:
             continue
-    document = {"format": FORMAT, "writtenAt": written_at.isoformat(), "entries": listed}
-    compressor = zlib.compressobj(_COMPRESS_LEVEL, wbits=31)  # 31: the gzip format, so `zcat` shows it
-    return compressor.compress(json.dumps(document, separators=(",", ":")).encode()) + compressor.flush()
+        parts.append(compressor.compress(line.encode() + b"\n"))
+    parts.append(compressor.flush())
+    return b"".join(parts)
 
 
 def decode(data: bytes) -> dict[str, Cached]:
-    """The entries of a cache; `WarmStartInvalid` when it is not one this version can use. Entries for keys that
-    are not `cacheable` are dropped: a cache must never stand in for a status."""
+    """The entries of a cache; `WarmStartInvalid` when it is not one this version can use. Decompressed a piece
+    at a time, within `MAX_UNCOMPRESSED` in all. Entries for keys that are not `cacheable` are dropped (a cache
+    must never stand in for a status), and so are documents bigger than their key's read limit (a GET would not
+    read them either)."""
     decompressor = zlib.decompressobj(wbits=31)
-    try:
-        text = decompressor.decompress(data, MAX_UNCOMPRESSED)
-    except zlib.error as exc:
-        raise WarmStartInvalid(f"not gzip data ({exc})") from None
-    if decompressor.unconsumed_tail:
-        raise WarmStartInvalid(f"it decompresses to more than {MAX_UNCOMPRESSED} bytes")
+    found: dict[str, Cached] = {}
+    header: object = None
+    total = 0
+    pending = b""
+    chunk = data
+    while True:
+        try:
+            piece = decompressor.decompress(chunk, _PIECE)
+        except zlib.error as exc:
+            raise WarmStartInvalid(f"not gzip data ({exc})") from None
+        chunk = decompressor.unconsumed_tail
+        total += len(piece)
+        if total > MAX_UNCOMPRESSED:
+            raise WarmStartInvalid(f"it decompresses to more than {MAX_UNCOMPRESSED} bytes")
+        lines = (pending + piece).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if header is None:
+                header = _header(line)
+            else:
+                _entry(line, found)
+        if not piece and not chunk:
+            break
     if not decompressor.eof:
         raise WarmStartInvalid("truncated")
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise WarmStartInvalid(f"not JSON ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        shown = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise WarmStartInvalid(f"format {shown!r}, this version reads {FORMAT}")
-    entries = document.get("entries")
-    if not isinstance(entries, list):
-        raise WarmStartInvalid("no list of entries")
-    found: dict[str, Cached] = {}
-    for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(part, str) for part in entry)):
-            raise WarmStartInvalid("an entry that is not [key, version, document]")
-        key, version, body = entry
-        if cacheable(key):
-            found[key] = Cached(version, body.encode())
+    if pending or header is None:
+        raise WarmStartInvalid("truncated" if header is not None else "empty")
     return found
+
+
+def _header(line: bytes) -> dict[str, object]:
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
+        raise WarmStartInvalid(f"a header that is not JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        shown = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise WarmStartInvalid(f"format {shown!r}, this version reads {FORMAT}")
+    return header
+
+
+def _entry(line: bytes, found: dict[str, Cached]) -> None:
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        raise WarmStartInvalid(f"an entry that is not JSON ({exc})") from None
+    if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(part, str) for part in entry)):
+        raise WarmStartInvalid("an entry that is not [key, version, document]")
+    key, version, body = entry
+    if not cacheable(key):
+        return
+    try:
+        data = body.encode()
+    except UnicodeEncodeError:  # a lone surrogate: JSON can say it, UTF-8 cannot
+        raise WarmStartInvalid(f"an entry for {key} that is not text") from None
+    if len(data) <= read_limit(key):
+        found[key] = Cached(version, data)
 
 
 def load(store: Store) -> dict[str, Cached]:
@@ -160,6 +201,8 @@ def load(store: Store) -> dict[str, Cached]:
             return decode(stored.data)
         except WarmStartInvalid as exc:
             problem = str(exc)
+        except (ValueError, TypeError, RecursionError) as exc:  # a shape `decode` did not foresee: still a hint
+            problem = f"{type(exc).__name__}: {exc}"
     log.warning("warm_start.ignored", key=WARM_START_KEY, version=stored.version, reason=problem)
     return {}
 

@@ -8,6 +8,7 @@ import gzip
 import json
 import secrets
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -18,7 +19,7 @@ from contract.keys import WARM_START_KEY, command_key, registration_key, status_
 from contract.models import HostRegistration
 from contract.signing import Signer, Trust
 from contract.store import Store, open_store
-from contract.store.base import AccessDenied
+from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied
 from contract.store.sealed import seal_store
 from reconciler.cli.main import main
 from reconciler.shell import warmstart
@@ -39,41 +40,59 @@ def _entries(count: int = 3) -> dict[str, warmstart.Cached]:
             for i in range(count)}
 
 
-def test_a_cache_round_trips_and_is_gzip_json_people_can_read() -> None:
+def test_a_cache_round_trips_and_is_gzip_json_lines_people_can_read() -> None:
     entries = _entries()
     data = warmstart.encode(entries, written_at=datetime(2026, 11, 28, tzinfo=UTC))
     assert warmstart.decode(data) == entries
-    shown = json.loads(gzip.decompress(data))
-    assert shown["format"] == warmstart.FORMAT and shown["writtenAt"].startswith("2026-11-28")
+    header, *lines = gzip.decompress(data).decode().splitlines()
+    assert json.loads(header)["format"] == warmstart.FORMAT and json.loads(header)["writtenAt"].startswith("2026-11-28")
+    assert [json.loads(line)[0] for line in lines] == sorted(entries)
 
 
-def test_a_cache_never_stands_in_for_a_status_or_the_event_log() -> None:
-    """A store writer could put any key in a cache: only `cacheable` ones are taken from it."""
+def test_a_cache_never_stands_in_for_a_status_the_event_log_or_a_document_too_big_to_read() -> None:
+    """A store writer could put any key in a cache: only `cacheable` ones are taken from it, and only at sizes a
+    GET would read."""
     entries = {**_entries(1), status_key("h0"): warmstart.Cached('"e"', b"{}"),
-               "events/fleet.json": warmstart.Cached('"e"', b"{}")}
+               "events/fleet.json": warmstart.Cached('"e"', b"{}"),
+               command_key("big"): warmstart.Cached('"e"', b" " * (SMALL_DOCUMENT_LIMIT + 1))}
     assert set(warmstart.decode(warmstart.encode(entries, written_at=datetime.now(UTC)))) == {registration_key("h0")}
     assert warmstart.cacheable(command_key("h0")) and warmstart.cacheable("hosts/h0/conflicts/i-1.json")
     assert not warmstart.cacheable("hosts/h0/notes.json") and not warmstart.cacheable(WARM_START_KEY)
 
 
+_HEADER = b'{"format": 1, "writtenAt": "2026-11-28T00:00:00+00:00"}\n'
+
+
 @pytest.mark.parametrize(("data", "reason"), [
     (b"not gzip", "not gzip data"),
     (warmstart.encode(_entries(), written_at=datetime.now(UTC))[:-12], "truncated"),
-    (gzip.compress(b"[1, 2"), "not JSON"),
-    (gzip.compress(b'{"format": 99, "entries": []}'), "format 99"),
-    (gzip.compress(b'{"format": 1, "entries": [["k", "v"]]}'), "an entry that is not"),
-    (gzip.compress(b'{"format": 1}'), "no list of entries"),
-], ids=["not-gzip", "truncated", "not-json", "other-format", "bad-entry", "no-entries"])
+    (gzip.compress(_HEADER + b'["hosts/h0/registration.json", "v"'), "truncated"),
+    (gzip.compress(b"[1, 2\n"), "header that is not JSON"),
+    (gzip.compress(b'{"format": 99}\n'), "format 99"),
+    (gzip.compress(_HEADER + b'["k", "v"]\n'), "an entry that is not"),
+    (gzip.compress(_HEADER + b'["k", "v", \n'), "an entry that is not JSON"),
+    (gzip.compress(_HEADER + b'["hosts/h0/registration.json", "v", "\\ud800"]\n'), "not text"),
+    (gzip.compress(b""), "empty"),
+], ids=["not-gzip", "cut-gzip", "cut-line", "header-not-json", "other-format", "bad-entry", "entry-not-json",
+        "lone-surrogate", "empty"])
 def test_a_broken_cache_is_refused_with_the_reason(data: bytes, reason: str) -> None:
     with pytest.raises(warmstart.WarmStartInvalid, match=reason):
         warmstart.decode(data)
 
 
-def test_a_cache_that_decompresses_past_the_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(warmstart, "MAX_UNCOMPRESSED", 1000)
-    bomb = gzip.compress(b'{"format": 1, "entries": [' + b" " * 5000 + b"]}")
-    with pytest.raises(warmstart.WarmStartInvalid, match="more than 1000 bytes"):
-        warmstart.decode(bomb)
+def test_a_cache_that_decompresses_past_the_bound_is_refused_without_holding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(warmstart, "MAX_UNCOMPRESSED", 3 * 1024 * 1024)
+    bomb = gzip.compress(_HEADER + b" " * (64 * 1024 * 1024))  # 64 MiB of spaces: 64 KB compressed
+    tracemalloc.start()
+    try:
+        with pytest.raises(warmstart.WarmStartInvalid, match="more than 3145728 bytes"):
+            warmstart.decode(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024  # pieces of 1 MiB, never the whole
 
 
 def test_a_new_cache_is_written_only_when_the_old_one_missed_enough() -> None:
@@ -299,3 +318,55 @@ def test_a_file_store_neither_reads_nor_writes_one(tmp_path: object) -> None:
     reader.snapshot()
     assert not reader.save_warm_start(written_at=datetime.now(UTC))
     assert store.get(WARM_START_KEY) is None
+
+
+def test_a_key_taken_out_of_trust_stops_counting_for_cached_records_too(store_url: str) -> None:
+    """The cache keeps signed records as stored (envelopes) and each is checked when used: after a key rotation
+    (docs/trust.md), records only the old key signed are refused from the cache exactly as they are from the
+    store, though the cache itself was sealed with the new key during the overlap."""
+    from tests.trust.test_signing import host_command
+
+    raw = open_store(store_url)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    ScriptedAgents(raw, hosts).register()
+    old, new = Signer.generate("old"), Signer.generate("new")
+    writer = seal_store(raw, signer=old, trust=Trust([old.public]))
+    for host in hosts:
+        writer.put(command_key(host), host_command(host).to_json())
+
+    overlap = StoreReader(seal_store(raw, signer=new, trust=Trust([new.public, old.public])))
+    overlap.writes_warm_start = True
+    assert len(overlap.snapshot().state.commands) == HOSTS
+    assert overlap.save_warm_start(written_at=datetime.now(UTC))
+
+    after = seal_store(raw, signer=new, trust=Trust([new.public]))
+    without_cache = StoreReader(_NoCacheReads(after))  # type: ignore[arg-type]
+    assert without_cache.snapshot().state.commands == {}
+    reader = StoreReader(after)
+    with capture_logs() as logs:
+        snapshot = reader.snapshot()
+    assert reader.warm_start_hits == 2 * HOSTS  # the commands were taken from the cache...
+    assert snapshot.state.commands == {}  # ...and refused there, as from the store
+    assert len(snapshot.observed.registrations) == HOSTS
+    assert sum(entry["event"] == "observe.unreadable" for entry in logs) == HOSTS
+
+
+class _NoCacheReads(_NoCacheWrites):
+    def get(self, key: str, *, if_version_not: str | None = None) -> object:
+        return None if key.startswith("cache/") else self.inner.get(key, if_version_not=if_version_not)
+
+
+def test_a_reader_logs_what_the_cache_saved_once_and_a_file_store_never(store_url: str, tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    for url in (store_url, f"file://{tmp_path}/store"):
+        store = open_store(url)
+        ScriptedAgents(store, ["h1", "h2"]).register()
+        reader = StoreReader(store)
+        with capture_logs() as logs:
+            reader.snapshot()
+            reader.snapshot()
+        read = [entry for entry in logs if entry["event"].startswith("warm_start.")]
+        assert read == ([{"event": "warm_start.read", "from_cache": 0, "fetched": 2, "log_level": "info"}]
+                        if url == store_url else [])
