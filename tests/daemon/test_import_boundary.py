@@ -20,8 +20,9 @@ def loaded_after(probe: str, roots: tuple[str, ...]) -> list[str]:
     """The modules under `roots` that a fresh interpreter has loaded after running `probe`."""
     code = "import json, sys\n" + probe + _LOADED.format(roots=roots)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    # The last line: a log line of a thread (which may lack its newline) can come before it.
-    loaded: list[str] = json.loads(result.stdout.rsplit("\nloaded:", 1)[1])
+    # A log line of a thread (which may lack its newline) can come before it, and one of a thread stopping as the
+    # interpreter exits (the command watch's) after it: the JSON is read up to its own end.
+    loaded: list[str] = json.JSONDecoder().raw_decode(result.stdout.rsplit("\nloaded:", 1)[1].lstrip())[0]
     return loaded
 
 
