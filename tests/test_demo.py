@@ -42,7 +42,10 @@ def test_demo_rolls_out_fails_on_the_canary_and_rolls_back(tmp_path: Path) -> No
         capture_output=True, text=True, timeout=300, check=False,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    # On failure, the demo's own summary (which check failed: exit codes, failed requests, events, metrics)
+    # and the end of the logs.
+    summary = result.stdout[result.stdout.rfind("Summary"):][:3000]
+    assert result.returncode == 0, f"{summary}\n...\n{result.stderr[-3000:]}"
     assert "the canary batch failed on host-1" in output
     # The CI log says why, from the agent's own report: event, script, exit code, and the service's traceback.
     assert "host-1 failed: ValidateService failed: scripts/validate.sh exited with code 1" in output
