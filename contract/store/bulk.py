@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from contract.store.base import Store, StoredObject, StoreError, check_key
 
@@ -78,12 +79,19 @@ def open_raw(store: Store, objects: Sequence[StoredObject]) -> list[StoredObject
     """Objects read earlier as the backend holds them (their `raw` bytes, or `data` where no wrapper changed it),
     each as `store.get` would return it now: the signing wrapper checks a sealed key's envelope against the keys
     trusted now. For the warm-start cache (reconciler/shell/warmstart.py), which stands in for reads. A store
-    without wrappers returns them as they are."""
+    without wrappers returns them as they are; a wrapper without its own `open_raw` returns none of them."""
+    # Objects a wrapper already opened go back to their stored bytes first.
+    stored = [replace(item, data=item.raw, raw=None, refused=None) if item.raw is not None else item
+              for item in objects]
     own = getattr(type(store), "open_raw", None)
     if own is not None:
-        opened: list[StoredObject] = own(store, objects)
+        opened: list[StoredObject] = own(store, stored)
         return opened
-    return list(objects)
+    if hasattr(store, "inner"):
+        # A wrapper that does not say how its reads change what the backend holds: none is vouched for, so the
+        # caller reads them all.
+        return []
+    return stored
 
 
 def _check_folder_read(prefix: str, names: Sequence[str]) -> None:

@@ -163,6 +163,7 @@ class StoreReader:
         #: Remote stores: the warm-start cache's entries (reconciler/shell/warmstart.py), loaded by this process's
         #: first snapshot and dropped after it.
         self._warm: dict[str, warmstart.Cached] = {}
+        self._warm_loaded = False
         self._snapshots_taken = 0
         #: Set by the lease holder (`PassRunner`) before its first snapshot: keep what that snapshot read of the
         #: cacheable documents, for `save_warm_start`.
@@ -444,11 +445,12 @@ class StoreReader:
             return self._snapshot()
 
     def _snapshot(self) -> Snapshot:
-        try:
-            return self._read_snapshot()
-        finally:
-            self._snapshots_taken += 1
-            self._warm = {}  # only a first snapshot reads cold
+        snapshot = self._read_snapshot()
+        # Only a first snapshot reads cold; one that failed (a store outage) leaves the cache's entries for the
+        # retry, which uses those a listing still shows.
+        self._snapshots_taken += 1
+        self._warm = {}
+        return snapshot
 
     def _read_snapshot(self) -> Snapshot:
         if self._hosts_cold():
@@ -459,10 +461,14 @@ class StoreReader:
             # the same round trip), then stands in for every document it holds unchanged.
             if self.writes_warm_start:
                 self._warm_read = {}
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-warm-start") as pool:
-                warm = pool.submit(warmstart.load, self.store)
+            if self._warm_loaded:
                 listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
-                self._warm = warm.result()
+            else:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-warm-start") as pool:
+                    warm = pool.submit(warmstart.load, self.store)
+                    listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
+                    self._warm = warm.result()
+                self._warm_loaded = True
             self._cold_remote_read = True
             try:
                 self._sync_hosts(listings[HOSTS_PREFIX])

@@ -8,7 +8,7 @@ group records (written when something happens), conflict records. Only the statu
 its own at each heartbeat (5 minutes by default), so a CI run finds them all new and they are not cached.
 
 What: `cache/warm-start.json.gz` (`contract.keys.WARM_START_KEY`), gzip-compressed JSON lines: a header, then
-for each of those documents its key, the version its listing showed and its bytes as the backend holds them (a
+for each of those documents its key, the version it was read at and its bytes as the backend holds them (a
 signed record's envelope, not its payload). The lease holder writes it after its first pass when that pass's
 cold read fetched more than `REWRITE_MIN` of them and more than `REWRITE_SHARE` of all (so not on every run: it
 is ~1 MB at 10,000 hosts unsigned, one PUT). The next process's first snapshot loads it beside its listings and
@@ -51,7 +51,7 @@ from contract.keys import (
     WARM_START_KEY,
 )
 from contract.store import Store, StoreError
-from contract.store.base import read_limit
+from contract.store.base import LARGE_DOCUMENT_LIMIT, read_limit
 
 log = structlog.get_logger(__name__)
 
@@ -61,11 +61,14 @@ REWRITE_MIN = 50
 #: ...and more than this share of them: after one 50-host deployment the next run reads those 52 documents
 #: (commands, deployment, group record) rather than rewrite a cache of 20,000.
 REWRITE_SHARE = 0.05
-#: The most a cache may decompress to, so that a store writer's gzip bomb costs a log line: about what a
-#: 100,000-host fleet's cache holds with signed records (unsigned, ~120 MB). Read a piece at a time, so the
-#: process holds the entries, not the text as well.
+#: The most a cache may decompress to, so that a store writer's gzip bomb costs a log line and a bounded amount
+#: of work: well above what the 32 MiB read limit of `cache/` lets a real cache hold (~100,000 hosts). Read a
+#: piece at a time, so the process holds the entries, not the text as well.
 MAX_UNCOMPRESSED = 256 * 1024 * 1024
 _PIECE = 1024 * 1024
+#: The longest line a cache may hold: an entry for the biggest document a GET reads (a deployment or group
+#: record, `LARGE_DOCUMENT_LIMIT`), escaped as JSON text, with its key and version.
+_MAX_LINE = 2 * LARGE_DOCUMENT_LIMIT + 64 * 1024
 #: Fast and still about a tenth of the JSON: the write is at most once per process.
 _COMPRESS_LEVEL = 1
 
@@ -118,35 +121,42 @@ def encode(entries: Mapping[str, Cached], *, written_at: datetime) -> bytes:
 
 def decode(data: bytes) -> dict[str, Cached]:
     """The entries of a cache; `WarmStartInvalid` when it is not one this version can use. Decompressed a piece
-    at a time, within `MAX_UNCOMPRESSED` in all. Entries for keys that are not `cacheable` are dropped (a cache
-    must never stand in for a status), and so are documents bigger than their key's read limit (a GET would not
-    read them either)."""
+    at a time, within `MAX_UNCOMPRESSED` in all and `_MAX_LINE` a line, so a bomb or a huge line is refused
+    after at most that much work. Entries for keys that are not `cacheable` are dropped (a cache must never stand
+    in for a status), and so are documents bigger than their key's read limit (a GET would not read them)."""
     decompressor = zlib.decompressobj(wbits=31)
     found: dict[str, Cached] = {}
-    header: object = None
-    total = 0
-    pending = b""
-    chunk = data
-    while True:
+    header: dict[str, object] | None = None
+    pending: list[bytes] = []  # the pieces of a line not ended yet
+    pending_size = total = 0
+    tail = data
+    while not decompressor.eof:
+        if not tail:
+            raise WarmStartInvalid("truncated" if total else "empty")
         try:
-            piece = decompressor.decompress(chunk, _PIECE)
+            piece = decompressor.decompress(tail, _PIECE)
         except zlib.error as exc:
             raise WarmStartInvalid(f"not gzip data ({exc})") from None
-        chunk = decompressor.unconsumed_tail
+        tail = decompressor.unconsumed_tail
         total += len(piece)
         if total > MAX_UNCOMPRESSED:
             raise WarmStartInvalid(f"it decompresses to more than {MAX_UNCOMPRESSED} bytes")
-        lines = (pending + piece).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
+        start = 0
+        while (end := piece.find(b"\n", start)) >= 0:
+            line = b"".join([*pending, piece[start:end]]) if pending else piece[start:end]
+            pending, pending_size = [], 0
             if header is None:
                 header = _header(line)
             else:
                 _entry(line, found)
-        if not piece and not chunk:
-            break
-    if not decompressor.eof:
-        raise WarmStartInvalid("truncated")
+            start = end + 1
+        if start < len(piece):
+            pending.append(piece[start:])
+            pending_size += len(piece) - start
+            if pending_size > _MAX_LINE:
+                raise WarmStartInvalid(f"a line longer than {_MAX_LINE} bytes")
+    if tail or decompressor.unused_data:
+        raise WarmStartInvalid("data after the end of its gzip stream")
     if pending or header is None:
         raise WarmStartInvalid("truncated" if header is not None else "empty")
     return found
@@ -211,6 +221,12 @@ def save(store: Store, entries: Mapping[str, Cached], *, written_at: datetime) -
     """Write a new cache; a failure (no permission on `cache/`, an outage) is logged and costs only the next
     cold read's speed. True when written."""
     data = encode(entries, written_at=written_at)
+    # Signed, it is stored base64-encoded in an envelope: a cache too big for a reader to read is not written.
+    stored_size = len(data) * 4 // 3 + 4096
+    if stored_size > read_limit(WARM_START_KEY):
+        log.warning("warm_start.not_written", key=WARM_START_KEY, documents=len(entries), bytes=len(data),
+                    error=f"bigger than the {read_limit(WARM_START_KEY)} bytes a reader reads of it")
+        return False
     try:
         store.put(WARM_START_KEY, data)
     except StoreError as exc:

@@ -8,6 +8,7 @@ import gzip
 import json
 import secrets
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +20,8 @@ from contract.keys import WARM_START_KEY, command_key, registration_key, status_
 from contract.models import HostRegistration
 from contract.signing import Signer, Trust
 from contract.store import Store, open_store
-from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied
+from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied, StoredObject, StoreUnavailable
+from contract.store.bulk import open_raw
 from contract.store.sealed import seal_store
 from reconciler.cli.main import main
 from reconciler.shell import warmstart
@@ -73,11 +75,35 @@ _HEADER = b'{"format": 1, "writtenAt": "2026-11-28T00:00:00+00:00"}\n'
     (gzip.compress(_HEADER + b'["k", "v", \n'), "an entry that is not JSON"),
     (gzip.compress(_HEADER + b'["hosts/h0/registration.json", "v", "\\ud800"]\n'), "not text"),
     (gzip.compress(b""), "empty"),
+    (b"", "empty"),
+    (gzip.compress(_HEADER) + b"x", "data after the end"),
+    (gzip.compress(_HEADER) + gzip.compress(_HEADER), "data after the end"),
 ], ids=["not-gzip", "cut-gzip", "cut-line", "header-not-json", "other-format", "bad-entry", "entry-not-json",
-        "lone-surrogate", "empty"])
+        "lone-surrogate", "empty-gzip", "no-bytes", "trailing-byte", "two-members"])
 def test_a_broken_cache_is_refused_with_the_reason(data: bytes, reason: str) -> None:
     with pytest.raises(warmstart.WarmStartInvalid, match=reason):
         warmstart.decode(data)
+
+
+def test_data_after_a_big_cache_is_refused_not_looped_on() -> None:
+    """More than a piece (1 MiB) decompressed, then bytes after the gzip stream: they stay in `unconsumed_tail`,
+    which a loop waiting for an empty tail never saw empty."""
+    entries = {registration_key(f"h{i:05d}"): warmstart.Cached(f'"{i}"', secrets.token_hex(300).encode())
+               for i in range(4000)}
+    data = warmstart.encode(entries, written_at=datetime.now(UTC))
+    assert len(warmstart.decode(data)) == 4000
+    for tail in (b"x", data):
+        with pytest.raises(warmstart.WarmStartInvalid, match="data after the end"):
+            warmstart.decode(data + tail)
+
+
+def test_one_huge_line_is_refused_after_bounded_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line joined piece by piece, not re-joined at every piece (that was quadratic: 43 s for 250 MiB)."""
+    line = _HEADER + b'["hosts/h0/registration.json", "v", "' + b"a" * (96 * 1024 * 1024)
+    started = time.process_time()
+    with pytest.raises(warmstart.WarmStartInvalid, match="a line longer than"):
+        warmstart.decode(gzip.compress(line, compresslevel=1))
+    assert time.process_time() - started < 20  # seconds; linear work here is well under one
 
 
 def test_a_cache_that_decompresses_past_the_bound_is_refused_without_holding_it(
@@ -275,7 +301,7 @@ def test_with_signing_only_a_cache_the_reconciler_sealed_is_used(store_url: str)
         assert snapshot.observed.registrations[hosts[0]].tags == {"app": "hello"}
         assert (reader.warm_start_hits, reader.warm_start_misses) == (0, HOSTS)
         (ignored,) = [entry for entry in logs if entry["event"] == "warm_start.ignored"]
-        assert "signature" in ignored["reason"]
+        assert "not signed" in ignored["reason"] or "does not trust" in ignored["reason"], ignored
 
 
 class _NoCacheWrites:
@@ -363,10 +389,95 @@ def test_a_reader_logs_what_the_cache_saved_once_and_a_file_store_never(store_ur
     for url in (store_url, f"file://{tmp_path}/store"):
         store = open_store(url)
         ScriptedAgents(store, ["h1", "h2"]).register()
+        agents = ScriptedAgents(store, ["h1", "h2"])
+        agents.register()
         reader = StoreReader(store)
         with capture_logs() as logs:
             reader.snapshot()
-            reader.snapshot()
+            agents.heartbeat()
+            store.put(registration_key("h1"), store.get(registration_key("h2")).data)  # type: ignore[union-attr]
+            reader.snapshot()  # reads a status and a registration again: not the first read, not counted
         read = [entry for entry in logs if entry["event"].startswith("warm_start.")]
         assert read == ([{"event": "warm_start.read", "from_cache": 0, "fetched": 2, "log_level": "info"}]
                         if url == store_url else [])
+        assert (reader.warm_start_hits, reader.warm_start_misses) == ((0, 2) if url == store_url else (0, 0))
+
+
+def test_a_reader_that_polled_hosts_first_neither_uses_nor_leaves_a_cache(fleet: tuple[Store, list[str]]) -> None:
+    """`watch` polls hosts before its first pass when the manifests are broken: hosts then are not read cold, and
+    a cache made of that first pass would lack them."""
+    store, _ = fleet
+    reader = StoreReader(store)
+    reader.writes_warm_start = True
+    reader.poll_hosts()
+    reader.snapshot()
+    assert (reader.warm_start_hits, reader.warm_start_misses) == (0, 0)
+    assert not reader.save_warm_start(written_at=datetime.now(UTC))
+
+
+class _FailsOneListing(_NoCacheWrites):
+    """The S3 store with one listing answered by an outage, reads checked as the store checks them."""
+
+    failed = False
+
+    def list(self, prefix: str) -> object:
+        if prefix == "commands/" and not self.failed:
+            self.failed = True
+            raise StoreUnavailable("SlowDown: please reduce your request rate")
+        return self.inner.list(prefix)
+
+    def put(self, key: str, data: bytes) -> str:
+        return self.inner.put(key, data)
+
+    def open_raw(self, objects: list[StoredObject]) -> list[StoredObject]:
+        return open_raw(self.inner, objects)
+
+
+def test_a_first_snapshot_that_failed_leaves_the_cache_to_its_retry(fleet: tuple[Store, list[str]]) -> None:
+    store, _ = fleet
+    reader = StoreReader(_FailsOneListing(store))  # type: ignore[arg-type]
+    with pytest.raises(StoreUnavailable):
+        reader.snapshot()
+    snapshot = reader.snapshot()
+    assert len(snapshot.observed.registrations) == HOSTS
+    assert (reader.warm_start_hits, reader.warm_start_misses) == (HOSTS, 0)
+
+
+def test_what_a_failed_first_pass_read_is_let_go(fleet: tuple[Store, list[str]]) -> None:
+    store, _ = fleet
+    store.delete(WARM_START_KEY)
+    reader = StoreReader(store)
+    reader.writes_warm_start = True
+    reader.snapshot()
+    reader.discard_warm_start()  # what PassRunner does after every pass, the first one included
+    assert not reader.save_warm_start(written_at=datetime.now(UTC))
+    assert store.get(WARM_START_KEY) is None
+
+
+def test_a_cache_too_big_for_its_readers_is_not_written(fleet: tuple[Store, list[str]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _ = fleet
+    store.delete(WARM_START_KEY)
+    monkeypatch.setattr(warmstart, "read_limit", lambda key: 4096)
+    reader = StoreReader(store)
+    reader.writes_warm_start = True
+    reader.snapshot()
+    with capture_logs() as logs:
+        assert not reader.save_warm_start(written_at=datetime.now(UTC))
+    assert [entry["event"] for entry in logs] == ["warm_start.not_written"] and "bigger" in logs[0]["error"]
+    assert store.get(WARM_START_KEY) is None
+
+
+def test_open_raw_reopens_what_a_wrapper_already_opened_and_vouches_for_nothing_unknown(store_url: str) -> None:
+    from contract.store.bulk import get_many
+
+    signer = Signer.generate("reconciler")
+    sealed = seal_store(open_store(store_url), signer=signer, trust=Trust([signer.public]))
+    from tests.trust.test_signing import host_command
+
+    sealed.put(command_key("h1"), host_command("h1").to_json())
+    read = get_many(sealed, [command_key("h1")])[command_key("h1")]
+    assert read is not None and read.raw is not None and read.refused is None
+    (again,) = open_raw(sealed, [read])
+    assert again == read  # the envelope checked again, not the payload taken for one
+    assert open_raw(_NoCacheWrites(sealed), [read]) == []  # type: ignore[arg-type]
