@@ -8,6 +8,9 @@ processes instead.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,3 +193,22 @@ def settings_overrides(poll: str = "50ms", lease: str = "10s", timeout: str = "6
 
 
 __all__ = ["Config", "ScriptedAgents", "git_revision", "group_manifest", "local_revision", "now"]
+
+
+@contextmanager
+def answering(agents: ScriptedAgents, every: float = 0.02) -> Iterator[None]:
+    """The agents answer their commands from a thread, every `every` seconds, while the block runs: what a
+    `--once` that waits for its rollout to settle needs of them."""
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.wait(every):
+            agents.answer()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.store import open_store
-from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
+from tests.reconciler.fleet import Config, ScriptedAgents, answering, group_manifest, local_revision
 from tests.reconciler.procs import Reconciler
 
 pytestmark = pytest.mark.slow
@@ -99,17 +99,8 @@ def world(tmp_path: Path) -> Iterator[tuple[Config, str, ScriptedAgents]]:
     config.set_group(group_manifest(revision=local_revision(1)), message="v1")
     agents = ScriptedAgents(open_store(store_url), ["h1", "h2", "h3"])
     agents.register()
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.wait(0.02):
-            agents.answer()
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    yield config, store_url, agents
-    stop.set()
-    thread.join()
+    with answering(agents):
+        yield config, store_url, agents
 
 
 def run(tmp_path: Path, name: str, args: list[str]) -> tuple[int, Reconciler]:

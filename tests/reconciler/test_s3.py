@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from contract.store import open_store
 from reconciler.cli.main import main
 from reconciler.shell.lease import LeaseHeld, WriteLease
 from tests.conftest import S3Server
-from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
+from tests.reconciler.fleet import Config, ScriptedAgents, answering, group_manifest, local_revision
 
 
 @pytest.fixture
@@ -48,19 +47,8 @@ def test_once_status_and_retry_on_s3(store_url: str, tmp_path: Path, capsys: pyt
     agents.register()
 
     def once() -> int:
-        stop = threading.Event()
-
-        def answer() -> None:
-            while not stop.wait(0.02):
-                agents.answer()
-
-        thread = threading.Thread(target=answer, daemon=True)
-        thread.start()
-        try:
+        with answering(agents):
             return main([*config.args(), "--store", store_url, "--once"])
-        finally:
-            stop.set()
-            thread.join()
 
     config.set_group(group_manifest(revision=local_revision(1)), message="v1")
     assert once() == 0

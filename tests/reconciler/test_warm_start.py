@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import secrets
-import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from reconciler.cli.main import main
 from reconciler.shell import warmstart
 from reconciler.shell.observe import StoreReader
 from tests.conftest import S3Server
-from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
+from tests.reconciler.fleet import Config, ScriptedAgents, answering, group_manifest, local_revision
 from tests.store.conftest import s3_url
 from tests.store.s3proxy import S3Proxy, running_proxy
 
@@ -155,19 +154,8 @@ def _puts(proxy: S3Proxy) -> list[str]:
 
 
 def _once(config: Config, store_url: str, agents: ScriptedAgents) -> int:
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.wait(0.02):
-            agents.answer()
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
+    with answering(agents):
         return main([*config.args(), "--store", store_url, "--once"])
-    finally:
-        stop.set()
-        thread.join()
 
 
 def test_the_next_once_reads_only_statuses_and_what_changed(
