@@ -8,7 +8,6 @@ Exit codes are the contract CI scripts branch on, so each one gets a test: 0 con
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,7 +20,7 @@ from contract.models import GroupState
 from contract.store import Store, open_store
 from reconciler.cli.main import main
 from reconciler.shell.lease import WriteLease
-from tests.reconciler.fleet import Config, ScriptedAgents, group_manifest, local_revision
+from tests.reconciler.fleet import Config, ScriptedAgents, answering, group_manifest, local_revision
 
 HOSTS = ["h1", "h2", "h3", "h4"]
 
@@ -54,19 +53,8 @@ class World:
     @contextmanager
     def answering(self) -> Iterator[None]:
         """Agents poll their commands every 10 ms while the block runs."""
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(0.01):
-                self.agents.answer()
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        try:
+        with answering(self.agents, every=0.01):
             yield
-        finally:
-            stop.set()
-            thread.join()
 
 
 @pytest.fixture
