@@ -455,33 +455,38 @@ class StoreReader:
     def _read_snapshot(self) -> Snapshot:
         if self._hosts_cold():
             self._load_hosts()
-            listings = self._list_all(_RECORD_PREFIXES)
+            self._sync_records(self._list_all(_RECORD_PREFIXES))
         elif self._remote_cold():
-            # A remote store's first read: the warm-start cache is read beside the listings (one more request in
-            # the same round trip), then stands in for every document it holds unchanged.
-            if self.writes_warm_start:
-                self._warm_read = {}
-            if self._warm_loaded:
-                listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
-            else:
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-warm-start") as pool:
-                    warm = pool.submit(warmstart.load, self.store)
-                    listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
-                    self._warm = warm.result()
-                self._warm_loaded = True
-            self._cold_remote_read = True
-            try:
-                self._sync_hosts(listings[HOSTS_PREFIX])
-                self._sync_records(listings)
-            finally:
-                self._cold_remote_read = False
-            log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
-            return self._finish_snapshot()
+            self._read_remote_cold()
         else:
             listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
             self._sync_hosts(listings[HOSTS_PREFIX])
-        self._sync_records(listings)
-        return self._finish_snapshot()
+            self._sync_records(listings)
+        # What `poll_hosts` compares against, computed there on first use: `--once` never polls, and a
+        # fingerprint of each of 10,000 hosts costs a tenth of a second.
+        self._host_fingerprints = None
+        return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
+
+    def _read_remote_cold(self) -> None:
+        """A remote store's first read: the warm-start cache is read beside the listings (one more request in the
+        same round trip), then stands in for every document it holds unchanged (`_sync_all`)."""
+        if self.writes_warm_start:
+            self._warm_read = {}
+        if self._warm_loaded:  # by a first snapshot that failed
+            listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
+        else:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="observe-warm-start") as pool:
+                warm = pool.submit(warmstart.load, self.store)
+                listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
+                self._warm = warm.result()
+            self._warm_loaded = True
+        self._cold_remote_read = True
+        try:
+            self._sync_hosts(listings[HOSTS_PREFIX])
+            self._sync_records(listings)
+        finally:
+            self._cold_remote_read = False
+        log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
 
     def _remote_cold(self) -> bool:
         """Nothing read yet from a remote store (not even by `poll_hosts` or `records`): the one read the warm-start
@@ -489,12 +494,6 @@ class StoreReader:
         tables = (self._registrations, self._statuses, self._conflicts, self._groups, self._deployments,
                   self._commands, self._traffic, self._fleet_events)
         return not self._local and not self._snapshots_taken and not any(table.listed for table in tables)
-
-    def _finish_snapshot(self) -> Snapshot:
-        # What `poll_hosts` compares against, computed there on first use: `--once` never polls, and a
-        # fingerprint of each of 10,000 hosts costs a tenth of a second.
-        self._host_fingerprints = None
-        return Snapshot(observed=self._observed(), state=self._state(), versions=self._versions())
 
     def save_warm_start(self, *, written_at: datetime) -> bool:
         """After the lease holder's first pass: leave a new warm-start cache when the first snapshot fetched enough
