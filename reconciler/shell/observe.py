@@ -150,6 +150,10 @@ class StoreReader:
         self._commands: _Table[HostCommand] = _Table(HostCommand)
         self._traffic: _Table[HostTraffic] = _Table(HostTraffic)
         self._fleet_events: _Table[FleetEventLog] = _Table(FleetEventLog)
+        #: The agents' documents under `hosts/`, and the reconciler's own records (whose versions a pass writes by).
+        self._host_tables: tuple[_Table[Any], ...] = (self._conflicts, self._registrations, self._statuses)
+        self._record_tables: tuple[_Table[Any], ...] = (
+            self._groups, self._deployments, self._commands, self._traffic, self._fleet_events)
         #: Each host's `_fingerprint` as of the last snapshot or poll (None: not computed since the snapshot).
         self._host_fingerprints: dict[str, tuple[object, ...]] | None = {}
         #: How many objects the last `snapshot()` fetched (the rest came from the cache); for benchmarks.
@@ -292,8 +296,7 @@ class StoreReader:
         """Nothing of `hosts/` read yet, from a store on this machine: the first snapshot of `--once`, `plan` or
         `status`, which reads the whole prefix at once (`read_folders`) instead of listing it and then reading
         every key it listed. Not on S3, whose listings run at once with the others (`_list_all`)."""
-        return self._local and not any(table.listed for table in (self._conflicts, self._registrations,
-                                                                   self._statuses))
+        return self._local and not any(table.listed for table in self._host_tables)
 
     def _load_hosts(self) -> None:
         """Every agent document under `hosts/`, read whole (see `_hosts_cold`)."""
@@ -427,7 +430,7 @@ class StoreReader:
 
     def _versions(self) -> dict[str, str]:
         versions: dict[str, str] = {}
-        for table in (self._groups, self._deployments, self._commands, self._traffic, self._fleet_events):
+        for table in self._record_tables:
             versions.update(table.listed)
         return versions
 
@@ -491,9 +494,8 @@ class StoreReader:
     def _remote_cold(self) -> bool:
         """Nothing read yet from a remote store (not even by `poll_hosts` or `records`): the one read the warm-start
         cache is for, and the only one whose documents a new cache is made of."""
-        tables = (self._registrations, self._statuses, self._conflicts, self._groups, self._deployments,
-                  self._commands, self._traffic, self._fleet_events)
-        return not self._local and not self._snapshots_taken and not any(table.listed for table in tables)
+        return not self._local and not self._snapshots_taken and not any(
+            table.listed for table in (*self._host_tables, *self._record_tables))
 
     def save_warm_start(self, *, written_at: datetime) -> bool:
         """After the lease holder's first pass: leave a new warm-start cache when the first snapshot fetched enough
