@@ -167,15 +167,15 @@ def _step_actions(
 def _rewrite_interrupted(view: PassView, key: str, deployment: Deployment, group: DesiredGroup | None) -> list[Action]:
     """Hosts in flight whose command write a crash lost get the same command again (same generation)."""
     commands: list[HostCommand] = []
+    maker: HostCommands | None = None
     for host, host_state in deployment.hosts.items():
         if host_state.status is not IN_PROGRESS or host_state.generation is None:
             continue
         written = view.state.commands.get(host)
         if written is None or written.generation < host_state.generation:
+            maker = maker or HostCommands(view, deployment, group)
             created_at = host_state.dispatched_at or view.now
-            commands.append(
-                host_command(view, deployment, host, group, generation=host_state.generation, created_at=created_at)
-            )
+            commands.append(maker.command(host, generation=host_state.generation, created_at=created_at))
     if not commands:
         return []
     hosts = [c.host_id for c in commands]
@@ -189,13 +189,14 @@ def _dispatch(
     batch = len(deployment.batches)
     hosts = dict(deployment.hosts)
     commands: list[HostCommand] = []
+    maker = HostCommands(view, deployment, group)
     for host in step.dispatch:
         generation = view.next_generation(host)
         view.generation[host] = generation
         view.booked.add(host)
         update = {"status": IN_PROGRESS, "batch": batch, "generation": generation, "dispatched_at": view.now}
         hosts[host] = hosts[host].model_copy(update=update)
-        commands.append(host_command(view, deployment, host, group, generation=generation, created_at=view.now))
+        commands.append(maker.command(host, generation=generation, created_at=view.now))
     dispatched = deployment.model_copy(
         update={
             "hosts": hosts,
@@ -218,69 +219,75 @@ def _dispatch(
     )
 
 
-def command_targets(view: PassView, host: str, group: DesiredGroup | None) -> CommandTargets | None:
-    """The group's selectors, for the agent to check that it really belongs to the group (CommandTargets); None
-    (not checked) for a group that is gone from the manifests.
+class HostCommands:
+    """The commands hosts are given for one deployment (the same one again when a crash lost its write).
 
-    For a group whose membership also comes from EC2 or Auto Scaling, the command names the instance the host is
-    a member as: the one EC2 listed for the group (the host's agent must be that instance), or, while EC2 could not
-    be read, the one its registration claims (docs/trust.md, "Gaps": then only the instance id is checked)."""
-    if group is None:
-        return None
-    targets = group.targets
-    instance_id = instance_of(host, view.observed) if targets.uses_aws else None
-    return CommandTargets(
-        tag_sets=[[TagMatch(key=f.key, value=f.value, type=f.type) for f in tag_set] for tag_set in targets.tag_sets],
-        hosts=list(targets.hosts),
-        instance_id=instance_id,
-    )
+    What every host's command shares (events, options, timeout, the group's selectors) is worked out once per
+    batch rather than once per host: at each batch of a 10,000-host rollout, and at every batch of `plan`'s dry run
+    (issue 18)."""
 
+    def __init__(self, view: PassView, deployment: Deployment, group: DesiredGroup | None) -> None:
+        self.view = view
+        self.deployment = deployment
+        self.group = group
+        self.options = group.options if group is not None else GroupOptions()
+        host_timeout = view.config_for(deployment, group).host_timeout
+        self.timeout_seconds = host_timeout.total_seconds() if host_timeout is not None else None
+        self.traffic = group is not None and group.traffic is not None
+        events = list(TRAFFIC_CONTROL_EVENTS if self.traffic else DEFAULT_EVENTS)
+        if group is not None and group.health_check is not None:
+            events.insert(events.index(VALIDATE_SERVICE) + 1, HEALTH_CHECK)
+        self.events = events
+        self.group_id = deployment_group_id(group_key(deployment.application, deployment.deployment_group))
+        self.tag_sets = [] if group is None else [
+            [TagMatch(key=f.key, value=f.value, type=f.type) for f in tag_set] for tag_set in group.targets.tag_sets
+        ]
 
-def host_command(
-    view: PassView,
-    deployment: Deployment,
-    host: str,
-    group: DesiredGroup | None,
-    *,
-    generation: int,
-    created_at: datetime,
-) -> HostCommand:
-    """The command a host is given for this deployment (the same one again when a crash lost its write)."""
-    options = group.options if group is not None else GroupOptions()
-    config = view.config_for(deployment, group)
-    events = list(TRAFFIC_CONTROL_EVENTS if group is not None and group.traffic is not None else DEFAULT_EVENTS)
-    health_check: HostHealthCheck | None = None
-    if group is not None and group.health_check is not None:
-        spec = group.health_check
-        registration = view.observed.registrations.get(host)
-        health_check = HostHealthCheck(
-            url=spec.url_for(host, registration.address if registration is not None else None),
-            expected_status=list(spec.expected_status),
-            body_match=spec.body_match,
-            interval_seconds=spec.interval.total_seconds(),
-            timeout_seconds=spec.timeout.total_seconds(),
-            min_healthy_seconds=spec.min_healthy_time.total_seconds(),
-            healthy_deadline_seconds=spec.healthy_deadline.total_seconds(),
+    def targets(self, host: str) -> CommandTargets | None:
+        """The group's selectors, for the agent to check that it really belongs to the group (CommandTargets); None
+        (not checked) for a group that is gone from the manifests.
+
+        For a group whose membership also comes from EC2 or Auto Scaling, the command names the instance the host
+        is a member as: the one EC2 listed for the group (the host's agent must be that instance), or, while EC2
+        could not be read, the one its registration claims (docs/trust.md, "Gaps": then only the instance id is
+        checked)."""
+        if self.group is None:
+            return None
+        targets = self.group.targets
+        instance_id = instance_of(host, self.view.observed) if targets.uses_aws else None
+        return CommandTargets(tag_sets=self.tag_sets, hosts=list(targets.hosts), instance_id=instance_id)
+
+    def command(self, host: str, *, generation: int, created_at: datetime) -> HostCommand:
+        deployment = self.deployment
+        registration = self.view.observed.registrations.get(host)
+        health_check: HostHealthCheck | None = None
+        if self.group is not None and self.group.health_check is not None:
+            spec = self.group.health_check
+            health_check = HostHealthCheck(
+                url=spec.url_for(host, registration.address if registration is not None else None),
+                expected_status=list(spec.expected_status),
+                body_match=spec.body_match,
+                interval_seconds=spec.interval.total_seconds(),
+                timeout_seconds=spec.timeout.total_seconds(),
+                min_healthy_seconds=spec.min_healthy_time.total_seconds(),
+                healthy_deadline_seconds=spec.healthy_deadline.total_seconds(),
+            )
+        return HostCommand(
+            host_id=host,
+            generation=generation,
+            deployment_id=deployment.deployment_id,
+            application=deployment.application,
+            deployment_group=deployment.deployment_group,
+            deployment_group_id=self.group_id,
+            revision=deployment.revision,
+            events=list(self.events),
+            health_check=health_check,
+            targets=self.targets(host),
+            traffic_address=registration.address if self.traffic and registration is not None else None,
+            traffic_instance_id=registration.instance_id if self.traffic and registration is not None else None,
+            file_exists_behavior=self.options.file_exists_behavior,
+            ignore_application_stop_failures=self.options.ignore_application_stop_failures,
+            is_rollback=deployment.creator == "rollback",
+            timeout_seconds=self.timeout_seconds,
+            created_at=created_at,
         )
-        events.insert(events.index(VALIDATE_SERVICE) + 1, HEALTH_CHECK)
-    registration = view.observed.registrations.get(host)
-    traffic = group is not None and group.traffic is not None
-    return HostCommand(
-        host_id=host,
-        generation=generation,
-        deployment_id=deployment.deployment_id,
-        application=deployment.application,
-        deployment_group=deployment.deployment_group,
-        deployment_group_id=deployment_group_id(group_key(deployment.application, deployment.deployment_group)),
-        revision=deployment.revision,
-        events=events,
-        health_check=health_check,
-        targets=command_targets(view, host, group),
-        traffic_address=registration.address if traffic and registration is not None else None,
-        traffic_instance_id=registration.instance_id if traffic and registration is not None else None,
-        file_exists_behavior=options.file_exists_behavior,
-        ignore_application_stop_failures=options.ignore_application_stop_failures,
-        is_rollback=deployment.creator == "rollback",
-        timeout_seconds=config.host_timeout.total_seconds() if config.host_timeout is not None else None,
-        created_at=created_at,
-    )

@@ -92,11 +92,15 @@ def _catch_up(
     is quarantined (`drift` False) only hosts with nothing installed qualify: reverting hosts that kept a
     failed revision is a rollback's job, and only when the group asks for it."""
     effective_identity = view.identity(effective)
-    lacking = [
-        host
-        for host in member_set
-        if (installed := view.installed_identity(host, key)) is None or (drift and installed != effective_identity)
-    ]
+    # `view.installed_identity` inline, and the revision's identity only worked out when it matters (`drift`):
+    # asked for every member of every converged group at every pass, and every simulated pass of `plan` (issue 18).
+    statuses = view.observed.statuses
+    lacking: list[str] = []
+    for host in member_set:
+        status = statuses.get(host)
+        installed = status.installed.get(key) if status is not None else None
+        if installed is None or (drift and view.identity(installed.revision) != effective_identity):
+            lacking.append(host)
     if not lacking:
         return []  # the common case, kept cheap: a converged group costs one look at each member's report
     attempts = view.attempts(group_state, exclude=None)
