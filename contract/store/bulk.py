@@ -94,6 +94,21 @@ def open_raw(store: Store, objects: Sequence[StoredObject]) -> list[StoredObject
     return stored
 
 
+def stored_form(store: Store, key: str, data: bytes) -> bytes | None:
+    """The bytes `store.put(key, data)` left in the backend, worked out again without reading them: `data` as it is
+    where no wrapper changes it, the signing wrapper's envelope for a sealed key (the same bytes again: an Ed25519
+    signature and an HMAC of the same message by the same keys do not change), None from a wrapper that does not
+    say how it changes what it writes. For the warm-start cache (reconciler/shell/warmstart.py), which keeps what
+    the reconciler wrote itself as the backend holds it, without a GET of it."""
+    own = getattr(type(store), "stored_form", None)
+    if own is not None:
+        form: bytes | None = own(store, key, data)
+        return form
+    if hasattr(store, "inner"):
+        return None
+    return data
+
+
 def _check_folder_read(prefix: str, names: Sequence[str]) -> None:
     """A caller's mistake, refused the same way whatever the store, before anything is read: `prefix` is a folder
     whose every part is a valid key's (`hosts/`, or "" for the top), and each name one plain name (no slash, no

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from contract.store.base import ObjectVersion, PreconditionFailed, Store, StoredObject, StoreError
-from contract.store.bulk import get_many, open_raw, read_folders
+from contract.store.bulk import get_many, open_raw, read_folders, stored_form
 
 #: Every operation name `observe` can be called with.
 OPERATIONS = ("get", "put", "put_if_absent", "put_if_version", "delete", "list")
@@ -92,6 +92,10 @@ class InstrumentedStore:
     def open_raw(self, objects: Sequence[StoredObject]) -> list[StoredObject]:
         """`bulk.open_raw` through the wrapped store; not counted: nothing is asked of the store."""
         return open_raw(self.inner, objects)
+
+    def stored_form(self, key: str, data: bytes) -> bytes | None:
+        """`bulk.stored_form` through the wrapped store; not counted: nothing is asked of the store."""
+        return stored_form(self.inner, key, data)
 
     def put(self, key: str, data: bytes) -> str:
         return self._counted("put", lambda: self.inner.put(key, data))

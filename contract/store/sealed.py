@@ -41,7 +41,7 @@ from contract.keys import (
 )
 from contract.signing import Refused, Signer, Trust, open_envelope, unwrap
 from contract.store.base import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, open_raw, read_folders
+from contract.store.bulk import get_many, open_raw, read_folders, stored_form
 
 SEALED_PREFIXES = (
     COMMANDS_PREFIX, TRAFFIC_PREFIX, DEPLOYMENTS_PREFIX, GROUPS_PREFIX, ANALYSIS_PREFIX, CONFIG_PREFIX, EVENTS_PREFIX,
@@ -134,6 +134,11 @@ class SealedStore:
     def open_raw(self, objects: Sequence[StoredObject]) -> list[StoredObject]:
         """Objects read earlier as the backend holds them (`raw`), each checked now as `get` would check it."""
         return [self._checked(stored) for stored in open_raw(self.inner, objects)]
+
+    def stored_form(self, key: str, data: bytes) -> bytes | None:
+        """What `put(key, data)` left in the backend (`bulk.stored_form`): the envelope `seal` makes, as the wrapped
+        store keeps it."""
+        return stored_form(self.inner, key, self.seal(key, data))
 
     def seal(self, key: str, data: bytes) -> bytes:
         if self.signer is None or not is_sealed_key(key):
