@@ -61,7 +61,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, open_raw, read_folders
+from contract.store.bulk import get_many, open_raw, read_folders, stored_form
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
@@ -169,10 +169,19 @@ class StoreReader:
         self._warm: dict[str, warmstart.Cached] = {}
         self._warm_loaded = False
         self._snapshots_taken = 0
-        #: Set by the lease holder (`PassRunner`) before its first snapshot: keep what that snapshot read of the
-        #: cacheable documents, for `save_warm_start`.
+        #: Set by the lease holder (`PassRunner`) before its first snapshot: from a remote store's cold read on, keep
+        #: what a new cache would hold, as later reads and this process's own writes change it, for
+        #: `save_warm_start` after the first pass and `refresh_warm_start` after the others.
         self.writes_warm_start = False
-        self._warm_read: dict[str, warmstart.Cached] | None = None
+        #: The cacheable documents read, as the backend holds them (None: no cache is kept).
+        self._kept: dict[str, warmstart.Cached] | None = None
+        #: The cacheable documents this process wrote since: key -> (version, document). Their stored bytes are
+        #: worked out only when a cache is written (`contract.store.bulk.stored_form`).
+        self._written: dict[str, tuple[str, Document]] = {}
+        #: Keys kept or written since the last cache was written (or, for the first, read).
+        self._kept_changes: set[str] = set()
+        #: When a cache was last written or tried (`refresh_warm_start`).
+        self._kept_saved_at: datetime | None = None
         #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.
         self.warm_start_hits = 0
         self.warm_start_misses = 0
@@ -200,6 +209,7 @@ class StoreReader:
             table.listed = dict(sync.listed)
             for gone in set(table.entries) - set(sync.listed):
                 del table.entries[gone]
+                self._forget(gone)
             stale.append((sync, [
                 key
                 for key, version in sync.listed.items()
@@ -217,7 +227,7 @@ class StoreReader:
                         cached.append(StoredObject(key, entry.data, entry.version))
         seeded: dict[str, StoredObject | None] = {stored.key: stored for stored in open_raw(self.store, cached)}
         fetched = self._fetch([key for _, keys in stale for key in keys if key not in seeded])
-        self._note_cold_reads(fetched, seeded)
+        self._note_reads(fetched, seeded)
         fetched.update(seeded)
         changed: set[str] = set()
         with bulk_parsing():
@@ -237,23 +247,36 @@ class StoreReader:
         self.last_fetch_count -= len(seeded)
         return changed
 
-    def _note_cold_reads(self, fetched: Mapping[str, StoredObject | None], seeded: Mapping[str, StoredObject | None]
-                         ) -> None:
-        """During a remote store's first snapshot: count what the cache saved and what it would have saved, and
-        keep what a new cache would hold (the bytes as the backend holds them, refused records included: used
-        from the cache they are refused again, as a GET of them would be)."""
-        if not self._cold_remote_read:
+    def _note_reads(self, fetched: Mapping[str, StoredObject | None], seeded: Mapping[str, StoredObject | None]
+                    ) -> None:
+        """During a remote store's first snapshot, count what the cache saved and what it would have saved; while a
+        cache is kept, keep what was read (the bytes as the backend holds them, refused records included: used from
+        the cache they are refused again, as a GET of them would be)."""
+        if self._cold_remote_read:
+            self.warm_start_hits += len(seeded)
+            self.warm_start_misses += sum(
+                1 for key, stored in fetched.items()
+                if stored is not None and stored.oversize is None and warmstart.cacheable(key))
+        if self._kept is None:
             return
-        self.warm_start_hits += len(seeded)
         for found in (fetched, seeded):
             for key, stored in found.items():
-                if stored is None or stored.oversize is not None or not warmstart.cacheable(key):
+                if not warmstart.cacheable(key):
                     continue
-                if found is fetched:
-                    self.warm_start_misses += 1
-                if self._warm_read is not None:
-                    self._warm_read[key] = warmstart.Cached(
-                        stored.version, stored.raw if stored.raw is not None else stored.data)
+                if stored is None or stored.oversize is not None:
+                    self._forget(key)
+                    continue
+                self._written.pop(key, None)
+                raw = stored.raw if stored.raw is not None else stored.data
+                self._kept[key] = warmstart.Cached(stored.version, raw)
+                self._kept_changes.add(key)
+
+    def _forget(self, key: str) -> None:
+        """A document gone from the store (or too big to read): no cache entry for it."""
+        if self._kept is None:
+            return
+        if self._kept.pop(key, None) is not None or self._written.pop(key, None) is not None:
+            self._kept_changes.add(key)
 
     def _list(self, prefix: str) -> list[ObjectVersion]:
         return self.store.list(prefix)
@@ -474,7 +497,7 @@ class StoreReader:
         """A remote store's first read: the warm-start cache is read beside the listings (one more request in the
         same round trip), then stands in for every document it holds unchanged (`_sync_all`)."""
         if self.writes_warm_start:
-            self._warm_read = {}
+            self._kept, self._written = {}, {}
         if self._warm_loaded:  # by a first snapshot that failed
             listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
         else:
@@ -499,18 +522,49 @@ class StoreReader:
 
     def save_warm_start(self, *, written_at: datetime) -> bool:
         """After the lease holder's first pass: leave a new warm-start cache when the first snapshot fetched enough
-        cacheable documents to make one worth its PUT (`warmstart.should_write`). Once per process; True when
-        written. Not a decision, so not under the lease's check: every entry is checked against a listing when
-        used, whoever wrote it."""
-        entries, self._warm_read = self._warm_read, None
-        if not entries or not warmstart.should_write(self.warm_start_hits, self.warm_start_misses):
+        cacheable documents to make one worth its PUT (`warmstart.should_write`). True when written. Not a decision,
+        so not under the lease's check: every entry is checked against a listing when used, whoever wrote it."""
+        if self._kept is None:
             return False
-        return warmstart.save(self.store, entries, written_at=written_at)
+        if not warmstart.should_write(self.warm_start_hits, self.warm_start_misses):
+            self._kept_changes.clear()  # the cache read is as good as a new one would be
+            self._kept_saved_at = written_at
+            return False
+        return self._save_kept(written_at)
+
+    def refresh_warm_start(self, *, written_at: datetime) -> bool:
+        """After each later pass of the lease holder (`watch`): a new cache once more than `REWRITE_MIN` and
+        `REWRITE_SHARE` of its documents changed since the last one (by rollouts: commands, deployments, group
+        records; by agents: registrations), at most once per `warmstart.REFRESH_INTERVAL`. So a `plan` or `--once`
+        beside a `watch` that has run for days starts from what the fleet is now, not from the `watch`'s start."""
+        if self._kept is None:
+            return False
+        if self._kept_saved_at is not None and written_at - self._kept_saved_at < warmstart.REFRESH_INTERVAL:
+            return False
+        changed = len(self._kept_changes)
+        if not warmstart.should_write(len(self._kept) + len(self._written) - changed, changed):
+            return False
+        return self._save_kept(written_at)
+
+    def _save_kept(self, written_at: datetime) -> bool:
+        entries = dict(self._kept or {})
+        for key, (version, document) in self._written.items():
+            table = self._table_for(key)
+            form = stored_form(self.store, key, document.to_json())
+            if form is not None and table is not None and table.listed.get(key) == version:
+                entries[key] = warmstart.Cached(version, form)
+        # Tried: a write that fails (a policy without `cache/*`, an outage) is tried again an interval later.
+        self._kept_saved_at = written_at
+        written = warmstart.save(self.store, entries, written_at=written_at)
+        if written:
+            self._kept_changes.clear()
+        return written
 
     def discard_warm_start(self) -> None:
-        """Let go of what a new cache would have held (a first pass that failed): a standby `watch` must not keep
-        the fleet's documents twice for hours."""
-        self._warm_read = None
+        """Stop keeping a cache and let go of what it held: a `watch` that lost the lease is a standby, which must
+        not keep the fleet's documents twice for hours (it keeps no cache again until it restarts)."""
+        self._kept, self._written = None, {}
+        self._kept_changes.clear()
 
     # ----------------------------------------------------------------------------------------------
     # Kept in step by the executor and the operator commands
@@ -522,12 +576,17 @@ class StoreReader:
             return
         table.entries[key] = _Entry(version, document)  # type: ignore[arg-type]
         table.listed[key] = version
+        if self._kept is not None and warmstart.cacheable(key):
+            self._kept.pop(key, None)
+            self._written[key] = (version, document)
+            self._kept_changes.add(key)
 
     def record_delete(self, key: str) -> None:
         table = self._table_for(key)
         if table is not None:
             table.entries.pop(key, None)
             table.listed.pop(key, None)
+        self._forget(key)
 
     def _table_for(self, key: str) -> _RecordTable | None:
         if key.startswith(GROUPS_PREFIX):

@@ -170,7 +170,6 @@ class PassRunner:
             return self._run_pass(desired, before_decide)
         finally:
             gc.unfreeze()  # what a cold read froze (`StoreReader.freeze_cold_reads`) is the collector's again
-            self.reader.discard_warm_start()  # written by the first pass that completes, or never
 
     def _run_pass(self, desired: Desired, before_decide: Callable[[Snapshot], None] | None) -> PassOutcome:
         started = time.monotonic()
@@ -216,9 +215,11 @@ class PassRunner:
         if self.applied_config is not None and conflict is None:
             self.applied_config.record(desired.commit, before_write=self.lease.ensure)
         self.passes += 1
+        # After the pass's own writes, so a new cache never delays them.
         if self.passes == 1:
-            # After the pass's own writes, so a new cache never delays them; what they changed is read next time.
             self.reader.save_warm_start(written_at=self.clock())
+        else:
+            self.reader.refresh_warm_start(written_at=self.clock())
         outcome = PassOutcome(
             number=self.passes,
             commit=desired.commit,

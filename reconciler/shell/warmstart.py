@@ -36,7 +36,7 @@ import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -61,6 +61,10 @@ REWRITE_MIN = 50
 #: ...and more than this share of them: after one 50-host deployment the next run reads those 52 documents
 #: (commands, deployment, group record) rather than rewrite a cache of 20,000.
 REWRITE_SHARE = 0.05
+#: A `watch` rewrites the cache at most this often, after a pass that leaves enough of it changed
+#: (`StoreReader.refresh_warm_start`): during a rollout of the whole fleet that is a PUT of ~1 MB per 10,000 hosts
+#: every five minutes at most, and none at all while nothing changes.
+REFRESH_INTERVAL = timedelta(minutes=5)
 #: The most a cache may decompress to, so that a store writer's gzip bomb costs a log line and a bounded amount
 #: of work: well above what the 32 MiB read limit of `cache/` lets a real cache hold (~100,000 hosts). Read a
 #: piece at a time, so the process holds the entries, not the text as well.

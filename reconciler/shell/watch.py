@@ -355,6 +355,8 @@ class Watcher:
                 except LeaseLost as exc:
                     log.error("watch.lease_lost", error=str(exc))
                     self.last = None
+                    # A standby keeps no copy of the fleet's documents for a warm-start cache (warmstart.py).
+                    self.reader.discard_warm_start()
                     if self.metrics is not None:
                         self.metrics.forget_view()
                 except StoreError as exc:

@@ -10,7 +10,7 @@ import secrets
 import time
 import tracemalloc
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from structlog.testing import capture_logs
@@ -20,13 +20,23 @@ from contract.models import HostRegistration
 from contract.signing import Signer, Trust
 from contract.store import Store, open_store
 from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied, StoredObject, StoreUnavailable
-from contract.store.bulk import open_raw
+from contract.store.bulk import open_raw, stored_form
 from contract.store.sealed import seal_store
 from reconciler.cli.main import main
+from reconciler.settings import ReconcileSettings
 from reconciler.shell import warmstart
+from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import StoreReader
+from reconciler.shell.passes import PassRunner
 from tests.conftest import S3Server
-from tests.reconciler.fleet import Config, ScriptedAgents, answering, group_manifest, local_revision
+from tests.reconciler.fleet import (
+    Config,
+    ScriptedAgents,
+    answering,
+    group_manifest,
+    local_revision,
+    settings_overrides,
+)
 from tests.store.conftest import s3_url
 from tests.store.s3proxy import S3Proxy, running_proxy
 
@@ -174,9 +184,18 @@ def test_the_next_once_reads_only_statuses_and_what_changed(
     agents.register()
     config = Config(tmp_path / "config")
     config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
-    assert _once(config, store_url, agents) == 0  # rolls out; its first pass read 60 registrations: a cache
+    # Rolls out. Its first pass read 60 registrations and wrote 60 commands: a cache of both.
+    assert _once(config, store_url, agents) == 0
     assert store.get(WARM_START_KEY) is not None
-    assert _once(config, store_url, agents) == 0  # converged; read 60 new commands: a new cache
+    proxy.clear()
+    # Converged (no agent answers: their polls would be counted). Only the group record and the deployment changed
+    # since (by the rollout's later passes): read, and not worth a new cache.
+    assert main([*config.args(), "--store", store_url, "--once"]) == 0
+    assert not [path for path in _puts(proxy) if WARM_START_KEY in path]
+    assert not [path for path in _gets(proxy) if path.endswith("/registration.json") or "/commands/" in path]
+    changed_since = sorted(path.split("/store/")[1] for path in _gets(proxy)
+                           if "/deployments/" in path or "/groups/" in path)
+    assert [path.split("/")[0] for path in changed_since] == ["deployments", "groups"]
     capsys.readouterr()
     assert main([*config.args(), "--store", store_url, "status", "--format", "json"]) == 0
     before = json.loads(capsys.readouterr().out)
@@ -188,13 +207,14 @@ def test_the_next_once_reads_only_statuses_and_what_changed(
     assert main([*config.args(), "--store", store_url, "--once"]) == 0
     logs = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     gets = _gets(proxy)
-    assert not [path for path in gets if path.endswith("/registration.json") or "/commands/" in path
-                or "/deployments/" in path or "/groups/" in path], gets
+    assert not [path for path in gets if path.endswith("/registration.json") or "/commands/" in path], gets
+    assert sorted(path.split("/store/")[1] for path in gets
+                  if "/deployments/" in path or "/groups/" in path) == changed_since
     assert sum(path.endswith("/status.json") for path in gets) == HOSTS  # what churns is read as always
     assert sum(path.endswith("/" + WARM_START_KEY) for path in gets) == 1
     assert not [path for path in _puts(proxy) if WARM_START_KEY in path]  # nothing new to cache
     (read,) = [entry for entry in logs if entry["event"] == "warm_start.read"]
-    assert read["fetched"] == 0 and read["from_cache"] >= 2 * HOSTS + 2
+    assert read["fetched"] == 2 and read["from_cache"] >= 2 * HOSTS
 
     capsys.readouterr()
     assert main([*config.args(), "--store", store_url, "status", "--format", "json"]) == 0
@@ -431,15 +451,114 @@ def test_a_first_snapshot_that_failed_leaves_the_cache_to_its_retry(fleet: tuple
     assert (reader.warm_start_hits, reader.warm_start_misses) == (HOSTS, 0)
 
 
-def test_what_a_failed_first_pass_read_is_let_go(fleet: tuple[Store, list[str]]) -> None:
+def test_a_standby_lets_go_of_what_a_cache_would_hold(fleet: tuple[Store, list[str]]) -> None:
     store, _ = fleet
     store.delete(WARM_START_KEY)
     reader = StoreReader(store)
     reader.writes_warm_start = True
     reader.snapshot()
-    reader.discard_warm_start()  # what PassRunner does after every pass, the first one included
+    reader.discard_warm_start()  # what `watch` does when it loses the lease
     assert not reader.save_warm_start(written_at=datetime.now(UTC))
+    assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + timedelta(hours=1))
     assert store.get(WARM_START_KEY) is None
+
+
+def _lead(store: Store) -> WriteLease:
+    lease = WriteLease(store, duration=timedelta(seconds=30))
+    assert lease.try_acquire()
+    return lease
+
+
+def test_a_watch_refreshes_the_cache_with_what_its_rollouts_wrote(
+    store_url: str, proxy: S3Proxy, s3_server: S3Server, tmp_path: object
+) -> None:
+    """A `watch` that has driven rollouts for days must not leave `plan` and `--once` a cache of the fleet as it was
+    when it started: its later passes keep what they read and wrote, and rewrite the cache once enough of it
+    changed, at most once per `REFRESH_INTERVAL`. Its own writes go in as stored, without a GET of them."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    store = open_store(store_url)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    # The agents go to S3 directly: only the reconciler's requests are counted.
+    agents = ScriptedAgents(open_store(store_url.replace(proxy.endpoint_url, s3_server.endpoint_url)), hosts)
+    agents.register()
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    settings = ReconcileSettings.model_validate(settings_overrides())
+    clock = [datetime.now(UTC)]
+    runner = PassRunner(store, _lead(store), settings, clock=lambda: clock[0])
+    runner.run_pass(config.desired())  # the cold read: registrations; its writes: the 60 commands
+    first = warmstart.decode(store.get(WARM_START_KEY).data)  # type: ignore[union-attr]
+
+    # v2 rolls out over later passes. Within the interval nothing is rewritten however much changed...
+    config.set_group(group_manifest(revision=local_revision(2), config="CodeDeployDefault.AllAtOnce"), message="v2")
+    proxy.clear()
+    for _ in range(20):
+        clock[0] += timedelta(seconds=1)
+        agents.answer()
+        outcome = runner.run_pass(config.desired())
+        if not outcome.in_flight:
+            break
+    assert not outcome.in_flight
+    assert not [path for path in _puts(proxy) if WARM_START_KEY in path]
+    assert not [path for path in _gets(proxy) if "/commands/" in path or "/deployments/" in path
+                or "/groups/" in path]  # its own writes, never read back
+
+    # ...and the first pass after it leaves one of the fleet as it is now.
+    clock[0] += warmstart.REFRESH_INTERVAL
+    runner.run_pass(config.desired())
+    refreshed = warmstart.decode(store.get(WARM_START_KEY).data)  # type: ignore[union-attr]
+    listed = {item.key: item.version for prefix in ("commands/", "deployments/", "groups/")
+              for item in store.list(prefix)}
+    assert {key: refreshed[key].version for key in listed} == listed
+    assert all(first[key].version != refreshed[key].version for key in listed if key.startswith("commands/"))
+    assert {key: entry.data for key, entry in refreshed.items()} == {
+        key: store.get(key).data for key in refreshed}  # type: ignore[union-attr]
+
+    # A new process (a plan in a pull request) reads only the statuses, the lease and the cache.
+    agents.heartbeat()
+    proxy.clear()
+    reader = StoreReader(store)
+    reader.snapshot()
+    assert (reader.warm_start_hits, reader.warm_start_misses) == (len(refreshed), 0)
+    assert not [path for path in _gets(proxy) if not path.endswith(("/status.json", "/" + WARM_START_KEY))]
+
+    # Nothing changed since: nothing is rewritten, whatever the time.
+    proxy.clear()
+    clock[0] += 10 * warmstart.REFRESH_INTERVAL
+    runner.run_pass(config.desired())
+    assert not [path for path in _puts(proxy) if WARM_START_KEY in path]
+
+
+def test_with_signing_the_cache_holds_a_watchs_own_writes_as_stored(store_url: str, tmp_path: object) -> None:
+    """The envelope of a record the reconciler signed is worked out again for the cache, not read back: the same
+    bytes as stored (Ed25519 and the HMAC are deterministic), so a reader trusting the key takes them."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    signer = Signer.generate()
+    trust = Trust([signer.public])
+    raw = open_store(store_url)
+    sealed = seal_store(raw, signer=signer, trust=trust)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    ScriptedAgents(raw, hosts).register()
+    from tests.trust.test_signing import host_command
+
+    command = host_command("h00").to_json()
+    sealed.put(command_key("h00"), command)
+    stored = raw.get(command_key("h00"))
+    assert stored is not None and stored_form(sealed, command_key("h00"), command) == stored.data
+    assert stored_form(_NoCacheWrites(sealed), command_key("h00"), command) is None  # a wrapper that does not say
+
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    settings = ReconcileSettings.model_validate(settings_overrides())
+    PassRunner(sealed, _lead(raw), settings).run_pass(config.desired())  # writes 60 signed commands
+    reader = StoreReader(seal_store(raw, trust=trust))
+    snapshot = reader.snapshot()
+    assert len(snapshot.state.commands) == HOSTS
+    assert reader.warm_start_misses == 0 and reader.warm_start_hits >= 2 * HOSTS
 
 
 def test_a_cache_too_big_for_its_readers_is_not_written(fleet: tuple[Store, list[str]],
