@@ -12,6 +12,9 @@ on a poll.
   status` on every run) taking a snapshot of a file:// store holding `--commands` commands, signed and checked
   against the same commands unsigned and read through the plain store; both stores are in the page cache (populated
   just before), so the figures are CPU: listing, reading, verifying, parsing.
+- **warm-start refresh**: what a `watch` spends, each time it rewrites the warm-start cache, on the stored form of
+  `--commands` signed commands it wrote itself (`contract.store.bulk.stored_form`: serialised and sealed again,
+  not read back; reconciler/shell/warmstart.py).
 - **agent poll**: what an idle agent does every `pollInterval` (10 s by default) on a file store, a conditional
   get of its unchanged command, plain and through the sealed store. An unchanged command is never verified again:
   the signature is checked once per new command version, so its cost is set against one poll interval.
@@ -40,6 +43,7 @@ from contract.logs import configure_logging
 from contract.models import HostCommand, LocalLocation, Revision
 from contract.signing import Signer, Trust, open_envelope
 from contract.store import MemoryStore, Store, open_store
+from contract.store.bulk import stored_form
 from contract.store.sealed import seal_store, store_audience
 from reconciler.shell.observe import StoreReader
 
@@ -136,6 +140,17 @@ def cold_read(open_reader_store: Callable[[], Store], commands: int, repeat: int
     return min(runs)
 
 
+def bench_stored_form(signer: Signer, commands: int, repeat: int) -> None:
+    store = seal_store(MemoryStore(), signer=signer)
+    documents = [(command_key(f"host-{n:05d}"), host_command(n)) for n in range(commands)]
+
+    def run() -> None:
+        for key, document in documents:
+            stored_form(store, key, document.to_json())
+
+    print(f"warm_start_stored_form_{commands}_signed_commands: {per_call(run, 1, repeat) * 1000:.0f} ms")
+
+
 def bench_cold_read(folder: Path, signer: Signer, trust: Trust, commands: int, repeat: int) -> None:
     plain_url, signed_url = f"file://{folder}/plain", f"file://{folder}/signed"
     started = time.perf_counter()
@@ -186,6 +201,7 @@ def main() -> None:
     trust = Trust([signer.public])
     verify = bench_envelopes(signer, trust, args.repeat)
     bench_sealed_get(signer, trust, args.repeat)
+    bench_stored_form(signer, args.commands, args.repeat)
     with tempfile.TemporaryDirectory() as folder:
         bench_agent_poll(Path(folder), signer, trust, verify, args.repeat)
         bench_cold_read(Path(folder), signer, trust, args.commands, args.repeat)
