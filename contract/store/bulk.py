@@ -130,4 +130,4 @@ def _plain_key(key: str) -> bool:
     return True
 
 
-__all__ = ["READ_WORKERS", "get_many", "open_raw", "read_folders"]
+__all__ = ["READ_WORKERS", "get_many", "open_raw", "read_folders", "stored_form"]

@@ -192,6 +192,7 @@ class PassView:
             )
         return facts
 
+
 def last_attempts(
     group_state: GroupState,
     deployments: Mapping[str, Deployment],

@@ -175,17 +175,19 @@ class StoreReader:
         self.writes_warm_start = False
         #: The cacheable documents read, as the backend holds them (None: no cache is kept).
         self._kept: dict[str, warmstart.Cached] | None = None
-        #: The cacheable documents this process wrote since: key -> (version, document). Their stored bytes are
-        #: worked out only when a cache is written (`contract.store.bulk.stored_form`).
+        #: The cacheable documents this process wrote since the last cache: key -> (version, document). Their stored
+        #: bytes are worked out when a cache is written (`contract.store.bulk.stored_form`), then kept in `_kept`.
         self._written: dict[str, tuple[str, Document]] = {}
         #: Keys kept or written since the last cache was written (or, for the first, read).
         self._kept_changes: set[str] = set()
-        #: When a cache was last written or tried (`refresh_warm_start`).
+        #: When a cache was last written or tried (`refresh_warm_start` waits an interval from it).
         self._kept_saved_at: datetime | None = None
+        #: The last write worth making failed (an outage): the next refresh makes it, however little changed since.
+        self._kept_unsaved = False
         #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.
         self.warm_start_hits = 0
         self.warm_start_misses = 0
-        #: True only while a remote store's first snapshot reads: what `_note_cold_reads` counts and keeps.
+        #: True only while a remote store's first snapshot reads: what `_note_reads` counts as hits and misses.
         self._cold_remote_read = False
 
     # ----------------------------------------------------------------------------------------------
@@ -512,6 +514,8 @@ class StoreReader:
             self._sync_records(listings)
         finally:
             self._cold_remote_read = False
+        # The cold read is accounted for by its hits and misses; from here on, what changes is counted.
+        self._kept_changes.clear()
         log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
 
     def _remote_cold(self) -> bool:
@@ -521,50 +525,62 @@ class StoreReader:
             table.listed for table in (*self._host_tables, *self._record_tables))
 
     def save_warm_start(self, *, written_at: datetime) -> bool:
-        """After the lease holder's first pass: leave a new warm-start cache when the first snapshot fetched enough
-        cacheable documents to make one worth its PUT (`warmstart.should_write`). True when written. Not a decision,
-        so not under the lease's check: every entry is checked against a listing when used, whoever wrote it."""
+        """After the lease holder's first pass: leave a new warm-start cache when the first snapshot fetched, and the
+        pass wrote, enough cacheable documents to make one worth its PUT (`warmstart.should_write`). True when
+        written. Not a decision, so not under the lease's check: every entry is checked against a listing when used,
+        whoever wrote it."""
         if self._kept is None:
             return False
-        if not warmstart.should_write(self.warm_start_hits, self.warm_start_misses):
-            self._kept_changes.clear()  # the cache read is as good as a new one would be
-            self._kept_saved_at = written_at
-            return False
+        self._kept_saved_at = written_at  # a later refresh waits an interval from here, whether written or not
+        changed = self.warm_start_misses + len(self._kept_changes)  # fetched, and written by this pass
+        if not warmstart.should_write(self.warm_start_hits, changed):
+            return False  # the cache read serves as well; what this pass wrote counts toward a refresh
         return self._save_kept(written_at)
 
     def refresh_warm_start(self, *, written_at: datetime) -> bool:
-        """After each later pass of the lease holder (`watch`): a new cache once more than `REWRITE_MIN` and
-        `REWRITE_SHARE` of its documents changed since the last one (by rollouts: commands, deployments, group
-        records; by agents: registrations), at most once per `warmstart.REFRESH_INTERVAL`. So a `plan` or `--once`
-        beside a `watch` that has run for days starts from what the fleet is now, not from the `watch`'s start."""
+        """After each later pass of the lease holder (a `watch`, or a `--once` that runs long): a new cache once
+        more than `REWRITE_MIN` and `REWRITE_SHARE` of its documents changed since the last one (by rollouts:
+        commands, deployments, group records; by agents: registrations), at most once per
+        `warmstart.REFRESH_INTERVAL`. So a `plan` or `--once` beside a `watch` that has run for days starts from what
+        the fleet is now, give or take the last interval and a twentieth of it, not from the `watch`'s start."""
         if self._kept is None:
             return False
         if self._kept_saved_at is not None and written_at - self._kept_saved_at < warmstart.REFRESH_INTERVAL:
             return False
         changed = len(self._kept_changes)
-        if not warmstart.should_write(len(self._kept) + len(self._written) - changed, changed):
+        worth = warmstart.should_write(max(0, len(self._kept) + len(self._written) - changed), changed)
+        if not worth and not self._kept_unsaved:
             return False
         return self._save_kept(written_at)
 
     def _save_kept(self, written_at: datetime) -> bool:
-        entries = dict(self._kept or {})
-        for key, (version, document) in self._written.items():
+        # This process's own writes, as the backend holds them: worked out once, then kept like what was read.
+        for key, (version, document) in list(self._written.items()):
             table = self._table_for(key)
             form = stored_form(self.store, key, document.to_json())
+            del self._written[key]
             if form is not None and table is not None and table.listed.get(key) == version:
-                entries[key] = warmstart.Cached(version, form)
-        # Tried: a write that fails (a policy without `cache/*`, an outage) is tried again an interval later.
+                assert self._kept is not None
+                self._kept[key] = warmstart.Cached(version, form)
         self._kept_saved_at = written_at
-        written = warmstart.save(self.store, entries, written_at=written_at)
-        if written:
+        saved = warmstart.save(self.store, self._kept or {}, written_at=written_at)
+        if saved is warmstart.Saved.REFUSED:
+            # No permission on `cache/`, or more than its readers read: trying again every interval would spend the
+            # same work for nothing, and keeping the documents' bytes would cost memory for nothing.
+            log.warning("warm_start.given_up", reason="the cache cannot be written; none is kept until a restart")
+            self.discard_warm_start()
+            return False
+        self._kept_unsaved = saved is not warmstart.Saved.WRITTEN  # tried again an interval later
+        if saved is warmstart.Saved.WRITTEN:
             self._kept_changes.clear()
-        return written
+        return not self._kept_unsaved
 
     def discard_warm_start(self) -> None:
         """Stop keeping a cache and let go of what it held: a `watch` that lost the lease is a standby, which must
         not keep the fleet's documents twice for hours (it keeps no cache again until it restarts)."""
         self._kept, self._written = None, {}
         self._kept_changes.clear()
+        self._kept_unsaved = False
 
     # ----------------------------------------------------------------------------------------------
     # Kept in step by the executor and the operator commands

@@ -10,8 +10,10 @@ its own at each heartbeat (5 minutes by default), so a CI run finds them all new
 What: `cache/warm-start.json.gz` (`contract.keys.WARM_START_KEY`), gzip-compressed JSON lines: a header, then
 for each of those documents its key, the version it was read at and its bytes as the backend holds them (a
 signed record's envelope, not its payload). The lease holder writes it after its first pass when that pass's
-cold read fetched more than `REWRITE_MIN` of them and more than `REWRITE_SHARE` of all (so not on every run: it
-is ~1 MB at 10,000 hosts unsigned, one PUT). The next process's first snapshot loads it beside its listings and
+cold read fetched (and the pass wrote) more than `REWRITE_MIN` of them and more than `REWRITE_SHARE` of all (so
+not on every run: it is ~1 MB at 10,000 hosts unsigned, one PUT), and after a later pass (a `watch`, a long
+`--once`) once as many changed since, at most every `REFRESH_INTERVAL` (`StoreReader.refresh_warm_start`).
+The next process's first snapshot loads it beside its listings and
 takes an entry in place of a GET only where the listing shows the very same version; everything else is read as
 before. An S3 ETag is a digest of the object's bytes (or, for an encrypted object, new at every write), so the
 same ETag means the same bytes a GET would return. So the cache may be missing, old, deleted or unreadable at
@@ -32,6 +34,7 @@ Local stores (`file://`) neither read nor write it: reading a file costs less th
 
 from __future__ import annotations
 
+import enum
 import json
 import zlib
 from collections.abc import Mapping
@@ -73,7 +76,7 @@ _PIECE = 1024 * 1024
 #: The longest line a cache may hold: an entry for the biggest document a GET reads (a deployment or group
 #: record, `LARGE_DOCUMENT_LIMIT`), escaped as JSON text, with its key and version.
 _MAX_LINE = 2 * LARGE_DOCUMENT_LIMIT + 64 * 1024
-#: Fast and still about a tenth of the JSON: the write is at most once per process.
+#: Fast and still about a tenth of the JSON: a `watch` writes it at most every `REFRESH_INTERVAL`.
 _COMPRESS_LEVEL = 1
 
 
@@ -221,23 +224,33 @@ def load(store: Store) -> dict[str, Cached]:
     return {}
 
 
-def save(store: Store, entries: Mapping[str, Cached], *, written_at: datetime) -> bool:
+class Saved(enum.Enum):
+    """How a `save` ended."""
+
+    WRITTEN = "written"
+    #: Not written this time (an outage, throttling): worth trying again later.
+    FAILED = "failed"
+    #: Not written and never will be by this process: no permission on `cache/`, or too big for its readers.
+    REFUSED = "refused"
+
+
+def save(store: Store, entries: Mapping[str, Cached], *, written_at: datetime) -> Saved:
     """Write a new cache; a failure (no permission on `cache/`, an outage) is logged and costs only the next
-    cold read's speed. True when written."""
+    cold read's speed."""
     data = encode(entries, written_at=written_at)
     # Signed, it is stored base64-encoded in an envelope: a cache too big for a reader to read is not written.
     stored_size = len(data) * 4 // 3 + 4096
     if stored_size > read_limit(WARM_START_KEY):
         log.warning("warm_start.not_written", key=WARM_START_KEY, documents=len(entries), bytes=len(data),
                     error=f"bigger than the {read_limit(WARM_START_KEY)} bytes a reader reads of it")
-        return False
+        return Saved.REFUSED
     try:
         store.put(WARM_START_KEY, data)
     except StoreError as exc:
         log.warning("warm_start.not_written", key=WARM_START_KEY, error=str(exc))
-        return False
+        return Saved.FAILED if exc.retryable else Saved.REFUSED
     log.info("warm_start.written", key=WARM_START_KEY, documents=len(entries), bytes=len(data))
-    return True
+    return Saved.WRITTEN
 
 
-__all__ = ["Cached", "WarmStartInvalid", "cacheable", "decode", "encode", "load", "save", "should_write"]
+__all__ = ["Cached", "Saved", "WarmStartInvalid", "cacheable", "decode", "encode", "load", "save", "should_write"]

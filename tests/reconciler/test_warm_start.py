@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from contract.keys import WARM_START_KEY, command_key, registration_key, status_key
-from contract.models import HostRegistration
+from contract.models import HostCommand, HostRegistration
 from contract.signing import Signer, Trust
 from contract.store import Store, open_store
 from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied, StoredObject, StoreUnavailable
@@ -335,10 +335,85 @@ def test_a_cache_that_cannot_be_written_is_logged_and_costs_nothing_else(store_u
     reader.snapshot()
     with capture_logs() as logs:
         assert not reader.save_warm_start(written_at=datetime.now(UTC))
-    (warning,) = logs
+    warning, given_up = logs
     assert warning["event"] == "warm_start.not_written" and "AccessDenied" in warning["error"]
+    assert given_up["event"] == "warm_start.given_up"
     assert store.get(WARM_START_KEY) is None
-    assert not reader.save_warm_start(written_at=datetime.now(UTC))  # once per process
+    # Refused for good: not tried again every interval, and nothing kept for it.
+    for host in range(HOSTS):
+        reader.record_write(command_key(f"h{host:02d}"), f'"v{host}"', _command(f"h{host:02d}"))
+    with capture_logs() as logs:
+        assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + 10 * warmstart.REFRESH_INTERVAL)
+    assert logs == []
+
+
+class _OutageOnCacheWrites(_NoCacheWrites):
+    """The S3 store with its next cache write answered by an outage (throttling), as S3 may answer any PUT."""
+
+    outages = 1
+
+    def put(self, key: str, data: bytes) -> str:
+        if key.startswith("cache/") and self.outages:
+            self.outages -= 1
+            raise StoreUnavailable("SlowDown: please reduce your request rate")
+        return self.inner.put(key, data)
+
+
+def _command(host: str) -> HostCommand:
+    from tests.trust.test_signing import host_command
+
+    return host_command(host)
+
+
+def test_a_cache_write_an_outage_refused_is_tried_again_an_interval_later(store_url: str) -> None:
+    store = open_store(store_url)
+    ScriptedAgents(store, [f"h{i:02d}" for i in range(HOSTS)]).register()
+    flaky = _OutageOnCacheWrites(store)
+    reader = StoreReader(flaky)  # type: ignore[arg-type]
+    reader.writes_warm_start = True
+    reader.snapshot()
+    started = datetime.now(UTC)
+    with capture_logs() as logs:
+        assert not reader.save_warm_start(written_at=started)
+    assert [entry["event"] for entry in logs] == ["warm_start.not_written"]
+    assert not reader.refresh_warm_start(written_at=started + warmstart.REFRESH_INTERVAL / 2)  # not yet
+    assert reader.refresh_warm_start(written_at=started + warmstart.REFRESH_INTERVAL)
+    assert len(warmstart.decode(store.get(WARM_START_KEY).data)) == HOSTS  # type: ignore[union-attr]
+
+
+def test_what_a_first_pass_wrote_counts_toward_a_refresh_when_the_cache_read_served(
+    fleet: tuple[Store, list[str]]
+) -> None:
+    """A `watch` restarted onto a store whose cache holds everything: its first pass reads nothing new but writes a
+    whole batch of commands. Not worth a PUT then (the run may end at once), but the next refresh has them."""
+    store, hosts = fleet
+    reader = StoreReader(store)
+    reader.writes_warm_start = True
+    reader.snapshot()
+    assert (reader.warm_start_hits, reader.warm_start_misses) == (HOSTS, 0)
+    for host in hosts:
+        command = _command(host)
+        reader.record_write(command_key(host), store.put(command_key(host), command.to_json()), command)
+    started = datetime.now(UTC)
+    assert reader.save_warm_start(written_at=started)  # 60 written of 120: worth it at once
+    cached = warmstart.decode(store.get(WARM_START_KEY).data)  # type: ignore[union-attr]
+    assert {key for key in cached if key.startswith("commands/")} == {command_key(host) for host in hosts}
+    assert {key: cached[key].data for key in cached if key.startswith("commands/")} == {
+        command_key(host): store.get(command_key(host)).data for host in hosts}  # type: ignore[union-attr]
+
+    # A bigger fleet, where one batch is under the share: not written after the first pass, written by a refresh.
+    first = StoreReader(store)
+    first.writes_warm_start = True
+    first.snapshot()
+    for host in hosts[:HOSTS // 2 + 21]:  # 51 changed: over REWRITE_MIN, and with the 120 cached over 5 %
+        command = _command(host).model_copy(update={"generation": 9})
+        first.record_write(command_key(host), store.put(command_key(host), command.to_json()), command)
+    first.warm_start_hits *= 20  # as if the cache had held 20 times as many documents
+    assert not first.save_warm_start(written_at=started)
+    assert first.refresh_warm_start(written_at=started + warmstart.REFRESH_INTERVAL)
+    cached = warmstart.decode(store.get(WARM_START_KEY).data)  # type: ignore[union-attr]
+    assert all(cached[command_key(host)].data == store.get(command_key(host)).data  # type: ignore[union-attr]
+               for host in hosts)
 
 
 def test_a_file_store_neither_reads_nor_writes_one(tmp_path: object) -> None:
@@ -571,8 +646,11 @@ def test_a_cache_too_big_for_its_readers_is_not_written(fleet: tuple[Store, list
     reader.snapshot()
     with capture_logs() as logs:
         assert not reader.save_warm_start(written_at=datetime.now(UTC))
-    assert [entry["event"] for entry in logs] == ["warm_start.not_written"] and "bigger" in logs[0]["error"]
+    assert [entry["event"] for entry in logs] == ["warm_start.not_written", "warm_start.given_up"]
+    assert "bigger" in logs[0]["error"]
     assert store.get(WARM_START_KEY) is None
+    # It would only grow: not tried again.
+    assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + 10 * warmstart.REFRESH_INTERVAL)
 
 
 def test_open_raw_reopens_what_a_wrapper_already_opened_and_vouches_for_nothing_unknown(store_url: str) -> None:
