@@ -1,4 +1,4 @@
-"""The two helper threads that make unpacking overlap its I/O: a writer for small files and a gzip inflater.
+"""The helper threads that make unpacking overlap its I/O: writers for small files and a gzip inflater.
 
 Both only move bytes; every decision (names, limits, order) stays on the unpacking thread
 (agent/fetch/extract.py).
@@ -22,24 +22,28 @@ CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOE
 
 
 class BackgroundWriter:
-    """Creates small files on a second thread while the main thread parses the archive.
+    """Creates small files on `workers` threads while the main thread parses the archive.
 
-    open/write/close release the GIL, so on a host with two or more cores writing overlaps with header
-    parsing, much as `tar` overlaps with its gzip child. The main thread stays the only one that decides
-    anything: names, limits and folders are checked before a file is queued, and every operation whose
-    order matters (a large file, a hard link, the final symlinks) first waits for the queue to empty.
+    open/write/close and zlib's inflating release the GIL, so on a host with two or more cores writing overlaps
+    with header parsing, much as `tar` overlaps with its gzip child. The main thread stays the only one that
+    decides anything: names, limits and folders are checked before a file is queued, and every operation whose
+    order matters (a large file, a hard link, the final symlinks, a second entry of the same name) first waits
+    for the queue to empty. Files of different names are independent, so their order among the workers does not
+    matter; the first error any worker hits is the one raised.
     """
 
     _QUEUE_FILES = 64
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
         self._jobs: queue.Queue[tuple[str, bytes | Callable[[], bytes], int, float | None,
                                       tuple[int, int] | None] | None] = queue.Queue(self._QUEUE_FILES)
         self._error: BaseException | None = None
         #: Set by `cancel`: queued files are dropped, not written.
         self._cancelled = False
-        self._thread = threading.Thread(target=self._work, name="bundle-writer", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"bundle-writer-{n}", daemon=True)
+                         for n in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -48,7 +52,8 @@ class BackgroundWriter:
                     path, data, mode, mtime, owner = job
                     create_file(path, data() if callable(data) else data, mode, mtime, owner)
             except BaseException as exc:
-                self._error = exc
+                if self._error is None:
+                    self._error = exc
             finally:
                 self._jobs.task_done()
         self._jobs.task_done()
@@ -79,8 +84,10 @@ class BackgroundWriter:
         self.check()
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 def write_all(fd: int, data: bytes) -> None:

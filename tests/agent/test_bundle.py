@@ -9,6 +9,7 @@ import os
 import stat
 import tarfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -681,6 +682,27 @@ def test_large_and_duplicate_entries_keep_the_archive_order(tmp_path: Path) -> N
         archive.writestr("c.txt", b"c")
     unpack_bundle(FetchedBundle(zip_path, "zip"), tmp_path / "out2")
     assert (tmp_path / "out2/a.bin").read_bytes() == big
+
+
+def test_with_several_writers_a_name_given_twice_ends_as_its_last_entry(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small files of a zip are written by several threads at once (`extract.WRITER_THREADS`): a second entry
+    of the same name right after the first (which takes longer to inflate) must still be the one left, as when
+    one thread wrote them in the archive's order."""
+    import agent.fetch.extract as extract
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(extract, "WRITER_THREADS", 4)
+    slow = os.urandom(200_000)  # incompressible: inflating it takes a while
+    path = tmp_path / "b.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name": the point of the test
+        for index in range(200):
+            archive.writestr(f"d/f{index:03d}.txt", slow)
+            archive.writestr(f"d/f{index:03d}.txt", b"last %d" % index)
+    unpack_bundle(FetchedBundle(path, "zip"), tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out/d").iterdir()} == {
+        f"f{index:03d}.txt": b"last %d" % index for index in range(200)}
 
 
 def test_concatenated_gzip_members_are_one_stream(tmp_path: Path) -> None:
