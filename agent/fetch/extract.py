@@ -107,7 +107,7 @@ def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimi
 
 
 def _abandon(extractor: Extractor, archive_dir: Path) -> None:
-    """After a failure: let the writer thread finish (its own errors no longer matter), then remove the
+    """After a failure: let the writer threads finish (their own errors no longer matter), then remove the
     partial folder, so nothing is written into it after it is gone."""
     with suppress(BaseException):
         extractor.stop_writer()
@@ -146,6 +146,9 @@ class Extractor:
         self.entries = 0
         self.written = 0
         self.regular: set[str] = set()
+        #: Names given to the writer threads since the queue was last drained: a second entry of one of them waits
+        #: for the first to be written (see `_submit`), whatever came between (a symlink of that name, say).
+        self.queued: set[str] = set()
         self.made_dirs: set[str] = {""}
         self.symlinks: dict[str, str] = {}
         self.dir_attrs: list[tuple[str, int | None, float | None, tuple[int, int] | None]] = []
@@ -246,8 +249,7 @@ class Extractor:
             self.written += size
             self._submit(name, data, final_mode, mtime, owner)
             return
-        if self.writer is not None:
-            self.writer.drain()
+        self.drain_writer()
         fd = os.open(f"{self.target_text}/{name}", CREATE_FLAGS, 0o600)
         try:
             budget = self.limits.max_bytes - self.written
@@ -272,7 +274,7 @@ class Extractor:
     def write_member(self, name: str, read: Callable[[], bytes], *, size: int, mode: int | None, mtime: float | None,
                      source: str) -> None:
         """Write one regular file of `size` bytes (at most `CHUNK`) that `read()` returns, checked and complete:
-        on the writer thread when there is one (see `BackgroundWriter.submit`), else here."""
+        on a writer thread when there are any (see `BackgroundWriter.submit`), else here."""
         if self.writer is None:
             self.write_file(name, io.BytesIO(read()), mode=mode, mtime=mtime, owner=None, source=source, size=size)
             return
@@ -288,23 +290,29 @@ class Extractor:
 
     def _submit(self, name: str, data: bytes | Callable[[], bytes], mode: int, mtime: float | None,
                 owner: tuple[int, int] | None) -> None:
-        """Queue a small file for the writer threads. A name the bundle has already had waits for what is queued:
+        """Queue a small file for the writer threads. A name queued since the last drain waits for what is queued:
         with several writers the later entry could otherwise be written first, and the earlier one win."""
+        if name in self.queued:
+            self.drain_writer()
         assert self.writer is not None
-        if name in self.regular:
-            self.writer.drain()
         self.writer.submit(f"{self.target_text}/{name}", data, mode, mtime, owner)
+        self.queued.add(name)
         self.regular.add(name)
 
+    def drain_writer(self) -> None:
+        """Wait until every queued file is written (raising the first error a writer hit)."""
+        if self.writer is not None:
+            self.writer.drain()
+        self.queued.clear()
+
     def cancel_writer(self) -> None:
-        """After a failure: drop what the writer thread has queued, and stop it."""
+        """After a failure: drop what the writer threads have queued, and stop them."""
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.cancel()
 
     def hard_link(self, name: str, link_target_raw: str, source: str) -> None:
-        if self.writer is not None:
-            self.writer.drain()
+        self.drain_writer()
         if link_target_raw.startswith("/") or ".." in link_target_raw.replace("\\", "/").split("/"):
             raise UnsafeBundle(f"{source}: hard link {name!r} points outside the bundle ({link_target_raw!r})")
         link_target = self.safe_name(link_target_raw, source=source)
@@ -352,12 +360,12 @@ class Extractor:
                 os.utime(path, (mtime, mtime))
 
     def start_writer(self) -> None:
-        cpus = os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if self.writer is None and cpus > 1:
             self.writer = BackgroundWriter(workers=min(cpus, WRITER_THREADS))
 
     def stop_writer(self) -> None:
-        """Wait for queued files and stop the thread; raises the first error the thread hit."""
+        """Wait for queued files and stop the threads; raises an error a thread hit."""
         writer, self.writer = self.writer, None
         if writer is not None:
             try:

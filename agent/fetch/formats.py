@@ -41,8 +41,7 @@ def extract_zip(extractor: Extractor, path: Path) -> None:
             try:
                 for info in infos:
                     _zip_entry(extractor, archive, reader, info, source)
-                if extractor.writer is not None:
-                    extractor.writer.drain()  # queued members read from `raw`: done before it is closed
+                extractor.drain_writer()  # queued members read from `raw`: done before it is closed
             except BaseException:
                 extractor.cancel_writer()
                 raise

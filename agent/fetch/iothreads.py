@@ -29,7 +29,7 @@ class BackgroundWriter:
     decides anything: names, limits and folders are checked before a file is queued, and every operation whose
     order matters (a large file, a hard link, the final symlinks, a second entry of the same name) first waits
     for the queue to empty. Files of different names are independent, so their order among the workers does not
-    matter; the first error any worker hits is the one raised.
+    matter; an error a worker hits is raised on the main thread (one of them, when several fail at once).
     """
 
     _QUEUE_FILES = 64

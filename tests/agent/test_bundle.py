@@ -684,25 +684,53 @@ def test_large_and_duplicate_entries_keep_the_archive_order(tmp_path: Path) -> N
     assert (tmp_path / "out2/a.bin").read_bytes() == big
 
 
-def test_with_several_writers_a_name_given_twice_ends_as_its_last_entry(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The small files of a zip are written by several threads at once (`extract.WRITER_THREADS`): a second entry
-    of the same name right after the first (which takes longer to inflate) must still be the one left, as when
-    one thread wrote them in the archive's order."""
+@pytest.mark.parametrize("between", ["nothing", "a symlink"])
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_with_several_writers_a_name_given_twice_ends_as_its_last_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, between: str
+) -> None:
+    """The small files of a bundle are written by several threads at once (`extract.WRITER_THREADS`): a second
+    entry of the same name after the first (which takes longer to inflate or write), with or without a symlink of
+    that name in between, must still be the one left, as when one thread wrote them in the archive's order."""
     import agent.fetch.extract as extract
 
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setattr(extract, "WRITER_THREADS", 4)
     slow = os.urandom(200_000)  # incompressible: inflating it takes a while
-    path = tmp_path / "b.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name": the point of the test
-        for index in range(200):
-            archive.writestr(f"d/f{index:03d}.txt", slow)
-            archive.writestr(f"d/f{index:03d}.txt", b"last %d" % index)
-    unpack_bundle(FetchedBundle(path, "zip"), tmp_path / "out")
+    entries: list[tuple[str, bytes | None]] = []
+    for index in range(50):
+        name = f"d/f{index:03d}.txt"
+        entries.append((name, slow))
+        if between == "a symlink":
+            entries.append((name, None))
+        entries.append((name, b"last %d" % index))
+    if kind == "zip":
+        path = tmp_path / "b.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name": the point of the test
+            for name, data in entries:
+                if data is None:
+                    info = zipfile.ZipInfo(name)
+                    info.create_system = 3
+                    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                    archive.writestr(info, "elsewhere")
+                else:
+                    archive.writestr(name, data)
+    else:
+        path = tmp_path / "b.tar"
+        with tarfile.open(path, "w") as tar:
+            for name, data in entries:
+                info = tarfile.TarInfo(name)
+                if data is None:
+                    info.type, info.linkname = tarfile.SYMTYPE, "elsewhere"
+                    tar.addfile(info)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    unpack_bundle(FetchedBundle(path, kind), tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out/d").iterdir()} == {
-        f"f{index:03d}.txt": b"last %d" % index for index in range(200)}
+        f"f{index:03d}.txt": b"last %d" % index for index in range(50)}
 
 
 def test_concatenated_gzip_members_are_one_stream(tmp_path: Path) -> None:
