@@ -61,7 +61,7 @@ from contract.models import (
     group_key,
 )
 from contract.store import ObjectVersion, Store, StoredObject
-from contract.store.bulk import get_many, open_raw, read_folders, stored_form
+from contract.store.bulk import get_many, open_raw, read_folders
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
@@ -173,17 +173,8 @@ class StoreReader:
         #: what a new cache would hold, as later reads and this process's own writes change it, for
         #: `save_warm_start` after the first pass and `refresh_warm_start` after the others.
         self.writes_warm_start = False
-        #: The cacheable documents read, as the backend holds them (None: no cache is kept).
-        self._kept: dict[str, warmstart.Cached] | None = None
-        #: The cacheable documents this process wrote since the last cache: key -> (version, document). Their stored
-        #: bytes are worked out when a cache is written (`contract.store.bulk.stored_form`), then kept in `_kept`.
-        self._written: dict[str, tuple[str, Document]] = {}
-        #: Keys kept or written since the last cache was written (or, for the first, read).
-        self._kept_changes: set[str] = set()
-        #: When a cache was last written or tried (`refresh_warm_start` waits an interval from it).
-        self._kept_saved_at: datetime | None = None
-        #: The last write worth making failed (an outage): the next refresh makes it, however little changed since.
-        self._kept_unsaved = False
+        #: What a new cache would hold, kept current (None: no cache is kept).
+        self._keeper: warmstart.Keeper | None = None
         #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.
         self.warm_start_hits = 0
         self.warm_start_misses = 0
@@ -259,26 +250,16 @@ class StoreReader:
             self.warm_start_misses += sum(
                 1 for key, stored in fetched.items()
                 if stored is not None and stored.oversize is None and warmstart.cacheable(key))
-        if self._kept is None:
+        if self._keeper is None:
             return
         for found in (fetched, seeded):
             for key, stored in found.items():
-                if not warmstart.cacheable(key):
-                    continue
-                if stored is None or stored.oversize is not None:
-                    self._forget(key)
-                    continue
-                self._written.pop(key, None)
-                raw = stored.raw if stored.raw is not None else stored.data
-                self._kept[key] = warmstart.Cached(stored.version, raw)
-                self._kept_changes.add(key)
+                self._keeper.read(key, stored)
 
     def _forget(self, key: str) -> None:
-        """A document gone from the store (or too big to read): no cache entry for it."""
-        if self._kept is None:
-            return
-        if self._kept.pop(key, None) is not None or self._written.pop(key, None) is not None:
-            self._kept_changes.add(key)
+        """A document gone from the store: no cache entry for it."""
+        if self._keeper is not None:
+            self._keeper.forget(key)
 
     def _list(self, prefix: str) -> list[ObjectVersion]:
         return self.store.list(prefix)
@@ -499,7 +480,7 @@ class StoreReader:
         """A remote store's first read: the warm-start cache is read beside the listings (one more request in the
         same round trip), then stands in for every document it holds unchanged (`_sync_all`)."""
         if self.writes_warm_start:
-            self._kept, self._written = {}, {}
+            self._keeper = warmstart.Keeper()
         if self._warm_loaded:  # by a first snapshot that failed
             listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
         else:
@@ -515,7 +496,8 @@ class StoreReader:
         finally:
             self._cold_remote_read = False
         # The cold read is accounted for by its hits and misses; from here on, what changes is counted.
-        self._kept_changes.clear()
+        if self._keeper is not None:
+            self._keeper.changes.clear()
         log.info("warm_start.read", from_cache=self.warm_start_hits, fetched=self.warm_start_misses)
 
     def _remote_cold(self) -> bool:
@@ -529,13 +511,11 @@ class StoreReader:
         pass wrote, enough cacheable documents to make one worth its PUT (`warmstart.should_write`). True when
         written. Not a decision, so not under the lease's check: every entry is checked against a listing when used,
         whoever wrote it."""
-        if self._kept is None:
+        if self._keeper is None:
             return False
-        self._kept_saved_at = written_at  # a later refresh waits an interval from here, whether written or not
-        changed = self.warm_start_misses + len(self._kept_changes)  # fetched, and written by this pass
-        if not warmstart.should_write(self.warm_start_hits, changed):
-            return False  # the cache read serves as well; what this pass wrote counts toward a refresh
-        return self._save_kept(written_at)
+        saved = self._keeper.save_first(self.store, self._listed_version, hits=self.warm_start_hits,
+                                        misses=self.warm_start_misses, written_at=written_at)
+        return self._saved(saved)
 
     def refresh_warm_start(self, *, written_at: datetime) -> bool:
         """After each later pass of the lease holder (a `watch`, or a `--once` that runs long): a new cache once
@@ -543,44 +523,26 @@ class StoreReader:
         commands, deployments, group records; by agents: registrations), at most once per
         `warmstart.REFRESH_INTERVAL`. So a `plan` or `--once` beside a `watch` that has run for days starts from what
         the fleet is now, give or take the last interval and a twentieth of it, not from the `watch`'s start."""
-        if self._kept is None:
+        if self._keeper is None:
             return False
-        if self._kept_saved_at is not None and written_at - self._kept_saved_at < warmstart.REFRESH_INTERVAL:
-            return False
-        changed = len(self._kept_changes)
-        worth = warmstart.should_write(max(0, len(self._kept) + len(self._written) - changed), changed)
-        if not worth and not self._kept_unsaved:
-            return False
-        return self._save_kept(written_at)
+        return self._saved(self._keeper.refresh(self.store, self._listed_version, written_at=written_at))
 
-    def _save_kept(self, written_at: datetime) -> bool:
-        # This process's own writes, as the backend holds them: worked out once, then kept like what was read.
-        for key, (version, document) in list(self._written.items()):
-            table = self._table_for(key)
-            form = stored_form(self.store, key, document.to_json())
-            del self._written[key]
-            if form is not None and table is not None and table.listed.get(key) == version:
-                assert self._kept is not None
-                self._kept[key] = warmstart.Cached(version, form)
-        self._kept_saved_at = written_at
-        saved = warmstart.save(self.store, self._kept or {}, written_at=written_at)
+    def _saved(self, saved: warmstart.Saved | None) -> bool:
         if saved is warmstart.Saved.REFUSED:
             # No permission on `cache/`, or more than its readers read: trying again every interval would spend the
             # same work for nothing, and keeping the documents' bytes would cost memory for nothing.
             log.warning("warm_start.given_up", reason="the cache cannot be written; none is kept until a restart")
             self.discard_warm_start()
-            return False
-        self._kept_unsaved = saved is not warmstart.Saved.WRITTEN  # tried again an interval later
-        if saved is warmstart.Saved.WRITTEN:
-            self._kept_changes.clear()
-        return not self._kept_unsaved
+        return saved is warmstart.Saved.WRITTEN
+
+    def _listed_version(self, key: str) -> str | None:
+        table = self._table_for(key)
+        return table.listed.get(key) if table is not None else None
 
     def discard_warm_start(self) -> None:
         """Stop keeping a cache and let go of what it held: a `watch` that lost the lease is a standby, which must
         not keep the fleet's documents twice for hours (it keeps no cache again until it restarts)."""
-        self._kept, self._written = None, {}
-        self._kept_changes.clear()
-        self._kept_unsaved = False
+        self._keeper = None
 
     # ----------------------------------------------------------------------------------------------
     # Kept in step by the executor and the operator commands
@@ -592,10 +554,8 @@ class StoreReader:
             return
         table.entries[key] = _Entry(version, document)  # type: ignore[arg-type]
         table.listed[key] = version
-        if self._kept is not None and warmstart.cacheable(key):
-            self._kept.pop(key, None)
-            self._written[key] = (version, document)
-            self._kept_changes.add(key)
+        if self._keeper is not None:
+            self._keeper.wrote(key, version, document)
 
     def record_delete(self, key: str) -> None:
         table = self._table_for(key)

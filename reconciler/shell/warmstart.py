@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,8 +53,10 @@ from contract.keys import (
     TRAFFIC_PREFIX,
     WARM_START_KEY,
 )
+from contract.models import Document
 from contract.store import Store, StoreError
-from contract.store.base import LARGE_DOCUMENT_LIMIT, read_limit
+from contract.store.base import LARGE_DOCUMENT_LIMIT, StoredObject, read_limit
+from contract.store.bulk import stored_form
 
 log = structlog.get_logger(__name__)
 
@@ -253,4 +255,82 @@ def save(store: Store, entries: Mapping[str, Cached], *, written_at: datetime) -
     return Saved.WRITTEN
 
 
-__all__ = ["Cached", "Saved", "WarmStartInvalid", "cacheable", "decode", "encode", "load", "save", "should_write"]
+class Keeper:
+    """What a new cache would hold, kept current by the lease holder's reads and writes (`StoreReader`), and when
+    it is worth writing: after the first pass when the cold read and that pass fetched and wrote enough, after a
+    later one when enough changed since, at most once per `REFRESH_INTERVAL`."""
+
+    def __init__(self) -> None:
+        #: The cacheable documents read, as the backend holds them.
+        self.kept: dict[str, Cached] = {}
+        #: The cacheable documents this process wrote since the last cache: key -> (version, document). Their stored
+        #: bytes are worked out when a cache is written (`contract.store.bulk.stored_form`), then kept in `kept`.
+        self.written: dict[str, tuple[str, Document]] = {}
+        #: Keys read, written or gone since the last cache was written (or the cold read ended).
+        self.changes: set[str] = set()
+        #: When a cache was last written or tried: a refresh waits an interval from it.
+        self.saved_at: datetime | None = None
+        #: The last write worth making failed (an outage): the next refresh makes it, however little changed since.
+        self.unsaved = False
+
+    def read(self, key: str, stored: StoredObject | None) -> None:
+        """A document a snapshot read (None: gone between its listing and the read)."""
+        if not cacheable(key):
+            return
+        if stored is None or stored.oversize is not None:
+            self.forget(key)
+            return
+        self.written.pop(key, None)
+        self.kept[key] = Cached(stored.version, stored.raw if stored.raw is not None else stored.data)
+        self.changes.add(key)
+
+    def wrote(self, key: str, version: str, document: Document) -> None:
+        """A document this process wrote, at the version its PUT answered."""
+        if cacheable(key):
+            self.kept.pop(key, None)
+            self.written[key] = (version, document)
+            self.changes.add(key)
+
+    def forget(self, key: str) -> None:
+        """A document gone from the store (or too big to read): no entry for it."""
+        if self.kept.pop(key, None) is not None or self.written.pop(key, None) is not None:
+            self.changes.add(key)
+
+    def save_first(self, store: Store, listed: Callable[[str], str | None], *, hits: int, misses: int,
+                   written_at: datetime) -> Saved | None:
+        """After the first pass: `save` when the cold read's `misses` and what the pass wrote are worth it against
+        its `hits`; None when not (what the pass wrote then counts toward a refresh)."""
+        self.saved_at = written_at
+        if not should_write(hits, misses + len(self.changes)):
+            return None
+        return self._save(store, listed, written_at)
+
+    def refresh(self, store: Store, listed: Callable[[str], str | None], *, written_at: datetime) -> Saved | None:
+        """After a later pass: `save` when an interval has passed and enough changed (or the last write worth
+        making failed); None when not."""
+        if self.saved_at is not None and written_at - self.saved_at < REFRESH_INTERVAL:
+            return None
+        changed = len(self.changes)
+        if not should_write(max(0, len(self.kept) + len(self.written) - changed), changed) and not self.unsaved:
+            return None
+        return self._save(store, listed, written_at)
+
+    def _save(self, store: Store, listed: Callable[[str], str | None], written_at: datetime) -> Saved:
+        # This process's own writes as the backend holds them: worked out once, then kept like what was read. Only
+        # where the listing still shows the version written.
+        for key, (version, document) in self.written.items():
+            form = stored_form(store, key, document.to_json())
+            if form is not None and listed(key) == version:
+                self.kept[key] = Cached(version, form)
+        self.written.clear()
+        self.saved_at = written_at
+        saved = save(store, self.kept, written_at=written_at)
+        self.unsaved = saved is not Saved.WRITTEN  # tried again an interval later
+        if saved is Saved.WRITTEN:
+            self.changes.clear()
+        return saved
+
+
+__all__ = [
+    "Cached", "Keeper", "Saved", "WarmStartInvalid", "cacheable", "decode", "encode", "load", "save", "should_write",
+]
