@@ -213,11 +213,11 @@ def preview_rollout(
     complete = False
     # Every live host's command is looked at once; from then on only those given a command since the last tick.
     commanded: Collection[str] = alive
-    for _ in range(max_passes):
+    for passes in range(max_passes):
         _record(previews, by_id, actions, clock - now)
         before = state.commands
         state = apply_actions(state, actions)
-        if _ > 0:
+        if passes > 0:
             commanded = {h for h, c in state.commands.items() if before.get(h) is not c}
         _record_checkpoints(by_id, open_checkpoints(desired, state), now)
         if not any((g := state.groups.get(key)) is not None and g.deployment_in_flight for key in previews):

@@ -161,15 +161,14 @@ class PassView:
         return found is not None and bool(found) and all(o.state is TargetState.IN_SERVICE for o in found)
 
     def facts(self, group_state: GroupState, deployment: Deployment, config: EffectiveConfig) -> dict[str, HostFacts]:
-        """Every host's facts for one step of `deployment`. One loop with the per-host questions asked inline (the
-        same ones `installed_identity`, `prior_health` and `installed_by` answer): asked for every host of every
-        deployment in flight at each pass, and at every simulated pass of `plan`'s dry run (issue 18)."""
+        """Every host's facts for one step of `deployment`: asked for every host of every deployment in flight at each
+        pass, and at every simulated pass of `plan`'s dry run (issue 18), so the installed record is looked up once per
+        host here rather than by `installed_identity`."""
         key = group_key(group_state.application, group_state.deployment_group)
         attempts = self.attempts(group_state, exclude=deployment.deployment_id)
         target = self.identity(deployment.revision)
         statuses = self.observed.statuses
         zonal = config.zonal
-        deployment_id = deployment.deployment_id
         facts: dict[str, HostFacts] = {}
         for host, host_state in deployment.hosts.items():
             status = statuses.get(host)
@@ -179,16 +178,15 @@ class PassView:
             else:
                 rank = REVISION_CURRENT if self.identity(installed.revision) == target else REVISION_OLD
             online = self.online(host)
-            healthy = online and healthy_before(host, key, attempts, self.observed)
             facts[host] = HostFacts(
                 online=online,
                 free=self.slot_free(host),
-                healthy=healthy or self.serving_unknown(host, key, attempts),
+                healthy=self.prior_health(host, key, attempts) or self.serving_unknown(host, key, attempts),
                 revision_rank=rank,
                 zone=zone_of(host, self.observed, zonal) if zonal is not None else None,
                 offline_reason="" if online else self.offline_reason(host),
-                recovered=host_state.status is FAILED and installed is not None
-                and installed.deployment_id == deployment_id,
+                recovered=host_state.status is FAILED
+                and installed_by(self.observed, host, key, deployment.deployment_id),
             )
         return facts
 
