@@ -19,7 +19,6 @@ is bounded in size and checked for shape before it can become a host id or a tag
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import re
 import time
@@ -289,6 +288,8 @@ class ImdsClient:
         return message
 
     def _request(self, method: str, path: str, headers: dict[str, str], deadline: float) -> tuple[int, bytes]:
+        import http.client  # here, not at the top: it loads ssl and email, ~5 MiB an idle agent off EC2 never uses
+
         timeout = min(REQUEST_TIMEOUT, max(deadline - time.monotonic(), 0.01))
         connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         try:

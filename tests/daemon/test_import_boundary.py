@@ -57,7 +57,8 @@ def test_an_idle_agent_loads_no_engine_rich_or_cryptography(tmp_path: Path) -> N
     """What an agent with nothing to do keeps in memory (issue 18: 45 MiB each): a real `deploy-agent run --once`
     on a file store with no command loads neither the deployment engine (imported on the first command), nor
     rich (structlog draws tracebacks with it, the agent logs JSON), nor cryptography (no trusted keys), nor boto3
-    (not an S3 store)."""
+    (not an S3 store), nor http.client and ssl (~1.4 MiB: only the instance metadata client uses them, and this
+    agent is not asked to look for EC2)."""
     probe = (
         "import contextlib, io, os\n"
         "os.environ['FLEETSHIFT_AGENT_EC2_METADATA'] = 'disabled'\n"
@@ -67,7 +68,7 @@ def test_an_idle_agent_loads_no_engine_rich_or_cryptography(tmp_path: Path) -> N
         f"                 '--root-dir', '{tmp_path}/root'])\n"
         "assert code == 0, code\n"
     )
-    roots = ("rich", "pygments", "cryptography", "boto3", "botocore", "agent")
+    roots = ("rich", "pygments", "cryptography", "boto3", "botocore", "http", "ssl", "agent")
     loaded = loaded_after(probe, roots)
     assert "agent.daemon.loop" in loaded  # the probe really ran the agent
     assert (tmp_path / "store" / "hosts" / "idle-1" / "status.json").is_file()
