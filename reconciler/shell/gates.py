@@ -42,7 +42,6 @@ from reconciler.core.view import deployment_config
 from reconciler.desired.gates_spec import AlarmConfigurationSpec
 from reconciler.desired.manifests import Desired, DesiredGroup
 from reconciler.gates.cloudwatch import AlarmReader
-from reconciler.gates.prometheus import measure
 
 log = structlog.get_logger(__name__)
 
@@ -61,13 +60,21 @@ class GateShell:
         alarm_reader: AlarmReaderFactory = AlarmReader,
     ) -> None:
         self._clock = clock
-        self._measure = measure_one or (lambda due: measure(due, now=self._clock()))
+        self._measure = measure_one or self._measure_prometheus
         self._alarm_reader = alarm_reader
         self._readers: dict[str, AlarmReader] = {}
         self._records: dict[str, Versioned[DeploymentAnalysis] | None] = {}
         #: Deployment id -> the version of a record that could not be parsed: replaced by the next write.
         self._broken: dict[str, str | None] = {}
         self._before_write: Callable[[], None] | None = None
+
+    def _measure_prometheus(self, due: DueMeasurement) -> GateMeasurement:
+        """One query against Prometheus. Its client is imported here, at the first gate due, not with this module:
+        it loads urllib, http.client and ssl (~8 ms and ~5 MiB), which a fleet without metric gates never needs,
+        and every `reconcile` imports this module (issue 18)."""
+        from reconciler.gates.prometheus import measure
+
+        return measure(due, now=self._clock())
 
     def observe(
         self,

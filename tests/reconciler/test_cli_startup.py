@@ -42,6 +42,22 @@ def test_a_subcommand_loads_its_own_module_only() -> None:
     assert "reconciler.cli.plan" not in loaded and "reconciler.cli.keys" not in loaded
 
 
+def test_a_pass_without_metric_gates_loads_no_http_client() -> None:
+    """Every `reconcile` pass imports the gate shell; the Prometheus client it calls (urllib, http.client, ssl: ~8 ms
+    of each start) is imported at the first gate due, so a fleet without metric gates never pays for it."""
+    code = (
+        "import sys\n"
+        "from contract.startup import import_structlog_without_rich\n"
+        "import_structlog_without_rich()  # as `reconcile` starts (asyncio, which loads ssl, deferred)\n"
+        "import reconciler.cli.run, reconciler.shell.passes, reconciler.shell.gates\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    loaded = set(done.stdout.split())
+    assert "reconciler.shell.passes" in loaded
+    assert not loaded & {"http.client", "ssl", "urllib.request", "reconciler.gates.prometheus"}
+
+
 def test_the_lazy_help_is_the_full_help() -> None:
     """The one-line summaries in SUBCOMMANDS are the modules' own `help=`: `reconcile --help` built from stand-ins
     reads exactly as the parser with every module registered."""
