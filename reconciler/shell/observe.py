@@ -306,8 +306,9 @@ class StoreReader:
 
     def _load_hosts(self) -> None:
         """Every agent document under `hosts/`, read whole (see `_hosts_cold`)."""
-        if self.freeze_cold_reads:
-            gc.collect()  # cheap before the fleet is in memory, and nothing dead gets frozen below
+        # No `gc.collect()` before the `gc.freeze()` below: after the imports that walk costs ~20 ms of every `--once`
+        # (issue 18), and what it would find dead is the imports' few cycles, which `run_pass`'s `gc.unfreeze()`
+        # hands back to the collector at the end of the pass anyway.
         # Only what `_host_table` knows is read: anything else an agent leaves under hosts/ is never loaded. Each
         # key is classified once, as the walk meets it.
         tables: dict[str, _Table[Any]] = {}
