@@ -23,6 +23,7 @@ from reconciler.core.state import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HISTORY_LIM
 from reconciler.desired.loader import parse_documents, pydantic_message
 from reconciler.desired.sources import bounded_file
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
+from reconciler.shell.warmstart import REFRESH_INTERVAL
 
 ENV_PREFIX = "FLEETSHIFT_"
 DEFAULT_CONFIG_FILE = "deploy.yaml"
@@ -70,6 +71,10 @@ class ReconcileSettings(Model):
     timeout: Duration = Field(default=timedelta(minutes=30), description="--once gives up after this.")
     lease_duration: Duration = Field(default=timedelta(seconds=60), description="How long the write lease lasts.")
     history_limit: int = Field(default=DEFAULT_HISTORY_LIMIT, ge=1, description="Deployments remembered per group.")
+    warm_start_interval: Duration = Field(
+        default=REFRESH_INTERVAL,
+        description="watch on S3: rewrite the warm-start cache (cache/warm-start.json.gz) at most this often.",
+    )
 
 
 class SigningSettings(Model):

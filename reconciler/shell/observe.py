@@ -30,7 +30,7 @@ import gc
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -173,6 +173,8 @@ class StoreReader:
         #: what a new cache would hold, as later reads and this process's own writes change it, for
         #: `save_warm_start` after the first pass and `refresh_warm_start` after the others.
         self.writes_warm_start = False
+        #: The least time between two caches a `refresh_warm_start` writes (`reconcile.warmStartInterval`).
+        self.warm_start_interval: timedelta = warmstart.REFRESH_INTERVAL
         #: What a new cache would hold, kept current (None: no cache is kept).
         self._keeper: warmstart.Keeper | None = None
         #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.
@@ -481,7 +483,7 @@ class StoreReader:
         """A remote store's first read: the warm-start cache is read beside the listings (one more request in the
         same round trip), then stands in for every document it holds unchanged (`_sync_all`)."""
         if self.writes_warm_start:
-            self._keeper = warmstart.Keeper()
+            self._keeper = warmstart.Keeper(self.warm_start_interval)
         if self._warm_loaded:  # by a first snapshot that failed
             listings = self._list_all((HOSTS_PREFIX, *_RECORD_PREFIXES))
         else:
@@ -522,7 +524,7 @@ class StoreReader:
         """After each later pass of the lease holder (a `watch`, or a `--once` that runs long): a new cache once
         more than `REWRITE_MIN` and `REWRITE_SHARE` of its documents changed since the last one (by rollouts:
         commands, deployments, group records; by agents: registrations), at most once per
-        `warmstart.REFRESH_INTERVAL`. So a `plan` or `--once` beside a `watch` that has run for days starts from what
+        `warm_start_interval`. So a `plan` or `--once` beside a `watch` that has run for days starts from what
         the fleet is now, give or take the last interval and a twentieth of it, not from the `watch`'s start."""
         if self._keeper is None:
             return False

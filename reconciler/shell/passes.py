@@ -153,6 +153,7 @@ class PassRunner:
         self.reader = reader or StoreReader(store)
         self.reader.freeze_cold_reads = True  # thawed at the end of every pass (`run_pass`)
         self.reader.writes_warm_start = True  # a remote store's next cold read starts from this one's (`warmstart`)
+        self.reader.warm_start_interval = settings.warm_start_interval
         self.traffic = traffic or TrafficShell()
         self.gates = gates or GateShell(clock=clock)
         self.fleet = fleet or FleetShell(clock=clock)

@@ -66,9 +66,9 @@ REWRITE_MIN = 50
 #: ...and more than this share of them: after one 50-host deployment the next run reads those 52 documents
 #: (commands, deployment, group record) rather than rewrite a cache of 20,000.
 REWRITE_SHARE = 0.05
-#: A `watch` rewrites the cache at most this often, after a pass that leaves enough of it changed
-#: (`StoreReader.refresh_warm_start`): during a rollout of the whole fleet that is a PUT of ~1 MB per 10,000 hosts
-#: every five minutes at most, and none at all while nothing changes.
+#: A `watch` rewrites the cache at most this often by default (`reconcile.warmStartInterval`), after a pass that
+#: leaves enough of it changed (`StoreReader.refresh_warm_start`): during a rollout of the whole fleet that is a PUT
+#: of ~1 MB per 10,000 hosts every five minutes at most, and none at all while nothing changes.
 REFRESH_INTERVAL = timedelta(minutes=5)
 #: The most a cache may decompress to, so that a store writer's gzip bomb costs a log line and a bounded amount
 #: of work: well above what the 32 MiB read limit of `cache/` lets a real cache hold (~100,000 hosts). Read a
@@ -258,9 +258,11 @@ def save(store: Store, entries: Mapping[str, Cached], *, written_at: datetime) -
 class Keeper:
     """What a new cache would hold, kept current by the lease holder's reads and writes (`StoreReader`), and when
     it is worth writing: after the first pass when the cold read and that pass fetched and wrote enough, after a
-    later one when enough changed since, at most once per `REFRESH_INTERVAL`."""
+    later one when enough changed since, at most once per `interval`."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: timedelta = REFRESH_INTERVAL) -> None:
+        #: The least time between two caches written by `refresh` (`reconcile.warmStartInterval`).
+        self.interval = interval
         #: The cacheable documents read, as the backend holds them.
         self.kept: dict[str, Cached] = {}
         #: The cacheable documents this process wrote since the last cache: key -> (version, document). Their stored
@@ -308,7 +310,7 @@ class Keeper:
     def refresh(self, store: Store, listed: Callable[[str], str | None], *, written_at: datetime) -> Saved | None:
         """After a later pass: `save` when an interval has passed and enough changed (or the last write worth
         making failed); None when not."""
-        if self.saved_at is not None and written_at - self.saved_at < REFRESH_INTERVAL:
+        if self.saved_at is not None and written_at - self.saved_at < self.interval:
             return None
         changed = len(self.changes)
         if not should_write(max(0, len(self.kept) + len(self.written) - changed), changed) and not self.unsaved:

@@ -666,3 +666,95 @@ def test_open_raw_reopens_what_a_wrapper_already_opened_and_vouches_for_nothing_
     (again,) = open_raw(sealed, [read])
     assert again == read  # the envelope checked again, not the payload taken for one
     assert open_raw(_NoCacheWrites(sealed), [read]) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_watch_process_refreshes_the_cache_and_stops_after_losing_its_lease(
+    store_url: str, proxy: S3Proxy, s3_server: S3Server, tmp_path: object
+) -> None:
+    """The refresh through a real `reconcile watch` on S3, with `reconcile.warmStartInterval` at 1s: a rollout it
+    drives leaves a cache of the fleet as it is after it. Once its lease was taken from it (frozen past the lease's
+    expiry, as a paused VM is), the process keeps no cache any more: after it wins the lease back and drives
+    another rollout, only a process that read the store anew may write one, so a stale view never replaces a newer
+    leader's cache."""
+    import signal
+    from pathlib import Path
+
+    from contract.keys import group_state_key
+    from contract.models import GroupState
+    from tests.reconciler.procs import Reconciler, wait_for
+
+    assert isinstance(tmp_path, Path)
+    store = open_store(store_url)
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    agents = ScriptedAgents(open_store(store_url.replace(proxy.endpoint_url, s3_server.endpoint_url)), hosts)
+    agents.register()
+    config = Config(tmp_path / "config")
+    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    env = {
+        "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "50ms",
+        # A refresh follows a pass: the resync's passes come after the last of a rollout that ended within 1s.
+        "FLEETSHIFT_RECONCILE_RESYNC_INTERVAL": "1s",
+        "FLEETSHIFT_RECONCILE_LEASE_DURATION": "3s",
+        "FLEETSHIFT_RECONCILE_HEARTBEAT_TIMEOUT": "1h",
+        "FLEETSHIFT_RECONCILE_WARM_START_INTERVAL": "1s",
+    }
+
+    def deployed(version: int) -> bool:
+        stored = store.get(group_state_key("hello", "web"))
+        state = GroupState.model_validate_json(stored.data) if stored else None
+        revision = state.effective_revision if state else None
+        return revision is not None and revision.short() == f"bundles/v{version}.zip"
+
+    def commands_cached() -> bool:
+        """The cache holds every host's command as it is now: v2's, which nothing rewrites after the rollout. (The
+        deployment and group records its last passes rewrote may be older there: fewer than a twentieth of it.)"""
+        stored = store.get(WARM_START_KEY)
+        if stored is None:
+            return False
+        cached = warmstart.decode(stored.data)
+        listed = {item.key: item.version for item in store.list("commands/")}
+        return len(listed) == HOSTS and {key: cached[key].version for key in listed if key in cached} == listed
+
+    watch = Reconciler([*config.args(), "--store", store_url, "watch"], tmp_path / "watch.log", env)
+    try:
+        with answering(agents):
+            watch.wait_event("lease.acquired", timeout=30)
+            wait_for(lambda: deployed(1), 60, "v1 rolled out")
+            written = len(watch.events("warm_start.written"))
+            assert written >= 1  # the first pass: its cold read fetched the 60 registrations
+
+            config.set_group(group_manifest(revision=local_revision(2), config="CodeDeployDefault.AllAtOnce"),
+                             message="v2")
+            wait_for(lambda: deployed(2), 60, "v2 rolled out")
+            # Its 60 new commands are more than a twentieth of the cache: rewritten within about a second.
+            wait_for(commands_cached, 30, "a cache holding v2's commands")
+            assert len(watch.events("warm_start.written")) > written
+            fresh = StoreReader(store)  # a `plan` now: registrations and commands from the cache
+            fresh.snapshot()
+            assert fresh.warm_start_hits >= 2 * HOSTS
+            assert fresh.warm_start_misses <= warmstart.REWRITE_SHARE * fresh.warm_start_hits
+
+            # Frozen past its lease's expiry; another holder takes the lease, then lets go of it.
+            watch.signal(signal.SIGSTOP)
+            try:
+                taker = WriteLease(store, duration=timedelta(seconds=3))
+                wait_for(taker.try_acquire, 30, "the frozen watch's lease to expire", every=0.2)
+            finally:
+                watch.signal(signal.SIGCONT)
+            watch.wait_event("watch.lease_lost", timeout=30)
+            lost_at = len(watch.events())
+            taker.release()
+            wait_for(lambda: len(watch.events("lease.acquired")) >= 2, 30, "the watch to win the lease back")
+
+            proxy.clear()
+            config.set_group(group_manifest(revision=local_revision(3), config="CodeDeployDefault.AllAtOnce"),
+                             message="v3")
+            wait_for(lambda: deployed(3), 60, "v3 rolled out by the same process")
+            time.sleep(4)  # resyncs past the refresh interval: with a cache kept, the 60 new commands would be written
+        after = watch.events()[lost_at:]
+        assert [event for event in after if event.get("event") == "action.applied"]  # it did lead the v3 rollout
+        assert not [event for event in after if event.get("event") == "warm_start.written"]
+        assert not [path for path in _puts(proxy) if WARM_START_KEY in path]
+    finally:
+        watch.stop()
