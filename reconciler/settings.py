@@ -23,9 +23,14 @@ from reconciler.core.state import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HISTORY_LIM
 from reconciler.desired.loader import parse_documents, pydantic_message
 from reconciler.desired.sources import bounded_file
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError
-from reconciler.shell.warmstart import REFRESH_INTERVAL
 
 ENV_PREFIX = "FLEETSHIFT_"
+#: `reconcile.warmStartInterval`: during a rollout of the whole fleet a PUT of ~1 MB per 10,000 hosts every five
+#: minutes at most, and none at all while nothing changes (reconciler/shell/warmstart.py).
+DEFAULT_WARM_START_INTERVAL = timedelta(minutes=5)
+#: Below this a lease holder would rewrite the cache after nearly every pass of a rollout (and retry a failed write
+#: just as often, against a store that may be throttling it).
+MIN_WARM_START_INTERVAL = timedelta(seconds=1)
 DEFAULT_CONFIG_FILE = "deploy.yaml"
 #: Where an unknown settings key should be checked (not the manifest reference: a different file).
 SETTINGS_REFERENCE = "deploy.yaml.example or the README's Configuration section"
@@ -72,9 +77,16 @@ class ReconcileSettings(Model):
     lease_duration: Duration = Field(default=timedelta(seconds=60), description="How long the write lease lasts.")
     history_limit: int = Field(default=DEFAULT_HISTORY_LIMIT, ge=1, description="Deployments remembered per group.")
     warm_start_interval: Duration = Field(
-        default=REFRESH_INTERVAL,
-        description="watch on S3: rewrite the warm-start cache (cache/warm-start.json.gz) at most this often.",
+        default=DEFAULT_WARM_START_INTERVAL,
+        description="The lease holder on S3 (watch, a long --once): rewrite the warm-start cache at most this often.",
     )
+
+    @field_validator("warm_start_interval")
+    @classmethod
+    def _warm_start_interval(cls, value: timedelta) -> timedelta:
+        if value < MIN_WARM_START_INTERVAL:
+            raise ValueError("must be at least 1s: shorter would rewrite the warm-start cache after nearly every pass")
+        return value
 
 
 class SigningSettings(Model):

@@ -65,6 +65,19 @@ def test_a_settings_typo_names_the_key_it_meant(tmp_path: Path) -> None:
     assert result.stderr == "deploy.yaml:4:3: reconcile.histroyLimit: unknown field; did you mean `historyLimit`?\n"
 
 
+def test_a_warm_start_interval_under_a_second_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    """0s would rewrite the warm-start cache after nearly every pass of a rollout, and retry a failed write as often."""
+    (tmp_path / "deploy.yaml").write_text("repository:\n  url: .\nreconcile:\n  warmStartInterval: 0s\n")
+    result = reconcile("validate", cwd=tmp_path, env={})
+    assert result.returncode == 1
+    assert result.stderr.startswith("deploy.yaml:4:3: reconcile.warmStartInterval: ")
+    assert "at least 1s" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "bare").mkdir()
+    variable = reconcile("validate", cwd=tmp_path / "bare", env={"FLEETSHIFT_RECONCILE_WARM_START_INTERVAL": "500ms"})
+    assert variable.returncode == 1
+    assert "FLEETSHIFT_RECONCILE_WARM_START_INTERVAL" in variable.stderr and "at least 1s" in variable.stderr
+
+
 def test_a_tab_in_a_manifest_is_located(tmp_path: Path) -> None:
     folder = tmp_path / "manifests"
     folder.mkdir()

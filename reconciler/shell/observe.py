@@ -65,6 +65,7 @@ from contract.store.bulk import get_many, open_raw, read_folders
 from contract.store.docs import DocumentInvalid, bulk_parsing, parse_document
 from reconciler.core import Observed, State
 from reconciler.core.traffic import waiting_step
+from reconciler.settings import DEFAULT_WARM_START_INTERVAL
 from reconciler.shell import warmstart
 
 log = structlog.get_logger(__name__)
@@ -174,7 +175,7 @@ class StoreReader:
         #: `save_warm_start` after the first pass and `refresh_warm_start` after the others.
         self.writes_warm_start = False
         #: The least time between two caches a `refresh_warm_start` writes (`reconcile.warmStartInterval`).
-        self.warm_start_interval: timedelta = warmstart.REFRESH_INTERVAL
+        self.warm_start_interval: timedelta = DEFAULT_WARM_START_INTERVAL
         #: What a new cache would hold, kept current (None: no cache is kept).
         self._keeper: warmstart.Keeper | None = None
         #: Cacheable documents the first snapshot took from the cache / had to fetch; for the log and benchmarks.

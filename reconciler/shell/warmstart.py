@@ -12,7 +12,7 @@ for each of those documents its key, the version it was read at and its bytes as
 signed record's envelope, not its payload). The lease holder writes it after its first pass when that pass's
 cold read fetched (and the pass wrote) more than `REWRITE_MIN` of them and more than `REWRITE_SHARE` of all (so
 not on every run: it is ~1 MB at 10,000 hosts unsigned, one PUT), and after a later pass (a `watch`, a long
-`--once`) once as many changed since, at most every `REFRESH_INTERVAL` (`StoreReader.refresh_warm_start`).
+`--once`) once as many changed since, at most every `reconcile.warmStartInterval` (`StoreReader.refresh_warm_start`).
 The next process's first snapshot loads it beside its listings and
 takes an entry in place of a GET only where the listing shows the very same version; everything else is read as
 before. An S3 ETag is a digest of the object's bytes (or, for an encrypted object, new at every write), so the
@@ -66,10 +66,6 @@ REWRITE_MIN = 50
 #: ...and more than this share of them: after one 50-host deployment the next run reads those 52 documents
 #: (commands, deployment, group record) rather than rewrite a cache of 20,000.
 REWRITE_SHARE = 0.05
-#: A `watch` rewrites the cache at most this often by default (`reconcile.warmStartInterval`), after a pass that
-#: leaves enough of it changed (`StoreReader.refresh_warm_start`): during a rollout of the whole fleet that is a PUT
-#: of ~1 MB per 10,000 hosts every five minutes at most, and none at all while nothing changes.
-REFRESH_INTERVAL = timedelta(minutes=5)
 #: The most a cache may decompress to, so that a store writer's gzip bomb costs a log line and a bounded amount
 #: of work: well above what the 32 MiB read limit of `cache/` lets a real cache hold (~100,000 hosts). Read a
 #: piece at a time, so the process holds the entries, not the text as well.
@@ -78,7 +74,7 @@ _PIECE = 1024 * 1024
 #: The longest line a cache may hold: an entry for the biggest document a GET reads (a deployment or group
 #: record, `LARGE_DOCUMENT_LIMIT`), escaped as JSON text, with its key and version.
 _MAX_LINE = 2 * LARGE_DOCUMENT_LIMIT + 64 * 1024
-#: Fast and still about a tenth of the JSON: a `watch` writes it at most every `REFRESH_INTERVAL`.
+#: Fast and still about a tenth of the JSON: a `watch` writes it at most every `reconcile.warmStartInterval`.
 _COMPRESS_LEVEL = 1
 
 
@@ -260,7 +256,7 @@ class Keeper:
     it is worth writing: after the first pass when the cold read and that pass fetched and wrote enough, after a
     later one when enough changed since, at most once per `interval`."""
 
-    def __init__(self, interval: timedelta = REFRESH_INTERVAL) -> None:
+    def __init__(self, interval: timedelta) -> None:
         #: The least time between two caches written by `refresh` (`reconcile.warmStartInterval`).
         self.interval = interval
         #: The cacheable documents read, as the backend holds them.

@@ -23,7 +23,7 @@ from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied, StoredObject
 from contract.store.bulk import open_raw, stored_form
 from contract.store.sealed import seal_store
 from reconciler.cli.main import main
-from reconciler.settings import ReconcileSettings
+from reconciler.settings import DEFAULT_WARM_START_INTERVAL, ReconcileSettings
 from reconciler.shell import warmstart
 from reconciler.shell.lease import WriteLease
 from reconciler.shell.observe import StoreReader
@@ -343,7 +343,7 @@ def test_a_cache_that_cannot_be_written_is_logged_and_costs_nothing_else(store_u
     for host in range(HOSTS):
         reader.record_write(command_key(f"h{host:02d}"), f'"v{host}"', _command(f"h{host:02d}"))
     with capture_logs() as logs:
-        assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + 10 * warmstart.REFRESH_INTERVAL)
+        assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + 10 * DEFAULT_WARM_START_INTERVAL)
     assert logs == []
 
 
@@ -376,8 +376,8 @@ def test_a_cache_write_an_outage_refused_is_tried_again_an_interval_later(store_
     with capture_logs() as logs:
         assert not reader.save_warm_start(written_at=started)
     assert [entry["event"] for entry in logs] == ["warm_start.not_written"]
-    assert not reader.refresh_warm_start(written_at=started + warmstart.REFRESH_INTERVAL / 2)  # not yet
-    assert reader.refresh_warm_start(written_at=started + warmstart.REFRESH_INTERVAL)
+    assert not reader.refresh_warm_start(written_at=started + DEFAULT_WARM_START_INTERVAL / 2)  # not yet
+    assert reader.refresh_warm_start(written_at=started + DEFAULT_WARM_START_INTERVAL)
     assert len(warmstart.decode(store.get(WARM_START_KEY).data)) == HOSTS  # type: ignore[union-attr]
 
 
@@ -410,7 +410,7 @@ def test_what_a_first_pass_wrote_counts_toward_a_refresh_when_the_cache_read_ser
         first.record_write(command_key(host), store.put(command_key(host), command.to_json()), command)
     first.warm_start_hits *= 20  # as if the cache had held 20 times as many documents
     assert not first.save_warm_start(written_at=started)
-    assert first.refresh_warm_start(written_at=started + warmstart.REFRESH_INTERVAL)
+    assert first.refresh_warm_start(written_at=started + DEFAULT_WARM_START_INTERVAL)
     cached = warmstart.decode(store.get(WARM_START_KEY).data)  # type: ignore[union-attr]
     assert all(cached[command_key(host)].data == store.get(command_key(host)).data  # type: ignore[union-attr]
                for host in hosts)
@@ -549,7 +549,7 @@ def test_a_watch_refreshes_the_cache_with_what_its_rollouts_wrote(
 ) -> None:
     """A `watch` that has driven rollouts for days must not leave `plan` and `--once` a cache of the fleet as it was
     when it started: its later passes keep what they read and wrote, and rewrite the cache once enough of it
-    changed, at most once per `REFRESH_INTERVAL`. Its own writes go in as stored, without a GET of them."""
+    changed, at most once per `reconcile.warmStartInterval`. Its own writes go in as stored, without a GET of them."""
     from pathlib import Path
 
     assert isinstance(tmp_path, Path)
@@ -581,7 +581,7 @@ def test_a_watch_refreshes_the_cache_with_what_its_rollouts_wrote(
                 or "/groups/" in path]  # its own writes, never read back
 
     # ...and the first pass after it leaves one of the fleet as it is now.
-    clock[0] += warmstart.REFRESH_INTERVAL
+    clock[0] += DEFAULT_WARM_START_INTERVAL
     runner.run_pass(config.desired())
     refreshed = warmstart.decode(store.get(WARM_START_KEY).data)  # type: ignore[union-attr]
     listed = {item.key: item.version for prefix in ("commands/", "deployments/", "groups/")
@@ -601,7 +601,7 @@ def test_a_watch_refreshes_the_cache_with_what_its_rollouts_wrote(
 
     # Nothing changed since: nothing is rewritten, whatever the time.
     proxy.clear()
-    clock[0] += 10 * warmstart.REFRESH_INTERVAL
+    clock[0] += 10 * DEFAULT_WARM_START_INTERVAL
     runner.run_pass(config.desired())
     assert not [path for path in _puts(proxy) if WARM_START_KEY in path]
 
@@ -650,7 +650,7 @@ def test_a_cache_too_big_for_its_readers_is_not_written(fleet: tuple[Store, list
     assert "bigger" in logs[0]["error"]
     assert store.get(WARM_START_KEY) is None
     # It would only grow: not tried again.
-    assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + 10 * warmstart.REFRESH_INTERVAL)
+    assert not reader.refresh_warm_start(written_at=datetime.now(UTC) + 10 * DEFAULT_WARM_START_INTERVAL)
 
 
 def test_open_raw_reopens_what_a_wrapper_already_opened_and_vouches_for_nothing_unknown(store_url: str) -> None:
@@ -698,6 +698,7 @@ def test_a_watch_process_refreshes_the_cache_and_stops_after_losing_its_lease(
         "FLEETSHIFT_RECONCILE_LEASE_DURATION": "3s",
         "FLEETSHIFT_RECONCILE_HEARTBEAT_TIMEOUT": "1h",
         "FLEETSHIFT_RECONCILE_WARM_START_INTERVAL": "1s",
+        "FLEETSHIFT_LOGGING_LEVEL": "debug",  # `watch.pass`: each pass, so the test knows a refresh was due
     }
 
     def deployed(version: int) -> bool:
@@ -751,7 +752,10 @@ def test_a_watch_process_refreshes_the_cache_and_stops_after_losing_its_lease(
             config.set_group(group_manifest(revision=local_revision(3), config="CodeDeployDefault.AllAtOnce"),
                              message="v3")
             wait_for(lambda: deployed(3), 60, "v3 rolled out by the same process")
-            time.sleep(4)  # resyncs past the refresh interval: with a cache kept, the 60 new commands would be written
+            # Two passes more than the refresh interval later: with a cache kept, its 60 new commands would be written.
+            due = datetime.now(UTC) + timedelta(seconds=1.5)
+            wait_for(lambda: sum(1 for event in watch.events("watch.pass")
+                                 if datetime.fromisoformat(event["timestamp"]) > due) >= 2, 30, "passes after v3")
         after = watch.events()[lost_at:]
         assert [event for event in after if event.get("event") == "action.applied"]  # it did lead the v3 rollout
         assert not [event for event in after if event.get("event") == "warm_start.written"]
