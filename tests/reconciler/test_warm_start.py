@@ -7,16 +7,18 @@ from __future__ import annotations
 import gzip
 import json
 import secrets
+import signal
 import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from contract.keys import WARM_START_KEY, command_key, registration_key, status_key
-from contract.models import HostCommand, HostRegistration
+from contract.keys import WARM_START_KEY, command_key, group_state_key, registration_key, status_key
+from contract.models import GroupState, HostCommand, HostRegistration
 from contract.signing import Signer, Trust
 from contract.store import Store, open_store
 from contract.store.base import SMALL_DOCUMENT_LIMIT, AccessDenied, StoredObject, StoreUnavailable
@@ -37,6 +39,7 @@ from tests.reconciler.fleet import (
     local_revision,
     settings_overrides,
 )
+from tests.reconciler.procs import Reconciler, wait_for
 from tests.store.conftest import s3_url
 from tests.store.s3proxy import S3Proxy, running_proxy
 
@@ -172,8 +175,6 @@ def test_the_next_once_reads_only_statuses_and_what_changed(
     store_url: str, proxy: S3Proxy, tmp_path: object, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pathlib import Path
-
     assert isinstance(tmp_path, Path)
     monkeypatch.setenv("FLEETSHIFT_RECONCILE_POLL_INTERVAL", "20ms")
     monkeypatch.setenv("FLEETSHIFT_RECONCILE_HEARTBEAT_TIMEOUT", "60s")
@@ -417,8 +418,6 @@ def test_what_a_first_pass_wrote_counts_toward_a_refresh_when_the_cache_read_ser
 
 
 def test_a_file_store_neither_reads_nor_writes_one(tmp_path: object) -> None:
-    from pathlib import Path
-
     assert isinstance(tmp_path, Path)
     store = open_store(f"file://{tmp_path}/store")
     ScriptedAgents(store, [f"h{i:02d}" for i in range(HOSTS)]).register()
@@ -466,8 +465,6 @@ class _NoCacheReads(_NoCacheWrites):
 
 
 def test_a_reader_logs_what_the_cache_saved_once_and_a_file_store_never(store_url: str, tmp_path: object) -> None:
-    from pathlib import Path
-
     assert isinstance(tmp_path, Path)
     for url in (store_url, f"file://{tmp_path}/store"):
         store = open_store(url)
@@ -544,22 +541,27 @@ def _lead(store: Store) -> WriteLease:
     return lease
 
 
+def _fleet_at_v1(
+    store_url: str, proxy: S3Proxy, s3_server: S3Server, folder: Path
+) -> tuple[Store, ScriptedAgents, Config]:
+    """`HOSTS` registered agents, and a config repo that deploys v1 to them all at once. The agents go to S3
+    directly: only the reconciler's requests pass the proxy and are counted."""
+    hosts = [f"h{i:02d}" for i in range(HOSTS)]
+    agents = ScriptedAgents(open_store(store_url.replace(proxy.endpoint_url, s3_server.endpoint_url)), hosts)
+    agents.register()
+    config = Config(folder / "config")
+    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    return open_store(store_url), agents, config
+
+
 def test_a_watch_refreshes_the_cache_with_what_its_rollouts_wrote(
     store_url: str, proxy: S3Proxy, s3_server: S3Server, tmp_path: object
 ) -> None:
     """A `watch` that has driven rollouts for days must not leave `plan` and `--once` a cache of the fleet as it was
     when it started: its later passes keep what they read and wrote, and rewrite the cache once enough of it
     changed, at most once per `reconcile.warmStartInterval`. Its own writes go in as stored, without a GET of them."""
-    from pathlib import Path
-
     assert isinstance(tmp_path, Path)
-    store = open_store(store_url)
-    hosts = [f"h{i:02d}" for i in range(HOSTS)]
-    # The agents go to S3 directly: only the reconciler's requests are counted.
-    agents = ScriptedAgents(open_store(store_url.replace(proxy.endpoint_url, s3_server.endpoint_url)), hosts)
-    agents.register()
-    config = Config(tmp_path / "config")
-    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    store, agents, config = _fleet_at_v1(store_url, proxy, s3_server, tmp_path)
     settings = ReconcileSettings.model_validate(settings_overrides())
     clock = [datetime.now(UTC)]
     runner = PassRunner(store, _lead(store), settings, clock=lambda: clock[0])
@@ -609,8 +611,6 @@ def test_a_watch_refreshes_the_cache_with_what_its_rollouts_wrote(
 def test_with_signing_the_cache_holds_a_watchs_own_writes_as_stored(store_url: str, tmp_path: object) -> None:
     """The envelope of a record the reconciler signed is worked out again for the cache, not read back: the same
     bytes as stored (Ed25519 and the HMAC are deterministic), so a reader trusting the key takes them."""
-    from pathlib import Path
-
     assert isinstance(tmp_path, Path)
     signer = Signer.generate()
     trust = Trust([signer.public])
@@ -677,20 +677,8 @@ def test_a_watch_process_refreshes_the_cache_and_stops_after_losing_its_lease(
     expiry, as a paused VM is), the process keeps no cache any more: after it wins the lease back and drives
     another rollout, only a process that read the store anew may write one, so a stale view never replaces a newer
     leader's cache."""
-    import signal
-    from pathlib import Path
-
-    from contract.keys import group_state_key
-    from contract.models import GroupState
-    from tests.reconciler.procs import Reconciler, wait_for
-
     assert isinstance(tmp_path, Path)
-    store = open_store(store_url)
-    hosts = [f"h{i:02d}" for i in range(HOSTS)]
-    agents = ScriptedAgents(open_store(store_url.replace(proxy.endpoint_url, s3_server.endpoint_url)), hosts)
-    agents.register()
-    config = Config(tmp_path / "config")
-    config.set_group(group_manifest(revision=local_revision(1), config="CodeDeployDefault.AllAtOnce"), message="v1")
+    store, agents, config = _fleet_at_v1(store_url, proxy, s3_server, tmp_path)
     env = {
         "FLEETSHIFT_RECONCILE_POLL_INTERVAL": "50ms",
         # A refresh follows a pass: the resync's passes come after the last of a rollout that ended within 1s.
