@@ -70,7 +70,7 @@ class GateShell:
 
     def _measure_prometheus(self, due: DueMeasurement) -> GateMeasurement:
         """One query against Prometheus. Its client is imported here, at the first gate due, not with this module:
-        it loads urllib, http.client and ssl (~8 ms and ~5 MiB), which a fleet without metric gates never needs,
+        it loads urllib, http.client and ssl (~8 ms of each start), which a fleet without metric gates never needs,
         and every `reconcile` imports this module (issue 18)."""
         from reconciler.gates.prometheus import measure
 
