@@ -544,8 +544,8 @@ class StoreReader:
         return table.listed.get(key) if table is not None else None
 
     def discard_warm_start(self) -> None:
-        """Stop keeping a cache and let go of what it held: a `watch` that lost the lease is a standby, which must
-        not keep the fleet's documents twice for hours (it keeps no cache again until it restarts)."""
+        """Stop keeping a cache and let go of what it held, for good: its write was refused (`_saved`). (A `watch`
+        that loses the lease drops its whole reader instead, and keeps a cache again from its next lead's read.)"""
         self._keeper = None
 
     # ----------------------------------------------------------------------------------------------

@@ -203,14 +203,14 @@ class Watcher:
         self.lease.stop_writing_on(stop)
         if metrics is not None:
             metrics.watch_lease(self.lease)
-        self.reader = StoreReader(store)
         self.source = GitSource(settings.repository.url, settings.repository.ref, settings.repository.path)
         # Unusable signers (a missing file, keys gpg cannot import) are a settings error here, at start-up.
         require_signed_record(settings)
         self.applied_config = AppliedConfigLedger(store, CommitVerifier(settings.repository.verify),
                                                   repository=self.source.repository, ref=self.source.ref)
-        self.runner: PassRunner = MeteredPassRunner(store, self.lease, settings.reconcile, reader=self.reader,
-                                                    applied_config=self.applied_config, metrics=metrics)
+        self.reader, self.runner = self._fresh_runner()
+        #: Passes run by runners before the current one (`_fresh_runner`).
+        self.earlier_passes = 0
         #: Delivers what the passes record, in the background, only while this process holds the lease.
         self.notifier = Notifier(store, may_deliver=lambda: self.lease.held,
                                  on_result=metrics.count_notification if metrics is not None else None)
@@ -221,6 +221,16 @@ class Watcher:
         self.last: PassOutcome | None = None
         #: A remote URL (fetched into a mirror) rather than a local checkout (watched); set by `run()`.
         self.remote = False
+
+    def _fresh_runner(self) -> tuple[StoreReader, PassRunner]:
+        """A reader and a runner that know nothing of the store yet: at start, and after the lease was lost. A
+        standby keeps none of the fleet's documents (it may wait for hours), and the next lead reads the store anew,
+        as a restart would: from the warm-start cache whoever led meanwhile left, keeping one again from there
+        (warmstart.py). What the lost lead had read is no view to lead from anyway: others wrote meanwhile."""
+        reader = StoreReader(self.store)
+        runner = MeteredPassRunner(self.store, self.lease, self.settings.reconcile, reader=reader,
+                                   applied_config=self.applied_config, metrics=self.metrics)
+        return reader, runner
 
     # ----------------------------------------------------------------------------------------------
     # Desired state
@@ -355,8 +365,8 @@ class Watcher:
                 except LeaseLost as exc:
                     log.error("watch.lease_lost", error=str(exc))
                     self.last = None
-                    # A standby keeps no copy of the fleet's documents for a warm-start cache (warmstart.py).
-                    self.reader.discard_warm_start()
+                    self.earlier_passes += self.runner.passes
+                    self.reader, self.runner = self._fresh_runner()
                     if self.metrics is not None:
                         self.metrics.forget_view()
                 except StoreError as exc:
@@ -369,7 +379,7 @@ class Watcher:
             self.notifier.close()
             self.lease.release()
             self.wake.set()
-            log.info("watch.stopped", passes=self.runner.passes)
+            log.info("watch.stopped", passes=self.earlier_passes + self.runner.passes)
         return ExitCode.OK
 
     def _lead(self, *, remote: bool) -> None:
