@@ -152,6 +152,8 @@ class Progress(PassListener, Protocol):
 
     def on_pass(self, outcome: PassOutcome) -> None: ...
 
+    def forget_view(self) -> None: ...
+
 
 @dataclass
 class LogProgress:
@@ -169,7 +171,8 @@ class LogProgress:
         return None
 
     def on_pass(self, outcome: PassOutcome) -> None:
-        for row in rollout_rows(outcome):
+        rows = rollout_rows(outcome)
+        for row in rows:
             if self._last_counts.get(row.deployment_id) == row.counts() and row.status != "Succeeded":
                 continue
             self._last_counts[row.deployment_id] = row.counts()
@@ -192,6 +195,15 @@ class LogProgress:
             if self._last_blocked.get(group) != reason:
                 log.info("rollout.blocked", group=group, reason=reason)
         self._last_blocked = blocked_now
+        # Only deployments this pass shows are compared at the next one: a `watch` running for months must not
+        # keep a line per deployment it ever logged.
+        shown = {row.deployment_id for row in rows}
+        self._last_counts = {d: counts for d, counts in self._last_counts.items() if d in shown}
+
+    def forget_view(self) -> None:
+        """Standby: when this process leads again, every rollout it sees is logged afresh."""
+        self._last_counts.clear()
+        self._last_blocked.clear()
 
 
 class LiveProgress:
@@ -206,6 +218,8 @@ class LiveProgress:
         self._live: object | None = None
         self._started = time.monotonic()
         self._last: PassOutcome | None = None
+        #: The caption while no pass is shown: before the first, and on standby (`forget_view`).
+        self._idle_caption = "reading the store..."
 
     def __enter__(self) -> LiveProgress:
         from rich.live import Live
@@ -240,6 +254,15 @@ class LiveProgress:
         if isinstance(self._live, Live):
             self._live.update(self.table())
 
+    def forget_view(self) -> None:
+        """Standby: the table stops showing a fleet another reconciler now drives."""
+        from rich.live import Live
+
+        self._last = None
+        self._idle_caption = "standby: another reconciler holds the write lease"
+        if isinstance(self._live, Live):
+            self._live.update(self.table())
+
     def table(self) -> Table:
         """The table as of the last pass."""
         from rich.table import Table
@@ -248,7 +271,7 @@ class LiveProgress:
         outcome = self._last
         elapsed = time.monotonic() - self._started
         commit = (outcome.commit or "")[:12] if outcome else ""
-        caption = f"pass {outcome.number}, commit {commit}, {elapsed:.0f}s" if outcome else "reading the store..."
+        caption = f"pass {outcome.number}, commit {commit}, {elapsed:.0f}s" if outcome else self._idle_caption
         table = Table(title=self._title, caption=caption, expand=False)
         table.add_column("group", no_wrap=True)
         table.add_column("deployment", no_wrap=True)

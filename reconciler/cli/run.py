@@ -240,6 +240,7 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
                 return _with_notifications(result, notifier, notify_timeout, lease, stop)
             finally:
                 notifier.close()
+                runner.close()
         except LeaseLost as exc:
             print(f"reconcile: {exc}", file=sys.stderr)
             return ExitCode.LEASE_HELD

@@ -475,6 +475,15 @@ class Notifier:
             self._names = names
             self._forget_removed(names)
 
+    def forget_view(self) -> None:
+        """Standby (a `watch` lost its lease): drop the records of the last pass. Workers send nothing meanwhile
+        (`may_deliver` is false and they step only on a state), and when this process leads again its next pass
+        hands them the records as they are then; what was recorded meanwhile is in the event stream, which
+        their cursors resume from, as after a restart."""
+        with self._lock:
+            self._generation += 1
+            self._state = None
+
     def latest(self) -> tuple[int, State | None]:
         with self._lock:
             return self._generation, self._state

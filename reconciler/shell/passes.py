@@ -123,6 +123,10 @@ class PassListener(Protocol):
 
     def on_pass(self, outcome: PassOutcome) -> None: ...
 
+    def forget_view(self) -> None:
+        """This process stopped leading (a `watch` lost its lease): drop the last pass's view of the fleet. Another
+        reconciler drives it now, and a standby may wait for hours holding nothing of it (`Watcher`)."""
+
 
 def state_after(state: State, applied: Applied) -> State:
     """Lay the writes of a pass over the state it read, so progress and the next decisions need no re-read."""
@@ -140,6 +144,7 @@ class PassRunner:
         *,
         reader: StoreReader | None = None,
         clock: Now = utc_now,
+        first_number: int = 1,
         traffic: TrafficShell | None = None,
         gates: GateShell | None = None,
         fleet: FleetShell | None = None,
@@ -163,7 +168,9 @@ class PassRunner:
         #: config/applied.json: the commit is checked against it before a pass writes and recorded after
         #: (`repository.verify`, docs/trust.md); None for callers that apply no config commit (tests, tools).
         self.applied_config = applied_config
+        #: Passes this runner ran; numbered from `first_number` (a `watch` that leads again goes on counting).
         self.passes = 0
+        self.first_number = first_number
 
     def run_pass(self, desired: Desired, *, before_decide: Callable[[Snapshot], None] | None = None) -> PassOutcome:
         """One pass. `before_decide` sees the snapshot first and may refuse by raising (a stale saved plan)."""
@@ -222,7 +229,7 @@ class PassRunner:
         else:
             self.reader.refresh_warm_start(written_at=self.clock())
         outcome = PassOutcome(
-            number=self.passes,
+            number=self.first_number + self.passes - 1,
             commit=desired.commit,
             started_at=started_at,
             now=now,
@@ -246,6 +253,16 @@ class PassRunner:
             conflict=conflict,
         )
         return outcome
+
+    def close(self) -> None:
+        """Close the clients the shells opened (load balancers, gates' readers, EC2 and Auto Scaling): when the
+        process ends, and when a `watch` drops this runner after losing its lease (`Watcher`), so that a standby
+        holds no connection to a provider it no longer drives. Safe to call twice."""
+        for shell in (self.traffic, self.gates, self.fleet, self.launches):
+            try:
+                shell.close()
+            except Exception:  # closing is best effort: a client that fails to close must not hide why we stop
+                log.warning("pass_runner.close_failed", shell=type(shell).__name__, exc_info=True)
 
 
 class PassErrorCounter(Protocol):

@@ -208,9 +208,9 @@ class Watcher:
         require_signed_record(settings)
         self.applied_config = AppliedConfigLedger(store, CommitVerifier(settings.repository.verify),
                                                   repository=self.source.repository, ref=self.source.ref)
-        self.reader, self.runner = self._fresh_runner()
         #: Passes run by runners before the current one (`_fresh_runner`).
         self.earlier_passes = 0
+        self.runner = self._fresh_runner()
         #: Delivers what the passes record, in the background, only while this process holds the lease.
         self.notifier = Notifier(store, may_deliver=lambda: self.lease.held,
                                  on_result=metrics.count_notification if metrics is not None else None)
@@ -222,15 +222,19 @@ class Watcher:
         #: A remote URL (fetched into a mirror) rather than a local checkout (watched); set by `run()`.
         self.remote = False
 
-    def _fresh_runner(self) -> tuple[StoreReader, PassRunner]:
+    @property
+    def reader(self) -> StoreReader:
+        """The current runner's reader: its snapshots, and the cheap polls between passes."""
+        return self.runner.reader
+
+    def _fresh_runner(self) -> PassRunner:
         """A reader and a runner that know nothing of the store yet: at start, and after the lease was lost. A
         standby keeps none of the fleet's documents (it may wait for hours), and the next lead reads the store anew,
         as a restart would: from the warm-start cache whoever led meanwhile left, keeping one again from there
         (warmstart.py). What the lost lead had read is no view to lead from anyway: others wrote meanwhile."""
-        reader = StoreReader(self.store)
-        runner = MeteredPassRunner(self.store, self.lease, self.settings.reconcile, reader=reader,
-                                   applied_config=self.applied_config, metrics=self.metrics)
-        return reader, runner
+        return MeteredPassRunner(self.store, self.lease, self.settings.reconcile, reader=StoreReader(self.store),
+                                 applied_config=self.applied_config, metrics=self.metrics,
+                                 first_number=self.earlier_passes + 1)
 
     # ----------------------------------------------------------------------------------------------
     # Desired state
@@ -364,11 +368,7 @@ class Watcher:
                     break
                 except LeaseLost as exc:
                     log.error("watch.lease_lost", error=str(exc))
-                    self.last = None
-                    self.earlier_passes += self.runner.passes
-                    self.reader, self.runner = self._fresh_runner()
-                    if self.metrics is not None:
-                        self.metrics.forget_view()
+                    self._stand_by()
                 except StoreError as exc:
                     if not exc.retryable:
                         raise
@@ -377,10 +377,24 @@ class Watcher:
                     self.stop.wait(self.settings.reconcile.poll_interval.total_seconds())
         finally:
             self.notifier.close()
+            self.runner.close()
             self.lease.release()
             self.wake.set()
             log.info("watch.stopped", passes=self.earlier_passes + self.runner.passes)
         return ExitCode.OK
+
+    def _stand_by(self) -> None:
+        """After losing the lease: keep nothing of the fleet and no connection to its providers until leading
+        again. The runner is closed (its load balancer, gate and AWS clients) and replaced by one that has read
+        nothing, and every listener drops its last view; pass numbers go on from where they were."""
+        self.last = None
+        self.earlier_passes += self.runner.passes
+        self.runner.close()
+        self.runner = self._fresh_runner()
+        self.notifier.forget_view()
+        for listener in (self.progress, self.metrics):
+            if listener is not None:
+                listener.forget_view()
 
     def _lead(self, *, remote: bool) -> None:
         """Holding the lease: react to triggers until stopped or the lease is lost."""

@@ -85,3 +85,29 @@ def test_log_progress_speaks_only_when_something_changed(tmp_path: Path) -> None
     updates = [log for log in logs if log["event"] == "rollout.progress"]
     assert [(u["succeeded"], u["in_flight"], u["pending"]) for u in updates] == [(0, 1, 2), (1, 1, 1)]
     assert all(u["group"] == "hello/web" and u["total"] == 3 for u in updates)
+
+
+def test_a_standby_forgets_the_fleet_and_logs_afresh_when_it_leads_again(tmp_path: Path) -> None:
+    """`forget_view` (a `watch` that lost its lease): the table shows no fleet, and the log compares nothing with
+    what it said before; ended deployments are not kept for comparison either (a `watch` runs for months)."""
+    _, config, agents, runner = rollout(tmp_path)
+    progress = LogProgress()
+    live = LiveProgress(LoggingSettings())
+    with capture_logs() as logs:
+        outcome = runner.run_pass(config.desired())
+        progress.on_pass(outcome)
+        live.on_pass(outcome)
+        assert set(progress._last_counts) == {outcome.in_flight["hello/web"]}
+        progress.forget_view()
+        live.forget_view()
+        progress.on_pass(runner.run_pass(config.desired()))  # the same counts, logged again after standing by
+        for _ in range(10):  # the rollout ends: its deployment leaves the log's memory with it
+            agents.answer()
+            progress.on_pass(runner.run_pass(config.desired()))
+    updates = [(u["succeeded"], u["in_flight"], u["pending"]) for u in logs if u["event"] == "rollout.progress"]
+    assert updates[:2] == [(0, 1, 2), (0, 1, 2)] and updates[-1][0] == 3
+    assert progress._last_counts == {}
+    console = Console(record=True, width=150, force_terminal=False)
+    console.print(live.table())
+    text = console.export_text()
+    assert "standby: another reconciler holds the write lease" in text and "hello/web" not in text
