@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 from dataclasses import dataclass, field
@@ -126,7 +127,18 @@ class PlanResult:
 
 def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     """Resolve the refs, load both sides and the fleet, and compute the plan. Raises SourceError for refs or
-    repositories that cannot be read; manifest errors are carried in the plan."""
+    repositories that cannot be read; manifest errors are carried in the plan.
+
+    The fleet's documents are frozen out of the collector's sight once read (`StoreReader.freeze_cold_reads`) and
+    handed back when the plan is made: they stay alive until then, and without that each of the collections that
+    making the plan triggers walked all of them again (~0.15 s of a 10,000-host plan, issue 18)."""
+    try:
+        return _make_plan(request, now=now)
+    finally:
+        gc.unfreeze()
+
+
+def _make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     repo = open_repository(request.repository)
     head_ref = request.head or "HEAD"
     head_commit = _resolve(repo, request.repository, head_ref, "--head")
@@ -148,7 +160,7 @@ def make_plan(request: PlanRequest, *, now: datetime) -> PlanResult:
     elif not request.store:
         fleet, fleet_note = None, "no store configured"
     else:
-        fleet, fleet_note, store_error = read_fleet(request.store, request.trust)
+        fleet, fleet_note, store_error = read_fleet(request.store, request.trust, freeze=True)
     if fleet is not None and head.desired is not None:
         fleet = read_ec2(fleet, head.desired, now)
     plan = compute_plan(base, head, fleet=fleet, now=now, repository=request.repository,
@@ -282,10 +294,12 @@ def load_ref(repository: str, ref: str, commit: str, manifest_path: str, *, side
 # The fleet
 
 
-def read_fleet(store_url: str, trust: Trust | None = None) -> tuple[Fleet | None, str | None, bool]:
+def read_fleet(store_url: str, trust: Trust | None = None, *, freeze: bool = False
+               ) -> tuple[Fleet | None, str | None, bool]:
     """The store's view, or None and why not, and whether that is an error. A store that cannot be read
     makes the plan offline (with a warning) rather than failing it: a reviewer still gets the diff and the
-    selectors."""
+    selectors. With `freeze`, what is read is frozen (`read_observed_and_state`): the caller calls
+    `gc.unfreeze()` when done with it."""
     from contract.store import open_store
     from contract.store.file import missing_folder
     from contract.store.sealed import seal_store
@@ -296,7 +310,7 @@ def read_fleet(store_url: str, trust: Trust | None = None) -> tuple[Fleet | None
         store = seal_store(open_store(store_url, create=False), trust=trust)
         if missing_folder(store) is not None:
             return None, f"store {store_url} does not exist", False
-        observed, state = read_observed_and_state(store)
+        observed, state = read_observed_and_state(store, freeze=freeze)
     except InvalidStoreURL:
         raise  # a mistake in the settings (exit 1), not an unreachable store
     except StoreError as exc:
@@ -314,8 +328,11 @@ def read_ec2(fleet: Fleet, desired: Desired, now: datetime) -> Fleet:
     return dataclasses.replace(fleet, observed=read_memberships(desired, fleet.observed, now, fleet.state))
 
 
-def read_observed_and_state(store: Store) -> tuple[Observed, State]:
+def read_observed_and_state(store: Store, *, freeze: bool = False) -> tuple[Observed, State]:
     """Agents' documents and the reconciler's records, read the way a pass reads them (one look, no cache
-    to keep: a plan runs once)."""
-    snapshot = StoreReader(store).snapshot()
+    to keep: a plan runs once). With `freeze`, a cold read of `hosts/` is frozen out of the collector's sight
+    (`StoreReader.freeze_cold_reads`) until the caller's `gc.unfreeze()`."""
+    reader = StoreReader(store)
+    reader.freeze_cold_reads = freeze
+    snapshot = reader.snapshot()
     return snapshot.observed, snapshot.state

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 from collections.abc import Mapping
@@ -81,8 +82,18 @@ def cmd_status(args: argparse.Namespace, settings: DeploySettings) -> int:
     """Exit 0, or 1 when a GROUP is unknown or the manifests could not be read. In the latter case the
     store's records are still printed (that is when an operator needs them most), but the desired revisions
     are unknown, so a script must not take the output for a complete answer."""
+    try:
+        return _status(args, settings)
+    finally:
+        gc.unfreeze()
+
+
+def _status(args: argparse.Namespace, settings: DeploySettings) -> int:
     store, missing = open_for_reading(settings)
     reader = StoreReader(store)
+    # The fleet read once and kept to the end: out of the collector's sight meanwhile (`cmd_status` hands it back),
+    # or every collection the report triggers walks it again (~0.14 s of a 10,000-host status, issue 18).
+    reader.freeze_cold_reads = True
     now = utc_now()
     context = StatusContext(with_ec2(read_known(settings, reader), now), reader, now,
                             settings.reconcile.heartbeat_timeout)

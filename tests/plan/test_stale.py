@@ -147,3 +147,34 @@ def test_saved_plan_carries_the_reviewed_plan_and_its_fingerprints(tmp_path: Pat
     assert fingerprints["membership"]["shop/web"] == [f"web-{n}" for n in range(1, 7)]
     assert fingerprints["groups"]["shop/web"]["effectiveRevision"].startswith("git:https://git.example.com/shop/web")
     assert "DeploymentGroup/web" in fingerprints["manifests"]
+
+
+def test_a_plan_freezes_the_fleet_it_read_only_while_it_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """`make_plan` keeps the documents it read out of the collector's sight while it computes (issue 18) and hands
+    them back when done, even when computing fails: nothing stays frozen in the caller's process."""
+    import gc
+
+    import reconciler.cli.plan as plan_cli
+
+    built = build(tmp_path, "revision-bump-store")
+    seen: list[int] = []
+    real = plan_cli.compute_plan
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(gc.get_freeze_count())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_cli, "compute_plan", spy)
+    assert gc.get_freeze_count() == 0
+    make_plan(built.request, now=NOW)
+    assert seen and seen[0] > 0 and gc.get_freeze_count() == 0
+
+    def broken(*args: object, **kwargs: object) -> object:
+        seen.append(gc.get_freeze_count())
+        raise RuntimeError("compute failed")
+
+    monkeypatch.setattr(plan_cli, "compute_plan", broken)
+    with pytest.raises(RuntimeError):
+        make_plan(built.request, now=NOW)
+    assert seen[-1] > 0 and gc.get_freeze_count() == 0

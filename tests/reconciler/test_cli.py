@@ -7,6 +7,7 @@ Exit codes are the contract CI scripts branch on, so each one gets a test: 0 con
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,7 @@ def test_once_converges_and_exits_0(world: World, capsys: pytest.CaptureFixture[
     report = json.loads(capsys.readouterr().out)
     (group,) = report["groups"]
     assert group["state"] == "converged"
+    assert gc.get_freeze_count() == 0  # status froze the fleet it read only while it ran (issue 18)
     assert [h["host"] for h in group["hosts"]] == HOSTS
     assert all(h["upToDate"] and h["online"] for h in group["hosts"])
 

@@ -4,8 +4,10 @@ imports its own module only. The lazy parser must say exactly what the full one 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +103,41 @@ def test_structlog_is_loaded_with_asyncio_deferred_until_something_uses_it() -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "from.async" in done.stdout and done.stdout.strip().endswith("slept")
+
+
+def collector_after(argv: list[str] | None, tmp: str) -> dict[str, object]:
+    """`reconcile validate` on an empty folder (it finds no manifests) in a fresh interpreter: as the program (argv
+    None, through sys.argv) or as a caller in its own process; what the garbage collector looked like while the
+    command ran and after main returned."""
+    call = "main()" if argv is None else f"main({argv!r})"
+    code = (
+        "import gc, json, sys\n"
+        "import reconciler.cli.main as validate\n"
+        "seen = {}\n"
+        "real = validate.run_validate\n"
+        "def spy(*args, **kwargs):\n"
+        "    seen.update(during_enabled=gc.isenabled(), during_frozen=gc.get_freeze_count())\n"
+        "    return real(*args, **kwargs)\n"
+        "validate.run_validate = spy\n"
+        f"sys.argv = ['reconcile', 'validate', '--repo', {tmp!r}, '--ref', 'HEAD']\n"
+        "from reconciler.cli.main import main\n"
+        f"seen['code'] = {call}\n"
+        "seen.update(after_enabled=gc.isenabled())\n"
+        "print(json.dumps(seen))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_start_up_runs_with_the_collector_paused_and_hands_the_command_a_frozen_heap(tmp_path: Path) -> None:
+    """As the program, what start-up built is frozen when the command runs and the collector is on again (issue 18:
+    ~30 ms of every `--once`); a caller in its own process keeps its collector untouched (nothing frozen)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "empty"], check=True)
+    program = collector_after(None, str(tmp_path))
+    assert program["during_enabled"] is True and program["after_enabled"] is True
+    assert isinstance(program["during_frozen"], int) and program["during_frozen"] > 10_000
+    embedded = collector_after(["validate", "--repo", str(tmp_path), "--ref", "HEAD"], str(tmp_path))
+    assert embedded["during_enabled"] is True and embedded["during_frozen"] == 0
+    assert program["code"] == embedded["code"]
