@@ -14,7 +14,7 @@ With `--curve`, the scaling curve of `reconcile --once` instead (issue 18: 10,00
 8 s): the whole process (interpreter start, imports, manifests from a real Git repo, the fleet from a real file
 store, the lease, one pass, the summary) over a converged fleet of 100, 1,000 and 10,000 hosts in groups of 50
 (100,000 with `--large`), median wall time and the process's CPU time, milliseconds per host, and the fixed
-and per-host parts of a least-squares line through the points.
+and per-host parts of a least-squares line through the points; and `reconcile status` over the same fleet.
 
     .venv/bin/python bench/bench_reconcile_pass.py [--groups N --hosts-per-group N --in-flight N] [--rounds 3]
     .venv/bin/python bench/bench_reconcile_pass.py --curve [--large] [--rounds 3]
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import resource
 import statistics
 import subprocess
@@ -207,8 +208,10 @@ def measure(label: str, groups: int, per_group: int, in_flight: int, rounds: int
     print(f"{label}_pass_peak_memory: {peak / 1e6:.1f} MB")
 
 
-def once_point(root: Path, hosts: int, rounds: int) -> tuple[float, float]:
-    """`reconcile --once` over a converged fleet of `hosts` hosts: (median wall seconds, CPU seconds per run)."""
+def once_point(root: Path, hosts: int, rounds: int) -> tuple[float, float, float]:
+    """`reconcile --once` over a converged fleet of `hosts` hosts: (median wall seconds, CPU seconds per run), and the
+    median wall seconds of `reconcile status --format json` over the same fleet afterwards (it reads the whole fleet
+    too, and reports every host)."""
     groups = max(1, hosts // CURVE_GROUP_SIZE)
     repo = config_repo(root / "config", groups)
     store_url = f"file://{root / 'store'}"
@@ -230,18 +233,27 @@ def once_point(root: Path, hosts: int, rounds: int) -> tuple[float, float]:
         samples.append(time.perf_counter() - started)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / rounds
-    return statistics.median(samples), cpu
+    status = [*command[:-1], "status", "--format", "json"]
+    statuses = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        done = subprocess.run(status, cwd=root, env=process_env(), capture_output=True, check=False)
+        statuses.append(time.perf_counter() - started)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert sum(len(group["hosts"]) for group in json.loads(done.stdout)["groups"]) == hosts
+    return statistics.median(samples), cpu, statistics.median(statuses)
 
 
 def once_curve(sizes: tuple[int, ...], rounds: int) -> None:
     points = []
     for hosts in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            wall, cpu = once_point(Path(tmp), hosts, rounds if hosts < 100_000 else 1)
+            wall, cpu, status = once_point(Path(tmp), hosts, rounds if hosts < 100_000 else 1)
         points.append((hosts, wall))
         print(f"once_process_{hosts}_hosts: {wall:.3f} s")
         print(f"once_process_cpu_{hosts}_hosts: {cpu:.3f} s")
-        print(f"once_process_{hosts}_hosts_per_host: {wall / hosts * 1000:.3f} ms", flush=True)
+        print(f"once_process_{hosts}_hosts_per_host: {wall / hosts * 1000:.3f} ms")
+        print(f"status_process_{hosts}_hosts: {status:.3f} s", flush=True)
     slope, fixed = least_squares(points)
     print(f"once_process_fixed: {fixed:.3f} s")
     print(f"once_process_per_host_slope: {slope * 1000:.4f} ms")
