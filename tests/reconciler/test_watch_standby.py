@@ -97,9 +97,15 @@ def test_a_watch_that_loses_its_lease_closes_its_runner_forgets_the_fleet_and_co
             monkeypatch.setattr(leading, "close", lambda: (closed.append(True), close())[1])
             assert watcher.reader is leading.reader
 
-            clock.advance(11)  # the watcher's lease ran out (say it was paused); another reconciler takes it
-            assert thief.try_acquire()
-            wait_for(lambda: watcher.runner is not leading, 10, "the watcher to stand by")
+            def take_over() -> bool:
+                """The watcher's lease runs out (say it was paused) and another reconciler takes it. Moved on until
+                the thief wins: the watcher may renew in between (its lease is still its own until taken)."""
+                clock.advance(11)
+                return thief.try_acquire()
+
+            wait_for(take_over, 10, "another reconciler to take the lease")
+            # Standing by ends with the listeners told (`Watcher._stand_by`): everything below is done by then.
+            wait_for(lambda: listener.forgotten, 10, "the watcher to stand by")
             seen = len(listener.numbers)
 
             assert closed == [True]  # its load balancer, gate and AWS clients closed
