@@ -239,8 +239,8 @@ def _run_under_lease(args: argparse.Namespace, settings: DeploySettings, desired
                                  notifier=notifier)
                 return _with_notifications(result, notifier, notify_timeout, lease, stop)
             finally:
+                runner.close()  # never raises (each shell's error is logged)
                 notifier.close()
-                runner.close()
         except LeaseLost as exc:
             print(f"reconcile: {exc}", file=sys.stderr)
             return ExitCode.LEASE_HELD

@@ -391,6 +391,11 @@ class _Runner:
             if change is not None:
                 worker.reconfigure(change.spec, change.baseline)
             generation, state = self.notifier.latest()
+            if state is None:
+                # No records (before the first pass, or on standby: `Notifier.forget_view`): nothing can be sent
+                # until a pass hands some over, and wakes this thread. A retry time left from before must not be
+                # waited for, or the loop would wake at once, over and over, for as long as the standby lasts.
+                due = None
             now = worker.clock()
             if state is not None and (generation != seen or (due is not None and now >= due)):
                 seen = generation
@@ -477,12 +482,16 @@ class Notifier:
 
     def forget_view(self) -> None:
         """Standby (a `watch` lost its lease): drop the records of the last pass. Workers send nothing meanwhile
-        (`may_deliver` is false and they step only on a state), and when this process leads again its next pass
+        (`may_deliver` is false and they step only on a state) and sleep until a pass wakes them, any retry they
+        were waiting for dropped, and when this process leads again its next pass
         hands them the records as they are then; what was recorded meanwhile is in the event stream, which
         their cursors resume from, as after a restart."""
         with self._lock:
             self._generation += 1
             self._state = None
+            runners = list(self._runners.values())
+        for runner in runners:
+            runner.wake.set()  # each drops any retry it was waiting for (`_Runner._run`)
 
     def latest(self) -> tuple[int, State | None]:
         with self._lock:

@@ -210,7 +210,7 @@ class Watcher:
                                                   repository=self.source.repository, ref=self.source.ref)
         #: Passes run by runners before the current one (`_fresh_runner`).
         self.earlier_passes = 0
-        self.runner = self._fresh_runner()
+        self.runner = self._fresh_runner(first_number=1)
         #: Delivers what the passes record, in the background, only while this process holds the lease.
         self.notifier = Notifier(store, may_deliver=lambda: self.lease.held,
                                  on_result=metrics.count_notification if metrics is not None else None)
@@ -227,14 +227,14 @@ class Watcher:
         """The current runner's reader: its snapshots, and the cheap polls between passes."""
         return self.runner.reader
 
-    def _fresh_runner(self) -> PassRunner:
+    def _fresh_runner(self, *, first_number: int) -> PassRunner:
         """A reader and a runner that know nothing of the store yet: at start, and after the lease was lost. A
         standby keeps none of the fleet's documents (it may wait for hours), and the next lead reads the store anew,
         as a restart would: from the warm-start cache whoever led meanwhile left, keeping one again from there
         (warmstart.py). What the lost lead had read is no view to lead from anyway: others wrote meanwhile."""
         return MeteredPassRunner(self.store, self.lease, self.settings.reconcile, reader=StoreReader(self.store),
                                  applied_config=self.applied_config, metrics=self.metrics,
-                                 first_number=self.earlier_passes + 1)
+                                 first_number=first_number)
 
     # ----------------------------------------------------------------------------------------------
     # Desired state
@@ -376,10 +376,12 @@ class Watcher:
                     log.warning("watch.store_unavailable", error=str(exc))
                     self.stop.wait(self.settings.reconcile.poll_interval.total_seconds())
         finally:
-            self.notifier.close()
-            self.runner.close()
-            self.lease.release()
-            self.wake.set()
+            self.runner.close()  # never raises (each shell's error is logged)
+            try:
+                self.notifier.close()
+            finally:
+                self.lease.release()
+                self.wake.set()
             log.info("watch.stopped", passes=self.earlier_passes + self.runner.passes)
         return ExitCode.OK
 
@@ -388,13 +390,18 @@ class Watcher:
         again. The runner is closed (its load balancer, gate and AWS clients) and replaced by one that has read
         nothing, and every listener drops its last view; pass numbers go on from where they were."""
         self.last = None
-        self.earlier_passes += self.runner.passes
-        self.runner.close()
-        self.runner = self._fresh_runner()
-        self.notifier.forget_view()
-        for listener in (self.progress, self.metrics):
-            if listener is not None:
+        lost = self.runner
+        self.runner = self._fresh_runner(first_number=self.earlier_passes + lost.passes + 1)
+        self.earlier_passes += lost.passes
+        lost.close()
+        listeners: tuple[PassListener | Notifier | None, ...] = (self.notifier, self.progress, self.metrics)
+        for listener in listeners:
+            if listener is None:
+                continue
+            try:
                 listener.forget_view()
+            except Exception:  # a display that fails to redraw must not end the watch: it is a standby now
+                log.warning("watch.forget_view_failed", listener=type(listener).__name__, exc_info=True)
 
     def _lead(self, *, remote: bool) -> None:
         """Holding the lease: react to triggers until stopped or the lease is lost."""

@@ -330,3 +330,43 @@ def test_a_cursor_write_lost_to_another_writer_is_read_again(server: Receiver, s
     assert delivered_ids(server) == ["d-1.1", "d-1.1", "d-1.2"]
     stored = read_document(store, cursor_key("hook"), NotificationCursor)
     assert stored is not None and stored.document.handled == {"d-1": 2}
+
+
+def test_a_standby_notifier_sleeps_even_with_a_retry_pending(server: Receiver, store: Store) -> None:
+    """After `forget_view` (a `watch` lost its lease) a worker that was waiting to retry must sleep until a pass
+    hands it records again, not wake over and over at its past retry time (review of issue 18's seventh round: the
+    loop spun at 100 % CPU for as long as the standby lasted). When the lease comes back, it sends."""
+    server.default = Reply(503)
+    holding = {"lease": True}
+    clock_calls = [0]
+
+    def clock() -> Any:
+        clock_calls[0] += 1
+        from contract.clock import utc_now
+
+        return utc_now()
+
+    notifier = Notifier(store, may_deliver=lambda: holding["lease"], clock=clock)
+    records = state(deployment("d-1", [S.DEPLOYMENT_STARTED]))
+    wanted = desired(manifest({"webhook": {"url": server.url},
+                               "retry": {"attempts": 50, "backoff": "50ms", "maxBackoff": "50ms"}}))
+    try:
+        notifier.on_pass(a_pass(State(), records, wanted))
+        deadline = time.monotonic() + 10
+        while len(server.requests) < 2 and time.monotonic() < deadline:  # retrying every 50 ms
+            time.sleep(0.01)
+        assert len(server.requests) >= 2
+        holding["lease"] = False
+        notifier.forget_view()
+        time.sleep(0.2)  # a step in flight finishes; its retry time passes
+        before, sent = clock_calls[0], len(server.requests)
+        time.sleep(1.0)
+        assert clock_calls[0] - before < 5, f"the standby worker woke {clock_calls[0] - before} times in 1 s"
+        assert len(server.requests) == sent
+        server.default = Reply(200)
+        holding["lease"] = True
+        notifier.on_pass(a_pass(State(), records, wanted))
+        assert notifier.drain(timedelta(seconds=10)).done
+        assert delivered_ids(server)[-1] == "d-1.1"
+    finally:
+        notifier.close()

@@ -41,7 +41,8 @@ class SharedClock:
 
 
 class Listener:
-    """A progress listener that remembers the pass numbers it was shown and when it was told to forget."""
+    """A progress listener that remembers the pass numbers it was shown and when it was told to forget; and then
+    fails, as a display that cannot redraw might: the watch must go on without it."""
 
     def __init__(self) -> None:
         self.numbers: list[int] = []
@@ -56,6 +57,7 @@ class Listener:
     def forget_view(self) -> None:
         self.forgotten.append(len(self.numbers))
         self.last = None
+        raise RuntimeError("the display is gone")
 
 
 def effective(store: Store) -> str | None:
