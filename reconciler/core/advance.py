@@ -34,6 +34,7 @@ from reconciler.core.membership import instance_of
 from reconciler.core.quarantine import STOPPED_ON_REQUEST, is_quarantined
 from reconciler.core.results import take_results
 from reconciler.core.rollout import FAILED, IN_PROGRESS, HostFacts, Outcome, Step, decide_step
+from reconciler.core.sharing import SharedCopies
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import DesiredGroup, GroupOptions
 
@@ -190,12 +191,13 @@ def _dispatch(
     hosts = dict(deployment.hosts)
     commands: list[HostCommand] = []
     maker = HostCommands(view, deployment, group)
+    shared = SharedCopies()
     for host in step.dispatch:
         generation = view.next_generation(host)
         view.generation[host] = generation
         view.booked.add(host)
         update = {"status": IN_PROGRESS, "batch": batch, "generation": generation, "dispatched_at": view.now}
-        hosts[host] = hosts[host].model_copy(update=update)
+        hosts[host] = shared.copy(hosts[host], update)
         commands.append(maker.command(host, generation=generation, created_at=view.now))
     dispatched = deployment.model_copy(
         update={
@@ -242,6 +244,7 @@ class HostCommands:
         self.tag_sets = [] if group is None else [
             [TagMatch(key=f.key, value=f.value, type=f.type) for f in tag_set] for tag_set in group.targets.tag_sets
         ]
+        self._targets: CommandTargets | None = None
 
     def targets(self, host: str) -> CommandTargets | None:
         """The group's selectors, for the agent to check that it really belongs to the group (CommandTargets); None
@@ -254,8 +257,12 @@ class HostCommands:
         if self.group is None:
             return None
         targets = self.group.targets
-        instance_id = instance_of(host, self.view.observed) if targets.uses_aws else None
-        return CommandTargets(tag_sets=self.tag_sets, hosts=list(targets.hosts), instance_id=instance_id)
+        if targets.uses_aws:
+            instance_id = instance_of(host, self.view.observed)
+            return CommandTargets(tag_sets=self.tag_sets, hosts=list(targets.hosts), instance_id=instance_id)
+        if self._targets is None:  # the same for every host: one frozen object for the whole batch
+            self._targets = CommandTargets(tag_sets=self.tag_sets, hosts=list(targets.hosts))
+        return self._targets
 
     def command(self, host: str, *, generation: int, created_at: datetime) -> HostCommand:
         deployment = self.deployment

@@ -5,6 +5,7 @@ command slot is free reads the same in this pass as in the next one.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from datetime import datetime
 
 from contract.durations import format_duration
@@ -21,6 +22,7 @@ from contract.models import (
 from contract.redact import public_host_text
 from reconciler.core.membership import gone_reason
 from reconciler.core.rollout import FAILED, IN_PROGRESS, PENDING, SKIPPED, SUCCEEDED
+from reconciler.core.sharing import SharedCopies
 from reconciler.core.view import PassView
 from reconciler.desired.manifests import EffectiveConfig
 
@@ -67,6 +69,7 @@ def record_results(view: PassView, deployment: Deployment, config: EffectiveConf
     failed: list[str] = []
     left: list[str] = []
     updates: dict[str, HostDeploymentState] = {}
+    shared = SharedCopies()  # hosts that answered alike in this pass end as one record
     for host, host_state in deployment.hosts.items():
         if host_state.status is PENDING:
             update = _left(view, deployment, host)
@@ -81,7 +84,7 @@ def record_results(view: PassView, deployment: Deployment, config: EffectiveConf
         else:
             continue
         if update is not None:
-            updates[host] = host_state.model_copy(update=update)
+            updates[host] = shared.copy(host_state, update)
             status = update.get("status")
             if "left_group" in update:
                 left.append(host)
@@ -93,7 +96,7 @@ def record_results(view: PassView, deployment: Deployment, config: EffectiveConf
     return deployment.model_copy(update={"hosts": hosts, "updated_at": view.now}), succeeded, failed, left
 
 
-def _left(view: PassView, deployment: Deployment, host: str) -> dict[str, object] | None:
+def _left(view: PassView, deployment: Deployment, host: str) -> dict[str, Hashable] | None:
     """A host whose EC2 instance is terminating or terminated (scale-in) leaves the deployment: Skipped, not
     counted in its size, never a failure. Only on a complete EC2 read (`membership.gone_reason`)."""
     reason = gone_reason(host, group_key(deployment.application, deployment.deployment_group), view.observed)
@@ -104,7 +107,7 @@ def _left(view: PassView, deployment: Deployment, host: str) -> dict[str, object
 
 def _host_result(
     view: PassView, deployment: Deployment, host: str, host_state: HostDeploymentState, config: EffectiveConfig
-) -> dict[str, object] | None:
+) -> dict[str, Hashable] | None:
     """How one host in flight ended, if it did: reported, moved on, timed out, or offline."""
     now = view.now
     last = view.observed.last_command(host)

@@ -47,14 +47,9 @@ def rollback_deployment(
 ) -> Deployment:
     """The last good revision to every host `failed` touched; the others are skipped."""
     assert group_state.effective_revision is not None
-    hosts = {
-        host: (
-            HostDeploymentState()
-            if state.generation is not None
-            else HostDeploymentState(status=SKIPPED, message=f"not touched by {failed.deployment_id}")
-        )
-        for host, state in failed.hosts.items()
-    }
+    pending = HostDeploymentState()
+    untouched = HostDeploymentState(status=SKIPPED, message=f"not touched by {failed.deployment_id}")
+    hosts = {host: pending if state.generation is not None else untouched for host, state in failed.hosts.items()}
     return Deployment(
         deployment_id=rollback_deployment_id(failed.deployment_id),
         application=failed.application,

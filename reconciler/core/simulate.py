@@ -80,6 +80,9 @@ def run_agents(
     command may have changed since the last tick: a host that answered its command has nothing to run until it
     is given another. The others are only checked for a heartbeat about to go stale."""
     statuses = dict(observed.statuses)
+    # What hosts answering the same command at this tick report is the same: one frozen record for all of them.
+    progress: dict[tuple[str, int, bool], CommandProgress] = {}
+    installs: dict[str, InstalledRevision] = {}
     hosts: Iterable[str] = alive
     if commanded is not None and heartbeat_timeout is not None:
         hosts = [h for h in alive if h in commanded or not is_online(observed, h, now=now,
@@ -97,28 +100,31 @@ def run_agents(
         ):
             update: dict[str, object] = {"heartbeat_at": now}
             ok = outcome(command) if outcome is not None else True
-            update["command"] = CommandProgress(
-                deployment_id=command.deployment_id,
-                generation=command.generation,
-                application=command.application,
-                deployment_group=command.deployment_group,
-                status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
-                started_at=now,
-                ended_at=now,
-                message=None if ok else "simulated failure",
-            )
+            answer = progress.get((command.deployment_id, command.generation, ok))
+            if answer is None:
+                answer = progress[(command.deployment_id, command.generation, ok)] = CommandProgress(
+                    deployment_id=command.deployment_id,
+                    generation=command.generation,
+                    application=command.application,
+                    deployment_group=command.deployment_group,
+                    status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
+                    started_at=now,
+                    ended_at=now,
+                    message=None if ok else "simulated failure",
+                )
+            update["command"] = answer
             if ok:
-                key = group_key(command.application, command.deployment_group)
-                update["installed"] = {
-                    **status.installed,
-                    key: InstalledRevision(
+                installed = installs.get(command.deployment_id)
+                if installed is None:  # a deployment has one application, group and revision
+                    installed = installs[command.deployment_id] = InstalledRevision(
                         application=command.application,
                         deployment_group=command.deployment_group,
                         revision=command.revision,
                         deployment_id=command.deployment_id,
                         installed_at=now,
-                    ),
-                }
+                    )
+                key = group_key(command.application, command.deployment_group)
+                update["installed"] = {**status.installed, key: installed}
             statuses[host] = status.model_copy(update=update)
         elif heartbeat_timeout is None or not is_online(observed, host, now=now, heartbeat_timeout=heartbeat_timeout):
             statuses[host] = status.model_copy(update={"heartbeat_at": now})

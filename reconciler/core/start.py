@@ -55,10 +55,9 @@ def _start_desired(
         return [Blocked(group=key, code="WAITING_FOR_HOSTS", reason=reason)]
     target_identity = view.identity(group.revision)
     only_outdated = group.options.update_outdated_instances_only
+    pending, current = HostDeploymentState(), HostDeploymentState(status=SKIPPED, message="already runs this revision")
     hosts = {
-        host: HostDeploymentState(status=SKIPPED, message="already runs this revision")
-        if only_outdated and view.installed_identity(host, key) == target_identity
-        else HostDeploymentState()
+        host: current if only_outdated and view.installed_identity(host, key) == target_identity else pending
         for host in members
     }
     effective = group_state.effective_revision
@@ -119,12 +118,11 @@ def _catch_up(
     if group.suspend:
         return [Blocked(group=key, code="SUSPENDED", reason=f"suspended: {len(outdated)} outdated host(s) wait")]
     chosen = set(outdated)
+    pending = HostDeploymentState()
+    offline = HostDeploymentState(status=SKIPPED, message="offline; catches up when back")
+    up_to_date = HostDeploymentState(status=SKIPPED, message="up to date")
     hosts = {
-        host: HostDeploymentState()
-        if host in chosen
-        else HostDeploymentState(
-            status=SKIPPED, message="offline; catches up when back" if host in waiting_offline else "up to date"
-        )
+        host: pending if host in chosen else offline if host in waiting_offline else up_to_date
         for host in sorted(member_set, key=host_sort_key)
     }
     _, actions = start(

@@ -15,9 +15,11 @@ from reconciler.core import (
     MembershipIndex,
     Observed,
     State,
+    apply_actions,
     group_members,
     preview_rollout,
     reconcile,
+    run_agents,
 )
 from reconciler.desired.manifests import TagFilter, TargetsSpec
 from tests.core.scenario import load_desired, load_scenario
@@ -157,3 +159,46 @@ def test_a_pass_without_events_decides_exactly_what_a_pass_with_them_does() -> N
         assert _without_events(recorded) == _without_events(plain), folder.name
         assert not any(getattr(a, "deployment", None) is not None and a.deployment.events for a in plain), folder.name  # type: ignore[attr-defined]
     assert with_events >= 10  # the scenarios do record events: the comparison above is not between empty lists
+
+
+def test_shared_copies_give_model_copys_value_and_one_object_per_record_and_update() -> None:
+    from contract.models import HostDeploymentState, HostDeploymentStatus
+    from reconciler.core.sharing import SharedCopies
+
+    shared = SharedCopies()
+    pending, other = HostDeploymentState(), HostDeploymentState()
+    update = {"status": HostDeploymentStatus.IN_PROGRESS, "batch": 0, "generation": 2, "dispatched_at": NOW}
+    first = shared.copy(pending, update)
+    assert first == pending.model_copy(update=update) and first is not pending
+    assert shared.copy(pending, dict(update)) is first  # an equal update: the same copy
+    assert shared.copy(pending, {**update, "generation": 3}).generation == 3  # another update: another copy
+    assert shared.copy(other, update) is not first and shared.copy(other, update) == first  # keyed by the record
+    # Field order of the update is part of the key, not of the value: a reordered update is only copied again.
+    assert shared.copy(pending, dict(reversed(update.items()))) == first
+
+
+def test_a_batch_and_its_results_share_one_record_per_change_and_write_what_separate_copies_would() -> None:
+    """Issue 18: the hosts of a batch go in flight, and end, as one shared frozen record each, not one copy per
+    host; what is written is byte for byte what a copy per host would give."""
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "codedeploy-host-count-6-of-9")
+    actions = reconcile(desired, observed, state, now=now)
+    [dispatch] = [a for a in actions if isinstance(a, DispatchBatch)]
+    in_flight = [dispatch.deployment.hosts[h] for h in dispatch.hosts]
+    assert len(in_flight) == 3 and len({id(s) for s in in_flight}) == 1
+    pending = [s for h, s in dispatch.deployment.hosts.items() if h not in dispatch.hosts]
+    assert len({id(s) for s in pending}) == 1
+    assert {c.targets is dispatch.commands[0].targets for c in dispatch.commands} == {True}
+
+    # The agents answer at once, alike: the next pass ends the three hosts as one record too.
+    state = apply_actions(state, actions)
+    later = now + timedelta(seconds=30)
+    observed = run_agents(observed, state, now=later, alive=observed.statuses.keys())
+    answered = [observed.statuses[h].command for h in dispatch.hosts]
+    assert len({id(p) for p in answered}) == 1  # the simulated agents share their answer too
+    [next_batch] = [a for a in reconcile(desired, observed, state, now=later) if isinstance(a, DispatchBatch)]
+    ended = [next_batch.deployment.hosts[h] for h in dispatch.hosts]
+    assert {s.status for s in ended} == {"Succeeded"} and len({id(s) for s in ended}) == 1
+    # What is written is what a copy per host gives (the goldens compare every document byte for byte too).
+    one_each = {h: s.model_copy(update={}) for h, s in next_batch.deployment.hosts.items()}
+    assert all(one_each[h] is not s for h, s in next_batch.deployment.hosts.items())
+    assert next_batch.deployment.model_copy(update={"hosts": one_each}).to_json() == next_batch.deployment.to_json()
