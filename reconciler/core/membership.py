@@ -40,6 +40,11 @@ class MembershipIndex:
         self._observed = observed
         self._by_instance: dict[str, str] | None = None
 
+    def indexes(self, observed: Observed) -> bool:
+        """Built over what `observed` says of membership: the same registrations and the same EC2 read (the
+        objects, not equal copies). `plan`'s simulated passes change only statuses, so one index serves them all."""
+        return observed.registrations is self._observed.registrations and observed.ec2 is self._observed.ec2
+
     @property
     def by_instance(self) -> dict[str, str]:
         """Instance id -> the registered host that reported it (the first by host id, should two claim one).

@@ -30,6 +30,7 @@ from reconciler.core.advance import drive
 from reconciler.core.events import record_events
 from reconciler.core.identity import same_revision
 from reconciler.core.lifecycle import launch_actions
+from reconciler.core.membership import MembershipIndex
 from reconciler.core.observed import Observed
 from reconciler.core.results import record_in_flight
 from reconciler.core.rollback import recover_lost_rollback
@@ -48,6 +49,7 @@ def reconcile(
     now: datetime,
     settings: CoreSettings = DEFAULT_SETTINGS,
     events: bool = True,
+    index: MembershipIndex | None = None,
 ) -> list[Action]:
     """Decide what to write now so the fleet moves one safe step toward `desired`.
 
@@ -64,8 +66,10 @@ def reconcile(
     - `events=False` leaves the events out of the documents written (step 5): for the dry run of `reconcile plan`
       (`reconciler.core.simulate`), which writes nothing and reads no event, and would spend a fifth of its time
       recording them. Every other decision is the same.
+    - `index`: the membership index of an earlier pass, reused when it indexes the very registrations and EC2 read
+      of `observed` (`MembershipIndex.indexes`), else ignored: the dry run's passes share one (issue 18).
     """
-    view = PassView(desired, observed, state, now, settings)
+    view = PassView(desired, observed, state, now, settings, index=index)
     record_in_flight(view)
     actions: list[Action] = []
     for key in sorted(set(view.desired_groups) | set(state.groups)):

@@ -47,14 +47,22 @@ class PassView:
     """One pass's inputs, indexes built once, and what the pass has decided so far."""
 
     def __init__(
-        self, desired: Desired, observed: Observed, state: State, now: datetime, settings: CoreSettings
+        self,
+        desired: Desired,
+        observed: Observed,
+        state: State,
+        now: datetime,
+        settings: CoreSettings,
+        *,
+        index: MembershipIndex | None = None,
     ) -> None:
         self.desired = desired
         self.observed = observed
         self.state = state
         self.now = now
         self.settings = settings
-        self.index = MembershipIndex(observed)
+        #: An index of an earlier pass is taken only when it indexes this pass's registrations and EC2 read.
+        self.index = index if index is not None and index.indexes(observed) else MembershipIndex(observed)
         self.desired_groups = desired.desired_groups()
         #: Hosts given a command by a group earlier in this pass.
         self.booked: set[str] = set()

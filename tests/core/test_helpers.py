@@ -202,3 +202,21 @@ def test_a_batch_and_its_results_share_one_record_per_change_and_write_what_sepa
     one_each = {h: s.model_copy(update={}) for h, s in next_batch.deployment.hosts.items()}
     assert all(one_each[h] is not s for h, s in next_batch.deployment.hosts.items())
     assert next_batch.deployment.model_copy(update={"hosts": one_each}).to_json() == next_batch.deployment.to_json()
+
+
+def test_an_index_of_other_registrations_is_never_used() -> None:
+    """`reconcile(index=...)` (the dry run's one index for all its passes) is taken only over the very same
+    registrations and EC2 read; an index of others, however alike, is ignored rather than trusted."""
+    import dataclasses
+
+    desired, observed, state, now, _ = load_scenario(SCENARIOS / "codedeploy-host-count-6-of-9")
+    index = MembershipIndex(observed)
+    assert index.indexes(dataclasses.replace(observed, statuses={}))  # statuses are not membership
+    fewer = dataclasses.replace(
+        observed, registrations={h: r for h, r in observed.registrations.items() if h != "web-9"}
+    )
+    assert not index.indexes(fewer) and not index.indexes(dataclasses.replace(observed, ec2={}))
+    assert reconcile(desired, fewer, state, now=now, index=index) == reconcile(desired, fewer, state, now=now)
+    dispatched = [a for a in reconcile(desired, fewer, state, now=now, index=index) if isinstance(a, DispatchBatch)]
+    assert "web-9" not in dispatched[0].deployment.hosts  # what the stale index would have put in
+    assert reconcile(desired, observed, state, now=now, index=index) == reconcile(desired, observed, state, now=now)
