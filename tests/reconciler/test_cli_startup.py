@@ -141,3 +141,43 @@ def test_start_up_runs_with_the_collector_paused_and_hands_the_command_a_frozen_
     embedded = collector_after(["validate", "--repo", str(tmp_path), "--ref", "HEAD"], str(tmp_path))
     assert embedded["during_enabled"] is True and embedded["during_frozen"] == 0
     assert program["code"] == embedded["code"]
+
+
+def test_a_json_plan_of_a_local_checkout_with_a_base_loads_neither_gitpython_nor_rich(tmp_path: Path) -> None:
+    """Issue 18: the two refs of a CI job's plan (`--base` given, a local checkout) are resolved by the git program,
+    and rich is only for the text format, ~40 ms of every plan. A default base (the merge base with the default
+    branch) still goes through GitPython, which finds it."""
+    repo = tmp_path / "config"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "app.yaml").write_text("apiVersion: deploy/v1\nkind: Application\nmetadata:\n  name: shop\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "app"], check=True)
+    subprocess.run([*git, "checkout", "-q", "-b", "change"], check=True)
+    (repo / "app.yaml").write_text("apiVersion: deploy/v1\nkind: Application\nmetadata:\n  name: shop2\n")
+    subprocess.run([*git, "commit", "-q", "-am", "rename"], check=True)
+
+    def plan(*refs: str) -> tuple[set[str], dict[str, object]]:
+        code = (
+            "import io, json, sys\n"
+            "from contextlib import redirect_stdout\n"
+            "from reconciler.cli.main import main\n"
+            "out = io.StringIO()\n"
+            "with redirect_stdout(out):\n"
+            f"    code = main(['plan', '--repo', {str(repo)!r}, '--offline', '--format', 'json', *{list(refs)!r}])\n"
+            "print(json.dumps({'code': code, 'plan': json.loads(out.getvalue()), 'modules': sorted(sys.modules)}))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                              cwd=tmp_path)
+        found = json.loads(done.stdout.splitlines()[-1])
+        assert found["code"] == 2, done.stderr  # changes
+        return set(found["modules"]), found["plan"]
+
+    loaded, with_base = plan("--base", "main", "--head", "change")
+    assert not {name.split(".")[0] for name in loaded} & {"git", "rich"}
+    loaded, merge_base = plan("--head", "change")
+    assert "git" in loaded  # no --base: the merge base, through GitPython
+    assert with_base["head"] == merge_base["head"]
+    assert isinstance(with_base["base"], dict) and isinstance(merge_base["base"], dict)
+    assert with_base["base"]["commit"] == merge_base["base"]["commit"]  # the same commit, however it was found
+    assert merge_base["base"]["note"] == "merge base of change and main" and with_base["base"]["note"] is None
