@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from contract.durations import format_duration
 from contract.models import Deployment, DeploymentStatus, HostDeploymentState, HostDeploymentStatus
@@ -54,9 +54,12 @@ REVISION_OLD = 1
 REVISION_CURRENT = 2
 
 
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What the step needs to know about one host, judged by the caller from Observed and State."""
+class HostFacts(NamedTuple):
+    """What the step needs to know about one host, judged by the caller from Observed and State.
+
+    A named tuple, not a frozen dataclass: as immutable, and built in half the time (a frozen dataclass sets each
+    field through `object.__setattr__`). One is built for every host of every deployment in flight at each pass, and
+    at each simulated pass of `plan`'s dry run: 55,000 for a 10,000-host plan (issue 18)."""
 
     online: bool
     #: Its one command slot is free (last command reported finished) and no other group booked it this pass.
