@@ -182,7 +182,15 @@ class Observed:
 
 def liveness_timeout(status: HostStatus, heartbeat_timeout: timedelta) -> timedelta:
     """A host that heartbeats every 5 minutes must not be called dead after the 3-minute default."""
-    return max(heartbeat_timeout, timedelta(seconds=3 * status.heartbeat_interval_seconds))
+    return max(heartbeat_timeout, _three_heartbeats(status.heartbeat_interval_seconds))
+
+
+@functools.lru_cache(maxsize=64)
+def _three_heartbeats(interval_seconds: float) -> timedelta:
+    """Three of an agent's heartbeat intervals. A fleet has a handful of intervals and this is asked per host per
+    pass (and per simulated pass of `plan`) for every host whose last heartbeat is older than the timeout: built
+    once per interval, not once per question (issue 18)."""
+    return timedelta(seconds=3 * interval_seconds)
 
 
 def is_online(observed: Observed, host_id: str, *, now: datetime, heartbeat_timeout: timedelta) -> bool:
@@ -190,6 +198,6 @@ def is_online(observed: Observed, host_id: str, *, now: datetime, heartbeat_time
     if status is None:
         return False
     silent = now - status.heartbeat_at
-    # `silent <= liveness_timeout(...)`, without building a timedelta for the common case (called per host per
-    # pass, and per simulated pass by `plan`).
-    return silent <= heartbeat_timeout or silent <= liveness_timeout(status, heartbeat_timeout)
+    # `silent <= liveness_timeout(...)` (the larger of the two), without building a timedelta: called per host per
+    # pass, and per simulated pass by `plan`.
+    return silent <= heartbeat_timeout or silent <= _three_heartbeats(status.heartbeat_interval_seconds)

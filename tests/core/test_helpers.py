@@ -220,3 +220,30 @@ def test_an_index_of_other_registrations_is_never_used() -> None:
     dispatched = [a for a in reconcile(desired, fewer, state, now=now, index=index) if isinstance(a, DispatchBatch)]
     assert "web-9" not in dispatched[0].deployment.hosts  # what the stale index would have put in
     assert reconcile(desired, observed, state, now=now, index=index) == reconcile(desired, observed, state, now=now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    interval=st.one_of(st.sampled_from([1.0, 5.0, 60.0, 300.0]), st.floats(min_value=0.001, max_value=86_400)),
+    silent_us=st.integers(min_value=0, max_value=400 * 86_400 * 1_000_000),
+    near=st.one_of(st.none(), st.integers(min_value=-2, max_value=2)),
+    timeout_s=st.integers(min_value=1, max_value=3_600),
+)
+def test_online_is_a_heartbeat_within_the_larger_of_the_timeout_and_three_intervals(
+    interval: float, silent_us: int, near: int | None, timeout_s: int
+) -> None:
+    """`is_online` answers without building a timedelta per host (issue 18); it must say exactly what the rule says,
+    to the microsecond: silent for no longer than `liveness_timeout`."""
+    from contract.models import HostStatus
+    from reconciler.core import is_online
+    from reconciler.core.observed import liveness_timeout
+
+    status = HostStatus(host_id="h", heartbeat_at=NOW, agent_version="t", heartbeat_interval_seconds=interval)
+    observed = Observed(statuses={"h": status})
+    timeout = timedelta(seconds=timeout_s)
+    if near is not None:  # right at the edge of three intervals, where rounding would show
+        silent_us = max(0, round(3 * interval * 1_000_000) + near)
+    now = NOW + timedelta(microseconds=silent_us)
+    expected = now - NOW <= max(timeout, timedelta(seconds=3 * interval))
+    assert is_online(observed, "h", now=now, heartbeat_timeout=timeout) is expected
+    assert liveness_timeout(status, timeout) == max(timeout, timedelta(seconds=3 * interval))
