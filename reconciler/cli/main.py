@@ -217,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     ~30 ms of every `--once`, and with the fleet read, ~0.15 s of a 10,000-host `plan`; issue 18). What start-up made
     is frozen out of its sight when the command is about to run (`_started`), and what is left when the command has
     returned is frozen too: the interpreter's last collection at exit would walk all of it for nothing (~0.1 s after a
-    10,000-host `plan`, more than half of its exit). Exit handlers (logging's flush, temporary folders) still run. A
-    caller in its own process (tests, tools) passes `argv` and keeps its collector as it is: freezing would keep its
-    garbage alive."""
+    10,000-host `plan`, more than half of its exit). Exit handlers (logging's flush, temporary folders) still run,
+    but an object left in a reference cycle is not finalized at exit: clean up with `with` and `finally`, never
+    `__del__`. A caller in its own process (tests, tools) passes `argv` and keeps its collector as it is: freezing
+    would keep its garbage alive."""
     if argv is not None:
         return _main(list(argv), started=lambda: None)
     enabled = gc.isenabled()

@@ -259,7 +259,9 @@ def _refs_with_git(request: PlanRequest, head_ref: str) -> Refs | None:
     ~30 ms of every plan (issue 18); the manifests are read by the git program already (`files_from_commit`).
 
     None (the GitPython path then runs, and says what is wrong) for anything else: a remote URL, no `--base` (the
-    merge base with the default branch), a ref that names nothing or both a branch and a tag."""
+    merge base with the default branch), a ref that names nothing or both a branch and a tag. git reads a few refs
+    GitPython refuses, as `--once` already did: a short SHA that is also a blob's prefix (the commit is taken) and a
+    reflog date (`main@{1.day.ago}`)."""
     from reconciler.desired import gitcli
 
     if not request.base or not Path(request.repository).expanduser().exists():

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.models import Deployment, GroupState, HostCommand, HostRegistration
 from reconciler.core import (
+    Action,
     DispatchBatch,
     FinishDeployment,
     MembershipIndex,
@@ -175,33 +177,57 @@ def test_shared_copies_give_model_copys_value_and_one_object_per_record_and_upda
     assert shared.copy(other, update) is not first and shared.copy(other, update) == first  # keyed by the record
     # Field order of the update is part of the key, not of the value: a reordered update is only copied again.
     assert shared.copy(pending, dict(reversed(update.items()))) == first
+    # Equal values written differently never share: 0.0 and -0.0, 1 and 1.0, one instant at two offsets.
+    plus, minus = (shared.copy(pending, {"out_of_service_seconds": v}) for v in (0.0, -0.0))
+    assert plus is not minus and minus.to_json() != plus.to_json()
+    assert shared.copy(pending, {"batch": 1}) is not shared.copy(pending, {"batch": 1.0})
+    east = NOW.astimezone(timezone(timedelta(hours=2)))
+    assert shared.copy(pending, {"finished_at": NOW}) is not shared.copy(pending, {"finished_at": east})
+    assert shared.copy(pending, {"finished_at": east}).to_json() != shared.copy(pending, {"finished_at": NOW}).to_json()
 
 
-def test_a_batch_and_its_results_share_one_record_per_change_and_write_what_separate_copies_would() -> None:
+def test_a_batch_and_its_results_share_one_record_per_change_and_write_what_separate_copies_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Issue 18: the hosts of a batch go in flight, and end, as one shared frozen record each, not one copy per
-    host; what is written is byte for byte what a copy per host would give."""
-    desired, observed, state, now, _ = load_scenario(SCENARIOS / "codedeploy-host-count-6-of-9")
-    actions = reconcile(desired, observed, state, now=now)
-    [dispatch] = [a for a in actions if isinstance(a, DispatchBatch)]
+    host; what is written is byte for byte what a copy per host gives, even when agents report one instant in
+    different time zones (equal times, written differently: they must not share a record)."""
+    from reconciler.core.sharing import SharedCopies
+
+    def two_passes() -> tuple[DispatchBatch, list[Action]]:
+        desired, observed, state, now, _ = load_scenario(SCENARIOS / "codedeploy-host-count-6-of-9")
+        actions = reconcile(desired, observed, state, now=now)
+        [dispatch] = [a for a in actions if isinstance(a, DispatchBatch)]
+        state = apply_actions(state, actions)
+        later = now + timedelta(seconds=30)
+        observed = run_agents(observed, state, now=later, alive=observed.statuses.keys())
+        # web-3's agent reports the very same end, on a clock set to UTC+2.
+        status = observed.statuses["web-3"]
+        assert status.command is not None and status.command.ended_at is not None
+        east = status.command.ended_at.astimezone(timezone(timedelta(hours=2)))
+        command = status.command.model_copy(update={"ended_at": east})
+        statuses = {**observed.statuses, "web-3": status.model_copy(update={"command": command})}
+        observed = Observed(registrations=observed.registrations, statuses=statuses)
+        return dispatch, reconcile(desired, observed, state, now=later)
+
+    dispatch, actions = two_passes()
     in_flight = [dispatch.deployment.hosts[h] for h in dispatch.hosts]
     assert len(in_flight) == 3 and len({id(s) for s in in_flight}) == 1
     pending = [s for h, s in dispatch.deployment.hosts.items() if h not in dispatch.hosts]
     assert len({id(s) for s in pending}) == 1
     assert {c.targets is dispatch.commands[0].targets for c in dispatch.commands} == {True}
+    [next_batch] = [a for a in actions if isinstance(a, DispatchBatch)]
+    ended = {h: next_batch.deployment.hosts[h] for h in dispatch.hosts}
+    assert {s.status for s in ended.values()} == {"Succeeded"}
+    assert ended["web-1"] is ended["web-2"] and ended["web-3"] is not ended["web-1"]  # another offset: its own
+    assert ended["web-3"].finished_at is not None and ended["web-3"].finished_at.utcoffset() == timedelta(hours=2)
 
-    # The agents answer at once, alike: the next pass ends the three hosts as one record too.
-    state = apply_actions(state, actions)
-    later = now + timedelta(seconds=30)
-    observed = run_agents(observed, state, now=later, alive=observed.statuses.keys())
-    answered = [observed.statuses[h].command for h in dispatch.hosts]
-    assert len({id(p) for p in answered}) == 1  # the simulated agents share their answer too
-    [next_batch] = [a for a in reconcile(desired, observed, state, now=later) if isinstance(a, DispatchBatch)]
-    ended = [next_batch.deployment.hosts[h] for h in dispatch.hosts]
-    assert {s.status for s in ended} == {"Succeeded"} and len({id(s) for s in ended}) == 1
-    # What is written is what a copy per host gives (the goldens compare every document byte for byte too).
-    one_each = {h: s.model_copy(update={}) for h, s in next_batch.deployment.hosts.items()}
-    assert all(one_each[h] is not s for h, s in next_batch.deployment.hosts.items())
-    assert next_batch.deployment.model_copy(update={"hosts": one_each}).to_json() == next_batch.deployment.to_json()
+    # The same passes with a copy per host write exactly the same documents.
+    monkeypatch.setattr(SharedCopies, "copy", lambda self, record, update: record.model_copy(update=dict(update)))
+    _, unshared = two_passes()
+    assert [w.document.to_json() for a in unshared for w in a.writes()] == [
+        w.document.to_json() for a in actions for w in a.writes()
+    ]
 
 
 def test_an_index_of_other_registrations_is_never_used() -> None:
