@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.errors import ChecksumMismatch, UsageError
-from agent.fetch.bounds import FetchBudget, FetchLimits, FetchStopped, FetchTimedOut
-from agent.fetch.extract import ExtractLimits, unpack_bundle
+from agent.fetch.bounds import FetchBudget, FetchStopped, FetchTimedOut
+from agent.fetch.extract import unpack_bundle
 from agent.fetch.git import fetch_git
 from agent.fetch.local import fetch_local
 from agent.fetch.revision import (
@@ -30,6 +30,7 @@ from agent.fetch.revision import (
     sha256_of,
 )
 from agent.fetch.s3 import fetch_s3
+from agent.limits import ExtractLimits, FetchLimits
 from contract.models import Revision
 
 

@@ -28,30 +28,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from agent.errors import BundleError, BundleUnavailable, UnsafeBundle
+from agent.limits import FetchLimits
 
 T = TypeVar("T")
 
 #: How often a watched step looks at the stop request and the deadline.
 POLL_SECONDS = 0.05
-
-
-@dataclass(frozen=True)
-class FetchLimits:
-    """Caps on fetching a bundle (RunnerSettings.fetch_limits)."""
-
-    #: The budget for fetch, unpack and check when the command carries no `timeout_seconds`.
-    default_timeout_seconds: float = 3600.0
-    #: Bytes a download may bring; more is refused (an endless body). Unpacking has its own cap.
-    max_bytes: int = 8 << 30
-    #: A network download slower than this over `stall_seconds` is abandoned.
-    min_bytes_per_second: float = 1024.0
-    stall_seconds: float = 60.0
-    #: How often the host's report is updated while fetching.
-    progress_seconds: float = 2.0
 
 
 class FetchStopped(BundleError):

@@ -34,7 +34,6 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -45,6 +44,7 @@ from agent.fetch import formats
 from agent.fetch.bounds import FetchBudget
 from agent.fetch.iothreads import CREATE_FLAGS, BackgroundWriter, finish_file, write_all
 from agent.fetch.revision import CHUNK, FetchedBundle, remove_path
+from agent.limits import ExtractLimits
 
 log = structlog.get_logger("agent.fetch.extract")
 
@@ -52,14 +52,6 @@ log = structlog.get_logger("agent.fetch.extract")
 #: host's cores). Two: a 10,000-file, 100 MB zip unpacks and installs in 10-20 % less time than with one on two
 #: cores (`bench_agent_big_bundle.py`); a third only adds contention for the GIL there.
 WRITER_THREADS = 2
-
-
-@dataclass(frozen=True)
-class ExtractLimits:
-    """Caps that stop a zip bomb or a runaway bundle before it fills the disk."""
-
-    max_bytes: int = 8 << 30
-    max_entries: int = 250_000
 
 
 def unpack_bundle(fetched: FetchedBundle, archive_dir: Path, limits: ExtractLimits | None = None,

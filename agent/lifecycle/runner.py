@@ -35,8 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.fetch import ExtractLimits, FetchLimits
 from agent.lifecycle.layout import DeploymentRoot
+from agent.limits import ExtractLimits, FetchLimits
 from contract.clock import utc_now
 from contract.models import EventReport, HostCommand, InstalledRevision
 

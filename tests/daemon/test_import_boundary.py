@@ -37,6 +37,21 @@ def test_agent_modules_load_neither_git_nor_watchfiles() -> None:
 
 
 @pytest.mark.slow
+def test_an_idle_agent_does_not_load_the_bundle_code() -> None:
+    """Issue 18: what `deploy-agent run` imports to start (the runner with its limits included) leaves the fetch and
+    unpack code, and `tarfile` with it, to the first command that needs a bundle."""
+    probe = (
+        "import agent.cli.main, agent.daemon.loop, agent.daemon.cli, agent.metrics, agent.settings\n"
+        "import contract.store.file, contract.store.docs\n"
+        "from agent.daemon.cli import make_runner\n"
+        "agent.cli.main.build_parser()\n"
+    )
+    loaded = loaded_after(probe, ("agent", "tarfile"))
+    assert "agent.lifecycle.runner" in loaded and "agent.limits" in loaded  # the runner and its limits: loaded
+    assert not [name for name in loaded if name.startswith(("agent.fetch", "tarfile"))]
+
+
+@pytest.mark.slow
 def test_prometheus_client_is_loaded_only_when_metrics_are_configured(tmp_path: Path) -> None:
     """The same start-up path (`open_metrics`) with and without `metrics` in agent.yaml."""
     textfile = tmp_path / "agent.prom"
