@@ -2,8 +2,8 @@
 
 They are the agent's settings (RunnerSettings), so the lifecycle runner needs them when it is built at start-up;
 the fetch and unpack code that applies them (agent/fetch) is imported only when a command needs a bundle. Kept here,
-apart from it, an idle agent does not load that code, nor `tarfile` through it (issue 18: 1.4 MiB of an idle
-agent's memory).
+apart from it, an idle agent does not load that code, nor `tarfile` through it (issue 18: 37.8 -> 37.3 MiB for an
+idle agent).
 """
 
 from __future__ import annotations

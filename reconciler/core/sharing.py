@@ -23,18 +23,20 @@ M = TypeVar("M", bound=BaseModel)
 class SharedCopies:
     """`model_copy(update=...)` that hands back the same copy for the same record and the same update.
 
-    Keyed by the record's identity, so it holds each record it has copied (an id is only unique while its object is
-    alive). Meant to live for one step, not a whole pass: it keeps everything it was given until it is dropped."""
+    Keyed by the record's identity, so it holds each record it has copied: an id is only unique while its object is
+    alive, and a record held here cannot die and leave its id to another. Meant to live for one step, not a whole
+    pass: it keeps everything it was given until it is dropped."""
 
     __slots__ = ("_copies",)
 
     def __init__(self) -> None:
+        #: Key -> (the record copied, held only to keep its id unique; the copy).
         self._copies: dict[tuple[Hashable, ...], tuple[BaseModel, BaseModel]] = {}
 
     def copy(self, record: M, update: Mapping[str, Hashable]) -> M:
         key = (id(record), *(_written(name, value) for name, value in update.items()))
         found = self._copies.get(key)
-        if found is not None and found[0] is record:
+        if found is not None:
             return found[1]  # type: ignore[return-value]  # stored by this method for a record of type M
         made = record.model_copy(update=dict(update))
         self._copies[key] = (record, made)
