@@ -11,7 +11,6 @@ beyond small validators), and one file is what keeps the two sides reading the s
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, Self
@@ -19,60 +18,93 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
-SCHEMA_VERSION = 1
-
-#: CodeDeploy's fixed lifecycle order (reference §2.1); the agent always runs events in this order,
-#: whatever order an appspec lists its hooks in.
-LIFECYCLE_EVENTS: tuple[str, ...] = (
-    "BeforeBlockTraffic",
-    "AfterBlockTraffic",
-    "ApplicationStop",
-    "DownloadBundle",
-    "BeforeInstall",
-    "Install",
-    "AfterInstall",
-    "ApplicationStart",
-    "ValidateService",
-    "BeforeAllowTraffic",
-    "AfterAllowTraffic",
-)
-#: The two events the agent runs no script for when a group has traffic control: it waits while the reconciler
-#: takes the host out of its load balancers (BlockTraffic) and puts it back (AllowTraffic), docs/traffic.md.
-BLOCK_TRAFFIC = "BlockTraffic"
-ALLOW_TRAFFIC = "AllowTraffic"
-TRAFFIC_STEPS: frozenset[str] = frozenset({BLOCK_TRAFFIC, ALLOW_TRAFFIC})
-#: Events a deployment runs when the command does not say otherwise (in-place, no load balancer).
-DEFAULT_EVENTS: tuple[str, ...] = (
-    "ApplicationStop",
-    "DownloadBundle",
-    "BeforeInstall",
-    "Install",
-    "AfterInstall",
-    "ApplicationStart",
-    "ValidateService",
-)
-#: Events of a group with traffic control (CodeDeploy's in-place order with a load balancer, reference §2.1).
-#: The agent runs every other event as without traffic control; at these two it waits for the reconciler.
-TRAFFIC_CONTROL_EVENTS: tuple[str, ...] = (
-    "BeforeBlockTraffic",
-    BLOCK_TRAFFIC,
-    "AfterBlockTraffic",
-    *DEFAULT_EVENTS,
-    "BeforeAllowTraffic",
+from contract.vocabulary import (
     ALLOW_TRAFFIC,
-    "AfterAllowTraffic",
-)
-#: The agent's own step after ValidateService when the group has a `healthCheck` (docs/gates.md): an HTTP check
-#: of the host that must pass continuously for `minHealthyTime` before the host counts as succeeded. No script
-#: can be attached to it; it runs before BeforeAllowTraffic, so a host that is not healthy never gets traffic.
-HEALTH_CHECK = "HealthCheck"
-#: Events whose scripts come from the last successful revision (reference §2.2).
-PREVIOUS_REVISION_EVENTS: frozenset[str] = frozenset(
-    {"BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"}
+    BLOCK_TRAFFIC,
+    DEFAULT_EVENTS,
+    HEALTH_CHECK,
+    LIFECYCLE_EVENTS,
+    MAX_REFUSALS,
+    PREVIOUS_REVISION_EVENTS,
+    SCHEMA_VERSION,
+    TRAFFIC_CONTROL_EVENTS,
+    TRAFFIC_STEPS,
+    CommandStatus,
+    CommandTargetsBehaviour,
+    ConflictReason,
+    EventStatus,
+    FileExistsBehavior,
+    LifecycleErrorCode,
+    RevisionBehaviour,
+    TagMatchBehaviour,
+    TrafficStepState,
+    group_key,
 )
 
 SHA1 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
 SHA256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+#: Public names, including the vocabulary re-exported from contract/vocabulary.py (the reconciler imports
+#: those from here, next to the records that use them).
+__all__ = [
+    "ALLOW_TRAFFIC",
+    "BLOCK_TRAFFIC",
+    "DEFAULT_EVENTS",
+    "FLEET_EVENTS_KEPT",
+    "HEALTH_CHECK",
+    "LIFECYCLE_EVENTS",
+    "MAX_REFUSALS",
+    "PREVIOUS_REVISION_EVENTS",
+    "SCHEMA_VERSION",
+    "SHA1",
+    "SHA256",
+    "TRAFFIC_CONTROL_EVENTS",
+    "TRAFFIC_STEPS",
+    "AlarmCheck",
+    "AppliedConfig",
+    "CommandProgress",
+    "CommandRefusal",
+    "CommandStatus",
+    "CommandTargets",
+    "ConflictReason",
+    "Deployment",
+    "DeploymentAnalysis",
+    "DeploymentStatus",
+    "Document",
+    "EventReport",
+    "EventSeverity",
+    "EventStatus",
+    "EventType",
+    "FileExistsBehavior",
+    "FleetEventLog",
+    "GateMeasurement",
+    "GateResult",
+    "GitLocation",
+    "GroupState",
+    "HostCommand",
+    "HostConflict",
+    "HostDeploymentState",
+    "HostDeploymentStatus",
+    "HostHealthCheck",
+    "HostRegistration",
+    "HostStatus",
+    "HostTraffic",
+    "InstalledRevision",
+    "Lease",
+    "LifecycleErrorCode",
+    "LocalLocation",
+    "MinimumHealthyHosts",
+    "Model",
+    "QuarantinedRevision",
+    "RecordedEvent",
+    "Revision",
+    "S3Location",
+    "StopRequest",
+    "TagMatch",
+    "TrafficStepState",
+    "group_key",
+]
 
 
 class Model(BaseModel):
@@ -99,12 +131,6 @@ class Document(Model):
 # Revisions (shared by manifests, commands and reports)
 
 
-class FileExistsBehavior(StrEnum):
-    DISALLOW = "DISALLOW"
-    OVERWRITE = "OVERWRITE"
-    RETAIN = "RETAIN"
-
-
 class S3Location(Model):
     bucket: Annotated[str, StringConstraints(min_length=3, max_length=63)]
     key: Annotated[str, StringConstraints(min_length=1)]
@@ -123,7 +149,7 @@ class LocalLocation(Model):
     bundle_type: Literal["zip", "tar", "tgz", "directory"]
 
 
-class Revision(Model):
+class Revision(RevisionBehaviour, Model):
     """Exactly one source. Identity is the location tuple, as in CodeDeploy (reference §6)."""
 
     s3: S3Location | None = None
@@ -135,49 +161,8 @@ class Revision(Model):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Self:
-        # Counted without building a list: this runs for every revision of every status a pass reads (issue 18).
-        if (self.s3 is not None) + (self.git is not None) + (self.local is not None) != 1:
-            given = [name for name in ("s3", "git", "local") if getattr(self, name) is not None]
-            found = ", ".join(given) if given else "none"
-            raise ValueError(f"a revision needs exactly one source of s3, git or local (found: {found})")
+        self.check_sources()
         return self
-
-    @property
-    def kind(self) -> Literal["s3", "git", "local"]:
-        if self.s3 is not None:
-            return "s3"
-        if self.git is not None:
-            return "git"
-        return "local"
-
-    def identity(self) -> str:
-        """A stable string naming the revision; equal identities mean the same bytes will be deployed."""
-        if self.s3 is not None:
-            s3 = self.s3
-            text = f"s3://{s3.bucket}/{s3.key}#{s3.bundle_type}"
-            if s3.version:
-                text += f"?versionId={s3.version}"
-            if s3.e_tag:
-                text += f"&etag={s3.e_tag.strip(chr(34))}"
-        elif self.git is not None:
-            text = f"git:{self.git.repository}@{self.git.commit}"
-        else:
-            assert self.local is not None
-            text = f"local:{self.local.path}#{self.local.bundle_type}"
-        if self.sha256:
-            text += f"!sha256={self.sha256}"
-        return text
-
-    def short(self) -> str:
-        """For humans: tables, plans, progress lines."""
-        if self.s3 is not None:
-            version = f"@{self.s3.version[:8]}" if self.s3.version else ""
-            return f"s3://{self.s3.bucket}/{self.s3.key}{version}"
-        if self.git is not None:
-            name = re.sub(r"(\.git)?/*$", "", self.git.repository).rsplit("/", 1)[-1]
-            return f"{name}@{self.git.commit[:7]}"
-        assert self.local is not None
-        return self.local.path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,26 +192,6 @@ class HostRegistration(Document):
     registered_at: datetime
 
 
-class EventStatus(StrEnum):
-    PENDING = "Pending"
-    IN_PROGRESS = "InProgress"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SKIPPED = "Skipped"
-
-
-class LifecycleErrorCode(StrEnum):
-    """The console's names for the agent's ScriptError codes (reference §2.4)."""
-
-    SCRIPT_MISSING = "ScriptMissing"
-    SCRIPT_NOT_EXECUTABLE = "ScriptNotExecutable"
-    SCRIPT_TIMED_OUT = "ScriptTimedOut"
-    SCRIPT_FAILED = "ScriptFailed"
-    UNKNOWN_ERROR = "UnknownError"
-    OUTPUTS_LEFT_OPEN = "OutputsLeftOpen"
-    FAILED_AFTER_RESTART = "FailedAfterRestart"
-
-
 class EventReport(Model):
     name: str
     status: EventStatus = EventStatus.PENDING
@@ -237,12 +202,6 @@ class EventReport(Model):
     message: str | None = None
     #: Last ~2 KB of script output, like CodeDeploy's console "log tail".
     log_tail: str | None = None
-
-
-class CommandStatus(StrEnum):
-    IN_PROGRESS = "InProgress"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
 
 
 class CommandProgress(Model):
@@ -280,10 +239,6 @@ class CommandRefusal(Model):
     reason: str
 
 
-#: Refusals a status keeps (the newest); `refusedTotal` counts them all since the agent started.
-MAX_REFUSALS = 5
-
-
 class HostStatus(Document):
     host_id: str
     heartbeat_at: datetime
@@ -305,14 +260,6 @@ class HostStatus(Document):
     #: Whether this agent checks signatures (agent.yaml `commandSigning`): a fleet can see which hosts still
     #: run anything the store says.
     verifies_signatures: bool = False
-
-
-class ConflictReason(StrEnum):
-    #: The agent found the host id owned by another installation whose heartbeat is fresh, and did not start.
-    REFUSED = "refused"
-    #: The agent was running and found its registration or status written by another installation; it
-    #: stopped writing and exited rather than fight over the keys.
-    OVERWRITTEN = "overwritten"
 
 
 class HostConflict(Document):
@@ -357,22 +304,15 @@ class HostHealthCheck(Model):
     healthy_deadline_seconds: float = Field(default=300.0, gt=0)
 
 
-class TagMatch(Model):
+class TagMatch(TagMatchBehaviour, Model):
     """One of a group's tag filters, as a command carries it (the manifest's `TagFilter`, in the contract)."""
 
     key: str | None = None
     value: str | None = None
     type: Literal["KEY_ONLY", "VALUE_ONLY", "KEY_AND_VALUE"] = "KEY_AND_VALUE"
 
-    def matches(self, tags: dict[str, str]) -> bool:
-        if self.type == "KEY_ONLY":
-            return self.key in tags
-        if self.type == "VALUE_ONLY":
-            return self.value in tags.values()
-        return self.key is not None and tags.get(self.key) == self.value
 
-
-class CommandTargets(Model):
+class CommandTargets(CommandTargetsBehaviour, Model):
     """Why the reconciler counts the host in the group, for the agent to check against its own settings.
 
     Group membership is decided from what hosts registered in the store, which agents do not sign: without this,
@@ -384,13 +324,6 @@ class CommandTargets(Model):
     hosts: list[str] = Field(default_factory=list)
     #: The EC2 instance the reconciler deploys to when AWS decided the membership (ec2 tags, Auto Scaling).
     instance_id: str | None = None
-
-    def admits(self, host_id: str, tags: dict[str, str], instance_id: str | None) -> bool:
-        if host_id in self.hosts:
-            return True
-        if self.instance_id is not None and instance_id == self.instance_id:
-            return True
-        return bool(self.tag_sets) and all(any(f.matches(tags) for f in tag_set) for tag_set in self.tag_sets)
 
 
 class HostCommand(Document):
@@ -419,12 +352,6 @@ class HostCommand(Document):
     traffic_address: str | None = None
     traffic_instance_id: str | None = None
     created_at: datetime
-
-
-class TrafficStepState(StrEnum):
-    IN_PROGRESS = "InProgress"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
 
 
 class HostTraffic(Document):
@@ -457,10 +384,6 @@ class AppliedConfig(Document):
     applied_at: datetime
     #: The verification mode the commit passed ("none" when none was asked for).
     verified: str = "none"
-
-
-def group_key(application: str, deployment_group: str) -> str:
-    return f"{application}/{deployment_group}"
 
 
 # --------------------------------------------------------------------------------------------------

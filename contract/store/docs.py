@@ -1,4 +1,4 @@
-"""Typed access to the store: pydantic `Document`s in and out, each with the version it was read at.
+"""Typed access to the store: documents in and out, each with the version it was read at.
 
 Where it sits: between the raw blob `Store` and both sides' code. The agent reads its command and writes its
 registration and status through here; the reconciler reads statuses and writes its own documents with
@@ -13,15 +13,20 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from pydantic import ValidationError
-
-from contract.models import SCHEMA_VERSION, Document
 from contract.store.base import Store, StoredObject, StoreError, read_limit
 from contract.store.bulk import get_many
+from contract.vocabulary import SCHEMA_VERSION
 
-DocumentT = TypeVar("DocumentT", bound=Document)
+if TYPE_CHECKING:
+    from contract.models import Document
+    from contract.wirebase import WireDocument
+
+#: A document of either implementation: the reconciler's pydantic models (contract/models.py) or the agent's
+#: msgspec records (contract/wire.py). Neither library is imported here, so the agent never loads pydantic
+#: through this module, nor the reconciler msgspec.
+DocumentT = TypeVar("DocumentT", bound="Document | WireDocument")
 
 
 class DocumentInvalid(StoreError):
@@ -67,21 +72,49 @@ def parse_document(stored: StoredObject, model: type[DocumentT]) -> DocumentT:
             "not read",
             version=stored.version,
         )
+    validator = getattr(model, "__pydantic_validator__", None)
     try:
-        # The model's own validator, called without keyword arguments: what `model_validate_json` calls, minus its
-        # wrapper and the six keyword arguments it passes through to pydantic-core. A cold read parses two documents
-        # per host; 20,000 of them took 103 ms, now 94 (issue 18).
-        document: DocumentT = model.__pydantic_validator__.validate_json(stored.data)
+        if validator is not None:
+            # The model's own validator, called without keyword arguments: what `model_validate_json` calls, minus
+            # its wrapper and the six keyword arguments it passes through to pydantic-core. A cold read parses two
+            # documents per host; 20,000 of them took 103 ms, now 94 (issue 18).
+            document: DocumentT = validator.validate_json(stored.data)
+        else:
+            document = cast("DocumentT", model.model_validate_json(stored.data))
         return document
     except (RecursionError, MemoryError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            raise _invalid(stored, model, exc) from None
+        problem = _problem(exc)
+        if problem is not None:
+            raise _invalid(stored, model, *problem) from None
         raise DocumentInvalid(
             stored.key, f"not a valid {model.__name__}: {type(exc).__name__}", version=stored.version
         ) from None
 
 
-def _invalid(stored: StoredObject, model: type[DocumentT], exc: ValidationError) -> DocumentInvalid:
+def _problem(exc: BaseException) -> tuple[str, str, int] | None:
+    """Where a document does not fit its model, what is wrong there, and how many problems there are in all; None
+    for an exception that is not a validation error. Both libraries are already loaded when their error is raised,
+    so importing them here costs nothing."""
+    if type(exc).__module__.startswith("pydantic"):
+        from pydantic_core import ValidationError
+
+        if isinstance(exc, ValidationError):
+            errors = exc.errors()
+            if not errors:
+                return "(document)", "does not fit", 1
+            where = ".".join(str(part) for part in errors[0]["loc"]) or "(document)"
+            return where, errors[0]["msg"], exc.error_count()
+    if type(exc).__module__.startswith("msgspec"):
+        import msgspec
+
+        if isinstance(exc, msgspec.DecodeError):
+            message, _, path = str(exc).partition(" - at `$")
+            where = path.rstrip("`").lstrip(".").replace("[", ".").replace("]", "") or "(document)"
+            return where, message, 1
+    return None
+
+
+def _invalid(stored: StoredObject, model: type[Any], where: str, message: str, count: int) -> DocumentInvalid:
     """The message for a document that does not fit its model."""
     newer = _newer_schema(stored.data)
     if newer is not None:
@@ -91,14 +124,9 @@ def _invalid(stored: StoredObject, model: type[DocumentT], exc: ValidationError)
             "upgrade this side",
             version=stored.version,
         )
-    errors = exc.errors()
-    if not errors:
-        return DocumentInvalid(stored.key, f"not a valid {model.__name__}", version=stored.version)
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(document)"
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    more = f" (and {count - 1} more problems)" if count > 1 else ""
     return DocumentInvalid(
-        stored.key, f"not a valid {model.__name__}: {where}: {first['msg']}{more}", version=stored.version
+        stored.key, f"not a valid {model.__name__}: {where}: {message}{more}", version=stored.version
     )
 
 
@@ -148,17 +176,17 @@ def read_if_changed(
     return Versioned(parse_document(stored, model), stored.version)
 
 
-def write_document(store: Store, key: str, document: Document) -> str:
+def write_document(store: Store, key: str, document: Document | WireDocument) -> str:
     """Unconditional write, for keys with a single writer (an agent's own registration and status)."""
     return store.put(key, document.to_json())
 
 
-def create_document(store: Store, key: str, document: Document) -> str:
+def create_document(store: Store, key: str, document: Document | WireDocument) -> str:
     """Create-only; raises PreconditionFailed if someone created the key first."""
     return store.put_if_absent(key, document.to_json())
 
 
-def replace_document(store: Store, key: str, document: Document, version: str) -> str:
+def replace_document(store: Store, key: str, document: Document | WireDocument, version: str) -> str:
     """Compare-and-swap; raises PreconditionFailed if the key changed since `version` was read."""
     return store.put_if_version(key, document.to_json(), version)
 
