@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.models import LifecycleErrorCode
+from contract.vocabulary import LifecycleErrorCode
 
 
 class AgentError(Exception):

@@ -32,15 +32,8 @@ import structlog
 
 from agent.settings import AgentSettings, parse_listen_address
 from contract.clock import Monotonic
-from contract.models import (
-    HEALTH_CHECK,
-    LIFECYCLE_EVENTS,
-    TRAFFIC_STEPS,
-    CommandProgress,
-    CommandStatus,
-    EventReport,
-    EventStatus,
-)
+from contract.vocabulary import HEALTH_CHECK, LIFECYCLE_EVENTS, TRAFFIC_STEPS, CommandStatus, EventStatus
+from contract.wire import CommandProgress, EventReport
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

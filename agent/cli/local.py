@@ -16,7 +16,9 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+import msgspec
 
 from agent.cli.parser import default_root_dir, register_local_commands
 from agent.cli.validate_report import Findings, report
@@ -37,19 +39,8 @@ from agent.lifecycle.revision_check import (
 )
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings, new_local_deployment_id
 from contract.logs import configure_logging
-from contract.models import (
-    HEALTH_CHECK,
-    LIFECYCLE_EVENTS,
-    CommandStatus,
-    EventReport,
-    EventStatus,
-    FileExistsBehavior,
-    HostCommand,
-    HostHealthCheck,
-    LocalLocation,
-    Revision,
-    S3Location,
-)
+from contract.vocabulary import HEALTH_CHECK, LIFECYCLE_EVENTS, CommandStatus, EventStatus, FileExistsBehavior
+from contract.wire import EventReport, HostCommand, HostHealthCheck, Revision
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -143,8 +134,8 @@ def revision_for(location: str, bundle_type: str | None) -> Revision:
         )
         if kind not in {"zip", "tar", "tgz"}:
             raise UsageError(f"pass --type zip, tar or tgz for {location}")
-        return Revision(s3=S3Location(bucket=parts.netloc, key=key, bundle_type=kind,
-                                      version=query.get("versionId"), e_tag=query.get("etag")))
+        return _checked(location, {"s3": {"bucket": parts.netloc, "key": key, "bundleType": kind,
+                                          "version": query.get("versionId"), "eTag": query.get("etag")}})
     if location.startswith(("http://", "https://")):
         raise UsageError(f"{location}: only local paths and s3:// locations are supported")
     path = Path(location).expanduser().absolute()
@@ -155,7 +146,16 @@ def revision_for(location: str, bundle_type: str | None) -> Revision:
         raise UsageError(f"{path} is a file, but --type is directory")
     if kind != "directory" and path.is_dir():
         raise UsageError(f"{path} is a folder, but --type is {kind}")
-    return Revision(local=LocalLocation(path=str(path), bundle_type=kind))
+    return _checked(location, {"local": {"path": str(path), "bundleType": kind}})
+
+
+def _checked(location: str, revision: dict[str, Any]) -> Revision:
+    """The revision, validated as a command's would be (a bucket name too short, an empty key): records built
+    by hand are not checked by their constructor."""
+    try:
+        return Revision.model_validate(revision)
+    except msgspec.ValidationError as exc:
+        raise UsageError(f"{location}: {exc}") from None
 
 
 def _exists(path: Path) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from agent.errors import Problem
 from agent.lifecycle.install import iter_plan_lines
 from agent.lifecycle.revision_check import RevisionCheck, uses_new_revision
-from contract.models import PREVIOUS_REVISION_EVENTS
+from contract.vocabulary import PREVIOUS_REVISION_EVENTS
 
 
 @dataclass

@@ -20,7 +20,6 @@ from agent.daemon.identity import INSTALLATION_FILE, HostIdInUse, Installation, 
 from agent.settings import AgentSettings
 from contract.clock import Monotonic, Now
 from contract.keys import conflict_key, registration_key, status_key
-from contract.models import ConflictReason, HostConflict, HostRegistration, HostStatus
 from contract.store import PreconditionFailed, Store, StoreError, StoreUnavailable
 from contract.store.docs import (
     DocumentInvalid,
@@ -31,6 +30,8 @@ from contract.store.docs import (
     replace_document,
     write_document,
 )
+from contract.vocabulary import ConflictReason
+from contract.wire import HostConflict, HostRegistration, HostStatus
 
 #: Another installation owning this host id counts as alive while its last sign of life (registration or
 #: heartbeat) is younger than this many of its heartbeat intervals (the reconciler's offline rule), plus

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.keys import command_key
-from contract.models import HostCommand
 from contract.store import Store, StoreError
 from contract.store.docs import DocumentInvalid, DocumentRefused, Versioned, parse_document
+from contract.wire import HostCommand
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import ValidationError
+import msgspec
 
 from contract.atomic import write_atomic
 from contract.clock import utc_now
-from contract.models import Document, HostRegistration, HostStatus
+from contract.wire import HostRegistration, HostStatus
+from contract.wirebase import WireDocument
 
 INSTALLATION_FILE = "installation-id"
 #: Files holding this machine's systemd/D-Bus machine id (machine-id(5)): the identity of a machine, which a
@@ -30,7 +31,7 @@ class StateError(Exception):
     """The deployment root cannot be used by this agent (unreadable state, another agent, another host)."""
 
 
-class Installation(Document):
+class Installation(WireDocument, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`<root>/installation-id`: who this agent installation is, so two installations configured with the
     same host id (cloned VMs, containers whose host names collide) are told apart in the store.
 
@@ -77,9 +78,9 @@ def load_installation(root: Path, *, machine: str | None = None) -> tuple[Instal
         pass
     except OSError as exc:
         raise StateError(f"cannot read this agent's identity {path}: {exc.strerror}") from exc
-    except ValidationError as exc:
+    except msgspec.DecodeError as exc:
         raise StateError(
-            f"this agent's identity {path} is unreadable ({exc.errors()[0]['msg']}). Remove it to give this "
+            f"this agent's identity {path} is unreadable ({exc}). Remove it to give this "
             "installation a new identity; until its old registration's heartbeat goes stale the agent will then "
             "see its own earlier self as another installation (or start it once with --take-over)"
         ) from None

@@ -74,19 +74,9 @@ from agent.settings import AgentSettings
 from contract.clock import Monotonic, Now, utc_now
 from contract.exitcodes import ExitCode
 from contract.keys import command_key
-from contract.models import (
-    MAX_REFUSALS,
-    CommandProgress,
-    CommandRefusal,
-    CommandStatus,
-    EventReport,
-    HostCommand,
-    HostStatus,
-    InstalledRevision,
-    LifecycleErrorCode,
-    group_key,
-)
 from contract.store import Store, StoreError
+from contract.vocabulary import MAX_REFUSALS, CommandStatus, LifecycleErrorCode, group_key
+from contract.wire import CommandProgress, CommandRefusal, EventReport, HostCommand, HostStatus, InstalledRevision
 
 if TYPE_CHECKING:
     from agent.lifecycle.runner import LifecycleRunner

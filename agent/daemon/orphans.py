@@ -18,12 +18,12 @@ import os
 import signal
 from pathlib import Path
 
-from contract.models import Model
+from contract.wirebase import WireRecord
 
 PROC = Path("/proc")
 
 
-class ChildGroup(Model):
+class ChildGroup(WireRecord, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A child process group the agent started (a hook, git), as recorded in the state file."""
 
     pgid: int

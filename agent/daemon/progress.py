@@ -11,21 +11,14 @@ from datetime import datetime
 from typing import Any
 
 from agent.daemon.orphans import ChildGroup
-from contract.models import (
-    CommandProgress,
-    CommandStatus,
-    Document,
-    EventReport,
-    EventStatus,
-    HostCommand,
-    InstalledRevision,
-    LifecycleErrorCode,
-)
+from contract.vocabulary import CommandStatus, EventStatus, LifecycleErrorCode
+from contract.wire import CommandProgress, EventReport, HostCommand, InstalledRevision
+from contract.wirebase import WireDocument
 
 _FINAL = frozenset({EventStatus.SUCCEEDED, EventStatus.FAILED, EventStatus.SKIPPED})
 
 
-class AgentState(Document):
+class AgentState(WireDocument, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`<root>/ongoing-deployment`: what this agent started and whether the store has heard the result."""
 
     host_id: str

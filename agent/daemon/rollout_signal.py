@@ -11,25 +11,34 @@ deployed to, by conditional GETs (a 304 moves no body). Its `deploymentInFlight`
 budget does not grow: the loop spends every other idle poll on a group record instead of the command
 (agent/daemon/loop.py, `_idle_wait`), so an idle host still makes one GET per `pollInterval`.
 
-It is only a hint. A group record that cannot be read (not there yet, not parseable, refused by signature
-checking, or the IAM policy does not let agents read `groups/`, as the example policies do not) counts as "no
-deployment in flight", so the host behaves as before: commands are found by the idle poll. The first denial
-turns the reads off for the life of the process, so a policy without access costs one request.
+The agent reads only that field (`GroupInFlight` below), not the whole record: the record is the reconciler's,
+large, and its model is not one of the agent's (contract/wire.py). It is only a hint. A group record that cannot be
+read (not there yet, not parseable, refused by signature checking, or the IAM policy does not let agents read
+`groups/`, as the example policies do not) counts as "no deployment in flight", so the host behaves as before:
+commands are found by the idle poll. The first denial turns the reads off for the life of the process, so a policy
+without access costs one request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import structlog
 
 from contract.keys import group_state_key
-from contract.models import GroupState
 from contract.store import Store, StoreError
 from contract.store.base import AccessDenied
 from contract.store.docs import DocumentInvalid, parse_document
+from contract.wirebase import WireDocument
 
 log = structlog.get_logger("agent.daemon.rollout_signal")
+
+
+class GroupInFlight(WireDocument, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The one field of `contract.models.GroupState` the agent reads; the other fields are skipped unread."""
+
+    deployment_in_flight: str | None = msgspec.field(default=None, name="deploymentInFlight")
 
 
 @dataclass
@@ -93,7 +102,7 @@ class RolloutSignal:
         elif stored.version != record.version:
             record.version = stored.version
             try:
-                record.in_flight = parse_document(stored, GroupState).deployment_in_flight is not None
+                record.in_flight = parse_document(stored, GroupInFlight).deployment_in_flight is not None
             except DocumentInvalid:
                 record.in_flight = False
         return self.in_flight

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pydantic import ValidationError
+import msgspec
 
 from agent.daemon.identity import StateError
 from agent.daemon.progress import AgentState
@@ -37,9 +37,9 @@ class LocalState:
             raise StateError(f"cannot read the agent's state file {self.path}: {exc.strerror}") from exc
         try:
             return AgentState.model_validate_json(data)
-        except ValidationError as exc:
+        except msgspec.DecodeError as exc:
             raise StateError(
-                f"the agent's state file {self.path} is unreadable ({exc.errors()[0]['msg']}). It records which "
+                f"the agent's state file {self.path} is unreadable ({exc}). It records which "
                 "commands already ran; check it, then remove it to start over (commands the store shows as "
                 "reported will still not run again)"
             ) from None

@@ -20,9 +20,10 @@ import structlog
 
 from agent.lifecycle.traffic_wait import TrafficOutcome
 from contract.keys import traffic_key
-from contract.models import HostCommand, HostTraffic, TrafficStepState
 from contract.store import Store, StoredObject, StoreError
 from contract.store.docs import DocumentInvalid, parse_document
+from contract.vocabulary import TrafficStepState
+from contract.wire import HostCommand, HostTraffic
 
 log = structlog.get_logger(__name__)
 

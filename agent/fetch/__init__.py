@@ -31,7 +31,7 @@ from agent.fetch.revision import (
 )
 from agent.fetch.s3 import fetch_s3
 from agent.limits import ExtractLimits, FetchLimits
-from contract.models import Revision
+from contract.wire import Revision
 
 
 def fetch_bundle(revision: Revision, deployment_dir: Path, *, git_cache_dir: Path,

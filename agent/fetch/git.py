@@ -33,7 +33,7 @@ from agent.fetch.bounds import FetchBudget, size_text
 from agent.fetch.revision import FetchedBundle
 from contract import gitrun
 from contract.gitmessages import git_reason
-from contract.models import Revision
+from contract.wire import Revision
 
 log = structlog.get_logger("agent.fetch.git")
 

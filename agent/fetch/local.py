@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.errors import BundleNotFound, UnsafeBundle, UsageError
 from agent.fetch.bounds import FetchBudget, size_text
 from agent.fetch.revision import BundleType, FetchedBundle, not_a_bundle_file
-from contract.models import Revision
+from contract.wire import Revision
 
 
 def fetch_local(revision: Revision, bundle_path: Path, budget: FetchBudget | None = None) -> FetchedBundle:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from agent.errors import BundleError, UsageError
-from contract.models import Revision
+from contract.wire import Revision
 
 if TYPE_CHECKING:
     from agent.fetch.bounds import FetchBudget

@@ -25,7 +25,7 @@ from agent.errors import BundleError, BundleNotFound, BundleUnavailable, Checksu
 from agent.fetch.bounds import FetchBudget
 from agent.fetch.revision import FetchedBundle
 from contract import aws
-from contract.models import Revision
+from contract.wire import Revision
 
 log = structlog.get_logger("agent.fetch.s3")
 

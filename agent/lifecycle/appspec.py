@@ -49,7 +49,7 @@ from agent.lifecycle.appspec_yaml import (
     shown,
 )
 from agent.lifecycle.hostview import resolves_inside
-from contract.models import HEALTH_CHECK, LIFECYCLE_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
+from contract.vocabulary import HEALTH_CHECK, LIFECYCLE_EVENTS, TRAFFIC_STEPS, FileExistsBehavior
 
 #: Looked up in this order when no explicit name is given, in every phase (the reference agent accepted
 #: appspec.yaml in Install but not in hooks, ISSUE #182).

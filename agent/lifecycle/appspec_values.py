@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from agent.lifecycle.appspec_yaml import Collector, Path_, kind, scalar_text
-from contract.models import FileExistsBehavior
+from contract.vocabulary import FileExistsBehavior
 
 DEFAULT_TIMEOUT_SECONDS = 3600
 #: The longest a script may be given: a week. Longer is surely a typo, and a deadline must stay a number the

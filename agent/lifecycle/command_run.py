@@ -41,17 +41,15 @@ from agent.lifecycle.revision_check import (
 from agent.lifecycle.scriptlog import ScriptLog
 from agent.lifecycle.traffic_wait import NO_RECONCILER, TrafficGate, waiting_message
 from agent.lifecycle.transaction import execute_install, recover_interrupted_install
-from contract.models import (
+from contract.vocabulary import (
     HEALTH_CHECK,
     PREVIOUS_REVISION_EVENTS,
     TRAFFIC_STEPS,
     CommandStatus,
-    EventReport,
     EventStatus,
-    HostCommand,
-    InstalledRevision,
     LifecycleErrorCode,
 )
+from contract.wire import EventReport, HostCommand, InstalledRevision
 
 if TYPE_CHECKING:
     from agent.lifecycle.runner import LifecycleRunner

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
-from contract.models import HostHealthCheck
+from contract.wire import HostHealthCheck
 
 #: Bytes of an answer's body read (and matched against `body_match`); the rest is never read.
 BODY_LIMIT = 64 * 1024

@@ -39,7 +39,8 @@ from agent.lifecycle.appspec_values import bundle_relative
 from agent.lifecycle.capture import Capture, stop_group
 from agent.lifecycle.hostview import resolves_inside
 from agent.lifecycle.scriptlog import ScriptLog
-from contract.models import HostCommand, LifecycleErrorCode
+from contract.vocabulary import LifecycleErrorCode
+from contract.wire import HostCommand
 
 log = structlog.get_logger("agent.lifecycle.hooks")
 

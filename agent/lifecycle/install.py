@@ -32,7 +32,7 @@ from agent.lifecycle.steps import (
     Step,
     host_path,
 )
-from contract.models import FileExistsBehavior
+from contract.vocabulary import FileExistsBehavior
 
 _PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 _NAME_MAX = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255

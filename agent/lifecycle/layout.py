@@ -29,12 +29,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import structlog
-from pydantic import ValidationError
 
 from agent.errors import HostStateError, UsageError
 from contract.atomic import write_atomic
-from contract.models import InstalledRevision, group_key
+from contract.vocabulary import group_key
+from contract.wire import InstalledRevision
 
 log = structlog.get_logger("agent.lifecycle.layout")
 
@@ -219,7 +220,7 @@ class GroupRoot:
             return InstalledRevision.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValidationError) as exc:
+        except (OSError, msgspec.DecodeError) as exc:
             log.warning("layout.installed_record_unreadable", path=str(path), error=str(exc))
             return None
 

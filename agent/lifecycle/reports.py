@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.lifecycle.scriptlog import ScriptLog
-from contract.models import CommandStatus, EventReport, EventStatus, InstalledRevision, LifecycleErrorCode
 from contract.redact import Redactor
+from contract.vocabulary import CommandStatus, EventStatus, LifecycleErrorCode
+from contract.wire import EventReport, InstalledRevision
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from agent.lifecycle.appspec_values import bundle_relative
 from agent.lifecycle.hooks import resolve_runas
 from agent.lifecycle.install import InstallPlan, plan_install
 from agent.lifecycle.layout import DeploymentDir, DeploymentRoot, GroupRoot
-from contract.models import HEALTH_CHECK, LIFECYCLE_EVENTS, PREVIOUS_REVISION_EVENTS, FileExistsBehavior
+from contract.vocabulary import HEALTH_CHECK, LIFECYCLE_EVENTS, PREVIOUS_REVISION_EVENTS, FileExistsBehavior
 
 DOWNLOAD_BUNDLE = "DownloadBundle"
 INSTALL = "Install"

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from agent.lifecycle.layout import DeploymentRoot
 from agent.limits import ExtractLimits, FetchLimits
 from contract.clock import utc_now
-from contract.models import EventReport, HostCommand, InstalledRevision
+from contract.wire import EventReport, HostCommand, InstalledRevision
 
 if TYPE_CHECKING:
     from agent.lifecycle.reports import CommandOutcome

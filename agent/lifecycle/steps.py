@@ -13,7 +13,7 @@ from pathlib import Path
 from agent.errors import Problem
 from agent.lifecycle.appspec import FileMapping, Permission
 from agent.lifecycle.hostview import Kind
-from contract.models import FileExistsBehavior
+from contract.vocabulary import FileExistsBehavior
 
 #: Cleanup-list lines that record an SELinux file context rule rather than a path.
 SEMANAGE_PREFIX = "semanage\0"

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from contract.models import BLOCK_TRAFFIC, HostCommand
+from contract.vocabulary import BLOCK_TRAFFIC
+from contract.wire import HostCommand
 
 
 @dataclass(frozen=True)

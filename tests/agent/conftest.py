@@ -23,7 +23,8 @@ import pytest
 from agent.cli import local as local_cli
 from agent.lifecycle.reports import CommandOutcome
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
-from contract.models import DEFAULT_EVENTS, EventReport, HostCommand, LocalLocation, Revision
+from contract.vocabulary import DEFAULT_EVENTS
+from contract.wire import EventReport, HostCommand, LocalLocation, Revision
 from tests.conftest import in_ci
 
 
@@ -118,7 +119,7 @@ class Sandbox:
             "created_at": datetime.now(UTC),
         }
         fields.update(overrides)
-        return HostCommand.model_validate(fields)
+        return HostCommand(**fields)  # type: ignore[arg-type]
 
     def deploy(self, bundle: Bundle | Path, **overrides: object) -> CommandOutcome:
         self.reports = []

@@ -15,7 +15,7 @@ from agent.lifecycle.appspec import (
     parse_appspec,
 )
 from agent.lifecycle.revision_check import unknown_hook_problems
-from contract.models import DEFAULT_EVENTS, FileExistsBehavior
+from contract.vocabulary import DEFAULT_EVENTS, FileExistsBehavior
 
 
 def parse(text: str) -> AppSpec:

@@ -26,7 +26,7 @@ from agent.fetch import (
     unpack_bundle,
 )
 from contract.gitmessages import git_reason
-from contract.models import GitLocation, LocalLocation, Revision, S3Location
+from contract.wire import GitLocation, LocalLocation, Revision, S3Location
 from tests.agent.conftest import Bundle, Sandbox, run_cli, statuses
 from tests.gitrepo import ConfigRepo
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent.fetch import FetchLimits
-from contract.models import EventReport, EventStatus, GitLocation, LocalLocation, Revision, S3Location
+from contract.vocabulary import EventStatus
+from contract.wire import EventReport, GitLocation, LocalLocation, Revision, S3Location
 from tests.agent.conftest import Sandbox, make_sandbox
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

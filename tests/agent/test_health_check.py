@@ -31,16 +31,9 @@ from agent.lifecycle.health_check import (
     run_health_check,
 )
 from agent.lifecycle.revision_check import check_event_order
-from contract.models import (
-    DEFAULT_EVENTS,
-    HEALTH_CHECK,
-    CommandStatus,
-    EventStatus,
-    HostCommand,
-    HostHealthCheck,
-    LifecycleErrorCode,
-)
 from contract.store import open_store
+from contract.vocabulary import DEFAULT_EVENTS, HEALTH_CHECK, CommandStatus, EventStatus, LifecycleErrorCode
+from contract.wire import HostHealthCheck
 from tests.agent.conftest import Bundle, Sandbox, run_cli, statuses
 
 # --------------------------------------------------------------------------------------------------
@@ -142,7 +135,7 @@ def run(
     """The step on the fake clock; `deadline_in` is the command's deadline, seconds from the start."""
     clock = FakeClock()
     progress: list[str] = []
-    check = HostHealthCheck.model_validate({"url": url, **settings})
+    check = HostHealthCheck(url=url, **settings)  # type: ignore[arg-type]
     outcome = run_health_check(
         check,
         should_stop=should_stop,
@@ -323,8 +316,7 @@ def test_a_get_cut_short_by_the_commands_time_limit_is_not_called_a_flap(service
             self.skipped += seconds
 
     clock = RealTimeClock()
-    check = HostHealthCheck.model_validate({"url": url, "interval_seconds": 1, "min_healthy_seconds": 5,
-                                            "timeout_seconds": 2})
+    check = HostHealthCheck(url=url, interval_seconds=1, min_healthy_seconds=5, timeout_seconds=2)
     outcome = run_health_check(check, should_stop=None, deadline=clock() + 1.2, command_timeout=1.2,
                                on_progress=lambda text: None, clock=clock, sleep=clock.sleep)
     assert not outcome.succeeded
@@ -506,8 +498,8 @@ def test_kill_9_during_health_check_fails_it_after_restart_and_never_checks_agai
     server.script(DOWN)
     host = AgentHost("web-1", tmp_path / "web-1", open_store(f"file://{tmp_path / 'store'}"))
     plain = make_command("web-1", 1, make_bundle(tmp_path / "v1"))
-    command = HostCommand.model_validate({
-        **plain.model_dump(), "events": [*DEFAULT_EVENTS, HEALTH_CHECK],
+    command = plain.model_copy(update={
+        "events": [*DEFAULT_EVENTS, HEALTH_CHECK],
         "health_check": HostHealthCheck(url=url, interval_seconds=0.05, min_healthy_seconds=1),
         "created_at": datetime.now(UTC),
     })

@@ -20,7 +20,7 @@ import pytest
 from agent.lifecycle.appspec import HookScript
 from agent.lifecycle.hooks import HookSettings, run_script
 from agent.lifecycle.scriptlog import ScriptLog
-from contract.models import LifecycleErrorCode
+from contract.vocabulary import LifecycleErrorCode
 from tests.agent.conftest import Sandbox, make_sandbox, run_cli, statuses
 from tests.conftest import require_root, require_tool
 

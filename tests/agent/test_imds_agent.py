@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from contract.keys import registration_key
-from contract.models import HostRegistration
 from contract.store import open_store
 from contract.store.docs import read_document
+from contract.wire import HostRegistration
 from tests.agent.imds_server import Imds, imds_server
 from tests.daemon.agentproc import AGENT
 

@@ -23,7 +23,7 @@ from agent.lifecycle.install import (
 )
 from agent.lifecycle.layout import DeploymentRoot
 from agent.lifecycle.transaction import execute_install, recover_interrupted_install
-from contract.models import FileExistsBehavior
+from contract.vocabulary import FileExistsBehavior
 from tests.agent.conftest import Bundle, Sandbox, require, statuses
 from tests.conftest import require_root, require_tool
 

@@ -11,7 +11,8 @@ import pytest
 import agent.lifecycle.command_run
 import agent.lifecycle.revision_check
 from agent.lifecycle.install import plan_install
-from contract.models import EventReport, EventStatus
+from contract.vocabulary import EventStatus
+from contract.wire import EventReport
 from tests.agent.conftest import Bundle, Sandbox
 
 PLAIN = "version: 0.0\nos: linux\nfiles:\n  - {source: app, destination: /srv/app}\n"

@@ -12,7 +12,7 @@ import pytest
 
 from agent.errors import UsageError
 from agent.lifecycle.revision_check import check_event_order
-from contract.models import LIFECYCLE_EVENTS, EventStatus
+from contract.vocabulary import LIFECYCLE_EVENTS, EventStatus
 from tests.agent.conftest import Bundle, Sandbox, SteppingClock, make_sandbox, statuses
 
 SCRIPTABLE = [e for e in LIFECYCLE_EVENTS if e not in {"DownloadBundle", "Install"}]

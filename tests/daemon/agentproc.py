@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from contract.keys import command_key, status_key
-from contract.models import HostCommand, HostStatus, LocalLocation, Revision
 from contract.store import Store
 from contract.store.docs import read_document, write_document
+from contract.wire import HostCommand, HostStatus, LocalLocation, Revision
 
 AGENT = [sys.executable, "-m", "agent"]
 HOOK_EVENTS = ("BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")

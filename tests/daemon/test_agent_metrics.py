@@ -24,15 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
 from agent.metrics import OTHER_EVENT, PrometheusAgentMetrics
-from contract.models import (
-    DEFAULT_EVENTS,
-    CommandProgress,
-    CommandStatus,
-    EventReport,
-    EventStatus,
-    HostStatus,
-)
 from contract.store import open_store
+from contract.vocabulary import DEFAULT_EVENTS, CommandStatus, EventStatus
+from contract.wire import CommandProgress, EventReport, HostStatus
 from fleetlab.prometheus import LocalPrometheus
 from fleetlab.service import free_port
 from tests.conftest import S3Server, require_tool

@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 
 from contract.keys import command_key, registration_key
-from contract.models import (
-    CommandStatus,
-    EventReport,
-    EventStatus,
-    HostRegistration,
-    HostStatus,
-    LifecycleErrorCode,
-    group_key,
-)
 from contract.store.docs import read_document
+from contract.vocabulary import CommandStatus, EventStatus, LifecycleErrorCode, group_key
+from contract.wire import EventReport, HostRegistration, HostStatus
 from tests.conftest import S3Server
 from tests.daemon.agentproc import HOOK_EVENTS, AgentHost, make_bundle, make_command, stop_agent, wait_for
 from tests.daemon.conftest import HostFactory

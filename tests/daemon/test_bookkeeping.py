@@ -11,18 +11,8 @@ import pytest
 from agent.daemon.identity import StateError
 from agent.daemon.progress import AgentState, apply_event, finish_after_restart, relabel_superseded
 from agent.daemon.statefile import STATE_FILE, LocalState, root_lock
-from contract.models import (
-    DEFAULT_EVENTS,
-    CommandProgress,
-    CommandStatus,
-    EventReport,
-    EventStatus,
-    HostCommand,
-    InstalledRevision,
-    LifecycleErrorCode,
-    LocalLocation,
-    Revision,
-)
+from contract.vocabulary import DEFAULT_EVENTS, CommandStatus, EventStatus, LifecycleErrorCode
+from contract.wire import CommandProgress, EventReport, HostCommand, InstalledRevision, LocalLocation, Revision
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=5)

@@ -21,9 +21,10 @@ from agent.daemon.command_watch import CommandWatch
 from agent.daemon.rollout_signal import RolloutSignal
 from agent.lifecycle.layout import DeploymentRoot
 from contract.keys import command_key, group_state_key
-from contract.models import GroupState, InstalledRevision
+from contract.models import GroupState
 from contract.store import Store, open_store
 from contract.store.docs import write_document
+from contract.wire import InstalledRevision
 from tests.conftest import S3Server
 from tests.daemon.agentproc import AgentHost, make_bundle, make_command, stop_agent, wait_for
 from tests.daemon.conftest import HostFactory

@@ -18,9 +18,10 @@ import pytest
 
 from agent.daemon.identity import INSTALLATION_FILE, Installation, StateError, load_installation
 from contract.keys import conflict_key, registration_key, status_key
-from contract.models import ConflictReason, HostConflict, HostRegistration, HostStatus
 from contract.store import Store, open_store
 from contract.store.docs import read_document
+from contract.vocabulary import ConflictReason
+from contract.wire import HostConflict, HostRegistration, HostStatus
 from tests.daemon.agentproc import AgentHost, stop_agent, wait_for
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ from agent.daemon.claim import HostIdInUse, HostIdOwner
 from agent.daemon.identity import Installation
 from agent.settings import AgentSettings
 from contract.keys import status_key
-from contract.models import HostStatus
 from contract.store.memory import MemoryStore
+from contract.wire import HostStatus
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

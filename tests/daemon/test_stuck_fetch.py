@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.models import CommandStatus, EventStatus, GitLocation, HostStatus, LifecycleErrorCode, Revision
+from contract.vocabulary import CommandStatus, EventStatus, LifecycleErrorCode
+from contract.wire import GitLocation, HostStatus, Revision
 from tests.daemon.agentproc import AgentHost, make_bundle, make_command, stop_agent, wait_for
 from tests.daemon.conftest import HostFactory
 
