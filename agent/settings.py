@@ -5,6 +5,10 @@ Where it sits: read once by `deploy-agent run` (agent/daemon/cli.py) before anyt
 `agent.yaml.example` at the root of the repository documents every key. A broken setting is a user mistake
 like a broken manifest, so errors name the file, line and column (or the variable, or the flag), the key,
 and what is expected; the CLI prints them and exits 1, never with a traceback.
+
+The settings are msgspec structs, not pydantic models: an idle agent does not load pydantic (contract/wirebase.py
+says why). Every key is checked on its own (`_check_section`), so a file with three mistakes gets three lines, as
+with pydantic, and each key's rules are next to its section (`_RULES`).
 """
 
 from __future__ import annotations
@@ -12,19 +16,20 @@ from __future__ import annotations
 import os
 import re
 import socket
+import types
+import typing
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import yaml
-from pydantic import Field, ValidationError, field_validator
 
-from contract.durations import Duration
+from contract.durations import parse_duration
 from contract.layers import KeyPath, Layer, Layers, given, put
-from contract.models import Model
 from contract.paths import default_store, state_dir
-from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, known_keys, load_located
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, load_located
 
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
@@ -46,71 +51,63 @@ def default_host_id() -> str:
     return socket.gethostname().split(".", 1)[0] or "localhost"
 
 
-class LoggingSettings(Model):
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+    """A mapping of agent.yaml: camelCase in the file, snake_case here."""
+
+
+class LoggingSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
 
 
-class ReportOutputSettings(Model):
+class ReportOutputSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """How much of a hook's output leaves the host in event reports, and whether secrets are taken out first
     (docs/agent.md, "What hosts publish")."""
 
-    tail_bytes: int = Field(
-        default=2048, ge=0, le=1 << 20,
-        description="Last bytes of each event's output put into its report (like CodeDeploy's 2 KB log tail); 0: none.",
-    )
-    redact: bool = Field(default=True, description="Replace secrets in hook output and messages by [REDACTED].")
+    #: Last bytes of each event's output put into its report (like CodeDeploy's 2 KB log tail); 0: none.
+    tail_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 2048
+    #: Replace secrets in hook output and messages by [REDACTED].
+    redact: bool = True
 
 
-class CommandSigningSettings(Model):
+class CommandSigningSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """`commandSigning`: the reconciler keys this agent trusts (docs/trust.md). With none, anything in the
     store is acted on, as before signing existed."""
 
-    trusted_keys: list[str] = Field(
-        default_factory=list,
-        description="Public keys (`ssh-ed25519 AAAA...` lines from `reconcile keys show`) whose signatures this "
-        "agent accepts; several during a rotation. Any key set: unsigned or wrongly signed commands are refused.",
-    )
-    trusted_keys_file: Path | None = Field(
-        default=None, description="A file of more such lines (one per line, # comments), e.g. from config management."
-    )
-
-    @field_validator("trusted_keys")
-    @classmethod
-    def _keys_parse(cls, value: list[str]) -> list[str]:
-        from contract.signing import SigningError, load_public_key  # cryptography only when keys are set
-
-        for index, text in enumerate(value):
-            try:
-                load_public_key(text)
-            except SigningError as exc:
-                raise ValueError(f"item {index + 1}: {exc}") from None
-        return value
+    #: Public keys (`ssh-ed25519 AAAA...` lines from `reconcile keys show`) whose signatures this agent accepts;
+    #: several during a rotation. Any key set: unsigned or wrongly signed commands are refused.
+    trusted_keys: list[str] = msgspec.field(default_factory=list)
+    #: A file of more such lines (one per line, # comments), e.g. from config management.
+    trusted_keys_file: Path | None = None
 
 
-class Ec2Settings(Model):
+def _keys_parse(value: list[str]) -> None:
+    from contract.signing import SigningError, load_public_key  # cryptography only when keys are set
+
+    for index, text in enumerate(value):
+        try:
+            load_public_key(text)
+        except SigningError as exc:
+            raise ValueError(f"item {index + 1}: {exc}") from None
+
+
+class Ec2Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """`ec2`: whether this agent asks the EC2 instance metadata service (IMDSv2) who its host is, so an EC2
     instance needs no identity settings (agent/daemon/ec2identity.py, docs/aws-fleet.md)."""
 
-    metadata: Literal["auto", "required", "disabled"] = Field(
-        default="auto",
-        description="auto: ask on EC2, carry on with the defaults elsewhere; required: refuse to start without "
-        "an answer; disabled: never ask.",
-    )
-    endpoint: str | None = Field(
-        default=None,
-        description="The metadata service; default AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254.",
-    )
+    #: auto: ask on EC2, carry on with the defaults elsewhere; required: refuse to start without an answer;
+    #: disabled: never ask.
+    metadata: Literal["auto", "required", "disabled"] = "auto"
+    #: The metadata service; default AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254.
+    endpoint: str | None = None
 
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint_is_http(cls, value: str | None) -> str | None:
-        from agent.daemon.imds import endpoint_problem
 
-        problem = endpoint_problem(value) if value is not None else None
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+def _endpoint_is_http(value: str | None) -> None:
+    from agent.daemon.imds import endpoint_problem
+
+    problem = endpoint_problem(value) if value is not None else None
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -130,116 +127,127 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class MetricsSettings(Model):
+class MetricsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """`metrics`: the agent's own Prometheus metrics (agent/metrics.py, docs/agent.md "Metrics"), served over
     HTTP, written to a node_exporter textfile, or both. Off unless one is set: a host that does not scrape its
     agent loads no Prometheus code."""
 
-    address: str | None = Field(
-        default=None, description="Serve /metrics here (HOST:PORT, e.g. 127.0.0.1:9720); unset: no HTTP server."
-    )
-    textfile: Path | None = Field(
-        default=None,
-        description="Write the metrics to this file (ending in .prom) for node_exporter's textfile collector.",
-    )
-
-    @field_validator("address", mode="before")
-    @classmethod
-    def _address_is_host_port(cls, value: object) -> object:
-        if isinstance(value, int) and not isinstance(value, bool):
-            # `address: 9720` (a port alone) is a number in YAML, and YAML 1.1 reads `1:20` as the number 80.
-            raise ValueError(f"{value} is a number, not an address to listen on: write HOST:PORT in quotes, e.g. "
-                             "'127.0.0.1:9720' (or ':9720' for every interface)")
-        if isinstance(value, str):
-            parse_listen_address(value)
-        return value
-
-    @field_validator("textfile")
-    @classmethod
-    def _textfile_is_prom(cls, value: Path | None) -> Path | None:
-        # node_exporter's textfile collector reads only *.prom files: any other name would be written and ignored.
-        if value is not None and value.suffix != ".prom":
-            raise ValueError(f"{str(value)!r} must end in .prom: node_exporter's textfile collector reads only "
-                             "*.prom files")
-        return value
+    #: Serve /metrics here (HOST:PORT, e.g. 127.0.0.1:9720); unset: no HTTP server.
+    address: str | None = None
+    #: Write the metrics to this file (ending in .prom) for node_exporter's textfile collector.
+    textfile: Path | None = None
 
     @property
     def enabled(self) -> bool:
         return self.address is not None or self.textfile is not None
 
 
-class AgentSettings(Model):
+def _address_is_host_port(value: object) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # `address: 9720` (a port alone) is a number in YAML, and YAML 1.1 reads `1:20` as the number 80.
+        raise ValueError(f"{value} is a number, not an address to listen on: write HOST:PORT in quotes, e.g. "
+                         "'127.0.0.1:9720' (or ':9720' for every interface)")
+    if isinstance(value, str):
+        parse_listen_address(value)
+
+
+def _textfile_is_prom(value: Path | None) -> None:
+    # node_exporter's textfile collector reads only *.prom files: any other name would be written and ignored.
+    if value is not None and value.suffix != ".prom":
+        raise ValueError(f"{str(value)!r} must end in .prom: node_exporter's textfile collector reads only "
+                         "*.prom files")
+
+
+class AgentSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
 
-    host_id: str = Field(
-        default_factory=default_host_id,
-        description=f"This host's id in the store; `{AUTO_HOST_ID}`: the EC2 instance id on EC2, the host name "
-        "elsewhere.",
-    )
-    tags: dict[str, str] = Field(default_factory=dict, description="On-premises tags deployment groups select on.")
-    zone: str | None = Field(default=None, description="Availability zone, for zone-by-zone rollouts.")
-    address: str | None = Field(
-        default=None,
-        description="Where load balancers reach this host (IP or DNS name): IP target groups, traffic commands.",
-    )
-    instance_id: str | None = Field(
-        default=None, description="This host's EC2 instance id, for target groups of target type instance."
-    )
-    region: str | None = Field(default=None, description="The AWS region this host runs in (EC2: from IMDS).")
-    store: str = Field(default_factory=default_store, description="file://DIR or s3://bucket/prefix.")
-    root_dir: Path = Field(default_factory=default_root_dir, description="Deployment root: bundles, logs, state.")
-    host_root: Path | None = Field(default=None, description="Prefix for absolute appspec destinations.")
-    log_dir: Path | None = Field(default=None, description="Also append the agent's log to <logDir>/deploy-agent.log.")
-    max_revisions: int = Field(default=5, ge=1, description="Deployment folders kept per deployment group.")
-    poll_interval: Duration = Field(default=timedelta(seconds=10), description="Idle command poll interval.")
-    busy_poll_interval: Duration = Field(
-        default=timedelta(seconds=1), description="Poll interval while a command runs and for a minute after."
-    )
-    # Minutes, not seconds: on S3 a PUT costs 12.5 GETs, and the heartbeat is an idle host's main cost
-    # (docs/store-and-daemon.md, "Polling and heartbeat costs").
-    heartbeat_interval: Duration = Field(default=timedelta(minutes=5), description="Idle heartbeat interval.")
-    report_timeout: Duration = Field(
-        default=timedelta(seconds=10),
-        description="On exit (--once, SIGTERM): how long to keep trying to write the last report.",
-    )
-    runas_allowed: bool = Field(default=True, description="Let appspec hooks switch user with runas.")
-    report_output: ReportOutputSettings = Field(default_factory=ReportOutputSettings)
-    command_signing: CommandSigningSettings = Field(default_factory=CommandSigningSettings)
-    ec2: Ec2Settings = Field(default_factory=Ec2Settings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    #: This host's id in the store; `auto`: the EC2 instance id on EC2, the host name elsewhere.
+    host_id: str = msgspec.field(default_factory=default_host_id)
+    #: On-premises tags deployment groups select on.
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Availability zone, for zone-by-zone rollouts.
+    zone: str | None = None
+    #: Where load balancers reach this host (IP or DNS name): IP target groups, traffic commands.
+    address: str | None = None
+    #: This host's EC2 instance id, for target groups of target type instance.
+    instance_id: str | None = None
+    #: The AWS region this host runs in (EC2: from IMDS).
+    region: str | None = None
+    #: file://DIR or s3://bucket/prefix.
+    store: str = msgspec.field(default_factory=default_store)
+    #: Deployment root: bundles, logs, state.
+    root_dir: Path = msgspec.field(default_factory=default_root_dir)
+    #: Prefix for absolute appspec destinations.
+    host_root: Path | None = None
+    #: Also append the agent's log to <logDir>/deploy-agent.log.
+    log_dir: Path | None = None
+    #: Deployment folders kept per deployment group.
+    max_revisions: Annotated[int, msgspec.Meta(ge=1)] = 5
+    #: Idle command poll interval.
+    poll_interval: timedelta = timedelta(seconds=10)
+    #: Poll interval while a command runs and for a minute after.
+    busy_poll_interval: timedelta = timedelta(seconds=1)
+    #: Idle heartbeat interval. Minutes, not seconds: on S3 a PUT costs 12.5 GETs, and the heartbeat is an idle
+    #: host's main cost (docs/store-and-daemon.md, "Polling and heartbeat costs").
+    heartbeat_interval: timedelta = timedelta(minutes=5)
+    #: On exit (--once, SIGTERM): how long to keep trying to write the last report.
+    report_timeout: timedelta = timedelta(seconds=10)
+    #: Let appspec hooks switch user with runas.
+    runas_allowed: bool = True
+    report_output: ReportOutputSettings = msgspec.field(default_factory=ReportOutputSettings)
+    command_signing: CommandSigningSettings = msgspec.field(default_factory=CommandSigningSettings)
+    ec2: Ec2Settings = msgspec.field(default_factory=Ec2Settings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    #: The settings given (by the file, the environment or a flag) rather than defaulted, by field name; filled by
+    #: `load_settings`, not a key of agent.yaml. agent/daemon/ec2identity.py lets the instance metadata fill the
+    #: others only.
+    given_fields: frozenset[str] = frozenset()
 
-    @field_validator("host_id")
-    @classmethod
-    def _host_id_is_a_key_segment(cls, value: str) -> str:
-        if not _HOST_ID.fullmatch(value):
-            raise ValueError(
-                f"{value!r} cannot be a host id: use letters, digits, '.', '_' and '-', starting with a letter "
-                "or digit (it becomes part of store keys)"
-            )
-        return value
+    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> AgentSettings:
+        return msgspec.structs.replace(self, **(update or {}))
 
-    @field_validator("store")
-    @classmethod
-    def _known_store_scheme(cls, value: str) -> str:
-        if not value.startswith(("file://", "s3://")):
-            raise ValueError(f"{value!r} is not a store URL: write file:///path/to/dir or s3://bucket/prefix")
-        return value
 
-    @field_validator("poll_interval", "busy_poll_interval", "heartbeat_interval")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value < timedelta(milliseconds=50):
-            raise ValueError("must be at least 50ms")
-        return value
+def _host_id_is_a_key_segment(value: str) -> None:
+    if not _HOST_ID.fullmatch(value):
+        raise ValueError(
+            f"{value!r} cannot be a host id: use letters, digits, '.', '_' and '-', starting with a letter "
+            "or digit (it becomes part of store keys)"
+        )
 
-    @field_validator("tags")
-    @classmethod
-    def _tag_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not key.strip():
-                raise ValueError("tag keys must not be empty")
-        return value
+
+def _known_store_scheme(value: str) -> None:
+    if not value.startswith(("file://", "s3://")):
+        raise ValueError(f"{value!r} is not a store URL: write file:///path/to/dir or s3://bucket/prefix")
+
+
+def _at_least_50ms(value: timedelta) -> None:
+    if value < timedelta(milliseconds=50):
+        raise ValueError("must be at least 50ms")
+
+
+def _tag_keys(value: dict[str, str]) -> None:
+    for key in value:
+        if not key.strip():
+            raise ValueError("tag keys must not be empty")
+
+
+#: Each key's own rule, after its type is checked: (section or "", field) -> a function raising ValueError.
+_RULES: dict[tuple[str, str], Any] = {
+    ("", "host_id"): _host_id_is_a_key_segment,
+    ("", "store"): _known_store_scheme,
+    ("", "poll_interval"): _at_least_50ms,
+    ("", "busy_poll_interval"): _at_least_50ms,
+    ("", "heartbeat_interval"): _at_least_50ms,
+    ("", "tags"): _tag_keys,
+    ("command_signing", "trusted_keys"): _keys_parse,
+    ("ec2", "endpoint"): _endpoint_is_http,
+    ("metrics", "textfile"): _textfile_is_prom,
+}
+#: Rules that look at the value as written, before its type is checked.
+_RULES_BEFORE: dict[tuple[str, str], Any] = {
+    ("metrics", "address"): _address_is_host_port,
+}
 
 
 class SettingsError(Exception):
@@ -255,7 +263,7 @@ class SettingsError(Exception):
 
 
 #: The sections of agent.yaml (keys holding keys): their variables are FLEETSHIFT_AGENT_<SECTION>_<KEY>.
-_SECTIONS: dict[str, type[Model]] = {
+_SECTIONS: dict[str, type[_Section]] = {
     "logging": LoggingSettings,
     "report_output": ReportOutputSettings,
     "command_signing": CommandSigningSettings,
@@ -263,16 +271,20 @@ _SECTIONS: dict[str, type[Model]] = {
     "metrics": MetricsSettings,
 }
 
+
+def _keys(section: type[_Section]) -> dict[str, msgspec.structs.FieldInfo]:
+    """A section's fields by the key that sets them in agent.yaml."""
+    return {info.encode_name: info for info in msgspec.structs.fields(section) if info.name != "given_fields"}
+
+
+_TOP = _keys(AgentSettings)
 #: (flag or variable name) per settings key, for errors and for the docs.
 _ENV_FIELDS: dict[str, tuple[str, ...]] = {
-    f"{ENV_PREFIX}{name.upper()}": (info.alias or name,)
-    for name, info in AgentSettings.model_fields.items()
-    if name not in _SECTIONS
+    f"{ENV_PREFIX}{info.name.upper()}": (key,) for key, info in _TOP.items() if info.name not in _SECTIONS
 } | {
-    f"{ENV_PREFIX}{section.upper()}_{name.upper()}": (AgentSettings.model_fields[section].alias or section,
-                                                      info.alias or name)
-    for section, model in _SECTIONS.items()
-    for name, info in model.model_fields.items()
+    f"{ENV_PREFIX}{info.name.upper()}_{inner.name.upper()}": (key, inner_key)
+    for key, info in _TOP.items() if info.name in _SECTIONS
+    for inner_key, inner in _keys(_SECTIONS[info.name]).items()
 }
 ENV_VARIABLES = tuple(_ENV_FIELDS)
 
@@ -388,35 +400,120 @@ def load_settings(
         environment,
         Layer(given_flags, {(key,): flag_names[key] for key in given_flags if flag_names and key in flag_names}),
     )
+    found: list[tuple[KeyPath, str]] = []
+    values = _check_section(layers.data, AgentSettings, (), found)
+    if not found:
+        return AgentSettings(**values, given_fields=frozenset(values))
+    problems = []
+    for loc, message in found:
+        named = True  # a flag or a variable already names the setting
+        origin = layers.origin(loc)
+        if origin is not None:
+            where = origin
+        elif located is not None:
+            where, named = located.where(loc), False
+        else:
+            where, named = "defaults", False
+        field = ".".join(loc) or "(settings)"
+        if named and len(loc) <= 2 and (len(loc) == 1 or loc[:2] in env_origins):
+            problems.append(f"{where}: {message}")
+        else:
+            problems.append(f"{where}: {field}: {message}")
+    raise SettingsError(problems)
+
+
+def _check_section(
+    data: Any, section: type[_Section], loc: KeyPath, found: list[tuple[KeyPath, str]]
+) -> dict[str, Any]:
+    """The fields of one mapping of agent.yaml, by field name, each checked on its own; what is wrong with each
+    key goes into `found` with its path, and such a key is left out."""
+    if not isinstance(data, Mapping):
+        found.append((loc, f"expected a mapping of keys to values, not {_shown(data)}"))
+        return {}
+    keys = _keys(section)
+    by_name = {info.name: info for info in keys.values()}  # `host_id:` works too, as `hostId:` does
+    name = next((info.name for info in _TOP.values() if _SECTIONS.get(info.name) is section), "")
+    values: dict[str, Any] = {}
+    unknown: list[tuple[KeyPath, str]] = []
+    given_keys: dict[str, tuple[Any, Any]] = {}
+    for key, raw in data.items():
+        info = (keys.get(key) or by_name.get(key)) if isinstance(key, str) else None
+        if info is None:
+            meant = did_you_mean(str(key), keys)
+            unknown.append(((*loc, str(key)), f"unknown key; did you mean `{meant}`?" if meant is not None
+                            else "unknown key (see agent.yaml.example for every key)"))
+        else:
+            given_keys[info.name] = (key, raw)
+    for info in keys.values():  # in the order of the fields, as the example file lists them
+        if info.name not in given_keys:
+            continue
+        key, raw = given_keys[info.name]
+        path = (*loc, str(key))
+        if info.name in _SECTIONS and section is AgentSettings:
+            before = len(found)
+            fields = _check_section(raw, _SECTIONS[info.name], path, found)
+            if len(found) == before:
+                values[info.name] = _SECTIONS[info.name](**fields)
+            continue
+        try:
+            before_rule = _RULES_BEFORE.get((name, info.name))
+            if before_rule is not None:
+                before_rule(raw)
+            value = _value(raw, info.type)
+            rule = _RULES.get((name, info.name))
+            if rule is not None:
+                rule(value)
+        except ValueError as exc:
+            found.append((path, str(exc)))
+            continue
+        values[info.name] = value
+    found.extend(unknown)
+    return values
+
+
+def _value(raw: Any, annotation: Any) -> Any:
+    """One setting as its field's type: durations in words (`90s`), paths from text, the rest as msgspec converts
+    values from YAML or the environment (text to numbers and booleans where the field asks for them)."""
+    if annotation is timedelta:
+        if isinstance(raw, timedelta):
+            return raw
+        if not isinstance(raw, str):
+            raise ValueError(f"expected a duration such as 90s, 5m or 1h, not {_shown(raw)}")
+        return parse_duration(raw)
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+    if choices and raw not in choices:
+        listed = ", ".join(repr(choice) for choice in choices[:-1]) + f" or {choices[-1]!r}"
+        raise ValueError(f"expected {listed}, not {_shown(raw)}")
     try:
-        return AgentSettings.model_validate(layers.data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = tuple(str(part) for part in error["loc"])
-            named = True  # a flag or a variable already names the setting
-            origin = layers.origin(loc)
-            if origin is not None:
-                where = origin
-            elif located is not None:
-                where, named = located.where(loc), False
-            else:
-                where, named = "defaults", False
-            field = ".".join(loc) or "(settings)"
-            if named and len(loc) <= 2 and (len(loc) == 1 or loc[:2] in env_origins):
-                problems.append(f"{where}: {_message(error)}")
-            else:
-                problems.append(f"{where}: {field}: {_message(error)}")
-        raise SettingsError(problems) from None
+        return msgspec.convert(raw, annotation, strict=False, dec_hook=_path)
+    except msgspec.ValidationError:
+        raise ValueError(f"expected {_expected(annotation)}, not {_shown(raw)}") from None
 
 
-def _message(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
-        # A typo is the usual cause: name the key it most likely meant, as appspec errors do.
-        loc = tuple(error["loc"])
-        meant = did_you_mean(str(loc[-1]), known_keys(AgentSettings, loc[:-1])) if loc else None
-        if meant is not None:
-            return f"unknown key; did you mean `{meant}`?"
-        return "unknown key (see agent.yaml.example for every key)"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
+def _expected(annotation: Any) -> str:
+    """What a field takes, in words: `a whole number of at least 1`, `a list of text`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        meta = next((item for item in annotation.__metadata__ if isinstance(item, msgspec.Meta)), None)
+        lowest, highest = (meta.ge, meta.le) if meta is not None else (None, None)
+        bounds = (f" from {lowest} to {highest}" if lowest is not None and highest is not None
+                  else f" of at least {lowest}" if lowest is not None else "")
+        return _expected(args[0]) + bounds
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(arg) for arg in args if arg is not type(None))
+    if origin is list:
+        return f"a list of {_expected(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_expected(args[0])} to {_expected(args[1])}"
+    words = {int: "a whole number", bool: "true or false", str: "text", Path: "a path", float: "a number"}
+    return words.get(annotation, str(getattr(annotation, "__name__", annotation)))
+
+
+def _path(kind: type, raw: Any) -> Any:
+    if kind is Path and isinstance(raw, str):
+        return Path(raw)
+    raise NotImplementedError
+
+
+def _shown(raw: Any) -> str:
+    return f"{raw!r}" if isinstance(raw, str | int | float | bool) or raw is None else f"a {type(raw).__name__}"

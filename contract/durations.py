@@ -1,15 +1,14 @@
 """Human durations (`90s`, `5m`, `1h30m`) as used in manifests and settings files.
 
-Kept in the shared package because both the reconciler's settings and the agent's settings accept them.
+Kept in the shared package because both the reconciler's settings and the agent's settings accept them. The pydantic
+field type the manifests and the reconciler's settings use is in reconciler/desired/durations.py: the agent does not
+load pydantic (contract/wirebase.py says why).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -39,19 +38,3 @@ def format_duration(value: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
-
-
-def _coerce(value: Any) -> Any:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str):
-        return parse_duration(value)
-    raise ValueError("expected a duration string such as 90s, 5m or 1h")
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_coerce),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["90s", "5m", "1h"]}),
-]

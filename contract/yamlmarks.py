@@ -31,10 +31,9 @@ import re
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -51,6 +50,9 @@ from contract.yamlbounds import (
     text_mark,
     unbuildable,
 )
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 YamlPath = tuple[str | int, ...]
 
@@ -369,6 +371,8 @@ def known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
     Pydantic puts a union member's name into locations; a part that matches no field is taken to be one and
     skipped. Unknown shapes yield no keys, so the caller simply offers no suggestion.
     """
+    from pydantic import BaseModel  # loaded with the reconciler's models already; the agent never calls this
+
     candidates: list[Any] = [model]
     for part in loc:
         following = [child for annotation in candidates for child in _children(annotation, part)]
@@ -393,6 +397,8 @@ def _leaves(annotation: Any) -> list[Any]:
 
 
 def _children(annotation: Any, part: str | int) -> list[Any]:
+    from pydantic import BaseModel
+
     found: list[Any] = []
     for leaf in _leaves(annotation):
         origin = get_origin(leaf)

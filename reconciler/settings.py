@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from contract.durations import Duration
 from contract.layers import KeyPath, Layer, Layers, given, put
 from contract.models import Model
 from contract.paths import default_store
 from contract.yamlmarks import did_you_mean
 from reconciler.core.state import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HISTORY_LIMIT
+from reconciler.desired.durations import Duration
 from reconciler.desired.loader import parse_documents, pydantic_message
 from reconciler.desired.sources import bounded_file
 from reconciler.errors import ManifestError, ManifestErrors, SettingsError

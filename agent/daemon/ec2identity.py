@@ -133,7 +133,7 @@ def metadata_plan(settings: AgentSettings, environ: Mapping[str, str], platform:
 def apply_metadata(settings: AgentSettings, metadata: InstanceMetadata | None, *, hostname: str) -> AgentSettings:
     """The settings with what IMDS said filled in where they leave it unset, and `hostId: auto` replaced
     (the instance id, or `hostname` without metadata)."""
-    explicit = settings.model_fields_set
+    explicit = settings.given_fields
     update: dict[str, object] = {}
     if settings.host_id == AUTO_HOST_ID:
         update["host_id"] = metadata.instance_id if metadata is not None else hostname
@@ -179,7 +179,7 @@ def resolve_identity(settings: AgentSettings, environ: Mapping[str, str], platfo
                  zone=metadata.availability_zone, region=metadata.region, address=metadata.local_ipv4,
                  tags=sorted(metadata.tags) if metadata.tags is not None else "not enabled",
                  host_id=resolved.host_id)
-        if "host_id" not in settings.model_fields_set and resolved.host_id != metadata.instance_id:
+        if "host_id" not in settings.given_fields and resolved.host_id != metadata.instance_id:
             log.info("ec2.host_name_kept", host_id=resolved.host_id, instance_id=metadata.instance_id,
                      hint="hostId is unset, so this host keeps its host name as its id; set hostId: auto to use the "
                      "instance id as CodeDeploy does (a new id: see docs/aws-fleet.md)")

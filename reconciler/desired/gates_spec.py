@@ -24,8 +24,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from contract.durations import Duration
 from contract.models import Model
+from reconciler.desired.durations import Duration
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 

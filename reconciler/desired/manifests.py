@@ -25,8 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from contract.durations import Duration, format_duration
+from contract.durations import format_duration
 from contract.models import FileExistsBehavior, Model, Revision, TagMatch, group_key
+from reconciler.desired.durations import Duration
 from reconciler.desired.gates_spec import AlarmConfigurationSpec, AnalysisGateSpec, HealthCheckSpec, unique_gate_names
 from reconciler.desired.notification_spec import NotificationSpec
 from reconciler.desired.traffic_spec import TrafficControlSpec

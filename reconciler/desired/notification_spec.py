@@ -48,10 +48,11 @@ from pydantic import (
     model_validator,
 )
 
-from contract.durations import Duration, format_duration
+from contract.durations import format_duration
 from contract.events import Event
 from contract.models import EventSeverity, EventType, Model
 from contract.redact import secret_name
+from reconciler.desired.durations import Duration
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 

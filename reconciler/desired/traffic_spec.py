@@ -15,8 +15,8 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from contract.durations import Duration
 from contract.models import Model
+from reconciler.desired.durations import Duration
 from reconciler.desired.secrets import SECRET
 
 #: CodeDeploy waits up to an hour for an instance to turn healthy behind its load balancer (reference §5.4).

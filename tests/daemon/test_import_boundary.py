@@ -73,17 +73,21 @@ def test_an_idle_agent_loads_no_engine_rich_or_cryptography(tmp_path: Path) -> N
     on a file store with no command loads neither the deployment engine (imported on the first command), nor
     rich (structlog draws tracebacks with it, the agent logs JSON), nor cryptography (no trusted keys), nor boto3
     (not an S3 store), nor http.client and ssl (~1.4 MiB: only the instance metadata client uses them, and this
-    agent is not asked to look for EC2)."""
+    agent is not asked to look for EC2), nor pydantic (~14 MiB with what it brings: the agent's settings, state and
+    records are msgspec structs, contract/wirebase.py), even with an agent.yaml to validate."""
+    config = tmp_path / "agent.yaml"
+    config.write_text("tags: {app: hello}\npollInterval: 5s\nreportOutput: {tailBytes: 512}\nlogging: {format: json}\n")
     probe = (
         "import contextlib, io, os\n"
         "os.environ['FLEETSHIFT_AGENT_EC2_METADATA'] = 'disabled'\n"
         "from agent.cli.main import main\n"
         "with contextlib.redirect_stderr(io.StringIO()):\n"
         f"    code = main(['run', '--once', '--host-id', 'idle-1', '--store', 'file://{tmp_path}/store',\n"
-        f"                 '--root-dir', '{tmp_path}/root'])\n"
+        f"                 '--root-dir', '{tmp_path}/root', '--config', '{config}'])\n"
         "assert code == 0, code\n"
     )
-    roots = ("rich", "pygments", "cryptography", "boto3", "botocore", "http", "ssl", "agent")
+    roots = ("rich", "pygments", "cryptography", "boto3", "botocore", "http", "ssl", "pydantic", "pydantic_core",
+             "agent")
     loaded = loaded_after(probe, roots)
     assert "agent.daemon.loop" in loaded  # the probe really ran the agent
     assert (tmp_path / "store" / "hosts" / "idle-1" / "status.json").is_file()

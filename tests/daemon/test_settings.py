@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.daemon.cli import register, settings_from_args
@@ -37,10 +38,11 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     settings = load_settings(EXAMPLE, environ={})
     assert settings.host_id == "web-1" and settings.tags == {"app": "hello", "env": "production"}
     text = EXAMPLE.read_text()
-    for name, info in AgentSettings.model_fields.items():
-        assert f"\n{info.alias or name}:" in text, f"{info.alias or name} is not in agent.yaml.example"
-    for name, info in type(settings.logging).model_fields.items():
-        assert f"\n  {info.alias or name}:" in text
+    for info in msgspec.structs.fields(AgentSettings):
+        if info.name != "given_fields":  # filled by load_settings, not a key
+            assert f"\n{info.encode_name}:" in text, f"{info.encode_name} is not in agent.yaml.example"
+    for info in msgspec.structs.fields(type(settings.logging)):
+        assert f"\n  {info.encode_name}:" in text
     for variable in ENV_VARIABLES:
         assert variable.startswith("FLEETSHIFT_AGENT_")
 
@@ -96,7 +98,7 @@ def test_file_errors_name_file_line_column_and_key(tmp_path: Path) -> None:
         load_settings(config, environ={})
     assert raised.value.problems == [
         f"{config}:2:1: pollInterval: invalid duration 'soon': write a number and a unit, like 90s, 5m, 1h30m",
-        f"{config}:4:3: logging.level: Input should be 'debug', 'info', 'warning' or 'error'",
+        f"{config}:4:3: logging.level: expected 'debug', 'info', 'warning' or 'error', not 'loud'",
         f"{config}:5:1: heartbeatIntervall: unknown key; did you mean `heartbeatInterval`?",
     ]
 
@@ -129,7 +131,7 @@ def test_environment_and_flag_errors_name_the_variable_or_flag(tmp_path: Path) -
         "--host-id: 'web/1' cannot be a host id: use letters, digits, '.', '_' and '-', starting with a letter "
         "or digit (it becomes part of store keys)",
         "--store: 'ftp://x' is not a store URL: write file:///path/to/dir or s3://bucket/prefix",
-        "FLEETSHIFT_AGENT_MAX_REVISIONS: Input should be a valid integer, unable to parse string as an integer",
+        "FLEETSHIFT_AGENT_MAX_REVISIONS: expected a whole number of at least 1, not 'zero'",
     ]
     with pytest.raises(SettingsError, match=r"--tag oops: tag 'oops' must be written KEY=VALUE"):
         settings_from_args(parse("--tag", "oops"), {})
@@ -184,7 +186,7 @@ def test_cli_prints_located_errors_and_exits_1_without_a_traceback(tmp_path: Pat
     result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config), "--once"],
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 1
-    assert result.stderr == f"deploy-agent: {config}:2:1: maxRevisions: Input should be greater than or equal to 1\n"
+    assert result.stderr == f"deploy-agent: {config}:2:1: maxRevisions: expected a whole number of at least 1, not 0\n"
 
 
 def test_report_output_defaults_file_environment_and_typos(tmp_path: Path) -> None:
@@ -209,7 +211,7 @@ def test_report_output_defaults_file_environment_and_typos(tmp_path: Path) -> No
         f"{config}:4:1: reportOuput: unknown key; did you mean `reportOutput`?",
     ]
     config.write_text("reportOutput: {tailBytes: -1}\n")
-    with pytest.raises(SettingsError, match=r"reportOutput.tailBytes: Input should be greater than or equal to 0"):
+    with pytest.raises(SettingsError, match=r"tailBytes: expected a whole number from 0 to 1048576, not -1"):
         load_settings(config, environ={})
     assert meant_variable("FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTE") == "FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTES"
 
