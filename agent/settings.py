@@ -391,7 +391,10 @@ def load_settings(
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
     located = _LocatedYaml(config_file) if config_file is not None else None
-    data: dict[str, Any] = dict(located.data) if located is not None else {}
+    found: list[tuple[YamlPath, str]] = []
+    data: dict[str, Any] = (
+        _camel_keys(located.data, AgentSettings, (), located.marks, found) if located is not None else {}
+    )
     environment = _environment_layer(environ)
     env_origins = environment.origins
     given_flags = given(flags or {})
@@ -400,21 +403,20 @@ def load_settings(
         environment,
         Layer(given_flags, {(key,): flag_names[key] for key in given_flags if flag_names and key in flag_names}),
     )
-    found: list[tuple[KeyPath, str]] = []
     values = _check_section(layers.data, AgentSettings, (), found)
     if not found:
         return AgentSettings(**values, given_fields=frozenset(values))
     problems = []
     for loc, message in found:
         named = True  # a flag or a variable already names the setting
-        origin = layers.origin(loc)
+        origin = layers.origin(tuple(str(part) for part in loc))
         if origin is not None:
             where = origin
         elif located is not None:
             where, named = located.where(loc), False
         else:
             where, named = "defaults", False
-        field = ".".join(loc) or "(settings)"
+        field = ".".join(map(str, loc)) or "(settings)"
         if named and len(loc) <= 2 and (len(loc) == 1 or loc[:2] in env_origins):
             problems.append(f"{where}: {message}")
         else:
@@ -422,8 +424,40 @@ def load_settings(
     raise SettingsError(problems)
 
 
+def _camel_keys(
+    data: Mapping[Any, Any],
+    section: type[_Section],
+    loc: KeyPath,
+    marks: dict[YamlPath, tuple[int, int]],
+    found: list[tuple[YamlPath, str]],
+) -> dict[str, Any]:
+    """The file's mapping at `loc` with every key as the environment and the flags spell it (`host_id:` is read as
+    `hostId:`, as pydantic read it), so the layers merge one key, not two; the marks follow. A key written both
+    ways is a problem, not a silent choice."""
+    keys = _keys(section)
+    by_name = {info.name: info.encode_name for info in keys.values()}
+    spelled: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = by_name.get(key, key) if isinstance(key, str) and key not in keys else key
+        if name in spelled:
+            found.append(((*loc, key), f"given twice, as `{spelled[name]}` and `{key}`"))
+            continue
+        spelled[name] = key
+        if name != key:
+            for path, mark in list(marks.items()):
+                if path[: len(loc) + 1] == (*loc, key):
+                    marks[(*loc, name, *path[len(loc) + 1:])] = mark
+        info = keys.get(name)
+        if info is not None and info.name in _SECTIONS and section is AgentSettings and isinstance(value, Mapping):
+            out[name] = _camel_keys(value, _SECTIONS[info.name], (*loc, name), marks, found)
+        else:
+            out[name] = value
+    return out
+
+
 def _check_section(
-    data: Any, section: type[_Section], loc: KeyPath, found: list[tuple[KeyPath, str]]
+    data: Any, section: type[_Section], loc: KeyPath, found: list[tuple[YamlPath, str]]
 ) -> dict[str, Any]:
     """The fields of one mapping of agent.yaml, by field name, each checked on its own; what is wrong with each
     key goes into `found` with its path, and such a key is left out."""
@@ -434,7 +468,7 @@ def _check_section(
     by_name = {info.name: info for info in keys.values()}  # `host_id:` works too, as `hostId:` does
     name = next((info.name for info in _TOP.values() if _SECTIONS.get(info.name) is section), "")
     values: dict[str, Any] = {}
-    unknown: list[tuple[KeyPath, str]] = []
+    unknown: list[tuple[YamlPath, str]] = []
     given_keys: dict[str, tuple[Any, Any]] = {}
     for key, raw in data.items():
         info = (keys.get(key) or by_name.get(key)) if isinstance(key, str) else None
@@ -463,6 +497,9 @@ def _check_section(
             rule = _RULES.get((name, info.name))
             if rule is not None:
                 rule(value)
+        except _ItemProblem as exc:
+            found.append(((*path, exc.part), str(exc)))
+            continue
         except ValueError as exc:
             found.append((path, str(exc)))
             continue
@@ -484,10 +521,76 @@ def _value(raw: Any, annotation: Any) -> Any:
     if choices and raw not in choices:
         listed = ", ".join(repr(choice) for choice in choices[:-1]) + f" or {choices[-1]!r}"
         raise ValueError(f"expected {listed}, not {_shown(raw)}")
+    leaves = _leaves(annotation)
+    if isinstance(raw, str) and str not in leaves:
+        raw = _from_text(raw, leaves)
+    origin, args = typing.get_origin(_leaves_of(annotation)), typing.get_args(_leaves_of(annotation))
+    if origin is dict and isinstance(raw, Mapping):  # each entry on its own, so an error names its key
+        for key, item in raw.items():
+            if not isinstance(key, str):
+                raise _ItemProblem(str(key), f"expected text as a key, not {_shown(key)}")
+            _item(item, args[1], key)
+    elif origin is list and isinstance(raw, list):
+        for index, item in enumerate(raw):
+            _item(item, args[0], index)
     try:
         return msgspec.convert(raw, annotation, strict=False, dec_hook=_path)
     except msgspec.ValidationError:
         raise ValueError(f"expected {_expected(annotation)}, not {_shown(raw)}") from None
+
+
+class _ItemProblem(ValueError):
+    """A wrong entry of a mapping or list setting; `part` is its key or index, added to the setting's path."""
+
+    def __init__(self, part: str | int, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def _item(item: Any, annotation: Any, part: str | int) -> None:
+    try:
+        msgspec.convert(item, annotation, strict=False)
+    except msgspec.ValidationError:
+        raise _ItemProblem(part, f"expected {_expected(annotation)}, not {_shown(item)}") from None
+
+
+#: The words pydantic took for true and false in a setting given as text (an environment variable, a quoted
+#: YAML value); kept so that settings that worked before the agent left pydantic still work.
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _from_text(raw: str, leaves: list[Any]) -> Any:
+    """A setting given as text for a field that is not text: a boolean from its words, a number as Python reads
+    one (`" 7 "`, `+7`, `1_0`); anything else as given, for msgspec to refuse with the field's type."""
+    word = raw.lower()  # not stripped, as pydantic did not
+    if bool in leaves and word in _TRUE | _FALSE:
+        return word in _TRUE
+    for kind in (int, float):
+        if kind in leaves:
+            try:
+                return kind(raw)
+            except ValueError:
+                pass
+    return raw
+
+
+def _leaves_of(annotation: Any) -> Any:
+    """The type under `Annotated[...]` and `X | None`: what a list or mapping setting is made of."""
+    if typing.get_origin(annotation) is Annotated:
+        return _leaves_of(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _leaves_of(members[0]) if len(members) == 1 else annotation
+    return annotation
+
+
+def _leaves(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) is Annotated:
+        return _leaves(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg)]
+    return [annotation]
 
 
 def _expected(annotation: Any) -> str:
@@ -512,7 +615,7 @@ def _expected(annotation: Any) -> str:
 def _path(kind: type, raw: Any) -> Any:
     if kind is Path and isinstance(raw, str):
         return Path(raw)
-    raise NotImplementedError
+    raise TypeError(f"not a {kind.__name__}")  # msgspec reports it as a validation error of the field
 
 
 def _shown(raw: Any) -> str:

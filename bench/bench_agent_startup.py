@@ -33,9 +33,9 @@ from bench_startup import timed
 from bench_store_status import moto_server
 
 from contract.keys import command_key, status_key
+from contract.store import open_store
 from contract.vocabulary import DEFAULT_EVENTS, CommandStatus
 from contract.wire import HostCommand, HostStatus, LocalLocation, Revision
-from contract.store import open_store
 
 BIN = Path(sys.executable).parent
 

@@ -10,9 +10,13 @@ The methods are the handful of pydantic's that the agent uses, with the same nam
 tests read the same whichever kind of record they hold:
 
 - `to_json()`: camelCase, `None` fields left out, two-space indent, as `contract.models.Model.to_json`;
-- `model_copy(update=...)`: a new record with some fields changed, not validated (as pydantic's);
+- `model_copy(update=...)`: a new record with some fields changed; types are not checked (as pydantic's), but a
+  record's own checks (`__post_init__`, e.g. a revision's one source) run again, where pydantic's would not;
 - `model_validate_json(data)` / `model_validate(obj)`: strict decoding; an error is `msgspec.ValidationError`
   naming the field's path (`$.command.events[0].status`).
+
+Records built in code are not type-checked (msgspec checks types when it decodes): a float field given an int is
+written `5`, where pydantic would write `5.0`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ def _without_none(value: Any) -> Any:
     return value
 
 
-class WireRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Frozen, keyword-only, strict about unknown fields: what `contract.models.Model` is for pydantic."""
+class WireRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+    """Frozen, keyword-only, strict about unknown fields, camelCase on the wire: what `contract.models.Model` is for
+    pydantic. Subclasses inherit the camelCase names (the agent's own files, written by pydantic before they moved
+    here, keep their format: tests/daemon/test_bookkeeping.py reads files an older agent wrote)."""
 
     def to_json(self) -> bytes:
         compact = _encoder.encode(_without_none(msgspec.to_builtins(self)))
@@ -60,7 +66,7 @@ class WireRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         return msgspec.convert(obj, cls)
 
 
-class WireDocument(WireRecord, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class WireDocument(WireRecord, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
     """A top-level object stored under a key, as `contract.models.Document`."""
 
     schema_version: int = msgspec.field(default=SCHEMA_VERSION, name="schemaVersion")

@@ -13,10 +13,13 @@ What carries over, and how:
   models (generated too); constraints (lengths, patterns, bounds) as `msgspec.Meta`. A pattern's final `$`
   becomes `\\Z`: pydantic's regex engine ends `$` at the end of the text, Python's also before a final newline;
 - behaviour: a model's mixins from contract/vocabulary.py are the struct's mixins too, and each of their
-  `check_*` methods runs in `__post_init__`, as the model's validators call them.
+  `check_*` methods runs in `__post_init__`. A model's validator is carried over only as the mixin check it calls,
+  listed in `CARRIED` (e.g. `Revision._exactly_one_source` is `check_sources`).
 
-Anything else in a model (a validator not written as a mixin's `check_*`, a type not listed above) stops the
-generator with an error, rather than producing a record that accepts what the model refuses.
+Anything else in a model stops the generator with an error, rather than producing a record that accepts what the
+model refuses or writes what it would not: a validator or serializer not in `CARRIED`, a computed field, constraint
+metadata other than lengths, patterns and bounds (an `AfterValidator`, say), an alias for validation or
+serialization only, a field left out of the output, or a model that does not refuse unknown fields.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ ROOTS: tuple[type[models.Document], ...] = (
     models.HostTraffic,
 )
 OUTPUT = Path(__file__).with_name("wire.py")
+#: Validators of the models that the generated structs keep, by (model, validator): the mixin check that is the
+#: whole of the validator (it calls that check and nothing else).
+CARRIED: dict[tuple[str, str], str] = {("Revision", "_exactly_one_source"): "check_sources"}
+#: The constraint metadata carried over as `msgspec.Meta`; any other kind of metadata stops the generator.
+_CONSTRAINTS = ("StringConstraints", "MinLen", "MaxLen", "Gt", "Ge", "Lt", "Le")
 
 HEADER = '''"""The agent's records: msgspec structs made from contract/models.py by contract/wiregen.py. Do not edit.
 
@@ -101,6 +109,8 @@ def _meta(constraints: list[Any], where: str) -> str | None:
     """The `msgspec.Meta(...)` for a field's constraints, or None without any."""
     args: dict[str, Any] = {}
     for item in constraints:
+        if type(item).__name__ not in _CONSTRAINTS:
+            raise GenerationError(f"{where}: {type(item).__name__} is not carried over (lengths, patterns, bounds are)")
         for name in ("min_length", "max_length", "pattern", "gt", "ge", "lt", "le"):
             value = getattr(item, name, None)
             if value is not None:
@@ -181,13 +191,27 @@ def _mixins(model: type[BaseModel]) -> list[type]:
     return mixins
 
 
-def _validators_outside_mixins(model: type[BaseModel]) -> list[str]:
-    """Validators of a model that do not just call its mixins' checks: those cannot be carried over."""
+def _refuse_what_is_not_carried(model: type[BaseModel]) -> None:
+    """Stop on anything of the model's that the generated struct would not do the same way."""
     decorators = model.__pydantic_decorators__
-    names = [*decorators.field_validators, *decorators.model_validators, *decorators.root_validators,
-             *decorators.validators]
-    mixin_checks = [name for mixin in _mixins(model) for name in dir(mixin) if name.startswith("check_")]
-    return [name for name in names if not mixin_checks]
+    checks = {name for mixin in _mixins(model) for name in vars(mixin) if name.startswith("check_")}
+    for kind in ("field_validators", "model_validators", "root_validators", "validators", "field_serializers",
+                 "model_serializers", "computed_fields"):
+        for name in getattr(decorators, kind):
+            carried = CARRIED.get((model.__name__, name))
+            if carried is None or carried not in checks:
+                raise GenerationError(
+                    f"{model.__name__}: {kind[:-1].replace('_', ' ')} {name} is not carried over: write it as a mixin "
+                    "check in contract/vocabulary.py and list it in wiregen.CARRIED"
+                )
+    if model.model_config.get("extra") != "forbid":
+        raise GenerationError(f"{model.__name__}: a model that accepts unknown fields is not carried over")
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        if field.validation_alias not in (None, alias) or field.serialization_alias not in (None, alias):
+            raise GenerationError(f"{model.__name__}.{name}: an alias for validation or serialization only")
+        if field.exclude:
+            raise GenerationError(f"{model.__name__}.{name}: a field left out of the output")
 
 
 def generate() -> str:
@@ -196,11 +220,7 @@ def generate() -> str:
     mixin_names: set[str] = set()
     classes: list[str] = []
     for model in _ordered(ROOTS):
-        stray = _validators_outside_mixins(model)
-        if stray:
-            raise GenerationError(
-                f"{model.__name__}: validators {stray} are not mixin checks (contract/vocabulary.py)"
-            )
+        _refuse_what_is_not_carried(model)
         mixins = _mixins(model)
         mixin_names.update(mixin.__name__ for mixin in mixins)
         document = issubclass(model, models.Document)

@@ -152,6 +152,8 @@ def test_local_file_exists_behavior_option(make_bundle, tmp_path: Path) -> None:
         (["-l", "{file}", "--type", "directory"], "is a file, but --type is directory"),
         (["-l", "{dir}", "--type", "tgzz"], "--type 'tgzz' is not one of zip, tar, tgz, directory"),
         (["-l", "http://example.com/x.zip"], "only local paths and s3:// locations are supported"),
+        (["-l", "s3://ab/app.zip"], "s3://ab/app.zip: Expected `str` of length >= 3 - at `$.s3.bucket`"),
+        (["-l", "s3://bundles/", "--type", "zip"], "s3://bundles/: Expected `str` of length >= 1 - at `$.s3.key`"),
         (["-l", "{dir}", "--file-exists-behavior", "BOGUS"], "'BOGUS' is not DISALLOW, OVERWRITE or RETAIN"),
         (["-l", "{dir}", "--events", "AfterInstall,DownloadBundle"], "may come before DownloadBundle"),
         (["-l", "{dir}", "--deployment-group", "../x"], "cannot be used as a folder name"),

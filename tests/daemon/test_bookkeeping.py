@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon.identity import StateError
+from agent.daemon.identity import INSTALLATION_FILE, StateError, load_installation
 from agent.daemon.progress import AgentState, apply_event, finish_after_restart, relabel_superseded
 from agent.daemon.statefile import STATE_FILE, LocalState, root_lock
 from contract.vocabulary import DEFAULT_EVENTS, CommandStatus, EventStatus, LifecycleErrorCode
@@ -100,8 +100,33 @@ def test_state_file_round_trip_and_corruption(tmp_path: Path) -> None:
     assert local.load() == state
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]  # no temporary file left behind
     (tmp_path / STATE_FILE).write_text('{"hostId": "web-1", "lastGeneration": "many"}')
-    with pytest.raises(StateError, match=r"is unreadable .* remove it to start over"):
+    with pytest.raises(StateError, match=r"is unreadable \(Expected `int`, got `str` - at `\$.lastGeneration`\)"):
         local.load()
+
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def test_an_upgraded_agent_reads_the_files_an_older_agent_wrote(tmp_path: Path) -> None:
+    """The state file and the identity were written by pydantic models before they became msgspec structs (issue 18).
+    These two were written by the agent of 92d8a16 (a command in flight, with a hook's process group recorded): the
+    agent must read them as they are (else it would refuse to start, or take a new identity), and write them back
+    byte for byte the same."""
+    written = (FIXTURES / "ongoing-deployment.v92d8a16.json").read_bytes()
+    (tmp_path / STATE_FILE).write_bytes(written)
+    state = LocalState(tmp_path).load()
+    assert state is not None and (state.host_id, state.last_generation, state.running, state.reported) == (
+        "web-1", 7, True, False)
+    assert state.child is not None and (state.child.pgid, state.child.start_ticks) == (4242, 123456)
+    assert state.command is not None and state.command.revision.identity().startswith("local:/srv/bundles/shop-1.4")
+    assert state.progress is not None and state.progress.events[1].status == EventStatus.IN_PROGRESS
+    assert state.to_json() == written
+
+    identity = (FIXTURES / "installation-id.v92d8a16.json").read_bytes()
+    (tmp_path / INSTALLATION_FILE).write_bytes(identity)
+    installation, warning = load_installation(tmp_path, machine="0123456789abcdef0123456789abcdef")
+    assert (installation.installation_id, warning) == ("5c1d0a7e9f2b4c3d8e6f1a2b3c4d5e6f", None)
+    assert installation.to_json() == identity
 
 
 def test_one_agent_per_deployment_root(tmp_path: Path) -> None:

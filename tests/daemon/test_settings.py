@@ -274,3 +274,60 @@ def test_metrics_errors_from_the_environment_name_the_variable() -> None:
 )
 def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"FLEETSHIFT_AGENT_RUNAS_ALLOWED": "no"}, ("runas_allowed", False)),
+        ({"FLEETSHIFT_AGENT_RUNAS_ALLOWED": "ON"}, ("runas_allowed", True)),
+        ({"FLEETSHIFT_AGENT_RUNAS_ALLOWED": "t"}, ("runas_allowed", True)),
+        ({"FLEETSHIFT_AGENT_MAX_REVISIONS": " 7 "}, ("max_revisions", 7)),
+        ({"FLEETSHIFT_AGENT_MAX_REVISIONS": "+7"}, ("max_revisions", 7)),
+        ({"FLEETSHIFT_AGENT_REPORT_OUTPUT_TAIL_BYTES": "1_000"}, ("report_output", 1000)),
+    ],
+)
+def test_text_settings_read_as_before_the_agent_left_pydantic(variables: dict[str, str],
+                                                              expected: tuple[str, object]) -> None:
+    """Environment variables are text: the words and numbers pydantic read from them still read the same."""
+    settings = load_settings(None, environ=variables)
+    name, value = expected
+    got = getattr(settings, name)
+    assert (got.tail_bytes if name == "report_output" else got) == value
+    assert name in settings.given_fields
+
+
+def test_a_snake_case_file_merges_with_the_environment_and_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    """`report_output:` in the file and a REPORT_OUTPUT variable are one section, not two where the last wins."""
+    config = tmp_path / "agent.yaml"
+    config.write_text("report_output:\n  tail_bytes: 10\nhost_id: web-1\n")
+    settings = load_settings(config, environ={"FLEETSHIFT_AGENT_REPORT_OUTPUT_REDACT": "false"})
+    assert (settings.report_output.tail_bytes, settings.report_output.redact, settings.host_id) == (10, False, "web-1")
+    config.write_text("hostId: web-1\nhost_id: web-2\nreportOutput:\n  tailBytes: 1\n  tail_bytes: 2\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert raised.value.problems == [
+        f"{config}:2:1: host_id: given twice, as `hostId` and `host_id`",
+        f"{config}:5:3: reportOutput.tail_bytes: given twice, as `tailBytes` and `tail_bytes`",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("rootDir: 5", "1:1: rootDir: expected a path, not 5"),
+        ("logDir: [a]", "1:1: logDir: expected a path, not a list"),
+        ("rootDir: 2024-01-01", "1:1: rootDir: expected a path, not a date"),
+        ("tags:\n  a: 1", "2:3: tags.a: expected text, not 1"),
+        ("tags: {1: a}", "1:1: tags.1: expected text as a key, not 1"),
+        ("commandSigning:\n  trustedKeys: [1]", "2:17: commandSigning.trustedKeys.0: expected text, not 1"),
+        ("maxRevisions: true", "1:1: maxRevisions: expected a whole number of at least 1, not True"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_a_located_error_not_a_traceback(tmp_path: Path, text: str,
+                                                                       problem: str) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(text + "\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert raised.value.problems == [f"{config}:{problem}"]

@@ -12,7 +12,7 @@ import json
 import typing
 from datetime import UTC, datetime, timedelta, timezone
 from types import UnionType
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -48,7 +48,8 @@ def _strategy(annotation: Any, metadata: list[Any], floats: st.SearchStrategy[fl
     if annotation is float:
         return floats
     if annotation is datetime:
-        return st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=_ZONES)
+        return st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                            timezones=st.one_of(st.none(), _ZONES))  # None: a naive time
     if annotation is type(None):
         return st.none()
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
@@ -170,6 +171,9 @@ def test_a_document_one_side_refuses_the_other_refuses_too(why: str, document: d
         ("a whole float for an int", _changed(["generation"], 3.0)),
         ("a word for a boolean", _changed(["isRollback"], "true")),
         ("a number for a time", _changed(["createdAt"], 1_796_000_000)),
+        ("a date without a time", _changed(["createdAt"], "2026-11-29")),
+        ("a field by its Python name", {**{key: value for key, value in _COMMAND.items() if key != "hostId"},
+                                        "host_id": "web-1"}),
     ],
 )
 def test_the_agent_refuses_what_pydantic_would_convert(why: str, document: dict[str, Any]) -> None:
@@ -209,6 +213,54 @@ def test_the_generator_refuses_what_it_cannot_carry_over() -> None:
         wiregen._type(Odd.model_fields["when"].annotation, "Odd.when", set())
     with pytest.raises(wiregen.GenerationError, match="None"):
         wiregen._type(dict[str, str | None], "Odd.tags", set())
+
+
+def test_the_generator_refuses_validators_serializers_and_metadata_it_does_not_carry() -> None:
+    """A validator next to a carried one, an `AfterValidator`, a serializer, an output-only alias, a model that
+    accepts unknown fields: each would make the agent's record differ from the model, so none is generated."""
+    from pydantic import AfterValidator, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+    from contract.vocabulary import RevisionBehaviour
+
+    class Revision(RevisionBehaviour, models.Model):  # the name the carried validator is listed under
+        s3: str | None = None
+        git: str | None = None
+        local: str | None = None
+        sha256: str | None = None
+
+        @model_validator(mode="after")
+        def _exactly_one_source(self) -> Revision:
+            self.check_sources()
+            return self
+
+        @field_validator("sha256")
+        @classmethod
+        def _lower(cls, value: str | None) -> str | None:
+            return value.lower() if value else value
+
+    class Serialized(models.Model):
+        when: str
+
+        @field_serializer("when")
+        def _upper(self, value: str) -> str:
+            return value.upper()
+
+    class OutputAlias(models.Model):
+        name: str = Field(serialization_alias="title")
+
+    class Open(models.Model):
+        model_config = ConfigDict(extra="allow")
+
+    for model in (Revision, Serialized, OutputAlias, Open):
+        with pytest.raises(wiregen.GenerationError):
+            wiregen._refuse_what_is_not_carried(model)
+    wiregen._refuse_what_is_not_carried(models.Revision)  # the real one: its validator is carried
+
+    class Checked(models.Model):
+        name: Annotated[str, AfterValidator(str.strip)]
+
+    with pytest.raises(wiregen.GenerationError, match="AfterValidator"):
+        wiregen._meta(list(Checked.model_fields["name"].metadata), "Checked.name")
 
 
 def test_model_copy_and_behaviour_work_as_on_the_models() -> None:

@@ -31,6 +31,7 @@ from agent.daemon.cli import command_trust
 from agent.daemon.traffic_gate import StoreTrafficGate
 from agent.settings import SettingsError as AgentSettingsError
 from agent.settings import load_settings as load_agent_settings
+from contract import wire
 from contract.keys import command_key, group_state_key, status_key, traffic_key
 from contract.models import GroupState, HostCommand, HostTraffic, LocalLocation, Revision, TrafficStepState
 from contract.signing import (
@@ -558,7 +559,7 @@ def test_the_traffic_gate_does_not_take_a_forged_blocktraffic_as_done(sealed: Se
     """A forged `traffic/web-1.json` saying BlockTraffic Succeeded for this very command: the agent keeps waiting
     (here until it is told to stop), so it never stops its service while still in the load balancers. The same
     record signed by the reconciler ends the wait at once."""
-    command = host_command()
+    command = wire.HostCommand.model_validate_json(host_command().to_json())  # the agent's record of it
     sealed.inner.put(traffic_key("web-1"), traffic_record(TrafficStepState.SUCCEEDED))
     gate = StoreTrafficGate(sealed.reader, "web-1", interval=0.001, stop=threading.Event())
     stored = sealed.reader.get(traffic_key("web-1"))
