@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
 from contract.logs import configure_logging
-from contract.models import DEFAULT_EVENTS, HostCommand, LocalLocation, Revision
+from contract.vocabulary import DEFAULT_EVENTS
+from contract.wire import HostCommand, LocalLocation, Revision
 
 APPSPEC = "version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: /srv/app\n"
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from agent.lifecycle.runner import LifecycleRunner, RunnerSettings
 from contract.logs import configure_logging
-from contract.models import DEFAULT_EVENTS, HostCommand, LocalLocation, Revision
+from contract.vocabulary import DEFAULT_EVENTS
+from contract.wire import HostCommand, LocalLocation, Revision
 
 HOOKS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")
 

@@ -98,10 +98,11 @@ def write_group(endpoint: str, *, in_flight: str | None) -> None:
 def seed_installed(root: Path) -> None:
     """This host has the group's revision installed: what makes the agent track the group's record."""
     from agent.lifecycle.layout import DeploymentRoot
-    from contract.models import InstalledRevision
+    from contract.wire import InstalledRevision, Revision
 
+    revision = Revision.model_validate_json(command(1).revision.to_json())  # the agent's record of it
     DeploymentRoot(root).group("dg-1").record_installed(InstalledRevision(
-        application="hello", deployment_group="production", revision=command(1).revision, deployment_id="d-1",
+        application="hello", deployment_group="production", revision=revision, deployment_id="d-1",
         installed_at=datetime.now(UTC)))
 
 
