@@ -391,9 +391,9 @@ def load_settings(
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
     located = _LocatedYaml(config_file) if config_file is not None else None
-    found: list[tuple[YamlPath, str]] = []
+    twice: list[tuple[YamlPath, str]] = []  # keys of the file written both ways: located in the file, always
     data: dict[str, Any] = (
-        _camel_keys(located.data, AgentSettings, (), located.marks, found) if located is not None else {}
+        _camel_keys(located.data, AgentSettings, (), located.marks, twice) if located is not None else {}
     )
     environment = _environment_layer(environ)
     env_origins = environment.origins
@@ -403,10 +403,11 @@ def load_settings(
         environment,
         Layer(given_flags, {(key,): flag_names[key] for key in given_flags if flag_names and key in flag_names}),
     )
+    found: list[tuple[YamlPath, str]] = []
     values = _check_section(layers.data, AgentSettings, (), found)
-    if not found:
+    if not found and not twice:
         return AgentSettings(**values, given_fields=frozenset(values))
-    problems = []
+    problems = [f"{located.where(loc)}: {'.'.join(map(str, loc))}: {message}" for loc, message in twice if located]
     for loc, message in found:
         named = True  # a flag or a variable already names the setting
         origin = layers.origin(tuple(str(part) for part in loc))
@@ -429,11 +430,12 @@ def _camel_keys(
     section: type[_Section],
     loc: KeyPath,
     marks: dict[YamlPath, tuple[int, int]],
-    found: list[tuple[YamlPath, str]],
+    twice: list[tuple[YamlPath, str]],
 ) -> dict[str, Any]:
     """The file's mapping at `loc` with every key as the environment and the flags spell it (`host_id:` is read as
-    `hostId:`, as pydantic read it), so the layers merge one key, not two; the marks follow. A key written both
-    ways is a problem, not a silent choice."""
+    `hostId:`, as pydantic read it), so the layers merge one key, not two; the marks follow (never over the mark of
+    a key spelled that way in the file). A key written both ways goes into `twice` with its own path, the one
+    written second, since no variable or flag can be the cause."""
     keys = _keys(section)
     by_name = {info.name: info.encode_name for info in keys.values()}
     spelled: dict[str, str] = {}
@@ -441,16 +443,16 @@ def _camel_keys(
     for key, value in data.items():
         name = by_name.get(key, key) if isinstance(key, str) and key not in keys else key
         if name in spelled:
-            found.append(((*loc, key), f"given twice, as `{spelled[name]}` and `{key}`"))
+            twice.append(((*loc, key), f"given twice, as `{spelled[name]}` and `{key}`"))
             continue
         spelled[name] = key
         if name != key:
             for path, mark in list(marks.items()):
                 if path[: len(loc) + 1] == (*loc, key):
-                    marks[(*loc, name, *path[len(loc) + 1:])] = mark
+                    marks.setdefault((*loc, name, *path[len(loc) + 1:]), mark)
         info = keys.get(name)
         if info is not None and info.name in _SECTIONS and section is AgentSettings and isinstance(value, Mapping):
-            out[name] = _camel_keys(value, _SECTIONS[info.name], (*loc, name), marks, found)
+            out[name] = _camel_keys(value, _SECTIONS[info.name], (*loc, name), marks, twice)
         else:
             out[name] = value
     return out
@@ -497,8 +499,8 @@ def _check_section(
             rule = _RULES.get((name, info.name))
             if rule is not None:
                 rule(value)
-        except _ItemProblem as exc:
-            found.append(((*path, exc.part), str(exc)))
+        except _ItemProblems as exc:
+            found.extend(((*path, part), message) for part, message in exc.entries)
             continue
         except ValueError as exc:
             found.append((path, str(exc)))
@@ -523,35 +525,40 @@ def _value(raw: Any, annotation: Any) -> Any:
         raise ValueError(f"expected {listed}, not {_shown(raw)}")
     leaves = _leaves(annotation)
     if isinstance(raw, str) and str not in leaves:
-        raw = _from_text(raw, leaves)
+        raw = _from_text(raw, leaves, annotation)
     origin, args = typing.get_origin(_leaves_of(annotation)), typing.get_args(_leaves_of(annotation))
-    if origin is dict and isinstance(raw, Mapping):  # each entry on its own, so an error names its key
+    entries: list[tuple[str | int, str]] = []  # each entry on its own, so an error names its key or index
+    if origin is dict and isinstance(raw, Mapping):
         for key, item in raw.items():
             if not isinstance(key, str):
-                raise _ItemProblem(str(key), f"expected text as a key, not {_shown(key)}")
-            _item(item, args[1], key)
+                entries.append((str(key), f"expected text as a key, not {_shown(key)}"))
+            elif not _fits(item, args[1]):
+                entries.append((key, f"expected {_expected(args[1])}, not {_shown(item)}"))
     elif origin is list and isinstance(raw, list):
-        for index, item in enumerate(raw):
-            _item(item, args[0], index)
+        entries = [(index, f"expected {_expected(args[0])}, not {_shown(item)}")
+                   for index, item in enumerate(raw) if not _fits(item, args[0])]
+    if entries:
+        raise _ItemProblems(entries)
     try:
         return msgspec.convert(raw, annotation, strict=False, dec_hook=_path)
     except msgspec.ValidationError:
         raise ValueError(f"expected {_expected(annotation)}, not {_shown(raw)}") from None
 
 
-class _ItemProblem(ValueError):
-    """A wrong entry of a mapping or list setting; `part` is its key or index, added to the setting's path."""
+class _ItemProblems(ValueError):
+    """The wrong entries of a mapping or list setting: (key or index, added to the setting's path; what is wrong)."""
 
-    def __init__(self, part: str | int, message: str) -> None:
-        super().__init__(message)
-        self.part = part
+    def __init__(self, entries: list[tuple[str | int, str]]) -> None:
+        super().__init__("; ".join(message for _, message in entries))
+        self.entries = entries
 
 
-def _item(item: Any, annotation: Any, part: str | int) -> None:
+def _fits(item: Any, annotation: Any) -> bool:
     try:
         msgspec.convert(item, annotation, strict=False)
     except msgspec.ValidationError:
-        raise _ItemProblem(part, f"expected {_expected(annotation)}, not {_shown(item)}") from None
+        return False
+    return True
 
 
 #: The words pydantic took for true and false in a setting given as text (an environment variable, a quoted
@@ -560,18 +567,23 @@ _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
-def _from_text(raw: str, leaves: list[Any]) -> Any:
-    """A setting given as text for a field that is not text: a boolean from its words, a number as Python reads
-    one (`" 7 "`, `+7`, `1_0`); anything else as given, for msgspec to refuse with the field's type."""
-    word = raw.lower()  # not stripped, as pydantic did not
-    if bool in leaves and word in _TRUE | _FALSE:
+#: A whole number as pydantic read one from text: ASCII digits, a sign, `_` between digits, a fraction of zeros
+#: (`" 7 "`, `+7`, `1_0`, `7.0`); not `1e3` nor other scripts' digits (`٣`), which Python's `int()` would take.
+_WHOLE = re.compile(r"\s*[+-]?\d+(?:_\d+)*(?:\.0*)?\s*", re.ASCII)
+
+
+def _from_text(raw: str, leaves: list[Any], annotation: Any) -> Any:
+    """A setting given as text for a boolean or a whole number: the words and numbers pydantic read from text
+    (`_TRUE`, `_FALSE`, `_WHOLE`), anything else refused here (not left to msgspec, which reads more)."""
+    if bool in leaves:
+        word = raw.lower()  # not stripped, as pydantic did not
+        if word not in _TRUE | _FALSE:
+            raise ValueError(f"expected true or false, not {raw!r}")
         return word in _TRUE
-    for kind in (int, float):
-        if kind in leaves:
-            try:
-                return kind(raw)
-            except ValueError:
-                pass
+    if int in leaves:
+        if not _WHOLE.fullmatch(raw):
+            raise ValueError(f"expected {_expected(annotation)}, not {raw!r}")
+        return int(raw.strip().split(".")[0])
     return raw
 
 

@@ -17,9 +17,10 @@ What carries over, and how:
   listed in `CARRIED` (e.g. `Revision._exactly_one_source` is `check_sources`).
 
 Anything else in a model stops the generator with an error, rather than producing a record that accepts what the
-model refuses or writes what it would not: a validator or serializer not in `CARRIED`, a computed field, constraint
-metadata other than lengths, patterns and bounds (an `AfterValidator`, say), an alias for validation or
-serialization only, a field left out of the output, or a model that does not refuse unknown fields.
+model refuses or writes what it would not: a validator or serializer not in `CARRIED` (or one listed there that does
+more than call its check), a computed field, a `model_post_init`, constraint metadata other than lengths, patterns
+and bounds (an `AfterValidator`, say), an alias for validation or serialization only, a field left out of the
+output, or a `model_config` other than `contract.models.Model`'s (unknown fields refused, nothing stripped).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+import annotated_types
+from pydantic import BaseModel, StringConstraints
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -53,7 +55,10 @@ OUTPUT = Path(__file__).with_name("wire.py")
 #: whole of the validator (it calls that check and nothing else).
 CARRIED: dict[tuple[str, str], str] = {("Revision", "_exactly_one_source"): "check_sources"}
 #: The constraint metadata carried over as `msgspec.Meta`; any other kind of metadata stops the generator.
-_CONSTRAINTS = ("StringConstraints", "MinLen", "MaxLen", "Gt", "Ge", "Lt", "Le")
+_CONSTRAINTS: tuple[type, ...] = (
+    StringConstraints, annotated_types.MinLen, annotated_types.MaxLen, annotated_types.Gt, annotated_types.Ge,
+    annotated_types.Lt, annotated_types.Le,
+)
 
 HEADER = '''"""The agent's records: msgspec structs made from contract/models.py by contract/wiregen.py. Do not edit.
 
@@ -109,7 +114,7 @@ def _meta(constraints: list[Any], where: str) -> str | None:
     """The `msgspec.Meta(...)` for a field's constraints, or None without any."""
     args: dict[str, Any] = {}
     for item in constraints:
-        if type(item).__name__ not in _CONSTRAINTS:
+        if not isinstance(item, _CONSTRAINTS):
             raise GenerationError(f"{where}: {type(item).__name__} is not carried over (lengths, patterns, bounds are)")
         for name in ("min_length", "max_length", "pattern", "gt", "ge", "lt", "le"):
             value = getattr(item, name, None)
@@ -197,20 +202,29 @@ def _refuse_what_is_not_carried(model: type[BaseModel]) -> None:
     checks = {name for mixin in _mixins(model) for name in vars(mixin) if name.startswith("check_")}
     for kind in ("field_validators", "model_validators", "root_validators", "validators", "field_serializers",
                  "model_serializers", "computed_fields"):
-        for name in getattr(decorators, kind):
+        for name, decorator in getattr(decorators, kind).items():
             carried = CARRIED.get((model.__name__, name))
-            if carried is None or carried not in checks:
+            code = getattr(decorator.func, "__code__", None)
+            if (
+                carried is None
+                or carried not in checks
+                or getattr(decorator.info, "mode", None) != "after"
+                or code is None
+                or code.co_names != (carried,)  # calls the check, and nothing else
+            ):
                 raise GenerationError(
                     f"{model.__name__}: {kind[:-1].replace('_', ' ')} {name} is not carried over: write it as a mixin "
-                    "check in contract/vocabulary.py and list it in wiregen.CARRIED"
+                    "check in contract/vocabulary.py, called alone by an after-validator listed in wiregen.CARRIED"
                 )
-    if model.model_config.get("extra") != "forbid":
-        raise GenerationError(f"{model.__name__}: a model that accepts unknown fields is not carried over")
+    if model.model_config != models.Model.model_config:
+        raise GenerationError(f"{model.__name__}: a model_config of its own is not carried over")
+    if model.__pydantic_post_init__ is not None:
+        raise GenerationError(f"{model.__name__}: model_post_init is not carried over")
     for name, field in model.model_fields.items():
         alias = field.alias or name
         if field.validation_alias not in (None, alias) or field.serialization_alias not in (None, alias):
             raise GenerationError(f"{model.__name__}.{name}: an alias for validation or serialization only")
-        if field.exclude:
+        if field.exclude or getattr(field, "exclude_if", None) is not None:
             raise GenerationError(f"{model.__name__}.{name}: a field left out of the output")
 
 

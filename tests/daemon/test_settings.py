@@ -297,6 +297,21 @@ def test_text_settings_read_as_before_the_agent_left_pydantic(variables: dict[st
     assert name in settings.given_fields
 
 
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("FLEETSHIFT_AGENT_MAX_REVISIONS", "1e3"),  # msgspec and float() read it; pydantic did not
+        ("FLEETSHIFT_AGENT_MAX_REVISIONS", "\u0663"),  # an Arabic-Indic three: int() reads it; pydantic did not
+        ("FLEETSHIFT_AGENT_MAX_REVISIONS", "0x10"),
+        ("FLEETSHIFT_AGENT_RUNAS_ALLOWED", "True "),  # pydantic did not strip a boolean's word
+        ("FLEETSHIFT_AGENT_RUNAS_ALLOWED", "2"),
+    ],
+)
+def test_text_pydantic_refused_is_still_refused(variable: str, text: str) -> None:
+    with pytest.raises(SettingsError, match=rf"^{variable}: expected .*, not {text!r}"):
+        load_settings(None, environ={variable: text})
+
+
 def test_a_snake_case_file_merges_with_the_environment_and_a_key_given_twice_is_refused(tmp_path: Path) -> None:
     """`report_output:` in the file and a REPORT_OUTPUT variable are one section, not two where the last wins."""
     config = tmp_path / "agent.yaml"
@@ -310,6 +325,18 @@ def test_a_snake_case_file_merges_with_the_environment_and_a_key_given_twice_is_
         f"{config}:2:1: host_id: given twice, as `hostId` and `host_id`",
         f"{config}:5:3: reportOutput.tail_bytes: given twice, as `tailBytes` and `tail_bytes`",
     ]
+    # The snake_case spelling first, and a variable setting the same key: still the file's second key, never the
+    # variable (which did nothing wrong).
+    config.write_text("host_id: web-1\nhostId: web-2\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={"FLEETSHIFT_AGENT_HOST_ID": "web-3"})
+    assert raised.value.problems == [f"{config}:2:1: hostId: given twice, as `host_id` and `hostId`"]
+    # A snake_case key keeps its line in any other error.
+    config.write_text("hostId: web-1\nreport_output:\n  tail_bytes: -1\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config, environ={})
+    assert raised.value.problems == [
+        f"{config}:3:3: reportOutput.tailBytes: expected a whole number from 0 to 1048576, not -1"]
 
 
 @pytest.mark.parametrize(
@@ -319,15 +346,18 @@ def test_a_snake_case_file_merges_with_the_environment_and_a_key_given_twice_is_
         ("logDir: [a]", "1:1: logDir: expected a path, not a list"),
         ("rootDir: 2024-01-01", "1:1: rootDir: expected a path, not a date"),
         ("tags:\n  a: 1", "2:3: tags.a: expected text, not 1"),
+        ("tags:\n  a: 1\n  b: x\n  c: [2]",
+         ["2:3: tags.a: expected text, not 1", "4:3: tags.c: expected text, not a list"]),
         ("tags: {1: a}", "1:1: tags.1: expected text as a key, not 1"),
         ("commandSigning:\n  trustedKeys: [1]", "2:17: commandSigning.trustedKeys.0: expected text, not 1"),
         ("maxRevisions: true", "1:1: maxRevisions: expected a whole number of at least 1, not True"),
     ],
 )
 def test_a_value_of_the_wrong_kind_is_a_located_error_not_a_traceback(tmp_path: Path, text: str,
-                                                                       problem: str) -> None:
+                                                                       problem: str | list[str]) -> None:
     config = tmp_path / "agent.yaml"
     config.write_text(text + "\n")
     with pytest.raises(SettingsError) as raised:
         load_settings(config, environ={})
-    assert raised.value.problems == [f"{config}:{problem}"]
+    expected = [problem] if isinstance(problem, str) else problem
+    assert raised.value.problems == [f"{config}:{each}" for each in expected]

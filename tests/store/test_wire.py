@@ -216,8 +216,9 @@ def test_the_generator_refuses_what_it_cannot_carry_over() -> None:
 
 
 def test_the_generator_refuses_validators_serializers_and_metadata_it_does_not_carry() -> None:
-    """A validator next to a carried one, an `AfterValidator`, a serializer, an output-only alias, a model that
-    accepts unknown fields: each would make the agent's record differ from the model, so none is generated."""
+    """A validator next to a carried one, a carried one that does more than call its check, a serializer, an
+    output-only alias, a config of its own, a `model_post_init`, an `AfterValidator`: each would make the agent's
+    record differ from the model, so none is generated."""
     from pydantic import AfterValidator, ConfigDict, Field, field_serializer, field_validator, model_validator
 
     from contract.vocabulary import RevisionBehaviour
@@ -233,10 +234,35 @@ def test_the_generator_refuses_validators_serializers_and_metadata_it_does_not_c
             self.check_sources()
             return self
 
+    class ExtraValidator(Revision):
         @field_validator("sha256")
         @classmethod
         def _lower(cls, value: str | None) -> str | None:
             return value.lower() if value else value
+
+    wiregen._refuse_what_is_not_carried(Revision)  # as the real one: its validator only calls the check
+    wiregen._refuse_what_is_not_carried(models.Revision)
+    with pytest.raises(wiregen.GenerationError, match="field validator _lower is not carried"):
+        wiregen._refuse_what_is_not_carried(ExtraValidator)
+
+    def revision_doing_more() -> type[models.Model]:
+        class Revision(RevisionBehaviour, models.Model):
+            s3: str | None = None
+            git: str | None = None
+            local: str | None = None
+            sha256: str | None = None
+
+            @model_validator(mode="after")
+            def _exactly_one_source(self) -> Revision:
+                self.check_sources()
+                if self.sha256 is not None and self.sha256 != self.sha256.lower():
+                    raise ValueError("lower case")
+                return self
+
+        return Revision
+
+    with pytest.raises(wiregen.GenerationError, match="model validator _exactly_one_source is not carried"):
+        wiregen._refuse_what_is_not_carried(revision_doing_more())
 
     class Serialized(models.Model):
         when: str
@@ -251,10 +277,20 @@ def test_the_generator_refuses_validators_serializers_and_metadata_it_does_not_c
     class Open(models.Model):
         model_config = ConfigDict(extra="allow")
 
-    for model in (Revision, Serialized, OutputAlias, Open):
-        with pytest.raises(wiregen.GenerationError):
+    class Stripped(models.Model):
+        model_config = ConfigDict(str_strip_whitespace=True)
+
+    class PostInit(models.Model):
+        name: str = ""
+
+        def model_post_init(self, context: Any) -> None:
+            pass
+
+    for model, problem in ((Serialized, "field serializer _upper"), (OutputAlias, "alias for validation or "
+                           "serialization only"), (Open, "model_config of its own"), (Stripped, "model_config of its "
+                           "own"), (PostInit, "model_post_init")):
+        with pytest.raises(wiregen.GenerationError, match=problem):
             wiregen._refuse_what_is_not_carried(model)
-    wiregen._refuse_what_is_not_carried(models.Revision)  # the real one: its validator is carried
 
     class Checked(models.Model):
         name: Annotated[str, AfterValidator(str.strip)]
