@@ -569,7 +569,7 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 #: A whole number as pydantic read one from text: ASCII digits, a sign, `_` between digits, a fraction of zeros
 #: (`" 7 "`, `+7`, `1_0`, `7.0`); not `1e3` nor other scripts' digits (`٣`), which Python's `int()` would take.
-_WHOLE = re.compile(r"\s*[+-]?\d+(?:_\d+)*(?:\.0*)?\s*", re.ASCII)
+_WHOLE = re.compile(r"\s*[+-]?\d+(?:_\d+)*(?:\.0+)?\s*", re.ASCII)
 
 
 def _from_text(raw: str, leaves: list[Any], annotation: Any) -> Any:

@@ -303,6 +303,7 @@ def test_text_settings_read_as_before_the_agent_left_pydantic(variables: dict[st
         ("FLEETSHIFT_AGENT_MAX_REVISIONS", "1e3"),  # msgspec and float() read it; pydantic did not
         ("FLEETSHIFT_AGENT_MAX_REVISIONS", "\u0663"),  # an Arabic-Indic three: int() reads it; pydantic did not
         ("FLEETSHIFT_AGENT_MAX_REVISIONS", "0x10"),
+        ("FLEETSHIFT_AGENT_MAX_REVISIONS", "10."),
         ("FLEETSHIFT_AGENT_RUNAS_ALLOWED", "True "),  # pydantic did not strip a boolean's word
         ("FLEETSHIFT_AGENT_RUNAS_ALLOWED", "2"),
     ],
