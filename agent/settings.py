@@ -466,14 +466,13 @@ def _check_section(
     if not isinstance(data, Mapping):
         found.append((loc, f"expected a mapping of keys to values, not {_shown(data)}"))
         return {}
-    keys = _keys(section)
-    by_name = {info.name: info for info in keys.values()}  # `host_id:` works too, as `hostId:` does
+    keys = _keys(section)  # by their camelCase names only: `_camel_keys` renamed the file's snake_case ones
     name = next((info.name for info in _TOP.values() if _SECTIONS.get(info.name) is section), "")
     values: dict[str, Any] = {}
     unknown: list[tuple[YamlPath, str]] = []
     given_keys: dict[str, tuple[Any, Any]] = {}
     for key, raw in data.items():
-        info = (keys.get(key) or by_name.get(key)) if isinstance(key, str) else None
+        info = keys.get(key) if isinstance(key, str) else None
         if info is None:
             meant = did_you_mean(str(key), keys)
             unknown.append(((*loc, str(key)), f"unknown key; did you mean `{meant}`?" if meant is not None
