@@ -29,7 +29,8 @@ import yaml
 from contract.durations import parse_duration
 from contract.layers import KeyPath, Layer, Layers, given, put
 from contract.paths import default_store, state_dir
-from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, load_located
+from contract.wirebase import WireRecord
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, load_located, type_members
 
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.
@@ -51,16 +52,17 @@ def default_host_id() -> str:
     return socket.gethostname().split(".", 1)[0] or "localhost"
 
 
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
-    """A mapping of agent.yaml: camelCase in the file, snake_case here."""
+class _Section(WireRecord, frozen=True, kw_only=True):
+    """A mapping of agent.yaml: camelCase in the file, snake_case here; frozen, unknown keys refused, and
+    `model_copy` (agent/daemon/ec2identity.py), all from the records' base."""
 
 
-class LoggingSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+class LoggingSettings(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
 
 
-class ReportOutputSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+class ReportOutputSettings(_Section, frozen=True, kw_only=True):
     """How much of a hook's output leaves the host in event reports, and whether secrets are taken out first
     (docs/agent.md, "What hosts publish")."""
 
@@ -70,7 +72,7 @@ class ReportOutputSettings(_Section, frozen=True, kw_only=True, forbid_unknown_f
     redact: bool = True
 
 
-class CommandSigningSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+class CommandSigningSettings(_Section, frozen=True, kw_only=True):
     """`commandSigning`: the reconciler keys this agent trusts (docs/trust.md). With none, anything in the
     store is acted on, as before signing existed."""
 
@@ -91,7 +93,7 @@ def _keys_parse(value: list[str]) -> None:
             raise ValueError(f"item {index + 1}: {exc}") from None
 
 
-class Ec2Settings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+class Ec2Settings(_Section, frozen=True, kw_only=True):
     """`ec2`: whether this agent asks the EC2 instance metadata service (IMDSv2) who its host is, so an EC2
     instance needs no identity settings (agent/daemon/ec2identity.py, docs/aws-fleet.md)."""
 
@@ -127,7 +129,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class MetricsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+class MetricsSettings(_Section, frozen=True, kw_only=True):
     """`metrics`: the agent's own Prometheus metrics (agent/metrics.py, docs/agent.md "Metrics"), served over
     HTTP, written to a node_exporter textfile, or both. Off unless one is set: a host that does not scrape its
     agent loads no Prometheus code."""
@@ -158,7 +160,7 @@ def _textfile_is_prom(value: Path | None) -> None:
                          "*.prom files")
 
 
-class AgentSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
+class AgentSettings(_Section, frozen=True, kw_only=True):
     """Every key of agent.yaml. Field names are snake_case here and camelCase in the file."""
 
     #: This host's id in the store; `auto`: the EC2 instance id on EC2, the host name elsewhere.
@@ -204,8 +206,6 @@ class AgentSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     #: others only.
     given_fields: frozenset[str] = frozenset()
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> AgentSettings:
-        return msgspec.structs.replace(self, **(update or {}))
 
 
 def _host_id_is_a_key_segment(value: str) -> None:
@@ -459,15 +459,15 @@ def _camel_keys(
 
 
 def _check_section(
-    data: Any, section: type[_Section], loc: KeyPath, found: list[tuple[YamlPath, str]]
+    data: Any, section: type[_Section], loc: KeyPath, found: list[tuple[YamlPath, str]], name: str = ""
 ) -> dict[str, Any]:
     """The fields of one mapping of agent.yaml, by field name, each checked on its own; what is wrong with each
-    key goes into `found` with its path, and such a key is left out."""
+    key goes into `found` with its path, and such a key is left out. `name`: the section's field name ("" at the
+    top), which `_RULES` are keyed by."""
     if not isinstance(data, Mapping):
         found.append((loc, f"expected a mapping of keys to values, not {_shown(data)}"))
         return {}
     keys = _keys(section)  # by their camelCase names only: `_camel_keys` renamed the file's snake_case ones
-    name = next((info.name for info in _TOP.values() if _SECTIONS.get(info.name) is section), "")
     values: dict[str, Any] = {}
     unknown: list[tuple[YamlPath, str]] = []
     given_keys: dict[str, tuple[Any, Any]] = {}
@@ -486,7 +486,7 @@ def _check_section(
         path = (*loc, str(key))
         if info.name in _SECTIONS and section is AgentSettings:
             before = len(found)
-            fields = _check_section(raw, _SECTIONS[info.name], path, found)
+            fields = _check_section(raw, _SECTIONS[info.name], path, found, info.name)
             if len(found) == before:
                 values[info.name] = _SECTIONS[info.name](**fields)
             continue
@@ -522,10 +522,11 @@ def _value(raw: Any, annotation: Any) -> Any:
     if choices and raw not in choices:
         listed = ", ".join(repr(choice) for choice in choices[:-1]) + f" or {choices[-1]!r}"
         raise ValueError(f"expected {listed}, not {_shown(raw)}")
-    leaves = _leaves(annotation)
+    leaves = type_members(annotation)
     if isinstance(raw, str) and str not in leaves:
         raw = _from_text(raw, leaves, annotation)
-    origin, args = typing.get_origin(_leaves_of(annotation)), typing.get_args(_leaves_of(annotation))
+    container = next((leaf for leaf in leaves if typing.get_origin(leaf) in (dict, list)), None)
+    origin, args = typing.get_origin(container), typing.get_args(container)
     entries: list[tuple[str | int, str]] = []  # each entry on its own, so an error names its key or index
     if origin is dict and isinstance(raw, Mapping):
         for key, item in raw.items():
@@ -584,24 +585,6 @@ def _from_text(raw: str, leaves: list[Any], annotation: Any) -> Any:
             raise ValueError(f"expected {_expected(annotation)}, not {raw!r}")
         return int(raw.strip().split(".")[0])
     return raw
-
-
-def _leaves_of(annotation: Any) -> Any:
-    """The type under `Annotated[...]` and `X | None`: what a list or mapping setting is made of."""
-    if typing.get_origin(annotation) is Annotated:
-        return _leaves_of(typing.get_args(annotation)[0])
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return _leaves_of(members[0]) if len(members) == 1 else annotation
-    return annotation
-
-
-def _leaves(annotation: Any) -> list[Any]:
-    if typing.get_origin(annotation) is Annotated:
-        return _leaves(typing.get_args(annotation)[0])
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg)]
-    return [annotation]
 
 
 def _expected(annotation: Any) -> str:

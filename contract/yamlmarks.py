@@ -380,19 +380,20 @@ def known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
             candidates = following
     keys: set[str] = set()
     for annotation in candidates:
-        for leaf in _leaves(annotation):
+        for leaf in type_members(annotation):
             if isinstance(leaf, type) and issubclass(leaf, BaseModel):
                 keys |= {info.alias or name for name, info in leaf.model_fields.items()}
     return sorted(keys)
 
 
-def _leaves(annotation: Any) -> list[Any]:
-    """`X | None`, `Annotated[X, ...]`, `Union[X, Y]` -> their members."""
+def type_members(annotation: Any) -> list[Any]:
+    """`X | None`, `Annotated[X, ...]`, `Union[X, Y]` -> their members (shared by the reconciler's secret paths and
+    the agent's settings)."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _leaves(get_args(annotation)[0])
+        return type_members(get_args(annotation)[0])
     if origin is Union or origin is types.UnionType:
-        return [leaf for arg in get_args(annotation) for leaf in _leaves(arg)]
+        return [leaf for arg in get_args(annotation) for leaf in type_members(arg)]
     return [annotation]
 
 
@@ -400,7 +401,7 @@ def _children(annotation: Any, part: str | int) -> list[Any]:
     from pydantic import BaseModel
 
     found: list[Any] = []
-    for leaf in _leaves(annotation):
+    for leaf in type_members(annotation):
         origin = get_origin(leaf)
         if isinstance(leaf, type) and issubclass(leaf, BaseModel) and isinstance(part, str):
             for name, info in leaf.model_fields.items():

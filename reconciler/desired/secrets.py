@@ -15,11 +15,12 @@ lists what is and is not treated as secret and why.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
+
+from contract.yamlmarks import type_members
 
 #: `json_schema_extra` of a field whose value may be a credential.
 SECRET: dict[str, Any] = {"secret": True}
@@ -54,7 +55,7 @@ def _along(secret: SecretPath, path: Sequence[str | int]) -> bool:
 
 
 def _walk(annotation: Any, prefix: SecretPath, found: list[SecretPath], seen: frozenset[type]) -> None:
-    for leaf in _leaves(annotation):
+    for leaf in type_members(annotation):
         origin = get_origin(leaf)
         if isinstance(leaf, type) and issubclass(leaf, BaseModel):
             if leaf in seen:
@@ -70,16 +71,6 @@ def _walk(annotation: Any, prefix: SecretPath, found: list[SecretPath], seen: fr
         elif isinstance(origin, type) and issubclass(origin, list | tuple | set | frozenset):
             for item in get_args(leaf)[:1]:
                 _walk(item, (*prefix, ANY), found, seen)
-
-
-def _leaves(annotation: Any) -> list[Any]:
-    """`X | None`, `Annotated[X, ...]`, `Union[X, Y]` -> their members."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _leaves(get_args(annotation)[0])
-    if origin is Union or origin is types.UnionType:
-        return [leaf for arg in get_args(annotation) for leaf in _leaves(arg)]
-    return [annotation]
 
 
 __all__ = ["ANY", "SECRET", "SecretPath", "is_secret", "leads_to_secret", "secret_field_paths"]
