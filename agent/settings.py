@@ -26,11 +26,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from contract.annotations import type_members
 from contract.durations import parse_duration
 from contract.layers import KeyPath, Layer, Layers, given, put
 from contract.paths import default_store, state_dir
 from contract.wirebase import WireRecord
-from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, load_located, type_members
+from contract.yamlmarks import LocatedYaml, YamlKeyProblem, YamlPath, did_you_mean, load_located
 
 ENV_PREFIX = "FLEETSHIFT_AGENT_"
 #: Read when --config is not given and FLEETSHIFT_AGENT_CONFIG is not set; absent is fine.

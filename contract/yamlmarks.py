@@ -28,10 +28,9 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
-import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -40,6 +39,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver
 from yaml.scanner import ScannerError
 
+from contract.annotations import type_members
 from contract.yamlbounds import (
     ODD_BREAKS,
     BoundedLoader,
@@ -384,17 +384,6 @@ def known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
             if isinstance(leaf, type) and issubclass(leaf, BaseModel):
                 keys |= {info.alias or name for name, info in leaf.model_fields.items()}
     return sorted(keys)
-
-
-def type_members(annotation: Any) -> list[Any]:
-    """`X | None`, `Annotated[X, ...]`, `Union[X, Y]` -> their members (shared by the reconciler's secret paths and
-    the agent's settings)."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return type_members(get_args(annotation)[0])
-    if origin is Union or origin is types.UnionType:
-        return [leaf for arg in get_args(annotation) for leaf in type_members(arg)]
-    return [annotation]
 
 
 def _children(annotation: Any, part: str | int) -> list[Any]:

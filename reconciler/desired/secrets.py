@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
-from contract.yamlmarks import type_members
+from contract.annotations import type_members
 
 #: `json_schema_extra` of a field whose value may be a credential.
 SECRET: dict[str, Any] = {"secret": True}
